@@ -1,0 +1,2 @@
+//! uipd-perf: a netperf-style benchmark tool.
+fn main() {}

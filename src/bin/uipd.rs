@@ -1,0 +1,2 @@
+//! The uipd daemon.
+fn main() {}

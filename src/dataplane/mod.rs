@@ -1,0 +1,1 @@
+//! Workers, host I/O on io_uring, and the frame ports that are not virtio.

@@ -1,0 +1,1 @@
+//! Lock-free frame rings between frame ports and workers.

@@ -1,0 +1,181 @@
+//! Flow table: a 5-tuple ([`FlowKey`]) maps to a slot ([`FlowId`]) in a
+//! fixed-capacity slab.
+//!
+//! A `FlowId` carries the slot index and a generation. Freeing a slot bumps
+//! its generation, so an id held by a late io_uring completion no longer
+//! resolves: `get` returns `None` and the event is dropped. Capacity is set
+//! at construction; `insert` fails rather than grow past it (a guest cannot
+//! make uipd allocate without bound).
+//!
+//! Keys are address-family generic (`IpAddr`), so IPv6 shares the table.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use super::ops::Proto;
+
+/// Handle to a flow slot: index plus generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId {
+    /// Slot index.
+    pub idx: u32,
+    /// Slot generation when the id was issued.
+    pub gen_: u32,
+}
+
+/// A flow as the guest sees it: protocol, the guest's endpoint and the remote
+/// endpoint the guest addressed (before any NAT or loopback mapping).
+///
+/// For ICMP echo the "ports" are the echo identifier (guest side) and 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Protocol.
+    pub proto: Proto,
+    /// The guest's address and port.
+    pub guest: SocketAddr,
+    /// The address and port the guest sent to.
+    pub remote: SocketAddr,
+}
+
+impl FlowKey {
+    /// Address family of the flow (the guest side).
+    pub fn is_ipv4(&self) -> bool {
+        matches!(self.guest.ip(), IpAddr::V4(_))
+    }
+}
+
+struct Slot<T> {
+    gen_: u32,
+    entry: Option<(FlowKey, T)>,
+}
+
+/// Fixed-capacity map from [`FlowKey`] to per-flow state `T`.
+pub struct FlowTable<T> {
+    slots: Vec<Slot<T>>,
+    free: Vec<u32>,
+    index: HashMap<FlowKey, FlowId>,
+    capacity: usize,
+}
+
+impl<T> FlowTable<T> {
+    /// A table that holds at most `capacity` flows.
+    pub fn new(capacity: usize) -> Self {
+        FlowTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            capacity,
+        }
+    }
+
+    /// Number of live flows.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True if no flow is live.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The id of the flow with this key.
+    pub fn lookup(&self, key: &FlowKey) -> Option<FlowId> {
+        self.index.get(key).copied()
+    }
+
+    /// Insert a new flow; `None` if the key exists or the table is full.
+    pub fn insert(&mut self, key: FlowKey, value: T) -> Option<FlowId> {
+        if self.index.contains_key(&key) || self.index.len() >= self.capacity {
+            return None;
+        }
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = u32::try_from(self.slots.len()).ok()?;
+                self.slots.push(Slot {
+                    gen_: 0,
+                    entry: None,
+                });
+                i
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.entry = Some((key, value));
+        let id = FlowId {
+            idx,
+            gen_: slot.gen_,
+        };
+        self.index.insert(key, id);
+        Some(id)
+    }
+
+    /// The flow's key and state, if `id` is still live.
+    pub fn get(&self, id: FlowId) -> Option<(&FlowKey, &T)> {
+        let slot = self.slots.get(id.idx as usize)?;
+        if slot.gen_ != id.gen_ {
+            return None;
+        }
+        slot.entry.as_ref().map(|(k, v)| (k, v))
+    }
+
+    /// Mutable access to the flow's state, if `id` is still live.
+    pub fn get_mut(&mut self, id: FlowId) -> Option<(&FlowKey, &mut T)> {
+        let slot = self.slots.get_mut(id.idx as usize)?;
+        if slot.gen_ != id.gen_ {
+            return None;
+        }
+        slot.entry.as_mut().map(|(k, v)| (&*k, v))
+    }
+
+    /// Remove the flow; its slot's generation moves on.
+    pub fn remove(&mut self, id: FlowId) -> Option<(FlowKey, T)> {
+        let slot = self.slots.get_mut(id.idx as usize)?;
+        if slot.gen_ != id.gen_ {
+            return None;
+        }
+        let (key, value) = slot.entry.take()?;
+        slot.gen_ = slot.gen_.wrapping_add(1);
+        self.free.push(id.idx);
+        self.index.remove(&key);
+        Some((key, value))
+    }
+
+    /// Ids of all live flows (for timers and teardown).
+    pub fn ids(&self) -> Vec<FlowId> {
+        self.index.values().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            proto: Proto::Tcp,
+            guest: SocketAddr::from(([192, 168, 33, 15], port)),
+            remote: SocketAddr::from(([10, 0, 0, 1], 80)),
+        }
+    }
+
+    #[test]
+    fn stale_id_does_not_resolve_after_reuse() {
+        let mut t = FlowTable::new(4);
+        let a = t.insert(key(1), "a").unwrap();
+        assert_eq!(t.remove(a).unwrap().1, "a");
+        let b = t.insert(key(2), "b").unwrap();
+        assert_eq!(a.idx, b.idx, "slot is reused");
+        assert!(t.get(a).is_none(), "old generation must not resolve");
+        assert_eq!(*t.get(b).unwrap().1, "b");
+    }
+
+    #[test]
+    fn capacity_is_a_hard_limit() {
+        let mut t = FlowTable::new(2);
+        assert!(t.insert(key(1), ()).is_some());
+        assert!(t.insert(key(2), ()).is_some());
+        assert!(t.insert(key(3), ()).is_none());
+        assert!(t.insert(key(1), ()).is_none(), "duplicate key");
+        assert_eq!(t.len(), 2);
+    }
+}

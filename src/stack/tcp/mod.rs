@@ -1,0 +1,1 @@
+//! TCP translation (see `conn`).

@@ -1,0 +1,1 @@
+//! The embedded VMM and virtio devices (planned: issues 4 and 5).
