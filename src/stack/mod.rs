@@ -2,11 +2,31 @@
 //! operations out. No I/O, no clock, no threads, no unsafe.
 //!
 //! ```text
-//!  guest frame ──► Stack::ingress ──► Actions { frames: to the guest,
-//!                                              ops: SockOp for the host }
+//!  guest frame ──► Stack::ingress ────► Actions { frames: to the guest,
+//!                                                ops: SockOp for the host }
 //!  HostEvent   ──► Stack::host_event ─► Actions
-//!  now         ──► Stack::poll ───────► Actions (timers), next deadline
+//!  now         ──► Stack::poll ───────► Actions (delayed ACKs, timers) + next deadline
 //! ```
+//!
+//! # Theory of operation
+//!
+//! The guest sees one router, the gateway (192.168.33.1 by default), with a
+//! MAC of its own. uipd answers ARP for it, answers ICMP echo to it, serves
+//! DHCP (one address: the guest's) and forwards DNS sent to it. Every other
+//! TCP, UDP or ICMP echo flow the guest starts is NAT'ed onto a host socket:
+//! the flow is keyed by the guest's 5-tuple ([`FlowKey`]), and the host
+//! socket connects to the address the guest addressed, except that the
+//! gateway address maps to the host's 127.0.0.1 (`host_loopback`) and
+//! `gateway:53` maps to the first resolver.
+//!
+//! Malformed input is dropped and counted by [`DropReason`]; nothing a guest
+//! sends can panic the stack or make it hold unbounded memory: flows are
+//! capped (`max_flows`), per-flow queues are capped (see [`tcp::conn`]),
+//! reassembly is capped ([`frag::Limits`]).
+//!
+//! The caller batches: feed a burst of frames to [`Stack::ingress`], then
+//! call [`Stack::poll`] once, which sends the ACKs the burst left pending
+//! (one per flow, like GRO on a NIC) and runs due timers.
 #![forbid(unsafe_code)]
 
 pub mod dhcp;
@@ -18,6 +38,1183 @@ pub mod tcp;
 pub mod time;
 pub mod wire;
 
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
 pub use flow::{FlowId, FlowKey};
 pub use ops::{Errno, HostEvent, Proto, SockOp};
 pub use time::Instant;
+
+use flow::FlowTable;
+use tcp::conn::{Conn, Verdict};
+use wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, EthernetRepr,
+    Icmpv4Packet, Icmpv4Repr, Ipv4Packet, Ipv4Repr, SeqNumber, TcpPacket, TcpRepr, UdpPacket,
+    UdpRepr, ip_proto,
+};
+
+/// The stack's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// MAC of the gateway (uipd's side of the link).
+    pub gateway_mac: EthernetAddress,
+    /// Gateway, DNS and DHCP server address.
+    pub gateway: Ipv4Addr,
+    /// The address DHCP hands out.
+    pub guest_ip: Ipv4Addr,
+    /// Prefix length of the guest network.
+    pub prefix_len: u8,
+    /// Link MTU toward the guest.
+    pub mtu: u16,
+    /// Map the gateway address to the host's loopback.
+    pub host_loopback: bool,
+    /// Host resolvers for DNS sent to `gateway:53`.
+    pub resolvers: Vec<SocketAddr>,
+    /// DHCP lease time in seconds.
+    pub lease_secs: u32,
+    /// Most flows at once.
+    pub max_flows: usize,
+    /// Seed for initial sequence numbers.
+    pub isn_seed: u64,
+    /// Idle timeout of UDP flows.
+    pub udp_timeout: Duration,
+    /// Idle timeout of UDP flows to port 53.
+    pub dns_timeout: Duration,
+    /// Idle timeout of ICMP echo flows.
+    pub icmp_timeout: Duration,
+    /// Verify guest checksums (off when the frontend vouches for them).
+    pub verify_checksums: bool,
+}
+
+impl Default for Config {
+    /// kvmtool-compatible defaults (DESIGN.md "Defaults").
+    fn default() -> Self {
+        Config {
+            gateway_mac: EthernetAddress([0x02, 0x75, 0x69, 0x70, 0x64, 0x01]),
+            gateway: Ipv4Addr::new(192, 168, 33, 1),
+            guest_ip: Ipv4Addr::new(192, 168, 33, 15),
+            prefix_len: 24,
+            mtu: 65520,
+            host_loopback: true,
+            resolvers: Vec::new(),
+            lease_secs: 86400,
+            max_flows: 65536,
+            isn_seed: 0x5eed_1234_abcd_0001,
+            udp_timeout: Duration::from_secs(180),
+            dns_timeout: Duration::from_secs(10),
+            icmp_timeout: Duration::from_secs(30),
+            verify_checksums: true,
+        }
+    }
+}
+
+/// What the stack asks of the world after an input.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Ethernet frames to deliver to the guest, in order.
+    pub frames: Vec<Vec<u8>>,
+    /// Host socket operations, in order.
+    pub ops: Vec<SockOp>,
+}
+
+impl Actions {
+    /// True if there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty() && self.ops.is_empty()
+    }
+}
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal,)*) => {
+        /// Why a guest frame (or part of it) was dropped.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum DropReason { $(#[doc = $name] $variant,)* }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// Counter name.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Truncated => "drops_truncated",
+    Malformed => "drops_malformed",
+    BadChecksum => "drops_bad_csum",
+    NotForUs => "drops_not_for_us",
+    Unsupported => "drops_unsupported",
+    Ipv6 => "drops_ipv6",
+    BadAddress => "drops_bad_address",
+    FragInvalid => "drops_frag_invalid",
+    FragOverlap => "drops_frag_overlap",
+    FragLimit => "drops_frag_limit",
+    FragTimeout => "drops_frag_timeout",
+    FlowLimit => "drops_flow_limit",
+    NoFlow => "drops_no_flow",
+    UdpQueueFull => "drops_udp_queue_full",
+    NoPingSocket => "drops_icmp_no_ping_socket",
+    Refused => "drops_refused",
+    Dhcp => "drops_dhcp",
+    HostError => "drops_host_error",
+}
+
+/// Per-stack counters.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Frames from the guest.
+    pub rx_frames: u64,
+    /// Bytes from the guest.
+    pub rx_bytes: u64,
+    /// Frames to the guest.
+    pub tx_frames: u64,
+    /// Bytes to the guest.
+    pub tx_bytes: u64,
+    /// TCP connections opened.
+    pub tcp_opened: u64,
+    /// UDP flows opened.
+    pub udp_opened: u64,
+    /// ICMP echo flows opened.
+    pub icmp_opened: u64,
+    /// Datagrams reassembled from fragments.
+    pub reassembled: u64,
+    /// Datagrams fragmented toward the guest.
+    pub fragmented: u64,
+    /// Drops, indexed by [`DropReason`].
+    pub drops: [u64; 32],
+}
+
+impl Counters {
+    /// Count a drop.
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// Drops for one reason.
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Every counter as (name, value), drops included.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        [
+            ("rx_frames", self.rx_frames),
+            ("rx_bytes", self.rx_bytes),
+            ("tx_frames", self.tx_frames),
+            ("tx_bytes", self.tx_bytes),
+            ("tcp_opened", self.tcp_opened),
+            ("udp_opened", self.udp_opened),
+            ("icmp_opened", self.icmp_opened),
+            ("reassembled", self.reassembled),
+            ("fragmented", self.fragmented),
+        ]
+        .into_iter()
+        .chain(
+            DropReason::ALL
+                .iter()
+                .map(|r| (r.name(), self.drops_of(*r))),
+        )
+    }
+
+    /// Add another set of counters into this one.
+    pub fn merge(&mut self, o: &Counters) {
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.tcp_opened += o.tcp_opened;
+        self.udp_opened += o.udp_opened;
+        self.icmp_opened += o.icmp_opened;
+        self.reassembled += o.reassembled;
+        self.fragmented += o.fragmented;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// Most datagrams queued on a UDP/ICMP flow while its socket connects.
+const DGRAM_QUEUE: usize = 64;
+/// How often flows are scanned for timers.
+const TIMER_SCAN: Duration = Duration::from_millis(10);
+
+/// A UDP or ICMP echo flow.
+#[derive(Debug)]
+struct DgramFlow {
+    connected: bool,
+    pending: VecDeque<Vec<u8>>,
+    receiving: bool,
+    last_active: Instant,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+enum FlowState {
+    Tcp(Box<Conn>),
+    Dgram(DgramFlow),
+}
+
+/// Link-layer addressing for frames to the guest.
+#[derive(Debug, Clone, Copy)]
+struct L2 {
+    gateway: EthernetAddress,
+    guest: EthernetAddress,
+}
+
+/// The user-mode network stack for one guest.
+pub struct Stack {
+    cfg: Config,
+    guest_mac: Option<EthernetAddress>,
+    flows: FlowTable<FlowState>,
+    reasm: frag::Reassembler,
+    counters: Counters,
+    ip_ident: u16,
+    isn_state: u64,
+    ack_list: Vec<FlowId>,
+    next_scan: Instant,
+}
+
+impl Stack {
+    /// A stack with `cfg`.
+    pub fn new(cfg: Config) -> Stack {
+        let max_flows = cfg.max_flows;
+        let isn_state = cfg.isn_seed | 1;
+        Stack {
+            cfg,
+            guest_mac: None,
+            flows: FlowTable::new(max_flows),
+            reasm: frag::Reassembler::new(frag::Limits::default()),
+            counters: Counters::default(),
+            ip_ident: 1,
+            isn_state,
+            ack_list: Vec::new(),
+            next_scan: Instant::ZERO,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Live flows.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Replace the resolvers (resolv.conf changed).
+    pub fn set_resolvers(&mut self, resolvers: Vec<SocketAddr>) {
+        self.cfg.resolvers = resolvers;
+    }
+
+    /// The guest's MAC, once seen.
+    pub fn guest_mac(&self) -> Option<EthernetAddress> {
+        self.guest_mac
+    }
+
+    fn l2(&self) -> L2 {
+        L2 {
+            gateway: self.cfg.gateway_mac,
+            guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
+        }
+    }
+
+    fn drop(&mut self, reason: DropReason) {
+        log::trace!("drop: {}", reason.name());
+        self.counters.drop(reason);
+    }
+
+    fn next_isn(&mut self) -> SeqNumber {
+        // xorshift64*: RFC 6528 asks for unpredictable ISNs; the seed comes
+        // from the OS in the daemon and is fixed in tests.
+        let mut x = self.isn_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.isn_state = x;
+        SeqNumber((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32)
+    }
+
+    fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+
+    fn push_frame(&mut self, out: &mut Actions, frame: Vec<u8>) {
+        self.counters.tx_frames += 1;
+        self.counters.tx_bytes += frame.len() as u64;
+        out.frames.push(frame);
+    }
+
+    // ───────────────────────────── ingress ─────────────────────────────
+
+    /// Process one Ethernet frame from the guest.
+    pub fn ingress(&mut self, frame: &[u8], now: Instant, out: &mut Actions) {
+        self.counters.rx_frames += 1;
+        self.counters.rx_bytes += frame.len() as u64;
+        let eth = match EthernetFrame::new_checked(frame) {
+            Ok(f) => f,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let src = eth.src_addr();
+        let dst = eth.dst_addr();
+        if !(dst == self.cfg.gateway_mac || dst.is_broadcast()) {
+            return self.drop(DropReason::NotForUs);
+        }
+        if src.is_multicast() || src == self.cfg.gateway_mac {
+            return self.drop(DropReason::BadAddress);
+        }
+        match eth.ethertype() {
+            EtherType::Arp => self.arp(eth.payload(), src, out),
+            EtherType::Ipv4 => {
+                self.guest_mac = Some(src);
+                self.ipv4(eth.payload(), now, out)
+            }
+            EtherType::Ipv6 => self.drop(DropReason::Ipv6),
+            EtherType::Unknown(_) => self.drop(DropReason::Unsupported),
+        }
+    }
+
+    fn arp(&mut self, payload: &[u8], src_mac: EthernetAddress, out: &mut Actions) {
+        let repr = match ArpPacket::new_checked(payload).and_then(|p| ArpRepr::parse(&p)) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        if repr.source_hardware_addr != src_mac {
+            return self.drop(DropReason::BadAddress);
+        }
+        self.guest_mac = Some(src_mac);
+        if repr.operation != ArpOperation::Request || repr.target_protocol_addr != self.cfg.gateway
+        {
+            // Gratuitous ARP, probes for the guest's own address, replies:
+            // nothing to answer (an answer to a DAD probe would make the
+            // guest think its address is taken).
+            return;
+        }
+        let reply = ArpRepr {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: self.cfg.gateway_mac,
+            source_protocol_addr: self.cfg.gateway,
+            target_hardware_addr: repr.source_hardware_addr,
+            target_protocol_addr: repr.source_protocol_addr,
+        };
+        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + reply.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: self.cfg.gateway_mac,
+            dst_addr: src_mac,
+            ethertype: EtherType::Arp,
+        }
+        .emit(&mut f);
+        reply.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        self.push_frame(out, buf);
+    }
+
+    fn ipv4(&mut self, payload: &[u8], now: Instant, out: &mut Actions) {
+        let pkt = match Ipv4Packet::new_checked(payload) {
+            Ok(p) => p,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let repr = match Ipv4Repr::parse(&pkt) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let src = repr.src_addr;
+        let dst = repr.dst_addr;
+        if src.is_multicast() || src.is_broadcast() || src.is_loopback() {
+            return self.drop(DropReason::BadAddress);
+        }
+        if pkt.is_fragment() {
+            let key = frag::FragKey {
+                src,
+                dst,
+                proto: repr.next_header,
+                ident: pkt.ident(),
+            };
+            match self
+                .reasm
+                .push(key, pkt.frag_offset(), pkt.more_frags(), pkt.payload(), now)
+            {
+                Ok(Some(whole)) => {
+                    self.counters.reassembled += 1;
+                    self.l4(src, dst, repr.next_header, &whole, now, out);
+                }
+                Ok(None) => {}
+                Err(frag::FragDrop::Invalid) => self.drop(DropReason::FragInvalid),
+                Err(frag::FragDrop::Overlap) => self.drop(DropReason::FragOverlap),
+                Err(frag::FragDrop::Limit) => self.drop(DropReason::FragLimit),
+            }
+            return;
+        }
+        self.l4(src, dst, repr.next_header, pkt.payload(), now, out);
+    }
+
+    fn l4(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        match proto {
+            ip_proto::TCP => self.tcp(src, dst, payload, now, out),
+            ip_proto::UDP => self.udp(src, dst, payload, now, out),
+            ip_proto::ICMP => self.icmp(src, dst, payload, now, out),
+            _ => self.drop(DropReason::Unsupported),
+        }
+    }
+
+    /// Where a guest flow to `remote` goes on the host, or `None` if refused.
+    fn map_remote(&self, proto: Proto, remote: SocketAddrV4) -> Option<SocketAddr> {
+        let ip = *remote.ip();
+        if ip == self.cfg.gateway {
+            if remote.port() == 53 && proto != Proto::Icmp {
+                return self.cfg.resolvers.first().copied();
+            }
+            if !self.cfg.host_loopback {
+                return None;
+            }
+            return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port())));
+        }
+        Some(SocketAddr::V4(remote))
+    }
+
+    fn is_bad_destination(&self, dst: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.cfg.prefix_len.min(32)))
+            .unwrap_or(0);
+        let bcast = Ipv4Addr::from(u32::from(self.cfg.gateway) | !mask);
+        dst.is_unspecified()
+            || dst.is_broadcast()
+            || dst.is_multicast()
+            || dst == bcast
+            || dst.is_loopback()
+    }
+
+    // ─────────────────────────────── TCP ───────────────────────────────
+
+    fn tcp(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let pkt = match TcpPacket::new_checked(payload) {
+            Ok(p) => p,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let seg = match TcpRepr::parse(&pkt, src.into(), dst.into(), self.cfg.verify_checksums) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let key = FlowKey {
+            proto: Proto::Tcp,
+            guest: SocketAddr::from((src, seg.src_port)),
+            remote: SocketAddr::from((dst, seg.dst_port)),
+        };
+        let l2 = self.l2();
+        if let Some(id) = self.flows.lookup(&key) {
+            let verdict = {
+                let Some((_, FlowState::Tcp(conn))) = self.flows.get_mut(id) else {
+                    return;
+                };
+                let mut frames = Vec::new();
+                let v = conn.on_segment(
+                    &seg,
+                    now,
+                    &mut tcp_emitter(l2, &key, &mut frames),
+                    &mut out.ops,
+                );
+                let pending = conn.ack_pending();
+                (v, frames, pending)
+            };
+            let (v, frames, pending) = verdict;
+            for f in frames {
+                self.push_frame(out, f);
+            }
+            if pending {
+                self.ack_list.push(id);
+            }
+            if v == Verdict::Remove {
+                self.flows.remove(id);
+            }
+            return;
+        }
+        // No flow: only a bare SYN opens one.
+        if seg.flags.rst {
+            return;
+        }
+        if !seg.flags.syn || seg.ack_number.is_some() || seg.flags.fin {
+            self.drop(DropReason::NoFlow);
+            return self.tcp_reset_reply(&key, &seg, l2, out);
+        }
+        if self.is_bad_destination(dst) {
+            return self.drop(DropReason::BadAddress);
+        }
+        let Some(host_dst) = self.map_remote(Proto::Tcp, SocketAddrV4::new(dst, seg.dst_port))
+        else {
+            self.drop(DropReason::Refused);
+            return self.tcp_reset_reply(&key, &seg, l2, out);
+        };
+        let iss = self.next_isn();
+        let mtu = usize::from(self.cfg.mtu);
+        let conn_mss = {
+            let c = Conn::new(FlowId { idx: 0, gen_: 0 }, &seg, iss, mtu);
+            c.mss()
+        };
+        // Insert first to learn the id, then build the connection with it.
+        let Some(id) = self.flows.insert(key, FlowState::Dgram(placeholder(now))) else {
+            self.drop(DropReason::FlowLimit);
+            return self.tcp_reset_reply(&key, &seg, l2, out);
+        };
+        let conn = Conn::new(id, &seg, iss, mtu);
+        if let Some((_, st)) = self.flows.get_mut(id) {
+            *st = FlowState::Tcp(Box::new(conn));
+        }
+        self.counters.tcp_opened += 1;
+        out.ops.push(SockOp::Open {
+            flow: id,
+            proto: Proto::Tcp,
+            dst: host_dst,
+            mss: u16::try_from(conn_mss).ok(),
+        });
+    }
+
+    /// RST for a segment that matches no connection (RFC 9293 §3.10.7.1).
+    fn tcp_reset_reply(&mut self, key: &FlowKey, seg: &TcpRepr<'_>, l2: L2, out: &mut Actions) {
+        let (seq, ack) = match seg.ack_number {
+            Some(a) => (a, None),
+            None => (SeqNumber(0), Some(seg.seq_number + seg.segment_len())),
+        };
+        let repr = TcpRepr {
+            src_port: 0,
+            dst_port: 0,
+            flags: wire::tcp::Flags {
+                rst: true,
+                ..Default::default()
+            },
+            seq_number: seq,
+            ack_number: ack,
+            window_len: 0,
+            max_seg_size: None,
+            window_scale: None,
+            sack_permitted: false,
+            payload: &[],
+        };
+        let mut frames = Vec::new();
+        tcp_emitter(l2, key, &mut frames)(&repr);
+        for f in frames {
+            self.push_frame(out, f);
+        }
+    }
+
+    // ─────────────────────────────── UDP ───────────────────────────────
+
+    fn udp(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let pkt = match UdpPacket::new_checked(payload) {
+            Ok(p) => p,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let repr = match UdpRepr::parse(&pkt, src.into(), dst.into(), self.cfg.verify_checksums) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let data = pkt.payload();
+        if repr.dst_port == dhcp::SERVER_PORT && (dst.is_broadcast() || dst == self.cfg.gateway) {
+            return self.dhcp(data, out);
+        }
+        if self.is_bad_destination(dst) {
+            return self.drop(DropReason::BadAddress);
+        }
+        let key = FlowKey {
+            proto: Proto::Udp,
+            guest: SocketAddr::from((src, repr.src_port)),
+            remote: SocketAddr::from((dst, repr.dst_port)),
+        };
+        self.dgram_out(key, data.to_vec(), now, out);
+    }
+
+    /// Send a datagram (UDP payload, or an ICMP echo message) on the flow for
+    /// `key`, opening it first if needed.
+    fn dgram_out(&mut self, key: FlowKey, data: Vec<u8>, now: Instant, out: &mut Actions) {
+        let id = match self.flows.lookup(&key) {
+            Some(id) => id,
+            None => {
+                let SocketAddr::V4(remote) = key.remote else {
+                    return self.drop(DropReason::Ipv6);
+                };
+                let Some(host_dst) = self.map_remote(key.proto, remote) else {
+                    self.drop(DropReason::Refused);
+                    if key.proto == Proto::Udp {
+                        self.icmp_unreachable(&key, wire::icmpv4::unreachable::PORT, &data, out);
+                    }
+                    return;
+                };
+                let timeout = match key.proto {
+                    Proto::Icmp => self.cfg.icmp_timeout,
+                    _ if remote.port() == 53 => self.cfg.dns_timeout,
+                    _ => self.cfg.udp_timeout,
+                };
+                let flow = DgramFlow {
+                    connected: false,
+                    pending: VecDeque::new(),
+                    receiving: false,
+                    last_active: now,
+                    timeout,
+                };
+                let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
+                    return self.drop(DropReason::FlowLimit);
+                };
+                match key.proto {
+                    Proto::Icmp => self.counters.icmp_opened += 1,
+                    _ => self.counters.udp_opened += 1,
+                }
+                out.ops.push(SockOp::Open {
+                    flow: id,
+                    proto: key.proto,
+                    dst: host_dst,
+                    mss: None,
+                });
+                id
+            }
+        };
+        let Some((_, FlowState::Dgram(f))) = self.flows.get_mut(id) else {
+            return;
+        };
+        f.last_active = now;
+        if f.connected {
+            out.ops.push(SockOp::Send { flow: id, data });
+        } else if f.pending.len() < DGRAM_QUEUE {
+            f.pending.push_back(data);
+        } else {
+            self.drop(DropReason::UdpQueueFull);
+        }
+    }
+
+    fn dhcp(&mut self, request: &[u8], out: &mut Actions) {
+        let mask_bits = self.cfg.prefix_len;
+        let params = dhcp::Params {
+            server: self.cfg.gateway,
+            offered: self.cfg.guest_ip,
+            prefix_len: mask_bits,
+            router: self.cfg.gateway,
+            dns: vec![self.cfg.gateway],
+            lease_secs: self.cfg.lease_secs,
+            mtu: self.cfg.mtu,
+        };
+        let reply = match dhcp::handle(&params, request) {
+            Ok(r) => r,
+            Err(dhcp::Ignored::NoReply) => return,
+            Err(dhcp::Ignored::Malformed) => return self.drop(DropReason::Dhcp),
+        };
+        let (dst_ip, dst_mac) = if reply.broadcast {
+            (Ipv4Addr::BROADCAST, EthernetAddress::BROADCAST)
+        } else {
+            (reply.dst, reply.client_mac)
+        };
+        let l2 = L2 {
+            gateway: self.cfg.gateway_mac,
+            guest: dst_mac,
+        };
+        self.udp_to_guest(
+            l2,
+            SocketAddrV4::new(self.cfg.gateway, dhcp::SERVER_PORT),
+            SocketAddrV4::new(dst_ip, dhcp::CLIENT_PORT),
+            &reply.payload,
+            out,
+        );
+    }
+
+    /// Build a UDP datagram to the guest, fragmenting it to the MTU.
+    fn udp_to_guest(
+        &mut self,
+        l2: L2,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        payload: &[u8],
+        out: &mut Actions,
+    ) {
+        let repr = UdpRepr {
+            src_port: from.port(),
+            dst_port: to.port(),
+        };
+        let l4_len = repr.header_len() + payload.len();
+        if l4_len + wire::ipv4::HEADER_LEN > 65535 {
+            return self.drop(DropReason::Malformed);
+        }
+        let mut l4 = vec![0u8; l4_len];
+        repr.emit(
+            &mut UdpPacket::new_unchecked(&mut l4[..]),
+            IpAddr::V4(*from.ip()),
+            IpAddr::V4(*to.ip()),
+            payload,
+        );
+        self.ipv4_to_guest(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, out);
+    }
+
+    /// Wrap an upper-layer message in IPv4 (fragmenting to the MTU) and Ethernet.
+    fn ipv4_to_guest(
+        &mut self,
+        l2: L2,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        l4: &[u8],
+        out: &mut Actions,
+    ) {
+        let mtu = usize::from(self.cfg.mtu);
+        let ident = self.next_ident();
+        let whole = l4.len() + wire::ipv4::HEADER_LEN <= mtu;
+        if !whole {
+            self.counters.fragmented += 1;
+        }
+        for (off, len, more) in frag::fragments(l4.len(), mtu) {
+            let ip = Ipv4Repr {
+                src_addr: src,
+                dst_addr: dst,
+                next_header: proto,
+                payload_len: len,
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + len];
+            let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+            EthernetRepr {
+                src_addr: l2.gateway,
+                dst_addr: l2.guest,
+                ethertype: EtherType::Ipv4,
+            }
+            .emit(&mut f);
+            let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+            ip.emit(&mut p);
+            if !whole {
+                p.set_ident(ident);
+                p.set_frag(false, more, u16::try_from(off).unwrap_or(0));
+                p.fill_checksum();
+            }
+            p.payload_mut()[..len].copy_from_slice(&l4[off..off + len]);
+            self.push_frame(out, buf);
+        }
+    }
+
+    // ─────────────────────────────── ICMP ──────────────────────────────
+
+    fn icmp(
+        &mut self,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        payload: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let repr = match Icmpv4Packet::new_checked(payload).and_then(|p| {
+            if self.cfg.verify_checksums && !p.verify_checksum() {
+                return Err(wire::Error::Checksum);
+            }
+            Icmpv4Repr::parse(&Icmpv4Packet::new_unchecked(payload))
+        }) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        } = repr
+        else {
+            // Errors from the guest about our traffic: nothing to relay.
+            return self.drop(DropReason::Unsupported);
+        };
+        if dst == self.cfg.gateway {
+            let reply = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            };
+            let mut l4 = vec![0u8; reply.buffer_len()];
+            reply.emit(&mut Icmpv4Packet::new_unchecked(&mut l4[..]));
+            let l2 = self.l2();
+            return self.ipv4_to_guest(l2, dst, src, ip_proto::ICMP, &l4, out);
+        }
+        if self.is_bad_destination(dst) {
+            return self.drop(DropReason::BadAddress);
+        }
+        let key = FlowKey {
+            proto: Proto::Icmp,
+            guest: SocketAddr::from((src, ident)),
+            remote: SocketAddr::from((dst, 0)),
+        };
+        self.dgram_out(key, payload.to_vec(), now, out);
+    }
+
+    /// ICMP destination unreachable to the guest about a datagram of `key`.
+    fn icmp_unreachable(&mut self, key: &FlowKey, code: u8, data: &[u8], out: &mut Actions) {
+        let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
+            return;
+        };
+        // The offending datagram: its IP header and the first 8 bytes
+        // (plus some payload) of the UDP datagram (RFC 792).
+        let udp_len = 8 + data.len();
+        let keep = data.len().min(64);
+        let ip = Ipv4Repr {
+            src_addr: *guest.ip(),
+            dst_addr: *remote.ip(),
+            next_header: ip_proto::UDP,
+            payload_len: udp_len,
+            hop_limit: 64,
+        };
+        let mut orig = vec![0u8; wire::ipv4::HEADER_LEN + 8 + keep];
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut orig[..]));
+        let u = &mut orig[wire::ipv4::HEADER_LEN..];
+        u[0..2].copy_from_slice(&guest.port().to_be_bytes());
+        u[2..4].copy_from_slice(&remote.port().to_be_bytes());
+        u[4..6].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
+        u[8..].copy_from_slice(&data[..keep]);
+        let msg = Icmpv4Repr::DstUnreachable {
+            code,
+            next_hop_mtu: 0,
+            data: &orig,
+        };
+        let mut l4 = vec![0u8; msg.buffer_len()];
+        msg.emit(&mut Icmpv4Packet::new_unchecked(&mut l4[..]));
+        let l2 = self.l2();
+        self.ipv4_to_guest(l2, *remote.ip(), *guest.ip(), ip_proto::ICMP, &l4, out);
+    }
+
+    // ──────────────────────────── host events ──────────────────────────
+
+    /// Process a completion from the host.
+    pub fn host_event(&mut self, ev: HostEvent, now: Instant, out: &mut Actions) {
+        let id = ev.flow();
+        let Some((key, state)) = self.flows.get_mut(id) else {
+            // A completion for a flow that is gone (generation moved on).
+            return;
+        };
+        let key = *key;
+        match state {
+            FlowState::Tcp(conn) => {
+                let l2 = L2 {
+                    gateway: self.cfg.gateway_mac,
+                    guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
+                };
+                let mut frames = Vec::new();
+                let mut emit = tcp_emitter(l2, &key, &mut frames);
+                if let HostEvent::Connected { result: Err(e), .. } = ev {
+                    log::debug!(
+                        "tcp {:?} -> {:?}: connect failed: errno {e}",
+                        key.guest,
+                        key.remote
+                    );
+                }
+                let v = match ev {
+                    HostEvent::Connected { result, .. } => {
+                        conn.on_connected(result, now, &mut emit, &mut out.ops)
+                    }
+                    HostEvent::Sent { result, .. } => {
+                        conn.on_sent(result, now, &mut emit, &mut out.ops)
+                    }
+                    HostEvent::Received { result, .. } => {
+                        conn.on_received(result, now, &mut emit, &mut out.ops)
+                    }
+                };
+                drop(emit);
+                let pending = conn.ack_pending();
+                for f in frames {
+                    self.push_frame(out, f);
+                }
+                if pending {
+                    self.ack_list.push(id);
+                }
+                if v == Verdict::Remove {
+                    self.flows.remove(id);
+                }
+            }
+            FlowState::Dgram(_) => self.dgram_event(id, key, ev, now, out),
+        }
+    }
+
+    fn dgram_event(
+        &mut self,
+        id: FlowId,
+        key: FlowKey,
+        ev: HostEvent,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        let Some((_, FlowState::Dgram(f))) = self.flows.get_mut(id) else {
+            return;
+        };
+        match ev {
+            HostEvent::Connected { result: Ok(()), .. } => {
+                f.connected = true;
+                for data in f.pending.drain(..) {
+                    out.ops.push(SockOp::Send { flow: id, data });
+                }
+                f.receiving = true;
+                out.ops.push(SockOp::Recv {
+                    flow: id,
+                    max: 65535,
+                });
+            }
+            HostEvent::Connected { result: Err(e), .. } => {
+                let pending: Vec<Vec<u8>> = f.pending.drain(..).collect();
+                out.ops.push(SockOp::Close {
+                    flow: id,
+                    reset: false,
+                });
+                self.flows.remove(id);
+                if key.proto == Proto::Icmp {
+                    log::debug!("no ping socket (errno {e}); check net.ipv4.ping_group_range");
+                    self.counters.drops[DropReason::NoPingSocket as usize] += pending.len() as u64;
+                } else {
+                    self.drop(DropReason::HostError);
+                    let code = unreachable_code(e);
+                    if let Some(first) = pending.first() {
+                        self.icmp_unreachable(&key, code, first, out);
+                    }
+                }
+            }
+            HostEvent::Sent { result, .. } => {
+                if let Err(e) = result {
+                    log::trace!("udp send error {e}");
+                    if e == libc_errno::ECONNREFUSED {
+                        self.icmp_unreachable(&key, wire::icmpv4::unreachable::PORT, &[], out);
+                    }
+                }
+            }
+            HostEvent::Received { result, .. } => {
+                f.receiving = true;
+                f.last_active = now;
+                out.ops.push(SockOp::Recv {
+                    flow: id,
+                    max: 65535,
+                });
+                match result {
+                    Ok(data) => self.dgram_to_guest(&key, &data, out),
+                    Err(e) if e == libc_errno::ECONNREFUSED && key.proto == Proto::Udp => {
+                        self.icmp_unreachable(&key, wire::icmpv4::unreachable::PORT, &[], out)
+                    }
+                    Err(e) => log::trace!("dgram recv error {e}"),
+                }
+            }
+        }
+    }
+
+    fn dgram_to_guest(&mut self, key: &FlowKey, data: &[u8], out: &mut Actions) {
+        let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
+            return;
+        };
+        let l2 = self.l2();
+        match key.proto {
+            Proto::Udp => self.udp_to_guest(l2, remote, guest, data, out),
+            Proto::Icmp => {
+                // The ping socket's reply carries the socket's identifier;
+                // give the guest back its own.
+                let Ok(p) = Icmpv4Packet::new_checked(data) else {
+                    return self.drop(DropReason::Malformed);
+                };
+                let Ok(Icmpv4Repr::EchoReply { seq_no, data, .. }) =
+                    Icmpv4Repr::parse(&Icmpv4Packet::new_unchecked(data))
+                else {
+                    let _ = p;
+                    return;
+                };
+                let reply = Icmpv4Repr::EchoReply {
+                    ident: guest.port(),
+                    seq_no,
+                    data,
+                };
+                let mut l4 = vec![0u8; reply.buffer_len()];
+                reply.emit(&mut Icmpv4Packet::new_unchecked(&mut l4[..]));
+                self.ipv4_to_guest(l2, *remote.ip(), *guest.ip(), ip_proto::ICMP, &l4, out);
+            }
+            Proto::Tcp => {}
+        }
+    }
+
+    // ─────────────────────────────── timers ────────────────────────────
+
+    /// End of a batch and timers: send pending ACKs, retransmit, expire idle
+    /// flows and stale fragments. Returns when it next needs to run.
+    pub fn poll(&mut self, now: Instant, out: &mut Actions) -> Option<Instant> {
+        let l2 = self.l2();
+        let mut acks = std::mem::take(&mut self.ack_list);
+        acks.sort_unstable();
+        acks.dedup();
+        for id in acks.drain(..) {
+            let Some((key, FlowState::Tcp(conn))) = self.flows.get_mut(id) else {
+                continue;
+            };
+            let key = *key;
+            let mut frames = Vec::new();
+            conn.flush_ack(&mut tcp_emitter(l2, &key, &mut frames));
+            for f in frames {
+                self.push_frame(out, f);
+            }
+        }
+        self.ack_list = acks;
+
+        if now >= self.next_scan {
+            self.next_scan = now + TIMER_SCAN;
+            let expired = self.reasm.expire(now);
+            self.counters.drops[DropReason::FragTimeout as usize] += expired as u64;
+            for id in self.flows.ids() {
+                let Some((key, state)) = self.flows.get_mut(id) else {
+                    continue;
+                };
+                let key = *key;
+                match state {
+                    FlowState::Tcp(conn) => {
+                        if conn.deadline().is_some_and(|d| d <= now) {
+                            let mut frames = Vec::new();
+                            let v = conn.on_timer(
+                                now,
+                                &mut tcp_emitter(l2, &key, &mut frames),
+                                &mut out.ops,
+                            );
+                            for f in frames {
+                                self.push_frame(out, f);
+                            }
+                            if v == Verdict::Remove {
+                                self.flows.remove(id);
+                            }
+                        }
+                    }
+                    FlowState::Dgram(f) => {
+                        if now.since(f.last_active) >= f.timeout {
+                            out.ops.push(SockOp::Close {
+                                flow: id,
+                                reset: false,
+                            });
+                            self.flows.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+        self.next_deadline()
+    }
+
+    /// When [`Stack::poll`] next has work, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if !self.ack_list.is_empty() {
+            return Some(Instant::ZERO);
+        }
+        if self.flows.is_empty() && self.reasm.held_bytes() == 0 {
+            return None;
+        }
+        Some(self.next_scan)
+    }
+
+    /// Reset every flow (the guest went away): RST the host peers.
+    pub fn reset_all(&mut self, out: &mut Actions) {
+        for id in self.flows.ids() {
+            out.ops.push(SockOp::Close {
+                flow: id,
+                reset: true,
+            });
+            self.flows.remove(id);
+        }
+    }
+}
+
+/// Placeholder state while a TCP flow's id is being allocated.
+fn placeholder(now: Instant) -> DgramFlow {
+    DgramFlow {
+        connected: false,
+        pending: VecDeque::new(),
+        receiving: false,
+        last_active: now,
+        timeout: Duration::ZERO,
+    }
+}
+
+/// Errno values the stack interprets (the stack is OS-agnostic; these are
+/// Linux's numbers, which the dataplane reports).
+mod libc_errno {
+    pub const ECONNREFUSED: i32 = 111;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTUNREACH: i32 = 113;
+    pub const EACCES: i32 = 13;
+    pub const EPERM: i32 = 1;
+}
+
+fn unreachable_code(errno: Errno) -> u8 {
+    use wire::icmpv4::unreachable;
+    match errno {
+        libc_errno::ENETUNREACH => unreachable::NET,
+        libc_errno::EHOSTUNREACH => unreachable::HOST,
+        libc_errno::EACCES | libc_errno::EPERM => unreachable::ADMIN_PROHIBITED,
+        _ => unreachable::PORT,
+    }
+}
+
+fn wire_reason(e: wire::Error) -> DropReason {
+    match e {
+        wire::Error::Truncated => DropReason::Truncated,
+        wire::Error::Malformed => DropReason::Malformed,
+        wire::Error::Checksum => DropReason::BadChecksum,
+        wire::Error::Unsupported => DropReason::Unsupported,
+    }
+}
+
+/// A callback that turns a connection's [`TcpRepr`] into a frame to the
+/// guest: the flow's ports and addresses (remote → guest) are filled in.
+fn tcp_emitter<'a>(
+    l2: L2,
+    key: &FlowKey,
+    frames: &'a mut Vec<Vec<u8>>,
+) -> impl FnMut(&TcpRepr<'_>) + 'a {
+    let key = *key;
+    move |repr: &TcpRepr<'_>| {
+        let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
+            return;
+        };
+        let mut r = *repr;
+        r.src_port = remote.port();
+        r.dst_port = guest.port();
+        let ip = Ipv4Repr {
+            src_addr: *remote.ip(),
+            dst_addr: *guest.ip(),
+            next_header: ip_proto::TCP,
+            payload_len: r.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + r.buffer_len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: l2.gateway,
+            dst_addr: l2.guest,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip.emit(&mut p);
+        r.emit(
+            &mut TcpPacket::new_unchecked(p.payload_mut()),
+            IpAddr::V4(*remote.ip()),
+            IpAddr::V4(*guest.ip()),
+        );
+        frames.push(buf);
+    }
+}

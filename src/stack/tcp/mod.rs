@@ -1,1 +1,3 @@
-//! TCP translation (see `conn`).
+//! TCP translation: see [`conn`].
+
+pub mod conn;

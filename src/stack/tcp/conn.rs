@@ -1,0 +1,740 @@
+//! One translated TCP connection: the guest's TCP on one side, a host stream
+//! socket on the other.
+//!
+//! # Theory of operation
+//!
+//! uipd does not terminate the guest's TCP in a full stack of its own. The
+//! host kernel does the real TCP toward the peer; this state machine only
+//! speaks enough TCP toward the guest to move bytes between the guest and
+//! the host socket, over a link (the TAP or virtqueue) that is local and
+//! lossless except when a ring is full.
+//!
+//! ```text
+//!            guest ─ segments ─►  to_host: bounded queue ── Send ──► host socket
+//!   (rcv_nxt, our window)         [ack'd to guest, unsent]          (one Send in flight)
+//!
+//!            guest ◄─ segments ─  to_guest: bounded queue ◄─ Recv ── host socket
+//!   (snd_una..snd_nxt, its wnd)   [read, unacked by guest]          (one Recv in flight)
+//! ```
+//!
+//! Guest → host. A segment's payload is appended to `to_host` and ACKed at
+//! once; the window we advertise is the queue's free space, so the guest can
+//! never send more than uipd holds (`TO_HOST_CAP`). A host socket that takes
+//! only part of a `Send` leaves the tail at the front of the queue, and the
+//! next `Send` starts there: nothing is dropped and nothing waits for the
+//! guest to retransmit. When the queue drains, a window update reopens the
+//! window. (passt ACKs only what the socket took because it keeps no buffer;
+//! with a bounded queue, ACK-on-queue is ordinary receiver behaviour and
+//! keeps the guest's congestion window from collapsing on a slow peer.)
+//!
+//! Host → guest. Bytes read from the host stay in `to_guest` until the guest
+//! ACKs them, so retransmission (three duplicate ACKs, or the RTO) replays
+//! from `snd_una` (go-back-N: the link reorders nothing). `Recv` is issued
+//! only while `to_guest` has room, which is the backpressure toward the host
+//! peer. Segments respect the guest's MSS and its scaled window.
+//!
+//! Close. Guest FIN → `shutdown(SHUT_WR)` once `to_host` is drained. Host EOF
+//! → FIN to the guest once `to_guest` is all sent. When both FINs are done
+//! (ours ACKed) the socket is closed and the flow forgotten; the guest keeps
+//! TIME-WAIT. RST from the guest → abortive close (`SO_LINGER` 0) so the host
+//! peer sees RST; a host error → RST to the guest. A refused connect becomes
+//! a RST answering the guest's SYN: the SYN-ACK is sent only after the host
+//! connect succeeds, so the guest sees exactly what the host saw.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::stack::flow::FlowId;
+use crate::stack::ops::{Errno, SockOp};
+use crate::stack::time::Instant;
+use crate::stack::wire::tcp::{Flags, Repr as TcpRepr, SeqNumber};
+
+/// Most bytes queued from the guest toward the host socket (our receive window).
+pub const TO_HOST_CAP: usize = 4 << 20;
+/// Most bytes read from the host and not yet acknowledged by the guest.
+pub const TO_GUEST_CAP: usize = 4 << 20;
+/// Largest single host read.
+pub const RECV_CHUNK: usize = 256 << 10;
+/// Window scale we offer when the guest offers one (2^7 × 65535 ≈ 8 MiB ≥ caps).
+pub const OUR_WSCALE: u8 = 7;
+/// Initial and minimum retransmission timeout (a local link: RFC 6298's 1 s
+/// floor is for the Internet; Linux uses 200 ms).
+pub const RTO_MIN: Duration = Duration::from_millis(200);
+/// Largest retransmission timeout.
+pub const RTO_MAX: Duration = Duration::from_secs(30);
+/// Retransmissions of the same data before the connection is reset.
+pub const MAX_RETRIES: u32 = 12;
+/// MSS assumed when the guest sends none (RFC 9293 §3.7.1).
+pub const DEFAULT_MSS: u16 = 536;
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Guest SYN seen; the host connect is in flight.
+    Connecting,
+    /// SYN-ACK sent; waiting for the guest's ACK.
+    SynAckSent,
+    /// Data may flow (either side may have half-closed).
+    Established,
+    /// Gone: the flow must be removed (a `Close` was issued).
+    Closed,
+}
+
+/// What a guest segment or host event asks the stack to do about the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep the flow.
+    Keep,
+    /// The connection is over; remove the flow (its `Close` op was issued).
+    Remove,
+}
+
+/// A segment to send to the guest: a [`TcpRepr`] whose ports the stack fills
+/// in. Produced through the `emit` callback so payloads are borrowed straight
+/// from the connection's queue.
+pub type Emit<'e> = dyn FnMut(&TcpRepr<'_>) + 'e;
+
+/// One translated connection.
+#[derive(Debug)]
+pub struct Conn {
+    flow: FlowId,
+    state: State,
+
+    // Guest → host.
+    /// Next sequence number expected from the guest.
+    rcv_nxt: SeqNumber,
+    /// Bytes received from the guest, not yet taken by the host socket.
+    to_host: VecDeque<u8>,
+    /// Bytes of `to_host` in the `Send` in flight (0 = none in flight).
+    sending: usize,
+    /// The guest sent FIN (counted in `rcv_nxt`).
+    guest_fin: bool,
+    /// `shutdown(SHUT_WR)` was issued.
+    host_shut: bool,
+    /// Window scale the guest accepts from us (0 if it sent no option).
+    our_wscale: u8,
+    /// Right edge of the window last advertised (to detect a reopening).
+    adv_right_edge: SeqNumber,
+    /// An ACK to the guest is due (sent at the end of the batch).
+    ack_pending: bool,
+
+    // Host → guest.
+    /// Our initial sequence number.
+    iss: SeqNumber,
+    /// Oldest byte the guest has not acknowledged (start of `to_guest`).
+    snd_una: SeqNumber,
+    /// Next byte to send.
+    snd_nxt: SeqNumber,
+    /// Bytes read from the host, from `snd_una` on.
+    to_guest: VecDeque<u8>,
+    /// Guest's advertised window in bytes (scaled).
+    snd_wnd: usize,
+    /// Shift to apply to the guest's window field.
+    snd_wscale: u8,
+    /// Guest MSS (clamped to what the MTU allows).
+    mss: usize,
+    /// A `Recv` is in flight.
+    receiving: bool,
+    /// The host socket reached end of stream.
+    host_eof: bool,
+    /// Our FIN has been sent (it occupies `snd_una + to_guest.len()`).
+    fin_sent: bool,
+    /// The guest acknowledged our FIN.
+    fin_acked: bool,
+    /// Consecutive duplicate ACKs.
+    dup_acks: u32,
+    /// When the oldest unacknowledged data times out.
+    rto_deadline: Option<Instant>,
+    /// Current RTO.
+    rto: Duration,
+    /// Retransmissions without progress.
+    retries: u32,
+}
+
+impl Conn {
+    /// A connection for a guest SYN: `syn` is the parsed SYN, `iss` our ISN,
+    /// `mtu` the guest link MTU. The caller issues the host `Open`.
+    pub fn new(flow: FlowId, syn: &TcpRepr<'_>, iss: SeqNumber, mtu: usize) -> Conn {
+        let link_mss = mtu.saturating_sub(40).max(64);
+        let mss = usize::from(syn.max_seg_size.unwrap_or(DEFAULT_MSS)).clamp(64, link_mss);
+        let (our_wscale, snd_wscale) = match syn.window_scale {
+            Some(ws) => (OUR_WSCALE, ws.min(14)),
+            None => (0, 0),
+        };
+        let rcv_nxt = syn.seq_number + 1usize;
+        Conn {
+            flow,
+            state: State::Connecting,
+            rcv_nxt,
+            to_host: VecDeque::new(),
+            sending: 0,
+            guest_fin: false,
+            host_shut: false,
+            our_wscale,
+            adv_right_edge: rcv_nxt,
+            ack_pending: false,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss,
+            to_guest: VecDeque::new(),
+            snd_wnd: usize::from(syn.window_len),
+            snd_wscale,
+            mss,
+            receiving: false,
+            host_eof: false,
+            fin_sent: false,
+            fin_acked: false,
+            dup_acks: 0,
+            rto_deadline: None,
+            rto: RTO_MIN,
+            retries: 0,
+        }
+    }
+
+    /// The connection's state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The MSS used toward the guest.
+    pub fn mss(&self) -> usize {
+        self.mss
+    }
+
+    /// Bytes waiting for the host socket.
+    pub fn queued_to_host(&self) -> usize {
+        self.to_host.len()
+    }
+
+    /// Bytes read from the host and not yet acknowledged by the guest.
+    pub fn unacked_to_guest(&self) -> usize {
+        self.to_guest.len()
+    }
+
+    /// Earliest timer of this connection.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.rto_deadline
+    }
+
+    /// True if an ACK is waiting for [`Conn::flush_ack`].
+    pub fn ack_pending(&self) -> bool {
+        self.ack_pending
+    }
+
+    /// Free space of `to_host`: the window we advertise.
+    fn rcv_wnd(&self) -> usize {
+        TO_HOST_CAP.saturating_sub(self.to_host.len())
+    }
+
+    /// Window field for our segments (scaled down, clamped to 16 bits).
+    fn window_field(&self) -> u16 {
+        let w = self.rcv_wnd() >> self.our_wscale;
+        u16::try_from(w).unwrap_or(u16::MAX)
+    }
+
+    /// A bare segment from us with the current ACK and window.
+    fn segment<'p>(&self, seq: SeqNumber, flags: Flags, payload: &'p [u8]) -> TcpRepr<'p> {
+        TcpRepr {
+            src_port: 0,
+            dst_port: 0,
+            flags,
+            seq_number: seq,
+            ack_number: Some(self.rcv_nxt),
+            window_len: self.window_field(),
+            max_seg_size: None,
+            window_scale: None,
+            sack_permitted: false,
+            payload,
+        }
+    }
+
+    fn send_ack(&mut self, emit: &mut Emit<'_>) {
+        let seq = self.snd_nxt;
+        let repr = self.segment(seq, Flags::default(), &[]);
+        emit(&repr);
+        self.note_advertised();
+        self.ack_pending = false;
+    }
+
+    fn note_advertised(&mut self) {
+        self.adv_right_edge = self.rcv_nxt + (usize::from(self.window_field()) << self.our_wscale);
+    }
+
+    fn send_syn_ack(&mut self, emit: &mut Emit<'_>) {
+        let mut repr = self.segment(
+            self.iss,
+            Flags {
+                syn: true,
+                ..Flags::default()
+            },
+            &[],
+        );
+        repr.max_seg_size = Some(u16::try_from(self.mss).unwrap_or(u16::MAX));
+        if self.our_wscale != 0 {
+            repr.window_scale = Some(self.our_wscale);
+        }
+        // RFC 7323 §2.2: the window field of a SYN is never scaled.
+        repr.window_len = u16::try_from(self.rcv_wnd()).unwrap_or(u16::MAX);
+        emit(&repr);
+        self.note_advertised();
+    }
+
+    /// A RST answering the current state (guest sees the connection reset).
+    fn send_rst(&self, emit: &mut Emit<'_>) {
+        let mut repr = self.segment(
+            self.snd_nxt,
+            Flags {
+                rst: true,
+                ..Flags::default()
+            },
+            &[],
+        );
+        repr.window_len = 0;
+        emit(&repr);
+    }
+
+    /// Abort: RST to the guest, RST to the host peer, flow gone.
+    fn abort(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
+        if self.state != State::Closed {
+            self.send_rst(emit);
+            ops.push(SockOp::Close {
+                flow: self.flow,
+                reset: true,
+            });
+            self.state = State::Closed;
+        }
+        Verdict::Remove
+    }
+
+    /// The host connect finished.
+    pub fn on_connected(
+        &mut self,
+        result: Result<(), Errno>,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        if self.state != State::Connecting {
+            return Verdict::Keep;
+        }
+        match result {
+            Ok(()) => {
+                self.state = State::SynAckSent;
+                self.snd_nxt = self.iss + 1usize;
+                self.send_syn_ack(emit);
+                self.arm_rto(now);
+                self.maybe_recv(ops);
+                Verdict::Keep
+            }
+            Err(_) => {
+                // The guest's SYN was never answered, so a RST with ACK of the
+                // SYN is the refusal (RFC 9293 §3.10.7.1).
+                let repr = TcpRepr {
+                    src_port: 0,
+                    dst_port: 0,
+                    flags: Flags {
+                        rst: true,
+                        ..Flags::default()
+                    },
+                    seq_number: SeqNumber(0),
+                    ack_number: Some(self.rcv_nxt),
+                    window_len: 0,
+                    max_seg_size: None,
+                    window_scale: None,
+                    sack_permitted: false,
+                    payload: &[],
+                };
+                emit(&repr);
+                ops.push(SockOp::Close {
+                    flow: self.flow,
+                    reset: false,
+                });
+                self.state = State::Closed;
+                Verdict::Remove
+            }
+        }
+    }
+
+    /// A segment from the guest for this connection.
+    pub fn on_segment(
+        &mut self,
+        seg: &TcpRepr<'_>,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        if self.state == State::Closed {
+            return Verdict::Remove;
+        }
+        if seg.flags.rst {
+            // RFC 5961 §3.2, simplified: accept a RST whose sequence number
+            // falls inside the window; ignore others.
+            let off = seg.seq_number - self.rcv_nxt;
+            if off >= 0 && off <= i64::try_from(self.rcv_wnd().max(1)).unwrap_or(i64::MAX) {
+                ops.push(SockOp::Close {
+                    flow: self.flow,
+                    reset: true,
+                });
+                self.state = State::Closed;
+                return Verdict::Remove;
+            }
+            return Verdict::Keep;
+        }
+        if seg.flags.syn {
+            if seg.ack_number.is_none() && seg.seq_number + 1usize == self.rcv_nxt {
+                // A retransmitted SYN: answer again if we already did.
+                if self.state == State::SynAckSent {
+                    self.send_syn_ack(emit);
+                }
+                return Verdict::Keep;
+            }
+            // A SYN inside a synchronized connection: challenge ACK (RFC 5961 §4).
+            self.send_ack(emit);
+            return Verdict::Keep;
+        }
+        let Some(ack) = seg.ack_number else {
+            // RFC 9293 §3.10.7.4: segments without ACK are dropped.
+            return Verdict::Keep;
+        };
+        match self.state {
+            State::Connecting => return Verdict::Keep,
+            State::SynAckSent => {
+                if ack != self.iss + 1usize {
+                    return Verdict::Keep;
+                }
+                self.state = State::Established;
+                self.snd_una = ack;
+                self.rto_deadline = None;
+                self.retries = 0;
+                self.rto = RTO_MIN;
+            }
+            State::Established | State::Closed => {}
+        }
+
+        self.on_ack(ack, seg, now, emit);
+
+        // Payload and FIN (guest → host).
+        let payload_len = seg.payload.len();
+        if payload_len > 0 || seg.flags.fin {
+            let off = seg.seq_number - self.rcv_nxt;
+            if off > 0 || self.guest_fin {
+                // Out of order (the link lost a frame) or data after FIN:
+                // a duplicate ACK asks for what is missing.
+                self.send_ack(emit);
+            } else {
+                // `off <= 0`: skip what was already received.
+                let skip = usize::try_from(-off).unwrap_or(usize::MAX);
+                let mut fin = seg.flags.fin;
+                if skip > payload_len {
+                    // Entirely old (a retransmission): re-ACK.
+                    self.ack_pending = true;
+                } else {
+                    let fresh = &seg.payload[skip..];
+                    let take = fresh.len().min(self.rcv_wnd());
+                    if take < fresh.len() {
+                        // Beyond our window: the rest is dropped, and so is a FIN behind it.
+                        fin = false;
+                    }
+                    self.to_host.extend(&fresh[..take]);
+                    self.rcv_nxt = self.rcv_nxt + take;
+                    if fin {
+                        self.rcv_nxt = self.rcv_nxt + 1usize;
+                        self.guest_fin = true;
+                    }
+                    self.ack_pending = true;
+                    self.maybe_send(ops);
+                }
+            }
+        }
+
+        self.transmit(now, emit);
+        self.maybe_recv(ops);
+        self.check_done(ops)
+    }
+
+    /// ACK processing for the host → guest direction.
+    fn on_ack(&mut self, ack: SeqNumber, seg: &TcpRepr<'_>, now: Instant, emit: &mut Emit<'_>) {
+        let wnd = usize::from(seg.window_len) << self.snd_wscale;
+        let fin_seq = self.snd_una + self.to_guest.len();
+        let max_ack = if self.fin_sent {
+            fin_seq + 1usize
+        } else {
+            self.snd_nxt.max(self.snd_una)
+        };
+        if ack > max_ack {
+            // ACK for data we never sent: answer with an ACK (RFC 9293 §3.10.7.4).
+            self.send_ack(emit);
+            return;
+        }
+        if ack > self.snd_una {
+            let acked = usize::try_from(ack - self.snd_una).unwrap_or(0);
+            let data_acked = acked.min(self.to_guest.len());
+            self.to_guest.drain(..data_acked);
+            if self.fin_sent && ack == fin_seq + 1usize {
+                self.fin_acked = true;
+            }
+            self.snd_una = ack;
+            if self.snd_nxt < self.snd_una {
+                self.snd_nxt = self.snd_una;
+            }
+            self.dup_acks = 0;
+            self.retries = 0;
+            self.rto = RTO_MIN;
+            self.snd_wnd = wnd;
+            if self.snd_nxt == self.snd_una && (!self.fin_sent || self.fin_acked) {
+                self.rto_deadline = None;
+            } else {
+                self.arm_rto(now);
+            }
+        } else if ack == self.snd_una {
+            let in_flight = self.snd_nxt > self.snd_una;
+            if seg.payload.is_empty() && !seg.flags.fin && wnd == self.snd_wnd && in_flight {
+                // RFC 5681 §2 duplicate ACK.
+                self.dup_acks += 1;
+                if self.dup_acks == 3 {
+                    self.rewind();
+                }
+            } else {
+                self.snd_wnd = wnd;
+            }
+        }
+    }
+
+    /// Go back to the oldest unacknowledged byte (fast retransmit or RTO).
+    fn rewind(&mut self) {
+        self.snd_nxt = self.snd_una;
+        if self.fin_sent && !self.fin_acked {
+            self.fin_sent = false;
+        }
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        self.rto_deadline = Some(now + self.rto);
+    }
+
+    /// Issue a `Send` of queued guest data if none is in flight; issue the
+    /// deferred `shutdown` once everything is written.
+    fn maybe_send(&mut self, ops: &mut Vec<SockOp>) {
+        if self.sending != 0 || self.state == State::Closed {
+            return;
+        }
+        if self.to_host.is_empty() {
+            if self.guest_fin && !self.host_shut {
+                self.host_shut = true;
+                ops.push(SockOp::ShutdownWrite { flow: self.flow });
+            }
+            return;
+        }
+        let data: Vec<u8> = self.to_host.iter().copied().collect();
+        self.sending = data.len();
+        ops.push(SockOp::Send {
+            flow: self.flow,
+            data,
+        });
+    }
+
+    /// Issue a `Recv` when there is room for more host data.
+    fn maybe_recv(&mut self, ops: &mut Vec<SockOp>) {
+        if self.receiving || self.host_eof || self.state == State::Closed {
+            return;
+        }
+        let room = TO_GUEST_CAP.saturating_sub(self.to_guest.len());
+        if room < self.mss.min(TO_GUEST_CAP / 4) {
+            return;
+        }
+        self.receiving = true;
+        ops.push(SockOp::Recv {
+            flow: self.flow,
+            max: room.min(RECV_CHUNK),
+        });
+    }
+
+    /// The host socket took `result` bytes of the `Send` in flight.
+    pub fn on_sent(
+        &mut self,
+        result: Result<usize, Errno>,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        if self.state == State::Closed {
+            return Verdict::Remove;
+        }
+        let n = match result {
+            Ok(n) => n.min(self.sending),
+            Err(_) => return self.abort(emit, ops),
+        };
+        self.sending = 0;
+        self.to_host.drain(..n);
+        // Window update when the window reopens noticeably (RFC 9293
+        // §3.8.6.2.2): from zero, or by two segments while the guest believes
+        // it has less than half of the largest window.
+        let believed = usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
+        let now_wnd = usize::from(self.window_field()) << self.our_wscale;
+        let max_wnd = TO_HOST_CAP.min(usize::from(u16::MAX) << self.our_wscale);
+        if now_wnd > believed
+            && (believed == 0 || (believed < max_wnd / 2 && now_wnd - believed >= 2 * self.mss))
+        {
+            self.ack_pending = true;
+        }
+        self.maybe_send(ops);
+        let _ = now;
+        self.check_done(ops)
+    }
+
+    /// The host socket returned data (or end of stream, or an error).
+    pub fn on_received(
+        &mut self,
+        result: Result<Vec<u8>, Errno>,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        if self.state == State::Closed {
+            return Verdict::Remove;
+        }
+        self.receiving = false;
+        match result {
+            Ok(data) if data.is_empty() => self.host_eof = true,
+            Ok(data) => self.to_guest.extend(&data),
+            Err(_) => return self.abort(emit, ops),
+        }
+        self.transmit(now, emit);
+        self.maybe_recv(ops);
+        self.check_done(ops)
+    }
+
+    /// Send what the guest's window allows, then FIN if the host is done.
+    fn transmit(&mut self, now: Instant, emit: &mut Emit<'_>) {
+        if self.state != State::Established {
+            return;
+        }
+        let end = self.snd_una + self.to_guest.len();
+        let wnd_edge = self.snd_una + self.snd_wnd;
+        let mut sent_any = false;
+        while self.snd_nxt < end && self.snd_nxt < wnd_edge {
+            let off = usize::try_from(self.snd_nxt - self.snd_una).unwrap_or(0);
+            let avail = usize::try_from(end - self.snd_nxt).unwrap_or(0);
+            let wnd_left = usize::try_from(wnd_edge - self.snd_nxt).unwrap_or(0);
+            let (a, b) = self.to_guest.as_slices();
+            let slice = if off < a.len() {
+                &a[off..]
+            } else {
+                &b[off - a.len()..]
+            };
+            let len = self.mss.min(avail).min(wnd_left).min(slice.len());
+            let last = len == avail;
+            let seq = self.snd_nxt;
+            let repr = self.segment(
+                seq,
+                Flags {
+                    psh: last,
+                    ..Flags::default()
+                },
+                &slice[..len],
+            );
+            emit(&repr);
+            self.snd_nxt = self.snd_nxt + len;
+            sent_any = true;
+        }
+        if sent_any {
+            self.ack_pending = false;
+            self.note_advertised();
+        }
+        if self.host_eof && !self.fin_sent && self.snd_nxt == end {
+            let repr = self.segment(
+                end,
+                Flags {
+                    fin: true,
+                    ..Flags::default()
+                },
+                &[],
+            );
+            emit(&repr);
+            self.fin_sent = true;
+            self.snd_nxt = end + 1usize;
+            self.ack_pending = false;
+            self.note_advertised();
+            sent_any = true;
+        }
+        if sent_any && self.rto_deadline.is_none() {
+            self.arm_rto(now);
+        }
+    }
+
+    /// Send the ACK the batch left pending.
+    pub fn flush_ack(&mut self, emit: &mut Emit<'_>) {
+        if self.ack_pending && matches!(self.state, State::Established | State::SynAckSent) {
+            self.send_ack(emit);
+        }
+    }
+
+    /// Timers: retransmission, zero-window probe, handshake.
+    pub fn on_timer(
+        &mut self,
+        now: Instant,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        let Some(deadline) = self.rto_deadline else {
+            return Verdict::Keep;
+        };
+        if now < deadline || self.state == State::Closed {
+            return Verdict::Keep;
+        }
+        self.retries += 1;
+        if self.retries > MAX_RETRIES {
+            log::debug!(
+                "tcp flow {:?}: {} retransmissions without progress, reset",
+                self.flow,
+                self.retries
+            );
+            return self.abort(emit, ops);
+        }
+        self.rto = (self.rto * 2).min(RTO_MAX);
+        self.rto_deadline = None;
+        match self.state {
+            State::SynAckSent => {
+                self.send_syn_ack(emit);
+                self.arm_rto(now);
+            }
+            State::Established => {
+                self.rewind();
+                if self.snd_wnd == 0 && !self.to_guest.is_empty() {
+                    // Zero-window probe (RFC 9293 §3.8.6.1): one byte past the window.
+                    self.snd_wnd = 1;
+                    self.transmit(now, emit);
+                    self.snd_wnd = 0;
+                } else {
+                    self.transmit(now, emit);
+                }
+                if self.rto_deadline.is_none() {
+                    self.arm_rto(now);
+                }
+            }
+            State::Connecting | State::Closed => {}
+        }
+        Verdict::Keep
+    }
+
+    /// Both directions finished: close the socket and forget the flow.
+    fn check_done(&mut self, ops: &mut Vec<SockOp>) -> Verdict {
+        let guest_done = self.guest_fin && self.host_shut && self.sending == 0;
+        let host_done = self.host_eof && self.fin_acked;
+        if guest_done && host_done {
+            ops.push(SockOp::Close {
+                flow: self.flow,
+                reset: false,
+            });
+            self.state = State::Closed;
+            return Verdict::Remove;
+        }
+        Verdict::Keep
+    }
+
+    /// Tear down from outside (flow table teardown, guest gone): RST the
+    /// guest and the host peer.
+    pub fn reset(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) {
+        let _ = self.abort(emit, ops);
+    }
+}
