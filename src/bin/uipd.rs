@@ -1,2 +1,163 @@
-//! The uipd daemon.
-fn main() {}
+//! The uipd daemon: command line → [`uipd::daemon::Config`] → [`uipd::daemon::run`].
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use uipd::daemon::{self, Frontend};
+use uipd::stack;
+
+/// User-mode networking for a network namespace (and, later, VMs): guest
+/// Ethernet frames become ordinary host sockets, with no privileges.
+///
+/// Examples:
+///   uipd -- sh                      # a shell in a new namespace with network access
+///   uipd --netns /run/netns/ns1     # serve an existing namespace until SIGTERM
+#[derive(Debug, Parser)]
+#[command(name = "uipd", version, verbatim_doc_comment)]
+struct Cli {
+    /// Attach to an existing network namespace (a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net, or a PID) and run until
+    /// SIGINT/SIGTERM.
+    #[arg(long, value_name = "PATH|PID", conflicts_with = "command")]
+    netns: Option<String>,
+
+    /// Name of the TAP interface inside the namespace.
+    #[arg(long, default_value = "eth0", value_parser = parse_ifname)]
+    ifname: String,
+
+    /// Link MTU (68..65520).
+    #[arg(long, default_value_t = 65520, value_parser = clap::value_parser!(u16).range(68..=65520))]
+    mtu: u16,
+
+    /// Leave the interface without address and route (for DHCP).
+    #[arg(long)]
+    no_config_net: bool,
+
+    /// DNS resolver for queries to the gateway (repeatable; default: the
+    /// host's /etc/resolv.conf, re-read when it changes).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_resolver)]
+    resolver: Vec<SocketAddr>,
+
+    /// Do not map the gateway address to the host's loopback.
+    #[arg(long)]
+    no_host_loopback: bool,
+
+    /// Print counters to stderr at exit (also on SIGUSR1).
+    #[arg(long)]
+    stats: bool,
+
+    /// CPU to pin the stack worker to (cpulist syntax; one worker for now,
+    /// on the first CPU listed).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpulist)]
+    cpus: Option<CpuList>,
+
+    /// Network backend (kvmtool spelling, `-net user` works too). Only
+    /// `user` exists in namespace mode.
+    #[arg(long = "net", value_enum, default_value_t = NetMode::User)]
+    net: NetMode,
+
+    /// The command to run in the new namespaces.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NetMode {
+    User,
+    Tap,
+    None,
+}
+
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_ifname(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.contains(['/', ' ', ':']) || s == "." || s == ".." {
+        return Err("an interface name has 1 to 15 characters, without '/', ':' or spaces".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{s}' is not ADDR or ADDR:PORT (IPv6 with a port: [ADDR]:PORT)"))
+}
+
+fn parse_cpulist(s: &str) -> Result<CpuList, String> {
+    uipd::dataplane::cpus::parse_cpulist(s).map(CpuList).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__uipd-netns-child") {
+        uipd::dataplane::netns::child_main(args.split_off(2));
+    }
+    // kvmtool spells it `-net`: accept that before the `--`.
+    for a in args.iter_mut().skip(1) {
+        if a == "--" {
+            break;
+        }
+        if a == "-net" {
+            *a = "--net".into();
+        }
+    }
+    let cli = Cli::parse_from(args);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+
+    let frontend = match (&cli.netns, cli.command.is_empty()) {
+        (Some(ns), true) => Frontend::Attach(ns.clone()),
+        (None, false) => Frontend::Spawn(cli.command.clone()),
+        (None, true) => {
+            eprintln!("uipd: give a command after `--`, or --netns PATH|PID (see --help)");
+            return ExitCode::from(2);
+        }
+        (Some(_), false) => unreachable!("clap rejects --netns with a command"),
+    };
+    if cli.net != NetMode::User {
+        eprintln!("uipd: -net {:?} needs the VMM (--kernel), which is not built yet", cli.net);
+        return ExitCode::from(2);
+    }
+    let cpus = match cli.cpus {
+        Some(CpuList(list)) => match uipd::dataplane::cpus::check_usable(&list) {
+            Ok(()) => list,
+            Err(e) => {
+                eprintln!("uipd: --cpus: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Vec::new(),
+    };
+    let stack = stack::Config {
+        mtu: cli.mtu,
+        host_loopback: !cli.no_host_loopback,
+        ..stack::Config::default()
+    };
+    let cfg = daemon::Config {
+        frontend,
+        ifname: cli.ifname,
+        config_net: !cli.no_config_net,
+        resolvers: cli.resolver,
+        stats: cli.stats,
+        cpus,
+        stack,
+    };
+    match daemon::run(cfg) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            let mut msg = format!("uipd: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}

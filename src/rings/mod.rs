@@ -1,1 +1,240 @@
 //! Lock-free frame rings between frame ports and workers.
+//!
+//! ```text
+//!   frame port thread                      worker thread
+//!   ───────────────                        ─────────────
+//!   buf = pool.get()  ◄──── free ring ◄─── pool.put(buf) after ingress
+//!   read frame → buf
+//!   ring.push(buf) ───────► frame ring ──► ring.pop() → Stack::ingress
+//!   if worker asleep: eventfd write ─────► io_uring read on the eventfd wakes it
+//! ```
+//!
+//! Both rings are bounded `crossbeam::queue::ArrayQueue`s (lock-free MPMC,
+//! used here as SPSC). Buffers travel by value and come back through the
+//! free ring, so a steady stream allocates nothing per frame.
+//!
+//! Wake-up protocol (no lost wake-ups): the worker sets `sleeping`, then
+//! checks the ring once more before it blocks; the producer pushes, then
+//! reads `sleeping` and, if set, clears it and writes the eventfd. Both
+//! sides use `SeqCst` so the store of one and the load of the other cannot
+//! both miss (the classic Dekker pattern).
+//!
+//! A full ring is backpressure: [`FrameRing::push`] hands the frame back and
+//! the port waits for room (counting the event) rather than dropping it, so
+//! TCP data is never silently lost inside uipd; the port's own kernel queue
+//! (the TAP's txqueue) is what overflows, as a NIC's would.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam::queue::ArrayQueue;
+
+/// An eventfd used to wake a worker.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new non-blocking, close-on-exec eventfd.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; a negative return is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Add 1 to the counter, waking a reader.
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: the pointer is to a live u64 on our stack and the length is
+        // its size. EAGAIN (counter saturated) is fine: a wake-up is pending.
+        unsafe {
+            libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8);
+        }
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A bounded frame ring from one port to one worker, with its buffer pool.
+pub struct FrameRing {
+    ring: ArrayQueue<Vec<u8>>,
+    free: ArrayQueue<Vec<u8>>,
+    sleeping: AtomicBool,
+    wake: EventFd,
+    buf_size: usize,
+    /// Times a producer found the ring full.
+    pub full_events: AtomicU64,
+}
+
+impl FrameRing {
+    /// A ring of `capacity` frames whose pooled buffers hold `buf_size` bytes.
+    pub fn new(capacity: usize, buf_size: usize) -> io::Result<FrameRing> {
+        Ok(FrameRing {
+            ring: ArrayQueue::new(capacity),
+            free: ArrayQueue::new(capacity * 2),
+            sleeping: AtomicBool::new(false),
+            wake: EventFd::new()?,
+            buf_size,
+            full_events: AtomicU64::new(0),
+        })
+    }
+
+    /// A buffer of `buf_size` bytes (contents unspecified), from the pool if
+    /// one is free.
+    pub fn get_buf(&self) -> Vec<u8> {
+        match self.free.pop() {
+            Some(mut b) => {
+                b.resize(self.buf_size, 0);
+                b
+            }
+            None => vec![0u8; self.buf_size],
+        }
+    }
+
+    /// Return a buffer to the pool (dropped if the pool is full).
+    pub fn put_buf(&self, buf: Vec<u8>) {
+        let _ = self.free.push(buf);
+    }
+
+    /// Push a frame; on a full ring the frame comes back in `Err`.
+    pub fn push(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.ring.push(frame)?;
+        // Pairs with the SeqCst store in `prepare_sleep`: either the worker
+        // sees our frame on its re-check, or we see `sleeping` set.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake.signal();
+        }
+        Ok(())
+    }
+
+    /// Push, waiting (bounded spins, then short sleeps) while the ring is
+    /// full. Gives up and returns the frame after `max_wait`.
+    pub fn push_wait(&self, mut frame: Vec<u8>, max_wait: std::time::Duration) -> Result<(), Vec<u8>> {
+        let start = std::time::Instant::now();
+        let mut counted = false;
+        loop {
+            match self.push(frame) {
+                Ok(()) => return Ok(()),
+                Err(f) => frame = f,
+            }
+            if !counted {
+                self.full_events.fetch_add(1, Ordering::Relaxed);
+                counted = true;
+                // Make sure the worker is awake to drain.
+                self.wake.signal();
+            }
+            if start.elapsed() >= max_wait {
+                return Err(frame);
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+
+    /// Pop a frame.
+    pub fn pop(&self) -> Option<Vec<u8>> {
+        self.ring.pop()
+    }
+
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// True if no frame waits.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Worker: announce it is about to block. Returns false (and stays
+    /// awake) if frames arrived meanwhile.
+    pub fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        if !self.ring.is_empty() {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Worker: awake again.
+    pub fn awake(&self) {
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Wake the worker from outside (stop requests, signals).
+    pub fn kick(&self) {
+        self.wake.signal();
+    }
+
+    /// The eventfd the worker arms in its io_uring.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn frames_arrive_in_order_across_threads() {
+        let ring = Arc::new(FrameRing::new(64, 16).unwrap());
+        let r2 = ring.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 0..10_000u32 {
+                let mut b = r2.get_buf();
+                b[..4].copy_from_slice(&i.to_be_bytes());
+                r2.push_wait(b, Duration::from_secs(10)).unwrap();
+            }
+        });
+        let mut next = 0u32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while next < 10_000 && std::time::Instant::now() < deadline {
+            match ring.pop() {
+                Some(b) => {
+                    assert_eq!(u32::from_be_bytes(b[..4].try_into().unwrap()), next);
+                    next += 1;
+                    ring.put_buf(b);
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        producer.join().unwrap();
+        assert_eq!(next, 10_000);
+    }
+
+    #[test]
+    fn full_ring_returns_frame_and_counts() {
+        let ring = FrameRing::new(2, 8).unwrap();
+        ring.push(vec![1]).unwrap();
+        ring.push(vec![2]).unwrap();
+        assert_eq!(ring.push(vec![3]), Err(vec![3]));
+        let back = ring.push_wait(vec![4], Duration::from_millis(5));
+        assert_eq!(back, Err(vec![4]));
+        assert_eq!(ring.full_events.load(Ordering::Relaxed), 1);
+        assert_eq!(ring.pop(), Some(vec![1]));
+    }
+
+    #[test]
+    fn sleeping_worker_is_woken_by_push() {
+        let ring = FrameRing::new(4, 8).unwrap();
+        assert!(ring.prepare_sleep());
+        ring.push(vec![1]).unwrap();
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes into a live u64 from our own eventfd.
+        let n = unsafe { libc::read(ring.wake_fd(), (&raw mut v).cast(), 8) };
+        assert_eq!(n, 8, "push must signal a sleeping worker");
+        assert!(!ring.prepare_sleep(), "a waiting frame keeps the worker awake");
+    }
+}
