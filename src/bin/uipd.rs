@@ -90,7 +90,9 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
-    uipd::dataplane::cpus::parse_cpulist(s).map(CpuList).map_err(|e| e.to_string())
+    uipd::dataplane::cpus::parse_cpulist(s)
+        .map(CpuList)
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -120,7 +122,10 @@ fn main() -> ExitCode {
         (Some(_), false) => unreachable!("clap rejects --netns with a command"),
     };
     if cli.net != NetMode::User {
-        eprintln!("uipd: -net {:?} needs the VMM (--kernel), which is not built yet", cli.net);
+        eprintln!(
+            "uipd: -net {:?} needs the VMM (--kernel), which is not built yet",
+            cli.net
+        );
         return ExitCode::from(2);
     }
     let cpus = match cli.cpus {

@@ -117,7 +117,11 @@ impl FrameRing {
 
     /// Push, waiting (bounded spins, then short sleeps) while the ring is
     /// full. Gives up and returns the frame after `max_wait`.
-    pub fn push_wait(&self, mut frame: Vec<u8>, max_wait: std::time::Duration) -> Result<(), Vec<u8>> {
+    pub fn push_wait(
+        &self,
+        mut frame: Vec<u8>,
+        max_wait: std::time::Duration,
+    ) -> Result<(), Vec<u8>> {
         let start = std::time::Instant::now();
         let mut counted = false;
         loop {
@@ -235,6 +239,9 @@ mod tests {
         // SAFETY: reading 8 bytes into a live u64 from our own eventfd.
         let n = unsafe { libc::read(ring.wake_fd(), (&raw mut v).cast(), 8) };
         assert_eq!(n, 8, "push must signal a sleeping worker");
-        assert!(!ring.prepare_sleep(), "a waiting frame keeps the worker awake");
+        assert!(
+            !ring.prepare_sleep(),
+            "a waiting frame keeps the worker awake"
+        );
     }
 }

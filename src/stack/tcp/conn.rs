@@ -738,3 +738,514 @@ impl Conn {
         let _ = self.abort(emit, ops);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: SeqNumber = SeqNumber(1000);
+    const GUEST_ISN: SeqNumber = SeqNumber(u32::MAX - 100);
+    const FLOW: FlowId = FlowId { idx: 3, gen_: 7 };
+
+    /// An owned copy of a segment the connection emitted.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Seg {
+        flags: Flags,
+        seq: SeqNumber,
+        ack: Option<SeqNumber>,
+        wnd: u16,
+        mss: Option<u16>,
+        ws: Option<u8>,
+        data: Vec<u8>,
+    }
+
+    struct Harness {
+        conn: Conn,
+        now: Instant,
+        segs: Vec<Seg>,
+        ops: Vec<SockOp>,
+    }
+
+    const TEMPL: TcpRepr<'static> = TcpRepr {
+        src_port: 40000,
+        dst_port: 80,
+        flags: Flags {
+            syn: false,
+            fin: false,
+            rst: false,
+            psh: false,
+        },
+        seq_number: SeqNumber(0),
+        ack_number: None,
+        window_len: 65535,
+        max_seg_size: None,
+        window_scale: None,
+        sack_permitted: false,
+        payload: &[],
+    };
+
+    impl Harness {
+        fn new(wscale: Option<u8>, mss: u16) -> Harness {
+            let syn = TcpRepr {
+                flags: Flags {
+                    syn: true,
+                    ..Flags::default()
+                },
+                seq_number: GUEST_ISN,
+                max_seg_size: Some(mss),
+                window_scale: wscale,
+                ..TEMPL
+            };
+            Harness {
+                conn: Conn::new(FLOW, &syn, ISS, 65520),
+                now: Instant::ZERO,
+                segs: Vec::new(),
+                ops: Vec::new(),
+            }
+        }
+
+        fn sink(segs: &mut Vec<Seg>) -> impl FnMut(&TcpRepr<'_>) + '_ {
+            move |r: &TcpRepr<'_>| {
+                segs.push(Seg {
+                    flags: r.flags,
+                    seq: r.seq_number,
+                    ack: r.ack_number,
+                    wnd: r.window_len,
+                    mss: r.max_seg_size,
+                    ws: r.window_scale,
+                    data: r.payload.to_vec(),
+                })
+            }
+        }
+
+        fn connected(&mut self, r: Result<(), Errno>) -> Verdict {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.on_connected(r, self.now, &mut e, &mut self.ops)
+        }
+        fn seg(&mut self, r: TcpRepr<'_>) -> Verdict {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.on_segment(&r, self.now, &mut e, &mut self.ops)
+        }
+        fn sent(&mut self, r: Result<usize, Errno>) -> Verdict {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.on_sent(r, self.now, &mut e, &mut self.ops)
+        }
+        fn recvd(&mut self, r: Result<Vec<u8>, Errno>) -> Verdict {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.on_received(r, self.now, &mut e, &mut self.ops)
+        }
+        fn timer(&mut self) -> Verdict {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.on_timer(self.now, &mut e, &mut self.ops)
+        }
+        fn flush(&mut self) {
+            let mut e = Self::sink(&mut self.segs);
+            self.conn.flush_ack(&mut e);
+        }
+        fn take_segs(&mut self) -> Vec<Seg> {
+            std::mem::take(&mut self.segs)
+        }
+        fn take_ops(&mut self) -> Vec<SockOp> {
+            std::mem::take(&mut self.ops)
+        }
+
+        /// Handshake to Established; returns the guest's next sequence number.
+        fn establish(&mut self) -> SeqNumber {
+            assert_eq!(self.connected(Ok(())), Verdict::Keep);
+            let synack = self.take_segs();
+            assert_eq!(synack.len(), 1);
+            assert!(synack[0].flags.syn);
+            assert_eq!(synack[0].ack, Some(GUEST_ISN + 1usize));
+            assert_eq!(
+                self.take_ops(),
+                vec![SockOp::Recv {
+                    flow: FLOW,
+                    max: RECV_CHUNK
+                }]
+            );
+            self.seg(TcpRepr {
+                seq_number: GUEST_ISN + 1usize,
+                ack_number: Some(ISS + 1usize),
+                ..TEMPL
+            });
+            assert_eq!(self.conn.state(), State::Established);
+            GUEST_ISN + 1usize
+        }
+
+        fn data(&mut self, seq: SeqNumber, payload: &[u8]) -> Verdict {
+            self.seg(TcpRepr {
+                seq_number: seq,
+                ack_number: Some(ISS + 1usize),
+                payload,
+                ..TEMPL
+            })
+        }
+
+        fn ack(&mut self, ack: SeqNumber, seq: SeqNumber, wnd: u16) -> Verdict {
+            self.seg(TcpRepr {
+                seq_number: seq,
+                ack_number: Some(ack),
+                window_len: wnd,
+                ..TEMPL
+            })
+        }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn syn_ack_waits_for_host_connect_and_carries_options() {
+        let mut h = Harness::new(Some(9), 1460);
+        assert!(h.take_segs().is_empty(), "nothing before the host answers");
+        h.connected(Ok(()));
+        let s = &h.take_segs()[0];
+        assert_eq!(s.seq, ISS);
+        assert_eq!(s.mss, Some(1460));
+        assert_eq!(s.ws, Some(OUR_WSCALE));
+        assert_eq!(h.conn.state(), State::SynAckSent);
+    }
+
+    #[test]
+    fn no_window_scale_unless_the_guest_offers_it() {
+        let mut h = Harness::new(None, 1460);
+        h.connected(Ok(()));
+        assert_eq!(h.take_segs()[0].ws, None);
+    }
+
+    #[test]
+    fn refused_connect_becomes_rst_acking_the_syn() {
+        let mut h = Harness::new(Some(7), 1460);
+        assert_eq!(h.connected(Err(111)), Verdict::Remove);
+        let s = h.take_segs();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].flags.rst);
+        assert_eq!(s[0].ack, Some(GUEST_ISN + 1usize));
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Close {
+                flow: FLOW,
+                reset: false
+            }]
+        );
+    }
+
+    #[test]
+    fn partial_host_writes_keep_the_tail_and_the_stream_intact() {
+        let mut h = Harness::new(Some(7), 1460);
+        let mut seq = h.establish();
+        let data = pattern(300_000);
+        let mut written = Vec::new();
+        let mut in_flight: Option<Vec<u8>> = None;
+        let mut step = 0usize;
+        for chunk in data.chunks(1460) {
+            assert_eq!(h.data(seq, chunk), Verdict::Keep);
+            seq = seq + chunk.len();
+            for op in h.take_ops() {
+                if let SockOp::Send { data, .. } = op {
+                    assert!(in_flight.is_none(), "one Send at a time");
+                    in_flight = Some(data);
+                }
+            }
+            // The host takes a varying part of what is in flight.
+            if let Some(buf) = in_flight.take() {
+                step += 1;
+                let n = (buf.len() / (1 + step % 3)).max(1);
+                written.extend_from_slice(&buf[..n]);
+                h.sent(Ok(n));
+                for op in h.take_ops() {
+                    if let SockOp::Send { data, .. } = op {
+                        assert!(
+                            data.starts_with(&buf[n..]),
+                            "the next Send starts with the unsent tail"
+                        );
+                        in_flight = Some(data);
+                    }
+                }
+            }
+        }
+        // Drain.
+        for _ in 0..1000 {
+            let Some(buf) = in_flight.take() else { break };
+            written.extend_from_slice(&buf);
+            h.sent(Ok(buf.len()));
+            for op in h.take_ops() {
+                if let SockOp::Send { data, .. } = op {
+                    in_flight = Some(data);
+                }
+            }
+        }
+        assert_eq!(written, data, "byte-exact, nothing lost or repeated");
+        assert_eq!(h.conn.queued_to_host(), 0);
+        h.flush();
+        let last = h.take_segs().pop().expect("an ACK");
+        assert_eq!(last.ack, Some(seq), "everything acknowledged");
+    }
+
+    #[test]
+    fn window_closes_when_the_queue_is_full_and_reopens_after_writes() {
+        let mut h = Harness::new(Some(7), 1460);
+        let mut seq = h.establish();
+        let chunk = pattern(60_000);
+        // Fill TO_HOST_CAP without the host taking anything.
+        let mut sent_any = false;
+        while h.conn.queued_to_host() < TO_HOST_CAP {
+            h.data(seq, &chunk);
+            seq = seq
+                + chunk
+                    .len()
+                    .min(TO_HOST_CAP - (h.conn.queued_to_host().min(TO_HOST_CAP)) + chunk.len());
+            sent_any |= h
+                .take_ops()
+                .iter()
+                .any(|o| matches!(o, SockOp::Send { .. }));
+            if h.conn.queued_to_host() >= TO_HOST_CAP {
+                break;
+            }
+        }
+        assert!(sent_any);
+        h.flush();
+        let s = h.take_segs().pop().unwrap();
+        assert_eq!(s.wnd, 0, "zero window when the queue is full");
+        // Data beyond the window is not accepted.
+        let before = h.conn.queued_to_host();
+        h.data(s.ack.unwrap(), &chunk);
+        assert_eq!(h.conn.queued_to_host(), before);
+        h.take_segs();
+        // The host takes everything in flight: a window update follows.
+        h.sent(Ok(60_000));
+        h.flush();
+        let upd = h.take_segs().pop().expect("window update");
+        assert!(upd.wnd > 0);
+    }
+
+    #[test]
+    fn host_data_is_segmented_to_mss_and_window() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 2500);
+        h.recvd(Ok(pattern(10_000)));
+        let segs = h.take_segs();
+        let lens: Vec<usize> = segs.iter().map(|s| s.data.len()).collect();
+        assert_eq!(lens, vec![1000, 1000, 500], "MSS then window limit");
+        assert_eq!(segs[0].seq, ISS + 1usize);
+        // The guest ACKs and opens the window: the rest flows.
+        h.ack(ISS + 2501usize, gseq, 60000);
+        let segs = h.take_segs();
+        let total: usize = segs.iter().map(|s| s.data.len()).sum();
+        assert_eq!(total, 7500);
+        assert!(segs.last().unwrap().flags.psh);
+        assert!(
+            h.take_ops()
+                .iter()
+                .any(|o| matches!(o, SockOp::Recv { .. })),
+            "a new Recv once room exists"
+        );
+    }
+
+    #[test]
+    fn three_dup_acks_retransmit_from_snd_una() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 60000);
+        h.recvd(Ok(pattern(5000)));
+        assert_eq!(h.take_segs().len(), 5);
+        h.ack(ISS + 1001usize, gseq, 60000);
+        for _ in 0..2 {
+            h.ack(ISS + 1001usize, gseq, 60000);
+        }
+        assert!(h.take_segs().is_empty(), "two dup ACKs: nothing yet");
+        h.ack(ISS + 1001usize, gseq, 60000);
+        let re = h.take_segs();
+        assert_eq!(re[0].seq, ISS + 1001usize);
+        assert_eq!(re[0].data, pattern(5000)[1000..2000].to_vec());
+        assert_eq!(re.len(), 4, "go-back-N resends the rest");
+    }
+
+    #[test]
+    fn rto_retransmits_and_backs_off_then_resets() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 60000);
+        h.recvd(Ok(pattern(100)));
+        assert_eq!(h.take_segs().len(), 1);
+        let d1 = h.conn.deadline().unwrap();
+        h.now = d1;
+        h.timer();
+        let re = h.take_segs();
+        assert_eq!(re.len(), 1);
+        assert_eq!(re[0].seq, ISS + 1usize);
+        let d2 = h.conn.deadline().unwrap();
+        assert!(d2.since(d1) >= RTO_MIN * 2, "backs off");
+        for _ in 0..=MAX_RETRIES {
+            h.now = h.conn.deadline().unwrap_or(h.now);
+            if h.timer() == Verdict::Remove {
+                break;
+            }
+        }
+        assert_eq!(h.conn.state(), State::Closed);
+        assert!(h.take_segs().last().unwrap().flags.rst);
+        assert!(h.take_ops().contains(&SockOp::Close {
+            flow: FLOW,
+            reset: true
+        }));
+    }
+
+    #[test]
+    fn fin_both_ways_closes_cleanly() {
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        h.data(gseq, b"hello");
+        let ops = h.take_ops();
+        assert_eq!(
+            ops,
+            vec![SockOp::Send {
+                flow: FLOW,
+                data: b"hello".to_vec()
+            }]
+        );
+        // Guest FIN while the Send is in flight: shutdown waits for it.
+        h.seg(TcpRepr {
+            flags: Flags {
+                fin: true,
+                ..Flags::default()
+            },
+            seq_number: gseq + 5usize,
+            ack_number: Some(ISS + 1usize),
+            ..TEMPL
+        });
+        assert!(
+            h.take_ops().is_empty(),
+            "no shutdown before the data is written"
+        );
+        h.sent(Ok(5));
+        assert_eq!(h.take_ops(), vec![SockOp::ShutdownWrite { flow: FLOW }]);
+        h.flush();
+        assert_eq!(
+            h.take_segs().pop().unwrap().ack,
+            Some(gseq + 6usize),
+            "FIN acknowledged"
+        );
+        // Host replies and closes.
+        h.recvd(Ok(b"world".to_vec()));
+        h.recvd(Ok(Vec::new()));
+        let segs = h.take_segs();
+        assert_eq!(segs[0].data, b"world");
+        assert!(segs.last().unwrap().flags.fin);
+        assert_eq!(segs.last().unwrap().seq, ISS + 6usize);
+        let v = h.ack(ISS + 7usize, gseq + 6usize, 65535);
+        assert_eq!(v, Verdict::Remove);
+        assert!(h.take_ops().contains(&SockOp::Close {
+            flow: FLOW,
+            reset: false
+        }));
+    }
+
+    #[test]
+    fn half_close_keeps_the_other_direction_open() {
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        h.seg(TcpRepr {
+            flags: Flags {
+                fin: true,
+                ..Flags::default()
+            },
+            seq_number: gseq,
+            ack_number: Some(ISS + 1usize),
+            ..TEMPL
+        });
+        assert_eq!(h.take_ops(), vec![SockOp::ShutdownWrite { flow: FLOW }]);
+        assert_eq!(h.recvd(Ok(pattern(3000))), Verdict::Keep);
+        let total: usize = h.take_segs().iter().map(|s| s.data.len()).sum();
+        assert_eq!(total, 3000, "host data still flows after the guest's FIN");
+    }
+
+    #[test]
+    fn guest_rst_aborts_the_host_socket() {
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        let v = h.seg(TcpRepr {
+            flags: Flags {
+                rst: true,
+                ..Flags::default()
+            },
+            seq_number: gseq,
+            ..TEMPL
+        });
+        assert_eq!(v, Verdict::Remove);
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Close {
+                flow: FLOW,
+                reset: true
+            }]
+        );
+    }
+
+    #[test]
+    fn out_of_window_rst_is_ignored() {
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        let v = h.seg(TcpRepr {
+            flags: Flags {
+                rst: true,
+                ..Flags::default()
+            },
+            seq_number: gseq + (TO_HOST_CAP + 10),
+            ..TEMPL
+        });
+        assert_eq!(v, Verdict::Keep);
+    }
+
+    #[test]
+    fn host_reset_becomes_rst_to_the_guest() {
+        let mut h = Harness::new(Some(7), 1460);
+        h.establish();
+        assert_eq!(h.recvd(Err(104)), Verdict::Remove);
+        assert!(h.take_segs().last().unwrap().flags.rst);
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Close {
+                flow: FLOW,
+                reset: true
+            }]
+        );
+    }
+
+    #[test]
+    fn out_of_order_segment_is_not_queued_and_gets_a_dup_ack() {
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        h.data(gseq + 100usize, b"later");
+        assert_eq!(h.conn.queued_to_host(), 0);
+        let s = h.take_segs();
+        assert_eq!(s.last().unwrap().ack, Some(gseq));
+        // A retransmission overlapping what was received only adds the new part.
+        h.data(gseq, b"abc");
+        h.data(gseq + 1usize, b"bcdef");
+        let sends: Vec<u8> = h
+            .take_ops()
+            .into_iter()
+            .flat_map(|o| match o {
+                SockOp::Send { data, .. } => data,
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(sends, b"abc");
+        assert_eq!(h.conn.queued_to_host(), 6);
+    }
+
+    #[test]
+    fn zero_window_probe_on_timer() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 0);
+        h.recvd(Ok(pattern(10)));
+        assert!(h.take_segs().is_empty(), "zero window: nothing sent");
+        // Nothing in flight → no RTO armed yet; the guest's window update
+        // restarts the flow.
+        h.ack(ISS + 1usize, gseq, 1000);
+        assert_eq!(h.take_segs().len(), 1);
+    }
+}
