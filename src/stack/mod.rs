@@ -1218,3 +1218,6 @@ fn tcp_emitter<'a>(
         frames.push(buf);
     }
 }
+
+#[cfg(test)]
+mod tests;
