@@ -6,8 +6,28 @@
 //! INFORM → ACK without `yiaddr`/lease, RELEASE and DECLINE → no reply.
 //! Every option is parsed with bounds checks (libslirp's CVE-2017-11434 was an
 //! out-of-bounds read in option parsing).
+//!
+//! ```text
+//!  0      1      2      3      4          8      10     12
+//!  | op   | htype| hlen | hops | xid      | secs | flags|
+//!  12 ciaddr 16 yiaddr 20 siaddr 24 giaddr 28 chaddr (16) 44
+//!  44 sname (64) 108 file (128) 236 magic cookie 99.130.83.99 240
+//!  240 options: code len data ... 255 (0 = pad, no length byte)
+//! ```
+//!
+//! Every byte is read with `get`, so no input can index out of bounds. A
+//! request must end its options with END (255); a message that runs out
+//! before it is truncated and therefore malformed. Option overload (52)
+//! is ignored: the options we read (53, 50, 54, 61) sit in the options field
+//! with every client we answer. Relays (`giaddr`) are echoed but there is no
+//! relay on a one-guest link, so replies never go to port 67 of a relay.
+//!
+//! Replies always carry the whole configuration (RFC 2131 §4.3.1 allows
+//! options the client did not list in option 55) and fit in 548 bytes, the
+//! UDP payload of the 576-byte datagram every client must accept (§2).
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
 use super::wire::EthernetAddress;
 
@@ -58,8 +78,742 @@ pub enum Ignored {
     NoReply,
 }
 
+/// The fixed BOOTP header plus the magic cookie (RFC 2131 §2, Figure 1).
+mod field {
+    use std::ops::Range;
+
+    pub const OP: usize = 0;
+    pub const HTYPE: usize = 1;
+    pub const HLEN: usize = 2;
+    pub const XID: Range<usize> = 4..8;
+    pub const FLAGS: Range<usize> = 10..12;
+    pub const CIADDR: Range<usize> = 12..16;
+    pub const YIADDR: Range<usize> = 16..20;
+    pub const GIADDR: Range<usize> = 24..28;
+    pub const CHADDR: Range<usize> = 28..44;
+    pub const COOKIE: Range<usize> = 236..240;
+    pub const OPTIONS: usize = 240;
+}
+
+/// BOOTP op codes.
+const BOOTREQUEST: u8 = 1;
+const BOOTREPLY: u8 = 2;
+/// ARP hardware type Ethernet, and its address length.
+const HTYPE_ETHERNET: u8 = 1;
+const HLEN_ETHERNET: u8 = 6;
+/// RFC 2131 §3: 99.130.83.99.
+const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+/// The broadcast bit of `flags` (RFC 2131 §2, Figure 2).
+const FLAG_BROADCAST: u16 = 0x8000;
+/// RFC 1542 §3.4 / RFC 2131 §2: a BOOTP message is at least 300 bytes.
+const MIN_REPLY_LEN: usize = 300;
+/// RFC 2131 §2: every client accepts a 576-byte datagram, 548 bytes of DHCP.
+const MAX_REPLY_LEN: usize = 576 - 20 - 8;
+
+/// Option codes (RFC 2132).
+mod opt {
+    pub const PAD: u8 = 0;
+    pub const SUBNET_MASK: u8 = 1;
+    pub const ROUTER: u8 = 3;
+    pub const DNS: u8 = 6;
+    pub const INTERFACE_MTU: u8 = 26;
+    pub const BROADCAST: u8 = 28;
+    pub const REQUESTED_IP: u8 = 50;
+    pub const LEASE_TIME: u8 = 51;
+    pub const MESSAGE_TYPE: u8 = 53;
+    pub const SERVER_ID: u8 = 54;
+    pub const MESSAGE: u8 = 56;
+    pub const RENEWAL_TIME: u8 = 58;
+    pub const REBINDING_TIME: u8 = 59;
+    pub const CLIENT_ID: u8 = 61;
+    pub const END: u8 = 255;
+}
+
+/// DHCP message types (option 53, RFC 2132 §9.6).
+mod msg {
+    pub const DISCOVER: u8 = 1;
+    pub const OFFER: u8 = 2;
+    pub const REQUEST: u8 = 3;
+    pub const ACK: u8 = 5;
+    pub const NAK: u8 = 6;
+    pub const INFORM: u8 = 8;
+}
+
+/// The fields of a client message the server looks at.
+struct Request<'a> {
+    xid: [u8; 4],
+    flags: u16,
+    ciaddr: Ipv4Addr,
+    giaddr: [u8; 4],
+    chaddr: [u8; 16],
+    msg_type: Option<u8>,
+    requested_ip: Option<Ipv4Addr>,
+    server_id: Option<Ipv4Addr>,
+    client_id: Option<&'a [u8]>,
+}
+
+/// Copy `range` of `buf` into an array; `None` if it is out of bounds.
+fn array<const N: usize>(buf: &[u8], range: Range<usize>) -> Option<[u8; N]> {
+    buf.get(range)?.try_into().ok()
+}
+
+/// A 4-byte option value as an address; other lengths are malformed.
+fn addr_option(data: &[u8]) -> Result<Ipv4Addr, Ignored> {
+    let octets: [u8; 4] = data.try_into().map_err(|_| Ignored::Malformed)?;
+    Ok(Ipv4Addr::from(octets))
+}
+
+impl<'a> Request<'a> {
+    fn parse(buf: &'a [u8]) -> Result<Self, Ignored> {
+        let bad = Ignored::Malformed;
+        if buf.len() < field::OPTIONS
+            || buf.get(field::OP) != Some(&BOOTREQUEST)
+            || buf.get(field::HTYPE) != Some(&HTYPE_ETHERNET)
+            || buf.get(field::HLEN) != Some(&HLEN_ETHERNET)
+            || buf.get(field::COOKIE) != Some(&MAGIC_COOKIE[..])
+        {
+            return Err(bad);
+        }
+        let mut req = Request {
+            xid: array(buf, field::XID).ok_or(bad)?,
+            flags: u16::from_be_bytes(array(buf, field::FLAGS).ok_or(bad)?),
+            ciaddr: Ipv4Addr::from(array::<4>(buf, field::CIADDR).ok_or(bad)?),
+            giaddr: array(buf, field::GIADDR).ok_or(bad)?,
+            chaddr: array(buf, field::CHADDR).ok_or(bad)?,
+            msg_type: None,
+            requested_ip: None,
+            server_id: None,
+            client_id: None,
+        };
+        // RFC 2132 §2: code, length, data; PAD and END are single bytes.
+        // The first occurrence of an option wins.
+        let mut i = field::OPTIONS;
+        loop {
+            let code = *buf.get(i).ok_or(bad)?;
+            match code {
+                opt::PAD => i += 1,
+                opt::END => break,
+                _ => {
+                    let len = usize::from(*buf.get(i + 1).ok_or(bad)?);
+                    let start = i + 2;
+                    let data = buf.get(start..start + len).ok_or(bad)?;
+                    i = start + len;
+                    match code {
+                        opt::MESSAGE_TYPE if req.msg_type.is_none() => {
+                            let &[t] = data else { return Err(bad) };
+                            req.msg_type = Some(t);
+                        }
+                        opt::REQUESTED_IP if req.requested_ip.is_none() => {
+                            req.requested_ip = Some(addr_option(data)?);
+                        }
+                        opt::SERVER_ID if req.server_id.is_none() => {
+                            req.server_id = Some(addr_option(data)?);
+                        }
+                        opt::CLIENT_ID if req.client_id.is_none() => req.client_id = Some(data),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    fn client_mac(&self) -> EthernetAddress {
+        let mut mac = [0; 6];
+        for (m, c) in mac.iter_mut().zip(self.chaddr) {
+            *m = c;
+        }
+        EthernetAddress(mac)
+    }
+}
+
 /// Answer one client message (the UDP payload sent to port 67).
 pub fn handle(params: &Params, request: &[u8]) -> Result<Reply, Ignored> {
-    let _ = (params, request);
-    todo!()
+    let req = Request::parse(request)?;
+    match req.msg_type {
+        Some(msg::DISCOVER) => Ok(answer(params, &req, Kind::Offer)),
+        Some(msg::REQUEST) => {
+            // RFC 2131 §4.3.2: a server id that is not ours means the client
+            // chose another server's offer.
+            if req.server_id.is_some_and(|id| id != params.server) {
+                return Err(Ignored::NoReply);
+            }
+            // SELECTING and INIT-REBOOT name the address in option 50,
+            // RENEWING and REBINDING in ciaddr.
+            let wanted = req.requested_ip.unwrap_or(req.ciaddr);
+            if wanted == params.offered {
+                Ok(answer(params, &req, Kind::Ack))
+            } else {
+                Ok(answer(params, &req, Kind::Nak))
+            }
+        }
+        Some(msg::INFORM) => Ok(answer(params, &req, Kind::InformAck)),
+        // RELEASE and DECLINE need no answer (there is no lease table to
+        // update), server-to-client types are not ours to answer, and a
+        // message without option 53 is plain BOOTP, which is not served.
+        _ => Err(Ignored::NoReply),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Offer,
+    Ack,
+    Nak,
+    InformAck,
+}
+
+/// Append option `code` with `data` (at most 255 bytes by construction).
+fn put_option(out: &mut Vec<u8>, code: u8, data: &[u8]) {
+    // Cannot truncate: callers pass at most 255 bytes; a longer value is cut
+    // rather than corrupting the option stream.
+    let len = u8::try_from(data.len()).unwrap_or(u8::MAX);
+    out.push(code);
+    out.push(len);
+    out.extend_from_slice(data.get(..usize::from(len)).unwrap_or(data));
+}
+
+fn subnet_mask(prefix_len: u8) -> Ipv4Addr {
+    let prefix = u32::from(prefix_len.min(32));
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0))
+}
+
+/// Build the reply (RFC 2131 §4.3.1 Table 3).
+fn answer(params: &Params, req: &Request<'_>, kind: Kind) -> Reply {
+    let unspecified = Ipv4Addr::UNSPECIFIED;
+    let (msg_type, yiaddr, ciaddr) = match kind {
+        Kind::Offer => (msg::OFFER, params.offered, unspecified),
+        Kind::Ack => (msg::ACK, params.offered, req.ciaddr),
+        Kind::Nak => (msg::NAK, unspecified, unspecified),
+        Kind::InformAck => (msg::ACK, unspecified, req.ciaddr),
+    };
+
+    let mut out = vec![0u8; field::OPTIONS];
+    out[field::OP] = BOOTREPLY;
+    out[field::HTYPE] = HTYPE_ETHERNET;
+    out[field::HLEN] = HLEN_ETHERNET;
+    out[field::XID].copy_from_slice(&req.xid);
+    out[field::FLAGS].copy_from_slice(&req.flags.to_be_bytes());
+    out[field::CIADDR].copy_from_slice(&ciaddr.octets());
+    out[field::YIADDR].copy_from_slice(&yiaddr.octets());
+    out[field::GIADDR].copy_from_slice(&req.giaddr);
+    out[field::CHADDR].copy_from_slice(&req.chaddr);
+    out[field::COOKIE].copy_from_slice(&MAGIC_COOKIE);
+
+    put_option(&mut out, opt::MESSAGE_TYPE, &[msg_type]);
+    put_option(&mut out, opt::SERVER_ID, &params.server.octets());
+    // RFC 6842: the client identifier comes back unaltered.
+    if let Some(id) = req.client_id {
+        put_option(&mut out, opt::CLIENT_ID, id);
+    }
+    if kind == Kind::Nak {
+        put_option(&mut out, opt::MESSAGE, b"requested address not available");
+    } else {
+        if kind != Kind::InformAck {
+            // RFC 2131 §4.3.5: no lease time in a reply to INFORM.
+            let lease = params.lease_secs;
+            let (t1, t2) = if lease == u32::MAX {
+                // RFC 2132 §9.2: 0xffffffff is an infinite lease.
+                (u32::MAX, u32::MAX)
+            } else {
+                let t2 = u64::from(lease) * 7 / 8;
+                (lease / 2, u32::try_from(t2).unwrap_or(u32::MAX))
+            };
+            put_option(&mut out, opt::LEASE_TIME, &lease.to_be_bytes());
+            put_option(&mut out, opt::RENEWAL_TIME, &t1.to_be_bytes());
+            put_option(&mut out, opt::REBINDING_TIME, &t2.to_be_bytes());
+        }
+        let mask = subnet_mask(params.prefix_len);
+        let bcast = Ipv4Addr::from(u32::from(params.offered) | !u32::from(mask));
+        put_option(&mut out, opt::SUBNET_MASK, &mask.octets());
+        if !params.router.is_unspecified() {
+            put_option(&mut out, opt::ROUTER, &params.router.octets());
+        }
+        put_option(&mut out, opt::BROADCAST, &bcast.octets());
+        // RFC 2132 §5.1: the MTU option's minimum is 68.
+        if params.mtu >= 68 {
+            put_option(&mut out, opt::INTERFACE_MTU, &params.mtu.to_be_bytes());
+        }
+        // DNS last: it is the one list that may be cut to keep the reply
+        // within 548 bytes (2 bytes of option header, 1 for END).
+        let room = MAX_REPLY_LEN.saturating_sub(out.len() + 2 + 1) / 4;
+        let count = params.dns.len().min(room).min(255 / 4);
+        if count > 0 {
+            let servers: Vec<u8> = params
+                .dns
+                .iter()
+                .take(count)
+                .flat_map(|a| a.octets())
+                .collect();
+            put_option(&mut out, opt::DNS, &servers);
+        }
+    }
+    out.push(opt::END);
+    if out.len() < MIN_REPLY_LEN {
+        out.resize(MIN_REPLY_LEN, opt::PAD);
+    }
+
+    // RFC 2131 §4.1: NAKs are broadcast; so is a reply to a client that
+    // asked for it or has no address yet (broadcasting avoids unicasting to
+    // an address the client has not configured).
+    let broadcast =
+        kind == Kind::Nak || req.flags & FLAG_BROADCAST != 0 || req.ciaddr.is_unspecified();
+    let dst = if broadcast {
+        Ipv4Addr::BROADCAST
+    } else {
+        req.ciaddr
+    };
+    Reply {
+        payload: out,
+        broadcast,
+        client_mac: req.client_mac(),
+        dst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XID: [u8; 4] = [0xde, 0xad, 0xbe, 0xef];
+    const MAC: [u8; 6] = [0x00, 0x15, 0x15, 0x15, 0x15, 0x15];
+    const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 33, 1);
+    const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 33, 15);
+
+    fn params() -> Params {
+        Params {
+            server: GW,
+            offered: GUEST,
+            prefix_len: 24,
+            router: GW,
+            dns: vec![GW, Ipv4Addr::new(10, 0, 0, 2)],
+            lease_secs: 86400,
+            mtu: 1500,
+        }
+    }
+
+    /// A client message as udhcpc builds it, ending with END and no padding
+    /// (so every truncation of it is malformed).
+    fn request(msg_type: u8, ciaddr: Ipv4Addr, flags: u16, opts: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; 240];
+        b[0] = 1;
+        b[1] = 1;
+        b[2] = 6;
+        b[3] = 0;
+        b[4..8].copy_from_slice(&XID);
+        b[8..10].copy_from_slice(&3u16.to_be_bytes());
+        b[10..12].copy_from_slice(&flags.to_be_bytes());
+        b[12..16].copy_from_slice(&ciaddr.octets());
+        b[24..28].copy_from_slice(&[0, 0, 0, 0]);
+        b[28..34].copy_from_slice(&MAC);
+        b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        b.extend_from_slice(&[53, 1, msg_type]);
+        b.push(0); // a pad between options
+        for (code, data) in opts {
+            b.push(*code);
+            b.push(u8::try_from(data.len()).unwrap());
+            b.extend_from_slice(data);
+        }
+        b.push(255);
+        b
+    }
+
+    /// Parameter request list as systemd-networkd sends it.
+    const PRL: (u8, &[u8]) = (55, &[1, 3, 6, 12, 15, 26, 28, 42, 51, 54, 58, 59, 119, 121]);
+
+    struct Parsed {
+        op: u8,
+        htype: u8,
+        hlen: u8,
+        xid: [u8; 4],
+        flags: u16,
+        ciaddr: Ipv4Addr,
+        yiaddr: Ipv4Addr,
+        siaddr: Ipv4Addr,
+        giaddr: Ipv4Addr,
+        chaddr: [u8; 16],
+        opts: Vec<(u8, Vec<u8>)>,
+    }
+
+    impl Parsed {
+        fn opt(&self, code: u8) -> Option<&[u8]> {
+            self.opts
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map(|(_, d)| &d[..])
+        }
+        fn codes(&self) -> Vec<u8> {
+            self.opts.iter().map(|(c, _)| *c).collect()
+        }
+    }
+
+    fn ip(b: &[u8]) -> Ipv4Addr {
+        Ipv4Addr::from(<[u8; 4]>::try_from(b).unwrap())
+    }
+
+    /// An independent reader of the reply, strict about its format.
+    fn parse(b: &[u8]) -> Parsed {
+        assert!(b.len() >= 300, "reply is {} bytes", b.len());
+        assert!(b.len() <= 548, "reply is {} bytes", b.len());
+        assert_eq!(&b[236..240], &[99, 130, 83, 99]);
+        assert!(b[44..236].iter().all(|&x| x == 0), "sname/file not empty");
+        assert_eq!(b[3], 0, "hops");
+        assert_eq!(&b[8..10], &[0, 0], "secs");
+        let mut opts = Vec::new();
+        let mut i = 240;
+        loop {
+            match b[i] {
+                0 => i += 1,
+                255 => break,
+                code => {
+                    let len = usize::from(b[i + 1]);
+                    let data = b[i + 2..i + 2 + len].to_vec();
+                    assert!(opts.iter().all(|(c, _)| *c != code), "option {code} twice");
+                    opts.push((code, data));
+                    i += 2 + len;
+                }
+            }
+        }
+        assert!(b[i + 1..].iter().all(|&x| x == 0), "bytes after END");
+        Parsed {
+            op: b[0],
+            htype: b[1],
+            hlen: b[2],
+            xid: b[4..8].try_into().unwrap(),
+            flags: u16::from_be_bytes([b[10], b[11]]),
+            ciaddr: ip(&b[12..16]),
+            yiaddr: ip(&b[16..20]),
+            siaddr: ip(&b[20..24]),
+            giaddr: ip(&b[24..28]),
+            chaddr: b[28..44].try_into().unwrap(),
+            opts,
+        }
+    }
+
+    fn check_header(p: &Parsed, flags: u16) {
+        assert_eq!((p.op, p.htype, p.hlen), (2, 1, 6));
+        assert_eq!(p.xid, XID);
+        assert_eq!(p.flags, flags);
+        assert_eq!(p.siaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(p.giaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(&p.chaddr[..6], &MAC);
+        assert_eq!(&p.chaddr[6..], &[0; 10]);
+    }
+
+    fn check_config(p: &Parsed) {
+        assert_eq!(p.opt(54), Some(&[192, 168, 33, 1][..]));
+        assert_eq!(p.opt(1), Some(&[255, 255, 255, 0][..]));
+        assert_eq!(p.opt(3), Some(&[192, 168, 33, 1][..]));
+        assert_eq!(p.opt(6), Some(&[192, 168, 33, 1, 10, 0, 0, 2][..]));
+        assert_eq!(p.opt(26), Some(&[0x05, 0xdc][..]));
+        assert_eq!(p.opt(28), Some(&[192, 168, 33, 255][..]));
+    }
+
+    fn check_lease(p: &Parsed) {
+        assert_eq!(p.opt(51), Some(&86400u32.to_be_bytes()[..]));
+        assert_eq!(p.opt(58), Some(&43200u32.to_be_bytes()[..]));
+        assert_eq!(p.opt(59), Some(&75600u32.to_be_bytes()[..]));
+    }
+
+    #[test]
+    fn discover_offer() {
+        let req = request(1, Ipv4Addr::UNSPECIFIED, 0, &[PRL, (57, &[2, 64])]);
+        let reply = handle(&params(), &req).unwrap();
+        assert!(reply.broadcast);
+        assert_eq!(reply.dst, Ipv4Addr::BROADCAST);
+        assert_eq!(reply.client_mac, EthernetAddress(MAC));
+        let p = parse(&reply.payload);
+        check_header(&p, 0);
+        assert_eq!(p.ciaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(p.yiaddr, GUEST);
+        assert_eq!(p.opt(53), Some(&[2][..]));
+        check_config(&p);
+        check_lease(&p);
+        let mut codes = p.codes();
+        codes.sort_unstable();
+        assert_eq!(codes, [1, 3, 6, 26, 28, 51, 53, 54, 58, 59]);
+        // Message type first, as some clients expect.
+        assert_eq!(&reply.payload[240..243], &[53, 1, 2]);
+    }
+
+    #[test]
+    fn discover_broadcast_flag_and_giaddr_echoed() {
+        let mut req = request(1, Ipv4Addr::UNSPECIFIED, 0x8000, &[]);
+        req[24..28].copy_from_slice(&[10, 1, 2, 3]);
+        let reply = handle(&params(), &req).unwrap();
+        assert!(reply.broadcast);
+        let p = parse(&reply.payload);
+        assert_eq!(p.flags, 0x8000);
+        assert_eq!(p.giaddr, Ipv4Addr::new(10, 1, 2, 3));
+    }
+
+    #[test]
+    fn request_selecting_ack() {
+        let req = request(
+            3,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            &[(50, &GUEST.octets()), (54, &GW.octets()), PRL],
+        );
+        let reply = handle(&params(), &req).unwrap();
+        assert!(reply.broadcast);
+        let p = parse(&reply.payload);
+        check_header(&p, 0);
+        assert_eq!(p.opt(53), Some(&[5][..]));
+        assert_eq!(p.yiaddr, GUEST);
+        assert_eq!(p.ciaddr, Ipv4Addr::UNSPECIFIED);
+        check_config(&p);
+        check_lease(&p);
+    }
+
+    #[test]
+    fn request_init_reboot_ack() {
+        // No server id, option 50 only.
+        let req = request(3, Ipv4Addr::UNSPECIFIED, 0, &[(50, &GUEST.octets())]);
+        let p = parse(&handle(&params(), &req).unwrap().payload);
+        assert_eq!(p.opt(53), Some(&[5][..]));
+        assert_eq!(p.yiaddr, GUEST);
+    }
+
+    #[test]
+    fn request_renewing_unicast_ack() {
+        let req = request(3, GUEST, 0, &[]);
+        let reply = handle(&params(), &req).unwrap();
+        assert!(!reply.broadcast);
+        assert_eq!(reply.dst, GUEST);
+        let p = parse(&reply.payload);
+        assert_eq!(p.opt(53), Some(&[5][..]));
+        assert_eq!(p.ciaddr, GUEST);
+        assert_eq!(p.yiaddr, GUEST);
+        check_lease(&p);
+    }
+
+    #[test]
+    fn request_renewing_with_broadcast_flag() {
+        let reply = handle(&params(), &request(3, GUEST, 0x8000, &[])).unwrap();
+        assert!(reply.broadcast);
+        assert_eq!(reply.dst, Ipv4Addr::BROADCAST);
+    }
+
+    #[test]
+    fn request_other_address_nak() {
+        let other = Ipv4Addr::new(192, 168, 33, 99);
+        for req in [
+            request(
+                3,
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                &[(50, &other.octets()), (54, &GW.octets())],
+            ),
+            request(3, Ipv4Addr::UNSPECIFIED, 0, &[(50, &other.octets())]),
+            request(3, other, 0, &[]),
+            request(3, Ipv4Addr::UNSPECIFIED, 0, &[]),
+        ] {
+            let reply = handle(&params(), &req).unwrap();
+            assert!(reply.broadcast);
+            assert_eq!(reply.dst, Ipv4Addr::BROADCAST);
+            let p = parse(&reply.payload);
+            check_header(&p, 0);
+            assert_eq!(p.opt(53), Some(&[6][..]));
+            assert_eq!(p.opt(54), Some(&GW.octets()[..]));
+            assert_eq!(p.yiaddr, Ipv4Addr::UNSPECIFIED);
+            assert_eq!(p.ciaddr, Ipv4Addr::UNSPECIFIED);
+            for code in [1, 3, 6, 26, 28, 51, 58, 59] {
+                assert_eq!(p.opt(code), None, "option {code} in NAK");
+            }
+        }
+    }
+
+    #[test]
+    fn request_foreign_server_id_no_reply() {
+        let req = request(
+            3,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            &[(50, &GUEST.octets()), (54, &[10, 0, 0, 1])],
+        );
+        assert_eq!(handle(&params(), &req), Err(Ignored::NoReply));
+    }
+
+    #[test]
+    fn release_decline_and_server_types_no_reply() {
+        for t in [2, 4, 5, 6, 7, 9, 13, 200] {
+            let req = request(t, GUEST, 0, &[(54, &GW.octets())]);
+            assert_eq!(handle(&params(), &req), Err(Ignored::NoReply), "type {t}");
+        }
+        // Plain BOOTP: no option 53.
+        let mut bootp = request(1, Ipv4Addr::UNSPECIFIED, 0, &[]);
+        bootp.truncate(240);
+        bootp.push(255);
+        assert_eq!(handle(&params(), &bootp), Err(Ignored::NoReply));
+    }
+
+    #[test]
+    fn inform_ack() {
+        let req = request(8, GUEST, 0, &[PRL]);
+        let reply = handle(&params(), &req).unwrap();
+        assert!(!reply.broadcast);
+        assert_eq!(reply.dst, GUEST);
+        let p = parse(&reply.payload);
+        check_header(&p, 0);
+        assert_eq!(p.opt(53), Some(&[5][..]));
+        assert_eq!(p.ciaddr, GUEST);
+        assert_eq!(p.yiaddr, Ipv4Addr::UNSPECIFIED);
+        check_config(&p);
+        for code in [51, 58, 59] {
+            assert_eq!(p.opt(code), None, "lease option {code} in INFORM ACK");
+        }
+    }
+
+    #[test]
+    fn client_id_echoed() {
+        let id: &[u8] = &[1, 0, 0x15, 0x15, 0x15, 0x15, 0x15];
+        let req = request(1, Ipv4Addr::UNSPECIFIED, 0, &[(61, id)]);
+        let p = parse(&handle(&params(), &req).unwrap().payload);
+        assert_eq!(p.opt(61), Some(id));
+    }
+
+    #[test]
+    fn reply_stays_within_548_bytes() {
+        // The DNS list gives way to the rest; parse() checks the 548 bytes.
+        let mut params = params();
+        params.dns = (0..200).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect();
+        for (id_len, servers) in [(0, 63), (200, 13), (255, 0)] {
+            let id = vec![7u8; id_len];
+            let opts: &[(u8, &[u8])] = if id_len == 0 { &[] } else { &[(61, &id)] };
+            let req = request(1, Ipv4Addr::UNSPECIFIED, 0, opts);
+            let p = parse(&handle(&params, &req).unwrap().payload);
+            let dns = p.opt(6).unwrap_or(&[]);
+            assert_eq!(dns.len(), 4 * servers, "client id of {id_len}");
+            assert!(dns.iter().step_by(4).all(|&b| b == 10));
+            assert_eq!(p.opt(1), Some(&[255, 255, 255, 0][..]));
+        }
+    }
+
+    #[test]
+    fn odd_params() {
+        let mut params = params();
+        params.prefix_len = 40;
+        params.mtu = 60;
+        params.router = Ipv4Addr::UNSPECIFIED;
+        params.dns.clear();
+        params.lease_secs = u32::MAX;
+        let p = parse(
+            &handle(&params, &request(1, Ipv4Addr::UNSPECIFIED, 0, &[]))
+                .unwrap()
+                .payload,
+        );
+        assert_eq!(p.opt(1), Some(&[255, 255, 255, 255][..]));
+        assert_eq!(p.opt(28), Some(&GUEST.octets()[..]));
+        assert_eq!(p.opt(3), None);
+        assert_eq!(p.opt(6), None);
+        assert_eq!(p.opt(26), None);
+        assert_eq!(p.opt(51), Some(&[0xff; 4][..]));
+        assert_eq!(p.opt(58), Some(&[0xff; 4][..]));
+        assert_eq!(p.opt(59), Some(&[0xff; 4][..]));
+        params.prefix_len = 0;
+        let p = parse(
+            &handle(&params, &request(1, Ipv4Addr::UNSPECIFIED, 0, &[]))
+                .unwrap()
+                .payload,
+        );
+        assert_eq!(p.opt(1), Some(&[0, 0, 0, 0][..]));
+        assert_eq!(p.opt(28), Some(&[255, 255, 255, 255][..]));
+    }
+
+    #[test]
+    fn trailing_padding_after_end_accepted() {
+        let mut req = request(1, Ipv4Addr::UNSPECIFIED, 0, &[PRL]);
+        req.resize(576, 0);
+        assert!(handle(&params(), &req).is_ok());
+    }
+
+    #[test]
+    fn truncated_at_every_length_is_malformed() {
+        let reqs = [
+            request(1, Ipv4Addr::UNSPECIFIED, 0, &[PRL]),
+            request(
+                3,
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                &[(50, &GUEST.octets()), (54, &GW.octets())],
+            ),
+            request(8, GUEST, 0, &[(61, &[1, 2, 3])]),
+        ];
+        for req in reqs {
+            assert!(handle(&params(), &req).is_ok());
+            for len in 0..req.len() {
+                assert_eq!(
+                    handle(&params(), &req[..len]),
+                    Err(Ignored::Malformed),
+                    "len {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_header_is_malformed() {
+        let good = request(1, Ipv4Addr::UNSPECIFIED, 0, &[]);
+        for (at, value) in [(0, 2), (1, 6), (2, 16), (236, 0), (239, 98)] {
+            let mut req = good.clone();
+            req[at] = value;
+            assert_eq!(
+                handle(&params(), &req),
+                Err(Ignored::Malformed),
+                "byte {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_options_are_malformed() {
+        let cases: [&[u8]; 7] = [
+            &[53, 1, 1, 12, 200, b'x', 255],        // length past the end
+            &[53, 1, 1, 12, 255],                   // length byte, no data
+            &[53, 1, 1, 12],                        // no length byte, no END
+            &[53, 1, 1, 0, 0, 0],                   // pads, no END
+            &[53, 2, 1, 1, 255],                    // message type of length 2
+            &[53, 1, 3, 50, 3, 1, 2, 3, 255],       // requested IP of length 3
+            &[53, 1, 3, 54, 5, 1, 2, 3, 4, 5, 255], // server id of length 5
+        ];
+        for opts in cases {
+            let mut req = request(1, Ipv4Addr::UNSPECIFIED, 0, &[]);
+            req.truncate(240);
+            req.extend_from_slice(opts);
+            assert_eq!(handle(&params(), &req), Err(Ignored::Malformed), "{opts:?}");
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let template = request(
+            3,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            &[(50, &GUEST.octets()), (54, &GW.octets()), PRL],
+        );
+        let mut ok = 0;
+        for i in 0..10_000 {
+            let len = usize::try_from(next() % 600).unwrap();
+            let mut buf: Vec<u8> = (0..len).map(|_| next().to_le_bytes()[0]).collect();
+            if i % 2 == 0 {
+                // Valid header, random options: reach the option parser.
+                let head = len.min(243);
+                buf[..head].copy_from_slice(&template[..head]);
+            }
+            if let Ok(reply) = handle(&params(), &buf) {
+                ok += 1;
+                parse(&reply.payload);
+            }
+        }
+        assert!(ok > 0, "no random input got through");
+    }
 }
