@@ -1,1 +1,3 @@
 //! Workers, host I/O on io_uring, and the frame ports that are not virtio.
+
+pub mod uring;
