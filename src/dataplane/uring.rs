@@ -299,6 +299,8 @@ pub struct Uring {
     cqes: Vec<(u64, i32)>,
     /// End of the last timed wait, for [`Completion::Timeout`].
     deadline: Option<Instant>,
+    /// The `ops` slot of the fallback timeout SQE in flight, if any.
+    fallback_timeout: Option<u32>,
 }
 
 impl Uring {
@@ -331,6 +333,7 @@ impl Uring {
             spare: Vec::new(),
             cqes: Vec::new(),
             deadline: None,
+            fallback_timeout: None,
         })
     }
 
@@ -707,20 +710,38 @@ impl Uring {
     }
 
     /// The fallback wait timeout for kernels without `IORING_FEAT_EXT_ARG`.
-    /// A timeout left over from an earlier wait only causes an early wake.
+    /// The previous one, if still pending, is removed first so that timed
+    /// waits do not pile up timeouts in the kernel.
     fn push_timeout(&mut self, t: Duration) {
+        self.remove_fallback_timeout();
         let op = Op {
             kind: OpKind::Timeout,
             flow: None,
             sock: None,
             res: OpRes::Time(Box::new(types::Timespec::from(t))),
         };
-        self.start(op, |res| {
+        let slot = self.start(op, |res| {
             let OpRes::Time(ts) = res else {
                 unreachable!("timeout owns a timespec")
             };
             opcode::Timeout::new(&raw const **ts).build()
         });
+        self.fallback_timeout = Some(slot);
+    }
+
+    /// Ask the kernel to drop the pending fallback timeout, if any; its
+    /// CQE (`ECANCELED`) still comes and frees its slot.
+    fn remove_fallback_timeout(&mut self) {
+        if let Some(slot) = self.fallback_timeout.take() {
+            let old = Token::Op {
+                kind: OpKind::Timeout,
+                slot,
+            };
+            let remove = opcode::TimeoutRemove::new(old.pack())
+                .build()
+                .user_data(Token::Cancel.pack());
+            self.enqueue(remove);
+        }
     }
 
     // ---- completions ----
@@ -959,8 +980,8 @@ impl Uring {
     }
 
     /// Put `op` in the slab, build its SQE from its resources in place, and
-    /// queue it.
-    fn start(&mut self, op: Op, build: impl FnOnce(&mut OpRes) -> squeue::Entry) {
+    /// queue it. Returns its `ops` slot.
+    fn start(&mut self, op: Op, build: impl FnOnce(&mut OpRes) -> squeue::Entry) -> u32 {
         let kind = op.kind;
         let sock = op.sock;
         let slot = match self.free_ops.pop() {
@@ -989,11 +1010,15 @@ impl Uring {
         }
         self.in_flight += 1;
         self.enqueue(entry.user_data(Token::Op { kind, slot }.pack()));
+        slot
     }
 
     fn free_op(&mut self, slot: u32) -> Option<Op> {
         let op = self.ops.get_mut(slot as usize)?.take()?;
         self.free_ops.push(slot);
+        if self.fallback_timeout == Some(slot) {
+            self.fallback_timeout = None;
+        }
         self.in_flight -= 1;
         Some(op)
     }
@@ -1111,10 +1136,16 @@ impl Drop for Uring {
         }
         let end = Instant::now() + DROP_DRAIN;
         while self.in_flight > 0 && Instant::now() < end {
-            if self
-                .submit_and_wait(1, Some(Duration::from_millis(50)))
-                .is_err()
-            {
+            let others = self.in_flight - usize::from(self.fallback_timeout.is_some());
+            let timeout = if others > 0 {
+                Some(Duration::from_millis(50))
+            } else {
+                // Only a fallback timeout is left (and each timed wait
+                // would arm another): remove it and wait for its CQE.
+                self.remove_fallback_timeout();
+                None
+            };
+            if self.submit_and_wait(1, timeout).is_err() {
                 break;
             }
             self.drain(&mut |_| {});
@@ -1584,6 +1615,24 @@ mod tests {
         assert_eq!(u.open_sockets(), 1);
     }
 
+    #[test]
+    fn tcp_over_ipv6_loopback() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let addr = l.local_addr().unwrap();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(11);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        let (mut peer, from) = l.accept().unwrap();
+        assert!(from.is_ipv6());
+        peer.write_all(b"v6").unwrap();
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        assert_eq!(received(&mut u, f), Ok(b"v6".to_vec()));
+    }
+
     fn udp_echo() -> (SocketAddr, thread::JoinHandle<()>) {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = s.local_addr().unwrap();
@@ -1766,8 +1815,7 @@ mod tests {
         timeout_returns_without_events(false);
     }
 
-    #[test]
-    fn frame_write_and_spare_buffer() {
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors socketpair(2) writes.
         let r = unsafe {
@@ -1780,7 +1828,35 @@ mod tests {
         };
         assert_eq!(r, 0);
         // SAFETY: both fds were just created and are owned by nobody else.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn fallback_timeouts_do_not_pile_up() {
+        let (a, _b) = seqpacket_pair();
+        let mut u = Uring::new(8).unwrap();
+        u.ext_arg = false;
+        let start = Instant::now();
+        for _ in 0..20 {
+            u.push_frame_write(a.as_raw_fd(), vec![0; 16]);
+            u.submit_and_wait(1, Some(LONG)).unwrap();
+            u.drain(&mut |c| assert!(matches!(c, Completion::FrameWritten { result: Ok(16) })));
+        }
+        // Let the last frame write and the removals land.
+        u.submit_and_wait(0, None).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        u.drain(&mut |c| assert!(matches!(c, Completion::FrameWritten { result: Ok(16) })));
+        assert!(start.elapsed() < LONG);
+        assert!(u.in_flight() <= 2, "{} ops in flight", u.in_flight());
+        // Dropping removes the pending 10 s timeout instead of waiting.
+        let start = Instant::now();
+        drop(u);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn frame_write_and_spare_buffer() {
+        let (a, b) = seqpacket_pair();
         let mut u = Uring::new(8).unwrap();
         assert!(u.take_spare_buffer().is_none());
         let frame: Vec<u8> = (0..=255).collect();
