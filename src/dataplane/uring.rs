@@ -58,6 +58,9 @@
 //!   [`SPARE_MAX_CAPACITY`] bytes each.
 //! - Sockets are blocking: io_uring tries each op without blocking first and
 //!   otherwise arms a poll, so no io-wq thread blocks on them.
+//! - Kernels without `IORING_FEAT_EXT_ARG` (before 5.11) get the wait
+//!   timeout as a timeout SQE; at most one is pending (the previous one is
+//!   removed) and it counts in [`Uring::in_flight`] until its CQE.
 //! - The eventfd given to [`Uring::arm_wake`] and the TAP fd given to
 //!   [`Uring::push_frame_write`] belong to the caller, who keeps them open
 //!   until the matching completion arrives.
@@ -434,7 +437,7 @@ impl Uring {
         }
         let res = match timeout {
             Some(t) if want > 0 => {
-                self.deadline = Some(Instant::now() + t);
+                self.deadline = Instant::now().checked_add(t);
                 if self.ext_arg {
                     let ts = types::Timespec::from(t);
                     let args = types::SubmitArgs::new().timespec(&ts);
