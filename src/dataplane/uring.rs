@@ -31,7 +31,7 @@
 //!   allocations (`Vec`, `Box`) so that the slab may grow and move its entries
 //!   without moving what the kernel points at.
 //!
-//! `user_data` is a [`Token`] packed into a `u64`: an 8-bit kind tag and the
+//! `user_data` is a `Token` packed into a `u64`: an 8-bit kind tag and the
 //! 32-bit `ops` slot. Each slot is used by exactly one SQE until that SQE's
 //! single CQE (no multishot ops), so the slot alone identifies the op.
 //!
