@@ -1,3 +1,5 @@
 //! Workers, host I/O on io_uring, and the frame ports that are not virtio.
 
 pub mod cpus;
+pub mod uring;
+pub mod worker;

@@ -1,0 +1,2029 @@
+//! io_uring executor: runs the stack's [`SockOp`]s on host sockets and turns
+//! completions into [`HostEvent`]s.
+//!
+//! # Theory of operation
+//!
+//! One [`Uring`] belongs to one worker thread. The worker loops:
+//!
+//! ```text
+//!   stack ──SockOp──▶ push ──▶ [SQ ring] ─┐            ┌─▶ kernel
+//!                          └▶ [backlog] ──┴─ submit ───┘      │
+//!   stack ◀─HostEvent── drain ◀── [ready] ◀── [CQ ring] ◀─────┘
+//! ```
+//!
+//! [`Uring::push`] never blocks: when the SQ ring is full, entries wait in a
+//! FIFO backlog that [`Uring::submit_and_wait`] flushes before its single
+//! `io_uring_enter`. Once the backlog is non-empty every new entry goes behind
+//! it, so SQEs reach the kernel in push order (an `AsyncCancel` is never
+//! submitted before the op it cancels).
+//!
+//! State lives in three slabs:
+//! - `flows`, indexed by [`FlowId::idx`] and checked against
+//!   [`FlowId::gen_`]: the flows the stack has opened and not closed. Only a
+//!   live flow with a matching generation ever gets an event.
+//! - `socks`: open sockets. A socket outlives its flow while an op that
+//!   references its fd is in flight; the fd is closed when its last CQE
+//!   arrives, so a reused fd number can never receive a stale op.
+//! - `ops`: one entry per SQE that owns something (sockaddr, data buffer,
+//!   eventfd word, timespec). The entry is freed only when the op's CQE
+//!   arrives: memory the kernel may still read or write is never freed or
+//!   reused (tokio-uring's `Lifecycle::Ignored`). Resources are heap
+//!   allocations (`Vec`, `Box`) so that the slab may grow and move its entries
+//!   without moving what the kernel points at.
+//!
+//! `user_data` is a `Token` packed into a `u64`: an 8-bit kind tag and the
+//! 32-bit `ops` slot. Each slot is used by exactly one SQE until that SQE's
+//! single CQE (no multishot ops), so the slot alone identifies the op.
+//!
+//! # Semantics the stack relies on (see [`crate::stack::ops`])
+//! - `Open`: `socket()` and `setsockopt()` run synchronously; the connect is an
+//!   io_uring op. `Send`/`Recv`/`ShutdownWrite` pushed while the connect is in
+//!   flight wait in the flow and are issued after a successful connect (a UDP
+//!   flow may send its first datagram right behind its `Open`). If the socket
+//!   cannot be created or the connect fails, `Connected{Err}` is delivered and
+//!   every op of that flow is answered with the same errno.
+//! - `ShutdownWrite` is a direct `shutdown(SHUT_WR)`, delayed until the sends
+//!   in flight on the flow have completed (even partially: a stack that wants
+//!   every byte out before FIN waits for `Sent` before asking for it).
+//! - `Close` forgets the flow at once: no further event for it is delivered.
+//!   Ops still in the backlog are dropped, ops in the kernel get an
+//!   `AsyncCancel`, and the fd is closed when no op references it.
+//! - Ops for a flow that is not open (never opened, already closed, or an old
+//!   generation) are dropped with a debug log.
+//!
+//! # Limits
+//! - A `Recv` reads at most [`MAX_RECV`] bytes, a `Send` writes at most
+//!   `u32::MAX` bytes per op (a partial send, allowed for TCP).
+//! - The spare-buffer free list keeps at most [`SPARE_MAX`] buffers of at most
+//!   [`SPARE_MAX_CAPACITY`] bytes each.
+//! - Sockets are blocking: io_uring tries each op without blocking first and
+//!   otherwise arms a poll, so no io-wq thread blocks on them.
+//! - Kernels without `IORING_FEAT_EXT_ARG` (before 5.11) get the wait
+//!   timeout as a timeout SQE; at most one is pending (the previous one is
+//!   removed) and it counts in [`Uring::in_flight`] until its CQE.
+//! - The eventfd given to [`Uring::arm_wake`] and the TAP fd given to
+//!   [`Uring::push_frame_write`] belong to the caller, who keeps them open
+//!   until the matching completion arrives.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, opcode, squeue, types};
+use log::{debug, trace, warn};
+
+use crate::stack::flow::FlowId;
+use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
+
+/// Most bytes one `Recv` reads; a larger `max` is clamped (the event then
+/// carries at most this many bytes, which the contract allows).
+pub const MAX_RECV: usize = 16 << 20;
+/// Most buffers kept on the spare list.
+pub const SPARE_MAX: usize = 256;
+/// Largest buffer capacity kept on the spare list.
+pub const SPARE_MAX_CAPACITY: usize = 1 << 20;
+/// How long dropping a [`Uring`] waits for cancelled ops before leaking
+/// their buffers instead of freeing memory the kernel may still write.
+const DROP_DRAIN: Duration = Duration::from_secs(2);
+
+/// One thing [`Uring::drain`] reports.
+#[derive(Debug)]
+pub enum Completion {
+    /// A socket event for the stack.
+    Host(HostEvent),
+    /// The eventfd armed with [`Uring::arm_wake`] was read; arm it again.
+    Wake,
+    /// A frame write from [`Uring::push_frame_write`] finished; its buffer
+    /// is now on the spare list.
+    FrameWritten {
+        /// Bytes written, or the error.
+        result: io::Result<usize>,
+    },
+    /// The timeout given to [`Uring::submit_and_wait`] expired and nothing
+    /// else was reported by this drain.
+    Timeout,
+}
+
+/// What an SQE does; part of its [`Token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Connect,
+    Send,
+    Recv,
+    FrameWrite,
+    Wake,
+    /// A timeout SQE, used only when the kernel lacks `IORING_FEAT_EXT_ARG`.
+    Timeout,
+}
+
+/// The meaning of a CQE, packed into the SQE's `user_data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// An op whose resources live in `ops[slot]`.
+    Op { kind: OpKind, slot: u32 },
+    /// An `AsyncCancel`; its CQE only says whether the target was found.
+    Cancel,
+}
+
+impl Token {
+    const TAG_SHIFT: u32 = 56;
+    const SLOT_MASK: u64 = 0xffff_ffff;
+
+    /// Tag in the top byte, slot in the low 32 bits. Tag 0 is never used, so
+    /// a zeroed `user_data` does not decode.
+    fn pack(self) -> u64 {
+        let (tag, slot): (u8, u32) = match self {
+            Token::Op { kind, slot } => (
+                match kind {
+                    OpKind::Connect => 1,
+                    OpKind::Send => 2,
+                    OpKind::Recv => 3,
+                    OpKind::FrameWrite => 4,
+                    OpKind::Wake => 5,
+                    OpKind::Timeout => 6,
+                },
+                slot,
+            ),
+            Token::Cancel => (7, 0),
+        };
+        (u64::from(tag) << Self::TAG_SHIFT) | u64::from(slot)
+    }
+
+    fn unpack(v: u64) -> Option<Token> {
+        if v & !((0xff << Self::TAG_SHIFT) | Self::SLOT_MASK) != 0 {
+            return None;
+        }
+        let slot = u32::try_from(v & Self::SLOT_MASK).ok()?;
+        let kind = match v >> Self::TAG_SHIFT {
+            1 => OpKind::Connect,
+            2 => OpKind::Send,
+            3 => OpKind::Recv,
+            4 => OpKind::FrameWrite,
+            5 => OpKind::Wake,
+            6 => OpKind::Timeout,
+            7 if slot == 0 => return Some(Token::Cancel),
+            _ => return None,
+        };
+        Some(Token::Op { kind, slot })
+    }
+}
+
+/// A socket address in the form the kernel reads.
+enum SockAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddr {
+    fn new(addr: &SocketAddr) -> SockAddr {
+        match addr {
+            SocketAddr::V4(a) => SockAddr::V4(libc::sockaddr_in {
+                sin_family: family(libc::AF_INET),
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => SockAddr::V6(libc::sockaddr_in6 {
+                sin6_family: family(libc::AF_INET6),
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        match self {
+            SockAddr::V4(a) => std::ptr::from_ref(a).cast(),
+            SockAddr::V6(a) => std::ptr::from_ref(a).cast(),
+        }
+    }
+
+    fn len(&self) -> libc::socklen_t {
+        match self {
+            SockAddr::V4(_) => socklen_of::<libc::sockaddr_in>(),
+            SockAddr::V6(_) => socklen_of::<libc::sockaddr_in6>(),
+        }
+    }
+}
+
+fn family(af: libc::c_int) -> libc::sa_family_t {
+    // Cannot fail: AF_INET (2) and AF_INET6 (10) fit in sa_family_t (u16).
+    libc::sa_family_t::try_from(af).expect("address family fits sa_family_t")
+}
+
+fn socklen_of<T>() -> libc::socklen_t {
+    // Cannot fail: only socket structures of at most 128 bytes are passed.
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("socket struct size fits socklen_t")
+}
+
+fn last_errno() -> Errno {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// What an op owns until its CQE. Every variant is a heap allocation whose
+/// address does not change when the `Op` moves.
+enum OpRes {
+    Addr(Box<SockAddr>),
+    Buf(Vec<u8>),
+    Word(Box<[u8; 8]>),
+    Time(Box<types::Timespec>),
+}
+
+/// An SQE in flight (or in the backlog).
+struct Op {
+    kind: OpKind,
+    /// The flow the op serves (socket ops only).
+    flow: Option<FlowId>,
+    /// The `socks` slot whose fd the op uses (socket ops only).
+    sock: Option<u32>,
+    res: OpRes,
+}
+
+/// A host socket and the ops that reference its fd.
+struct Sock {
+    fd: OwnedFd,
+    /// `ops` slots of the socket ops in flight on `fd`.
+    ops: Vec<u32>,
+    /// The flow is gone; close `fd` when `ops` is empty.
+    closing: bool,
+}
+
+enum Phase {
+    /// The connect is in flight; ops wait here in push order.
+    Connecting {
+        deferred: Vec<SockOp>,
+    },
+    Connected,
+    /// `socket()` or the connect failed with this errno.
+    Failed(Errno),
+}
+
+/// A live flow: opened by the stack and not yet closed.
+struct Flow {
+    id: FlowId,
+    /// `None` when `socket()` failed.
+    sock: Option<u32>,
+    phase: Phase,
+    /// Sends pushed and not yet completed.
+    sends_in_flight: u32,
+    /// A `ShutdownWrite` that waits for `sends_in_flight` to reach 0.
+    shutdown_pending: bool,
+}
+
+/// Executes [`SockOp`]s on one io_uring; see the [module docs](self).
+pub struct Uring {
+    ring: IoUring,
+    /// `IORING_FEAT_EXT_ARG`: the wait timeout goes into `io_uring_enter`.
+    ext_arg: bool,
+    /// SQEs that did not fit in the SQ ring, in push order.
+    backlog: VecDeque<squeue::Entry>,
+    flows: Vec<Option<Flow>>,
+    live_flows: usize,
+    socks: Vec<Option<Sock>>,
+    free_socks: Vec<u32>,
+    ops: Vec<Option<Op>>,
+    free_ops: Vec<u32>,
+    in_flight: usize,
+    /// Events decided without the kernel (failed `socket()`, ops on a failed
+    /// flow), delivered by the next drain.
+    ready: VecDeque<HostEvent>,
+    spare: Vec<Vec<u8>>,
+    /// Reused CQE snapshot.
+    cqes: Vec<(u64, i32)>,
+    /// End of the last timed wait, for [`Completion::Timeout`].
+    deadline: Option<Instant>,
+    /// The `ops` slot of the fallback timeout SQE in flight, if any.
+    fallback_timeout: Option<u32>,
+}
+
+impl Uring {
+    /// A ring with `entries` SQ entries (and a CQ four times as large).
+    pub fn new(entries: u32) -> io::Result<Uring> {
+        let cq = entries.saturating_mul(4);
+        let ring = IoUring::builder()
+            .setup_cqsize(cq)
+            .setup_submit_all()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+            .or_else(|e| {
+                debug!("uring: full setup failed ({e}); trying a plain ring");
+                IoUring::new(entries)
+            })?;
+        let ext_arg = ring.params().is_feature_ext_arg();
+        Ok(Uring {
+            ring,
+            ext_arg,
+            backlog: VecDeque::new(),
+            flows: Vec::new(),
+            live_flows: 0,
+            socks: Vec::new(),
+            free_socks: Vec::new(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            in_flight: 0,
+            ready: VecDeque::new(),
+            spare: Vec::new(),
+            cqes: Vec::new(),
+            deadline: None,
+            fallback_timeout: None,
+        })
+    }
+
+    /// Queue one socket op (takes ownership of its data). Never blocks.
+    pub fn push(&mut self, op: SockOp) {
+        match op {
+            SockOp::Open {
+                flow,
+                proto,
+                dst,
+                mss,
+            } => self.open(flow, proto, dst, mss),
+            SockOp::Close { flow, reset } => self.close(flow, reset),
+            op => {
+                let id = op.flow();
+                let Some(f) = self.flow_mut(id) else {
+                    debug!("uring: {op:?} for a flow that is not open; dropped");
+                    return;
+                };
+                match &mut f.phase {
+                    Phase::Connecting { deferred } => deferred.push(op),
+                    Phase::Failed(e) => {
+                        let e = *e;
+                        self.fail_op(op, e);
+                    }
+                    Phase::Connected => self.issue(op),
+                }
+            }
+        }
+    }
+
+    /// Write `frame` to `fd` (a TAP device) with one io_uring write. Takes
+    /// ownership of `frame` until [`Completion::FrameWritten`]; the buffer
+    /// then goes to the spare list ([`Uring::take_spare_buffer`]). The caller
+    /// keeps `fd` open until then.
+    pub fn push_frame_write(&mut self, fd: RawFd, frame: Vec<u8>) {
+        let op = Op {
+            kind: OpKind::FrameWrite,
+            flow: None,
+            sock: None,
+            res: OpRes::Buf(frame),
+        };
+        self.start(op, |res| {
+            let OpRes::Buf(buf) = res else {
+                unreachable!("frame write owns a buffer")
+            };
+            let len = clamp_u32(buf.len());
+            // offset -1: the file position, as write(2) uses.
+            opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
+                .offset(u64::MAX)
+                .build()
+        });
+    }
+
+    /// A cleared buffer from completed sends and frame writes, for reuse.
+    pub fn take_spare_buffer(&mut self) -> Option<Vec<u8>> {
+        self.spare.pop()
+    }
+
+    /// Read 8 bytes from `eventfd`; its completion is [`Completion::Wake`].
+    /// One read per call: arm again after each wake. The caller keeps
+    /// `eventfd` open until the wake arrives.
+    pub fn arm_wake(&mut self, eventfd: RawFd) {
+        let op = Op {
+            kind: OpKind::Wake,
+            flow: None,
+            sock: None,
+            res: OpRes::Word(Box::new([0; 8])),
+        };
+        self.start(op, |res| {
+            let OpRes::Word(word) = res else {
+                unreachable!("wake owns a word")
+            };
+            opcode::Read::new(types::Fd(eventfd), word.as_mut_ptr(), 8)
+                .offset(u64::MAX)
+                .build()
+        });
+    }
+
+    /// Submit everything pushed and wait until `min_complete` completions
+    /// are ready or `timeout` passes, in one `io_uring_enter` (more only when
+    /// the backlog is larger than the SQ ring). `EINTR`, `ETIME`, `EBUSY` and
+    /// `EAGAIN` return `Ok`: the caller drains and loops. Does not wait when
+    /// events are already ready, nor forever when nothing is in flight and
+    /// no timeout is given.
+    pub fn submit_and_wait(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let backlog_flushed = self.flush_backlog()?;
+        let mut want = min_complete;
+        if !self.ready.is_empty() || !backlog_flushed {
+            want = 0;
+        }
+        if timeout.is_none() && self.in_flight == 0 {
+            want = 0;
+        }
+        let res = match timeout {
+            Some(t) if want > 0 => {
+                self.deadline = Instant::now().checked_add(t);
+                if self.ext_arg {
+                    let ts = types::Timespec::from(t);
+                    let args = types::SubmitArgs::new().timespec(&ts);
+                    self.ring.submitter().submit_with_args(want, &args)
+                } else {
+                    self.push_timeout(t);
+                    self.flush_backlog()?;
+                    self.ring.submit_and_wait(want)
+                }
+            }
+            _ => self.ring.submit_and_wait(want),
+        };
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                trace!("uring: enter returned {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Report every completion available now, in one batch.
+    pub fn drain(&mut self, out: &mut impl FnMut(Completion)) {
+        let mut delivered = self.deliver_ready(out);
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, result) in &cqes {
+            delivered += self.complete(user_data, result, out);
+        }
+        cqes.clear();
+        self.cqes = cqes;
+        delivered += self.deliver_ready(out);
+        if let Some(deadline) = self.deadline.take()
+            && delivered == 0
+            && Instant::now() >= deadline
+        {
+            out(Completion::Timeout);
+        }
+    }
+
+    /// Flows opened and not yet closed.
+    pub fn open_flows(&self) -> usize {
+        self.live_flows
+    }
+
+    /// Open host sockets, including those of closed flows whose cancelled
+    /// ops have not completed yet.
+    pub fn open_sockets(&self) -> usize {
+        self.socks.len() - self.free_socks.len()
+    }
+
+    /// Ops pushed whose completion has not been processed yet (socket ops,
+    /// frame writes, wake reads), backlog included.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Abort every flow (`Close { reset: true }` for each): used when the
+    /// guest goes away, so peers see a reset rather than a clean end of data.
+    pub fn close_all(&mut self) {
+        let ids: Vec<FlowId> = self.flows.iter().flatten().map(|f| f.id).collect();
+        for id in ids {
+            self.close(id, true);
+        }
+    }
+
+    // ---- ops ----
+
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
+        let idx = id.idx as usize;
+        if self.flows.len() <= idx {
+            self.flows.resize_with(idx + 1, || None);
+        }
+        if let Some(old) = &self.flows[idx] {
+            let old = old.id;
+            if old.gen_ == id.gen_ {
+                warn!("uring: second Open for {id:?}; ignored");
+                return;
+            }
+            warn!("uring: Open for {id:?} while {old:?} is live without Close; aborting it");
+            self.close(old, true);
+        }
+        let (sock, phase) = match new_socket(proto, &dst, mss) {
+            Ok(fd) => (
+                Some(self.alloc_sock(fd)),
+                Phase::Connecting {
+                    deferred: Vec::new(),
+                },
+            ),
+            Err(e) => {
+                debug!("uring: socket for {id:?} ({proto:?} to {dst}) failed: errno {e}");
+                self.ready.push_back(HostEvent::Connected {
+                    flow: id,
+                    result: Err(e),
+                });
+                (None, Phase::Failed(e))
+            }
+        };
+        self.flows[idx] = Some(Flow {
+            id,
+            sock,
+            phase,
+            sends_in_flight: 0,
+            shutdown_pending: false,
+        });
+        self.live_flows += 1;
+        if let Some(s) = sock {
+            let fd = self.sock_fd(s);
+            let op = Op {
+                kind: OpKind::Connect,
+                flow: Some(id),
+                sock: Some(s),
+                res: OpRes::Addr(Box::new(SockAddr::new(&dst))),
+            };
+            self.start(op, |res| {
+                let OpRes::Addr(addr) = res else {
+                    unreachable!("connect owns a sockaddr")
+                };
+                opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len()).build()
+            });
+        }
+    }
+
+    /// Issue a Send, Recv or ShutdownWrite on a connected flow.
+    fn issue(&mut self, op: SockOp) {
+        let id = op.flow();
+        let Some(f) = self.flow_mut(id) else {
+            return;
+        };
+        // Cannot fail: a connected flow has a socket.
+        let s = f.sock.expect("connected flow has a socket");
+        match op {
+            SockOp::Send { data, .. } => {
+                f.sends_in_flight += 1;
+                let fd = self.sock_fd(s);
+                let op = Op {
+                    kind: OpKind::Send,
+                    flow: Some(id),
+                    sock: Some(s),
+                    res: OpRes::Buf(data),
+                };
+                self.start(op, |res| {
+                    let OpRes::Buf(buf) = res else {
+                        unreachable!("send owns a buffer")
+                    };
+                    opcode::Send::new(types::Fd(fd), buf.as_ptr(), clamp_u32(buf.len()))
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                });
+            }
+            SockOp::Recv { max, .. } => {
+                let max = max.min(MAX_RECV);
+                let fd = self.sock_fd(s);
+                let buf = self.recv_buffer(max);
+                let op = Op {
+                    kind: OpKind::Recv,
+                    flow: Some(id),
+                    sock: Some(s),
+                    res: OpRes::Buf(buf),
+                };
+                self.start(op, |res| {
+                    let OpRes::Buf(buf) = res else {
+                        unreachable!("recv owns a buffer")
+                    };
+                    opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), clamp_u32(max)).build()
+                });
+            }
+            SockOp::ShutdownWrite { .. } => {
+                if f.sends_in_flight > 0 {
+                    f.shutdown_pending = true;
+                } else {
+                    self.shutdown_write(s);
+                }
+            }
+            SockOp::Open { .. } | SockOp::Close { .. } => {
+                unreachable!("Open and Close are handled by push")
+            }
+        }
+    }
+
+    /// Answer `op` on a failed flow with `errno`, without the kernel.
+    fn fail_op(&mut self, op: SockOp, errno: Errno) {
+        let flow = op.flow();
+        match op {
+            SockOp::Send { data, .. } => {
+                self.recycle(data);
+                self.ready.push_back(HostEvent::Sent {
+                    flow,
+                    result: Err(errno),
+                });
+            }
+            SockOp::Recv { .. } => self.ready.push_back(HostEvent::Received {
+                flow,
+                result: Err(errno),
+            }),
+            SockOp::ShutdownWrite { .. } | SockOp::Open { .. } | SockOp::Close { .. } => {}
+        }
+    }
+
+    fn close(&mut self, id: FlowId, reset: bool) {
+        let Some(flow) = self.take_flow(id) else {
+            debug!("uring: Close for {id:?}, which is not open; ignored");
+            return;
+        };
+        if let Phase::Connecting { deferred } = flow.phase {
+            // Never issued: the kernel has not seen their buffers.
+            for op in deferred {
+                if let SockOp::Send { data, .. } = op {
+                    self.recycle(data);
+                }
+            }
+        }
+        let Some(s) = flow.sock else {
+            return;
+        };
+        let Some(sock) = self.socks[s as usize].as_mut() else {
+            return;
+        };
+        if reset {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            if let Err(e) = setsockopt(&sock.fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
+                debug!("uring: SO_LINGER 0 on {id:?} failed: errno {e}");
+            }
+        }
+        sock.closing = true;
+        let ops = std::mem::take(&mut sock.ops);
+        let mut kept = Vec::with_capacity(ops.len());
+        for slot in ops {
+            let Some(kind) = self.ops[slot as usize].as_ref().map(|o| o.kind) else {
+                continue;
+            };
+            let user_data = Token::Op { kind, slot }.pack();
+            let before = self.backlog.len();
+            self.backlog.retain(|e| e.get_user_data() != user_data);
+            if self.backlog.len() < before {
+                // Still in the backlog: the kernel never saw it.
+                if let Some(op) = self.free_op(slot) {
+                    self.reclaim(op.res);
+                }
+            } else {
+                let cancel = opcode::AsyncCancel::new(user_data)
+                    .build()
+                    .user_data(Token::Cancel.pack());
+                self.enqueue(cancel);
+                kept.push(slot);
+            }
+        }
+        if kept.is_empty() {
+            self.release_sock(s);
+        } else if let Some(sock) = self.socks[s as usize].as_mut() {
+            sock.ops = kept;
+        }
+    }
+
+    fn shutdown_write(&self, s: u32) {
+        let fd = self.sock_fd(s);
+        // SAFETY:
+        // - `fd` is an open socket owned by `socks[s]` (closed only when no
+        //   op and no flow references it; the caller's flow does);
+        // - shutdown(2) takes no pointers.
+        if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+            debug!("uring: shutdown(SHUT_WR) failed: errno {}", last_errno());
+        }
+    }
+
+    /// The fallback wait timeout for kernels without `IORING_FEAT_EXT_ARG`.
+    /// The previous one, if still pending, is removed first so that timed
+    /// waits do not pile up timeouts in the kernel.
+    fn push_timeout(&mut self, t: Duration) {
+        self.remove_fallback_timeout();
+        let op = Op {
+            kind: OpKind::Timeout,
+            flow: None,
+            sock: None,
+            res: OpRes::Time(Box::new(types::Timespec::from(t))),
+        };
+        let slot = self.start(op, |res| {
+            let OpRes::Time(ts) = res else {
+                unreachable!("timeout owns a timespec")
+            };
+            opcode::Timeout::new(&raw const **ts).build()
+        });
+        self.fallback_timeout = Some(slot);
+    }
+
+    /// Ask the kernel to drop the pending fallback timeout, if any; its
+    /// CQE (`ECANCELED`) still comes and frees its slot.
+    fn remove_fallback_timeout(&mut self) {
+        if let Some(slot) = self.fallback_timeout.take() {
+            let old = Token::Op {
+                kind: OpKind::Timeout,
+                slot,
+            };
+            let remove = opcode::TimeoutRemove::new(old.pack())
+                .build()
+                .user_data(Token::Cancel.pack());
+            self.enqueue(remove);
+        }
+    }
+
+    // ---- completions ----
+
+    fn deliver_ready(&mut self, out: &mut impl FnMut(Completion)) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.ready.pop_front() {
+            // A flow closed after the event was queued gets nothing.
+            if self.flow_mut(ev.flow()).is_some() {
+                out(Completion::Host(ev));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Handle one CQE; returns how many completions it reported.
+    fn complete(&mut self, user_data: u64, result: i32, out: &mut impl FnMut(Completion)) -> usize {
+        let Some(token) = Token::unpack(user_data) else {
+            warn!("uring: CQE with unknown user_data {user_data:#x}");
+            return 0;
+        };
+        let (kind, slot) = match token {
+            Token::Cancel => {
+                trace!("uring: cancel result {result}");
+                return 0;
+            }
+            Token::Op { kind, slot } => (kind, slot),
+        };
+        let Some(op) = self.free_op(slot) else {
+            warn!("uring: CQE for empty op slot {slot}");
+            return 0;
+        };
+        debug_assert_eq!(op.kind, kind, "token kind matches the op slot");
+        if let Some(s) = op.sock {
+            self.sock_op_done(s, slot);
+        }
+        let res = if result < 0 { Err(-result) } else { Ok(result) };
+        match op.kind {
+            OpKind::Connect => self.on_connect(op.flow, res, out),
+            OpKind::Send => {
+                self.reclaim(op.res);
+                self.on_send(op.flow, res, out)
+            }
+            OpKind::Recv => {
+                let OpRes::Buf(buf) = op.res else {
+                    unreachable!("recv owns a buffer")
+                };
+                self.on_recv(op.flow, res, buf, out)
+            }
+            OpKind::FrameWrite => {
+                self.reclaim(op.res);
+                let result = match res {
+                    // Cannot fail: a non-negative i32 fits usize.
+                    Ok(n) => Ok(usize::try_from(n).unwrap_or(0)),
+                    Err(e) => Err(io::Error::from_raw_os_error(e)),
+                };
+                out(Completion::FrameWritten { result });
+                1
+            }
+            OpKind::Wake => {
+                if let Err(e) = res {
+                    warn!("uring: eventfd read failed: errno {e}");
+                }
+                out(Completion::Wake);
+                1
+            }
+            OpKind::Timeout => 0,
+        }
+    }
+
+    fn on_connect(
+        &mut self,
+        flow: Option<FlowId>,
+        res: Result<i32, Errno>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let Some(id) = flow else { return 0 };
+        let Some(f) = self.flow_mut(id) else {
+            return 0;
+        };
+        let deferred = match std::mem::replace(&mut f.phase, Phase::Connected) {
+            Phase::Connecting { deferred } => deferred,
+            other => {
+                f.phase = other;
+                warn!("uring: connect completion for {id:?} outside Connecting");
+                return 0;
+            }
+        };
+        match res {
+            Ok(_) => {
+                out(Completion::Host(HostEvent::Connected {
+                    flow: id,
+                    result: Ok(()),
+                }));
+                for op in deferred {
+                    self.issue(op);
+                }
+            }
+            Err(e) => {
+                f.phase = Phase::Failed(e);
+                out(Completion::Host(HostEvent::Connected {
+                    flow: id,
+                    result: Err(e),
+                }));
+                for op in deferred {
+                    self.fail_op(op, e);
+                }
+            }
+        }
+        1
+    }
+
+    fn on_send(
+        &mut self,
+        flow: Option<FlowId>,
+        res: Result<i32, Errno>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let Some(id) = flow else { return 0 };
+        let Some(f) = self.flow_mut(id) else {
+            return 0;
+        };
+        f.sends_in_flight = f.sends_in_flight.saturating_sub(1);
+        let shutdown = (f.sends_in_flight == 0 && f.shutdown_pending)
+            .then(|| {
+                f.shutdown_pending = false;
+                f.sock
+            })
+            .flatten();
+        if let Some(s) = shutdown {
+            self.shutdown_write(s);
+        }
+        let result = res.map(|n| usize::try_from(n).unwrap_or(0));
+        out(Completion::Host(HostEvent::Sent { flow: id, result }));
+        1
+    }
+
+    fn on_recv(
+        &mut self,
+        flow: Option<FlowId>,
+        res: Result<i32, Errno>,
+        mut buf: Vec<u8>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let live = flow.filter(|&id| self.flow_mut(id).is_some());
+        let Some(id) = live else {
+            self.recycle(buf);
+            return 0;
+        };
+        let result = match res {
+            Ok(n) => {
+                let n = usize::try_from(n).unwrap_or(0).min(buf.capacity());
+                // SAFETY:
+                // - the Recv SQE pointed at this buffer's spare capacity with
+                //   a length of at most its capacity, and the kernel reports
+                //   it wrote `n` bytes there (clamped to the capacity);
+                // - u8 has no invalid bit patterns, so those bytes are
+                //   initialized values.
+                unsafe { buf.set_len(n) };
+                Ok(buf)
+            }
+            Err(e) => {
+                self.recycle(buf);
+                Err(e)
+            }
+        };
+        out(Completion::Host(HostEvent::Received { flow: id, result }));
+        1
+    }
+
+    // ---- slabs ----
+
+    fn flow_mut(&mut self, id: FlowId) -> Option<&mut Flow> {
+        self.flows
+            .get_mut(id.idx as usize)?
+            .as_mut()
+            .filter(|f| f.id.gen_ == id.gen_)
+    }
+
+    fn take_flow(&mut self, id: FlowId) -> Option<Flow> {
+        let slot = self.flows.get_mut(id.idx as usize)?;
+        if slot.as_ref()?.id.gen_ != id.gen_ {
+            return None;
+        }
+        self.live_flows -= 1;
+        slot.take()
+    }
+
+    fn alloc_sock(&mut self, fd: OwnedFd) -> u32 {
+        let sock = Sock {
+            fd,
+            ops: Vec::new(),
+            closing: false,
+        };
+        match self.free_socks.pop() {
+            Some(s) => {
+                self.socks[s as usize] = Some(sock);
+                s
+            }
+            None => {
+                self.socks.push(Some(sock));
+                // Cannot fail: one socket per flow, flows are indexed by u32.
+                u32::try_from(self.socks.len() - 1).expect("socket slots fit u32")
+            }
+        }
+    }
+
+    fn sock_fd(&self, s: u32) -> RawFd {
+        self.socks[s as usize]
+            .as_ref()
+            .map_or(-1, |sock| sock.fd.as_raw_fd())
+    }
+
+    /// An op on socket `s` completed: forget it, and close the socket if its
+    /// flow is gone and this was its last op.
+    fn sock_op_done(&mut self, s: u32, slot: u32) {
+        let Some(sock) = self.socks[s as usize].as_mut() else {
+            return;
+        };
+        if let Some(i) = sock.ops.iter().position(|&o| o == slot) {
+            sock.ops.swap_remove(i);
+        }
+        if sock.closing && sock.ops.is_empty() {
+            self.release_sock(s);
+        }
+    }
+
+    /// Close the fd of socket `s` (no op references it any more).
+    fn release_sock(&mut self, s: u32) {
+        if let Some(sock) = self.socks[s as usize].take() {
+            debug_assert!(sock.ops.is_empty(), "no op references a released fd");
+            drop(sock.fd);
+            self.free_socks.push(s);
+        }
+    }
+
+    /// Put `op` in the slab, build its SQE from its resources in place, and
+    /// queue it. Returns its `ops` slot.
+    fn start(&mut self, op: Op, build: impl FnOnce(&mut OpRes) -> squeue::Entry) -> u32 {
+        let kind = op.kind;
+        let sock = op.sock;
+        let slot = match self.free_ops.pop() {
+            Some(slot) => {
+                self.ops[slot as usize] = Some(op);
+                slot
+            }
+            None => {
+                self.ops.push(Some(op));
+                // Cannot fail: in-flight ops are bounded by memory long
+                // before 2^32.
+                u32::try_from(self.ops.len() - 1).expect("op slots fit u32")
+            }
+        };
+        // Cannot fail: the slot was filled just above.
+        let entry = build(
+            &mut self.ops[slot as usize]
+                .as_mut()
+                .expect("op slot is filled")
+                .res,
+        );
+        if let Some(s) = sock
+            && let Some(sock) = self.socks[s as usize].as_mut()
+        {
+            sock.ops.push(slot);
+        }
+        self.in_flight += 1;
+        self.enqueue(entry.user_data(Token::Op { kind, slot }.pack()));
+        slot
+    }
+
+    fn free_op(&mut self, slot: u32) -> Option<Op> {
+        let op = self.ops.get_mut(slot as usize)?.take()?;
+        self.free_ops.push(slot);
+        if self.fallback_timeout == Some(slot) {
+            self.fallback_timeout = None;
+        }
+        self.in_flight -= 1;
+        Some(op)
+    }
+
+    /// Give an op's resources back (its CQE arrived or it never left the
+    /// backlog).
+    fn reclaim(&mut self, res: OpRes) {
+        if let OpRes::Buf(buf) = res {
+            self.recycle(buf);
+        }
+    }
+
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && buf.capacity() <= SPARE_MAX_CAPACITY {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    fn recv_buffer(&mut self, max: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve(max);
+        buf
+    }
+
+    // ---- submission ----
+
+    fn enqueue(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            // SAFETY:
+            // - every pointer in `entry` refers to a heap allocation owned by
+            //   an `ops` slot (sockaddr, buffer, word, timespec) that is
+            //   neither freed, reused nor reallocated until the op's CQE
+            //   (or until it is taken out of the backlog unsubmitted);
+            // - socket fds stay open while an op references them
+            //   (`Sock::ops`); caller fds (TAP, eventfd) are documented to.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Move the backlog into the SQ ring, submitting (without waiting) when
+    /// it is full. Returns whether the backlog is now empty.
+    fn flush_backlog(&mut self) -> io::Result<bool> {
+        while !self.backlog.is_empty() {
+            {
+                let mut sq = self.ring.submission();
+                while let Some(entry) = self.backlog.front() {
+                    // SAFETY: as in `enqueue`: the entry's buffers and fds
+                    // stay valid until its CQE.
+                    if unsafe { sq.push(entry) }.is_err() {
+                        break;
+                    }
+                    self.backlog.pop_front();
+                }
+            }
+            if self.backlog.is_empty() {
+                break;
+            }
+            match self.ring.submit() {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Uring {
+    /// Abort every flow, cancel every op and wait (bounded) for their CQEs.
+    /// Whatever is still in flight after that is leaked, never freed: the
+    /// kernel may still write to it.
+    fn drop(&mut self) {
+        self.close_all();
+        // Ops that never left the backlog can be freed now.
+        for entry in std::mem::take(&mut self.backlog) {
+            if let Some(Token::Op { slot, .. }) = Token::unpack(entry.get_user_data())
+                && let Some(op) = self.free_op(slot)
+            {
+                if let Some(s) = op.sock {
+                    self.sock_op_done(s, slot);
+                }
+            }
+        }
+        let pending: Vec<u64> = self
+            .ops
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, op)| {
+                let op = op.as_ref()?;
+                let slot = u32::try_from(slot).ok()?;
+                Some(
+                    Token::Op {
+                        kind: op.kind,
+                        slot,
+                    }
+                    .pack(),
+                )
+            })
+            .collect();
+        for user_data in pending {
+            let cancel = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(Token::Cancel.pack());
+            self.enqueue(cancel);
+        }
+        let end = Instant::now() + DROP_DRAIN;
+        while self.in_flight > 0 && Instant::now() < end {
+            let others = self.in_flight - usize::from(self.fallback_timeout.is_some());
+            let timeout = if others > 0 {
+                Some(Duration::from_millis(50))
+            } else {
+                // Only a fallback timeout is left (and each timed wait
+                // would arm another): remove it and wait for its CQE.
+                self.remove_fallback_timeout();
+                None
+            };
+            if self.submit_and_wait(1, timeout).is_err() {
+                break;
+            }
+            self.drain(&mut |_| {});
+        }
+        if self.in_flight > 0 {
+            warn!(
+                "uring: {} ops still in flight at drop; leaking their buffers and sockets",
+                self.in_flight
+            );
+            std::mem::forget(std::mem::take(&mut self.ops));
+            std::mem::forget(std::mem::take(&mut self.socks));
+        }
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Create the socket for an `Open`: blocking, close-on-exec; TCP gets
+/// `TCP_NODELAY` and `TCP_MAXSEG` (failures of either are logged only).
+fn new_socket(proto: Proto, dst: &SocketAddr, mss: Option<u16>) -> Result<OwnedFd, Errno> {
+    let v4 = dst.is_ipv4();
+    let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
+    let (ty, protocol) = match proto {
+        Proto::Tcp => (libc::SOCK_STREAM, 0),
+        Proto::Udp => (libc::SOCK_DGRAM, 0),
+        Proto::Icmp if v4 => (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        Proto::Icmp => (libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+    };
+    // SAFETY: socket(2) takes no pointers.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `fd` was just returned by socket(2); nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if proto == Proto::Tcp {
+        let one: libc::c_int = 1;
+        if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one) {
+            debug!("uring: TCP_NODELAY failed: errno {e}");
+        }
+        if let Some(mss) = mss {
+            let mss = libc::c_int::from(mss);
+            if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, &mss) {
+                trace!("uring: TCP_MAXSEG {mss} failed: errno {e}");
+            }
+        }
+    }
+    Ok(fd)
+}
+
+fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+) -> Result<(), Errno> {
+    // SAFETY:
+    // - `fd` is an open socket, borrowed for the call;
+    // - `val` points to a live, initialized `T` and the length passed is
+    //   exactly its size; the kernel only reads it during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(val).cast(),
+            socklen_of::<T>(),
+        )
+    };
+    if r < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, UdpSocket};
+    use std::sync::mpsc;
+    use std::thread;
+
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    fn fid(idx: u32) -> FlowId {
+        FlowId { idx, gen_: 7 }
+    }
+
+    fn open(u: &mut Uring, flow: FlowId, proto: Proto, dst: SocketAddr) {
+        u.push(SockOp::Open {
+            flow,
+            proto,
+            dst,
+            mss: Some(1460),
+        });
+    }
+
+    /// Pump the ring until `n` host events arrived (panics after [`LONG`]).
+    fn host_events(u: &mut Uring, n: usize) -> Vec<HostEvent> {
+        let end = Instant::now() + LONG;
+        let mut evs = Vec::new();
+        while evs.len() < n {
+            assert!(Instant::now() < end, "timed out; got {evs:?}");
+            u.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            u.drain(&mut |c| {
+                if let Completion::Host(ev) = c {
+                    evs.push(ev);
+                }
+            });
+        }
+        evs
+    }
+
+    fn one(u: &mut Uring) -> HostEvent {
+        let mut evs = host_events(u, 1);
+        assert_eq!(evs.len(), 1, "{evs:?}");
+        evs.remove(0)
+    }
+
+    /// Pump the ring for `d`; returns every completion.
+    fn quiet_for(u: &mut Uring, d: Duration) -> Vec<Completion> {
+        let end = Instant::now() + d;
+        let mut all = Vec::new();
+        while Instant::now() < end {
+            u.submit_and_wait(1, Some(Duration::from_millis(20)))
+                .unwrap();
+            u.drain(&mut |c| {
+                if !matches!(c, Completion::Timeout) {
+                    all.push(c);
+                }
+            });
+        }
+        all
+    }
+
+    fn connected(u: &mut Uring, flow: FlowId) {
+        assert_eq!(
+            one(u),
+            HostEvent::Connected {
+                flow,
+                result: Ok(())
+            }
+        );
+    }
+
+    fn sent(u: &mut Uring, flow: FlowId) -> usize {
+        match one(u) {
+            HostEvent::Sent {
+                flow: f,
+                result: Ok(n),
+            } if f == flow => n,
+            ev => panic!("expected Sent for {flow:?}, got {ev:?}"),
+        }
+    }
+
+    fn received(u: &mut Uring, flow: FlowId) -> Result<Vec<u8>, Errno> {
+        match one(u) {
+            HostEvent::Received { flow: f, result } if f == flow => result,
+            ev => panic!("expected Received for {flow:?}, got {ev:?}"),
+        }
+    }
+
+    fn closed_port_tcp() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn echo_server() -> (SocketAddr, thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(LONG)).unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                }
+            }
+            // Dropping `s` closes: the client sees EOF.
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn token_round_trip() {
+        let kinds = [
+            OpKind::Connect,
+            OpKind::Send,
+            OpKind::Recv,
+            OpKind::FrameWrite,
+            OpKind::Wake,
+            OpKind::Timeout,
+        ];
+        for kind in kinds {
+            for slot in [0, 1, 12345, u32::MAX] {
+                let t = Token::Op { kind, slot };
+                assert_eq!(Token::unpack(t.pack()), Some(t));
+            }
+        }
+        assert_eq!(Token::unpack(Token::Cancel.pack()), Some(Token::Cancel));
+        assert_eq!(Token::unpack(0), None);
+        assert_eq!(Token::unpack(1 << 40 | 2 << 56), None);
+        assert_eq!(Token::unpack(99 << 56), None);
+    }
+
+    #[test]
+    fn tcp_connect_send_recv_eof() {
+        let (addr, echo) = echo_server();
+        let mut u = Uring::new(32).unwrap();
+        let f = fid(3);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        assert_eq!(u.open_flows(), 1);
+        u.push(SockOp::Send {
+            flow: f,
+            data: b"hello uring".to_vec(),
+        });
+        assert_eq!(sent(&mut u, f), 11);
+        let mut got = Vec::new();
+        while got.len() < 11 {
+            u.push(SockOp::Recv { flow: f, max: 100 });
+            got.extend(received(&mut u, f).unwrap());
+        }
+        assert_eq!(got, b"hello uring");
+        // FIN to the echo server, which closes: EOF for us.
+        u.push(SockOp::ShutdownWrite { flow: f });
+        u.push(SockOp::Recv { flow: f, max: 100 });
+        assert_eq!(received(&mut u, f), Ok(Vec::new()));
+        echo.join().unwrap();
+        u.push(SockOp::Close {
+            flow: f,
+            reset: false,
+        });
+        assert_eq!(u.open_flows(), 0);
+        assert_eq!(u.open_sockets(), 0);
+        assert_eq!(u.in_flight(), 0);
+    }
+
+    #[test]
+    fn ops_pushed_before_connect_completes_run_after_it() {
+        let (addr, echo) = echo_server();
+        let mut u = Uring::new(32).unwrap();
+        let f = fid(0);
+        open(&mut u, f, Proto::Tcp, addr);
+        u.push(SockOp::Send {
+            flow: f,
+            data: b"early".to_vec(),
+        });
+        u.push(SockOp::ShutdownWrite { flow: f });
+        let evs = host_events(&mut u, 2);
+        assert_eq!(
+            evs,
+            [
+                HostEvent::Connected {
+                    flow: f,
+                    result: Ok(())
+                },
+                HostEvent::Sent {
+                    flow: f,
+                    result: Ok(5)
+                }
+            ]
+        );
+        let mut got = Vec::new();
+        loop {
+            u.push(SockOp::Recv { flow: f, max: 3 });
+            let chunk = received(&mut u, f).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            assert!(chunk.len() <= 3);
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"early");
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn tcp_connect_refused() {
+        let addr = closed_port_tcp();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(1);
+        open(&mut u, f, Proto::Tcp, addr);
+        u.push(SockOp::Recv { flow: f, max: 10 });
+        let evs = host_events(&mut u, 2);
+        assert_eq!(
+            evs,
+            [
+                HostEvent::Connected {
+                    flow: f,
+                    result: Err(libc::ECONNREFUSED)
+                },
+                HostEvent::Received {
+                    flow: f,
+                    result: Err(libc::ECONNREFUSED)
+                }
+            ]
+        );
+        // Ops after the failure are answered with the same errno.
+        u.push(SockOp::Send {
+            flow: f,
+            data: vec![1],
+        });
+        assert_eq!(
+            one(&mut u),
+            HostEvent::Sent {
+                flow: f,
+                result: Err(libc::ECONNREFUSED)
+            }
+        );
+        u.push(SockOp::Close {
+            flow: f,
+            reset: true,
+        });
+        assert_eq!(u.open_sockets(), 0);
+    }
+
+    /// Deterministic test pattern (xorshift), so reordering would show.
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tcp_large_send_is_partial_and_tail_resubmits_byte_exact() {
+        const LEN: usize = 8 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let peer = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            // Do not read until told: the sender's first write fills the
+            // socket buffers.
+            go_rx.recv_timeout(LONG).unwrap();
+            s.set_read_timeout(Some(LONG)).unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+            all
+        });
+        let data = pattern(LEN);
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(9);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        u.push(SockOp::Send {
+            flow: f,
+            data: data.clone(),
+        });
+        let first = sent(&mut u, f);
+        assert!(first > 0 && first <= LEN, "first send took {first}");
+        eprintln!("first send of {LEN} bytes took {first}");
+        go_tx.send(()).unwrap();
+        let mut off = first;
+        while off < LEN {
+            u.push(SockOp::Send {
+                flow: f,
+                data: data[off..].to_vec(),
+            });
+            let n = sent(&mut u, f);
+            assert!(n > 0 && n <= LEN - off);
+            off += n;
+        }
+        u.push(SockOp::ShutdownWrite { flow: f });
+        let got = peer.join().unwrap();
+        assert_eq!(got.len(), LEN);
+        assert!(got == data, "peer got different bytes");
+        u.push(SockOp::Close {
+            flow: f,
+            reset: false,
+        });
+    }
+
+    #[test]
+    fn close_with_reset_makes_peer_see_econnreset() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(2);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        let (mut peer, _) = l.accept().unwrap();
+        peer.set_read_timeout(Some(LONG)).unwrap();
+        // A recv in flight must not keep the socket (and the RST) back.
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        u.submit_and_wait(0, None).unwrap();
+        u.push(SockOp::Close {
+            flow: f,
+            reset: true,
+        });
+        assert!(quiet_for(&mut u, Duration::from_millis(100)).is_empty());
+        assert_eq!(u.open_sockets(), 0, "fd closed once the cancel landed");
+        let err = peer.read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[test]
+    fn no_event_after_close_even_with_recv_in_flight() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(4);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        let (mut peer, _) = l.accept().unwrap();
+        peer.set_read_timeout(Some(LONG)).unwrap();
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        u.submit_and_wait(0, None).unwrap();
+        assert_eq!(u.in_flight(), 1);
+        u.push(SockOp::Close {
+            flow: f,
+            reset: false,
+        });
+        assert_eq!(u.open_flows(), 0);
+        // Data arriving now must not surface as an event for `f`.
+        let _ = peer.write_all(b"late");
+        // Ops pushed after Close are dropped too.
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        let evs = quiet_for(&mut u, Duration::from_millis(300));
+        assert!(evs.is_empty(), "{evs:?}");
+        assert_eq!(u.in_flight(), 0);
+        assert_eq!(u.open_sockets(), 0);
+        // The socket really is closed: orderly close => EOF (or a reset,
+        // since "late" was never read).
+        match peer.read(&mut [0u8; 16]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("expected EOF or reset, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn slot_reuse_with_new_generation_gets_no_stale_events() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut u = Uring::new(8).unwrap();
+        let old = FlowId { idx: 5, gen_: 1 };
+        let new = FlowId { idx: 5, gen_: 2 };
+        open(&mut u, old, Proto::Tcp, addr);
+        connected(&mut u, old);
+        let (_p1, _) = l.accept().unwrap();
+        u.push(SockOp::Recv { flow: old, max: 64 });
+        u.submit_and_wait(0, None).unwrap();
+        u.push(SockOp::Close {
+            flow: old,
+            reset: true,
+        });
+        open(&mut u, new, Proto::Tcp, addr);
+        connected(&mut u, new);
+        let (mut p2, _) = l.accept().unwrap();
+        p2.write_all(b"new").unwrap();
+        u.push(SockOp::Recv { flow: new, max: 64 });
+        assert_eq!(received(&mut u, new), Ok(b"new".to_vec()));
+        // Ops for the old generation are ignored.
+        u.push(SockOp::Recv { flow: old, max: 64 });
+        assert!(quiet_for(&mut u, Duration::from_millis(100)).is_empty());
+        assert_eq!(u.open_sockets(), 1);
+    }
+
+    #[test]
+    fn tcp_over_ipv6_loopback() {
+        let Ok(l) = TcpListener::bind("[::1]:0") else {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        };
+        let addr = l.local_addr().unwrap();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(11);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        let (mut peer, from) = l.accept().unwrap();
+        assert!(from.is_ipv6());
+        peer.write_all(b"v6").unwrap();
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        assert_eq!(received(&mut u, f), Ok(b"v6".to_vec()));
+    }
+
+    fn udp_echo() -> (SocketAddr, thread::JoinHandle<()>) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let h = thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Until no datagram for 2 s.
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                s.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn udp_echo_round_trip() {
+        let (addr, _echo) = udp_echo();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(6);
+        open(&mut u, f, Proto::Udp, addr);
+        // A datagram pushed right behind Open waits for the connect.
+        u.push(SockOp::Send {
+            flow: f,
+            data: b"ping over udp".to_vec(),
+        });
+        u.push(SockOp::Recv { flow: f, max: 2048 });
+        let evs = host_events(&mut u, 3);
+        assert_eq!(
+            evs,
+            [
+                HostEvent::Connected {
+                    flow: f,
+                    result: Ok(())
+                },
+                HostEvent::Sent {
+                    flow: f,
+                    result: Ok(13)
+                },
+                HostEvent::Received {
+                    flow: f,
+                    result: Ok(b"ping over udp".to_vec())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn udp_to_closed_port_recv_is_econnrefused() {
+        let addr = {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap()
+        };
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(7);
+        open(&mut u, f, Proto::Udp, addr);
+        connected(&mut u, f);
+        u.push(SockOp::Send {
+            flow: f,
+            data: b"anyone?".to_vec(),
+        });
+        assert_eq!(sent(&mut u, f), 7);
+        u.push(SockOp::Recv { flow: f, max: 2048 });
+        assert_eq!(received(&mut u, f), Err(libc::ECONNREFUSED));
+    }
+
+    #[test]
+    fn backlog_beyond_sq_size_keeps_order_and_completes() {
+        let (addr, _echo) = udp_echo();
+        // 2 SQ entries, 12 flows x (connect, send, recv).
+        let mut u = Uring::new(2).unwrap();
+        let flows: Vec<FlowId> = (0..12).map(fid).collect();
+        for (i, &f) in flows.iter().enumerate() {
+            open(&mut u, f, Proto::Udp, addr);
+            u.push(SockOp::Send {
+                flow: f,
+                data: vec![u8::try_from(i).unwrap(); 10],
+            });
+            u.push(SockOp::Recv { flow: f, max: 64 });
+        }
+        let evs = host_events(&mut u, 36);
+        for (i, &f) in flows.iter().enumerate() {
+            let mine: Vec<&HostEvent> = evs.iter().filter(|e| e.flow() == f).collect();
+            assert_eq!(mine.len(), 3, "{mine:?}");
+            assert!(matches!(
+                mine[0],
+                HostEvent::Connected { result: Ok(()), .. }
+            ));
+            assert!(matches!(mine[1], HostEvent::Sent { result: Ok(10), .. }));
+            let HostEvent::Received { result: Ok(d), .. } = mine[2] else {
+                panic!("{mine:?}")
+            };
+            assert_eq!(*d, vec![u8::try_from(i).unwrap(); 10]);
+        }
+        assert_eq!(u.in_flight(), 0);
+    }
+
+    #[test]
+    fn close_of_ops_still_in_backlog_drops_them() {
+        let (addr, _echo) = udp_echo();
+        let mut u = Uring::new(2).unwrap();
+        let flows: Vec<FlowId> = (0..6).map(fid).collect();
+        for &f in &flows {
+            open(&mut u, f, Proto::Udp, addr);
+        }
+        assert_eq!(u.in_flight(), 6);
+        for &f in &flows {
+            u.push(SockOp::Close {
+                flow: f,
+                reset: false,
+            });
+        }
+        // The four connects in the backlog are gone; two wait for CQEs.
+        assert_eq!(u.in_flight(), 2);
+        let evs = quiet_for(&mut u, Duration::from_millis(100));
+        assert!(evs.is_empty(), "{evs:?}");
+        assert_eq!(u.in_flight(), 0);
+        assert_eq!(u.open_sockets(), 0);
+    }
+
+    fn eventfd() -> OwnedFd {
+        // SAFETY: eventfd(2) takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn wake_via_eventfd() {
+        let efd = eventfd();
+        let raw = efd.as_raw_fd();
+        let mut u = Uring::new(8).unwrap();
+        u.arm_wake(raw);
+        let waker = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: `raw` stays open (the test joins before dropping
+            // `efd`); `one` is 8 readable bytes.
+            let n = unsafe { libc::write(raw, one.as_ptr().cast(), 8) };
+            assert_eq!(n, 8);
+        });
+        let start = Instant::now();
+        let mut wakes = 0;
+        while wakes == 0 {
+            assert!(start.elapsed() < LONG);
+            u.submit_and_wait(1, Some(LONG)).unwrap();
+            u.drain(&mut |c| match c {
+                Completion::Wake => wakes += 1,
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        waker.join().unwrap();
+        assert_eq!(u.in_flight(), 0);
+        drop(u);
+        drop(efd);
+    }
+
+    fn timeout_returns_without_events(ext_arg: bool) {
+        let mut u = Uring::new(8).unwrap();
+        u.ext_arg &= ext_arg;
+        let t = Duration::from_millis(80);
+        let start = Instant::now();
+        u.submit_and_wait(1, Some(t)).unwrap();
+        let waited = start.elapsed();
+        assert!(waited >= t, "returned after {waited:?}");
+        assert!(waited < LONG);
+        let mut got = Vec::new();
+        u.drain(&mut |c| got.push(c));
+        assert!(matches!(got[..], [Completion::Timeout]), "{got:?}");
+        assert_eq!(u.in_flight(), 0);
+    }
+
+    #[test]
+    fn timeout_returns_without_events_ext_arg() {
+        timeout_returns_without_events(true);
+    }
+
+    #[test]
+    fn timeout_returns_without_events_timeout_sqe() {
+        timeout_returns_without_events(false);
+    }
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair(2) writes.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both fds were just created and are owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn fallback_timeouts_do_not_pile_up() {
+        let (a, _b) = seqpacket_pair();
+        let mut u = Uring::new(8).unwrap();
+        u.ext_arg = false;
+        let start = Instant::now();
+        for _ in 0..20 {
+            u.push_frame_write(a.as_raw_fd(), vec![0; 16]);
+            u.submit_and_wait(1, Some(LONG)).unwrap();
+            u.drain(&mut |c| assert!(matches!(c, Completion::FrameWritten { result: Ok(16) })));
+        }
+        // Let the last frame write and the removals land.
+        u.submit_and_wait(0, None).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        u.drain(&mut |c| assert!(matches!(c, Completion::FrameWritten { result: Ok(16) })));
+        assert!(start.elapsed() < LONG);
+        assert!(u.in_flight() <= 2, "{} ops in flight", u.in_flight());
+        // Dropping removes the pending 10 s timeout instead of waiting.
+        let start = Instant::now();
+        drop(u);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn frame_write_and_spare_buffer() {
+        let (a, b) = seqpacket_pair();
+        let mut u = Uring::new(8).unwrap();
+        assert!(u.take_spare_buffer().is_none());
+        let frame: Vec<u8> = (0..=255).collect();
+        u.push_frame_write(a.as_raw_fd(), frame.clone());
+        let mut written = None;
+        while written.is_none() {
+            u.submit_and_wait(1, Some(LONG)).unwrap();
+            u.drain(&mut |c| match c {
+                Completion::FrameWritten { result } => written = Some(result.unwrap()),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(written, Some(256));
+        let mut got = [0u8; 512];
+        // SAFETY: `b` is open; `got` has 512 writable bytes.
+        let n = unsafe { libc::recv(b.as_raw_fd(), got.as_mut_ptr().cast(), got.len(), 0) };
+        assert_eq!(usize::try_from(n).unwrap(), 256);
+        assert_eq!(&got[..256], &frame[..]);
+        let spare = u.take_spare_buffer().unwrap();
+        assert!(spare.is_empty() && spare.capacity() >= 256);
+    }
+
+    #[test]
+    fn drop_with_ops_in_flight_cancels_and_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let efd = eventfd();
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(0);
+        open(&mut u, f, Proto::Tcp, addr);
+        connected(&mut u, f);
+        let (mut peer, _) = l.accept().unwrap();
+        peer.set_read_timeout(Some(LONG)).unwrap();
+        u.push(SockOp::Recv { flow: f, max: 64 });
+        u.arm_wake(efd.as_raw_fd());
+        u.submit_and_wait(0, None).unwrap();
+        let start = Instant::now();
+        drop(u);
+        assert!(start.elapsed() < DROP_DRAIN, "drop drained by cancelling");
+        let err = peer.read(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[test]
+    fn open_of_icmp_in_this_namespace_succeeds_or_fails_cleanly() {
+        // ping_group_range decides; either way the contract holds.
+        let mut u = Uring::new(8).unwrap();
+        let f = fid(1);
+        open(
+            &mut u,
+            f,
+            Proto::Icmp,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        match one(&mut u) {
+            HostEvent::Connected { result: Ok(()), .. } => {}
+            HostEvent::Connected { result: Err(e), .. } => {
+                assert_eq!(u.open_sockets(), 0);
+                u.push(SockOp::Send {
+                    flow: f,
+                    data: vec![8, 0, 0, 0, 0, 0, 0, 0],
+                });
+                assert_eq!(
+                    one(&mut u),
+                    HostEvent::Sent {
+                        flow: f,
+                        result: Err(e)
+                    }
+                );
+            }
+            ev => panic!("{ev:?}"),
+        }
+        u.push(SockOp::Close {
+            flow: f,
+            reset: false,
+        });
+        assert!(quiet_for(&mut u, Duration::from_millis(20)).is_empty());
+    }
+
+    /// Bring `lo` up in the calling thread's network namespace.
+    fn lo_up() -> io::Result<()> {
+        // SAFETY: socket(2) takes no pointers.
+        let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `s` was just created and is owned by nobody else.
+        let s = unsafe { OwnedFd::from_raw_fd(s) };
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, &c) in ifr.ifr_name.iter_mut().zip(b"lo") {
+            *d = libc::c_char::try_from(c).unwrap();
+        }
+        // SAFETY: `s` is open; `ifr` is a valid ifreq the kernel fills.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut ifr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let up = libc::c_short::try_from(libc::IFF_UP).unwrap();
+        // SAFETY: SIOCGIFFLAGS filled the `ifru_flags` member of the union.
+        unsafe { ifr.ifr_ifru.ifru_flags |= up };
+        // SAFETY: `s` is open; `ifr` is a valid ifreq the kernel reads.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const ifr) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn icmp_echo_in_private_netns() {
+        let sysctl = "/proc/sys/net/ipv4/ping_group_range";
+        let before = std::fs::read_to_string(sysctl).unwrap();
+        let t = thread::spawn(|| -> Result<(), String> {
+            // SAFETY: unshare(2) takes no pointers; CLONE_NEWNET moves only
+            // this thread into a new network namespace, and the thread ends
+            // with the test.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("unshare: {}", io::Error::last_os_error()));
+            }
+            lo_up().map_err(|e| format!("lo up: {e}"))?;
+            // /proc/sys/net resolves to the network namespace of the task
+            // that opens it: this thread's new one.
+            let path = "/proc/sys/net/ipv4/ping_group_range";
+            std::fs::write(path, "0 2147483647").map_err(|e| format!("sysctl: {e}"))?;
+            let now = std::fs::read_to_string(path).unwrap();
+            assert_eq!(
+                now.split_whitespace().collect::<Vec<_>>(),
+                ["0", "2147483647"]
+            );
+
+            let mut u = Uring::new(8).unwrap();
+            let f = fid(0);
+            open(
+                &mut u,
+                f,
+                Proto::Icmp,
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            );
+            connected(&mut u, f);
+            // Echo request: type 8, code 0; the kernel sets id and checksum.
+            let mut req = vec![8, 0, 0, 0, 0, 0, 0, 1];
+            req.extend_from_slice(b"uipd ping payload");
+            u.push(SockOp::Send {
+                flow: f,
+                data: req.clone(),
+            });
+            assert_eq!(sent(&mut u, f), req.len());
+            u.push(SockOp::Recv { flow: f, max: 2048 });
+            let reply = received(&mut u, f).unwrap();
+            assert_eq!(reply.len(), req.len());
+            assert_eq!(reply[0], 0, "echo reply type");
+            assert_eq!(&reply[6..], &req[6..], "sequence and payload");
+            Ok(())
+        });
+        match t.join().unwrap() {
+            Ok(()) => {
+                // The namespace of this (test) thread is untouched.
+                let after = std::fs::read_to_string(sysctl).unwrap();
+                assert_eq!(
+                    before, after,
+                    "the sysctl leaked out of the private namespace"
+                );
+            }
+            Err(e) if e.starts_with("unshare") => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
