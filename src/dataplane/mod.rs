@@ -1,1 +1,4 @@
 //! Workers, host I/O on io_uring, and the frame ports that are not virtio.
+
+pub mod netns;
+pub mod tap;
