@@ -12,7 +12,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -201,6 +200,47 @@ fn missing_command_is_a_clear_error() {
     assert_eq!(err.to_string(), "command not found: uipd-no-such-command");
     let err = spawn(&NetConfig::default(), &[]).unwrap_err();
     assert!(matches!(err, NetnsError::EmptyCommand), "{err:?}");
+}
+
+#[test]
+fn exec_failure_in_the_namespace_exits_127() {
+    if !can_run() {
+        return;
+    }
+    // Executable, so the parent's PATH check passes, but its interpreter is missing:
+    // execve fails with ENOENT inside the helper.
+    let dir = TempDir::new("exec");
+    let script = dir.0.join("bad-interp");
+    fs::write(&script, "#!/nonexistent/uipd-interp\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut sp = spawn(&NetConfig::default(), &[script.into_os_string()]).expect("spawn");
+    sp.start().expect("start");
+    assert_eq!(wait_bounded(&mut sp, Duration::from_secs(10)), 127);
+}
+
+#[test]
+fn helper_setup_errors_come_back_typed() {
+    if !can_run() {
+        return;
+    }
+    // `lo` exists in every new namespace and is not a TAP: TUNSETIFF fails in the
+    // helper, and the error record crosses the socketpair.
+    let cfg = NetConfig {
+        ifname: "lo".into(),
+        ..NetConfig::default()
+    };
+    let err = spawn(&cfg, &argv(&["true"])).unwrap_err();
+    match &err {
+        NetnsError::Tap(TapError::SetIff { name, source }) => {
+            assert_eq!(name, "lo");
+            assert!(source.raw_os_error().is_some(), "{err:?}");
+        }
+        e => panic!("unexpected {e:?}"),
+    }
+    assert!(
+        err.to_string().contains("cannot create TAP device \"lo\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //!  socketpair, fork+exec /proc/self/exe ─▶ PR_SET_PDEATHSIG(SIGKILL)
 //!                                         [not root] unshare(USER), uid/gid map 0 → outer
 //!                                         unshare(NET | NS), mount / rprivate
+//!                                         fresh sysfs on /sys (old submounts bound back)
 //!                                         open TAP; MAC, MTU; lo and TAP up
 //!                                         [configure] IPv4 addr, default route,
 //!                                                     bind resolv.conf
@@ -48,6 +49,16 @@
 //! (systemd-resolved's `/run/systemd/resolve/stub-resolv.conf`) is covered at its
 //! target. A missing file or a dangling symlink cannot be bound over without
 //! writing to the host's `/etc`; the helper then warns and goes on.
+//!
+//! `/sys`: sysfs shows the network devices of the namespace that mounted it, so
+//! the helper mounts a fresh sysfs on `/sys` (read-only if the old one was) and
+//! binds the old `/sys` submounts (cgroups, ...) back on top through `O_PATH` fds
+//! opened before. If the kernel refuses, a warning says `/sys/class/net` shows
+//! the host's devices, and setup goes on.
+//!
+//! Helper exit codes before the exec: 1 = setup failed (reported to the parent
+//! as an error record) or the go channel closed without a go byte; 2 = bad
+//! helper arguments. After a failed exec: 127 = not found, 126 = other errors.
 //!
 //! [`attach`] (`--netns PATH|PID`) joins the target network namespace on the
 //! calling thread only (`setns` affects one thread's `nsproxy`), opens the TAP
@@ -169,7 +180,7 @@ pub enum NetnsError {
     /// The helper exited before it reported the TAP.
     #[error("namespace helper exited before the TAP was ready ({0})")]
     HelperExited(String),
-    /// The helper did not report within [`HELPER_TIMEOUT`].
+    /// The helper did not report within 30 s.
     #[error("namespace helper did not report within {} s", HELPER_TIMEOUT.as_secs())]
     HelperTimeout,
     /// The helper sent something that is not a valid report.

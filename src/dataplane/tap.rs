@@ -21,7 +21,7 @@
 //! - The device is non-persistent: it disappears when the last fd attached to it
 //!   is closed.
 //! - Flags are `IFF_TAP | IFF_NO_PI`: frames carry no packet-information prefix
-//!   and no virtio-net header. See [`Tap::ifr_flags`] for where `IFF_VNET_HDR`
+//!   and no virtio-net header. See `Tap::ifr_flags` for where `IFF_VNET_HDR`
 //!   and `IFF_MULTI_QUEUE` go when offloads and several queues arrive.
 //! - The fd is blocking and close-on-exec. [`Tap::try_clone`] duplicates it so
 //!   that a reader thread and a writer thread can each own one.
