@@ -201,7 +201,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         if STOP.load(Ordering::SeqCst) {
             if let Some(c) = child.as_mut() {
                 // SIGTERM to uipd: pass it on, then wait for the command.
-                c.kill(libc::SIGTERM);
+                let _ = c.kill(libc::SIGTERM);
                 STOP.store(false, Ordering::SeqCst);
                 continue;
             }

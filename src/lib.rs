@@ -2,6 +2,7 @@
 //! namespaces.
 #![warn(missing_docs)]
 
+pub mod daemon;
 pub mod dataplane;
 pub mod rings;
 pub mod stack;

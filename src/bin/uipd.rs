@@ -97,8 +97,10 @@ fn parse_cpulist(s: &str) -> Result<CpuList, String> {
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "__uipd-netns-child") {
-        uipd::dataplane::netns::child_main(args.split_off(2));
+    // The re-executed namespace helper must run before anything starts a
+    // thread, so it stays first in main() (see uipd::dataplane::netns).
+    if args.get(1).is_some_and(|a| a == uipd::dataplane::netns::CHILD_ARG) {
+        uipd::dataplane::netns::child_main(&args[2..]);
     }
     // kvmtool spells it `-net`: accept that before the `--`.
     for a in args.iter_mut().skip(1) {
