@@ -23,12 +23,11 @@ use super::ip_proto;
 use super::{Error, Result};
 
 mod field {
-    use core::ops::{Range, RangeFrom};
+    use core::ops::Range;
     pub const SRC_PORT: Range<usize> = 0..2;
     pub const DST_PORT: Range<usize> = 2..4;
     pub const LENGTH: Range<usize> = 4..6;
     pub const CHECKSUM: Range<usize> = 6..8;
-    pub const PAYLOAD: RangeFrom<usize> = 8..;
 }
 
 /// Header length.
