@@ -92,7 +92,10 @@ pub fn run(opts: &Opts) -> Result<Report, String> {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("stream thread panicked".into())))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("stream thread panicked".into()))
+                })
                 .collect()
         })
     };
@@ -189,7 +192,11 @@ fn summarize(opts: &Opts, rs: &[StreamResult], cpu: Cpu) -> Report {
                 rs.iter()
                     .map(|r| {
                         let s = r.local_elapsed.as_secs_f64();
-                        if s > 0.0 { r.local_count as f64 / s } else { 0.0 }
+                        if s > 0.0 {
+                            r.local_count as f64 / s
+                        } else {
+                            0.0
+                        }
                     })
                     .sum(),
             );
@@ -395,7 +402,12 @@ fn short_response(f: Fill) -> io::Error {
 }
 
 /// TCP_RR: back-to-back transactions on one connection.
-fn rr(addr: SocketAddr, req_size: usize, resp_size: usize, duration: Duration) -> io::Result<Local> {
+fn rr(
+    addr: SocketAddr,
+    req_size: usize,
+    resp_size: usize,
+    duration: Duration,
+) -> io::Result<Local> {
     let mut s = data_connect(addr)?;
     let req = vec![0x5au8; req_size];
     let mut resp = vec![0u8; resp_size];
@@ -425,7 +437,12 @@ fn rr(addr: SocketAddr, req_size: usize, resp_size: usize, duration: Duration) -
 }
 
 /// TCP_CRR: connect, one transaction, close, for `duration`.
-fn crr(addr: SocketAddr, req_size: usize, resp_size: usize, duration: Duration) -> io::Result<Local> {
+fn crr(
+    addr: SocketAddr,
+    req_size: usize,
+    resp_size: usize,
+    duration: Duration,
+) -> io::Result<Local> {
     let req = vec![0x5au8; req_size];
     let mut resp = vec![0u8; resp_size];
     let mut hist = new_hist();

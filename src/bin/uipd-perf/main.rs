@@ -51,11 +51,17 @@ struct Cli {
     bind: IpAddr,
 
     /// Server: exit after one test.
-    #[arg(long, requires = "server")]
+    #[arg(long, conflicts_with = "host")]
     once: bool,
 
     /// Client: the test.
-    #[arg(short = 't', long, value_enum, ignore_case = true, default_value = "TCP_STREAM")]
+    #[arg(
+        short = 't',
+        long,
+        value_enum,
+        ignore_case = true,
+        default_value = "TCP_STREAM"
+    )]
     test: TestKind,
 
     /// Client: test length in seconds.
@@ -91,9 +97,13 @@ struct RrSizes {
 fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     let max = Duration::from_millis(limits::MAX_DURATION_MS);
-    let d = Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid length"))?;
+    let d =
+        Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is not a valid length"))?;
     if d < Duration::from_millis(1) || d > max {
-        return Err(format!("length must be between 0.001 and {} seconds", max.as_secs()));
+        return Err(format!(
+            "length must be between 0.001 and {} seconds",
+            max.as_secs()
+        ));
     }
     Ok(d)
 }
@@ -107,9 +117,14 @@ fn parse_size(s: &str) -> Result<usize, String> {
         _ => (t, 1),
     };
     let n: usize = num.parse().map_err(|_| format!("`{s}` is not a size"))?;
-    let n = n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))?;
+    let n = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))?;
     if n == 0 || n > limits::MAX_TCP_MSG {
-        return Err(format!("size must be between 1 and {}", limits::MAX_TCP_MSG));
+        return Err(format!(
+            "size must be between 1 and {}",
+            limits::MAX_TCP_MSG
+        ));
     }
     Ok(n)
 }
@@ -212,9 +227,16 @@ mod tests {
         assert!(Cli::try_parse_from(["uipd-perf"]).is_err());
         assert!(Cli::try_parse_from(["uipd-perf", "-s", "-H", "x"]).is_err());
         assert!(Cli::try_parse_from(["uipd-perf", "-H", "x", "--once"]).is_err());
-        let c = Cli::try_parse_from(["uipd-perf", "-H", "x", "-t", "tcp_rr", "-r", "32,1K"]).unwrap();
+        let c =
+            Cli::try_parse_from(["uipd-perf", "-H", "x", "-t", "tcp_rr", "-r", "32,1K"]).unwrap();
         assert_eq!(c.test, TestKind::TcpRr);
-        assert_eq!(c.rr, RrSizes { req: 32, resp: 1024 });
+        assert_eq!(
+            c.rr,
+            RrSizes {
+                req: 32,
+                resp: 1024
+            }
+        );
         let c = Cli::try_parse_from(["uipd-perf", "-s", "-B", "::1", "-p", "0"]).unwrap();
         assert!(c.server && c.bind.is_ipv6());
     }

@@ -227,13 +227,19 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         c.write_all(b"abcd").unwrap();
         let mut buf = [0u8; 4];
-        assert_eq!(read_full(&mut s, &mut buf, deadline, None).unwrap(), Fill::Full);
+        assert_eq!(
+            read_full(&mut s, &mut buf, deadline, None).unwrap(),
+            Fill::Full
+        );
         assert_eq!(&buf, b"abcd");
         c.write_all(b"xy").unwrap();
         drop(c);
         let e = read_full(&mut s, &mut buf, deadline, None).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(read_full(&mut s, &mut buf, deadline, None).unwrap(), Fill::Eof);
+        assert_eq!(
+            read_full(&mut s, &mut buf, deadline, None).unwrap(),
+            Fill::Eof
+        );
     }
 
     #[test]

@@ -53,8 +53,12 @@ struct Measured {
 
 /// Runs the server until killed (or after one test with `once`).
 pub fn run(opts: &Opts) -> Result<(), String> {
-    let l = TcpListener::bind((opts.bind, opts.port))
-        .map_err(|e| format!("cannot listen on {}: {e}", SocketAddr::from((opts.bind, opts.port))))?;
+    let l = TcpListener::bind((opts.bind, opts.port)).map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}",
+            SocketAddr::from((opts.bind, opts.port))
+        )
+    })?;
     let local = l.local_addr().map_err(|e| e.to_string())?;
     println!("uipd-perf: listening on {local}");
     // The test harness reads the port from this line; push it out now.
@@ -144,7 +148,10 @@ fn serve(mut ctrl: TcpStream, peer: SocketAddr) -> Result<(), String> {
         Msg::Hello { version, .. } => {
             return refuse(
                 &mut ctrl,
-                format!("protocol version {version} unsupported, want {}", proto::VERSION),
+                format!(
+                    "protocol version {version} unsupported, want {}",
+                    proto::VERSION
+                ),
             );
         }
         other => return refuse(&mut ctrl, format!("expected hello, got {other:?}")),
@@ -152,13 +159,15 @@ fn serve(mut ctrl: TcpStream, peer: SocketAddr) -> Result<(), String> {
     if let Err(m) = spec.validate() {
         return refuse(&mut ctrl, m);
     }
+    let sizes = if spec.test.is_rr() {
+        format!("request {} B, response {} B", spec.req_size, spec.resp_size)
+    } else {
+        format!("message {} B", spec.msg_size)
+    };
     log::info!(
-        "{peer}: {} for {} ms, msg {} req {} resp {}",
+        "{peer}: {} for {} ms, {sizes}",
         spec.test.name(),
-        spec.duration_ms,
-        spec.msg_size,
-        spec.req_size,
-        spec.resp_size
+        spec.duration_ms
     );
 
     // Data socket on the address the client used, so it is reachable the
