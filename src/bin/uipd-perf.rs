@@ -1,2 +1,0 @@
-//! uipd-perf: a netperf-style benchmark tool.
-fn main() {}
