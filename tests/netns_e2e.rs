@@ -543,7 +543,7 @@ fn netns_attach_and_sigterm() {
          t0=$(date +%s%N); wait $uipd; urc=$?; t1=$(date +%s%N)\n\
          echo \"RESULT term rc=$urc ms=$(( (t1 - t0) / 1000000 ))\" >>\"$D/guest.out\"\n\
          kill $target 2>/dev/null; wait $target 2>/dev/null\n\
-         case $urc in 0|143) exit 0 ;; *) exit 1 ;; esac",
+         [ $urc = 0 ] || [ $urc = 143 ]",
     ).guest(
         "echo \"RESULT addr a=$(ip -4 -o addr show dev $IFNAME | awk '{print $4}')\"\n\
          echo \"RESULT route gw=$(ip route show default | awk '{print $3}')\"\n\
