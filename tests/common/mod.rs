@@ -438,11 +438,13 @@ impl Outcome {
     }
 
     /// Panics with the full report.
+    #[track_caller]
     pub fn fail(&self, why: &str) -> ! {
         panic!("{}: {why}\n{}", self.name, self.report());
     }
 
     /// Asserts `cond`, else fails with `why` and the report.
+    #[track_caller]
     pub fn check(&self, cond: bool, why: &str) {
         if !cond {
             self.fail(why);
@@ -450,6 +452,7 @@ impl Outcome {
     }
 
     /// Asserts the backend (= guest command) exited with `code`.
+    #[track_caller]
     pub fn expect_code(&self, code: i32) {
         if self.code != Some(code) {
             self.fail(&format!("expected exit status {code}, got {:?}", self.code));
@@ -473,11 +476,17 @@ impl Outcome {
     }
 
     /// The single "RESULT <tag> ..." line; fails if there is not exactly one.
+    #[track_caller]
     pub fn result(&self, tag: &str) -> HashMap<String, String> {
         let mut r = self.results(tag);
         if r.len() != 1 {
+            let hint = if self.guest_out.trim().is_empty() {
+                " (the guest command printed nothing: did the backend run it?)"
+            } else {
+                ""
+            };
             self.fail(&format!(
-                "expected one 'RESULT {tag}' line, found {}",
+                "expected one 'RESULT {tag}' line, found {}{hint}",
                 r.len()
             ));
         }
@@ -485,6 +494,7 @@ impl Outcome {
     }
 
     /// Value of `key` in the single RESULT `tag` line.
+    #[track_caller]
     pub fn value(&self, tag: &str, key: &str) -> String {
         match self.result(tag).get(key) {
             Some(v) => v.clone(),
