@@ -164,7 +164,11 @@ fn main() -> ExitCode {
                 src = s.source();
             }
             eprintln!("{msg}");
-            ExitCode::from(1)
+            // Like a shell: a command that cannot be found exits 127.
+            match e {
+                daemon::Error::Netns(uipd::dataplane::netns::NetnsError::CommandNotFound(_)) => ExitCode::from(127),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }
