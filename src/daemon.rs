@@ -8,8 +8,8 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::dataplane::netns::{self, NetConfig};
@@ -102,7 +102,9 @@ fn install_signals(stop_on_int: bool) {
 
 /// Read the host's resolvers.
 pub fn host_resolvers(path: &std::path::Path) -> Vec<SocketAddr> {
-    std::fs::read_to_string(path).map(|t| stack::dns::parse_resolv_conf(&t)).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|t| stack::dns::parse_resolv_conf(&t))
+        .unwrap_or_default()
 }
 
 fn print_counters(c: &Counters, w: &WorkerCounters, ring_full: u64) {
@@ -114,8 +116,16 @@ fn print_counters(c: &Counters, w: &WorkerCounters, ring_full: u64) {
     }
     s.push_str(&format!(
         "  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n",
-        "batches", w.batches, "port_writes", w.port_writes, "port_write_errors", w.port_write_errors,
-        "completions", w.completions, "ring_full", ring_full
+        "batches",
+        w.batches,
+        "port_writes",
+        w.port_writes,
+        "port_write_errors",
+        w.port_write_errors,
+        "completions",
+        w.completions,
+        "ring_full",
+        ring_full
     ));
     eprint!("{s}");
 }
@@ -162,7 +172,10 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         move |source| Error::Io { what, source }
     };
     // Frames up to the MTU plus the Ethernet header.
-    let ring = Arc::new(FrameRing::new(1024, usize::from(cfg.stack.mtu) + 14 + 4).map_err(io_err("creating the frame ring"))?);
+    let ring = Arc::new(
+        FrameRing::new(1024, usize::from(cfg.stack.mtu) + 14 + 4)
+            .map_err(io_err("creating the frame ring"))?,
+    );
     let shared = Arc::new(Shared::default());
     let writer_fd = tap.as_raw_fd();
 
@@ -216,7 +229,11 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             shared.dump.store(true, Ordering::SeqCst);
             ring.kick();
             std::thread::sleep(Duration::from_millis(150));
-            let (c, w) = shared.counters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let (c, w) = shared
+                .counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             print_counters(&c, &w, ring.full_events.load(Ordering::Relaxed));
         }
         if watch_resolv && last_check.elapsed() >= Duration::from_secs(1) {
@@ -224,7 +241,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             let m = mtime(&resolv_path);
             if m != resolv_mtime {
                 resolv_mtime = m;
-                *shared.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(host_resolvers(&resolv_path));
+                *shared.resolvers.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(host_resolvers(&resolv_path));
                 ring.kick();
             }
         }
@@ -255,8 +273,11 @@ fn random_seed() -> u64 {
     // SAFETY: getrandom writes at most `b.len()` bytes into the live buffer.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != 8 {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        return u64::try_from(t.as_nanos() & u128::from(u64::MAX)).unwrap_or(1) ^ u64::from(std::process::id());
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        return u64::try_from(t.as_nanos() & u128::from(u64::MAX)).unwrap_or(1)
+            ^ u64::from(std::process::id());
     }
     u64::from_ne_bytes(b)
 }

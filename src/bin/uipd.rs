@@ -99,7 +99,10 @@ fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     // The re-executed namespace helper must run before anything starts a
     // thread, so it stays first in main() (see uipd::dataplane::netns).
-    if args.get(1).is_some_and(|a| a == uipd::dataplane::netns::CHILD_ARG) {
+    if args
+        .get(1)
+        .is_some_and(|a| a == uipd::dataplane::netns::CHILD_ARG)
+    {
         uipd::dataplane::netns::child_main(&args[2..]);
     }
     // kvmtool spells it `-net`: accept that before the `--`.
@@ -166,7 +169,9 @@ fn main() -> ExitCode {
             eprintln!("{msg}");
             // Like a shell: a command that cannot be found exits 127.
             match e {
-                daemon::Error::Netns(uipd::dataplane::netns::NetnsError::CommandNotFound(_)) => ExitCode::from(127),
+                daemon::Error::Netns(uipd::dataplane::netns::NetnsError::CommandNotFound(_)) => {
+                    ExitCode::from(127)
+                }
                 _ => ExitCode::from(1),
             }
         }

@@ -83,7 +83,8 @@ impl Worker {
         let mut uring = Uring::new(1024)?;
         uring.arm_wake(self.ring.wake_fd());
         let start = std::time::Instant::now();
-        let now = || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let now =
+            || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
         let mut out = Actions::default();
         let mut wc = WorkerCounters::default();
         let mut events = Vec::new();
@@ -132,7 +133,11 @@ impl Worker {
                 uring.push(op);
             }
             if self.shared.dump.swap(false, Ordering::Relaxed) {
-                *self.shared.counters.lock().unwrap_or_else(|e| e.into_inner()) =
+                *self
+                    .shared
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) =
                     (self.stack.counters().clone(), wc.clone());
             }
             // Sleep only if nothing is waiting in the ring.
@@ -157,7 +162,11 @@ impl Worker {
         uring.submit_and_wait(0, None)?;
         uring.close_all();
         let result = (self.stack.counters().clone(), wc);
-        *self.shared.counters.lock().unwrap_or_else(|e| e.into_inner()) = result.clone();
+        *self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = result.clone();
         Ok(result)
     }
 }

@@ -892,7 +892,9 @@ mod tests {
     }
 
     fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+        (0..n)
+            .map(|i| ((i * 7 + i / 251) % 256).to_le_bytes()[0])
+            .collect()
     }
 
     #[test]
