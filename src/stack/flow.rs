@@ -85,6 +85,12 @@ impl<T> FlowTable<T> {
 
     /// Insert a new flow; `None` if the key exists or the table is full.
     pub fn insert(&mut self, key: FlowKey, value: T) -> Option<FlowId> {
+        self.insert_with(key, |_| value)
+    }
+
+    /// Insert a new flow whose state needs its own id; `None` if the key
+    /// exists or the table is full (then `make` is not called).
+    pub fn insert_with(&mut self, key: FlowKey, make: impl FnOnce(FlowId) -> T) -> Option<FlowId> {
         if self.index.contains_key(&key) || self.index.len() >= self.capacity {
             return None;
         }
@@ -100,11 +106,11 @@ impl<T> FlowTable<T> {
             }
         };
         let slot = &mut self.slots[idx as usize];
-        slot.entry = Some((key, value));
         let id = FlowId {
             idx,
             gen_: slot.gen_,
         };
+        slot.entry = Some((key, make(id)));
         self.index.insert(key, id);
         Some(id)
     }

@@ -164,6 +164,8 @@ drop_reasons! {
     HostError => "drops_host_error",
 }
 
+const _: () = assert!(DropReason::ALL.len() <= 32, "Counters::drops holds 32 reasons");
+
 /// Per-stack counters.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -572,19 +574,14 @@ impl Stack {
         };
         let iss = self.next_isn();
         let mtu = usize::from(self.cfg.mtu);
-        let conn_mss = {
-            let c = Conn::new(FlowId { idx: 0, gen_: 0 }, &seg, iss, mtu);
-            c.mss()
-        };
-        // Insert first to learn the id, then build the connection with it.
-        let Some(id) = self.flows.insert(key, FlowState::Dgram(placeholder(now))) else {
+        let Some(id) = self.flows.insert_with(key, |id| FlowState::Tcp(Box::new(Conn::new(id, &seg, iss, mtu)))) else {
             self.drop(DropReason::FlowLimit);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         };
-        let conn = Conn::new(id, &seg, iss, mtu);
-        if let Some((_, st)) = self.flows.get_mut(id) {
-            *st = FlowState::Tcp(Box::new(conn));
-        }
+        let conn_mss = match self.flows.get(id) {
+            Some((_, FlowState::Tcp(c))) => c.mss(),
+            _ => usize::from(wire::tcp::HEADER_LEN),
+        };
         self.counters.tcp_opened += 1;
         out.ops.push(SockOp::Open {
             flow: id,
@@ -1135,17 +1132,6 @@ impl Stack {
             });
             self.flows.remove(id);
         }
-    }
-}
-
-/// Placeholder state while a TCP flow's id is being allocated.
-fn placeholder(now: Instant) -> DgramFlow {
-    DgramFlow {
-        connected: false,
-        pending: VecDeque::new(),
-        receiving: false,
-        last_active: now,
-        timeout: Duration::ZERO,
     }
 }
 

@@ -55,6 +55,13 @@ pub const TO_HOST_CAP: usize = 4 << 20;
 pub const TO_GUEST_CAP: usize = 4 << 20;
 /// Largest single host read.
 pub const RECV_CHUNK: usize = 256 << 10;
+/// Smallest and largest single host write. A `Send` copies its bytes out of
+/// `to_host`, so it is sized from what the socket took last time (twice
+/// that, within these bounds): a socket with a tiny send buffer that takes
+/// 4 KiB per write must not cost a 4 MiB copy per write.
+pub const SEND_CHUNK_MIN: usize = 64 << 10;
+/// See [`SEND_CHUNK_MIN`].
+pub const SEND_CHUNK_MAX: usize = 1 << 20;
 /// Window scale we offer when the guest offers one (2^7 × 65535 ≈ 8 MiB ≥ caps).
 pub const OUR_WSCALE: u8 = 7;
 /// Initial and minimum retransmission timeout (a local link: RFC 6298's 1 s
@@ -107,6 +114,8 @@ pub struct Conn {
     to_host: VecDeque<u8>,
     /// Bytes of `to_host` in the `Send` in flight (0 = none in flight).
     sending: usize,
+    /// Bytes the host socket took in the last `Send`.
+    last_sent: usize,
     /// The guest sent FIN (counted in `rcv_nxt`).
     guest_fin: bool,
     /// `shutdown(SHUT_WR)` was issued.
@@ -168,6 +177,7 @@ impl Conn {
             rcv_nxt,
             to_host: VecDeque::new(),
             sending: 0,
+            last_sent: SEND_CHUNK_MAX,
             guest_fin: false,
             host_shut: false,
             our_wscale,
@@ -525,7 +535,8 @@ impl Conn {
             }
             return;
         }
-        let data: Vec<u8> = self.to_host.iter().copied().collect();
+        let chunk = (2 * self.last_sent).clamp(SEND_CHUNK_MIN, SEND_CHUNK_MAX);
+        let data: Vec<u8> = self.to_host.iter().take(chunk).copied().collect();
         self.sending = data.len();
         ops.push(SockOp::Send {
             flow: self.flow,
@@ -565,6 +576,7 @@ impl Conn {
             Err(_) => return self.abort(emit, ops),
         };
         self.sending = 0;
+        self.last_sent = n;
         self.to_host.drain(..n);
         // Window update when the window reopens noticeably (RFC 9293
         // §3.8.6.2.2): from zero, or by two segments while the guest believes
