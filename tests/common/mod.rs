@@ -131,6 +131,7 @@ pub struct Scenario {
     dir: PathBuf,
     backend: Backend,
     servers: Vec<(String, String, String)>,
+    pre_setup: Vec<String>,
     setup: Vec<String>,
     invocation: Option<String>,
     args: Vec<String>,
@@ -179,6 +180,7 @@ impl Scenario {
             dir,
             backend,
             servers: Vec::new(),
+            pre_setup: Vec::new(),
             setup: Vec::new(),
             invocation: None,
             args: Vec::new(),
@@ -204,12 +206,24 @@ impl Scenario {
 
     /// Adds a tests/servers/host.py server of `kind` on 127.0.0.1:`port`.
     pub fn server(&mut self, kind: &str, port: u16, extra: &[&str]) -> &mut Self {
-        let name = format!("{kind}-{port}");
+        self.server_at(kind, "127.0.0.1", port, extra)
+    }
+
+    /// Adds a tests/servers/host.py server of `kind` on `addr`:`port`; `addr`
+    /// must be on the outer namespace's `lo` (127.0.0.0/8, or one that
+    /// [`Scenario::pre_setup`] adds).
+    pub fn server_at(&mut self, kind: &str, addr: &str, port: u16, extra: &[&str]) -> &mut Self {
+        let name = if addr == "127.0.0.1" {
+            format!("{kind}-{port}")
+        } else {
+            format!("{kind}-{addr}-{port}")
+        };
         let mut cmd = format!(
-            "timeout -k 2 {} {} {}/servers/host.py {kind} --port {port} --timeout {} --ready {}/{name}.ready",
+            "timeout -k 2 {} {} {}/servers/host.py {kind} --bind {} --port {port} --timeout {} --ready {}/{name}.ready",
             self.timeout.as_secs() + 30,
             sh_quote(&python()),
             sh_quote(&tests_dir().display().to_string()),
+            sh_quote(addr),
             self.timeout.as_secs() + 20,
             sh_quote(&self.dir.display().to_string()),
         );
@@ -240,9 +254,17 @@ impl Scenario {
         self
     }
 
-    /// Adds a shell command run in the outer namespace before uipd starts.
+    /// Adds a shell command run in the outer namespace before uipd starts
+    /// (after the servers are ready).
     pub fn setup(&mut self, cmd: &str) -> &mut Self {
         self.setup.push(cmd.into());
+        self
+    }
+
+    /// Adds a shell command run in the outer namespace before the servers
+    /// start (e.g. `ip addr add` for an address a server binds).
+    pub fn pre_setup(&mut self, cmd: &str) -> &mut Self {
+        self.pre_setup.push(cmd.into());
         self
     }
 
@@ -290,6 +312,13 @@ impl Scenario {
                          for p in $PIDS; do wait \"$p\" 2>/dev/null; done; }\n\
              trap cleanup EXIT\n",
         );
+        for cmd in &self.pre_setup {
+            let _ = writeln!(
+                s,
+                "{cmd} || {{ echo 'outer: pre-setup failed: {}'; exit 92; }}",
+                cmd.replace('\'', "")
+            );
+        }
         for (name, cmd, _) in &self.servers {
             let _ = writeln!(
                 s,
@@ -500,6 +529,18 @@ impl Outcome {
             Some(v) => v.clone(),
             None => self.fail(&format!("RESULT {tag} has no {key}")),
         }
+    }
+
+    /// A counter from uipd's `--stats` output on stderr (`  name   value`);
+    /// the last one printed; None when absent (uipd leaves out `drops_*`
+    /// counters that are zero).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.uipd_err.lines().rev().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name))
+                .then(|| it.next()?.parse().ok())
+                .flatten()
+        })
     }
 
     /// The guest stdout lines that start with `prefix` (prefix removed).

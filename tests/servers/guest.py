@@ -12,6 +12,9 @@ Clients (first argument):
                              sha=.. reply_bytes=.. reply_sha=.. tail_ok=0|1"
   reset HOST PORT            talk to the `reset` server; prints
                              "RESULT reset outcome=reset|truncated|complete|error bytes=.."
+  tcpecho HOST PORT BYTES    send BYTES random bytes to the `rawecho` server while
+                             reading its echo, half-close, read to EOF; prints
+                             "RESULT tcpecho sent=.. got=.. ok=0|1 ms=.."
   connect HOST PORT          one connect; prints "RESULT connect outcome=ok|<errno name> ms=.."
   udp HOST PORT SIZE...      UDP round trips; prints "RESULT udp size=S ok=0|1" each
   dnstcp HOST PORT NAME      DNS A query over TCP; prints "RESULT dnstcp rcode=R addrs=a,b"
@@ -130,6 +133,34 @@ def reset(h, port):
     result(f"reset outcome={outcome} bytes={got} announced={announced}")
 
 
+def tcpecho(h, port, nbytes):
+    nbytes = int(nbytes)
+    data = os.urandom(nbytes)
+    t0 = time.monotonic()
+    errors = []
+    with socket.create_connection((h, int(port)), timeout=60) as s:
+
+        def send():
+            try:
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                errors.append(f"send: {e!r}")
+
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        try:
+            back = recv_all(s)
+        except OSError as e:
+            errors.append(f"recv: {e!r}")
+            back = b""
+        t.join(60)
+    ms = int((time.monotonic() - t0) * 1000)
+    for e in errors:
+        log("tcpecho", e)
+    result(f"tcpecho sent={nbytes} got={len(back)} ok={int(back == data)} ms={ms}")
+
+
 def connect(h, port):
     t0 = time.monotonic()
     s = socket.socket()
@@ -226,6 +257,7 @@ def main():
         "concurrent": concurrent,
         "halfclose": halfclose,
         "reset": reset,
+        "tcpecho": tcpecho,
         "connect": connect,
         "udp": udp,
         "dnstcp": dnstcp,

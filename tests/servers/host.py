@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
 """Host-side test servers for the uipd end-to-end tests.
 
-Each server binds 127.0.0.1 inside the test's loopback-only outer network
-namespace, writes its `--ready` file once it listens, and exits by itself after
+Each server binds 127.0.0.1 (or `--bind ADDR`) inside the test's
+loopback-only outer network namespace, writes its `--ready` file once it listens, and exits by itself after
 `--timeout` seconds (a bounded lifetime even if the harness dies).
 
 Servers (first argument):
   http      static files from --dir (HTTP/1.0, threaded)
   sink      per connection: read to EOF, reply "<bytes> <sha256>\\n", close;
-            also appends that line to --out
+            also appends that line to --out. With --slow-secs S it first reads
+            slowly for S seconds (4 KiB reads, --slow-sleep-ms between them)
   echo      per connection: for each line "X\\n" reply "echo X\\n" until EOF
+  rawecho   per connection: send back every byte received; at EOF, close
   halfclose per connection: read to EOF, reply "GOT <bytes> <sha256>\\n" and
             then 262144 pattern bytes, close
   reset     per connection: read one line, send "LEN 4194304\\n" and 1 MiB,
             then close with SO_LINGER 0 (RST)
   udpecho   echo every UDP datagram back to its sender
-  dns       UDP + TCP DNS on one port: A test.uipd. -> 10.1.2.3, other
-            names NXDOMAIN, other types of test.uipd. an empty NOERROR
+  dns       UDP + TCP DNS on one port: A test.uipd. -> 10.1.2.3 (or
+            --answer ADDR), other names NXDOMAIN, other types of test.uipd. an
+            empty NOERROR
 """
 
 import argparse
@@ -50,9 +53,8 @@ def log(*a):
     print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
 
 
-def recv_all(conn):
-    h = hashlib.sha256()
-    n = 0
+def recv_all(conn, h=None, n=0):
+    h = h or hashlib.sha256()
     while True:
         b = conn.recv(1 << 20)
         if not b:
@@ -85,11 +87,26 @@ def tcp_server(args, handle):
             except OSError as e:
                 log("connection error:", repr(e))
 
-    return Threaded(("127.0.0.1", args.port), H)
+    return Threaded((args.bind, args.port), H)
 
 
 def h_sink(conn, args):
-    n, digest = recv_all(conn)
+    h = hashlib.sha256()
+    n = 0
+    eof = False
+    # Optionally a slow reader at first: the sender's socket buffer stays full.
+    end = time.monotonic() + args.slow_secs
+    while not eof and time.monotonic() < end:
+        b = conn.recv(4096)
+        eof = not b
+        h.update(b)
+        n += len(b)
+        time.sleep(args.slow_sleep_ms / 1000.0)
+    if args.slow_secs > 0:
+        log("sink: slow phase over after", n, "bytes")
+    if not eof:
+        n, _ = recv_all(conn, h, n)
+    digest = h.hexdigest()
     line = f"{n} {digest}\n"
     log("sink got", line.strip())
     if args.out:
@@ -102,6 +119,18 @@ def h_echo(conn, args):
     f = conn.makefile("rb")
     for line in f:
         conn.sendall(b"echo " + line)
+
+
+def h_rawecho(conn, args):
+    n = 0
+    while True:
+        b = conn.recv(1 << 16)
+        if not b:
+            break
+        conn.sendall(b)
+        n += len(b)
+    log("rawecho echoed", n, "bytes")
+    conn.shutdown(socket.SHUT_WR)
 
 
 def h_halfclose(conn, args):
@@ -128,7 +157,7 @@ def h_reset(conn, args):
     log("reset sent")
 
 
-def dns_answer(query):
+def dns_answer(query, addr=DNS_ADDR):
     """Build the response to one DNS query message (bytes) or None."""
     if len(query) < 12:
         return None
@@ -153,7 +182,7 @@ def dns_answer(query):
     if name != DNS_NAME:
         rcode = 3
     elif qtype == 1 and qclass == 1:
-        answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + DNS_ADDR
+        answers = struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + addr
         ancount = 1
     log("dns query", name, "type", qtype, "->", "rcode", rcode, "answers", ancount)
     hdr = struct.pack("!HHHHHH", qid, 0x8080 | rd | rcode, 1, ancount, 0, 0)
@@ -175,7 +204,7 @@ def h_dns_tcp(conn, args):
             if not b:
                 return
             q += b
-        resp = dns_answer(q)
+        resp = dns_answer(q, args.answer)
         if resp is None:
             return
         conn.sendall(struct.pack("!H", len(resp)) + resp)
@@ -202,7 +231,12 @@ def main():
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--dir", default=".")
     p.add_argument("--out")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--answer", default="10.1.2.3", help="dns: the A record of test.uipd.")
+    p.add_argument("--slow-secs", type=float, default=0.0)
+    p.add_argument("--slow-sleep-ms", type=float, default=2.0)
     args = p.parse_args()
+    args.answer = socket.inet_aton(args.answer)
 
     # Bounded lifetime, whatever happens.
     t = threading.Timer(args.timeout, lambda: os._exit(3))
@@ -218,27 +252,36 @@ def main():
             def __init__(self, *a, **k):
                 super().__init__(*a, directory=d, **k)
 
-        servers.append(http.server.ThreadingHTTPServer(("127.0.0.1", args.port), H))
-    elif args.kind in ("sink", "echo", "halfclose", "reset"):
-        handle = {"sink": h_sink, "echo": h_echo, "halfclose": h_halfclose, "reset": h_reset}
+        servers.append(http.server.ThreadingHTTPServer((args.bind, args.port), H))
+    elif args.kind in ("sink", "echo", "rawecho", "halfclose", "reset"):
+        handle = {
+            "sink": h_sink,
+            "echo": h_echo,
+            "rawecho": h_rawecho,
+            "halfclose": h_halfclose,
+            "reset": h_reset,
+        }
         servers.append(tcp_server(args, handle[args.kind]))
     elif args.kind == "udpecho":
         udp = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM), lambda d: d)
     elif args.kind == "dns":
         servers.append(tcp_server(args, h_dns_tcp))
-        udp = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM), dns_answer)
+        udp = (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+            lambda d: dns_answer(d, args.answer),
+        )
     else:
         p.error(f"unknown server kind {args.kind}")
 
     if udp:
         s, respond = udp
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        s.bind(("127.0.0.1", args.port))
+        s.bind((args.bind, args.port))
         threading.Thread(target=udp_loop, args=(s, respond), daemon=True).start()
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
 
-    log(args.kind, "listening on 127.0.0.1:%d" % args.port)
+    log(args.kind, "listening on %s:%d" % (args.bind, args.port))
     if args.ready:
         with open(args.ready, "w") as f:
             f.write("ready\n")
