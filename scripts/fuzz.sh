@@ -45,8 +45,14 @@ for t in "${targets[@]}"; do
     corpus=(fuzz/corpus/"$t")
     mkdir -p "${corpus[0]}"
     [[ -d fuzz/seeds/$t ]] && corpus+=(fuzz/seeds/"$t")
-    if ! cargo fuzz run "$t" "${corpus[@]}" -- -max_total_time="$secs" -print_final_stats=1; then
+    log=fuzz/artifacts/$t.log
+    mkdir -p fuzz/artifacts
+    if cargo fuzz run "$t" "${corpus[@]}" -- -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
+        grep -E '^Done|stat::number_of_executed_units' "$log" | head -2 >&2
+    else
         failed+=("$t")
+        echo "--- $t crashed; last lines of $log:" >&2
+        tail -n 60 "$log" >&2
     fi
 done
 

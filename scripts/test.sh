@@ -55,7 +55,10 @@ else
 fi
 step fmt cargo fmt --all --check
 step clippy cargo clippy --all-targets -- -D warnings
-step test cargo test --all-targets --no-fail-fast
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+run_tests() { cargo test --all-targets --no-fail-fast 2>&1 | tee "$test_log"; }
+step test run_tests
 step doctest cargo test --doc
 if [ -f scripts/fuzz.sh ]; then
 	step fuzz bash scripts/fuzz.sh "${UIPD_FUZZ_SECS:-30}"
@@ -68,8 +71,12 @@ echo "==================== summary"
 for i in "${!names[@]}"; do
 	printf '  %-8s %-36s %5ss\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
 done
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$test_log")
+tfailed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$test_log")
 if [ $failed -ne 0 ]; then
 	echo "test.sh: FAILED"
+	echo "tests: $passed passed, $tfailed failed"
 	exit 1
 fi
 echo "test.sh: all steps passed"
+echo "tests: $passed passed, $tfailed failed"
