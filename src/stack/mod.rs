@@ -164,7 +164,10 @@ drop_reasons! {
     HostError => "drops_host_error",
 }
 
-const _: () = assert!(DropReason::ALL.len() <= 32, "Counters::drops holds 32 reasons");
+const _: () = assert!(
+    DropReason::ALL.len() <= 32,
+    "Counters::drops holds 32 reasons"
+);
 
 /// Per-stack counters.
 #[derive(Debug, Clone, Default)]
@@ -574,13 +577,15 @@ impl Stack {
         };
         let iss = self.next_isn();
         let mtu = usize::from(self.cfg.mtu);
-        let Some(id) = self.flows.insert_with(key, |id| FlowState::Tcp(Box::new(Conn::new(id, &seg, iss, mtu)))) else {
+        let Some(id) = self.flows.insert_with(key, |id| {
+            FlowState::Tcp(Box::new(Conn::new(id, &seg, iss, mtu)))
+        }) else {
             self.drop(DropReason::FlowLimit);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         };
         let conn_mss = match self.flows.get(id) {
             Some((_, FlowState::Tcp(c))) => c.mss(),
-            _ => usize::from(wire::tcp::HEADER_LEN),
+            _ => usize::from(tcp::conn::DEFAULT_MSS),
         };
         self.counters.tcp_opened += 1;
         out.ops.push(SockOp::Open {
