@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::tap::Tap;
 use crate::dataplane::worker::{Shared, Worker, WorkerCounters};
-use crate::rings::FrameRing;
+use crate::rings::{Frame, FrameRing};
 use crate::stack::{self, Counters, Stack};
 
 /// Where the guest is.
@@ -288,11 +288,10 @@ fn port_reader(tap: Tap, ring: Arc<FrameRing>) {
         let mut buf = ring.get_buf();
         match tap.read_frame(&mut buf) {
             Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if let Err(b) = ring.push_wait(buf, Duration::from_secs(1)) {
+            Ok(len) => {
+                if let Err(f) = ring.push_wait(Frame { buf, len }, Duration::from_secs(1)) {
                     // The worker has not drained for a second: it is gone or stuck.
-                    ring.put_buf(b);
+                    ring.put_buf(f.buf);
                     log::warn!("frame ring full for 1 s; frame dropped");
                 }
             }

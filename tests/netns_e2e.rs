@@ -917,3 +917,49 @@ fn udp_fragmented_datagram_to_non_gateway() {
     );
     o.pass();
 }
+
+/// SIGUSR1 prints the counters while uipd keeps running (no --stats).
+#[test]
+fn sigusr1_prints_counters_and_keeps_running() {
+    if skip_unless_uipd("sigusr1_prints_counters_and_keeps_running") {
+        return;
+    }
+    let mut sc = Scenario::new("sigusr1_prints_counters_and_keeps_running");
+    // The command's parent is uipd itself (no PID namespace).
+    sc.timeout(60).guest(
+        "busybox ping -c 1 -W 3 \"$GW\" >/dev/null && kill -USR1 $PPID && sleep 1 && \
+         busybox ping -c 1 -W 3 \"$GW\" >/dev/null && echo RESULT after ok=1",
+    );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(
+        o.value("after", "ok") == "1",
+        "uipd stopped working after SIGUSR1",
+    );
+    o.check(
+        o.uipd_err.contains("uipd counters"),
+        "no counters on SIGUSR1",
+    );
+    o.check(
+        o.stat("rx_frames").unwrap_or(0) >= 2,
+        "counters printed on SIGUSR1 show no received frames",
+    );
+    o.pass();
+}
+
+/// A datagram to a closed host port: the host's ICMP port unreachable comes
+/// back to the guest as one, so its connected UDP socket sees ECONNREFUSED.
+#[test]
+fn udp_closed_port_is_reported_to_the_guest() {
+    let mut sc = Scenario::new("udp_closed_port_is_reported_to_the_guest");
+    sc.timeout(60)
+        .guest("timeout 20 \"$PY\" \"$SRV/guest.py\" udpclosed \"$GW\" 7998");
+    let o = sc.run();
+    o.expect_code(0);
+    let got = o.value("udp", "outcome");
+    o.check(
+        got == "ECONNREFUSED",
+        &format!("expected ECONNREFUSED, got {got}"),
+    );
+    o.pass();
+}

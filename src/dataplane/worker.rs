@@ -117,8 +117,8 @@ impl Worker {
             let mut n = 0;
             while n < BATCH {
                 let Some(frame) = self.ring.pop() else { break };
-                self.stack.ingress(&frame, t, &mut out);
-                self.ring.put_buf(frame);
+                self.stack.ingress(frame.bytes(), t, &mut out);
+                self.ring.put_buf(frame.buf);
                 n += 1;
             }
             if n > 0 {

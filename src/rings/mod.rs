@@ -63,9 +63,27 @@ impl AsRawFd for EventFd {
     }
 }
 
+/// A frame in a pooled buffer: the first `len` bytes of `buf` are the frame.
+/// Buffers keep their full length while they travel, so recycling one never
+/// re-initialises it.
+#[derive(Debug)]
+pub struct Frame {
+    /// The pooled buffer (full length).
+    pub buf: Vec<u8>,
+    /// Length of the frame in `buf`.
+    pub len: usize,
+}
+
+impl Frame {
+    /// The frame's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len.min(self.buf.len())]
+    }
+}
+
 /// A bounded frame ring from one port to one worker, with its buffer pool.
 pub struct FrameRing {
-    ring: ArrayQueue<Vec<u8>>,
+    ring: ArrayQueue<Frame>,
     free: ArrayQueue<Vec<u8>>,
     sleeping: AtomicBool,
     wake: EventFd,
@@ -91,21 +109,21 @@ impl FrameRing {
     /// one is free.
     pub fn get_buf(&self) -> Vec<u8> {
         match self.free.pop() {
-            Some(mut b) => {
-                b.resize(self.buf_size, 0);
-                b
-            }
-            None => vec![0u8; self.buf_size],
+            Some(b) if b.len() == self.buf_size => b,
+            _ => vec![0u8; self.buf_size],
         }
     }
 
-    /// Return a buffer to the pool (dropped if the pool is full).
+    /// Return a buffer to the pool (dropped if the pool is full or it is
+    /// not a pool buffer).
     pub fn put_buf(&self, buf: Vec<u8>) {
-        let _ = self.free.push(buf);
+        if buf.len() == self.buf_size {
+            let _ = self.free.push(buf);
+        }
     }
 
     /// Push a frame; on a full ring the frame comes back in `Err`.
-    pub fn push(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+    pub fn push(&self, frame: Frame) -> Result<(), Frame> {
         self.ring.push(frame)?;
         // Pairs with the SeqCst store in `prepare_sleep`: either the worker
         // sees our frame on its re-check, or we see `sleeping` set.
@@ -117,11 +135,7 @@ impl FrameRing {
 
     /// Push, waiting (bounded spins, then short sleeps) while the ring is
     /// full. Gives up and returns the frame after `max_wait`.
-    pub fn push_wait(
-        &self,
-        mut frame: Vec<u8>,
-        max_wait: std::time::Duration,
-    ) -> Result<(), Vec<u8>> {
+    pub fn push_wait(&self, mut frame: Frame, max_wait: std::time::Duration) -> Result<(), Frame> {
         let start = std::time::Instant::now();
         let mut counted = false;
         loop {
@@ -143,7 +157,7 @@ impl FrameRing {
     }
 
     /// Pop a frame.
-    pub fn pop(&self) -> Option<Vec<u8>> {
+    pub fn pop(&self) -> Option<Frame> {
         self.ring.pop()
     }
 
@@ -197,19 +211,20 @@ mod tests {
         let r2 = ring.clone();
         let producer = std::thread::spawn(move || {
             for i in 0..10_000u32 {
-                let mut b = r2.get_buf();
-                b[..4].copy_from_slice(&i.to_be_bytes());
-                r2.push_wait(b, Duration::from_secs(10)).unwrap();
+                let mut buf = r2.get_buf();
+                buf[..4].copy_from_slice(&i.to_be_bytes());
+                r2.push_wait(Frame { buf, len: 4 }, Duration::from_secs(10))
+                    .unwrap();
             }
         });
         let mut next = 0u32;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while next < 10_000 && std::time::Instant::now() < deadline {
             match ring.pop() {
-                Some(b) => {
-                    assert_eq!(u32::from_be_bytes(b[..4].try_into().unwrap()), next);
+                Some(f) => {
+                    assert_eq!(u32::from_be_bytes(f.bytes().try_into().unwrap()), next);
                     next += 1;
-                    ring.put_buf(b);
+                    ring.put_buf(f.buf);
                 }
                 None => std::thread::yield_now(),
             }
@@ -221,20 +236,28 @@ mod tests {
     #[test]
     fn full_ring_returns_frame_and_counts() {
         let ring = FrameRing::new(2, 8).unwrap();
-        ring.push(vec![1]).unwrap();
-        ring.push(vec![2]).unwrap();
-        assert_eq!(ring.push(vec![3]), Err(vec![3]));
-        let back = ring.push_wait(vec![4], Duration::from_millis(5));
-        assert_eq!(back, Err(vec![4]));
+        let f = |b: u8| Frame {
+            buf: vec![b],
+            len: 1,
+        };
+        ring.push(f(1)).unwrap();
+        ring.push(f(2)).unwrap();
+        assert_eq!(ring.push(f(3)).unwrap_err().buf, vec![3]);
+        let back = ring.push_wait(f(4), Duration::from_millis(5));
+        assert_eq!(back.unwrap_err().buf, vec![4]);
         assert_eq!(ring.full_events.load(Ordering::Relaxed), 1);
-        assert_eq!(ring.pop(), Some(vec![1]));
+        assert_eq!(ring.pop().unwrap().bytes(), &[1]);
     }
 
     #[test]
     fn sleeping_worker_is_woken_by_push() {
         let ring = FrameRing::new(4, 8).unwrap();
         assert!(ring.prepare_sleep());
-        ring.push(vec![1]).unwrap();
+        ring.push(Frame {
+            buf: vec![1],
+            len: 1,
+        })
+        .unwrap();
         let mut v = 0u64;
         // SAFETY: reading 8 bytes into a live u64 from our own eventfd.
         let n = unsafe { libc::read(ring.wake_fd(), (&raw mut v).cast(), 8) };

@@ -178,6 +178,27 @@ def connect(h, port):
     result(f"connect outcome={outcome} ms={ms}")
 
 
+def udpclosed(h, port):
+    """A connected UDP socket to a closed port: the ICMP port unreachable
+    must reach us as ECONNREFUSED on a later send/recv."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((h, int(port)))
+    outcome = "timeout"
+    for _ in range(3):
+        try:
+            s.send(b"x")
+            s.recv(100)
+            outcome = "reply"
+            break
+        except ConnectionRefusedError:
+            outcome = "ECONNREFUSED"
+            break
+        except socket.timeout:
+            pass
+    result(f"udp outcome={outcome}")
+
+
 def udp(h, port, *sizes):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -260,6 +281,7 @@ def main():
         "tcpecho": tcpecho,
         "connect": connect,
         "udp": udp,
+        "udpclosed": udpclosed,
         "dnstcp": dnstcp,
     }[cmd](*args)
 
