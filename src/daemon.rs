@@ -153,6 +153,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         gateway: cfg.stack.gateway,
         dns: cfg.stack.gateway,
         guest_mac: None,
+        queues: 1,
+        vnet_hdr: false,
     };
     let (tap, mut child) = match &cfg.frontend {
         Frontend::Spawn(argv) => {

@@ -21,10 +21,14 @@
 //!                                         [not root] unshare(USER), uid/gid map 0 → outer
 //!                                         unshare(NET | NS), mount / rprivate
 //!                                         fresh sysfs on /sys (old submounts bound back)
-//!                                         open TAP; MAC, MTU; lo and TAP up
+//!                                         open TAP (cfg.queues queues); MAC, MTU;
+//!                                         lo and TAP up
 //!                                         [configure] IPv4 addr, default route,
 //!                                                     bind resolv.conf
-//!  spawn() returns Spawned { tap } ◀────── SCM_RIGHTS(TAP fd)   (or an error record)
+//!                                   ◀────── one queue record per queue, each with
+//!                                           SCM_RIGHTS(that queue's fd)
+//!  spawn() returns                          (or one error record, no fd)
+//!    Spawned { tap, taps }
 //!  ... dataplane comes up ...
 //!  Spawned::start() ────── go byte ─────▶ PR_SET_PDEATHSIG(SIGKILL), exec COMMAND
 //!  Spawned::wait() ◀────── exit status ── (127: command not found)
@@ -60,6 +64,11 @@
 //! as an error record) or the go channel closed without a go byte; 2 = bad
 //! helper arguments. After a failed exec: 127 = not found, 126 = other errors.
 //!
+//! Queues: [`NetConfig::queues`] > 1 makes the TAP multiqueue (`IFF_MULTI_QUEUE`,
+//! one fd per queue, see [`crate::dataplane::tap`]); [`NetConfig::vnet_hdr`] adds
+//! `IFF_VNET_HDR` to every queue. [`Spawned::taps`] and [`attach_queues`] return
+//! all queues, queue 0 first.
+//!
 //! [`attach`] (`--netns PATH|PID`) joins the target network namespace on the
 //! calling thread only (`setns` affects one thread's `nsproxy`), opens the TAP
 //! there, configures it, and returns to the namespace it came from through an fd
@@ -82,7 +91,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
-use crate::dataplane::tap::{Tap, TapError, fill_ifr_name, ifname_cstring};
+use crate::dataplane::tap::{
+    MAX_TAP_QUEUES, Tap, TapError, TapFlags, fill_ifr_name, ifname_cstring,
+};
 
 /// The hidden first argument that makes the uipd binary run [`child_main`].
 pub const CHILD_ARG: &str = "__uipd-netns-child";
@@ -113,6 +124,12 @@ pub struct NetConfig {
     pub dns: Ipv4Addr,
     /// MAC address of the TAP; `None` keeps the kernel's random one.
     pub guest_mac: Option<[u8; 6]>,
+    /// Number of TAP queues, 1 to [`MAX_TAP_QUEUES`]; more than 1 makes the TAP
+    /// multiqueue (`IFF_MULTI_QUEUE`), one fd per queue.
+    pub queues: usize,
+    /// Open every queue with `IFF_VNET_HDR`: frames on the fds carry a virtio-net
+    /// header (10 bytes, the kernel's default size) before the Ethernet header.
+    pub vnet_hdr: bool,
 }
 
 impl Default for NetConfig {
@@ -127,6 +144,8 @@ impl Default for NetConfig {
             gateway: Ipv4Addr::new(192, 168, 33, 1),
             dns: Ipv4Addr::new(192, 168, 33, 1),
             guest_mac: None,
+            queues: 1,
+            vnet_hdr: false,
         }
     }
 }
@@ -231,7 +250,26 @@ impl NetConfig {
                 self.prefix_len
             )));
         }
+        if self.queues == 0 || self.queues > MAX_TAP_QUEUES {
+            return Err(NetnsError::InvalidConfig(format!(
+                "{} TAP queues: it must be 1 to {MAX_TAP_QUEUES}",
+                self.queues
+            )));
+        }
         Ok(())
+    }
+
+    /// The TAP flags for these settings (multiqueue exactly when `queues > 1`).
+    fn tap_flags(&self) -> TapFlags {
+        TapFlags {
+            multi_queue: self.queues > 1,
+            vnet_hdr: self.vnet_hdr,
+        }
+    }
+
+    /// Opens every queue of the TAP in the calling thread's network namespace.
+    fn open_taps(&self) -> Result<Vec<Tap>, TapError> {
+        Tap::open_queues(&self.ifname, self.queues, self.tap_flags())
     }
 
     /// The netmask of `prefix_len` (validated to be at most 32).
@@ -252,13 +290,15 @@ impl NetConfig {
             self.gateway.to_string(),
             self.dns.to_string(),
             mac,
+            self.queues.to_string(),
+            u8::from(self.vnet_hdr).to_string(),
         ]
         .into_iter()
         .map(OsString::from)
         .collect()
     }
 
-    const ARGS: usize = 8;
+    const ARGS: usize = 10;
 
     fn from_args(args: &[OsString]) -> Result<NetConfig, String> {
         let s: Vec<&str> = args
@@ -268,7 +308,19 @@ impl NetConfig {
                     .ok_or_else(|| format!("non-UTF-8 argument {a:?}"))
             })
             .collect::<Result<_, _>>()?;
-        let [ifname, mtu, configure, ip, prefix, gw, dns, mac] = s[..] else {
+        let [
+            ifname,
+            mtu,
+            configure,
+            ip,
+            prefix,
+            gw,
+            dns,
+            mac,
+            queues,
+            vnet_hdr,
+        ] = s[..]
+        else {
             return Err(format!("expected {} config arguments", Self::ARGS));
         };
         let err = |what: &str, v: &str| format!("bad {what} {v:?}");
@@ -287,6 +339,16 @@ impl NetConfig {
             guest_mac: match mac {
                 "-" => None,
                 m => Some(parse_mac(m).ok_or_else(|| err("MAC", m))?),
+            },
+            queues: queues
+                .parse()
+                .ok()
+                .filter(|q| (1..=MAX_TAP_QUEUES).contains(q))
+                .ok_or_else(|| err("queue count", queues))?,
+            vnet_hdr: match vnet_hdr {
+                "1" => true,
+                "0" => false,
+                v => return Err(err("vnet_hdr flag", v)),
             },
         };
         Ok(cfg)
@@ -490,10 +552,16 @@ fn configure_link(cfg: &NetConfig, tap: &Tap, with_lo: bool) -> Result<(), Netns
 }
 
 // ---------------------------------------------------------------------------
-// The parent <-> helper protocol over a SOCK_SEQPACKET socketpair. One message
-// each way: the helper's report (byte 0 = REPORT_OK with the TAP fd attached as
-// SCM_RIGHTS and the TAP name after it, or an error record), then the parent's
-// go byte.
+// The parent <-> helper protocol over a SOCK_SEQPACKET socketpair (message
+// boundaries kept). The helper reports first, either
+//   - one queue record per TAP queue, in queue order, each with exactly that
+//     queue's fd attached as SCM_RIGHTS (see `encode_queue`), or
+//   - one error record and no fd (see `encode_error`),
+// and the parent then sends the go byte. One fd per message keeps every
+// message far below SCM_MAX_FD (253) for any queue count up to 256. The parent
+// checks every record against what it asked for; anything else (a missing or
+// extra fd, an index out of order, a count or name that changes) is a
+// `NetnsError::Protocol`, and EOF before the last queue means the helper exited.
 // ---------------------------------------------------------------------------
 
 const REPORT_OK: u8 = 0;
@@ -504,6 +572,7 @@ const REPORT_OPEN_TUN: u8 = 4;
 const REPORT_SET_IFF: u8 = 5;
 const REPORT_INVALID_NAME: u8 = 6;
 const REPORT_SETUP: u8 = 7;
+const REPORT_QUEUE_COUNT: u8 = 8;
 const GO_BYTE: u8 = 1;
 const MAX_REPORT: usize = 1024;
 
@@ -538,6 +607,7 @@ fn encode_error(err: &NetnsError) -> Vec<u8> {
             name.clone(),
         ),
         NetnsError::Tap(TapError::InvalidName(name)) => (REPORT_INVALID_NAME, 0, name.clone()),
+        NetnsError::Tap(TapError::QueueCount(n)) => (REPORT_QUEUE_COUNT, 0, n.to_string()),
         NetnsError::Setup { step, source } => (
             REPORT_SETUP,
             source.raw_os_error().unwrap_or(0),
@@ -576,12 +646,135 @@ fn decode_error(msg: &[u8]) -> NetnsError {
         }
         .into(),
         REPORT_INVALID_NAME => TapError::InvalidName(detail).into(),
+        REPORT_QUEUE_COUNT => match detail.parse() {
+            Ok(n) => TapError::QueueCount(n).into(),
+            Err(_) => {
+                NetnsError::Protocol(format!("bad queue count {detail:?} in an error record"))
+            }
+        },
         REPORT_SETUP => NetnsError::Setup {
             step: detail,
             source,
         },
         c => NetnsError::Protocol(format!("unknown report code {c}")),
     }
+}
+
+/// A queue record: queue `index` of `count`, of TAP `name`; its fd goes with it.
+///
+/// ```text
+///   [REPORT_OK u8][index u16 LE][count u16 LE][TAP name UTF-8 ...]
+/// ```
+fn encode_queue(index: usize, count: usize, name: &str) -> io::Result<Vec<u8>> {
+    let field = |v: usize| {
+        u16::try_from(v).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("queue number {v} out of range"),
+            )
+        })
+    };
+    let mut out = vec![REPORT_OK];
+    out.extend_from_slice(&field(index)?.to_le_bytes());
+    out.extend_from_slice(&field(count)?.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    if out.len() > MAX_REPORT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TAP name too long",
+        ));
+    }
+    Ok(out)
+}
+
+/// The helper's report on success: one queue record per TAP, each with its fd.
+fn send_taps(sock: BorrowedFd<'_>, taps: &[Tap]) -> io::Result<()> {
+    for (index, tap) in taps.iter().enumerate() {
+        let record = encode_queue(index, taps.len(), tap.name())?;
+        send_msg(sock, &record, Some(tap.as_fd()))?;
+    }
+    Ok(())
+}
+
+/// Receives the helper's report: `queues` queue records, or an error record.
+///
+/// `Ok(None)`: the helper closed its end first (it exited). The whole report must
+/// arrive before `deadline` ([`NetnsError::HelperTimeout`] otherwise).
+fn recv_taps(
+    sock: BorrowedFd<'_>,
+    queues: usize,
+    deadline: std::time::Instant,
+) -> Result<Option<Vec<Tap>>, NetnsError> {
+    let helper_err = |what| move |source| NetnsError::Helper { what, source };
+    let mut taps: Vec<Tap> = Vec::with_capacity(queues);
+    let mut buf = [0u8; MAX_REPORT];
+    while taps.len() < queues {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SO_RCVTIMEO rounds to microseconds, and zero would mean "no timeout".
+        if left < Duration::from_millis(1) {
+            return Err(NetnsError::HelperTimeout);
+        }
+        set_recv_timeout(sock, left).map_err(helper_err("set a receive timeout"))?;
+        let (n, fd) = match recv_msg(sock, &mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                return Err(NetnsError::HelperTimeout);
+            }
+            Err(e) => return Err(helper_err("receive its report")(e)),
+        };
+        let index = taps.len();
+        let msg = &buf[..n];
+        let fd = match (msg.first(), fd) {
+            (None, _) => return Ok(None),
+            (Some(&REPORT_OK), Some(fd)) => fd,
+            (Some(&REPORT_OK), None) => {
+                return Err(NetnsError::Protocol(format!(
+                    "queue record {index} of {n} bytes without its fd"
+                )));
+            }
+            (Some(_), Some(_)) => {
+                return Err(NetnsError::Protocol(
+                    "an fd came with an error record".into(),
+                ));
+            }
+            (Some(_), None) if index == 0 => return Err(decode_error(msg)),
+            (Some(_), None) => {
+                return Err(NetnsError::Protocol(format!(
+                    "error record after {index} queue records"
+                )));
+            }
+        };
+        let Some((head, name)) = msg[1..].split_first_chunk::<4>() else {
+            return Err(NetnsError::Protocol(format!(
+                "short queue record ({n} bytes)"
+            )));
+        };
+        let got = usize::from(u16::from_le_bytes([head[0], head[1]]));
+        let count = usize::from(u16::from_le_bytes([head[2], head[3]]));
+        if got != index {
+            return Err(NetnsError::Protocol(format!(
+                "queue record {got} where {index} was expected"
+            )));
+        }
+        if count != queues {
+            return Err(NetnsError::Protocol(format!(
+                "{count} queues reported, {queues} asked for"
+            )));
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        if let Some(first) = taps.first()
+            && first.name() != name
+        {
+            return Err(NetnsError::Protocol(format!(
+                "queue {index} is on {name:?}, queue 0 on {:?}",
+                first.name()
+            )));
+        }
+        taps.push(Tap::from_fd(fd, name));
+    }
+    Ok(Some(taps))
 }
 
 /// Sends one message, with `fd` attached as `SCM_RIGHTS` if given.
@@ -719,8 +912,12 @@ fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<O
 /// Dropping it before the command was reaped kills the command (`SIGKILL`) and reaps it.
 #[derive(Debug)]
 pub struct Spawned {
-    /// The TAP in the command's namespace (uipd's end of its link).
+    /// Queue 0 of the TAP in the command's namespace (uipd's end of its link): a
+    /// duplicate of `taps[0]`'s fd (same open file, same queue), kept for callers
+    /// that use one queue.
     pub tap: Tap,
+    /// Every queue of the TAP ([`NetConfig::queues`] of them), queue 0 first.
+    pub taps: Vec<Tap>,
     /// The command's PID (the helper execs the command in place).
     pub pid: i32,
     child: Child,
@@ -930,12 +1127,9 @@ pub fn spawn_with_helper(
             return Err(fail(&mut child, e));
         }
     };
-    if let Err(e) = set_recv_timeout(parent_sock.as_fd(), HELPER_TIMEOUT) {
-        return Err(fail(&mut child, helper_err("set a receive timeout")(e)));
-    }
-    let mut buf = [0u8; MAX_REPORT];
-    match recv_msg(parent_sock.as_fd(), &mut buf) {
-        Ok((0, _)) => {
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    match recv_taps(parent_sock.as_fd(), cfg.queues, deadline) {
+        Ok(None) => {
             // The helper closed its end: it exited (its own stderr says why).
             let status = child
                 .wait()
@@ -943,30 +1137,32 @@ pub fn spawn_with_helper(
                 .unwrap_or_else(|e| format!("wait failed: {e}"));
             Err(NetnsError::HelperExited(status))
         }
-        Ok((n, Some(fd))) if buf[0] == REPORT_OK => {
-            let name = String::from_utf8_lossy(&buf[1..n]).into_owned();
-            log::debug!("netns: helper {pid} created TAP {name}");
+        Ok(Some(taps)) => {
+            let tap = match taps.first().map(Tap::try_clone) {
+                Some(Ok(tap)) => tap,
+                Some(Err(e)) => {
+                    return Err(fail(&mut child, helper_err("duplicate the TAP fd")(e)));
+                }
+                None => {
+                    let e = NetnsError::Protocol("no queue reported".into());
+                    return Err(fail(&mut child, e));
+                }
+            };
+            log::debug!(
+                "netns: helper {pid} created TAP {} with {} queue(s)",
+                tap.name(),
+                taps.len()
+            );
             Ok(Spawned {
-                tap: Tap::from_fd(fd, name),
+                tap,
+                taps,
                 pid,
                 child,
                 sock: Some(parent_sock),
                 exit: None,
             })
         }
-        Ok((_, Some(_))) => Err(fail(
-            &mut child,
-            NetnsError::Protocol("an fd came with an error record".into()),
-        )),
-        Ok((n, None)) if buf[0] == REPORT_OK => Err(fail(
-            &mut child,
-            NetnsError::Protocol(format!("OK report of {n} bytes without the TAP fd")),
-        )),
-        Ok((n, None)) => Err(fail(&mut child, decode_error(&buf[..n]))),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
-            Err(fail(&mut child, NetnsError::HelperTimeout))
-        }
-        Err(e) => Err(fail(&mut child, helper_err("receive its report")(e))),
+        Err(e) => Err(fail(&mut child, e)),
     }
 }
 
@@ -1005,8 +1201,9 @@ fn unshare(flags: libc::c_int, what: &str) -> Result<(), NetnsError> {
     }
 }
 
-/// Enters new namespaces and builds the TAP; runs in the single-threaded helper.
-fn helper_setup(cfg: &NetConfig) -> Result<Tap, NetnsError> {
+/// Enters new namespaces and builds the TAP (all its queues, queue 0 first); runs in
+/// the single-threaded helper.
+fn helper_setup(cfg: &NetConfig) -> Result<Vec<Tap>, NetnsError> {
     // SAFETY:
     // - geteuid/getegid cannot fail and take no arguments.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -1042,12 +1239,14 @@ fn helper_setup(cfg: &NetConfig) -> Result<Tap, NetnsError> {
         });
     }
     remount_sysfs();
-    let tap = Tap::open(&cfg.ifname)?;
-    configure_link(cfg, &tap, true)?;
+    let taps = cfg.open_taps()?;
+    if let Some(tap) = taps.first() {
+        configure_link(cfg, tap, true)?;
+    }
     if cfg.configure {
         bind_resolv_conf(cfg.dns)?;
     }
-    Ok(tap)
+    Ok(taps)
 }
 
 /// The mounts stacked directly on the topmost `/sys` mount, and whether that mount
@@ -1275,16 +1474,13 @@ pub fn child_main(args: &[OsString]) -> ! {
     }
 
     match helper_setup(&cfg) {
-        Ok(tap) => {
-            let mut report = vec![REPORT_OK];
-            report.extend_from_slice(tap.name().as_bytes());
-            let tap_fd = tap.into_fd();
-            if let Err(e) = send_msg(sock.as_fd(), &report, Some(tap_fd.as_fd())) {
-                eprintln!("uipd: namespace helper: cannot send the TAP fd: {e}");
+        Ok(taps) => {
+            if let Err(e) = send_taps(sock.as_fd(), &taps) {
+                eprintln!("uipd: namespace helper: cannot send the TAP fds: {e}");
                 std::process::exit(1);
             }
-            // The parent has its own copy now; the command must not hold one.
-            drop(tap_fd);
+            // The parent has its own copies now; the command must not hold one.
+            drop(taps);
         }
         Err(err) => {
             if send_msg(sock.as_fd(), &encode_error(&err), None).is_err() {
@@ -1343,7 +1539,21 @@ pub fn netns_path(target: &str) -> PathBuf {
 /// MAC and MTU, brings it up and, if `cfg.configure`, assigns the address and default
 /// route; it then returns to its own namespace. `lo` and `/etc/resolv.conf` of the
 /// target are left alone. Other threads are never affected.
+///
+/// Returns queue 0 only: with `cfg.queues > 1` the TAP is created multiqueue and the
+/// other queues are closed again (use [`attach_queues`] to keep them).
 pub fn attach(target: &str, cfg: &NetConfig) -> Result<Tap, NetnsError> {
+    let mut taps = attach_queues(target, cfg)?;
+    if taps.is_empty() {
+        return Err(NetnsError::Protocol("no TAP queue was opened".into()));
+    }
+    Ok(taps.swap_remove(0))
+}
+
+/// [`attach`] returning every queue: `cfg.queues` fds of the TAP (multiqueue when
+/// more than one, `IFF_VNET_HDR` if `cfg.vnet_hdr`), queue 0 first, all created in the
+/// target namespace on the calling thread.
+pub fn attach_queues(target: &str, cfg: &NetConfig) -> Result<Vec<Tap>, NetnsError> {
     cfg.validate()?;
     let path = netns_path(target);
     let target_file = OpenOptions::new()
@@ -1386,12 +1596,20 @@ pub fn attach(target: &str, cfg: &NetConfig) -> Result<Tap, NetnsError> {
             source,
         }
     })?;
-    let result = Tap::open(&cfg.ifname)
-        .map_err(NetnsError::from)
-        .and_then(|tap| configure_link(cfg, &tap, false).map(|()| tap));
+    let result = cfg.open_taps().map_err(NetnsError::from).and_then(|taps| {
+        if let Some(tap) = taps.first() {
+            configure_link(cfg, tap, false)?;
+        }
+        Ok(taps)
+    });
     setns(home.as_fd()).map_err(NetnsError::Restore)?;
-    if let Ok(tap) = &result {
-        log::info!("netns: created TAP {} in {}", tap.name(), path.display());
+    if let Some(tap) = result.as_ref().ok().and_then(|t| t.first()) {
+        log::info!(
+            "netns: created TAP {} ({} queue(s)) in {}",
+            tap.name(),
+            cfg.queues,
+            path.display()
+        );
     }
     result
 }
@@ -1407,8 +1625,36 @@ mod tests {
         cfg.guest_mac = Some([0x00, 0x15, 0x15, 0x15, 0x15, 0xab]);
         cfg.configure = false;
         cfg.mtu = 65520;
-        assert_eq!(NetConfig::from_args(&cfg.to_args()), Ok(cfg));
+        assert_eq!(NetConfig::from_args(&cfg.to_args()), Ok(cfg.clone()));
+        cfg.queues = MAX_TAP_QUEUES;
+        cfg.vnet_hdr = true;
+        assert_eq!(NetConfig::from_args(&cfg.to_args()), Ok(cfg.clone()));
         assert!(NetConfig::from_args(&[]).is_err());
+        // Queue counts and the vnet_hdr flag are checked on the helper's side too.
+        for (field, bad) in [(8, "0"), (8, "257"), (8, "x"), (9, "2")] {
+            let mut args = cfg.to_args();
+            args[field] = bad.into();
+            assert!(NetConfig::from_args(&args).is_err(), "{field}: {bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_one_queue_without_vnet_hdr() {
+        let cfg = NetConfig::default();
+        assert_eq!((cfg.queues, cfg.vnet_hdr), (1, false));
+        assert_eq!(cfg.tap_flags(), TapFlags::default());
+        let cfg = NetConfig {
+            queues: 2,
+            vnet_hdr: true,
+            ..NetConfig::default()
+        };
+        assert_eq!(
+            cfg.tap_flags(),
+            TapFlags {
+                multi_queue: true,
+                vnet_hdr: true
+            }
+        );
     }
 
     #[test]
@@ -1440,6 +1686,14 @@ mod tests {
                 ifname: "a/b".into(),
                 ..NetConfig::default()
             },
+            NetConfig {
+                queues: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                queues: MAX_TAP_QUEUES + 1,
+                ..NetConfig::default()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");
@@ -1466,6 +1720,11 @@ mod tests {
             decode_error(&encode_error(&err)),
             NetnsError::Tap(TapError::NoTunDevice(_))
         ));
+        let err = NetnsError::Tap(TapError::QueueCount(300));
+        assert!(matches!(
+            decode_error(&encode_error(&err)),
+            NetnsError::Tap(TapError::QueueCount(300))
+        ));
         assert!(matches!(decode_error(&[]), NetnsError::Protocol(_)));
         assert!(matches!(decode_error(&[7, 0]), NetnsError::Protocol(_)));
     }
@@ -1481,6 +1740,113 @@ mod tests {
         assert!(fd.is_some());
         drop(a);
         assert_eq!(recv_msg(b.as_fd(), &mut buf).unwrap().0, 0);
+    }
+
+    /// Stand-in TAPs: any fd will do for the protocol.
+    fn fake_taps(n: usize, name: &str) -> Vec<Tap> {
+        (0..n)
+            .map(|_| Tap::from_fd(socketpair().unwrap().0, name.to_owned()))
+            .collect()
+    }
+
+    fn soon() -> std::time::Instant {
+        std::time::Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn every_queue_crosses_the_socketpair() {
+        for queues in [1, 4, MAX_TAP_QUEUES] {
+            let (a, b) = socketpair().unwrap();
+            let taps = fake_taps(queues, "eth0");
+            // The sender blocks once the socket buffer fills; the receiver drains it.
+            let sender = std::thread::spawn(move || send_taps(a.as_fd(), &taps));
+            let got = recv_taps(b.as_fd(), queues, soon()).unwrap().unwrap();
+            sender.join().unwrap().unwrap();
+            assert_eq!(got.len(), queues);
+            assert!(got.iter().all(|t| t.name() == "eth0"));
+        }
+    }
+
+    #[test]
+    fn malformed_queue_reports_are_protocol_errors() {
+        let bad = |script: &dyn Fn(BorrowedFd<'_>), queues: usize| {
+            let (a, b) = socketpair().unwrap();
+            script(a.as_fd());
+            drop(a);
+            recv_taps(b.as_fd(), queues, soon())
+        };
+        let (_x, y) = socketpair().unwrap();
+        let fd = Some(y.as_fd());
+        let rec = |i, n| encode_queue(i, n, "eth0").unwrap();
+        type Script<'a> = Box<dyn Fn(BorrowedFd<'_>) + 'a>;
+        let cases: Vec<(Script, &str)> = vec![
+            (
+                Box::new(|s| send_msg(s, &rec(0, 2), None).unwrap()),
+                "without its fd",
+            ),
+            (
+                Box::new(|s| send_msg(s, &rec(1, 2), fd).unwrap()),
+                "where 0 was expected",
+            ),
+            (
+                Box::new(|s| send_msg(s, &rec(0, 3), fd).unwrap()),
+                "3 queues reported, 2",
+            ),
+            (
+                Box::new(|s| send_msg(s, &[REPORT_OK, 0], fd).unwrap()),
+                "short queue record",
+            ),
+            (
+                Box::new(|s| {
+                    send_msg(s, &rec(0, 2), fd).unwrap();
+                    send_msg(s, &encode_queue(1, 2, "eth1").unwrap(), fd).unwrap();
+                }),
+                "queue 1 is on \"eth1\"",
+            ),
+            (
+                Box::new(|s| {
+                    let err = NetnsError::Setup {
+                        step: "x".into(),
+                        source: io::Error::from_raw_os_error(libc::EIO),
+                    };
+                    send_msg(s, &encode_error(&err), fd).unwrap();
+                }),
+                "an fd came with an error record",
+            ),
+            (
+                Box::new(|s| {
+                    send_msg(s, &rec(0, 2), fd).unwrap();
+                    send_msg(s, &encode_error(&NetnsError::EmptyCommand), None).unwrap();
+                }),
+                "error record after 1 queue records",
+            ),
+        ];
+        for (script, want) in &cases {
+            match bad(script.as_ref(), 2) {
+                Err(NetnsError::Protocol(m)) => assert!(m.contains(want), "{m} vs {want}"),
+                r => panic!("{want}: {r:?}"),
+            }
+        }
+        // An error record first is the helper's typed error.
+        let r = bad(
+            &|s| {
+                let err = NetnsError::Tap(TapError::InvalidName("x/y".into()));
+                send_msg(s, &encode_error(&err), None).unwrap();
+            },
+            2,
+        );
+        assert!(matches!(r, Err(NetnsError::Tap(TapError::InvalidName(n))) if n == "x/y"));
+        // EOF part-way: the helper exited.
+        let r = bad(&|s| send_msg(s, &rec(0, 2), fd).unwrap(), 2);
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        // Silence: bounded by the deadline.
+        let (_a, b) = socketpair().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            recv_taps(b.as_fd(), 1, deadline),
+            Err(NetnsError::HelperTimeout)
+        ));
+        assert!(encode_queue(MAX_TAP_QUEUES, 70_000, "eth0").is_err());
     }
 
     #[test]

@@ -21,8 +21,15 @@
 //! - The device is non-persistent: it disappears when the last fd attached to it
 //!   is closed.
 //! - Flags are `IFF_TAP | IFF_NO_PI`: frames carry no packet-information prefix
-//!   and no virtio-net header. See `Tap::ifr_flags` for where `IFF_VNET_HDR`
-//!   and `IFF_MULTI_QUEUE` go when offloads and several queues arrive.
+//!   and no virtio-net header. [`TapFlags`] adds `IFF_VNET_HDR` (every frame
+//!   read or written is prefixed by a virtio-net header, 10 bytes until
+//!   `TUNSETVNETHDRSZ` changes it) and `IFF_MULTI_QUEUE`.
+//! - Several queues ([`Tap::open_queues`]): with `IFF_MULTI_QUEUE`, each
+//!   `TUNSETIFF` of the same name on a fresh `/dev/net/tun` fd attaches one more
+//!   queue (one fd each, up to [`MAX_TAP_QUEUES`]). The kernel picks the queue a
+//!   transmitted frame goes to (by flow hash); a frame written on any queue is
+//!   received by the interface. Every queue must be opened with the same flags,
+//!   and the interface lives until its last queue is closed.
 //! - The fd is blocking and close-on-exec. [`Tap::try_clone`] duplicates it so
 //!   that a reader thread and a writer thread can each own one.
 
@@ -34,6 +41,34 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// Path of the TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
+
+/// Most queues one TAP may have (`MAX_TAP_QUEUES` in the kernel's `drivers/net/tun.c`).
+pub const MAX_TAP_QUEUES: usize = 256;
+
+/// Optional `TUNSETIFF` flags, on top of `IFF_TAP | IFF_NO_PI`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TapFlags {
+    /// `IFF_MULTI_QUEUE`: the interface may have several queues, one fd each.
+    pub multi_queue: bool,
+    /// `IFF_VNET_HDR`: every frame read or written starts with a virtio-net header
+    /// (`struct virtio_net_hdr`, 10 bytes by default; `TUNSETVNETHDRSZ` changes it).
+    pub vnet_hdr: bool,
+}
+
+impl TapFlags {
+    /// The extra `ifr_flags` bits these options ask for.
+    fn ifr_bits(self) -> libc::c_short {
+        let mut bits = 0;
+        if self.multi_queue {
+            bits |= libc::IFF_MULTI_QUEUE;
+        }
+        if self.vnet_hdr {
+            bits |= libc::IFF_VNET_HDR;
+        }
+        // Cannot fail: IFF_MULTI_QUEUE | IFF_VNET_HDR = 0x4100 fits in a c_short.
+        libc::c_short::try_from(bits).unwrap_or(0)
+    }
+}
 
 /// Errors from creating a TAP device.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +101,9 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
+    /// [`Tap::open_queues`] was asked for no queue, or for more than the kernel allows.
+    #[error("invalid TAP queue count {0}: it must be 1 to {MAX_TAP_QUEUES}")]
+    QueueCount(usize),
 }
 
 /// A TAP device file descriptor and the name of its interface.
@@ -129,8 +167,38 @@ impl Tap {
     /// `IFF_TAP | IFF_NO_PI`; the returned fd is blocking and close-on-exec. If a
     /// persistent TAP of that name exists and is free, it is attached instead of
     /// created. Needs `CAP_NET_ADMIN` over the namespace, and read/write access to
-    /// `/dev/net/tun`.
+    /// `/dev/net/tun`. Same as [`Tap::open_with`] with default [`TapFlags`].
     pub fn open(name: &str) -> Result<Tap, TapError> {
+        Self::open_with(name, TapFlags::default())
+    }
+
+    /// Opens `name` `queues` times: one fd per queue of a multiqueue TAP, queue 0 first.
+    ///
+    /// `queues` must be 1 to [`MAX_TAP_QUEUES`] ([`TapError::QueueCount`] otherwise);
+    /// with more than one, `flags.multi_queue` is forced on. Every queue gets the same
+    /// flags, and queues after the first open the name the kernel gave the first.
+    /// On an error, the queues opened so far are closed.
+    pub fn open_queues(name: &str, queues: usize, flags: TapFlags) -> Result<Vec<Tap>, TapError> {
+        if queues == 0 || queues > MAX_TAP_QUEUES {
+            return Err(TapError::QueueCount(queues));
+        }
+        let flags = TapFlags {
+            multi_queue: flags.multi_queue || queues > 1,
+            ..flags
+        };
+        let first = Self::open_with(name, flags)?;
+        let mut taps = Vec::with_capacity(queues);
+        let name = first.name.clone();
+        taps.push(first);
+        for _ in 1..queues {
+            taps.push(Self::open_with(&name, flags)?);
+        }
+        Ok(taps)
+    }
+
+    /// [`Tap::open`] with optional flags: `IFF_MULTI_QUEUE` (this fd is one queue; open
+    /// the same name again, with the same flags, for the next) and `IFF_VNET_HDR`.
+    pub fn open_with(name: &str, flags: TapFlags) -> Result<Tap, TapError> {
         let cname = ifname_cstring(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -149,7 +217,7 @@ impl Tap {
         //   pointers); all-zero bytes are a valid value for every field.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         fill_ifr_name(&mut ifr, &cname);
-        ifr.ifr_ifru.ifru_flags = Self::ifr_flags();
+        ifr.ifr_ifru.ifru_flags = Self::ifr_flags() | flags.ifr_bits();
         // SAFETY:
         // - `fd` is an open `/dev/net/tun` fd owned by this function.
         // - TUNSETIFF reads and writes one `struct ifreq`; `ifr` is a live,
@@ -291,5 +359,43 @@ mod tests {
         assert_eq!(f & libc::IFF_TAP, libc::IFF_TAP);
         assert_eq!(f & libc::IFF_NO_PI, libc::IFF_NO_PI);
         assert_eq!(f & libc::IFF_VNET_HDR, 0);
+    }
+
+    #[test]
+    fn optional_flags_add_their_bits() {
+        let bits = |f: TapFlags| i32::from(f.ifr_bits());
+        assert_eq!(bits(TapFlags::default()), 0);
+        let mq = TapFlags {
+            multi_queue: true,
+            ..TapFlags::default()
+        };
+        assert_eq!(bits(mq), libc::IFF_MULTI_QUEUE);
+        let vnet = TapFlags {
+            vnet_hdr: true,
+            ..TapFlags::default()
+        };
+        assert_eq!(bits(vnet), libc::IFF_VNET_HDR);
+        let both = TapFlags {
+            multi_queue: true,
+            vnet_hdr: true,
+        };
+        assert_eq!(bits(both), libc::IFF_MULTI_QUEUE | libc::IFF_VNET_HDR);
+        // The extras never touch the base bits.
+        assert_eq!(bits(both) & i32::from(Tap::ifr_flags()), 0);
+    }
+
+    #[test]
+    fn queue_counts_are_checked_before_opening() {
+        for bad in [0, MAX_TAP_QUEUES + 1] {
+            assert!(matches!(
+                Tap::open_queues("eth0", bad, TapFlags::default()),
+                Err(TapError::QueueCount(n)) if n == bad
+            ));
+        }
+        let err = Tap::open_queues("eth0", 0, TapFlags::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid TAP queue count 0: it must be 1 to 256"
+        );
     }
 }
