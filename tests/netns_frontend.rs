@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use uipd::dataplane::netns::{self, NetConfig, NetnsError, Spawned};
-use uipd::dataplane::tap::{Tap, TapError};
+use uipd::dataplane::tap::{Tap, TapError, TapFlags};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_uipd");
 const PROBE_ENV: &str = "UIPD_NETNS_PROBE";
@@ -380,6 +380,227 @@ fn frames_flow_both_ways_on_the_tap() {
     );
 }
 
+// --- Several queues and IFF_VNET_HDR ---------------------------------------
+
+/// Size of the virtio-net header the kernel uses until `TUNSETVNETHDRSZ` changes it.
+const VNET_HDR_LEN: usize = 10;
+
+/// Waits up to `deadline` for a frame accepted by `pick` on any of `taps`; returns
+/// the queue it came on and the frame as read (with its vnet header, if any).
+fn read_any(
+    taps: &[Tap],
+    deadline: Instant,
+    pick: impl Fn(&[u8]) -> bool,
+) -> Option<(usize, Vec<u8>)> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut pfds: Vec<libc::pollfd> = taps
+            .iter()
+            .map(|t| libc::pollfd {
+                fd: t.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        let nfds = libc::nfds_t::try_from(pfds.len()).unwrap();
+        // SAFETY: `pfds` is a live array of `nfds` pollfds for the call.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), nfds, ms) };
+        if n <= 0 {
+            continue;
+        }
+        for (q, pfd) in pfds.iter().enumerate() {
+            if pfd.revents & libc::POLLIN == 0 {
+                continue;
+            }
+            let len = taps[q].read_frame(&mut buf).expect("read_frame");
+            if pick(&buf[..len]) {
+                return Some((q, buf[..len].to_vec()));
+            }
+        }
+    }
+}
+
+/// Plays the gateway for one `ping -c1 192.168.33.1` in a spawned namespace: answers
+/// its ARP request and its echo request, writing both answers on queue `write_q`.
+/// Frames on the TAP carry `hdr` bytes of vnet header (0 or [`VNET_HDR_LEN`]); the
+/// answers get an all-zero one. Returns the ARP request as read, header included.
+fn answer_one_ping(taps: &[Tap], write_q: usize, hdr: usize, mac: [u8; 6]) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let write = |frame: &[u8]| {
+        let mut out = vec![0u8; hdr];
+        out.extend_from_slice(frame);
+        let n = taps[write_q].write_frame(&out).expect("write frame");
+        assert_eq!(n, out.len());
+    };
+    let (_, arp_raw) = read_any(taps, deadline, |f| {
+        f.len() >= hdr + 42 && f[hdr + 12..hdr + 14] == [0x08, 0x06]
+    })
+    .expect("no ARP request within 10 s");
+    let arp = &arp_raw[hdr..];
+    assert_eq!(&arp[0..6], &[0xff; 6], "broadcast");
+    assert_eq!(&arp[6..12], &mac, "source MAC");
+    assert_eq!(&arp[38..42], &[192, 168, 33, 1], "target IP");
+    let mut reply = Vec::with_capacity(42);
+    reply.extend_from_slice(&arp[6..12]);
+    reply.extend_from_slice(&GW_MAC);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    reply.extend_from_slice(&GW_MAC);
+    reply.extend_from_slice(&[192, 168, 33, 1]);
+    reply.extend_from_slice(&arp[22..28]);
+    reply.extend_from_slice(&[192, 168, 33, 15]);
+    write(&reply);
+
+    let (_, req_raw) = read_any(taps, deadline, |f| {
+        let f = &f[hdr.min(f.len())..];
+        f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 1 && f[34] == 8
+    })
+    .expect("no ICMP echo request within 10 s");
+    let req = &req_raw[hdr..];
+    assert_eq!(&req[0..6], &GW_MAC, "sent to the MAC from our ARP reply");
+    let ihl = usize::from(req[14] & 0x0f) * 4;
+    let mut echo = req.to_vec();
+    echo[0..6].copy_from_slice(&req[6..12]);
+    echo[6..12].copy_from_slice(&GW_MAC);
+    echo[26..30].copy_from_slice(&req[30..34]);
+    echo[30..34].copy_from_slice(&req[26..30]);
+    let icmp = 14 + ihl;
+    echo[icmp] = 0;
+    echo[icmp + 2..icmp + 4].copy_from_slice(&[0, 0]);
+    let sum = checksum(&echo[icmp..]);
+    echo[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
+    write(&echo);
+    arp_raw
+}
+
+/// Spawns `ping -c1 192.168.33.1` after `pre` (shell, output to a file) with `cfg`,
+/// plays the gateway on queue `write_q`, and returns the ARP request as read and the
+/// script's output. Asserts ping got its reply.
+fn ping_through_queues(cfg: &NetConfig, pre: &str, write_q: usize) -> (Vec<u8>, String) {
+    let dir = TempDir::new("mq");
+    let out = dir.0.join("stdout");
+    let script = format!(
+        "exec > '{}' 2>&1; {pre}; exec {BUSYBOX} ping -c1 -W5 192.168.33.1",
+        out.display()
+    );
+    let mut sp = spawn(cfg, &sh(&script)).expect("spawn");
+    assert_eq!(sp.taps.len(), cfg.queues, "one fd per queue");
+    assert!(sp.taps.iter().all(|t| t.name() == cfg.ifname));
+    assert_eq!(sp.tap.name(), cfg.ifname);
+    let fds: std::collections::HashSet<i32> = sp
+        .taps
+        .iter()
+        .map(Tap::as_raw_fd)
+        .chain([sp.tap.as_raw_fd()])
+        .collect();
+    assert_eq!(fds.len(), cfg.queues + 1, "distinct fds");
+    for t in &sp.taps {
+        t.set_nonblocking(true).expect("set_nonblocking");
+    }
+    sp.start().expect("start");
+    let hdr = if cfg.vnet_hdr { VNET_HDR_LEN } else { 0 };
+    let arp = answer_one_ping(&sp.taps, write_q, hdr, cfg.guest_mac.unwrap());
+    let code = wait_bounded(&mut sp, Duration::from_secs(10));
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(code, 0, "ping got its reply: {text}");
+    (arp, text)
+}
+
+#[test]
+fn spawn_with_four_queues_passes_four_fds_that_all_carry_frames() {
+    if !can_run() {
+        return;
+    }
+    let cfg = NetConfig {
+        guest_mac: Some([0x00, 0x15, 0x15, 0x15, 0x15, 0x16]),
+        queues: 4,
+        ..NetConfig::default()
+    };
+    let (arp, out) = ping_through_queues(
+        &cfg,
+        "echo queues: $(ls /sys/class/net/eth0/queues); cat /sys/class/net/eth0/tun_flags",
+        2,
+    );
+    assert!(
+        out.contains("queues: rx-0 rx-1 rx-2 rx-3 tx-0 tx-1 tx-2 tx-3\n"),
+        "{out}"
+    );
+    // IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, no IFF_VNET_HDR.
+    assert!(out.contains("\n0x1102\n"), "tun_flags: {out}");
+    assert_eq!(arp.len(), 42, "no vnet header: {arp:02x?}");
+}
+
+#[test]
+fn vnet_hdr_prefixes_frames_with_a_virtio_net_header() {
+    if !can_run() {
+        return;
+    }
+    let cfg = NetConfig {
+        guest_mac: Some([0x00, 0x15, 0x15, 0x15, 0x15, 0x17]),
+        queues: 2,
+        vnet_hdr: true,
+        ..NetConfig::default()
+    };
+    let (arp, out) = ping_through_queues(&cfg, "cat /sys/class/net/eth0/tun_flags", 1);
+    // IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | IFF_VNET_HDR.
+    assert!(out.starts_with("0x5102\n"), "tun_flags: {out}");
+    // A plain ARP request: no checksum offload, no GSO, so an all-zero header, then
+    // the Ethernet frame (padded by nobody: 42 bytes).
+    assert_eq!(arp.len(), VNET_HDR_LEN + 42, "{arp:02x?}");
+    assert_eq!(&arp[..VNET_HDR_LEN], &[0; VNET_HDR_LEN], "{arp:02x?}");
+    assert_eq!(&arp[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14], &[0x08, 0x06]);
+
+    // One queue with vnet_hdr: spawn's single fd carries the header too.
+    let cfg = NetConfig {
+        guest_mac: Some([0x00, 0x15, 0x15, 0x15, 0x15, 0x18]),
+        vnet_hdr: true,
+        ..NetConfig::default()
+    };
+    let (arp, out) = ping_through_queues(&cfg, "cat /sys/class/net/eth0/tun_flags", 0);
+    // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+    assert!(out.starts_with("0x5002\n"), "tun_flags: {out}");
+    assert_eq!(&arp[..VNET_HDR_LEN], &[0; VNET_HDR_LEN], "{arp:02x?}");
+}
+
+#[test]
+fn spawn_with_the_kernels_most_queues() {
+    if !can_run() {
+        return;
+    }
+    let cfg = NetConfig {
+        queues: uipd::dataplane::tap::MAX_TAP_QUEUES,
+        configure: false,
+        ..NetConfig::default()
+    };
+    let mut sp = spawn(&cfg, &argv(&["true"])).expect("spawn with 256 queues");
+    assert_eq!(sp.taps.len(), 256);
+    sp.cancel();
+    assert_eq!(wait_bounded(&mut sp, Duration::from_secs(10)), 1);
+}
+
+#[test]
+fn queue_counts_out_of_range_are_rejected_before_the_helper_runs() {
+    for queues in [0, 257] {
+        let cfg = NetConfig {
+            queues,
+            ..NetConfig::default()
+        };
+        let err = spawn(&cfg, &argv(&["true"])).unwrap_err();
+        assert!(matches!(err, NetnsError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains("1 to 256"), "{err}");
+        let err = netns::attach_queues("/proc/self/ns/net", &cfg).unwrap_err();
+        assert!(matches!(err, NetnsError::InvalidConfig(_)), "{err:?}");
+    }
+    assert!(matches!(
+        Tap::open_queues("eth0", 257, TapFlags::default()),
+        Err(TapError::QueueCount(257))
+    ));
+}
+
 // --- --netns attach --------------------------------------------------------
 
 /// A named namespace from `ip netns add`, deleted on drop (also when a test fails).
@@ -461,6 +682,57 @@ fn attach_creates_the_tap_in_a_named_netns() {
     drop(tap);
     let out = ns.exec(&["ip", "link", "show", "uipdt0"]);
     assert!(!out.status.success(), "TAP outlived its fd");
+}
+
+#[test]
+fn attach_queues_opens_every_queue_in_a_named_netns() {
+    if !can_run() {
+        return;
+    }
+    let ns = NamedNetns::new("mq");
+    let before = thread_netns();
+    let cfg = NetConfig {
+        ifname: "uipdt3".into(),
+        queues: 2,
+        ..NetConfig::default()
+    };
+    let mut taps = netns::attach_queues(&ns.path(), &cfg).expect("attach_queues");
+    assert_eq!(thread_netns(), before, "the thread came back");
+    assert_eq!(taps.len(), 2);
+    assert!(taps.iter().all(|t| t.name() == "uipdt3"));
+    assert_ne!(taps[0].as_raw_fd(), taps[1].as_raw_fd());
+
+    let queues = || {
+        let out = ns.exec(&["ls", "/sys/class/net/uipdt3/queues"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = queues();
+    assert!(
+        text.contains("tx-0\ntx-1\n") && !text.contains("tx-2"),
+        "{text}"
+    );
+    let flags = ns.exec(&["cat", "/sys/class/net/uipdt3/tun_flags"]);
+    assert_eq!(String::from_utf8_lossy(&flags.stdout), "0x1102\n");
+    let addr = ns.exec(&["ip", "-4", "addr", "show", "uipdt3"]);
+    assert!(
+        String::from_utf8_lossy(&addr.stdout).contains("inet 192.168.33.15/24"),
+        "{addr:?}"
+    );
+
+    // Closing one queue detaches it; the interface lives until the last one goes.
+    drop(taps.pop());
+    let text = queues();
+    assert!(text.contains("tx-0\n") && !text.contains("tx-1"), "{text}");
+    drop(taps);
+    let out = ns.exec(&["ip", "link", "show", "uipdt3"]);
+    assert!(!out.status.success(), "TAP outlived its queues");
+
+    // Plain attach with several queues keeps queue 0 only.
+    let tap = netns::attach(&ns.path(), &cfg).expect("attach");
+    assert_eq!(tap.name(), "uipdt3");
+    let text = queues();
+    assert!(text.contains("tx-0\n") && !text.contains("tx-1"), "{text}");
+    assert_eq!(thread_netns(), before);
 }
 
 #[test]
