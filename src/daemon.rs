@@ -1,8 +1,9 @@
-//! The daemon: wires a frame port, a ring, a worker and the control loop.
+//! The daemon: wires the TAP queues, the workers and the control loop.
 //!
 //! ```text
-//!  main thread ── control loop: child exit, signals, resolv.conf changes
-//!  uipd-port   ── TAP read ──► FrameRing ──► uipd-w0 (Stack + io_uring) ── TAP write
+//!  main thread ── control loop: child exit, signals, resolv.conf changes, stats
+//!  uipd-w0 ◄──► TAP queue 0   (Stack shard 0 + io_uring)  ◄─ inbox 0 ◄─┐ frames of
+//!  uipd-w1 ◄──► TAP queue 1   (Stack shard 1 + io_uring)  ◄─ inbox 1 ◄─┘ foreign flows
 //! ```
 
 use std::ffi::OsString;
@@ -14,8 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::tap::Tap;
-use crate::dataplane::worker::{Shared, Worker, WorkerCounters};
-use crate::rings::{Frame, FrameRing};
+use crate::dataplane::worker::{Shared, Worker, WorkerCounters, WorkerStats};
+use crate::rings::FrameRing;
 use crate::stack::{self, Counters, Stack};
 
 /// Where the guest is.
@@ -40,8 +41,14 @@ pub struct Config {
     pub resolvers: Vec<SocketAddr>,
     /// Print counters at exit.
     pub stats: bool,
-    /// CPUs for workers.
+    /// CPUs for workers: one worker per CPU, pinned.
     pub cpus: Vec<usize>,
+    /// Number of workers (TAP queues); `cpus.len()` when CPUs are given.
+    pub workers: usize,
+    /// Busy-poll this many microseconds before a worker sleeps.
+    pub poll_us: u64,
+    /// Write the final counters as JSON to this file.
+    pub stats_json: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
 }
@@ -107,27 +114,76 @@ pub fn host_resolvers(path: &std::path::Path) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
-fn print_counters(c: &Counters, w: &WorkerCounters, ring_full: u64) {
-    let mut s = String::from("uipd counters (worker 0):\n");
-    for (name, v) in c.iter() {
+/// Render counters of every worker, then the total.
+fn render_stats(stats: &[WorkerStats]) -> String {
+    let mut s = String::new();
+    let mut total = Counters::default();
+    for (i, st) in stats.iter().enumerate() {
+        total.merge(&st.stack);
+        let w = &st.worker;
+        let h = &st.latency_ns;
+        s.push_str(&format!(
+            "uipd worker {i}: port_reads {} port_writes {} inbox {} forwarded {} ring_full {} batches {} completions {} port_errors {}\n",
+            w.port_reads, w.port_writes, w.inbox_frames, w.forwarded, w.ring_full, w.batches, w.completions, w.port_errors
+        ));
+        if !h.is_empty() {
+            s.push_str(&format!(
+                "uipd worker {i}: frame-in to submit ns p50 {} p99 {} p99.9 {} max {}\n",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            ));
+        }
+    }
+    s.push_str(&format!("uipd counters ({} workers):\n", stats.len()));
+    for (name, v) in total.iter() {
         if v != 0 || !name.starts_with("drops_") {
             s.push_str(&format!("  {name:<28} {v}\n"));
         }
     }
-    s.push_str(&format!(
-        "  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n  {:<28} {}\n",
-        "batches",
-        w.batches,
-        "port_writes",
-        w.port_writes,
-        "port_write_errors",
-        w.port_write_errors,
-        "completions",
-        w.completions,
-        "ring_full",
-        ring_full
-    ));
-    eprint!("{s}");
+    let sum = |f: fn(&WorkerCounters) -> u64| stats.iter().map(|s| f(&s.worker)).sum::<u64>();
+    for (name, v) in [
+        ("forwarded", sum(|w| w.forwarded)),
+        ("ring_full", sum(|w| w.ring_full)),
+        ("port_errors", sum(|w| w.port_errors)),
+    ] {
+        s.push_str(&format!("  {name:<28} {v}\n"));
+    }
+    s
+}
+
+/// Stats as JSON: per worker and total.
+pub fn stats_json(stats: &[WorkerStats]) -> serde_json::Value {
+    let mut total = Counters::default();
+    let workers: Vec<serde_json::Value> = stats
+        .iter()
+        .map(|st| {
+            total.merge(&st.stack);
+            let h = &st.latency_ns;
+            let counters: serde_json::Map<String, serde_json::Value> = st
+                .stack
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            serde_json::json!({
+                "stack": counters,
+                "worker": st.worker,
+                "frame_to_submit_ns": {
+                    "count": h.len(),
+                    "p50": h.value_at_quantile(0.5),
+                    "p99": h.value_at_quantile(0.99),
+                    "p999": h.value_at_quantile(0.999),
+                    "max": h.max(),
+                },
+            })
+        })
+        .collect();
+    let total: serde_json::Map<String, serde_json::Value> = total
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.into()))
+        .collect();
+    serde_json::json!({ "workers": workers, "total": total })
 }
 
 /// Run the daemon; returns the process exit code.
@@ -153,19 +209,24 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         gateway: cfg.stack.gateway,
         dns: cfg.stack.gateway,
         guest_mac: None,
-        queues: 1,
+        queues: cfg.workers.max(1),
         vnet_hdr: false,
     };
-    let (tap, mut child) = match &cfg.frontend {
+    let (taps, mut child) = match &cfg.frontend {
         Frontend::Spawn(argv) => {
             let s = netns::spawn(&net, argv)?;
-            let tap = s.tap.try_clone().map_err(|source| Error::Io {
-                what: "duplicating the TAP fd".into(),
-                source,
-            })?;
-            (tap, Some(s))
+            let taps = s
+                .taps
+                .iter()
+                .map(Tap::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .map_err(|source| Error::Io {
+                    what: "duplicating the TAP fds".into(),
+                    source,
+                })?;
+            (taps, Some(s))
         }
-        Frontend::Attach(target) => (netns::attach(target, &net)?, None),
+        Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
     };
     install_signals(child.is_none());
 
@@ -173,32 +234,47 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         let what = what.to_string();
         move |source| Error::Io { what, source }
     };
-    // Frames up to the MTU plus the Ethernet header.
-    let ring = Arc::new(
-        FrameRing::new(1024, usize::from(cfg.stack.mtu) + 14 + 4)
-            .map_err(io_err("creating the frame ring"))?,
-    );
-    let shared = Arc::new(Shared::default());
-    let writer_fd = tap.as_raw_fd();
-
-    let worker = Worker {
-        stack: Stack::new(cfg.stack.clone()),
-        ring: ring.clone(),
-        port_fd: writer_fd,
-        shared: shared.clone(),
-        cpu: cfg.cpus.first().copied(),
-    };
-    let worker = std::thread::Builder::new()
-        .name("uipd-w0".into())
-        .spawn(move || worker.run())
-        .map_err(io_err("starting the worker"))?;
-
-    let reader_tap = tap.try_clone().map_err(io_err("duplicating the TAP fd"))?;
-    let port_ring = ring.clone();
-    std::thread::Builder::new()
-        .name("uipd-port".into())
-        .spawn(move || port_reader(reader_tap, port_ring))
-        .map_err(io_err("starting the port reader"))?;
+    let workers = taps.len();
+    // Inbox buffers hold a frame up to the MTU plus the Ethernet header.
+    let buf_size = usize::from(cfg.stack.mtu) + 14 + 4;
+    let inboxes = (0..workers)
+        .map(|_| FrameRing::new(1024, buf_size).map(Arc::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io_err("creating the frame rings"))?;
+    let mut shared = Vec::new();
+    let mut handles = Vec::new();
+    for (i, tap) in taps.iter().enumerate() {
+        // The reader is a dup of the queue fd, made non-blocking (the flag
+        // belongs to the open file, so writes see it too: tun writes never
+        // block anyway).
+        let reader = tap.try_clone().map_err(io_err("duplicating a TAP queue"))?;
+        reader
+            .set_nonblocking(true)
+            .map_err(io_err("making a TAP queue non-blocking"))?;
+        let sh = Arc::new(Shared::default());
+        shared.push(sh.clone());
+        let worker = Worker {
+            index: i,
+            stack: Stack::new(stack::Config {
+                worker: i,
+                workers,
+                isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                ..cfg.stack.clone()
+            }),
+            inboxes: inboxes.clone(),
+            port_fd: tap.as_raw_fd(),
+            port_reader: Some(reader),
+            shared: sh,
+            cpu: cfg.cpus.get(i).copied(),
+            poll_us: cfg.poll_us,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("uipd-w{i}"))
+            .spawn(move || worker.run())
+            .map_err(io_err("starting a worker"))?;
+        handles.push(h);
+    }
+    let kick_all = || inboxes.iter().for_each(|r| r.kick());
 
     let mut code = 0;
     if let Some(c) = child.as_mut() {
@@ -222,46 +298,61 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             }
             break;
         }
-        if worker.is_finished() {
-            log::error!("the worker stopped");
+        if handles.iter().any(|h| h.is_finished()) {
+            log::error!("a worker stopped");
             code = 1;
             break;
         }
         if DUMP.swap(false, Ordering::SeqCst) {
-            shared.dump.store(true, Ordering::SeqCst);
-            ring.kick();
+            shared
+                .iter()
+                .for_each(|s| s.dump.store(true, Ordering::SeqCst));
+            kick_all();
             std::thread::sleep(Duration::from_millis(150));
-            let (c, w) = shared
-                .counters
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            print_counters(&c, &w, ring.full_events.load(Ordering::Relaxed));
+            let snap: Vec<WorkerStats> = shared
+                .iter()
+                .map(|s| s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .collect();
+            eprint!("{}", render_stats(&snap));
         }
         if watch_resolv && last_check.elapsed() >= Duration::from_secs(1) {
             last_check = std::time::Instant::now();
             let m = mtime(&resolv_path);
             if m != resolv_mtime {
                 resolv_mtime = m;
-                *shared.resolvers.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(host_resolvers(&resolv_path));
-                ring.kick();
+                let list = host_resolvers(&resolv_path);
+                for s in &shared {
+                    *s.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
+                }
+                kick_all();
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    shared.stop.store(true, Ordering::SeqCst);
-    ring.kick();
-    let (c, w) = match worker.join() {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            log::error!("worker failed: {e}");
-            (Counters::default(), WorkerCounters::default())
+    shared
+        .iter()
+        .for_each(|s| s.stop.store(true, Ordering::SeqCst));
+    kick_all();
+    let mut final_stats = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(st)) => final_stats.push(st),
+            Ok(Err(e)) => {
+                log::error!("worker {i} failed: {e}");
+                final_stats.push(WorkerStats::default());
+            }
+            Err(_) => final_stats.push(WorkerStats::default()),
         }
-        Err(_) => (Counters::default(), WorkerCounters::default()),
-    };
+    }
+    drop(taps);
     if cfg.stats {
-        print_counters(&c, &w, ring.full_events.load(Ordering::Relaxed));
+        eprint!("{}", render_stats(&final_stats));
+    }
+    if let Some(path) = &cfg.stats_json {
+        let doc = stats_json(&final_stats);
+        if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
+            log::error!("writing {}: {e}", path.display());
+        }
     }
     Ok(code)
 }
@@ -282,26 +373,4 @@ fn random_seed() -> u64 {
             ^ u64::from(std::process::id());
     }
     u64::from_ne_bytes(b)
-}
-
-/// The frame port: read frames from the TAP into the ring until the TAP goes away.
-fn port_reader(tap: Tap, ring: Arc<FrameRing>) {
-    loop {
-        let mut buf = ring.get_buf();
-        match tap.read_frame(&mut buf) {
-            Ok(0) => return,
-            Ok(len) => {
-                if let Err(f) = ring.push_wait(Frame { buf, len }, Duration::from_secs(1)) {
-                    // The worker has not drained for a second: it is gone or stuck.
-                    ring.put_buf(f.buf);
-                    log::warn!("frame ring full for 1 s; frame dropped");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::debug!("TAP read: {e}");
-                return;
-            }
-        }
-    }
 }

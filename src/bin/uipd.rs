@@ -48,10 +48,25 @@ struct Cli {
     #[arg(long)]
     stats: bool,
 
-    /// CPU to pin the stack worker to (cpulist syntax; one worker for now,
-    /// on the first CPU listed).
+    /// CPUs for the stack workers (cpulist syntax, e.g. 2-3 or 0,2,4-7):
+    /// one worker per CPU, pinned to it, each with its own TAP queue,
+    /// io_uring and share of the flows. Default: one unpinned worker per
+    /// usable CPU, at most 4.
     #[arg(long, value_name = "LIST", value_parser = parse_cpulist)]
     cpus: Option<CpuList>,
+
+    /// Number of unpinned workers (when --cpus is not given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256), conflicts_with = "cpus")]
+    workers: Option<u16>,
+
+    /// Busy-poll this many microseconds before an idle worker sleeps
+    /// (trades CPU for latency; 0 = sleep at once).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    poll_us: u64,
+
+    /// Write the final counters (per worker and total) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<std::path::PathBuf>,
 
     /// Network backend (kvmtool spelling, `-net user` works too). Only
     /// `user` exists in namespace mode.
@@ -62,6 +77,9 @@ struct Cli {
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
+
+/// Workers started without --cpus: one per usable CPU, at most this many.
+const DEFAULT_MAX_WORKERS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum NetMode {
@@ -143,6 +161,13 @@ fn main() -> ExitCode {
         },
         None => Vec::new(),
     };
+    let workers = match (cpus.len(), cli.workers) {
+        (0, Some(n)) => usize::from(n),
+        (0, None) => uipd::dataplane::cpus::usable_cpus()
+            .len()
+            .clamp(1, DEFAULT_MAX_WORKERS),
+        (n, _) => n,
+    };
     let stack = stack::Config {
         mtu: cli.mtu,
         host_loopback: !cli.no_host_loopback,
@@ -155,6 +180,9 @@ fn main() -> ExitCode {
         resolvers: cli.resolver,
         stats: cli.stats,
         cpus,
+        workers,
+        poll_us: cli.poll_us,
+        stats_json: cli.stats_json,
         stack,
     };
     match daemon::run(cfg) {

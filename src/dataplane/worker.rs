@@ -1,48 +1,97 @@
-//! A stack worker: one thread, optionally pinned, that owns a [`Stack`], an
-//! io_uring ([`Uring`]) and the consuming end of a [`FrameRing`].
+//! A stack worker: one thread, optionally pinned, that owns a [`Stack`]
+//! (its shard of the guest's flows), an io_uring ([`Uring`]), its own TAP
+//! queue, and an inbox [`FrameRing`] for frames other threads hand it.
 //!
 //! ```text
-//!  loop {
-//!     pop ≤ BATCH frames from the ring ──► Stack::ingress
-//!     Stack::poll (pending ACKs, timers)
-//!     frames → io_uring writes to the port;  SockOps → io_uring
-//!     prepare_sleep; submit_and_wait(1, until the next deadline)
-//!     drain CQEs: HostEvent ──► Stack::host_event; Wake ──► re-arm
-//!  }
+//!  TAP queue k ──io_uring reads──► worker k ──steer──► own flow? ─ yes ─► Stack::ingress
+//!                                     │                     └─ no ──► inbox of the owner
+//!  inbox k (frames from other workers or a frame port) ───────────────► Stack::ingress
+//!  Stack ──► frames: io_uring writes to TAP queue k;  SockOps: io_uring;  forward: inboxes
+//!  io_uring CQEs ──► HostEvent ──► Stack::host_event
 //! ```
 //!
-//! The worker sleeps in `io_uring_enter` until a completion, an eventfd
-//! wake from the port (only written when the worker announced it sleeps), or
-//! the stack's next deadline; an idle worker costs no CPU beyond a wake-up
-//! every `IDLE_TICK`, when it also looks at the stop and stats flags.
+//! The loop: drain completions (host events, frames read), process the
+//! inbox, run the stack's end-of-batch work ([`Stack::poll`]: delayed ACKs,
+//! timers), queue the resulting writes and socket ops, then one
+//! `io_uring_enter` submits everything and sleeps until a completion, an
+//! inbox wake-up (the eventfd, written only when the worker announced it
+//! sleeps), or the stack's next deadline. With `poll_us`, an idle worker
+//! first spins that long (submitting without sleeping) before it sleeps.
+//!
+//! A full inbox is backpressure, never silent loss: the frame waits in the
+//! sender's bounded backlog and the sender stops reading its TAP queue
+//! until the backlog drains, so the kernel's queue fills and the guest's
+//! TCP slows down as it would behind a busy NIC. Every such event is
+//! counted (`ring_full`).
 
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+
+use crate::dataplane::tap::Tap;
 use crate::dataplane::uring::{Completion, Uring};
-use crate::rings::FrameRing;
+use crate::rings::{Frame, FrameRing};
+use crate::stack::steer::{self, Steer};
 use crate::stack::{Actions, Counters, Instant, Stack};
 
-/// Frames taken from the ring per batch.
+/// Frames taken from the inbox per batch.
 const BATCH: usize = 256;
 /// Longest sleep: how quickly a stop or stats request is noticed.
 const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Most frames read from the TAP queue per batch.
+const PORT_BATCH: usize = 128;
+/// Most frames waiting for room in other workers' inboxes.
+const BACKLOG_MAX: usize = 1024;
 
 /// Counters of the worker itself (the stack keeps its own).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorkerCounters {
-    /// Batches processed.
-    pub batches: u64,
-    /// Frames written to the port.
+    /// Frames read from the worker's TAP queue.
+    pub port_reads: u64,
+    /// Frames written to the TAP queue.
     pub port_writes: u64,
-    /// Failed writes to the port.
-    pub port_write_errors: u64,
+    /// Failed reads or writes on the TAP queue.
+    pub port_errors: u64,
+    /// Frames taken from the inbox.
+    pub inbox_frames: u64,
+    /// Frames handed to other workers (steering).
+    pub forwarded: u64,
+    /// Times another worker's inbox was full.
+    pub ring_full: u64,
+    /// Batches processed (loop iterations that had frames).
+    pub batches: u64,
     /// Host completions processed.
     pub completions: u64,
     /// Loop wake-ups.
     pub wakeups: u64,
+}
+
+/// A snapshot of one worker's metrics.
+#[derive(Debug, Clone)]
+pub struct WorkerStats {
+    /// The stack's counters.
+    pub stack: Counters,
+    /// The worker's own counters.
+    pub worker: WorkerCounters,
+    /// Frame-in to socket-submit latency, in nanoseconds: from the moment a
+    /// batch's frames were taken in to the `io_uring_enter` that submitted
+    /// what they caused (recorded once per frame).
+    pub latency_ns: Histogram<u64>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            stack: Counters::default(),
+            worker: WorkerCounters::default(),
+            // Cannot fail: 3 significant figures is within hdrhistogram's 0..=5.
+            latency_ns: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
+        }
+    }
 }
 
 /// Flags and data shared between a worker and the control thread.
@@ -50,78 +99,160 @@ pub struct WorkerCounters {
 pub struct Shared {
     /// Ask the worker to stop.
     pub stop: AtomicBool,
-    /// Ask the worker to publish its counters.
+    /// Ask the worker to publish its stats.
     pub dump: AtomicBool,
-    /// Counters published by the worker (on request and at exit).
-    pub counters: Mutex<(Counters, WorkerCounters)>,
+    /// Stats published by the worker (on request and at exit).
+    pub stats: Mutex<WorkerStats>,
     /// New resolvers to hand to the stack (resolv.conf changed).
     pub resolvers: Mutex<Option<Vec<std::net::SocketAddr>>>,
 }
 
 /// Everything a worker needs.
 pub struct Worker {
-    /// The stack it drives.
+    /// This worker's index.
+    pub index: usize,
+    /// The stack it drives (its `Config::worker`/`workers` match).
     pub stack: Stack,
-    /// Frames from the port.
-    pub ring: Arc<FrameRing>,
-    /// Where frames to the guest are written (the TAP fd).
+    /// Inboxes of all workers, indexed by worker (this one's included).
+    pub inboxes: Vec<Arc<FrameRing>>,
+    /// The worker's TAP queue: frames to the guest are written here.
     pub port_fd: RawFd,
+    /// The same queue, non-blocking, to read guest frames from; `None` when
+    /// frames come only through the inbox (a frame port thread feeds it).
+    pub port_reader: Option<Tap>,
     /// Shared control state.
     pub shared: Arc<Shared>,
     /// CPU to pin to.
     pub cpu: Option<usize>,
+    /// Busy-poll this long before sleeping (0: sleep at once).
+    pub poll_us: u64,
 }
 
 impl Worker {
-    /// Run until `shared.stop`; returns the final counters.
-    pub fn run(mut self) -> std::io::Result<(Counters, WorkerCounters)> {
+    fn inbox(&self) -> &FrameRing {
+        &self.inboxes[self.index]
+    }
+
+    /// Run until `shared.stop`; returns the final stats.
+    pub fn run(mut self) -> std::io::Result<WorkerStats> {
         if let Some(cpu) = self.cpu {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                log::warn!("could not pin worker to CPU {cpu}");
+                log::warn!("could not pin worker {} to CPU {cpu}", self.index);
             }
         }
-        let mut uring = Uring::new(1024)?;
-        uring.arm_wake(self.ring.wake_fd());
+        let mut uring = Uring::new(2048)?;
+        uring.arm_wake(self.inbox().wake_fd());
+        // The TAP queue is read dry whenever a one-shot poll says it is
+        // readable (see `Uring::push_poll_in` for why not io_uring reads).
+        let mut port_ready = self.port_reader.is_some();
+        let mut poll_armed = false;
         let start = std::time::Instant::now();
         let now =
             || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
         let mut out = Actions::default();
-        let mut wc = WorkerCounters::default();
+        let mut stats = WorkerStats::default();
         let mut events = Vec::new();
+        let mut backlog: VecDeque<(usize, Frame)> = VecDeque::new();
+        let mut spare: Option<Vec<u8>> = None;
+        let mut idle_since: Option<std::time::Instant> = None;
+        let workers = self.inboxes.len();
 
         while !self.shared.stop.load(Ordering::Relaxed) {
+            let wc = &mut stats.worker;
             wc.wakeups += 1;
             if let Ok(mut r) = self.shared.resolvers.try_lock() {
                 if let Some(list) = r.take() {
-                    log::info!("resolvers now {list:?}");
+                    log::info!("worker {}: resolvers now {list:?}", self.index);
                     self.stack.set_resolvers(list);
                 }
             }
-            // Host completions first: they free room in queues the guest's
-            // frames may need.
             uring.drain(&mut |c| events.push(c));
+            let batch_start = std::time::Instant::now();
             let t = now();
+            let mut frames_in = 0u64;
             for c in events.drain(..) {
                 wc.completions += 1;
                 match c {
                     Completion::Host(ev) => self.stack.host_event(ev, t, &mut out),
-                    Completion::Wake => uring.arm_wake(self.ring.wake_fd()),
+                    Completion::Wake => uring.arm_wake(self.inboxes[self.index].wake_fd()),
                     Completion::FrameWritten { result } => {
                         if result.is_err() {
-                            wc.port_write_errors += 1;
+                            wc.port_errors += 1;
                         }
                     }
+                    Completion::Readable { result } => {
+                        poll_armed = false;
+                        port_ready = true;
+                        if let Err(e) = result {
+                            log::debug!("worker {}: TAP poll: {e}", self.index);
+                        }
+                    }
+                    Completion::FrameRead { buf, .. } => self.inboxes[self.index].put_buf(buf),
                     Completion::Timeout => {}
                 }
             }
+            // Frames from the guest, on our TAP queue.
+            if port_ready && backlog.len() < BACKLOG_MAX {
+                let mut read = 0;
+                while read < PORT_BATCH {
+                    let Some(tap) = self.port_reader.as_ref() else {
+                        break;
+                    };
+                    let mut buf = spare
+                        .take()
+                        .unwrap_or_else(|| self.inboxes[self.index].get_buf());
+                    match tap.read_frame(&mut buf) {
+                        Ok(len) if len > 0 => {
+                            read += 1;
+                            let frame = Frame { buf, len };
+                            match steer::frame_owner(frame.bytes(), workers) {
+                                Steer::Worker(w) if w != self.index => {
+                                    wc.forwarded += 1;
+                                    backlog.push_back((w, frame));
+                                }
+                                _ => {
+                                    self.stack.ingress(frame.bytes(), t, &mut out);
+                                    spare = Some(frame.buf);
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            spare = Some(buf);
+                            port_ready = false;
+                            break;
+                        }
+                        Ok(_) | Err(_) => {
+                            // The queue is gone (the namespace ended) or broken.
+                            wc.port_errors += 1;
+                            log::debug!("worker {}: TAP queue closed", self.index);
+                            self.port_reader = None;
+                            port_ready = false;
+                            break;
+                        }
+                    }
+                }
+                wc.port_reads += read as u64;
+                frames_in += read as u64;
+            }
+            if !port_ready && !poll_armed {
+                if let Some(tap) = &self.port_reader {
+                    uring.push_poll_in(tap.as_raw_fd());
+                    poll_armed = true;
+                }
+            }
+            // Frames other threads handed us.
             let mut n = 0;
             while n < BATCH {
-                let Some(frame) = self.ring.pop() else { break };
+                let Some(frame) = self.inboxes[self.index].pop() else {
+                    break;
+                };
                 self.stack.ingress(frame.bytes(), t, &mut out);
-                self.ring.put_buf(frame.buf);
+                self.inboxes[self.index].put_buf(frame.buf);
                 n += 1;
             }
-            if n > 0 {
+            wc.inbox_frames += n as u64;
+            frames_in += n as u64;
+            if frames_in > 0 {
                 wc.batches += 1;
             }
             let deadline = self.stack.poll(t, &mut out);
@@ -132,24 +263,51 @@ impl Worker {
             for op in out.ops.drain(..) {
                 uring.push(op);
             }
-            if self.shared.dump.swap(false, Ordering::Relaxed) {
-                *self
-                    .shared
-                    .counters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) =
-                    (self.stack.counters().clone(), wc.clone());
+            for (w, buf) in out.forward.drain(..) {
+                let len = buf.len();
+                backlog.push_back((w.min(workers - 1), Frame { buf, len }));
             }
-            // Sleep only if nothing is waiting in the ring.
+            // Hand foreign frames to their owners; a full inbox keeps the
+            // rest here (in order) until the next iteration.
+            while let Some((w, frame)) = backlog.pop_front() {
+                if let Err(f) = self.inboxes[w].push(frame) {
+                    wc.ring_full += 1;
+                    backlog.push_front((w, f));
+                    break;
+                }
+            }
+            if self.shared.dump.swap(false, Ordering::Relaxed) {
+                stats.stack = self.stack.counters().clone();
+                *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
+            }
+            // Everything the batch caused is queued; the next io_uring_enter
+            // submits it (before any wait).
+            if frames_in > 0 {
+                let ns = u64::try_from(batch_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let _ = stats.latency_ns.record_n(ns.max(1), frames_in);
+            }
             let timeout = match deadline {
                 Some(d) if d <= t => Some(Duration::ZERO),
                 Some(d) => Some(d.since(t).min(IDLE_TICK)),
                 None => Some(IDLE_TICK),
             };
-            let busy = n == BATCH || timeout == Some(Duration::ZERO);
-            if !busy && self.ring.prepare_sleep() {
+            let busy = n == BATCH
+                || timeout == Some(Duration::ZERO)
+                || !backlog.is_empty()
+                || (port_ready && self.port_reader.is_some());
+            let spinning = self.poll_us > 0 && {
+                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                since.elapsed() < Duration::from_micros(self.poll_us)
+            };
+            if frames_in > 0 {
+                idle_since = None;
+            }
+            if busy || spinning {
+                uring.submit_and_wait(0, None)?;
+            } else if self.inboxes[self.index].prepare_sleep() {
                 uring.submit_and_wait(1, timeout)?;
-                self.ring.awake();
+                self.inboxes[self.index].awake();
+                idle_since = None;
             } else {
                 uring.submit_and_wait(0, None)?;
             }
@@ -161,12 +319,8 @@ impl Worker {
         }
         uring.submit_and_wait(0, None)?;
         uring.close_all();
-        let result = (self.stack.counters().clone(), wc);
-        *self
-            .shared
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = result.clone();
-        Ok(result)
+        stats.stack = self.stack.counters().clone();
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
+        Ok(stats)
     }
 }

@@ -34,6 +34,7 @@ pub mod dns;
 pub mod flow;
 pub mod frag;
 pub mod ops;
+pub mod steer;
 pub mod tcp;
 pub mod time;
 pub mod wire;
@@ -85,6 +86,10 @@ pub struct Config {
     pub icmp_timeout: Duration,
     /// Verify guest checksums (off when the frontend vouches for them).
     pub verify_checksums: bool,
+    /// This stack's worker index (see [`steer`]).
+    pub worker: usize,
+    /// Number of workers sharing the guest's flows.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -105,6 +110,8 @@ impl Default for Config {
             dns_timeout: Duration::from_secs(10),
             icmp_timeout: Duration::from_secs(30),
             verify_checksums: true,
+            worker: 0,
+            workers: 1,
         }
     }
 }
@@ -116,12 +123,16 @@ pub struct Actions {
     pub frames: Vec<Vec<u8>>,
     /// Host socket operations, in order.
     pub ops: Vec<SockOp>,
+    /// Guest frames that belong to another worker's flows, as
+    /// `(worker, frame)` (a datagram reassembled here whose flow lives
+    /// elsewhere). The frame is in the form `ingress` takes.
+    pub forward: Vec<(usize, Vec<u8>)>,
 }
 
 impl Actions {
     /// True if there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty() && self.ops.is_empty()
+        self.frames.is_empty() && self.ops.is_empty() && self.forward.is_empty()
     }
 }
 
@@ -452,6 +463,9 @@ impl Stack {
             {
                 Ok(Some(whole)) => {
                     self.counters.reassembled += 1;
+                    if let Some(owner) = self.foreign_owner(src, dst, repr.next_header, &whole) {
+                        return self.forward_datagram(owner, repr, &whole, out);
+                    }
                     self.l4(src, dst, repr.next_header, &whole, now, out);
                 }
                 Ok(None) => {}
@@ -462,6 +476,47 @@ impl Stack {
             return;
         }
         self.l4(src, dst, repr.next_header, pkt.payload(), now, out);
+    }
+
+    /// The worker that owns the flow of a reassembled datagram, if not this one.
+    fn foreign_owner(&self, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Option<usize> {
+        if self.cfg.workers <= 1 {
+            return None;
+        }
+        let mut frame = vec![0u8; 14 + 20];
+        frame[12] = 0x08;
+        frame[14] = 0x45;
+        frame[14 + 9] = proto;
+        frame[26..30].copy_from_slice(&src.octets());
+        frame[30..34].copy_from_slice(&dst.octets());
+        frame.extend_from_slice(&l4[..l4.len().min(8)]);
+        match steer::frame_owner(&frame, self.cfg.workers) {
+            steer::Steer::Worker(w) if w != self.cfg.worker => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Hand a reassembled datagram to the worker that owns its flow, as one
+    /// unfragmented frame (it may exceed the MTU: it never leaves uipd).
+    fn forward_datagram(&mut self, owner: usize, repr: Ipv4Repr, l4: &[u8], out: &mut Actions) {
+        let ip = Ipv4Repr {
+            payload_len: l4.len(),
+            ..repr
+        };
+        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + l4.len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        EthernetRepr {
+            src_addr: self
+                .guest_mac
+                .unwrap_or(EthernetAddress([2, 0, 0, 0, 0, 1])),
+            dst_addr: self.cfg.gateway_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip.emit(&mut p);
+        p.payload_mut().copy_from_slice(l4);
+        out.forward.push((owner, buf));
     }
 
     fn l4(

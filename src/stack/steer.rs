@@ -1,0 +1,222 @@
+//! Flow steering: which worker owns a flow.
+//!
+//! Every flow lives on exactly one worker, `hash(5-tuple) % workers`. The
+//! same function serves the dataplane (a frame read from a TAP queue that
+//! belongs to another worker is forwarded to it over that worker's ring) and
+//! the stack (a datagram reassembled on the worker that collected its
+//! fragments is forwarded to the worker that owns its flow).
+//!
+//! Why forwarding is rare with a multiqueue TAP: tun's automatic queue
+//! selection remembers, per flow hash, the queue that user space last
+//! *wrote* that flow's packets to, and sends the flow's next packets to that
+//! queue. The owner writes every frame of its flows to its own queue, so
+//! after a flow's first frame (a SYN, picked by the kernel's hash) the
+//! kernel keeps the flow on its owner's queue.
+//!
+//! ```text
+//!  frame ─► Ethernet/IPv4 ─► fragment?  ─ yes ─► hash(src, dst, proto, ident)
+//!                              │ no
+//!                              ├─ TCP/UDP ─► hash(proto, guest ip:port, remote ip:port)
+//!                              ├─ ICMP echo ─► hash(ICMP, guest ip:ident, remote ip:0)
+//!                              └─ else (ARP, DHCP, …) ─► any worker (stateless)
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::ops::Proto;
+
+/// Where a frame should be processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Steer {
+    /// Any worker: the frame is stateless (ARP, DHCP, malformed, …).
+    Any,
+    /// This worker owns the frame's flow.
+    Worker(usize),
+}
+
+/// 64-bit mixer (the splitmix64 finaliser): cheap, and every input bit
+/// affects every output bit, so `% workers` spreads flows evenly.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn ip_bits(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => u64::from(u32::from(a)),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            let lo = u64::try_from(v & u128::from(u64::MAX)).unwrap_or(0);
+            let hi = u64::try_from(v >> 64).unwrap_or(0);
+            mix(hi) ^ lo
+        }
+    }
+}
+
+fn pick(h: u64, workers: usize) -> usize {
+    let n = u64::try_from(workers.max(1)).unwrap_or(1);
+    usize::try_from(h % n).unwrap_or(0)
+}
+
+/// The worker that owns the flow `(proto, guest, remote)`.
+pub fn flow_owner(proto: Proto, guest: SocketAddr, remote: SocketAddr, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    let p = match proto {
+        Proto::Tcp => 6u64,
+        Proto::Udp => 17,
+        Proto::Icmp => 1,
+    };
+    let h = mix(ip_bits(guest.ip()) ^ mix(ip_bits(remote.ip()) ^ (p << 32)))
+        ^ mix((u64::from(guest.port()) << 16) | u64::from(remote.port()));
+    pick(mix(h), workers)
+}
+
+/// The worker that reassembles the fragments of one datagram.
+pub fn fragment_owner(src: IpAddr, dst: IpAddr, proto: u8, ident: u16, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    let h =
+        mix(ip_bits(src) ^ mix(ip_bits(dst) ^ (u64::from(proto) << 32) ^ (u64::from(ident) << 40)));
+    pick(h, workers)
+}
+
+/// Where a guest frame (Ethernet, after any virtio-net header) goes. Reads
+/// only headers, with bounds checks; malformed frames are `Any` (the stack
+/// that gets them counts the drop).
+pub fn frame_owner(frame: &[u8], workers: usize) -> Steer {
+    if workers <= 1 {
+        return Steer::Worker(0);
+    }
+    let Some(ip) = frame.get(14..) else {
+        return Steer::Any;
+    };
+    if frame[12..14] != [0x08, 0x00] || ip.len() < 20 || ip[0] >> 4 != 4 {
+        return Steer::Any;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x3fff != 0 {
+        let ident = u16::from_be_bytes([ip[4], ip[5]]);
+        return Steer::Worker(fragment_owner(src, dst, proto, ident, workers));
+    }
+    let Some(l4) = ip.get(ihl..) else {
+        return Steer::Any;
+    };
+    let port = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let flow = match proto {
+        6 | 17 => {
+            let (Some(sp), Some(dp)) = (port(0), port(2)) else {
+                return Steer::Any;
+            };
+            if proto == 17 && dp == 67 {
+                return Steer::Any; // DHCP: stateless
+            }
+            let p = if proto == 6 { Proto::Tcp } else { Proto::Udp };
+            (p, SocketAddr::new(src, sp), SocketAddr::new(dst, dp))
+        }
+        1 => {
+            // Echo request: type 8, identifier at bytes 4..6.
+            if l4.first() != Some(&8) {
+                return Steer::Any;
+            }
+            let Some(ident) = port(4) else {
+                return Steer::Any;
+            };
+            (
+                Proto::Icmp,
+                SocketAddr::new(src, ident),
+                SocketAddr::new(dst, 0),
+            )
+        }
+        _ => return Steer::Any,
+    };
+    Steer::Worker(flow_owner(flow.0, flow.1, flow.2, workers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_frame(sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[26..30].copy_from_slice(&[192, 168, 33, 15]);
+        f[30..34].copy_from_slice(&[192, 168, 33, 1]);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn frame_and_flow_agree() {
+        for n in 1..=8 {
+            for sport in 40000..40100 {
+                let key_owner = flow_owner(
+                    Proto::Tcp,
+                    SocketAddr::from(([192, 168, 33, 15], sport)),
+                    SocketAddr::from(([192, 168, 33, 1], 80)),
+                    n,
+                );
+                assert_eq!(
+                    frame_owner(&tcp_frame(sport, 80), n),
+                    Steer::Worker(key_owner)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flows_spread_evenly() {
+        let n = 4;
+        let mut count = [0usize; 4];
+        for sport in 0..4000u16 {
+            count[flow_owner(
+                Proto::Tcp,
+                SocketAddr::from(([192, 168, 33, 15], 30000 + sport)),
+                SocketAddr::from(([192, 168, 33, 1], 5201)),
+                n,
+            )] += 1;
+        }
+        for c in count {
+            assert!((800..1200).contains(&c), "uneven spread: {count:?}");
+        }
+    }
+
+    #[test]
+    fn stateless_and_malformed_frames_go_anywhere() {
+        assert_eq!(frame_owner(&[0u8; 10], 4), Steer::Any);
+        let mut arp = tcp_frame(1, 2);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(frame_owner(&arp, 4), Steer::Any);
+        let mut dhcp = tcp_frame(68, 67);
+        dhcp[14 + 9] = 17;
+        assert_eq!(frame_owner(&dhcp, 4), Steer::Any);
+        let mut short = tcp_frame(1, 2);
+        short[14] = 0x4f; // IHL 60 bytes, beyond the frame
+        assert_eq!(frame_owner(&short, 4), Steer::Any);
+        assert_eq!(frame_owner(&[0u8; 10], 1), Steer::Worker(0));
+    }
+
+    #[test]
+    fn fragments_of_a_datagram_stay_together() {
+        let mut a = tcp_frame(1, 2);
+        a[14 + 9] = 17;
+        a[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+        a[20] = 0x20; // MF
+        let mut b = a.clone();
+        b[20..22].copy_from_slice(&185u16.to_be_bytes()); // offset, no MF
+        b[34..38].copy_from_slice(&[9, 9, 9, 9]); // payload bytes, not ports
+        assert_eq!(frame_owner(&a, 4), frame_owner(&b, 4));
+    }
+}
