@@ -963,3 +963,102 @@ fn udp_closed_port_is_reported_to_the_guest() {
     );
     o.pass();
 }
+
+/// `--cpus` names CPUs the process may use: anything else is refused before
+/// anything is created, and the error names the usable CPUs.
+#[test]
+fn cpus_outside_the_affinity_mask_are_refused() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let max: usize = allowed
+        .split([',', '-'])
+        .filter_map(|x| x.parse().ok())
+        .max()
+        .unwrap();
+    let bad = format!("{}-{}", max + 1, max + 2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uipd"))
+        .args(["--cpus", &bad, "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "--cpus {bad}: {err}");
+    assert!(
+        err.contains(&allowed),
+        "the error must name the usable CPUs ({allowed}): {err}"
+    );
+    for syntax in ["x", "3-1", "1,,2"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_uipd"))
+            .args(["--cpus", syntax, "--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--cpus {syntax} must be rejected"
+        );
+    }
+}
+
+/// Four workers (four TAP queues): 200 connections and four parallel iperf3
+/// streams all work, every worker carries traffic, and steering by the
+/// kernel's queue choice makes forwarding between workers the exception.
+#[test]
+fn four_workers_share_the_flows() {
+    if skip_unless_uipd("four_workers_share_the_flows") {
+        return;
+    }
+    let mut sc = Scenario::new("four_workers_share_the_flows");
+    sc.timeout(120)
+        .server("echo", 7000, &[])
+        .raw_server("iperf3", 5201, "iperf3 -s -B 127.0.0.1 -p 5201")
+        .args(&["--workers", "4", "--stats"])
+        .guest(
+            "ls /sys/class/net/eth0/queues | grep -c tx- | sed 's/^/RESULT queues n=/'\n\
+             timeout 100 \"$PY\" \"$SRV/guest.py\" concurrent \"$GW\" 7000 200\n\
+             timeout 30 iperf3 -c \"$GW\" -p 5201 -t 2 -P 4 -J > \"$D/iperf.json\" && echo \"RESULT iperf ok=1\"",
+        );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(
+        o.value("queues", "n") == "4",
+        "the TAP does not have 4 queues",
+    );
+    let r = o.result("concurrent");
+    o.check(
+        r["ok"] == "200",
+        &format!("{} of 200 connections answered", r["ok"]),
+    );
+    o.check(o.value("iperf", "ok") == "1", "iperf3 -P 4 failed");
+    let mut reads = Vec::new();
+    let mut forwarded = 0u64;
+    for l in o.uipd_err.lines().filter(|l| l.contains("port_reads")) {
+        let field = |name: &str| -> u64 {
+            l.split_whitespace()
+                .skip_while(|w| *w != name)
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        reads.push(field("port_reads"));
+        forwarded += field("forwarded");
+    }
+    o.check(
+        reads.len() == 4,
+        &format!("expected 4 workers in the stats, got {reads:?}"),
+    );
+    o.check(
+        reads.iter().all(|&r| r > 0),
+        &format!("a worker carried nothing: {reads:?}"),
+    );
+    let total: u64 = reads.iter().sum();
+    o.check(
+        forwarded * 10 < total,
+        &format!("forwarding is not the exception: {forwarded} of {total} frames"),
+    );
+    o.pass();
+}
