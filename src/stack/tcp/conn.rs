@@ -31,7 +31,10 @@
 //! ACKs them, so retransmission (three duplicate ACKs, or the RTO) replays
 //! from `snd_una` (go-back-N: the link reorders nothing). `Recv` is issued
 //! only while `to_guest` has room, which is the backpressure toward the host
-//! peer. Segments respect the guest's MSS and its scaled window.
+//! peer. Segments respect the guest's MSS and its scaled window; when the
+//! link cuts TSO super-frames, [`Conn::set_max_segment`] lets one segment
+//! carry many MSS worth of payload (the MSS stays the guest's: it is the
+//! super-frame's `gso_size`).
 //!
 //! Close. Guest FIN → `shutdown(SHUT_WR)` once `to_host` is drained. Host EOF
 //! → FIN to the guest once `to_guest` is all sent. When both FINs are done
@@ -142,6 +145,9 @@ pub struct Conn {
     snd_wscale: u8,
     /// Guest MSS (clamped to what the MTU allows).
     mss: usize,
+    /// Largest payload of one segment we emit: `mss`, or a multiple of it
+    /// when the link takes TSO super-frames ([`Conn::set_max_segment`]).
+    max_seg: usize,
     /// A `Recv` is in flight.
     receiving: bool,
     /// The host socket reached end of stream.
@@ -190,6 +196,7 @@ impl Conn {
             snd_wnd: usize::from(syn.window_len),
             snd_wscale,
             mss,
+            max_seg: mss,
             receiving: false,
             host_eof: false,
             fin_sent: false,
@@ -209,6 +216,20 @@ impl Conn {
     /// The MSS used toward the guest.
     pub fn mss(&self) -> usize {
         self.mss
+    }
+
+    /// Let segments to the guest carry up to `max` bytes of payload (rounded
+    /// down to a multiple of the MSS, never below one MSS): the link cuts
+    /// them at the MSS (TSO). The MSS itself, the window checks, PSH on the
+    /// last segment and retransmission are unchanged; a segment may still
+    /// be shorter (window, queue end, the queue's ring wrapping).
+    pub fn set_max_segment(&mut self, max: usize) {
+        self.max_seg = (max / self.mss * self.mss).max(self.mss);
+    }
+
+    /// Largest payload of one segment to the guest.
+    pub fn max_segment(&self) -> usize {
+        self.max_seg
     }
 
     /// Bytes waiting for the host socket.
@@ -634,7 +655,7 @@ impl Conn {
             } else {
                 &b[off - a.len()..]
             };
-            let len = self.mss.min(avail).min(wnd_left).min(slice.len());
+            let len = self.max_seg.min(avail).min(wnd_left).min(slice.len());
             let last = len == avail;
             let seq = self.snd_nxt;
             let repr = self.segment(

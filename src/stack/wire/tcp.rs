@@ -458,6 +458,29 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
+        let len = self.emit_unsummed(packet);
+        // Checksum exactly what this segment owns, whatever the buffer's length.
+        let seg = &packet.buffer.as_ref()[..len];
+        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
+        packet.set_checksum(c);
+    }
+    /// Like [`Repr::emit`], but for a receiver that completes the checksum
+    /// (virtio `NEEDS_CSUM`, Linux `CHECKSUM_PARTIAL`): the checksum field
+    /// holds the pseudo-header sum over `buffer_len()` bytes, folded and
+    /// **not** complemented, which is what Linux's `tcp_v4_send_check`
+    /// leaves there and what its TSO and `skb_checksum_help` add the
+    /// segment's sum to. The payload is not read again.
+    pub fn emit_partial<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+    ) {
+        let len = self.emit_unsummed(packet);
+        packet.set_checksum(partial_checksum(src, dst, len));
+    }
+    /// Header, options and payload with a zero checksum; returns the length.
+    fn emit_unsummed<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> usize {
         let header_len = self.header_len();
         let len = header_len + self.payload.len();
         packet.set_src_port(self.src_port);
@@ -485,11 +508,15 @@ impl<'a> Repr<'a> {
             opts[at..at + 4].copy_from_slice(&[opt::NOP, opt::WS, 3, ws]);
         }
         packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
-        // Checksum exactly what this segment owns, whatever the buffer's length.
-        let seg = &packet.buffer.as_ref()[..len];
-        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
-        packet.set_checksum(c);
+        len
     }
+}
+
+/// The value of a partial (`CHECKSUM_PARTIAL`) TCP checksum field for a
+/// segment of `len` bytes: the pseudo-header sum, folded, not complemented.
+pub fn partial_checksum(src: IpAddr, dst: IpAddr, len: usize) -> u16 {
+    // Cannot fail: `checksum::sum` folds to at most 0xffff.
+    u16::try_from(pseudo(src, dst, len)).unwrap_or(0xffff)
 }
 
 #[cfg(test)]

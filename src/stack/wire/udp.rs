@@ -200,6 +200,29 @@ impl Repr {
         body[..n].copy_from_slice(&payload[..n]);
         packet.fill_checksum(src, dst);
     }
+    /// Like [`Repr::emit`], but for a receiver that completes the checksum
+    /// (virtio `NEEDS_CSUM`, Linux `CHECKSUM_PARTIAL`): the checksum field
+    /// holds the pseudo-header sum, folded and not complemented (Linux's
+    /// `udp4_hwcsum` leaves the same). The payload is not read again.
+    pub fn emit_partial<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+        payload: &[u8],
+    ) {
+        debug_assert!(payload.len() <= usize::from(u16::MAX) - HEADER_LEN);
+        let len = u16::try_from(HEADER_LEN + payload.len()).unwrap_or(u16::MAX);
+        packet.set_src_port(self.src_port);
+        packet.set_dst_port(self.dst_port);
+        packet.set_len(len);
+        let body = packet.payload_mut();
+        let n = body.len().min(payload.len());
+        body[..n].copy_from_slice(&payload[..n]);
+        let pseudo = checksum::pseudo_header(src, dst, ip_proto::UDP, u32::from(len));
+        // Cannot fail: `pseudo_header` folds to at most 0xffff.
+        packet.set_checksum(u16::try_from(pseudo).unwrap_or(0xffff));
+    }
 }
 
 #[cfg(test)]
