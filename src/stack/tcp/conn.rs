@@ -1283,4 +1283,23 @@ mod tests {
         h.ack(ISS + 1usize, gseq, 1000);
         assert_eq!(h.take_segs().len(), 1);
     }
+
+    #[test]
+    fn max_segment_allows_tso_sized_segments_in_mss_multiples() {
+        let mut h = Harness::new(Some(7), 1000);
+        h.conn.set_max_segment(4500);
+        assert_eq!(h.conn.max_segment(), 4000, "rounded down to the MSS");
+        assert_eq!(h.conn.mss(), 1000, "the MSS is still the guest's");
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 100);
+        h.recvd(Ok(pattern(10_500)));
+        let segs = h.take_segs();
+        let lens: Vec<usize> = segs.iter().map(|s| s.data.len()).collect();
+        assert_eq!(lens, vec![4000, 4000, 2500]);
+        assert!(segs[2].flags.psh && !segs[0].flags.psh);
+        let all: Vec<u8> = segs.iter().flat_map(|s| s.data.clone()).collect();
+        assert_eq!(all, pattern(10_500));
+        h.conn.set_max_segment(10);
+        assert_eq!(h.conn.max_segment(), 1000, "never below one MSS");
+    }
 }

@@ -846,6 +846,38 @@ mod tests {
         assert_eq!(Repr::parse(&p, s, d, true), Ok(repr));
         assert_eq!(Repr::parse(&p, GUEST, SERVER, true), Err(Error::Checksum));
     }
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        let payload: Vec<u8> = (0..3001u32).map(|i| (i * 13 % 256) as u8).collect();
+        let repr = Repr {
+            src_port: 80,
+            dst_port: 45678,
+            flags: Flags {
+                psh: true,
+                ..Flags::default()
+            },
+            seq_number: SeqNumber(0x1234_5678),
+            ack_number: Some(SeqNumber(99)),
+            window_len: 1000,
+            max_seg_size: None,
+            window_scale: None,
+            sack_permitted: false,
+            payload: &payload,
+        };
+        let mut full = vec![0xa5u8; repr.buffer_len()];
+        repr.emit(&mut Packet::new_unchecked(&mut full[..]), SERVER, GUEST);
+        let mut part = vec![0x5au8; repr.buffer_len()];
+        repr.emit_partial(&mut Packet::new_unchecked(&mut part[..]), SERVER, GUEST);
+        assert_eq!(full[..16], part[..16]);
+        assert_eq!(full[18..], part[18..]);
+        let field = Packet::new_unchecked(&part[..]).checksum();
+        assert_eq!(field, partial_checksum(SERVER, GUEST, part.len()));
+        // What Linux's skb_checksum_help does with CHECKSUM_PARTIAL: sum from
+        // csum_start to the end (the field included), complement, store.
+        let done = checksum::finish(checksum::sum(&part, 0));
+        assert_eq!(done, Packet::new_unchecked(&full[..]).checksum());
+    }
 }
 
 #[cfg(test)]

@@ -436,4 +436,30 @@ mod tests {
             assert_eq!(Repr::parse(&p, GUEST, DNS, false), Err(Error::Malformed));
         }
     }
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        let repr = Repr {
+            src_port: 53,
+            dst_port: 51234,
+        };
+        let mut full = [0xa5u8; 53];
+        repr.emit(
+            &mut Packet::new_unchecked(&mut full[..]),
+            DNS,
+            GUEST,
+            &DNS_REPLY[8..],
+        );
+        let mut part = [0x5au8; 53];
+        repr.emit_partial(
+            &mut Packet::new_unchecked(&mut part[..]),
+            DNS,
+            GUEST,
+            &DNS_REPLY[8..],
+        );
+        assert_eq!(full[..6], part[..6]);
+        assert_eq!(full[8..], part[8..]);
+        let done = checksum::finish(checksum::sum(&part, 0));
+        assert_eq!(done, 0x1f3e, "the checksum of DNS_REPLY");
+    }
 }
