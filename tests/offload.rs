@@ -67,12 +67,17 @@ enum Job {
     Timed(Duration),
 }
 
+/// Bytes received and how long it took.
+type Transfer = (u64, Duration);
+/// TCP InCsumErrors and InErrs.
+type TcpErrors = (u64, u64);
+
 #[derive(Debug, Default)]
 struct Outcome {
     /// Bytes the host received from the guest, and how long it took.
-    up: (u64, Duration),
+    up: Transfer,
     /// Bytes the guest received from the host, and how long it took.
-    down: (u64, Duration),
+    down: Transfer,
     stack: Counters,
     worker: WorkerCounters,
     /// Frames read from the TAP with a GSO header and over 1514 bytes.
@@ -80,7 +85,7 @@ struct Outcome {
     /// Largest frame read from the TAP (virtio-net header included).
     rx_max_len: u64,
     /// TCP InCsumErrors and InErrs in the guest namespace, before and after.
-    guest_tcp_errors: ((u64, u64), (u64, u64)),
+    guest_tcp_errors: (TcpErrors, TcpErrors),
 }
 
 fn can_run() -> bool {
@@ -139,10 +144,13 @@ fn send(s: &mut TcpStream, job: Job, pat: &[u8]) {
         };
         let at = off % PERIOD;
         let n = n.min(MIB);
-        s.write_all(&pat[at..at + n]).expect("send");
+        if let Err(e) = s.write_all(&pat[at..at + n]) {
+            eprintln!("send after {off} bytes: {e}");
+            return;
+        }
         off += n;
     }
-    s.shutdown(Shutdown::Write).expect("shutdown");
+    let _ = s.shutdown(Shutdown::Write);
 }
 
 /// Receive to end of stream, checking every byte against the pattern.
@@ -151,10 +159,15 @@ fn recv(s: &mut TcpStream, pat: &[u8]) -> (u64, Duration) {
     let mut off = 0usize;
     let mut start = None;
     loop {
-        let n = s.read(&mut buf).expect("recv");
-        if n == 0 {
-            break;
-        }
+        let n = match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                // Reported by the byte count (and the counters) in the caller.
+                eprintln!("recv after {off} bytes: {e}");
+                break;
+            }
+        };
         start.get_or_insert_with(Instant::now);
         let at = off % PERIOD;
         // `n` ≤ 256 KiB < MIB: the window is inside `pat`.
@@ -238,7 +251,7 @@ fn guest(
     port: u16,
     tap_tx: mpsc::Sender<Tap>,
     ready: mpsc::Receiver<()>,
-) -> ((u64, Duration), ((u64, u64), (u64, u64))) {
+) -> (Transfer, (TcpErrors, TcpErrors)) {
     unshare_net();
     let tap = open_tap(mode);
     ip(&["link", "set", "lo", "up"]);

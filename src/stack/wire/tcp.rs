@@ -849,7 +849,7 @@ mod tests {
 
     #[test]
     fn partial_checksum_completes_to_the_full_one() {
-        let payload: Vec<u8> = (0..3001u32).map(|i| (i * 13 % 256) as u8).collect();
+        let payload: Vec<u8> = (0..3001u32).map(|i| (i * 13).to_le_bytes()[0]).collect();
         let repr = Repr {
             src_port: 80,
             dst_port: 45678,
