@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::dataplane::netns::{self, NetConfig};
+use crate::dataplane::offload;
 use crate::dataplane::tap::Tap;
 use crate::dataplane::worker::{Shared, Worker, WorkerCounters, WorkerStats};
 use crate::rings::FrameRing;
@@ -210,7 +211,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         dns: cfg.stack.gateway,
         guest_mac: None,
         queues: cfg.workers.max(1),
-        vnet_hdr: false,
+        vnet_hdr: cfg.stack.offload.vnet_hdr,
     };
     let (taps, mut child) = match &cfg.frontend {
         Frontend::Spawn(argv) => {
@@ -235,8 +236,23 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         move |source| Error::Io { what, source }
     };
     let workers = taps.len();
-    // Inbox buffers hold a frame up to the MTU plus the Ethernet header.
-    let buf_size = usize::from(cfg.stack.mtu) + 14 + 4;
+    let off = cfg.stack.offload;
+    if off.vnet_hdr {
+        // The header size and the offloads belong to the device: set them
+        // once, through queue 0. (TSO from the namespace needs checksum
+        // offload, and both need the header.)
+        let fd = taps[0].as_raw_fd();
+        offload::enable_vnet_hdr(fd).map_err(io_err("setting the TAP's virtio-net header size"))?;
+        offload::set_offload(fd, off.csum, off.tso && off.csum)
+            .map_err(io_err("enabling TAP offloads (TUNSETOFFLOAD)"))?;
+    }
+    // Inbox buffers hold one frame: up to the MTU, or a 64 KiB GSO
+    // super-frame with its virtio-net header when offloads are on.
+    let buf_size = if off.vnet_hdr {
+        stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535
+    } else {
+        usize::from(cfg.stack.mtu) + 14 + 4
+    };
     let inboxes = (0..workers)
         .map(|_| FrameRing::new(1024, buf_size).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()

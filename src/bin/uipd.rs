@@ -64,6 +64,11 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 0)]
     poll_us: u64,
 
+    /// Turn off TAP offloads (virtio-net header, checksum offload, TSO in
+    /// both directions), which are on by default.
+    #[arg(long)]
+    no_offload: bool,
+
     /// Write the final counters (per worker and total) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<std::path::PathBuf>,
@@ -171,6 +176,11 @@ fn main() -> ExitCode {
     let stack = stack::Config {
         mtu: cli.mtu,
         host_loopback: !cli.no_host_loopback,
+        offload: stack::Offload {
+            vnet_hdr: !cli.no_offload,
+            tso: !cli.no_offload,
+            csum: !cli.no_offload,
+        },
         ..stack::Config::default()
     };
     let cfg = daemon::Config {

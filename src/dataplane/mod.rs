@@ -2,6 +2,7 @@
 
 pub mod cpus;
 pub mod netns;
+pub mod offload;
 pub mod tap;
 pub mod uring;
 pub mod worker;

@@ -156,6 +156,11 @@ impl Worker {
         let mut spare: Option<Vec<u8>> = None;
         let mut idle_since: Option<std::time::Instant> = None;
         let workers = self.inboxes.len();
+        let vnet_hdr = if self.stack.config().offload.vnet_hdr {
+            crate::stack::wire::vnet_hdr::HEADER_LEN
+        } else {
+            0
+        };
 
         while !self.shared.stop.load(Ordering::Relaxed) {
             let wc = &mut stats.worker;
@@ -205,7 +210,8 @@ impl Worker {
                         Ok(len) if len > 0 => {
                             read += 1;
                             let frame = Frame { buf, len };
-                            match steer::frame_owner(frame.bytes(), workers) {
+                            let eth = frame.bytes().get(vnet_hdr..).unwrap_or_default();
+                            match steer::frame_owner(eth, workers) {
                                 Steer::Worker(w) if w != self.index => {
                                     wc.forwarded += 1;
                                     backlog.push_back((w, frame));

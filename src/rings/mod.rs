@@ -97,7 +97,9 @@ impl FrameRing {
     pub fn new(capacity: usize, buf_size: usize) -> io::Result<FrameRing> {
         Ok(FrameRing {
             ring: ArrayQueue::new(capacity),
-            free: ArrayQueue::new(capacity * 2),
+            // A few pooled buffers cover the frames in flight at once; more
+            // would only pin memory (a GSO buffer is 64 KiB).
+            free: ArrayQueue::new((capacity / 4).max(8)),
             sleeping: AtomicBool::new(false),
             wake: EventFd::new()?,
             buf_size,

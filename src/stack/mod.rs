@@ -49,11 +49,53 @@ pub use time::Instant;
 
 use flow::FlowTable;
 use tcp::conn::{Conn, Verdict};
+use wire::vnet_hdr::{self, flags as vnet_flags, gso};
 use wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, EthernetFrame, EthernetRepr,
     Icmpv4Packet, Icmpv4Repr, Ipv4Packet, Ipv4Repr, SeqNumber, TcpPacket, TcpRepr, UdpPacket,
-    UdpRepr, ip_proto,
+    UdpRepr, VnetHdrPacket, VnetHdrRepr, ip_proto,
 };
+
+/// Offloads shared with the guest through a virtio-net header
+/// ([`wire::vnet_hdr`]): a TAP opened with `IFF_VNET_HDR`, or a virtio-net
+/// device. All off is a plain Ethernet link (every checksum computed and
+/// verified, no frame over the MTU).
+///
+/// ```text
+///  vnet_hdr off:            | Ethernet frame ≤ 14 + MTU |
+///  vnet_hdr on:   | 12 B hdr | Ethernet frame (≤ 14 + 65535 with GSO) |
+/// ```
+///
+/// `tso` and `csum` mean nothing without `vnet_hdr` ([`Stack::new`] clears
+/// them). What the guest may send us (GSO super-frames, partial checksums)
+/// is always accepted once `vnet_hdr` is on: a TAP sends them only after
+/// `TUNSETOFFLOAD`, a virtio guest only after negotiating `HOST_TSO4` /
+/// `CSUM`, and either way the stack handles them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// Every frame, in and out, starts with a 12-byte virtio-net header.
+    pub vnet_hdr: bool,
+    /// We may send TCP super-frames (`gso_type` TCPV4) of up to
+    /// [`TSO_MAX_FRAME`] bytes that the guest cuts at its MSS
+    /// (virtio `GUEST_TSO4`). Super-frames always carry a partial checksum.
+    pub tso: bool,
+    /// We may send TCP and UDP with `NEEDS_CSUM` and a partial checksum
+    /// instead of computing it (virtio `GUEST_CSUM`).
+    pub csum: bool,
+}
+
+/// Largest IPv4 datagram of a TCP super-frame toward the guest (the IPv4
+/// total length field's limit).
+pub const TSO_MAX_FRAME: usize = 65535;
+
+/// The largest TCP payload of a super-frame for a guest MSS of `mss`: a whole
+/// number of segments that, with 20 bytes of IPv4 and 20 of TCP header (our
+/// data segments carry no options), fits [`TSO_MAX_FRAME`].
+pub fn tso_max_payload(mss: usize) -> usize {
+    let room = TSO_MAX_FRAME - wire::ipv4::HEADER_LEN - wire::tcp::HEADER_LEN;
+    let mss = mss.max(1);
+    (room / mss * mss).max(mss)
+}
 
 /// The stack's configuration.
 #[derive(Debug, Clone)]
@@ -90,6 +132,8 @@ pub struct Config {
     pub worker: usize,
     /// Number of workers sharing the guest's flows.
     pub workers: usize,
+    /// Virtio-net header, TSO and checksum offload toward the guest.
+    pub offload: Offload,
 }
 
 impl Default for Config {
@@ -112,6 +156,7 @@ impl Default for Config {
             verify_checksums: true,
             worker: 0,
             workers: 1,
+            offload: Offload::default(),
         }
     }
 }
@@ -173,6 +218,7 @@ drop_reasons! {
     Refused => "drops_refused",
     Dhcp => "drops_dhcp",
     HostError => "drops_host_error",
+    BadVnetHdr => "drops_bad_vnet_hdr",
 }
 
 const _: () = assert!(
@@ -201,6 +247,10 @@ pub struct Counters {
     pub reassembled: u64,
     /// Datagrams fragmented toward the guest.
     pub fragmented: u64,
+    /// GSO super-frames from the guest (virtio-net header `gso_type` not NONE).
+    pub rx_gso_frames: u64,
+    /// TSO super-frames to the guest.
+    pub tx_gso_frames: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; 32],
 }
@@ -228,6 +278,8 @@ impl Counters {
             ("icmp_opened", self.icmp_opened),
             ("reassembled", self.reassembled),
             ("fragmented", self.fragmented),
+            ("rx_gso_frames", self.rx_gso_frames),
+            ("tx_gso_frames", self.tx_gso_frames),
         ]
         .into_iter()
         .chain(
@@ -248,6 +300,8 @@ impl Counters {
         self.icmp_opened += o.icmp_opened;
         self.reassembled += o.reassembled;
         self.fragmented += o.fragmented;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.tx_gso_frames += o.tx_gso_frames;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -275,12 +329,52 @@ enum FlowState {
     Dgram(DgramFlow),
 }
 
-/// Link-layer addressing for frames to the guest.
+/// Link-layer addressing and offloads for frames to the guest.
 #[derive(Debug, Clone, Copy)]
 struct L2 {
     gateway: EthernetAddress,
     guest: EthernetAddress,
+    offload: Offload,
 }
+
+impl L2 {
+    /// Bytes before the Ethernet header: the virtio-net header, if any.
+    fn headroom(&self) -> usize {
+        if self.offload.vnet_hdr {
+            vnet_hdr::HEADER_LEN
+        } else {
+            0
+        }
+    }
+
+    /// A zeroed frame buffer for an Ethernet frame of `eth_len` bytes, with
+    /// room for the virtio-net header (all zero: [`VnetHdrRepr::PLAIN`]).
+    /// Returns the buffer and the offset of the Ethernet header.
+    fn alloc(&self, eth_len: usize) -> (Vec<u8>, usize) {
+        let hr = self.headroom();
+        (vec![0u8; hr + eth_len], hr)
+    }
+
+    /// Write `hdr` in front of the frame in `buf` (no-op without vnet_hdr).
+    fn put_vnet_hdr(&self, buf: &mut [u8], hdr: &VnetHdrRepr) {
+        if self.offload.vnet_hdr {
+            hdr.emit(&mut VnetHdrPacket::new_unchecked(buf));
+        }
+    }
+}
+
+/// How the L4 checksum of a frame to the guest was filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxCsum {
+    /// Computed in full (or the frame has no L4 checksum to speak of).
+    Full,
+    /// Partial (pseudo-header sum); the checksum field is at this offset
+    /// from the start of the L4 header. Only for whole datagrams.
+    Partial(u16),
+}
+
+/// Offset of the L4 header in a frame to the guest (Ethernet + IPv4, no options).
+const L4_START: usize = wire::ethernet::HEADER_LEN + wire::ipv4::HEADER_LEN;
 
 /// The user-mode network stack for one guest.
 pub struct Stack {
@@ -298,6 +392,11 @@ pub struct Stack {
 impl Stack {
     /// A stack with `cfg`.
     pub fn new(cfg: Config) -> Stack {
+        let mut cfg = cfg;
+        if !cfg.offload.vnet_hdr {
+            // Without the header there is no way to say "partial" or "super-frame".
+            cfg.offload = Offload::default();
+        }
         let max_flows = cfg.max_flows;
         let isn_state = cfg.isn_seed | 1;
         Stack {
@@ -342,6 +441,7 @@ impl Stack {
         L2 {
             gateway: self.cfg.gateway_mac,
             guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
+            offload: self.cfg.offload,
         }
     }
 
@@ -367,6 +467,11 @@ impl Stack {
     }
 
     fn push_frame(&mut self, out: &mut Actions, frame: Vec<u8>) {
+        if self.cfg.offload.vnet_hdr
+            && VnetHdrPacket::new_checked(&frame[..]).is_ok_and(|h| h.gso_type() != gso::NONE)
+        {
+            self.counters.tx_gso_frames += 1;
+        }
         self.counters.tx_frames += 1;
         self.counters.tx_bytes += frame.len() as u64;
         out.frames.push(frame);
@@ -374,10 +479,36 @@ impl Stack {
 
     // ───────────────────────────── ingress ─────────────────────────────
 
-    /// Process one Ethernet frame from the guest.
+    /// Process one Ethernet frame from the guest (with `offload.vnet_hdr`,
+    /// preceded by its 12-byte virtio-net header).
+    ///
+    /// A header with `NEEDS_CSUM` or `DATA_VALID` turns off L4 checksum
+    /// verification for the frame: a partial checksum is not a full one, and
+    /// the sender (the local kernel behind a TAP, or the guest's driver)
+    /// vouches for the data. A guest that lies only corrupts its own stream,
+    /// as it could with a correct checksum over wrong data. A GSO super-frame
+    /// (TCPV4) is one big TCP segment to the translation; UDP segmentation
+    /// (USO) super-frames, which the stack never enables, are dropped.
     pub fn ingress(&mut self, frame: &[u8], now: Instant, out: &mut Actions) {
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
+        let (frame, csum_trusted) = if self.cfg.offload.vnet_hdr {
+            let hdr = match VnetHdrPacket::new_checked(frame).and_then(|p| VnetHdrRepr::parse(&p)) {
+                Ok(h) => h,
+                Err(_) => return self.drop(DropReason::BadVnetHdr),
+            };
+            match hdr.gso_kind() {
+                gso::NONE => {}
+                gso::TCPV4 | gso::TCPV6 | gso::UDP => self.counters.rx_gso_frames += 1,
+                _ => return self.drop(DropReason::BadVnetHdr),
+            }
+            (
+                &frame[vnet_hdr::HEADER_LEN..],
+                hdr.needs_csum() || hdr.data_valid(),
+            )
+        } else {
+            (frame, false)
+        };
         let eth = match EthernetFrame::new_checked(frame) {
             Ok(f) => f,
             Err(e) => return self.drop(wire_reason(e)),
@@ -394,7 +525,7 @@ impl Stack {
             EtherType::Arp => self.arp(eth.payload(), src, out),
             EtherType::Ipv4 => {
                 self.guest_mac = Some(src);
-                self.ipv4(eth.payload(), now, out)
+                self.ipv4(eth.payload(), csum_trusted, now, out)
             }
             EtherType::Ipv6 => self.drop(DropReason::Ipv6),
             EtherType::Unknown(_) => self.drop(DropReason::Unsupported),
@@ -424,8 +555,11 @@ impl Stack {
             target_hardware_addr: repr.source_hardware_addr,
             target_protocol_addr: repr.source_protocol_addr,
         };
-        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + reply.buffer_len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        // The virtio-net header stays PLAIN: ARP has no checksum to offload.
+        let (mut buf, hr) = self
+            .l2()
+            .alloc(wire::ethernet::HEADER_LEN + reply.buffer_len());
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
         EthernetRepr {
             src_addr: self.cfg.gateway_mac,
             dst_addr: src_mac,
@@ -436,7 +570,8 @@ impl Stack {
         self.push_frame(out, buf);
     }
 
-    fn ipv4(&mut self, payload: &[u8], now: Instant, out: &mut Actions) {
+    /// `csum_trusted`: the virtio-net header vouched for the L4 checksum.
+    fn ipv4(&mut self, payload: &[u8], csum_trusted: bool, now: Instant, out: &mut Actions) {
         let pkt = match Ipv4Packet::new_checked(payload) {
             Ok(p) => p,
             Err(e) => return self.drop(wire_reason(e)),
@@ -466,7 +601,10 @@ impl Stack {
                     if let Some(owner) = self.foreign_owner(src, dst, repr.next_header, &whole) {
                         return self.forward_datagram(owner, repr, &whole, out);
                     }
-                    self.l4(src, dst, repr.next_header, &whole, now, out);
+                    // Each fragment's header spoke for that fragment only
+                    // (and Linux completes partial checksums before it
+                    // fragments): verify the whole datagram.
+                    self.l4(src, dst, repr.next_header, &whole, false, now, out);
                 }
                 Ok(None) => {}
                 Err(frag::FragDrop::Invalid) => self.drop(DropReason::FragInvalid),
@@ -475,7 +613,15 @@ impl Stack {
             }
             return;
         }
-        self.l4(src, dst, repr.next_header, pkt.payload(), now, out);
+        self.l4(
+            src,
+            dst,
+            repr.next_header,
+            pkt.payload(),
+            csum_trusted,
+            now,
+            out,
+        );
     }
 
     /// The worker that owns the flow of a reassembled datagram, if not this one.
@@ -503,8 +649,15 @@ impl Stack {
             payload_len: l4.len(),
             ..repr
         };
-        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + l4.len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        // In the form `ingress` takes: with a (zero: verify everything)
+        // virtio-net header first when the link carries one.
+        let hdr = if self.cfg.offload.vnet_hdr {
+            wire::vnet_hdr::HEADER_LEN
+        } else {
+            0
+        };
+        let mut buf = vec![0u8; hdr + wire::ethernet::HEADER_LEN + ip.buffer_len() + l4.len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hdr..]);
         EthernetRepr {
             src_addr: self
                 .guest_mac
@@ -519,19 +672,22 @@ impl Stack {
         out.forward.push((owner, buf));
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn l4(
         &mut self,
         src: Ipv4Addr,
         dst: Ipv4Addr,
         proto: u8,
         payload: &[u8],
+        csum_trusted: bool,
         now: Instant,
         out: &mut Actions,
     ) {
+        let verify = self.cfg.verify_checksums && !csum_trusted;
         match proto {
-            ip_proto::TCP => self.tcp(src, dst, payload, now, out),
-            ip_proto::UDP => self.udp(src, dst, payload, now, out),
-            ip_proto::ICMP => self.icmp(src, dst, payload, now, out),
+            ip_proto::TCP => self.tcp(src, dst, payload, verify, now, out),
+            ip_proto::UDP => self.udp(src, dst, payload, verify, now, out),
+            ip_proto::ICMP => self.icmp(src, dst, payload, verify, now, out),
             _ => self.drop(DropReason::Unsupported),
         }
     }
@@ -570,6 +726,7 @@ impl Stack {
         src: Ipv4Addr,
         dst: Ipv4Addr,
         payload: &[u8],
+        verify: bool,
         now: Instant,
         out: &mut Actions,
     ) {
@@ -577,7 +734,7 @@ impl Stack {
             Ok(p) => p,
             Err(e) => return self.drop(wire_reason(e)),
         };
-        let seg = match TcpRepr::parse(&pkt, src.into(), dst.into(), self.cfg.verify_checksums) {
+        let seg = match TcpRepr::parse(&pkt, src.into(), dst.into(), verify) {
             Ok(r) => r,
             Err(e) => return self.drop(wire_reason(e)),
         };
@@ -593,10 +750,11 @@ impl Stack {
                     return;
                 };
                 let mut frames = Vec::new();
+                let mss = conn.mss();
                 let v = conn.on_segment(
                     &seg,
                     now,
-                    &mut tcp_emitter(l2, &key, &mut frames),
+                    &mut tcp_emitter(l2, &key, mss, &mut frames),
                     &mut out.ops,
                 );
                 let pending = conn.ack_pending();
@@ -632,8 +790,13 @@ impl Stack {
         };
         let iss = self.next_isn();
         let mtu = usize::from(self.cfg.mtu);
+        let tso = self.cfg.offload.tso;
         let Some(id) = self.flows.insert_with(key, |id| {
-            FlowState::Tcp(Box::new(Conn::new(id, &seg, iss, mtu)))
+            let mut conn = Conn::new(id, &seg, iss, mtu);
+            if tso {
+                conn.set_max_segment(tso_max_payload(conn.mss()));
+            }
+            FlowState::Tcp(Box::new(conn))
         }) else {
             self.drop(DropReason::FlowLimit);
             return self.tcp_reset_reply(&key, &seg, l2, out);
@@ -673,7 +836,7 @@ impl Stack {
             payload: &[],
         };
         let mut frames = Vec::new();
-        tcp_emitter(l2, key, &mut frames)(&repr);
+        tcp_emitter(l2, key, 0, &mut frames)(&repr);
         for f in frames {
             self.push_frame(out, f);
         }
@@ -686,6 +849,7 @@ impl Stack {
         src: Ipv4Addr,
         dst: Ipv4Addr,
         payload: &[u8],
+        verify: bool,
         now: Instant,
         out: &mut Actions,
     ) {
@@ -693,7 +857,7 @@ impl Stack {
             Ok(p) => p,
             Err(e) => return self.drop(wire_reason(e)),
         };
-        let repr = match UdpRepr::parse(&pkt, src.into(), dst.into(), self.cfg.verify_checksums) {
+        let repr = match UdpRepr::parse(&pkt, src.into(), dst.into(), verify) {
             Ok(r) => r,
             Err(e) => return self.drop(wire_reason(e)),
         };
@@ -791,8 +955,8 @@ impl Stack {
             (reply.dst, reply.client_mac)
         };
         let l2 = L2 {
-            gateway: self.cfg.gateway_mac,
             guest: dst_mac,
+            ..self.l2()
         };
         self.udp_to_guest(
             l2,
@@ -821,16 +985,23 @@ impl Stack {
             return self.drop(DropReason::Malformed);
         }
         let mut l4 = vec![0u8; l4_len];
-        repr.emit(
-            &mut UdpPacket::new_unchecked(&mut l4[..]),
-            IpAddr::V4(*from.ip()),
-            IpAddr::V4(*to.ip()),
-            payload,
-        );
-        self.ipv4_to_guest(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, out);
+        let mut p = UdpPacket::new_unchecked(&mut l4[..]);
+        let (s, d) = (IpAddr::V4(*from.ip()), IpAddr::V4(*to.ip()));
+        // A partial checksum only on a whole datagram: fragments cannot
+        // carry one (the receiver sums the datagram only after reassembly).
+        let csum =
+            if l2.offload.csum && wire::ipv4::HEADER_LEN + l4_len <= usize::from(self.cfg.mtu) {
+                repr.emit_partial(&mut p, s, d, payload);
+                TxCsum::Partial(UDP_CSUM_OFFSET)
+            } else {
+                repr.emit(&mut p, s, d, payload);
+                TxCsum::Full
+            };
+        self.ipv4_to_guest_csum(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, csum, out);
     }
 
-    /// Wrap an upper-layer message in IPv4 (fragmenting to the MTU) and Ethernet.
+    /// Wrap an upper-layer message with a computed checksum in IPv4
+    /// (fragmenting to the MTU) and Ethernet.
     fn ipv4_to_guest(
         &mut self,
         l2: L2,
@@ -838,6 +1009,22 @@ impl Stack {
         dst: Ipv4Addr,
         proto: u8,
         l4: &[u8],
+        out: &mut Actions,
+    ) {
+        self.ipv4_to_guest_csum(l2, src, dst, proto, l4, TxCsum::Full, out);
+    }
+
+    /// [`Stack::ipv4_to_guest`] for an `l4` whose checksum is `csum`
+    /// ([`TxCsum::Partial`] only when `l4` fits the MTU whole).
+    #[allow(clippy::too_many_arguments)]
+    fn ipv4_to_guest_csum(
+        &mut self,
+        l2: L2,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        l4: &[u8],
+        csum: TxCsum,
         out: &mut Actions,
     ) {
         let mtu = usize::from(self.cfg.mtu);
@@ -854,8 +1041,23 @@ impl Stack {
                 payload_len: len,
                 hop_limit: 64,
             };
-            let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + len];
-            let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+            let (mut buf, hr) = l2.alloc(wire::ethernet::HEADER_LEN + ip.buffer_len() + len);
+            // virtio 1.2 §5.1.6.2: DATA_VALID for a checksum we computed over
+            // a whole datagram; nothing for a fragment (no L4 header of its own).
+            let hdr = match csum {
+                TxCsum::Partial(off) if whole => partial_csum_hdr(off),
+                TxCsum::Full if whole => VnetHdrRepr {
+                    flags: vnet_flags::DATA_VALID,
+                    ..VnetHdrRepr::PLAIN
+                },
+                _ => VnetHdrRepr::PLAIN,
+            };
+            debug_assert!(
+                whole || csum == TxCsum::Full,
+                "partial checksum on a fragment"
+            );
+            l2.put_vnet_hdr(&mut buf, &hdr);
+            let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
             EthernetRepr {
                 src_addr: l2.gateway,
                 dst_addr: l2.guest,
@@ -881,11 +1083,12 @@ impl Stack {
         src: Ipv4Addr,
         dst: Ipv4Addr,
         payload: &[u8],
+        verify: bool,
         now: Instant,
         out: &mut Actions,
     ) {
         let repr = match Icmpv4Packet::new_checked(payload).and_then(|p| {
-            if self.cfg.verify_checksums && !p.verify_checksum() {
+            if verify && !p.verify_checksum() {
                 return Err(wire::Error::Checksum);
             }
             Icmpv4Repr::parse(&Icmpv4Packet::new_unchecked(payload))
@@ -973,9 +1176,10 @@ impl Stack {
                 let l2 = L2 {
                     gateway: self.cfg.gateway_mac,
                     guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
+                    offload: self.cfg.offload,
                 };
                 let mut frames = Vec::new();
-                let mut emit = tcp_emitter(l2, &key, &mut frames);
+                let mut emit = tcp_emitter(l2, &key, conn.mss(), &mut frames);
                 if let HostEvent::Connected { result: Err(e), .. } = ev {
                     log::debug!(
                         "tcp {:?} -> {:?}: connect failed: errno {e}",
@@ -1124,7 +1328,8 @@ impl Stack {
             };
             let key = *key;
             let mut frames = Vec::new();
-            conn.flush_ack(&mut tcp_emitter(l2, &key, &mut frames));
+            let mss = conn.mss();
+            conn.flush_ack(&mut tcp_emitter(l2, &key, mss, &mut frames));
             for f in frames {
                 self.push_frame(out, f);
             }
@@ -1144,9 +1349,10 @@ impl Stack {
                     FlowState::Tcp(conn) => {
                         if conn.deadline().is_some_and(|d| d <= now) {
                             let mut frames = Vec::new();
+                            let mss = conn.mss();
                             let v = conn.on_timer(
                                 now,
-                                &mut tcp_emitter(l2, &key, &mut frames),
+                                &mut tcp_emitter(l2, &key, mss, &mut frames),
                                 &mut out.ops,
                             );
                             for f in frames {
@@ -1224,11 +1430,39 @@ fn wire_reason(e: wire::Error) -> DropReason {
     }
 }
 
+/// Offset of the UDP checksum field in the UDP header.
+const UDP_CSUM_OFFSET: u16 = 6;
+/// Offset of the TCP checksum field in the TCP header.
+const TCP_CSUM_OFFSET: u16 = 16;
+
+/// The virtio-net header of a whole IPv4 datagram whose L4 checksum is
+/// partial, the field `csum_offset` bytes into the L4 header.
+fn partial_csum_hdr(csum_offset: u16) -> VnetHdrRepr {
+    VnetHdrRepr {
+        flags: vnet_flags::NEEDS_CSUM,
+        // Cannot fail: 34.
+        csum_start: u16::try_from(L4_START).unwrap_or(34),
+        csum_offset,
+        ..VnetHdrRepr::PLAIN
+    }
+}
+
 /// A callback that turns a connection's [`TcpRepr`] into a frame to the
 /// guest: the flow's ports and addresses (remote → guest) are filled in.
+///
+/// With a virtio-net header (virtio 1.2 §5.1.6.2, Linux `tun_get_user` →
+/// `virtio_net_hdr_to_skb`): a segment whose payload exceeds `mss` (only
+/// with `offload.tso`, see [`Conn::set_max_segment`]) becomes a TSO
+/// super-frame: `gso_type` TCPV4, `gso_size` = `mss`, `hdr_len` = Ethernet +
+/// IPv4 + TCP header, `NEEDS_CSUM` at `csum_start` 34 / `csum_offset` 16,
+/// the checksum field holding the pseudo-header sum over the whole segment
+/// (Linux's TSO adjusts it per segment). Other segments: a partial checksum
+/// with `offload.csum`, else a computed one marked `DATA_VALID`. `mss` 0
+/// never makes a super-frame.
 fn tcp_emitter<'a>(
     l2: L2,
     key: &FlowKey,
+    mss: usize,
     frames: &'a mut Vec<Vec<u8>>,
 ) -> impl FnMut(&TcpRepr<'_>) + 'a {
     let key = *key;
@@ -1246,8 +1480,30 @@ fn tcp_emitter<'a>(
             payload_len: r.buffer_len(),
             hop_limit: 64,
         };
-        let mut buf = vec![0u8; wire::ethernet::HEADER_LEN + ip.buffer_len() + r.buffer_len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        let (mut buf, hr) = l2.alloc(wire::ethernet::HEADER_LEN + ip.buffer_len() + r.buffer_len());
+        let gso = l2.offload.vnet_hdr && mss > 0 && r.payload.len() > mss;
+        let partial = gso || (l2.offload.vnet_hdr && l2.offload.csum);
+        if l2.offload.vnet_hdr {
+            let hdr = if gso {
+                VnetHdrRepr {
+                    gso_type: gso::TCPV4,
+                    // Cannot fail: at most 14 + 20 + 60.
+                    hdr_len: u16::try_from(L4_START + r.header_len()).unwrap_or(u16::MAX),
+                    // Cannot fail: the MSS came from a 16-bit option.
+                    gso_size: u16::try_from(mss).unwrap_or(u16::MAX),
+                    ..partial_csum_hdr(TCP_CSUM_OFFSET)
+                }
+            } else if partial {
+                partial_csum_hdr(TCP_CSUM_OFFSET)
+            } else {
+                VnetHdrRepr {
+                    flags: vnet_flags::DATA_VALID,
+                    ..VnetHdrRepr::PLAIN
+                }
+            };
+            l2.put_vnet_hdr(&mut buf, &hdr);
+        }
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
         EthernetRepr {
             src_addr: l2.gateway,
             dst_addr: l2.guest,
@@ -1256,11 +1512,13 @@ fn tcp_emitter<'a>(
         .emit(&mut f);
         let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
         ip.emit(&mut p);
-        r.emit(
-            &mut TcpPacket::new_unchecked(p.payload_mut()),
-            IpAddr::V4(*remote.ip()),
-            IpAddr::V4(*guest.ip()),
-        );
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        let (s, d) = (IpAddr::V4(*remote.ip()), IpAddr::V4(*guest.ip()));
+        if partial {
+            r.emit_partial(&mut t, s, d);
+        } else {
+            r.emit(&mut t, s, d);
+        }
         frames.push(buf);
     }
 }

@@ -31,7 +31,10 @@
 //! ACKs them, so retransmission (three duplicate ACKs, or the RTO) replays
 //! from `snd_una` (go-back-N: the link reorders nothing). `Recv` is issued
 //! only while `to_guest` has room, which is the backpressure toward the host
-//! peer. Segments respect the guest's MSS and its scaled window.
+//! peer. Segments respect the guest's MSS and its scaled window; when the
+//! link cuts TSO super-frames, [`Conn::set_max_segment`] lets one segment
+//! carry many MSS worth of payload (the MSS stays the guest's: it is the
+//! super-frame's `gso_size`).
 //!
 //! Close. Guest FIN → `shutdown(SHUT_WR)` once `to_host` is drained. Host EOF
 //! → FIN to the guest once `to_guest` is all sent. When both FINs are done
@@ -142,6 +145,9 @@ pub struct Conn {
     snd_wscale: u8,
     /// Guest MSS (clamped to what the MTU allows).
     mss: usize,
+    /// Largest payload of one segment we emit: `mss`, or a multiple of it
+    /// when the link takes TSO super-frames ([`Conn::set_max_segment`]).
+    max_seg: usize,
     /// A `Recv` is in flight.
     receiving: bool,
     /// The host socket reached end of stream.
@@ -190,6 +196,7 @@ impl Conn {
             snd_wnd: usize::from(syn.window_len),
             snd_wscale,
             mss,
+            max_seg: mss,
             receiving: false,
             host_eof: false,
             fin_sent: false,
@@ -209,6 +216,20 @@ impl Conn {
     /// The MSS used toward the guest.
     pub fn mss(&self) -> usize {
         self.mss
+    }
+
+    /// Let segments to the guest carry up to `max` bytes of payload (rounded
+    /// down to a multiple of the MSS, never below one MSS): the link cuts
+    /// them at the MSS (TSO). The MSS itself, the window checks, PSH on the
+    /// last segment and retransmission are unchanged; a segment may still
+    /// be shorter (window, queue end, the queue's ring wrapping).
+    pub fn set_max_segment(&mut self, max: usize) {
+        self.max_seg = (max / self.mss * self.mss).max(self.mss);
+    }
+
+    /// Largest payload of one segment to the guest.
+    pub fn max_segment(&self) -> usize {
+        self.max_seg
     }
 
     /// Bytes waiting for the host socket.
@@ -465,6 +486,11 @@ impl Conn {
     /// ACK processing for the host → guest direction.
     fn on_ack(&mut self, ack: SeqNumber, seg: &TcpRepr<'_>, now: Instant, emit: &mut Emit<'_>) {
         let wnd = usize::from(seg.window_len) << self.snd_wscale;
+        if wnd == 0 {
+            // The guest answers (a probe) but its application is not
+            // reading: it is alive, so persist without ever giving up.
+            self.retries = 0;
+        }
         let fin_seq = self.snd_una + self.to_guest.len();
         let max_ack = if self.fin_sent {
             fin_seq + 1usize
@@ -634,7 +660,7 @@ impl Conn {
             } else {
                 &b[off - a.len()..]
             };
-            let len = self.mss.min(avail).min(wnd_left).min(slice.len());
+            let len = self.max_seg.min(avail).min(wnd_left).min(slice.len());
             let last = len == avail;
             let seq = self.snd_nxt;
             let repr = self.segment(
@@ -669,7 +695,12 @@ impl Conn {
             self.note_advertised();
             sent_any = true;
         }
-        if sent_any && self.rto_deadline.is_none() {
+        // Persist timer (RFC 9293 §3.8.6.1): data waits behind a zero
+        // window and nothing is in flight, so no ACK is coming that would
+        // reopen it if the guest's window update was lost (a full TAP
+        // queue drops frames). The RTO path probes with one byte.
+        let waiting = self.snd_nxt < end && self.snd_nxt >= wnd_edge;
+        if (sent_any || waiting) && self.rto_deadline.is_none() {
             self.arm_rto(now);
         }
     }
@@ -1257,9 +1288,65 @@ mod tests {
         h.ack(ISS + 1usize, gseq, 0);
         h.recvd(Ok(pattern(10)));
         assert!(h.take_segs().is_empty(), "zero window: nothing sent");
-        // Nothing in flight → no RTO armed yet; the guest's window update
-        // restarts the flow.
+        // Nothing is in flight, yet the persist timer runs: if the guest's
+        // window update is lost, a one-byte probe asks for it.
+        let d = h
+            .conn
+            .deadline()
+            .expect("persist timer armed behind a zero window");
+        h.now = d;
+        h.timer();
+        let probe = h.take_segs();
+        assert_eq!(probe.len(), 1);
+        assert_eq!(probe[0].data.len(), 1, "a one-byte window probe");
+        assert_eq!(probe[0].seq, ISS + 1usize);
+        // The guest answers with an open window: the rest flows.
+        h.ack(ISS + 2usize, gseq, 1000);
+        let rest: usize = h.take_segs().iter().map(|s| s.data.len()).sum();
+        assert_eq!(rest, 9);
+    }
+
+    #[test]
+    fn a_guest_that_answers_probes_is_never_reset() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 0);
+        h.recvd(Ok(pattern(10)));
+        for _ in 0..(MAX_RETRIES * 3) {
+            h.now = h.conn.deadline().unwrap();
+            assert_eq!(h.timer(), Verdict::Keep);
+            h.take_segs();
+            h.ack(ISS + 1usize, gseq, 0);
+        }
+        assert_eq!(h.conn.state(), State::Established);
+    }
+
+    #[test]
+    fn window_update_restarts_the_flow_before_the_probe() {
+        let mut h = Harness::new(Some(0), 1000);
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 0);
+        h.recvd(Ok(pattern(10)));
         h.ack(ISS + 1usize, gseq, 1000);
         assert_eq!(h.take_segs().len(), 1);
+    }
+
+    #[test]
+    fn max_segment_allows_tso_sized_segments_in_mss_multiples() {
+        let mut h = Harness::new(Some(7), 1000);
+        h.conn.set_max_segment(4500);
+        assert_eq!(h.conn.max_segment(), 4000, "rounded down to the MSS");
+        assert_eq!(h.conn.mss(), 1000, "the MSS is still the guest's");
+        let gseq = h.establish();
+        h.ack(ISS + 1usize, gseq, 100);
+        h.recvd(Ok(pattern(10_500)));
+        let segs = h.take_segs();
+        let lens: Vec<usize> = segs.iter().map(|s| s.data.len()).collect();
+        assert_eq!(lens, vec![4000, 4000, 2500]);
+        assert!(segs[2].flags.psh && !segs[0].flags.psh);
+        let all: Vec<u8> = segs.iter().flat_map(|s| s.data.clone()).collect();
+        assert_eq!(all, pattern(10_500));
+        h.conn.set_max_segment(10);
+        assert_eq!(h.conn.max_segment(), 1000, "never below one MSS");
     }
 }

@@ -13,6 +13,7 @@ pub mod icmpv4;
 pub mod ipv4;
 pub mod tcp;
 pub mod udp;
+pub mod vnet_hdr;
 
 pub use arp::{Operation as ArpOperation, Packet as ArpPacket, Repr as ArpRepr};
 pub use ethernet::{
@@ -22,6 +23,7 @@ pub use icmpv4::{Packet as Icmpv4Packet, Repr as Icmpv4Repr};
 pub use ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use tcp::{Packet as TcpPacket, Repr as TcpRepr, SeqNumber};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
+pub use vnet_hdr::{Packet as VnetHdrPacket, Repr as VnetHdrRepr};
 
 /// Why a buffer is not a valid packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

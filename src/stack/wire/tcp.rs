@@ -458,6 +458,29 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
+        let len = self.emit_unsummed(packet);
+        // Checksum exactly what this segment owns, whatever the buffer's length.
+        let seg = &packet.buffer.as_ref()[..len];
+        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
+        packet.set_checksum(c);
+    }
+    /// Like [`Repr::emit`], but for a receiver that completes the checksum
+    /// (virtio `NEEDS_CSUM`, Linux `CHECKSUM_PARTIAL`): the checksum field
+    /// holds the pseudo-header sum over `buffer_len()` bytes, folded and
+    /// **not** complemented, which is what Linux's `tcp_v4_send_check`
+    /// leaves there and what its TSO and `skb_checksum_help` add the
+    /// segment's sum to. The payload is not read again.
+    pub fn emit_partial<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+    ) {
+        let len = self.emit_unsummed(packet);
+        packet.set_checksum(partial_checksum(src, dst, len));
+    }
+    /// Header, options and payload with a zero checksum; returns the length.
+    fn emit_unsummed<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> usize {
         let header_len = self.header_len();
         let len = header_len + self.payload.len();
         packet.set_src_port(self.src_port);
@@ -485,11 +508,15 @@ impl<'a> Repr<'a> {
             opts[at..at + 4].copy_from_slice(&[opt::NOP, opt::WS, 3, ws]);
         }
         packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
-        // Checksum exactly what this segment owns, whatever the buffer's length.
-        let seg = &packet.buffer.as_ref()[..len];
-        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
-        packet.set_checksum(c);
+        len
     }
+}
+
+/// The value of a partial (`CHECKSUM_PARTIAL`) TCP checksum field for a
+/// segment of `len` bytes: the pseudo-header sum, folded, not complemented.
+pub fn partial_checksum(src: IpAddr, dst: IpAddr, len: usize) -> u16 {
+    // Cannot fail: `checksum::sum` folds to at most 0xffff.
+    u16::try_from(pseudo(src, dst, len)).unwrap_or(0xffff)
 }
 
 #[cfg(test)]
@@ -818,6 +845,38 @@ mod tests {
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(Repr::parse(&p, s, d, true), Ok(repr));
         assert_eq!(Repr::parse(&p, GUEST, SERVER, true), Err(Error::Checksum));
+    }
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        let payload: Vec<u8> = (0..3001u32).map(|i| (i * 13).to_le_bytes()[0]).collect();
+        let repr = Repr {
+            src_port: 80,
+            dst_port: 45678,
+            flags: Flags {
+                psh: true,
+                ..Flags::default()
+            },
+            seq_number: SeqNumber(0x1234_5678),
+            ack_number: Some(SeqNumber(99)),
+            window_len: 1000,
+            max_seg_size: None,
+            window_scale: None,
+            sack_permitted: false,
+            payload: &payload,
+        };
+        let mut full = vec![0xa5u8; repr.buffer_len()];
+        repr.emit(&mut Packet::new_unchecked(&mut full[..]), SERVER, GUEST);
+        let mut part = vec![0x5au8; repr.buffer_len()];
+        repr.emit_partial(&mut Packet::new_unchecked(&mut part[..]), SERVER, GUEST);
+        assert_eq!(full[..16], part[..16]);
+        assert_eq!(full[18..], part[18..]);
+        let field = Packet::new_unchecked(&part[..]).checksum();
+        assert_eq!(field, partial_checksum(SERVER, GUEST, part.len()));
+        // What Linux's skb_checksum_help does with CHECKSUM_PARTIAL: sum from
+        // csum_start to the end (the field included), complement, store.
+        let done = checksum::finish(checksum::sum(&part, 0));
+        assert_eq!(done, Packet::new_unchecked(&full[..]).checksum());
     }
 }
 

@@ -200,6 +200,29 @@ impl Repr {
         body[..n].copy_from_slice(&payload[..n]);
         packet.fill_checksum(src, dst);
     }
+    /// Like [`Repr::emit`], but for a receiver that completes the checksum
+    /// (virtio `NEEDS_CSUM`, Linux `CHECKSUM_PARTIAL`): the checksum field
+    /// holds the pseudo-header sum, folded and not complemented (Linux's
+    /// `udp4_hwcsum` leaves the same). The payload is not read again.
+    pub fn emit_partial<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+        payload: &[u8],
+    ) {
+        debug_assert!(payload.len() <= usize::from(u16::MAX) - HEADER_LEN);
+        let len = u16::try_from(HEADER_LEN + payload.len()).unwrap_or(u16::MAX);
+        packet.set_src_port(self.src_port);
+        packet.set_dst_port(self.dst_port);
+        packet.set_len(len);
+        let body = packet.payload_mut();
+        let n = body.len().min(payload.len());
+        body[..n].copy_from_slice(&payload[..n]);
+        let pseudo = checksum::pseudo_header(src, dst, ip_proto::UDP, u32::from(len));
+        // Cannot fail: `pseudo_header` folds to at most 0xffff.
+        packet.set_checksum(u16::try_from(pseudo).unwrap_or(0xffff));
+    }
 }
 
 #[cfg(test)]
@@ -412,5 +435,31 @@ mod tests {
             let p = Packet::new_checked(&b[..]).unwrap();
             assert_eq!(Repr::parse(&p, GUEST, DNS, false), Err(Error::Malformed));
         }
+    }
+
+    #[test]
+    fn partial_checksum_completes_to_the_full_one() {
+        let repr = Repr {
+            src_port: 53,
+            dst_port: 51234,
+        };
+        let mut full = [0xa5u8; 53];
+        repr.emit(
+            &mut Packet::new_unchecked(&mut full[..]),
+            DNS,
+            GUEST,
+            &DNS_REPLY[8..],
+        );
+        let mut part = [0x5au8; 53];
+        repr.emit_partial(
+            &mut Packet::new_unchecked(&mut part[..]),
+            DNS,
+            GUEST,
+            &DNS_REPLY[8..],
+        );
+        assert_eq!(full[..6], part[..6]);
+        assert_eq!(full[8..], part[8..]);
+        let done = checksum::finish(checksum::sum(&part, 0));
+        assert_eq!(done, 0x1f3e, "the checksum of DNS_REPLY");
     }
 }
