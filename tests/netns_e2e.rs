@@ -795,60 +795,93 @@ fn dns_follows_resolv_conf_changes() {
 #[test]
 fn tcp_upload_under_reno_and_bbr() {
     for cc in ["reno", "bbr"] {
-        let name = format!("tcp_upload_under_{cc}");
-        let mut sc = Scenario::new(&name);
-        let up = random_file(&sc.dir().join("up.bin"), 16 * MIB);
-        let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
-        let dir = sc.dir().display().to_string();
-        sc.timeout(150)
-            .server("sink", 9000, &[])
-            .server("http", 8080, &["--dir", &dir])
-            .guest(&format!(
+        updown_16mib(
+            &format!("tcp_upload_under_{cc}"),
+            &[],
+            &format!(
                 "sysctl -q -w net.ipv4.tcp_congestion_control={cc}\n\
-                 echo \"RESULT cc name=$(cat /proc/sys/net/ipv4/tcp_congestion_control)\"\n\
-                 t0=$(date +%s%N)\n\
-                 timeout 60 busybox nc \"$GW\" 9000 <\"$D/up.bin\" >\"$D/nc.out\"\n\
-                 rc=$?; t1=$(date +%s%N)\n\
-                 echo \"RESULT upload rc=$rc bytes=$(cut -d' ' -f1 \"$D/nc.out\") sha=$(cut -d' ' -f2 \"$D/nc.out\") ms=$(( (t1 - t0) / 1000000 ))\"\n\
-                 t0=$(date +%s%N)\n\
-                 timeout 60 busybox wget -q -O \"$D/got.bin\" \"http://$GW:8080/down.bin\"\n\
-                 rc=$?; t1=$(date +%s%N)\n\
-                 echo \"RESULT download rc=$rc size=$(stat -c %s \"$D/got.bin\") sha=$(sha256sum \"$D/got.bin\" | cut -d' ' -f1) ms=$(( (t1 - t0) / 1000000 ))\""
-            ));
-        let o = sc.run();
-        o.expect_code(0);
+                 echo \"RESULT cc name=$(cat /proc/sys/net/ipv4/tcp_congestion_control)\""
+            ),
+            Some(cc),
+        );
+    }
+}
+
+/// 16 MiB each way through the paths that are not the default: no offloads
+/// (plain TAP, every checksum computed and verified), MTU 1500 with and
+/// without offloads (TSO super-frames vs 1500-byte frames), one worker.
+#[test]
+fn transfers_with_and_without_offloads() {
+    for (name, args) in [
+        ("xfer_mtu1500_offload", &["--mtu", "1500"][..]),
+        (
+            "xfer_mtu1500_no_offload",
+            &["--mtu", "1500", "--no-offload"][..],
+        ),
+        ("xfer_no_offload", &["--no-offload"][..]),
+        ("xfer_one_worker", &["--workers", "1"][..]),
+    ] {
+        updown_16mib(name, args, "", None);
+    }
+}
+
+/// A 16 MiB upload (busybox nc to a sha256 sink) and download (busybox wget),
+/// byte-exact and each under 30 s, with uipd given `args`; `pre` runs first
+/// in the guest, and `cc` (if given) must be the guest's congestion control.
+fn updown_16mib(name: &str, args: &[&str], pre: &str, cc: Option<&str>) {
+    let mut sc = Scenario::new(name);
+    let up = random_file(&sc.dir().join("up.bin"), 16 * MIB);
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    let dir = sc.dir().display().to_string();
+    if !args.is_empty() {
+        sc.args(args);
+    }
+    sc.timeout(150)
+        .server("sink", 9000, &[])
+        .server("http", 8080, &["--dir", &dir])
+        .guest(&format!(
+            "{pre}\n\
+             t0=$(date +%s%N)\n\
+             timeout 60 busybox nc \"$GW\" 9000 <\"$D/up.bin\" >\"$D/nc.out\"\n\
+             rc=$?; t1=$(date +%s%N)\n\
+             echo \"RESULT upload rc=$rc bytes=$(cut -d' ' -f1 \"$D/nc.out\") sha=$(cut -d' ' -f2 \"$D/nc.out\") ms=$(( (t1 - t0) / 1000000 ))\"\n\
+             t0=$(date +%s%N)\n\
+             timeout 60 busybox wget -q -O \"$D/got.bin\" \"http://$GW:8080/down.bin\"\n\
+             rc=$?; t1=$(date +%s%N)\n\
+             echo \"RESULT download rc=$rc size=$(stat -c %s \"$D/got.bin\") sha=$(sha256sum \"$D/got.bin\" | cut -d' ' -f1) ms=$(( (t1 - t0) / 1000000 ))\""
+        ));
+    let o = sc.run();
+    o.expect_code(0);
+    if let Some(cc) = cc {
         o.check(
             o.value("cc", "name") == cc,
             &format!("the guest's congestion control is not {cc}"),
         );
-        let u = o.result("upload");
-        let d = o.result("download");
-        eprintln!("{name}: upload {} ms, download {} ms", u["ms"], d["ms"]);
-        o.check(u["rc"] == "0", "busybox nc (upload) failed");
-        o.check(
-            u["bytes"] == (16 * MIB).to_string() && u["sha"] == up,
-            &format!(
-                "upload: host received {} bytes, sha {}",
-                u["bytes"], u["sha"]
-            ),
-        );
-        o.check(d["rc"] == "0", "busybox wget (download) failed");
-        o.check(
-            d["size"] == (16 * MIB).to_string() && d["sha"] == down,
-            &format!(
-                "download: guest received {} bytes, sha {}",
-                d["size"], d["sha"]
-            ),
-        );
-        for (what, r) in [("upload", &u), ("download", &d)] {
-            let ms: u64 = r["ms"].parse().unwrap_or(u64::MAX);
-            o.check(
-                ms < 30_000,
-                &format!("{what} under {cc} took {ms} ms (limit 30000)"),
-            );
-        }
-        o.pass();
     }
+    let u = o.result("upload");
+    let d = o.result("download");
+    eprintln!("{name}: upload {} ms, download {} ms", u["ms"], d["ms"]);
+    o.check(u["rc"] == "0", "busybox nc (upload) failed");
+    o.check(
+        u["bytes"] == (16 * MIB).to_string() && u["sha"] == up,
+        &format!(
+            "upload: host received {} bytes, sha {}",
+            u["bytes"], u["sha"]
+        ),
+    );
+    o.check(d["rc"] == "0", "busybox wget (download) failed");
+    o.check(
+        d["size"] == (16 * MIB).to_string() && d["sha"] == down,
+        &format!(
+            "download: guest received {} bytes, sha {}",
+            d["size"], d["sha"]
+        ),
+    );
+    for (what, r) in [("upload", &u), ("download", &d)] {
+        let ms: u64 = r["ms"].parse().unwrap_or(u64::MAX);
+        o.check(ms < 30_000, &format!("{what} took {ms} ms (limit 30000)"));
+    }
+    o.pass();
 }
 
 /// 18. A 16 MiB upload while uipd's host socket has a tiny send buffer
