@@ -562,7 +562,13 @@ impl Conn {
             return;
         }
         let chunk = (2 * self.last_sent).clamp(SEND_CHUNK_MIN, SEND_CHUNK_MAX);
-        let data: Vec<u8> = self.to_host.iter().take(chunk).copied().collect();
+        // Two memcpys from the ring's halves (a byte iterator here cost half
+        // the worker's time, measured).
+        let (a, b) = self.to_host.as_slices();
+        let from_a = a.len().min(chunk);
+        let mut data = Vec::with_capacity(chunk.min(a.len() + b.len()));
+        data.extend_from_slice(&a[..from_a]);
+        data.extend_from_slice(&b[..b.len().min(chunk - from_a)]);
         self.sending = data.len();
         ops.push(SockOp::Send {
             flow: self.flow,
