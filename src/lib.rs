@@ -1,5 +1,50 @@
 //! uipd: a user-mode network backend for virtual machines and network
 //! namespaces.
+//!
+//! # Theory of operation
+//!
+//! uipd gives a guest (today a network namespace behind a TAP device;
+//! virtio-net guests come next) TCP/UDP/IPv4 access with no privileges and
+//! no host configuration: the guest's Ethernet frames become ordinary host
+//! sockets, opened by uipd in user space.
+//!
+//! ```text
+//!                  guest (network namespace)
+//!                          │ multiqueue TAP, virtio-net header, TSO/csum offload
+//!        ┌─────────────────┼──────────────────────┐
+//!   queue 0           queue 1             queue N-1
+//!   worker uipd-w0    worker uipd-w1      worker uipd-wN-1     (one per CPU, pinned)
+//!   ├ Stack shard     ├ Stack shard       ├ Stack shard        stack::Stack: no I/O
+//!   ├ io_uring        ├ io_uring          ├ io_uring           dataplane::uring
+//!   └ inbox ring ◄────┴── frames of flows that arrived on a foreign queue (rings)
+//!                          │
+//!                   host sockets (TCP, connected UDP, ping sockets)
+//! ```
+//!
+//! Layers, from the wire up:
+//! - [`stack`] is the protocol engine: ARP, IPv4 (with bounded
+//!   reassembly), ICMP echo, DHCP, DNS forwarding, UDP NAT flows and TCP
+//!   *translation* (see [`stack::tcp::conn`]). It performs no I/O, reads no
+//!   clock and starts no thread: frames and host completions go in, frames
+//!   and [`stack::SockOp`]s come out, and time is an argument. Everything
+//!   the guest sends is checked; malformed input is a counted drop.
+//! - [`rings`] are the lock-free frame rings (and their buffer pools)
+//!   between threads.
+//! - [`dataplane`] runs the stack: pinned [`dataplane::worker`]s, each
+//!   owning one TAP queue, one io_uring ([`dataplane::uring`]) for every
+//!   host socket operation and TAP write, and one shard of the flows;
+//!   [`stack::steer`] maps a flow to its worker. The namespace frontend
+//!   ([`dataplane::netns`], [`dataplane::tap`]) creates or joins the
+//!   namespace and its TAP; [`dataplane::offload`] turns on the
+//!   virtio-net header and offloads.
+//! - [`daemon`] wires a frontend to the workers and runs the control loop
+//!   (the command's exit, signals, resolv.conf changes, statistics).
+//! - [`vmm`] will hold the virtio-net device, the vhost-user backend and the
+//!   embedded KVM VMM.
+//!
+//! A flow lives on exactly one worker; frames cross workers only when the
+//! kernel delivers a flow's first frame to another queue, or a reassembled
+//! datagram belongs to another worker's flow.
 #![warn(missing_docs)]
 
 pub mod daemon;
