@@ -403,7 +403,7 @@ def chart_affinity(doc, png):
         for bar, v in zip(bars, ys):
             ax1.annotate(human(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                          ha="center", va="bottom", fontsize=7)
-    labels = [r["config"].replace(" ", "\n") for r in table]
+    labels = [r["config"].replace(" ", "\n") + f"\n({r.get('workers')} wrk)" for r in table]
     ax1.set_xticks(list(x))
     ax1.set_xticklabels(labels, fontsize=7)
     ax1.set_ylabel("Mbit/s")
