@@ -1,136 +1,293 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: uipd vs slirp4netns (vs the veth upper limit),
-# same machine, same tool (uipd-perf), same duration, one run.
+# Side-by-side benchmark of user-mode network backends on this machine, in
+# one run: uipd, slirp4netns, pasta (passt) and the kernel's veth pair (the
+# upper limit), with the same client, server, duration and MTU for each.
 #
-#   perf/bench.sh [-l SECONDS] [-r RUNS] [-m "65520 1500"] [-o OUT.json]
+#   perf/bench.sh [-l SECONDS] [-r RUNS] [-m "1500 65520"] [-b BACKENDS]
+#                 [-t TESTS] [-c CPULIST] [-o OUT.json] [-N]
+#
+#   -l  seconds per test (default 5)         -r  runs; medians reported (3)
+#   -m  MTUs (default "1500 65520")          -o  output JSON (the PNG chart
+#   -b  backends (default "uipd slirp4netns      goes next to it, .png)
+#       pasta veth")                          -c  uipd --cpus (default: none)
+#   -t  tests (default "TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3")
+#   -N  do not run `cargo build --release --bins` first
+#
+# Quick smoke run:  perf/bench.sh -l 2 -r 1 -m 1500 -t "TCP_STREAM TCP_RR"
 #
 # Everything runs inside an outer network namespace that has only `lo`
-# (unshare --net): servers listen on its 127.0.0.1, and both backends'
-# "host" sockets live there, so no packet can leave the machine.
-# Needs root (namespaces) and slirp4netns (Debian package).
+# (unshare --net; a private mount namespace too, for `ip netns`): servers
+# listen on its 127.0.0.1 and every backend's "host" sockets live there, so
+# no packet can leave the machine. Each test gets a fresh guest namespace
+# and a fresh backend process, whose CPU time (utime+stime, all threads) is
+# read from /proc/PID/stat just before it exits. Needs root.
+#
+# Tests (uipd-perf, the project's netperf-style tool, unless noted):
+#   TCP_STREAM  guest -> host bulk TCP      TCP_MAERTS  host -> guest
+#   UDP_STREAM  guest -> host, 1400-byte datagrams: received Mbit/s, loss
+#   TCP_RR      1-byte request/response: transactions/s, p50/p99 latency
+#   TCP_CRR     connect + 1-byte RR + close per transaction: rate
+#   iperf3      iperf3 -c (and -R) as a third-party cross-check, MTU 1500 only
+#
+# Backends and the address that reaches the outer namespace's 127.0.0.1:
+#   uipd         target/release/uipd --mtu M -- CMD; gateway 192.168.33.1
+#   slirp4netns  --configure --mtu=M PID tap0; 10.0.2.2
+#   pasta        --config-net --netns NS -m M -t/-u/-T/-U none; the gateway
+#                192.0.2.2 of a veth (pa0, both ends in the outer namespace)
+#                that pasta copies its addresses from, mapped to 127.0.0.1
+#                by pasta's default --map-gw. Port forwarding is off, so no
+#                splice path: every byte crosses pasta's tap.
+#   veth         a veth pair between the outer namespace and the guest; the
+#                server binds the outer end (10.77.0.1). No user-space hop.
 set -euo pipefail
 
-LEN=5 RUNS=3 MTUS="65520 1500" OUT=""
-while getopts "l:r:m:o:" o; do
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+
+LEN=5 RUNS=3 MTUS="1500 65520" BACKENDS="uipd slirp4netns pasta veth"
+TESTS="TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3" CPUS="" OUT="" BUILD=1
+while getopts "l:r:m:b:t:c:o:Nh" o; do
   case $o in
-    l) LEN=$OPTARG ;; r) RUNS=$OPTARG ;; m) MTUS=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) echo "usage: $0 [-l SECONDS] [-r RUNS] [-m MTUS] [-o OUT.json]" >&2; exit 2 ;;
+    l) LEN=$OPTARG ;; r) RUNS=$OPTARG ;; m) MTUS=$OPTARG ;; b) BACKENDS=$OPTARG ;;
+    t) TESTS=$OPTARG ;; c) CPUS=$OPTARG ;; o) OUT=$OPTARG ;; N) BUILD=0 ;; *) usage ;;
   esac
 done
+[[ $LEN =~ ^[1-9][0-9]*$ && $LEN -le 600 ]] || { echo "-l: 1..600 seconds" >&2; exit 2; }
+[[ $RUNS =~ ^[1-9][0-9]*$ && $RUNS -le 50 ]] || { echo "-r: 1..50 runs" >&2; exit 2; }
+for m in $MTUS; do
+  [[ $m =~ ^[0-9]+$ && $m -ge 576 && $m -le 65520 ]] || { echo "-m: MTU $m not in 576..65520" >&2; exit 2; }
+done
+for b in $BACKENDS; do
+  case $b in uipd | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
+done
+for t in $TESTS; do
+  case $t in TCP_STREAM | TCP_MAERTS | UDP_STREAM | TCP_RR | TCP_CRR | iperf3) ;;
+    *) echo "-t: unknown test $t" >&2; exit 2 ;; esac
+done
+
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git status --porcelain --untracked-files=no 2>/dev/null) ]] || REV=$REV-dirty
 [[ -n $OUT ]] || OUT=perf/results/$(date -u +%Y%m%d-%H%M%S)-$REV.json
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+export UIPD=${UIPD:-$TARGET/release/uipd} PERF=${UIPD_PERF:-$TARGET/release/uipd-perf}
+
 if [[ ${UIPD_BENCH_INNER:-} != 1 ]]; then
-  cargo build --release --quiet --bins
-  command -v slirp4netns >/dev/null || { echo "slirp4netns missing (apt-get install slirp4netns)" >&2; exit 1; }
-  export UIPD_BENCH_INNER=1
-  exec unshare --net -- "$0" -l "$LEN" -r "$RUNS" -m "$MTUS" -o "$OUT"
+  [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces)" >&2; exit 1; }
+  [[ $BUILD == 0 ]] || cargo build --release --quiet --bins
+  # Tools, installed while the network is still reachable.
+  need=()
+  [[ $BACKENDS != *slirp4netns* ]] || command -v slirp4netns >/dev/null || need+=(slirp4netns)
+  [[ $BACKENDS != *pasta* ]] || command -v pasta >/dev/null || need+=(passt)
+  [[ $TESTS != *iperf3* ]] || command -v iperf3 >/dev/null || need+=(iperf3)
+  if ((${#need[@]})); then
+    echo "installing ${need[*]} (apt-get)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null 2>&1 ||
+      echo "warning: could not install ${need[*]}; those backends/tests will be skipped" >&2
+  fi
+  source perf/lib.sh
+  PLOT_PY=$(find_plot_python)
+  export PLOT_PY UIPD_BENCH_INNER=1
+  mkdir -p "$(dirname "$OUT")"
+  args=(-l "$LEN" -r "$RUNS" -m "$MTUS" -b "$BACKENDS" -t "$TESTS" -o "$OUT" -N)
+  [[ -z $CPUS ]] || args+=(-c "$CPUS")
+  exec unshare --net --mount -- "$0" "${args[@]}"
 fi
 
 # ── inside the outer namespace ──
+source perf/lib.sh
 ip link set lo up
-UIPD=$ROOT/target/release/uipd
-PERF=$ROOT/target/release/uipd-perf
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+TMP=$(mktemp -d /tmp/uipd-bench.XXXXXX)
+RAW=$TMP/raw.jsonl
+: >"$RAW"
+PASTA_NS=uipd-bench-pasta
+cleanup() {
+  kill_tracked
+  ip netns del "$PASTA_NS" 2>/dev/null || true
+  ip link del pa0 2>/dev/null || true
+  ip link del vb0 2>/dev/null || true
+  rm -rf "$TMP"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-"$PERF" -s -B 127.0.0.1 -p 12865 >"$TMP/server.log" 2>&1 & PIDS+=($!)
-sleep 0.5
+for b in $BACKENDS; do
+  case $b in
+    slirp4netns) command -v slirp4netns >/dev/null || { echo "skip: no slirp4netns" >&2; BACKENDS=${BACKENDS//slirp4netns/}; } ;;
+    pasta) command -v pasta >/dev/null || { echo "skip: no pasta" >&2; BACKENDS=${BACKENDS//pasta/}; } ;;
+  esac
+done
+if [[ $TESTS == *iperf3* ]] && ! command -v iperf3 >/dev/null; then
+  echo "skip: no iperf3" >&2
+  TESTS=${TESTS//iperf3/}
+fi
 
-cpu_of() { # utime+stime seconds of PID from /proc
-  awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat" 2>/dev/null || echo 0
+# The uipd-perf server for everything but veth, on the outer 127.0.0.1.
+"$PERF" -s -B 127.0.0.1 -p 12865 >"$TMP/server.log" 2>&1 &
+SERVER=$!
+track $SERVER
+wait_for 5 grep -q . "$TMP/server.log" || sleep 0.3
+
+# client_cmd TEST HOST PERF_PORT: the client command line, as a string.
+client_cmd() {
+  local t=$1 host=$2 port=$3 w=$((LEN + 30))
+  case $t in
+    IPERF3_STREAM) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J" ;;
+    IPERF3_MAERTS) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J -R" ;;
+    UDP_STREAM) echo "timeout $w $PERF -H $host -p $port -t $t -l $LEN -m 1400 --json" ;;
+    *) echo "timeout $w $PERF -H $host -p $port -t $t -l $LEN --json" ;;
+  esac
 }
 
-results=()
-record() { # backend mtu test json cpu
-  results+=("{\"backend\":\"$1\",\"mtu\":$2,\"test\":\"$3\",\"run\":$4,\"backend_cpu_s\":$6,\"result\":$5}")
+# iperf3 needs a server per test (-1: exits after it); uipd-perf's is shared.
+IPERF_SRV=""
+iperf_server() { # BIND
+  IPERF_SRV=""
+  [[ $TEST == IPERF3_* ]] || return 0
+  iperf3 -s -1 -B "$1" -p 5201 >"$D/iperf-server.log" 2>&1 &
+  IPERF_SRV=$!
+  track $IPERF_SRV
+  wait_for 5 grep -qi listening "$D/iperf-server.log" || true
 }
 
-run_uipd() { # mtu test run
-  local mtu=$1 test=$2 run=$3
-  "$UIPD" --mtu "$mtu" -- sh -c "sleep 0.3; exec timeout $((LEN + 20)) $PERF -H 192.168.33.1 -p 12865 -t $test -l $LEN --json" \
-    >"$TMP/out.json" 2>"$TMP/uipd.err" &
-  local pid=$!
-  local cpu=0
-  while kill -0 $pid 2>/dev/null; do c=$(cpu_of $pid); [[ $c == 0 ]] || cpu=$c; sleep 0.2; done
-  wait $pid || { echo "uipd $test mtu $mtu failed:" >&2; cat "$TMP/uipd.err" >&2; return 0; }
-  record uipd "$mtu" "$test" "$run" "$(cat "$TMP/out.json")" "$cpu"
+record() { # BACKEND CPU_SECONDS [EXTRA_JSON]
+  local extra=${3:-}
+  [[ -n $extra ]] || extra='{}'
+  python3 perf/report.py record "$RAW" "$1" "$MTU" "$TEST" "$RUN" "$2" "$D" "$extra"
 }
 
-run_slirp() { # mtu test run
-  local mtu=$1 test=$2 run=$3
-  unshare --net --mount -- sh -c "echo nameserver 10.0.2.3 > $TMP/resolv; sleep 60" & local ns=$!
-  sleep 0.2
-  slirp4netns --configure --mtu="$mtu" "$ns" tap0 >"$TMP/slirp.log" 2>&1 & local sp=$!
-  sleep 0.5
-  nsenter -t "$ns" -n timeout $((LEN + 20)) "$PERF" -H 10.0.2.2 -p 12865 -t "$test" -l "$LEN" --json >"$TMP/out.json" 2>"$TMP/s.err" || true
-  local cpu; cpu=$(cpu_of $sp)
-  kill $sp $ns 2>/dev/null || true; wait $sp $ns 2>/dev/null || true
-  [[ -s $TMP/out.json ]] && record slirp4netns "$mtu" "$test" "$run" "$(cat "$TMP/out.json")" "$cpu" || { echo "slirp4netns $test failed" >&2; cat "$TMP/s.err" >&2; }
+# client NSENTER_ARGS... -- HOST PORT: run the client in the guest namespace;
+# its output, errors and exit status land in $D.
+client() {
+  local pre=() rc=0
+  while [[ $1 != -- ]]; do pre+=("$1"); shift; done
+  shift
+  "${pre[@]}" sh -c "$(client_cmd "$TEST" "$1" "$2")" >"$D/out" 2>"$D/err" || rc=$?
+  echo $rc >"$D/rc"
 }
 
-run_veth() { # mtu test run: kernel to kernel, the upper limit
-  local mtu=$1 test=$2 run=$3
-  unshare --net -- sleep 60 & local ns=$!
-  sleep 0.2
+uipd_done() { [[ -e $D/rc ]] || ! kill -0 "$1" 2>/dev/null; }
+
+run_uipd() {
+  iperf_server 127.0.0.1
+  local cmd pid cpu workers
+  cmd="$(client_cmd "$TEST" 192.168.33.1 12865) >$D/out 2>$D/err; echo \$? >$D/rc"
+  # Then wait (bounded) for the go-ahead, so uipd's CPU time is read while
+  # it still runs, after the traffic.
+  cmd+="; i=0; while [ ! -e $D/go ] && [ \$i -lt 100 ]; do sleep 0.05; i=\$((i+1)); done"
+  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
+  pid=$!
+  track $pid
+  wait_for $((LEN + 45)) uipd_done $pid || echo "uipd: client did not finish" >&2
+  cpu=$(cpu_of $pid)
+  workers=$(threads_named $pid uipd-w)
+  touch "$D/go"
+  wait $pid 2>/dev/null || true
+  untrack $pid
+  stop $IPERF_SRV
+  record uipd "$cpu" "{\"workers\":$workers}"
+}
+
+run_slirp4netns() {
+  iperf_server 127.0.0.1
+  local ns sp cpu
+  unshare --net -- sleep $((LEN + 90)) &
+  ns=$!
+  track $ns
+  sleep 0.1
+  slirp4netns --configure --mtu="$MTU" "$ns" tap0 >"$D/backend.log" 2>&1 &
+  sp=$!
+  track $sp
+  if wait_for 5 nsenter -t "$ns" -n sh -c "ip -4 addr show tap0 | grep -q 10.0.2.100"; then
+    client nsenter -t "$ns" -n -- 10.0.2.2 12865
+  else
+    echo "slirp4netns did not come up" >"$D/err"
+  fi
+  cpu=$(cpu_of $sp)
+  stop $sp $ns $IPERF_SRV
+  record slirp4netns "$cpu"
+}
+
+run_pasta() {
+  iperf_server 127.0.0.1
+  local pp cpu
+  # pasta copies the addresses and routes of an interface with a default
+  # route: a veth with both ends in this namespace gives it one; nothing
+  # that enters pa0 can leave the namespace.
+  ip link add pa0 type veth peer name pa1
+  ip addr add 192.0.2.1/24 dev pa0
+  ip link set pa0 up
+  ip link set pa1 up
+  ip route add default via 192.0.2.2 dev pa0
+  ip netns add "$PASTA_NS"
+  # --runas 0: as root, pasta would drop to nobody and then could not enter
+  # a root-owned namespace.
+  pasta --runas 0 -f -q -4 --config-net -m "$MTU" -t none -u none -T none -U none \
+    --netns "$PASTA_NS" >"$D/backend.log" 2>&1 &
+  pp=$!
+  track $pp
+  if wait_for 5 nsenter --net=/run/netns/$PASTA_NS sh -c "ip -4 addr show pa0 | grep -q 192.0.2.1"; then
+    client nsenter --net=/run/netns/$PASTA_NS -- 192.0.2.2 12865
+  else
+    echo "pasta did not come up" >"$D/err"
+  fi
+  cpu=$(cpu_of $pp)
+  stop $pp $IPERF_SRV
+  ip netns del "$PASTA_NS" 2>/dev/null || true
+  ip link del pa0 2>/dev/null || true
+  record pasta "$cpu"
+}
+
+run_veth() {
+  local ns srv
+  unshare --net -- sleep $((LEN + 90)) &
+  ns=$!
+  track $ns
+  sleep 0.1
   ip link add vb0 type veth peer name vb1
   ip link set vb1 netns "$ns"
-  ip addr add 10.77.0.1/24 dev vb0; ip link set vb0 mtu "$mtu" up
-  nsenter -t "$ns" -n sh -c "ip link set lo up; ip addr add 10.77.0.2/24 dev vb1; ip link set vb1 mtu $mtu up"
-  "$PERF" -s -B 10.77.0.1 -p 12866 --once >/dev/null 2>&1 & local srv=$!
-  sleep 0.3
-  nsenter -t "$ns" -n timeout $((LEN + 20)) "$PERF" -H 10.77.0.1 -p 12866 -t "$test" -l "$LEN" --json >"$TMP/out.json" 2>/dev/null || true
-  kill $srv $ns 2>/dev/null || true; wait $srv $ns 2>/dev/null || true
+  ip addr add 10.77.0.1/24 dev vb0
+  ip link set vb0 mtu "$MTU" up
+  nsenter -t "$ns" -n sh -c "ip link set lo up; ip addr add 10.77.0.2/24 dev vb1; ip link set vb1 mtu $MTU up"
+  iperf_server 10.77.0.1
+  "$PERF" -s -B 10.77.0.1 -p 12866 --once >/dev/null 2>&1 &
+  srv=$!
+  track $srv
+  sleep 0.2
+  client nsenter -t "$ns" -n -- 10.77.0.1 12866
+  stop $srv $ns $IPERF_SRV
   ip link del vb0 2>/dev/null || true
-  [[ -s $TMP/out.json ]] && record veth "$mtu" "$test" "$run" "$(cat "$TMP/out.json")" 0
+  record veth null
 }
 
-for mtu in $MTUS; do
-  for test in TCP_STREAM TCP_MAERTS; do
-    for run in $(seq 1 "$RUNS"); do
-      echo "mtu $mtu $test run $run" >&2
-      run_uipd "$mtu" "$test" "$run"
-      run_slirp "$mtu" "$test" "$run"
-      run_veth "$mtu" "$test" "$run"
+# Interleave backends within each test so drift on this shared machine hits
+# them all alike.
+n=0
+for RUN in $(seq 1 "$RUNS"); do
+  for MTU in $MTUS; do
+    for t in $TESTS; do
+      if [[ $t == iperf3 ]]; then
+        [[ $MTU == 1500 ]] || continue
+        subtests="IPERF3_STREAM IPERF3_MAERTS"
+      else
+        subtests=$t
+      fi
+      for TEST in $subtests; do
+        for B in $BACKENDS; do
+          n=$((n + 1))
+          D=$TMP/t$n
+          mkdir -p "$D"
+          echo "run $RUN/$RUNS  mtu $MTU  $TEST  $B" >&2
+          "run_$B"
+        done
+      done
     done
   done
 done
+stop $SERVER
 
-mkdir -p "$(dirname "$OUT")"
-python3 - "$OUT" "$REV" "$LEN" "$RUNS" "${results[@]}" <<'PY'
-import json, sys, statistics, platform, os, datetime
-out, rev, length, runs, *rows = sys.argv[1:]
-rows = [json.loads(r) for r in rows]
-cpu = next((l.split(":",1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-summary = {}
-for r in rows:
-    k = (r["backend"], r["mtu"], r["test"])
-    summary.setdefault(k, {"mbps": [], "cpu": []})
-    summary[k]["mbps"].append(r["result"].get("throughput_mbps", 0))
-    summary[k]["cpu"].append(r["backend_cpu_s"])
-table = []
-for (b, m, t), v in sorted(summary.items()):
-    table.append({"backend": b, "mtu": m, "test": t, "median_mbps": statistics.median(v["mbps"]),
-                  "runs_mbps": v["mbps"], "median_backend_cpu_s": statistics.median(v["cpu"])})
-def med(b, m, t):
-    return next((x["median_mbps"] for x in table if (x["backend"], x["mtu"], x["test"]) == (b, m, t)), None)
-ratios = []
-for m in sorted({x["mtu"] for x in table}):
-    for t in sorted({x["test"] for x in table}):
-        u, s, v = med("uipd", m, t), med("slirp4netns", m, t), med("veth", m, t)
-        ratios.append({"mtu": m, "test": t, "uipd_mbps": u, "slirp4netns_mbps": s, "veth_mbps": v,
-                       "uipd_over_slirp4netns": round(u / s, 2) if u and s else None,
-                       "uipd_over_veth": round(u / v, 3) if u and v else None})
-doc = {"git_rev": rev, "date": datetime.datetime.utcnow().isoformat() + "Z", "cpu_model": cpu,
-       "cpus": os.cpu_count(), "kernel": platform.release(), "duration_s": int(length), "runs": int(runs),
-       "tool": "uipd-perf", "pinning": "none", "queues": 1, "summary": table, "ratios": ratios, "raw": rows}
-json.dump(doc, open(out, "w"), indent=1)
-print(f"{'MTU':>6} {'test':<11} {'uipd':>9} {'slirp4netns':>12} {'veth':>9} {'uipd/slirp':>10} {'uipd/veth':>9}")
-for r in ratios:
-    f = lambda x: f"{x:9.0f}" if x else "        -"
-    print(f"{r['mtu']:>6} {r['test']:<11} {f(r['uipd_mbps'])} {f(r['slirp4netns_mbps']):>12} {f(r['veth_mbps'])} {str(r['uipd_over_slirp4netns']):>10} {str(r['uipd_over_veth']):>9}")
-print(f"written: {out}")
-PY
+python3 perf/report.py bench "$RAW" "$OUT" --rev "$REV" --len "$LEN" --runs "$RUNS" \
+  --mtus "$MTUS" --backends "$BACKENDS" --tests "$TESTS" --cpus "$CPUS"
+if [[ -n ${PLOT_PY:-} ]]; then
+  "$PLOT_PY" perf/report.py chart "$OUT" "${OUT%.json}.png" || echo "warning: chart failed" >&2
+fi

@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""Results of perf/bench.sh and perf/affinity.sh: raw records, summary JSON,
+tables on stdout and PNG charts.
+
+  report.py record RAW.jsonl BACKEND MTU TEST RUN CPU_S DIR EXTRA_JSON
+      one test's result (DIR/out, DIR/err, DIR/rc) appended to RAW.jsonl
+  report.py bench RAW.jsonl OUT.json [--rev R --len S --runs N ...]
+      medians, ratios, machine description -> OUT.json; table on stdout
+  report.py affinity RAW.jsonl OUT.json [--rev R ...]
+      the same for perf/affinity.sh (one row per configuration)
+  report.py chart OUT.json OUT.png
+      the chart of a bench or affinity JSON (needs matplotlib)
+
+`record`, `bench` and `affinity` use the standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+BACKENDS = ["uipd", "slirp4netns", "pasta", "veth"]
+TEST_ORDER = ["TCP_STREAM", "TCP_MAERTS", "UDP_STREAM", "IPERF3_STREAM", "IPERF3_MAERTS",
+              "TCP_RR", "TCP_CRR"]
+# The headline figure of each test, its unit, and whether more is better.
+PRIMARY = {
+    "TCP_STREAM": ("mbps", "Mbit/s"),
+    "TCP_MAERTS": ("mbps", "Mbit/s"),
+    "UDP_STREAM": ("mbps", "Mbit/s recv"),
+    "IPERF3_STREAM": ("mbps", "Mbit/s"),
+    "IPERF3_MAERTS": ("mbps", "Mbit/s"),
+    "TCP_RR": ("tps", "trans/s"),
+    "TCP_CRR": ("tps", "conn/s"),
+}
+
+
+def metrics_of(test, res):
+    """The figures worth a median, from one client's JSON output."""
+    if test.startswith("IPERF3"):
+        end = res.get("end", {})
+        m = {"mbps": end.get("sum_received", {}).get("bits_per_second", 0) / 1e6}
+        if "retransmits" in end.get("sum_sent", {}):
+            m["retransmits"] = end["sum_sent"]["retransmits"]
+        return m
+    if test == "UDP_STREAM":
+        return {"mbps": res.get("received_mbps", res.get("throughput_mbps", 0)),
+                "sent_mbps": res.get("sent_mbps"), "loss_pct": res.get("loss_pct")}
+    if test in ("TCP_RR", "TCP_CRR"):
+        lat = res.get("latency_us", {})
+        return {"tps": res.get("trans_per_s", 0), "p50_us": lat.get("p50"),
+                "p99_us": lat.get("p99")}
+    return {"mbps": res.get("throughput_mbps", 0)}
+
+
+def read(path, limit=None):
+    try:
+        with open(path, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return text[-limit:] if limit else text
+
+
+def cmd_record(a):
+    rc = read(os.path.join(a.dir, "rc")).strip()
+    out = read(os.path.join(a.dir, "out"))
+    err = read(os.path.join(a.dir, "err"), 2000).strip()
+    rec = {"backend": a.backend, "mtu": int(a.mtu), "test": a.test, "run": int(a.run),
+           "backend_cpu_s": None if a.cpu in ("", "null") else float(a.cpu),
+           "tool": "iperf3" if a.test.startswith("IPERF3") else "uipd-perf"}
+    rec.update(json.loads(a.extra or "{}"))
+    result, error = None, None
+    try:
+        result = json.loads(out)
+    except ValueError:
+        error = err or f"no output (exit status {rc or '?'})"
+    if isinstance(result, dict) and result.get("error"):
+        error, result = str(result["error"]), None
+    if result is not None:
+        result.pop("intervals", None)  # iperf3's per-second samples: bulky
+        rec["metrics"] = metrics_of(a.test, result)
+    else:
+        log = read(os.path.join(a.dir, "backend.log"), 1000).strip()
+        rec["error"] = error + (f" | backend log: {log}" if log else "")
+        print(f"  FAILED {a.backend} {a.test} mtu {a.mtu}: {rec['error'][:300]}", file=sys.stderr)
+    rec["result"] = result
+    with open(a.raw, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def machine(a):
+    def sh(*cmd):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (p.stdout or p.stderr).strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), None)
+    mhz = sorted(float(line.split(":", 1)[1]) for line in open("/proc/cpuinfo")
+                 if line.startswith("cpu MHz"))
+    cc = read("/proc/sys/net/ipv4/tcp_congestion_control").strip() or None
+    slirp = sh("slirp4netns", "--version")
+    return {
+        "git_rev": a.rev,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu_model": cpu,
+        "cpu_mhz": mhz[len(mhz) // 2] if mhz else None,
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "tcp_congestion_control": cc,
+        "versions": {
+            "uipd": sh(os.environ.get("UIPD", "uipd"), "--version"),
+            "uipd-perf": sh(os.environ.get("PERF", "uipd-perf"), "--version"),
+            "slirp4netns": " / ".join(slirp.splitlines()[:3]) if slirp else None,
+            # pasta of this vintage says "unknown version": ask the package.
+            "pasta": sh("dpkg-query", "-W", "-f", "passt ${Version}", "passt"),
+            "iperf3": (sh("iperf3", "--version") or "").split("\n")[0] or None,
+        },
+    }
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarise(rows, key_fields):
+    """Group ok rows by key_fields; median of every metric and of CPU."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in key_fields), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        ok = [r for r in rs if "metrics" in r]
+        s = dict(zip(key_fields, key))
+        s["runs_ok"], s["runs_failed"] = len(ok), len(rs) - len(ok)
+        names = sorted({m for r in ok for m in r["metrics"]})
+        s["median"] = {m: median([r["metrics"].get(m) for r in ok]) for m in names}
+        s["runs"] = {m: [r["metrics"].get(m) for r in ok] for m in names}
+        s["median_backend_cpu_s"] = median([r.get("backend_cpu_s") for r in ok])
+        for extra in ("workers", "config", "cpus", "client_cpu", "streams"):
+            if extra in rs[0]:
+                s[extra] = rs[0][extra]
+        out.append(s)
+    return out
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "-"
+    if abs(v) >= 100000:
+        return f"{v / 1000:.0f}k"
+    return f"{v:.{digits}f}"
+
+
+def cmd_bench(a):
+    rows = [json.loads(line) for line in open(a.raw) if line.strip()]
+    summary = summarise(rows, ["backend", "mtu", "test"])
+    index = {(s["backend"], s["mtu"], s["test"]): s for s in summary}
+    backends = [b for b in BACKENDS if any(s["backend"] == b for s in summary)]
+    keys = sorted({(s["test"], s["mtu"]) for s in summary},
+                  key=lambda k: (TEST_ORDER.index(k[0]) if k[0] in TEST_ORDER else 99, k[1]))
+
+    def val(b, test, mtu, metric):
+        s = index.get((b, mtu, test))
+        return s["median"].get(metric) if s else None
+
+    ratios = []
+    for test, mtu in keys:
+        metric, unit = PRIMARY.get(test, ("mbps", "Mbit/s"))
+        r = {"test": test, "mtu": mtu, "metric": metric, "unit": unit}
+        for b in backends:
+            r[b] = val(b, test, mtu, metric)
+        u = r.get("uipd")
+        for other in ("slirp4netns", "pasta", "veth"):
+            o = r.get(other)
+            if other in backends:
+                r[f"uipd_over_{other}"] = round(u / o, 3) if u and o else None
+        if test in ("TCP_RR", "TCP_CRR"):
+            for b in backends:
+                r[f"{b}_p50_us"] = val(b, test, mtu, "p50_us")
+                r[f"{b}_p99_us"] = val(b, test, mtu, "p99_us")
+        if test == "UDP_STREAM":
+            for b in backends:
+                r[f"{b}_loss_pct"] = val(b, test, mtu, "loss_pct")
+        for b in backends:
+            s = index.get((b, mtu, test))
+            r[f"{b}_cpu_s"] = s["median_backend_cpu_s"] if s else None
+        ratios.append(r)
+
+    doc = machine(a)
+    uipd_workers = sorted({r.get("workers") for r in rows if r["backend"] == "uipd"} - {None})
+    doc.update({
+        "kind": "bench",
+        "duration_s": a.len, "runs": a.runs,
+        "mtus": [int(m) for m in a.mtus.split()],
+        "backends": backends, "tests": a.tests.split(),
+        "queues": 1,
+        "uipd_workers_seen": uipd_workers,
+        "pinning": {"uipd_cpus": a.cpus or None,
+                    "clients_servers": "none (scheduler's choice)"},
+        "paths": {
+            "uipd": "uipd --mtu M -- CMD; guest -> 192.168.33.1 (host loopback) -> 127.0.0.1",
+            "slirp4netns": "slirp4netns --configure --mtu=M; guest -> 10.0.2.2 -> 127.0.0.1",
+            "pasta": "pasta --config-net -m M -t none -u none -T none -U none --netns NS "
+                     "(--runas 0); guest -> gateway 192.0.2.2 -> --map-gw -> 127.0.0.1; "
+                     "tap path (no port forwarding, so no splice)",
+            "veth": "kernel veth pair; guest -> 10.77.0.1 (outer end), no user-space hop",
+        },
+        "metrics": {"mbps": "receiver side Mbit/s", "tps": "transactions per second",
+                    "p50_us/p99_us": "TCP_RR/CRR transaction latency, microseconds",
+                    "backend_cpu_s": "utime+stime of the backend process, all threads, "
+                                     "read just before it exits (covers setup + one test)",
+                    "uipd_over_X": "uipd's median / X's median of the test's metric "
+                                   "(>1: uipd better, for every metric listed)"},
+        "ratios": ratios,
+        "summary": summary,
+        "raw": rows,
+    })
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+
+    print(f"\n{doc['cpu_model']}, {doc['nproc']} CPUs, kernel {doc['kernel']}, "
+          f"rev {a.rev}, {a.len} s x {a.runs} runs (medians)")
+    head = f"{'test':<14}{'MTU':>6} {'unit':<12}" + "".join(f"{b:>12}" for b in backends)
+    others = [o for o in ("slirp4netns", "pasta", "veth") if o in backends and "uipd" in backends]
+    head += "".join(f"{'uipd/' + o[:5]:>12}" for o in others)
+    print(head)
+    for r in ratios:
+        line = f"{r['test']:<14}{r['mtu']:>6} {r['unit']:<12}"
+        line += "".join(f"{fmt(r.get(b)):>12}" for b in backends)
+        line += "".join(f"{fmt(r.get('uipd_over_' + o), 2):>12}" for o in others)
+        print(line)
+    print("\nTCP_RR / TCP_CRR latency p50 / p99 (us)")
+    for r in ratios:
+        if r["test"] in ("TCP_RR", "TCP_CRR"):
+            print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
+                f"{fmt(r.get(b + '_p50_us')) + '/' + fmt(r.get(b + '_p99_us')):>12}"
+                for b in backends))
+    print("\nUDP_STREAM loss %")
+    for r in ratios:
+        if r["test"] == "UDP_STREAM":
+            print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
+                f"{fmt(r.get(b + '_loss_pct'), 1):>12}" for b in backends))
+    print("\nbackend CPU seconds per test (median; veth: kernel, not measured)")
+    for r in ratios:
+        print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
+            f"{fmt(r.get(b + '_cpu_s'), 2):>12}" for b in backends))
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} failed test(s); see 'raw' in the JSON")
+    print(f"\nwritten: {a.out}")
+
+
+def cmd_affinity(a):
+    rows = [json.loads(line) for line in open(a.raw) if line.strip()]
+    summary = summarise(rows, ["config", "test"])
+    doc = machine(a)
+    doc.update({"kind": "affinity", "duration_s": a.len, "runs": a.runs, "mtus": [a.mtu],
+                "queues": 1, "multi_cpu_accepted": a.multi,
+                "note": a.note, "summary": summary, "raw": rows})
+    configs = []
+    for r in rows:
+        if r["config"] not in configs:
+            configs.append(r["config"])
+    table = []
+    for c in configs:
+        row = {"config": c}
+        for s in summary:
+            if s["config"] != c:
+                continue
+            row.update({k: s.get(k) for k in ("cpus", "client_cpu", "streams", "workers")})
+            m = s["median"]
+            if s["test"] in ("TCP_STREAM", "TCP_MAERTS"):
+                row[s["test"] + "_mbps"] = m.get("mbps")
+            elif s["test"] == "TCP_RR":
+                row.update({"TCP_RR_tps": m.get("tps"), "TCP_RR_p50_us": m.get("p50_us"),
+                            "TCP_RR_p99_us": m.get("p99_us")})
+            row[s["test"] + "_uipd_cpu_s"] = s["median_backend_cpu_s"]
+        table.append(row)
+    doc["table"] = table
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\n{doc['cpu_model']}, {doc['nproc']} CPUs, rev {a.rev}, MTU {a.mtu}, "
+          f"{a.len} s x {a.runs} runs (medians)")
+    print(f"{'config':<22}{'--cpus':>7}{'client':>7}{'-P':>3}{'wrk':>4}"
+          f"{'STREAM':>9}{'MAERTS':>9}{'RR tps':>9}{'p50 us':>8}{'p99 us':>8}")
+    for r in table:
+        print(f"{r['config']:<22}{r.get('cpus') or '-':>7}{r.get('client_cpu') or '-':>7}"
+              f"{r.get('streams') or 1:>3}{fmt(r.get('workers')):>4}"
+              f"{fmt(r.get('TCP_STREAM_mbps')):>9}{fmt(r.get('TCP_MAERTS_mbps')):>9}"
+              f"{fmt(r.get('TCP_RR_tps')):>9}{fmt(r.get('TCP_RR_p50_us'), 1):>8}"
+              f"{fmt(r.get('TCP_RR_p99_us'), 1):>8}")
+    if a.note:
+        print(a.note)
+    print(f"\nwritten: {a.out}")
+
+
+COLORS = {"uipd": "#1f77b4", "slirp4netns": "#ff7f0e", "pasta": "#2ca02c", "veth": "#7f7f7f"}
+
+
+def human(v):
+    if v is None:
+        return ""
+    if v >= 10000:
+        return f"{v / 1000:.0f}k"
+    if v >= 1000:
+        return f"{v / 1000:.1f}k"
+    return f"{v:.0f}"
+
+
+def chart_bench(doc, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = doc["ratios"]
+    backends = doc["backends"]
+    norm = "veth" in backends
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(10, 1.3 * len(ratios) + 3), 10),
+                                   gridspec_kw={"height_ratios": [3, 2]})
+    width = 0.8 / max(1, len(backends))
+    for i, b in enumerate(backends):
+        xs, ys, labels = [], [], []
+        for j, r in enumerate(ratios):
+            v = r.get(b)
+            if v is None:
+                continue
+            base = r.get("veth") if norm else 1
+            if not base:
+                continue
+            xs.append(j + (i - (len(backends) - 1) / 2) * width)
+            ys.append(v / base)
+            labels.append(human(v))
+        bars = ax1.bar(xs, ys, width, label=b, color=COLORS.get(b))
+        for bar, text in zip(bars, labels):
+            ax1.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=7, rotation=90,
+                         xytext=(0, 2), textcoords="offset points")
+    ax1.set_yscale("log")
+    ax1.set_xticks(range(len(ratios)))
+    ax1.set_xticklabels([f"{r['test']}\nMTU {r['mtu']}\n({r['unit']})" for r in ratios],
+                        fontsize=8)
+    ax1.set_ylabel("relative to veth (log)" if norm else "value (log)")
+    ax1.grid(axis="y", which="both", alpha=0.3)
+    lo, hi = ax1.get_ylim()
+    ax1.set_ylim(lo, hi * 4)  # headroom for the legend and the labels
+    ax1.legend(loc="upper center", ncol=len(backends), fontsize=8)
+    ax1.set_title("Throughput / rate per test, median; labels: absolute values"
+                  + (", bars normalised to veth = 1" if norm else ""), fontsize=10)
+
+    rr = [r for r in ratios if r["test"] in ("TCP_RR", "TCP_CRR")]
+    for i, b in enumerate(backends):
+        for k, (pct, hatch, alpha) in enumerate((("p50", None, 1.0), ("p99", "//", 0.45))):
+            xs, ys = [], []
+            for j, r in enumerate(rr):
+                v = r.get(f"{b}_{pct}_us")
+                if v is None:
+                    continue
+                xs.append(j + (i - (len(backends) - 1) / 2) * width + (k - 0.5) * width / 2)
+                ys.append(v)
+            bars = ax2.bar(xs, ys, width / 2, color=COLORS.get(b), alpha=alpha, hatch=hatch,
+                           label=f"{b} {pct}")
+            for bar, v in zip(bars, ys):
+                ax2.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                             ha="center", va="bottom", fontsize=6, xytext=(0, 1),
+                             textcoords="offset points")
+    ax2.set_yscale("log")
+    ax2.set_xticks(range(len(rr)))
+    ax2.set_xticklabels([f"{r['test']} MTU {r['mtu']}" for r in rr], fontsize=8)
+    ax2.set_ylabel("latency, us (log)")
+    ax2.grid(axis="y", which="both", alpha=0.3)
+    lo, hi = ax2.get_ylim()
+    ax2.set_ylim(lo, hi * 4)
+    ax2.legend(fontsize=7, ncol=len(backends), loc="upper center")
+    ax2.set_title("Transaction latency p50 (solid) / p99 (hatched), lower is better",
+                  fontsize=10)
+    fig.suptitle(f"uipd {doc['git_rev']} vs slirp4netns / pasta / veth - {doc['date']}\n"
+                 f"{doc['cpu_model']}, {doc['nproc']} CPUs, kernel {doc['kernel']}, "
+                 f"{doc['duration_s']} s x {doc['runs']} runs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def chart_affinity(doc, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = doc["table"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(table) + 4), 6))
+    x = range(len(table))
+    for k, (key, name, color) in enumerate((("TCP_STREAM_mbps", "TCP_STREAM", "#1f77b4"),
+                                            ("TCP_MAERTS_mbps", "TCP_MAERTS", "#ff7f0e"))):
+        ys = [r.get(key) or 0 for r in table]
+        bars = ax1.bar([i + (k - 0.5) * 0.4 for i in x], ys, 0.4, label=name, color=color)
+        for bar, v in zip(bars, ys):
+            ax1.annotate(human(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=7)
+    labels = [r["config"].replace(" ", "\n") + f"\n({r.get('workers')} wrk)" for r in table]
+    ax1.set_xticks(list(x))
+    ax1.set_xticklabels(labels, fontsize=7)
+    ax1.set_ylabel("Mbit/s")
+    ax1.legend(fontsize=8)
+    ax1.set_title("uipd throughput by worker/client placement", fontsize=10)
+    ax1.grid(axis="y", alpha=0.3)
+    for k, (key, name, alpha) in enumerate((("TCP_RR_p50_us", "p50", 1.0),
+                                            ("TCP_RR_p99_us", "p99", 0.45))):
+        ys = [r.get(key) or 0 for r in table]
+        bars = ax2.bar([i + (k - 0.5) * 0.4 for i in x], ys, 0.4, label=f"TCP_RR {name}",
+                       color="#2ca02c", alpha=alpha)
+        for bar, v in zip(bars, ys):
+            ax2.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=7)
+    ax2.set_xticks(list(x))
+    ax2.set_xticklabels(labels, fontsize=7)
+    ax2.set_ylabel("latency, us")
+    ax2.legend(fontsize=8)
+    ax2.set_title("TCP_RR latency (lower is better)", fontsize=10)
+    ax2.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"uipd {doc['git_rev']} CPU affinity - {doc['date']} - {doc['cpu_model']}, "
+                 f"{doc['nproc']} CPUs, MTU {doc['mtus'][0]}, "
+                 f"{doc['duration_s']} s x {doc['runs']} runs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def cmd_chart(a):
+    doc = json.load(open(a.json))
+    (chart_affinity if doc.get("kind") == "affinity" else chart_bench)(doc, a.png)
+    print(f"written: {a.png}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("record")
+    for name in ("raw", "backend", "mtu", "test", "run", "cpu", "dir", "extra"):
+        r.add_argument(name)
+    for name in ("bench", "affinity"):
+        s = sub.add_parser(name)
+        s.add_argument("raw")
+        s.add_argument("out")
+        s.add_argument("--rev", default="unknown")
+        s.add_argument("--len", type=int, default=0)
+        s.add_argument("--runs", type=int, default=0)
+        s.add_argument("--mtus", default="")
+        s.add_argument("--mtu", type=int, default=0)
+        s.add_argument("--backends", default="")
+        s.add_argument("--tests", default="")
+        s.add_argument("--cpus", default="")
+        s.add_argument("--multi", default="")
+        s.add_argument("--note", default="")
+    c = sub.add_parser("chart")
+    c.add_argument("json")
+    c.add_argument("png")
+    a = p.parse_args()
+    {"record": cmd_record, "bench": cmd_bench, "affinity": cmd_affinity,
+     "chart": cmd_chart}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
