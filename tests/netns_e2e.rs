@@ -1095,3 +1095,32 @@ fn four_workers_share_the_flows() {
     );
     o.pass();
 }
+
+/// An idle uipd (two workers, a namespace with nothing to say) sleeps: under
+/// 1% of one CPU over 4 s, measured from its own /proc/PID/stat.
+#[test]
+fn idle_uipd_uses_under_one_percent_cpu() {
+    if skip_unless_uipd("idle_uipd_uses_under_one_percent_cpu") {
+        return;
+    }
+    let mut sc = Scenario::new("idle_uipd_uses_under_one_percent_cpu");
+    // The command's parent is uipd: sample its CPU ticks 4 s apart.
+    sc.timeout(60).args(&["--workers", "2"]).guest(
+        "sleep 1\n\
+         t0=$(awk '{print $14 + $15}' /proc/$PPID/stat)\n\
+         sleep 4\n\
+         t1=$(awk '{print $14 + $15}' /proc/$PPID/stat)\n\
+         echo \"RESULT idle ticks=$((t1 - t0)) hz=$(getconf CLK_TCK)\"",
+    );
+    let o = sc.run();
+    o.expect_code(0);
+    let ticks: u64 = o.value("idle", "ticks").parse().unwrap_or(u64::MAX);
+    let hz: u64 = o.value("idle", "hz").parse().unwrap_or(100);
+    // 1% of 4 s.
+    let limit = hz * 4 / 100;
+    o.check(
+        ticks <= limit,
+        &format!("idle uipd used {ticks} ticks in 4 s (limit {limit} at {hz} Hz)"),
+    );
+    o.pass();
+}
