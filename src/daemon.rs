@@ -271,9 +271,12 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         shared.push(sh.clone());
         let worker = Worker {
             index: i,
+            // The kernel steers flows to TAP queues (see `stack::steer`):
+            // each worker owns the flows it reads, so its stack shares
+            // nothing by hash.
             stack: Stack::new(stack::Config {
-                worker: i,
-                workers,
+                worker: 0,
+                workers: 1,
                 isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 ..cfg.stack.clone()
             }),
@@ -283,6 +286,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             shared: sh,
             cpu: cfg.cpus.get(i).copied(),
             poll_us: cfg.poll_us,
+            hash_steer: false,
         };
         let h = std::thread::Builder::new()
             .name(format!("uipd-w{i}"))

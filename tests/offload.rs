@@ -311,6 +311,7 @@ fn run_in_outer_netns(mode: Mode, job: Job) -> Outcome {
         shared: shared.clone(),
         cpu: None,
         poll_us: 0,
+        hash_steer: false,
     };
     let worker = std::thread::Builder::new()
         .name("uipd-w0".into())

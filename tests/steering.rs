@@ -82,6 +82,7 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
         shared: shared.clone(),
         cpu: None,
         poll_us: 0,
+        hash_steer: true,
     };
     let handle = std::thread::spawn(move || worker.run());
 

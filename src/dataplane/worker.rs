@@ -126,6 +126,10 @@ pub struct Worker {
     pub cpu: Option<usize>,
     /// Busy-poll this long before sleeping (0: sleep at once).
     pub poll_us: u64,
+    /// Steer frames read from `port_reader` by [`steer::frame_owner`] and
+    /// forward foreign ones. Off for a multiqueue TAP: there the kernel
+    /// steers (see below), and the worker that reads a frame owns its flow.
+    pub hash_steer: bool,
 }
 
 impl Worker {
@@ -211,7 +215,12 @@ impl Worker {
                             read += 1;
                             let frame = Frame { buf, len };
                             let eth = frame.bytes().get(vnet_hdr..).unwrap_or_default();
-                            match steer::frame_owner(eth, workers) {
+                            let owner = if self.hash_steer {
+                                steer::frame_owner(eth, workers)
+                            } else {
+                                Steer::Worker(self.index)
+                            };
+                            match owner {
                                 Steer::Worker(w) if w != self.index => {
                                     wc.forwarded += 1;
                                     backlog.push_back((w, frame));

@@ -128,9 +128,12 @@ pub struct Config {
     pub icmp_timeout: Duration,
     /// Verify guest checksums (off when the frontend vouches for them).
     pub verify_checksums: bool,
-    /// This stack's worker index (see [`steer`]).
+    /// This stack's index among the workers that share flows by hash (see
+    /// [`steer`]).
     pub worker: usize,
-    /// Number of workers sharing the guest's flows.
+    /// Number of workers sharing the guest's flows by hash steering; 1 when
+    /// this stack owns every flow it sees (a multiqueue TAP, where the
+    /// kernel steers).
     pub workers: usize,
     /// Virtio-net header, TSO and checksum offload toward the guest.
     pub offload: Offload,

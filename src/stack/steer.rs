@@ -6,12 +6,20 @@
 //! the stack (a datagram reassembled on the worker that collected its
 //! fragments is forwarded to the worker that owns its flow).
 //!
-//! Why forwarding is rare with a multiqueue TAP: tun's automatic queue
-//! selection remembers, per flow hash, the queue that user space last
-//! *wrote* that flow's packets to, and sends the flow's next packets to that
-//! queue. The owner writes every frame of its flows to its own queue, so
-//! after a flow's first frame (a SYN, picked by the kernel's hash) the
-//! kernel keeps the flow on its owner's queue.
+//! A multiqueue TAP does not use this hash: the kernel steers. tun picks a
+//! queue for a flow from a symmetric hash of its 5-tuple (stable for the
+//! flow's life), or from the queue user space last *wrote* that flow's
+//! packets to. So the worker that reads a flow's frames owns it and writes
+//! its replies to the same queue, and nothing crosses workers. (Hash
+//! ownership there was measured to fail: a one-way UDP stream never gets a
+//! reply that would teach tun the owner's queue, and in half the runs every
+//! frame crossed workers, at a quarter of the throughput.) One wart: IP
+//! fragments carry no ports, so tun hashes them by addresses alone, and a
+//! UDP flow that mixes fragmented and whole datagrams can land on two
+//! workers, i.e. two host sockets.
+//!
+//! The hash serves frontends where uipd chooses the worker itself (frames
+//! arriving on one ring, as vhost-user's will).
 //!
 //! ```text
 //!  frame ─► Ethernet/IPv4 ─► fragment?  ─ yes ─► hash(src, dst, proto, ident)
