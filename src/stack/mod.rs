@@ -364,6 +364,24 @@ impl L2 {
             hdr.emit(&mut VnetHdrPacket::new_unchecked(buf));
         }
     }
+
+    /// A frame to the guest carrying `ip`: virtio-net header `hdr` (when
+    /// the link has one), Ethernet gateway → guest, and the IPv4 header,
+    /// with room for `ip.payload_len` bytes of payload. Returns the buffer
+    /// and the offset of the IPv4 payload (the L4 header).
+    fn ipv4_frame(&self, ip: &Ipv4Repr, hdr: &VnetHdrRepr) -> (Vec<u8>, usize) {
+        let (mut buf, hr) = self.alloc(L4_START + ip.payload_len);
+        self.put_vnet_hdr(&mut buf, hdr);
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
+        EthernetRepr {
+            src_addr: self.gateway,
+            dst_addr: self.guest,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut f);
+        ip.emit(&mut Ipv4Packet::new_unchecked(f.payload_mut()));
+        (buf, hr + L4_START)
+    }
 }
 
 /// How the L4 checksum of a frame to the guest was filled in.
@@ -1044,7 +1062,6 @@ impl Stack {
                 payload_len: len,
                 hop_limit: 64,
             };
-            let (mut buf, hr) = l2.alloc(wire::ethernet::HEADER_LEN + ip.buffer_len() + len);
             // virtio 1.2 §5.1.6.2: DATA_VALID for a checksum we computed over
             // a whole datagram; nothing for a fragment (no L4 header of its own).
             let hdr = match csum {
@@ -1059,16 +1076,8 @@ impl Stack {
                 whole || csum == TxCsum::Full,
                 "partial checksum on a fragment"
             );
-            l2.put_vnet_hdr(&mut buf, &hdr);
-            let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
-            EthernetRepr {
-                src_addr: l2.gateway,
-                dst_addr: l2.guest,
-                ethertype: EtherType::Ipv4,
-            }
-            .emit(&mut f);
-            let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-            ip.emit(&mut p);
+            let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr);
+            let mut p = Ipv4Packet::new_unchecked(&mut buf[l4_at - wire::ipv4::HEADER_LEN..]);
             if !whole {
                 p.set_ident(ident);
                 p.set_frag(false, more, u16::try_from(off).unwrap_or(0));
@@ -1483,39 +1492,29 @@ fn tcp_emitter<'a>(
             payload_len: r.buffer_len(),
             hop_limit: 64,
         };
-        let (mut buf, hr) = l2.alloc(wire::ethernet::HEADER_LEN + ip.buffer_len() + r.buffer_len());
         let gso = l2.offload.vnet_hdr && mss > 0 && r.payload.len() > mss;
         let partial = gso || (l2.offload.vnet_hdr && l2.offload.csum);
-        if l2.offload.vnet_hdr {
-            let hdr = if gso {
-                VnetHdrRepr {
-                    gso_type: gso::TCPV4,
-                    // Cannot fail: at most 14 + 20 + 60.
-                    hdr_len: u16::try_from(L4_START + r.header_len()).unwrap_or(u16::MAX),
-                    // Cannot fail: the MSS came from a 16-bit option.
-                    gso_size: u16::try_from(mss).unwrap_or(u16::MAX),
-                    ..partial_csum_hdr(TCP_CSUM_OFFSET)
-                }
-            } else if partial {
-                partial_csum_hdr(TCP_CSUM_OFFSET)
-            } else {
-                VnetHdrRepr {
-                    flags: vnet_flags::DATA_VALID,
-                    ..VnetHdrRepr::PLAIN
-                }
-            };
-            l2.put_vnet_hdr(&mut buf, &hdr);
-        }
-        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
-        EthernetRepr {
-            src_addr: l2.gateway,
-            dst_addr: l2.guest,
-            ethertype: EtherType::Ipv4,
-        }
-        .emit(&mut f);
-        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-        ip.emit(&mut p);
-        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        let hdr = if !l2.offload.vnet_hdr {
+            VnetHdrRepr::PLAIN
+        } else if gso {
+            VnetHdrRepr {
+                gso_type: gso::TCPV4,
+                // Cannot fail: at most 14 + 20 + 60.
+                hdr_len: u16::try_from(L4_START + r.header_len()).unwrap_or(u16::MAX),
+                // Cannot fail: the MSS came from a 16-bit option.
+                gso_size: u16::try_from(mss).unwrap_or(u16::MAX),
+                ..partial_csum_hdr(TCP_CSUM_OFFSET)
+            }
+        } else if partial {
+            partial_csum_hdr(TCP_CSUM_OFFSET)
+        } else {
+            VnetHdrRepr {
+                flags: vnet_flags::DATA_VALID,
+                ..VnetHdrRepr::PLAIN
+            }
+        };
+        let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr);
+        let mut t = TcpPacket::new_unchecked(&mut buf[l4_at..]);
         let (s, d) = (IpAddr::V4(*remote.ip()), IpAddr::V4(*guest.ip()));
         if partial {
             r.emit_partial(&mut t, s, d);
