@@ -101,14 +101,6 @@ pub enum Completion {
         /// Bytes written, or the error.
         result: io::Result<usize>,
     },
-    /// A frame read from [`Uring::push_frame_read`] finished; the buffer
-    /// comes back (full length; the frame is its first `result` bytes).
-    FrameRead {
-        /// The buffer given to the read.
-        buf: Vec<u8>,
-        /// Bytes read, or the error.
-        result: io::Result<usize>,
-    },
     /// The fd given to [`Uring::push_poll_in`] is readable (or has an
     /// error or hung up: `result` holds the poll mask, or the error).
     Readable {
@@ -127,7 +119,6 @@ enum OpKind {
     Send,
     Recv,
     FrameWrite,
-    FrameRead,
     PollIn,
     Wake,
     /// A timeout SQE, used only when the kernel lacks `IORING_FEAT_EXT_ARG`.
@@ -159,7 +150,6 @@ impl Token {
                     OpKind::FrameWrite => 4,
                     OpKind::Wake => 5,
                     OpKind::Timeout => 6,
-                    OpKind::FrameRead => 8,
                     OpKind::PollIn => 9,
                 },
                 slot,
@@ -181,7 +171,6 @@ impl Token {
             4 => OpKind::FrameWrite,
             5 => OpKind::Wake,
             6 => OpKind::Timeout,
-            8 => OpKind::FrameRead,
             9 => OpKind::PollIn,
             7 if slot == 0 => return Some(Token::Cancel),
             _ => return None,
@@ -408,28 +397,6 @@ impl Uring {
             let len = clamp_u32(buf.len());
             // offset -1: the file position, as write(2) uses.
             opcode::Write::new(types::Fd(fd), buf.as_ptr(), len)
-                .offset(u64::MAX)
-                .build()
-        });
-    }
-
-    /// Read one frame from `fd` (a TAP queue) into `buf` (its full length is
-    /// offered); the completion is [`Completion::FrameRead`], which hands
-    /// `buf` back. The buffer belongs to the ring until then.
-    pub fn push_frame_read(&mut self, fd: RawFd, buf: Vec<u8>) {
-        let op = Op {
-            kind: OpKind::FrameRead,
-            flow: None,
-            sock: None,
-            res: OpRes::Buf(buf),
-        };
-        self.start(op, |res| {
-            let OpRes::Buf(buf) = res else {
-                unreachable!("frame read owns a buffer")
-            };
-            let len = clamp_u32(buf.len());
-            // offset -1: the file position, as read(2) uses.
-            opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), len)
                 .offset(u64::MAX)
                 .build()
         });
@@ -870,17 +837,6 @@ impl Uring {
                     Err(e) => Err(io::Error::from_raw_os_error(e)),
                 };
                 out(Completion::FrameWritten { result });
-                1
-            }
-            OpKind::FrameRead => {
-                let OpRes::Buf(buf) = op.res else {
-                    unreachable!("frame read owns a buffer")
-                };
-                let result = match res {
-                    Ok(n) => Ok(usize::try_from(n).unwrap_or(0)),
-                    Err(e) => Err(io::Error::from_raw_os_error(e)),
-                };
-                out(Completion::FrameRead { buf, result });
                 1
             }
             OpKind::PollIn => {
@@ -1429,7 +1385,6 @@ mod tests {
             OpKind::Send,
             OpKind::Recv,
             OpKind::FrameWrite,
-            OpKind::FrameRead,
             OpKind::PollIn,
             OpKind::Wake,
             OpKind::Timeout,

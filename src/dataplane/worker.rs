@@ -196,7 +196,6 @@ impl Worker {
                             log::debug!("worker {}: TAP poll: {e}", self.index);
                         }
                     }
-                    Completion::FrameRead { buf, .. } => self.inboxes[self.index].put_buf(buf),
                     Completion::Timeout => {}
                 }
             }

@@ -321,7 +321,6 @@ const TIMER_SCAN: Duration = Duration::from_millis(10);
 struct DgramFlow {
     connected: bool,
     pending: VecDeque<Vec<u8>>,
-    receiving: bool,
     last_active: Instant,
     timeout: Duration,
 }
@@ -921,7 +920,6 @@ impl Stack {
                 let flow = DgramFlow {
                     connected: false,
                     pending: VecDeque::new(),
-                    receiving: false,
                     last_active: now,
                     timeout,
                 };
@@ -1243,7 +1241,6 @@ impl Stack {
                 for data in f.pending.drain(..) {
                     out.ops.push(SockOp::Send { flow: id, data });
                 }
-                f.receiving = true;
                 out.ops.push(SockOp::Recv {
                     flow: id,
                     max: 65535,
@@ -1276,7 +1273,6 @@ impl Stack {
                 }
             }
             HostEvent::Received { result, .. } => {
-                f.receiving = true;
                 f.last_active = now;
                 out.ops.push(SockOp::Recv {
                     flow: id,
