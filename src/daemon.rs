@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::offload;
 use crate::dataplane::tap::Tap;
-use crate::dataplane::worker::{Shared, Worker, WorkerCounters, WorkerStats};
+use crate::dataplane::worker::{PortOut, Shared, Worker, WorkerCounters, WorkerStats};
 use crate::rings::FrameRing;
 use crate::stack::{self, Counters, Stack};
 
@@ -281,7 +281,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
                 ..cfg.stack.clone()
             }),
             inboxes: inboxes.clone(),
-            port_fd: tap.as_raw_fd(),
+            port_out: PortOut::Tap(tap.as_raw_fd()),
             port_reader: Some(reader),
             shared: sh,
             cpu: cfg.cpus.get(i).copied(),

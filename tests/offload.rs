@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use uipd::dataplane::offload::{self, OffloadError};
 use uipd::dataplane::tap::Tap;
-use uipd::dataplane::worker::{Shared, Worker, WorkerCounters};
+use uipd::dataplane::worker::{PortOut, Shared, Worker, WorkerCounters};
 use uipd::rings::{Frame, FrameRing};
 use uipd::stack::wire::vnet_hdr;
 use uipd::stack::{Config, Counters, Offload, Stack};
@@ -306,7 +306,7 @@ fn run_in_outer_netns(mode: Mode, job: Job) -> Outcome {
         index: 0,
         stack,
         inboxes: vec![ring.clone()],
-        port_fd: tap.as_raw_fd(),
+        port_out: PortOut::Tap(tap.as_raw_fd()),
         port_reader: None,
         shared: shared.clone(),
         cpu: None,

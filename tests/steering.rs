@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use uipd::dataplane::tap::Tap;
-use uipd::dataplane::worker::{Shared, Worker};
+use uipd::dataplane::worker::{PortOut, Shared, Worker};
 use uipd::rings::FrameRing;
 use uipd::stack::steer::{self, Steer};
 use uipd::stack::{Config, Stack};
@@ -77,7 +77,7 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
             ..Config::default()
         }),
         inboxes: vec![inbox0.clone(), inbox1.clone()],
-        port_fd: port.as_raw_fd(),
+        port_out: PortOut::Tap(port.as_raw_fd()),
         port_reader: Some(reader),
         shared: shared.clone(),
         cpu: None,

@@ -44,6 +44,8 @@ const BATCH: usize = 256;
 const IDLE_TICK: Duration = Duration::from_millis(100);
 /// Most frames read from the TAP queue per batch.
 const PORT_BATCH: usize = 128;
+/// Longest sleep while a sink holds frames it could not deliver.
+const SINK_RETRY: Duration = Duration::from_millis(1);
 /// Most frames waiting for room in other workers' inboxes.
 const BACKLOG_MAX: usize = 1024;
 
@@ -52,10 +54,12 @@ const BACKLOG_MAX: usize = 1024;
 pub struct WorkerCounters {
     /// Frames read from the worker's TAP queue.
     pub port_reads: u64,
-    /// Frames written to the TAP queue.
+    /// Frames written to the TAP queue or handed to the sink.
     pub port_writes: u64,
-    /// Failed reads or writes on the TAP queue.
+    /// Failed reads or writes on the TAP queue or the sink.
     pub port_errors: u64,
+    /// Frames a sink could not deliver and dropped (its queue was full).
+    pub port_drops: u64,
     /// Frames taken from the inbox.
     pub inbox_frames: u64,
     /// Frames handed to other workers (steering).
@@ -107,6 +111,35 @@ pub struct Shared {
     pub resolvers: Mutex<Option<Vec<std::net::SocketAddr>>>,
 }
 
+/// A frontend that takes the worker's frames toward the guest in batches
+/// (a stream socket, a virtqueue), for frontends that are not a TAP queue.
+///
+/// Frames carry the 12-byte virtio-net header when the stack's
+/// `offload.vnet_hdr` is on. A sink that cannot deliver at once (no RX
+/// buffers yet, a full socket) keeps frames in a bounded queue and drops,
+/// counted, beyond it: TCP toward the guest retransmits, and the guest's
+/// window bounds how much is ever in flight. Whoever makes room again (the
+/// guest refilling its RX queue) kicks the worker's inbox so `flush` runs.
+pub trait FrameSink: Send {
+    /// Deliver `frames` (drained), or keep them for `flush`.
+    fn send(&mut self, frames: &mut Vec<Vec<u8>>, counters: &mut WorkerCounters);
+    /// Retry kept frames; called once per worker loop iteration. Returns
+    /// true while frames still wait.
+    fn flush(&mut self, counters: &mut WorkerCounters) -> bool;
+    /// The guest side went away for good: the worker should stop.
+    fn closed(&self) -> bool {
+        false
+    }
+}
+
+/// Where a worker's frames toward the guest go.
+pub enum PortOut {
+    /// A TAP queue, written through io_uring.
+    Tap(RawFd),
+    /// A batching frontend.
+    Sink(Box<dyn FrameSink>),
+}
+
 /// Everything a worker needs.
 pub struct Worker {
     /// This worker's index.
@@ -115,8 +148,8 @@ pub struct Worker {
     pub stack: Stack,
     /// Inboxes of all workers, indexed by worker (this one's included).
     pub inboxes: Vec<Arc<FrameRing>>,
-    /// The worker's TAP queue: frames to the guest are written here.
-    pub port_fd: RawFd,
+    /// Where frames to the guest go.
+    pub port_out: PortOut,
     /// The same queue, non-blocking, to read guest frames from; `None` when
     /// frames come only through the inbox (a frame port thread feeds it).
     pub port_reader: Option<Tap>,
@@ -270,9 +303,24 @@ impl Worker {
                 wc.batches += 1;
             }
             let deadline = self.stack.poll(t, &mut out);
-            for frame in out.frames.drain(..) {
-                wc.port_writes += 1;
-                uring.push_frame_write(self.port_fd, frame);
+            let mut sink_waiting = false;
+            match &mut self.port_out {
+                PortOut::Tap(fd) => {
+                    for frame in out.frames.drain(..) {
+                        wc.port_writes += 1;
+                        uring.push_frame_write(*fd, frame);
+                    }
+                }
+                PortOut::Sink(sink) => {
+                    if !out.frames.is_empty() {
+                        sink.send(&mut out.frames, wc);
+                    }
+                    sink_waiting = sink.flush(wc);
+                    if sink.closed() {
+                        log::info!("worker {}: the guest went away", self.index);
+                        self.shared.stop.store(true, Ordering::Relaxed);
+                    }
+                }
             }
             for op in out.ops.drain(..) {
                 uring.push(op);
@@ -304,6 +352,13 @@ impl Worker {
                 Some(d) if d <= t => Some(Duration::ZERO),
                 Some(d) => Some(d.since(t).min(IDLE_TICK)),
                 None => Some(IDLE_TICK),
+            };
+            // Frames waiting in a sink: whoever makes room kicks the inbox;
+            // a short timeout covers a kick that raced with going to sleep.
+            let timeout = if sink_waiting {
+                timeout.map(|t| t.min(SINK_RETRY))
+            } else {
+                timeout
             };
             let busy = n == BATCH
                 || timeout == Some(Duration::ZERO)
