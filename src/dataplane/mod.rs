@@ -1,5 +1,6 @@
 //! Workers, host I/O on io_uring, and the frame ports that are not virtio.
 
+pub mod bufring;
 pub mod cpus;
 pub mod netns;
 pub mod offload;

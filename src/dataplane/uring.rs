@@ -71,15 +71,18 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use log::{debug, trace, warn};
 
+use crate::dataplane::bufring::BufRing;
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
 
 /// Most bytes one `Recv` reads; a larger `max` is clamped (the event then
 /// carries at most this many bytes, which the contract allows).
 pub const MAX_RECV: usize = 16 << 20;
+/// Buffer group id of the frame port's provided buffers.
+const PORT_BGID: u16 = 1;
 /// Most buffers kept on the spare list.
 pub const SPARE_MAX: usize = 256;
 /// Largest buffer capacity kept on the spare list.
@@ -110,6 +113,21 @@ pub enum Completion {
     /// The timeout given to [`Uring::submit_and_wait`] expired and nothing
     /// else was reported by this drain.
     Timeout,
+    /// The multishot read of [`Uring::push_port_read`] filled buffer `bid`
+    /// with a `len`-byte frame: read it with [`Uring::port_frame`], then
+    /// give it back with [`Uring::port_recycle`].
+    PortFrame {
+        /// Buffer id in the port's buffer ring.
+        bid: u16,
+        /// Frame length.
+        len: usize,
+    },
+    /// The multishot read ended (out of buffers, an error, or the fd
+    /// closed); arm it again to keep reading.
+    PortReadEnded {
+        /// Why: `Ok` when it ended without an error of its own.
+        result: io::Result<()>,
+    },
 }
 
 /// What an SQE does; part of its [`Token`].
@@ -123,6 +141,8 @@ enum OpKind {
     Wake,
     /// A timeout SQE, used only when the kernel lacks `IORING_FEAT_EXT_ARG`.
     Timeout,
+    /// The frame port's multishot read (stays in flight across CQEs).
+    PortRead,
 }
 
 /// The meaning of a CQE, packed into the SQE's `user_data`.
@@ -151,6 +171,7 @@ impl Token {
                     OpKind::Wake => 5,
                     OpKind::Timeout => 6,
                     OpKind::PollIn => 9,
+                    OpKind::PortRead => 10,
                 },
                 slot,
             ),
@@ -172,6 +193,7 @@ impl Token {
             5 => OpKind::Wake,
             6 => OpKind::Timeout,
             9 => OpKind::PollIn,
+            10 => OpKind::PortRead,
             7 if slot == 0 => return Some(Token::Cancel),
             _ => return None,
         };
@@ -309,8 +331,10 @@ pub struct Uring {
     /// flow), delivered by the next drain.
     ready: VecDeque<HostEvent>,
     spare: Vec<Vec<u8>>,
-    /// Reused CQE snapshot.
-    cqes: Vec<(u64, i32)>,
+    /// Reused CQE snapshot: user data, result, flags.
+    cqes: Vec<(u64, i32, u32)>,
+    /// Provided buffers of the frame port's multishot read.
+    port_ring: Option<BufRing>,
     /// End of the last timed wait, for [`Completion::Timeout`].
     deadline: Option<Instant>,
     /// The `ops` slot of the fallback timeout SQE in flight, if any.
@@ -346,6 +370,7 @@ impl Uring {
             ready: VecDeque::new(),
             spare: Vec::new(),
             cqes: Vec::new(),
+            port_ring: None,
             deadline: None,
             fallback_timeout: None,
         })
@@ -425,6 +450,54 @@ impl Uring {
         });
     }
 
+    /// Give the frame port a ring of `entries` provided buffers of
+    /// `buf_size` bytes (each holds one frame) for [`Uring::push_port_read`].
+    pub fn setup_port_ring(&mut self, entries: u16, buf_size: usize) -> io::Result<()> {
+        if self.port_ring.is_none() {
+            self.port_ring = Some(BufRing::new(&self.ring, entries, buf_size, PORT_BGID)?);
+        }
+        Ok(())
+    }
+
+    /// Read frames from `fd` (a non-blocking TAP queue) with one multishot
+    /// read into the port's provided buffers: each frame completes as
+    /// [`Completion::PortFrame`] with no syscall of its own, and the read
+    /// stays armed until [`Completion::PortReadEnded`]. The caller keeps
+    /// `fd` open until then.
+    ///
+    /// Measured on kernel 6.18: on a non-blocking TAP fd the multishot read
+    /// runs inline, driven by the fd's poll wake-ups (no `iou-wrk`
+    /// threads), unlike a plain READ, which tun punts to io-wq.
+    pub fn push_port_read(&mut self, fd: RawFd) {
+        let Some(bgid) = self.port_ring.as_ref().map(BufRing::bgid) else {
+            warn!("uring: push_port_read without a port ring");
+            return;
+        };
+        let op = Op {
+            kind: OpKind::PortRead,
+            flow: None,
+            sock: None,
+            res: OpRes::None,
+        };
+        self.start(op, |_| {
+            opcode::ReadMulti::new(types::Fd(fd), 0, bgid).build()
+        });
+    }
+
+    /// The frame in port buffer `bid`, which a [`Completion::PortFrame`]
+    /// just named (each buffer can be read once until recycled).
+    pub fn port_frame(&mut self, bid: u16, len: usize) -> Option<&[u8]> {
+        self.port_ring.as_mut()?.get(bid, len)
+    }
+
+    /// Give port buffer `bid` back to the kernel (published at the next
+    /// submit).
+    pub fn port_recycle(&mut self, bid: u16) {
+        if let Some(r) = self.port_ring.as_mut() {
+            r.recycle(bid);
+        }
+    }
+
     /// A cleared buffer from completed sends and frame writes, for reuse.
     pub fn take_spare_buffer(&mut self) -> Option<Vec<u8>> {
         self.spare.pop()
@@ -461,6 +534,9 @@ impl Uring {
         min_complete: usize,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
+        if let Some(r) = self.port_ring.as_mut() {
+            r.publish();
+        }
         let backlog_flushed = self.flush_backlog()?;
         let mut want = min_complete;
         if !self.ready.is_empty() || !backlog_flushed {
@@ -503,9 +579,13 @@ impl Uring {
     pub fn drain(&mut self, out: &mut impl FnMut(Completion)) {
         let mut delivered = self.deliver_ready(out);
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        for &(user_data, result) in &cqes {
-            delivered += self.complete(user_data, result, out);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(user_data, result, flags) in &cqes {
+            delivered += self.complete(user_data, result, flags, out);
         }
         cqes.clear();
         self.cqes = cqes;
@@ -796,7 +876,13 @@ impl Uring {
     }
 
     /// Handle one CQE; returns how many completions it reported.
-    fn complete(&mut self, user_data: u64, result: i32, out: &mut impl FnMut(Completion)) -> usize {
+    fn complete(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        flags: u32,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
         let Some(token) = Token::unpack(user_data) else {
             warn!("uring: CQE with unknown user_data {user_data:#x}");
             return 0;
@@ -808,6 +894,9 @@ impl Uring {
             }
             Token::Op { kind, slot } => (kind, slot),
         };
+        if kind == OpKind::PortRead {
+            return self.on_port_read(slot, result, flags, out);
+        }
         let Some(op) = self.free_op(slot) else {
             warn!("uring: CQE for empty op slot {slot}");
             return 0;
@@ -855,7 +944,45 @@ impl Uring {
                 1
             }
             OpKind::Timeout => 0,
+            OpKind::PortRead => unreachable!("handled by on_port_read"),
         }
+    }
+
+    /// A CQE of the multishot port read: a frame, and/or its end.
+    fn on_port_read(
+        &mut self,
+        slot: u32,
+        result: i32,
+        flags: u32,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let mut n = 0;
+        if result >= 0 {
+            match cqueue::buffer_select(flags) {
+                Some(bid) => {
+                    // Cannot fail: a non-negative i32 fits usize.
+                    let len = usize::try_from(result).unwrap_or(0);
+                    out(Completion::PortFrame { bid, len });
+                    n += 1;
+                }
+                None if result > 0 => warn!("uring: port read CQE without a buffer"),
+                None => {}
+            }
+        }
+        if !cqueue::more(flags) {
+            if self.free_op(slot).is_none() {
+                warn!("uring: port read end for empty op slot {slot}");
+                return n;
+            }
+            let result = if result < 0 {
+                Err(io::Error::from_raw_os_error(-result))
+            } else {
+                Ok(())
+            };
+            out(Completion::PortReadEnded { result });
+            n += 1;
+        }
+        n
     }
 
     fn on_connect(
@@ -1202,6 +1329,10 @@ impl Drop for Uring {
             );
             std::mem::forget(std::mem::take(&mut self.ops));
             std::mem::forget(std::mem::take(&mut self.socks));
+            // The kernel may still fill port buffers.
+            std::mem::forget(self.port_ring.take());
+        } else if let Some(r) = self.port_ring.take() {
+            r.unregister(&self.ring);
         }
     }
 }

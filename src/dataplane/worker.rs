@@ -49,6 +49,14 @@ const SINK_RETRY: Duration = Duration::from_millis(1);
 /// Most frames waiting for room in other workers' inboxes.
 const BACKLOG_MAX: usize = 1024;
 
+/// Provided buffers for the TAP queue's multishot read: about 4 MiB of
+/// frames, between 16 and 256 of them.
+fn port_ring_entries(frame_max: usize) -> u16 {
+    let n = ((4usize << 20) / frame_max.max(1)).clamp(16, 256);
+    // Cannot truncate: at most 256. Round down to a power of two.
+    1u16 << (usize::BITS - 1 - n.leading_zeros())
+}
+
 /// Counters of the worker itself (the stack keeps its own).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct WorkerCounters {
@@ -182,10 +190,34 @@ impl Worker {
         }
         let mut uring = Uring::new(2048)?;
         uring.arm_wake(self.inbox().wake_fd());
-        // The TAP queue is read dry whenever a one-shot poll says it is
-        // readable (see `Uring::push_poll_in` for why not io_uring reads).
-        let mut port_ready = self.port_reader.is_some();
+        let vnet_hdr = if self.stack.config().offload.vnet_hdr {
+            crate::stack::wire::vnet_hdr::HEADER_LEN
+        } else {
+            0
+        };
+        // The TAP queue is read by one multishot io_uring read into
+        // provided buffers (a batch of frames per wake-up, no syscall per
+        // frame); on kernels without it, dry reads after a one-shot poll.
+        let mut multishot = false;
+        if self.port_reader.is_some() {
+            let frame_max = if vnet_hdr > 0 {
+                vnet_hdr + 14 + 65535
+            } else {
+                usize::from(self.stack.config().mtu) + 18
+            };
+            match uring.setup_port_ring(port_ring_entries(frame_max), frame_max) {
+                Ok(()) => multishot = true,
+                Err(e) => log::info!(
+                    "worker {}: no provided-buffer ring ({e}); reading the TAP with poll + read",
+                    self.index
+                ),
+            }
+        }
+        let mut port_ready = self.port_reader.is_some() && !multishot;
         let mut poll_armed = false;
+        let mut read_armed = false;
+        // Port frames completed and not yet processed (buffer id, length).
+        let mut held: VecDeque<(u16, usize)> = VecDeque::new();
         let start = std::time::Instant::now();
         let now =
             || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
@@ -196,11 +228,6 @@ impl Worker {
         let mut spare: Option<Vec<u8>> = None;
         let mut idle_since: Option<std::time::Instant> = None;
         let workers = self.inboxes.len();
-        let vnet_hdr = if self.stack.config().offload.vnet_hdr {
-            crate::stack::wire::vnet_hdr::HEADER_LEN
-        } else {
-            0
-        };
 
         while !self.shared.stop.load(Ordering::Relaxed) {
             let wc = &mut stats.worker;
@@ -237,6 +264,61 @@ impl Worker {
                         }
                     }
                     Completion::Timeout => {}
+                    Completion::PortFrame { bid, len } => held.push_back((bid, len)),
+                    Completion::PortReadEnded { result } => {
+                        read_armed = false;
+                        match result {
+                            // Out of buffers: frames are held; re-arm later.
+                            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                            res => {
+                                // The queue is gone (the namespace ended) or broken.
+                                wc.port_errors += 1;
+                                log::debug!("worker {}: TAP queue closed ({res:?})", self.index);
+                                self.port_reader = None;
+                            }
+                        }
+                    }
+                }
+            }
+            // Frames the multishot read delivered: to the stack straight
+            // from the provided buffer, or copied for their owner.
+            let mut taken = 0u64;
+            while backlog.len() < BACKLOG_MAX {
+                let Some((bid, len)) = held.pop_front() else {
+                    break;
+                };
+                let Some(frame) = uring.port_frame(bid, len) else {
+                    wc.port_errors += 1;
+                    continue;
+                };
+                taken += 1;
+                let eth = frame.get(vnet_hdr..).unwrap_or_default();
+                let owner = if self.hash_steer {
+                    steer::frame_owner(eth, workers)
+                } else {
+                    Steer::Worker(self.index)
+                };
+                match owner {
+                    Steer::Worker(w) if w != self.index => {
+                        wc.forwarded += 1;
+                        let mut buf = self.inboxes[w].get_buf();
+                        if buf.len() < frame.len() {
+                            buf.resize(frame.len(), 0);
+                        }
+                        buf[..frame.len()].copy_from_slice(frame);
+                        backlog.push_back((w, Frame { buf, len }));
+                    }
+                    _ => self.stack.ingress(frame, t, &mut out),
+                }
+                uring.port_recycle(bid);
+            }
+            wc.port_reads += taken;
+            frames_in += taken;
+            if multishot && !read_armed && held.is_empty() && backlog.len() < BACKLOG_MAX {
+                if let Some(tap) = &self.port_reader {
+                    uring.push_port_read(tap.as_raw_fd());
+                    read_armed = true;
                 }
             }
             // Frames from the guest, on our TAP queue.
@@ -288,7 +370,7 @@ impl Worker {
                 wc.port_reads += read as u64;
                 frames_in += read as u64;
             }
-            if !port_ready && !poll_armed {
+            if !multishot && !port_ready && !poll_armed {
                 if let Some(tap) = &self.port_reader {
                     uring.push_poll_in(tap.as_raw_fd());
                     poll_armed = true;
@@ -370,7 +452,8 @@ impl Worker {
             let busy = n == BATCH
                 || timeout == Some(Duration::ZERO)
                 || !backlog.is_empty()
-                || (port_ready && self.port_reader.is_some());
+                || (port_ready && self.port_reader.is_some())
+                || !held.is_empty();
             let spinning = self.poll_us > 0 && {
                 let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                 since.elapsed() < Duration::from_micros(self.poll_us)
