@@ -480,7 +480,12 @@ impl Guest {
             }
         };
         self.sc.invocation(&snippet);
+        // One guest at a time per test binary: two TCG guests on a 2-core
+        // machine would starve each other (and their timeouts).
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let lock = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let o = self.sc.run();
+        drop(lock);
         // QEMU's own messages are part of the report.
         let qlog = std::fs::read_to_string(o.dir.join("qemu.log")).unwrap_or_default();
         let mut o = o;
@@ -572,4 +577,203 @@ fn write_exec(path: &Path, text: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).expect("write guest file");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// The usual network checks from inside a guest, as one script and one
+/// assertion, so that every frontend (stream, vhost-user, slirp) runs the
+/// same checklist: DHCP, DNS, ping, byte-exact download and upload, iperf3
+/// both ways. Servers are added to the guest's scenario by [`NetChecks::install`].
+#[derive(Clone, Debug)]
+pub struct NetChecks {
+    /// The address the guest must get by DHCP (None: any).
+    pub dhcp_ip: Option<String>,
+    /// The gateway (= the host's loopback for TCP/UDP/ping).
+    pub gw: String,
+    /// Resolve `test.uipd` through the DHCP-given DNS server (host.py dns on
+    /// this port on 127.0.0.1) and expect 10.1.2.3.
+    pub dns_port: Option<u16>,
+    /// Ping the gateway (3 echo requests).
+    pub ping: bool,
+    /// Bytes to download from host.py http and upload to host.py sink (0: skip).
+    pub bulk: u64,
+    /// Seconds per iperf3 direction against `iperf3 -s` on the host (0: skip).
+    pub iperf_secs: u32,
+}
+
+/// Ports of the host servers used by [`NetChecks`].
+const HTTP_PORT: u16 = 8080;
+const SINK_PORT: u16 = 9000;
+const IPERF_PORT: u16 = 5201;
+
+/// Throughput measured by [`NetChecks`], in Mbit/s (receiver side).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rates {
+    /// Guest → host (iperf3 -c).
+    pub up: f64,
+    /// Host → guest (iperf3 -c -R).
+    pub down: f64,
+}
+
+impl NetChecks {
+    /// Every check, for a guest on `gw` that must get `dhcp_ip`.
+    pub fn full(gw: &str, dhcp_ip: &str) -> NetChecks {
+        NetChecks {
+            dhcp_ip: Some(dhcp_ip.into()),
+            gw: gw.into(),
+            dns_port: Some(5353),
+            ping: true,
+            bulk: 32 << 20,
+            iperf_secs: 3,
+        }
+    }
+
+    /// Adds the host servers to `g` and sets its script. Returns the sha256
+    /// of the file the guest downloads (when `bulk` > 0).
+    pub fn install(&self, g: &mut Guest) -> Option<String> {
+        let dir = g.dir().display().to_string();
+        let sink = g.dir().join("sink.txt").display().to_string();
+        let sum = (self.bulk > 0).then(|| super::random_file(&g.dir().join("down.bin"), self.bulk));
+        let sc = g.scenario();
+        if let Some(p) = self.dns_port {
+            sc.server("dns", p, &[]);
+        }
+        if self.bulk > 0 {
+            sc.server("http", HTTP_PORT, &["--dir", &dir]);
+            sc.server("sink", SINK_PORT, &["--out", &sink]);
+        }
+        if self.iperf_secs > 0 {
+            sc.raw_server(
+                "iperf3",
+                IPERF_PORT,
+                &format!("iperf3 -s -B 127.0.0.1 -p {IPERF_PORT}"),
+            );
+        }
+        let script = self.script();
+        g.script(&script);
+        sum
+    }
+
+    fn script(&self) -> String {
+        let gw = &self.gw;
+        let mut s = String::from("dhcp || exit 1\n");
+        if self.dns_port.is_some() {
+            s.push_str(
+                "a=$(timeout 10 nslookup test.uipd 2>&1 | awk '/^Address/ {a=$NF} END {print a}')\n\
+                 result dns addr=$a resolv=$(awk '/^nameserver/ {print $2; exit}' /etc/resolv.conf)\n",
+            );
+        }
+        if self.ping {
+            let _ = writeln!(
+                s,
+                "n=$(timeout 15 ping -c 3 -W 3 {gw} | awk '/packets received/ {{print $4}}')\n\
+                 result ping received=${{n:-0}}"
+            );
+        }
+        if self.bulk > 0 {
+            let n = self.bulk;
+            let _ = writeln!(
+                s,
+                "t0=$(cut -d' ' -f1 /proc/uptime)\n\
+                 timeout 120 wget -q -O /tmp/down.bin http://{gw}:{HTTP_PORT}/down.bin\n\
+                 rc=$?\n\
+                 t1=$(cut -d' ' -f1 /proc/uptime)\n\
+                 result down rc=$rc size=$(stat -c %s /tmp/down.bin) \
+                   sha=$(sha256sum /tmp/down.bin | cut -d' ' -f1) t0=$t0 t1=$t1\n\
+                 rm -f /tmp/down.bin\n\
+                 head -c {n} /dev/urandom >/tmp/up.bin\n\
+                 t0=$(cut -d' ' -f1 /proc/uptime)\n\
+                 timeout 120 nc {gw} {SINK_PORT} </tmp/up.bin >/tmp/nc.out\n\
+                 rc=$?\n\
+                 t1=$(cut -d' ' -f1 /proc/uptime)\n\
+                 result up rc=$rc local=$(sha256sum /tmp/up.bin | cut -d' ' -f1) \
+                   bytes=$(cut -d' ' -f1 /tmp/nc.out) sha=$(cut -d' ' -f2 /tmp/nc.out) t0=$t0 t1=$t1\n\
+                 rm -f /tmp/up.bin"
+            );
+        }
+        if self.iperf_secs > 0 {
+            let t = self.iperf_secs;
+            for (tag, flag) in [("iperf_up", ""), ("iperf_down", " -R")] {
+                let _ = writeln!(
+                    s,
+                    "timeout {tmo} iperf3 -c {gw} -p {IPERF_PORT} -t {t} -f m{flag} >/tmp/{tag}.txt 2>&1\n\
+                     rc=$?\n\
+                     result {tag} rc=$rc mbps=$(awk '/receiver/ {{for (i = 2; i <= NF; i++) if ($i == \"Mbits/sec\") print $(i-1)}}' /tmp/{tag}.txt)\n\
+                     [ $rc = 0 ] || cat /tmp/{tag}.txt",
+                    tmo = t + 20,
+                );
+            }
+        }
+        s
+    }
+
+    /// Asserts every check passed (and [`check_guest`]); returns the iperf3
+    /// rates (zero when skipped). `sum` is what [`NetChecks::install`] returned.
+    #[track_caller]
+    pub fn check(&self, o: &Outcome, sum: Option<&str>) -> Rates {
+        check_guest(o);
+        let lease = o.result("dhcp");
+        if let Some(ip) = &self.dhcp_ip {
+            o.check(
+                lease.get("ip") == Some(ip) && lease.get("router") == Some(&self.gw),
+                &format!("DHCP lease is not {ip} via {}", self.gw),
+            );
+        }
+        if self.dns_port.is_some() {
+            let r = o.result("dns");
+            o.check(
+                r.get("resolv") == Some(&self.gw),
+                "DHCP did not name the gateway as the DNS server",
+            );
+            o.check(
+                r.get("addr").map(String::as_str) == Some("10.1.2.3"),
+                "test.uipd did not resolve to 10.1.2.3",
+            );
+        }
+        if self.ping {
+            o.check(o.value("ping", "received") == "3", "ping lost replies");
+        }
+        if self.bulk > 0 {
+            let d = o.result("down");
+            o.check(d["rc"] == "0", "wget failed");
+            o.check(d["size"] == self.bulk.to_string(), "download size differs");
+            o.check(Some(d["sha"].as_str()) == sum, "download differs (sha256)");
+            let u = o.result("up");
+            o.check(u["rc"] == "0", "nc upload failed");
+            o.check(u["bytes"] == self.bulk.to_string(), "upload size differs");
+            o.check(u["sha"] == u["local"], "upload differs (sha256)");
+            let host = std::fs::read_to_string(o.dir.join("sink.txt")).unwrap_or_default();
+            o.check(
+                host.trim() == format!("{} {}", self.bulk, u["local"]),
+                "the host sink's record differs from the guest's file",
+            );
+            let secs = |r: &std::collections::HashMap<String, String>| {
+                let t = |k: &str| r.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                t("t1") - t("t0")
+            };
+            eprintln!(
+                "{}: {} MiB download {:.2} s, upload {:.2} s (guest clock)",
+                o.name,
+                self.bulk >> 20,
+                secs(&d),
+                secs(&u)
+            );
+        }
+        let mut rates = Rates::default();
+        if self.iperf_secs > 0 {
+            for (tag, rate) in [("iperf_up", &mut rates.up), ("iperf_down", &mut rates.down)] {
+                let r = o.result(tag);
+                o.check(r["rc"] == "0", &format!("{tag}: iperf3 failed"));
+                *rate = r
+                    .get("mbps")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| o.fail(&format!("{tag}: no receiver rate")));
+                o.check(*rate > 0.0, &format!("{tag}: zero throughput"));
+            }
+            eprintln!(
+                "{}: iperf3 guest->host {:.0} Mbit/s, host->guest {:.0} Mbit/s ({} s each)",
+                o.name, rates.up, rates.down, self.iperf_secs
+            );
+        }
+        rates
+    }
 }
