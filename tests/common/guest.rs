@@ -155,7 +155,7 @@ pub struct Guest {
     qemu: Vec<String>,
     params: Vec<(String, String)>,
     binaries: Vec<String>,
-    daemon: Option<(Vec<String>, String)>,
+    daemon: Option<(String, Vec<String>, String)>,
     memfd: bool,
     smp: u32,
     mem_mib: u32,
@@ -276,7 +276,17 @@ impl Guest {
     /// QEMU starts, and starts QEMU once `socket` exists; its stderr goes to
     /// the outcome's `uipd_err` ([`Outcome::stat`] reads `--stats` there).
     pub fn daemon(&mut self, args: &[&str], socket: &str) -> &mut Self {
-        self.daemon = Some((args.iter().map(|s| s.to_string()).collect(), socket.into()));
+        self.daemon_with("$UIPD", args, socket)
+    }
+
+    /// Like [`Guest::daemon`] with another program (a shell word: `$UIPD`
+    /// is uipd), e.g. a stand-in backend that checks the harness.
+    pub fn daemon_with(&mut self, program: &str, args: &[&str], socket: &str) -> &mut Self {
+        self.daemon = Some((
+            program.into(),
+            args.iter().map(|s| s.to_string()).collect(),
+            socket.into(),
+        ));
         self
     }
 
@@ -454,11 +464,11 @@ impl Guest {
                 "echo \"outer: qemu starts at $(date +%s.%N)\" >\"$D/qemu.time\"\n{qemu}\n\
                  qrc=$?\necho \"$qrc\" >\"$D/qemu.rc\"\n(exit $qrc)"
             ),
-            Some((args, socket)) => {
+            Some((program, args, socket)) => {
                 let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
                 let sock = sh_quote(socket);
                 format!(
-                    "timeout -k 5 {t} $UIPD {args} </dev/null >\"$D/uipd.out\" 2>\"$D/uipd.err\" &\n\
+                    "timeout -k 5 {t} {program} {args} </dev/null >\"$D/uipd.out\" 2>\"$D/uipd.err\" &\n\
                      DPID=$!\n\
                      for _ in $(seq 100); do [ -S {sock} ] && break; \
                        kill -0 $DPID 2>/dev/null || break; sleep 0.1; done\n\

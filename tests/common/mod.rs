@@ -121,7 +121,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn sh_quote(s: &str) -> String {
+/// Quotes `s` for a POSIX shell (as is when it needs no quoting).
+pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
