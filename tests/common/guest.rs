@@ -137,13 +137,12 @@ fn missing() -> Vec<String> {
         .map(|t| t.to_string())
         .collect();
     let a = assets_dir();
-    if !a.join("vmlinuz").is_file() {
-        m.push(format!("{}/vmlinuz", a.display()));
-    }
-    for name in NET_MODULES {
-        if !a.join("modules").join(format!("{name}.ko")).is_file() {
-            m.push(format!("{}/modules/{name}.ko", a.display()));
-        }
+    let complete = a.join("vmlinuz").is_file()
+        && NET_MODULES
+            .iter()
+            .all(|name| a.join("modules").join(format!("{name}.ko")).is_file());
+    if !complete {
+        m.push(format!("the kernel assets in {}", a.display()));
     }
     m
 }
