@@ -277,6 +277,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             stack: Stack::new(stack::Config {
                 worker: 0,
                 workers: 1,
+                // `--max-flows` is per guest: each worker gets a share.
+                max_flows: stack::flow_share(cfg.stack.max_flows, i, workers),
                 isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 ..cfg.stack.clone()
             }),
