@@ -149,10 +149,7 @@ fn policy(m: &clap::ArgMatches, cli: &Cli) -> stack::policy::Policy {
         ("allow", Action::Allow, &cli.allow),
         ("deny", Action::Deny, &cli.deny),
     ] {
-        let idx = m
-            .indices_of(id)
-            .map(Iterator::collect)
-            .unwrap_or(Vec::new());
+        let idx: Vec<usize> = m.indices_of(id).map(Iterator::collect).unwrap_or_default();
         for (i, cidr) in cidrs.iter().enumerate() {
             let at = idx.get(i).copied().unwrap_or(usize::MAX);
             rules.push((
