@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::offload;
+use crate::dataplane::pcap::{self, Pcap};
 use crate::dataplane::tap::Tap;
 use crate::dataplane::worker::{PortOut, Shared, Worker, WorkerCounters, WorkerStats};
 use crate::rings::FrameRing;
@@ -50,6 +51,8 @@ pub struct Config {
     pub poll_us: u64,
     /// Write the final counters as JSON to this file.
     pub stats_json: Option<PathBuf>,
+    /// Write every frame between guest and uipd to this pcap file.
+    pub pcap: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
 }
@@ -148,6 +151,8 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         ("forwarded", sum(|w| w.forwarded)),
         ("ring_full", sum(|w| w.ring_full)),
         ("port_errors", sum(|w| w.port_errors)),
+        ("pcap_frames", sum(|w| w.pcap_frames)),
+        ("pcap_drops", sum(|w| w.pcap_drops)),
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
     }
@@ -257,6 +262,13 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         .map(|_| FrameRing::new(1024, buf_size).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(io_err("creating the frame rings"))?;
+    let pcap =
+        match &cfg.pcap {
+            Some(path) => Some(Pcap::start(path, workers, pcap::DEPTH).map_err(io_err(
+                &format!("creating the pcap file {}", path.display()),
+            ))?),
+            None => None,
+        };
     let mut shared = Vec::new();
     let mut handles = Vec::new();
     for (i, tap) in taps.iter().enumerate() {
@@ -267,7 +279,10 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         reader
             .set_nonblocking(true)
             .map_err(io_err("making a TAP queue non-blocking"))?;
-        let sh = Arc::new(Shared::default());
+        let sh = Arc::new(Shared {
+            pcap: pcap.as_ref().map(|p| p.capture(i)),
+            ..Shared::default()
+        });
         shared.push(sh.clone());
         let worker = Worker {
             index: i,
@@ -367,6 +382,13 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         }
     }
     drop(taps);
+    if let Some(p) = pcap {
+        // The workers are gone: whatever they queued is written now.
+        match p.finish() {
+            Ok(n) => log::info!("pcap: {n} frames written"),
+            Err(e) => log::error!("pcap: {e}"),
+        }
+    }
     if cfg.stats {
         eprint!("{}", render_stats(&final_stats));
     }

@@ -316,3 +316,107 @@ fn max_flows_below_workers_is_an_error() {
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
     assert!(err.contains("10.0.0.0/8"), "stderr: {err}");
 }
+
+/// `--pcap FILE`: after a short HTTP download, `tcpdump -r FILE` reads the
+/// file and shows the connection's handshake (SYN, SYN-ACK, ACK), and the
+/// file holds exactly the frames the workers say they captured.
+#[test]
+fn pcap_holds_the_handshake_of_a_download() {
+    if skip_unless_uipd("pcap_holds_the_handshake_of_a_download") {
+        return;
+    }
+    let tcpdump_ok = std::process::Command::new("tcpdump")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        tcpdump_ok,
+        "tcpdump is missing (Debian package tcpdump; run scripts/setup.sh as root)"
+    );
+    let mut sc = Scenario::new("pcap_holds_the_handshake_of_a_download");
+    let sum = common::random_file(&sc.dir().join("file.bin"), 100 * 1024);
+    let dir = sc.dir().display().to_string();
+    let pcap = sc.dir().join("cap.pcap");
+    let stats = sc.dir().join("stats.json");
+    let (pcap_s, stats_s) = (pcap.display().to_string(), stats.display().to_string());
+    sc.timeout(90)
+        .server("http", 8080, &["--dir", &dir])
+        .args(&["--pcap", &pcap_s, "--stats-json", &stats_s])
+        .guest(
+            "timeout 30 busybox wget -q -O \"$D/got.bin\" \"http://$GW:8080/file.bin\"\n\
+             echo \"RESULT wget rc=$? sha=$(sha256sum \"$D/got.bin\" | cut -d' ' -f1)\"",
+        );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("wget", "rc") == "0", "busybox wget failed");
+    o.check(o.value("wget", "sha") == sum, "downloaded data differs");
+    let td = std::process::Command::new("tcpdump")
+        .args(["-r", &pcap_s, "-nn"])
+        .output()
+        .expect("run tcpdump");
+    let text = String::from_utf8_lossy(&td.stdout).to_string();
+    let err = String::from_utf8_lossy(&td.stderr).to_string();
+    o.check(
+        td.status.success(),
+        &format!("tcpdump -r failed: {err}\n{text}"),
+    );
+    o.check(
+        err.contains("EN10MB"),
+        &format!("tcpdump does not see an Ethernet capture: {err}"),
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    // The guest's SYN names its port; the SYN-ACK and ACK must match it.
+    let syn = lines
+        .iter()
+        .find(|l| l.contains(" > 192.168.33.1.8080: Flags [S],"))
+        .unwrap_or_else(|| o.fail(&format!("no SYN to 192.168.33.1:8080 in:\n{text}")));
+    let port = syn
+        .split(" IP 192.168.33.15.")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| o.fail(&format!("cannot read the guest port from {syn:?}")));
+    let guest = format!("192.168.33.15.{port}");
+    let has = |pat: &str| lines.iter().any(|l| l.contains(pat));
+    o.check(
+        has(&format!("IP 192.168.33.1.8080 > {guest}: Flags [S.],")),
+        &format!("no SYN-ACK to {guest} in:\n{text}"),
+    );
+    o.check(
+        has(&format!(
+            "IP {guest} > 192.168.33.1.8080: Flags [.], ack 1,"
+        )),
+        &format!("no handshake ACK from {guest} in:\n{text}"),
+    );
+    o.check(
+        has(&format!("IP 192.168.33.1.8080 > {guest}: Flags [")) && has("HTTP"),
+        &format!("no HTTP data in:\n{text}"),
+    );
+    // Every frame the workers queued is in the file, none were dropped.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap_or_default())
+            .unwrap_or_default();
+    let sum_of = |k: &str| -> u64 {
+        doc["workers"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w["worker"][k].as_u64()).sum())
+            .unwrap_or(u64::MAX)
+    };
+    let (frames, drops) = (sum_of("pcap_frames"), sum_of("pcap_drops"));
+    eprintln!(
+        "pcap: {} records read back, {frames} queued, {drops} dropped",
+        lines.len()
+    );
+    o.check(
+        drops == 0,
+        &format!("{drops} frames dropped from the capture"),
+    );
+    o.check(
+        frames == lines.len() as u64,
+        &format!("{frames} frames captured but tcpdump read {}", lines.len()),
+    );
+    o.check(
+        (8..5000).contains(&lines.len()),
+        &format!("{} records for a 100 KiB download", lines.len()),
+    );
+    o.pass();
+}

@@ -95,6 +95,12 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<std::path::PathBuf>,
 
+    /// Write every frame between the guest and uipd to FILE, in pcap format
+    /// (nanosecond timestamps, Ethernet) for tcpdump -r or Wireshark. Frames
+    /// the writer cannot keep up with are left out and counted (pcap_drops).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<std::path::PathBuf>,
+
     /// Network backend (kvmtool spelling, `-net user` works too). Only
     /// `user` exists in namespace mode.
     #[arg(long = "net", value_enum, default_value_t = NetMode::User)]
@@ -265,6 +271,7 @@ fn main() -> ExitCode {
         workers,
         poll_us: cli.poll_us,
         stats_json: cli.stats_json,
+        pcap: cli.pcap,
         stack,
     };
     match daemon::run(cfg) {
