@@ -420,3 +420,101 @@ fn pcap_holds_the_handshake_of_a_download() {
     );
     o.pass();
 }
+
+/// `--no-host-loopback`: TCP and UDP to listening servers on the host's
+/// loopback through the gateway are refused (RST; ICMP port unreachable),
+/// while DNS through the gateway still resolves.
+#[test]
+fn no_host_loopback_refuses_but_dns_works() {
+    if skip_unless_uipd("no_host_loopback_refuses_but_dns_works") {
+        return;
+    }
+    let mut sc = Scenario::new("no_host_loopback_refuses_but_dns_works");
+    write_script(&sc, "udpprobe.py", UDP_PROBE);
+    sc.timeout(90)
+        .server("echo", 7000, &[])
+        .server("udpecho", 5000, &[])
+        .server("dns", 5353, &[])
+        .args(&["--no-host-loopback", "--resolver", "127.0.0.1:5353"])
+        .guest(&format!(
+            "{CONNECT_FN}\n\
+             conn \"$GW\" 7000 gw\n\
+             timeout 20 \"$PY\" \"$D/udpprobe.py\" \"$GW\" 5000\n\
+             timeout 20 busybox nslookup test.uipd. \"$DNS\"\n\
+             echo \"RESULT nslookup rc=$?\""
+        ));
+    let o = sc.run();
+    o.expect_code(0);
+    check_refused_fast(&o, "connect_gw");
+    let udp = outcome(&o, "udp");
+    o.check(
+        udp == "ECONNREFUSED",
+        &format!("UDP with --no-host-loopback: expected ECONNREFUSED, got {udp}"),
+    );
+    o.check(
+        o.value("nslookup", "rc") == "0" && o.lines("Address:").iter().any(|a| a == "10.1.2.3"),
+        "DNS through the gateway failed with --no-host-loopback",
+    );
+    o.pass();
+}
+
+/// `--pcap` in attach mode: the file is complete after SIGTERM (flushed at
+/// exit), with the handshake of the guest's connection in it.
+#[test]
+fn pcap_is_flushed_on_sigterm() {
+    if skip_unless_uipd("pcap_is_flushed_on_sigterm") {
+        return;
+    }
+    let mut sc = Scenario::new("pcap_is_flushed_on_sigterm");
+    let pcap = sc.dir().join("cap.pcap");
+    sc.timeout(60).server("echo", 7000, &[]).invocation(
+        "timeout 50 unshare --net --mount -- sleep 45 & target=$!\n\
+         for _ in $(seq 50); do [ \"$(readlink /proc/$target/ns/net)\" != \"$(readlink /proc/self/ns/net)\" ] && break; sleep 0.1; done\n\
+         timeout -k 2 40 $UIPD --netns $target --pcap \"$D/cap.pcap\" 2>\"$D/uipd.err\" & uipd=$!\n\
+         for _ in $(seq 100); do nsenter -t $target -n ip -4 -o addr show dev eth0 2>/dev/null | grep -q inet && break; sleep 0.1; done\n\
+         timeout 20 nsenter -t $target -n -- /bin/sh \"$D/guest.sh\" >\"$D/guest.out\"\n\
+         kill -TERM $uipd\n\
+         wait $uipd; urc=$?\n\
+         echo \"RESULT term rc=$urc\" >>\"$D/guest.out\"\n\
+         kill $target 2>/dev/null; wait $target 2>/dev/null\n\
+         [ $urc = 0 ]",
+    )
+    .guest(
+        "echo hello | timeout 10 busybox nc \"$GW\" 7000 >\"$D/nc.out\"\n\
+         echo \"RESULT nc reply=$(tr ' ' _ <\"$D/nc.out\")\"",
+    );
+    let o = sc.run();
+    o.check(
+        o.value("nc", "reply") == "echo_hello",
+        "echo through uipd failed",
+    );
+    o.check(
+        o.value("term", "rc") == "0",
+        "uipd did not exit cleanly on SIGTERM",
+    );
+    let td = std::process::Command::new("tcpdump")
+        .args(["-r", &pcap.display().to_string(), "-nn"])
+        .output()
+        .expect("run tcpdump");
+    let text = String::from_utf8_lossy(&td.stdout).to_string();
+    o.check(
+        td.status.success(),
+        &format!("tcpdump -r failed: {}", String::from_utf8_lossy(&td.stderr)),
+    );
+    for (what, from, flags) in [
+        ("SYN", " > 192.168.33.1.7000: ", "Flags [S],"),
+        ("SYN-ACK", "IP 192.168.33.1.7000 > ", "Flags [S.],"),
+    ] {
+        o.check(
+            text.lines().any(|l| l.contains(from) && l.contains(flags)),
+            &format!("no {what} in:\n{text}"),
+        );
+    }
+    o.check(
+        text.lines()
+            .any(|l| l.contains("192.168.33.1.7000 > ") && l.contains("length 11")),
+        &format!("no 11-byte echo reply (\"echo hello\\n\") in:\n{text}"),
+    );
+    o.expect_code(0);
+    o.pass();
+}
