@@ -122,6 +122,9 @@ pub struct Shared {
     pub resolvers: Mutex<Option<Vec<std::net::SocketAddr>>>,
     /// This worker's queue to the pcap writer (`--pcap`), if capturing.
     pub pcap: Option<Arc<Capture>>,
+    /// The guest went away (a VMM disconnected): reset every host
+    /// connection and forget every flow, then go on for the next guest.
+    pub reset: AtomicBool,
 }
 
 /// Hand `frame` (with its virtio-net header of `vnet_hdr` bytes, if any) to
@@ -234,6 +237,10 @@ impl Worker {
                     log::info!("worker {}: resolvers now {list:?}", self.index);
                     self.stack.set_resolvers(list);
                 }
+            }
+            if self.shared.reset.swap(false, Ordering::Relaxed) {
+                log::info!("worker {}: guest gone, resetting its flows", self.index);
+                self.stack.reset_all(&mut out);
             }
             uring.drain(&mut |c| events.push(c));
             let batch_start = std::time::Instant::now();
