@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::offload;
+use crate::dataplane::pcap::{self, Pcap};
 use crate::dataplane::tap::Tap;
 use crate::dataplane::worker::{PortOut, Shared, Worker, WorkerCounters, WorkerStats};
 use crate::rings::FrameRing;
@@ -58,6 +59,8 @@ pub struct Config {
     pub poll_us: u64,
     /// Write the final counters as JSON to this file.
     pub stats_json: Option<PathBuf>,
+    /// Write every frame between guest and uipd to this pcap file.
+    pub pcap: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
 }
@@ -156,6 +159,8 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         ("forwarded", sum(|w| w.forwarded)),
         ("ring_full", sum(|w| w.ring_full)),
         ("port_errors", sum(|w| w.port_errors)),
+        ("pcap_frames", sum(|w| w.pcap_frames)),
+        ("pcap_drops", sum(|w| w.pcap_drops)),
         ("port_drops", sum(|w| w.port_drops)),
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
@@ -201,6 +206,8 @@ struct Workers {
     shared: Vec<Arc<Shared>>,
     handles: Vec<std::thread::JoinHandle<std::io::Result<WorkerStats>>>,
     inboxes: Vec<Arc<FrameRing>>,
+    /// The `--pcap` writer, fed by every worker.
+    pcap: Option<Pcap>,
 }
 
 /// What a frontend gives each worker.
@@ -218,10 +225,21 @@ impl Workers {
         inboxes: Vec<Arc<FrameRing>>,
         ports: Vec<Port>,
     ) -> Result<Workers, Error> {
+        let n = ports.len();
+        let pcap = match &cfg.pcap {
+            Some(path) => Some(Pcap::start(path, n, pcap::DEPTH).map_err(io_err(&format!(
+                "creating the pcap file {}",
+                path.display()
+            )))?),
+            None => None,
+        };
         let mut shared = Vec::new();
         let mut handles = Vec::new();
         for (i, port) in ports.into_iter().enumerate() {
-            let sh = Arc::new(Shared::default());
+            let sh = Arc::new(Shared {
+                pcap: pcap.as_ref().map(|p| p.capture(i)),
+                ..Shared::default()
+            });
             shared.push(sh.clone());
             let (worker, workers) = port.shard;
             let worker = Worker {
@@ -229,6 +247,8 @@ impl Workers {
                 stack: Stack::new(stack::Config {
                     worker,
                     workers,
+                    // `--max-flows` is per guest: each worker gets a share.
+                    max_flows: stack::flow_share(cfg.stack.max_flows, i, n),
                     isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     ..cfg.stack.clone()
                 }),
@@ -250,6 +270,7 @@ impl Workers {
             shared,
             handles,
             inboxes,
+            pcap,
         })
     }
 
@@ -282,6 +303,13 @@ impl Workers {
                     stats.push(WorkerStats::default());
                 }
                 Err(_) => stats.push(WorkerStats::default()),
+            }
+        }
+        if let Some(p) = self.pcap {
+            // The workers are gone: whatever they queued is written now.
+            match p.finish() {
+                Ok(n) => log::info!("pcap: {n} frames written"),
+                Err(e) => log::error!("pcap: {e}"),
             }
         }
         stats

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use uipd::daemon::{self, Frontend};
 use uipd::stack;
 
@@ -55,6 +55,28 @@ struct Cli {
     #[arg(long)]
     no_host_loopback: bool,
 
+    /// Refuse every outbound flow except DNS to the gateway (DHCP and ping
+    /// to the gateway are answered by uipd itself); `--allow` opens
+    /// exceptions. Published ports (inbound) are not affected.
+    #[arg(long)]
+    restrict: bool,
+
+    /// Allow outbound flows to CIDR (repeatable; with --deny, the last
+    /// matching rule wins). Rules match the host address uipd connects to:
+    /// the gateway is 127.0.0.1 to them.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<stack::policy::Cidr>,
+
+    /// Refuse outbound flows to CIDR (repeatable; see --allow).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    deny: Vec<stack::policy::Cidr>,
+
+    /// Most flows (TCP connections, UDP and ping flows) the guest may have
+    /// at once; new flows beyond it are refused and counted. Each worker
+    /// gets an equal share.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    max_flows: u32,
+
     /// Print counters to stderr at exit (also on SIGUSR1).
     #[arg(long)]
     stats: bool,
@@ -83,6 +105,12 @@ struct Cli {
     /// Write the final counters (per worker and total) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<std::path::PathBuf>,
+
+    /// Write every frame between the guest and uipd to FILE, in pcap format
+    /// (nanosecond timestamps, Ethernet) for tcpdump -r or Wireshark. Frames
+    /// the writer cannot keep up with are left out and counted (pcap_drops).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<std::path::PathBuf>,
 
     /// Network backend (kvmtool spelling, `-net user` works too). Only
     /// `user` exists in namespace mode.
@@ -123,6 +151,44 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("'{s}' is not ADDR or ADDR:PORT (IPv6 with a port: [ADDR]:PORT)"))
 }
 
+fn parse_cidr(s: &str) -> Result<stack::policy::Cidr, String> {
+    s.parse()
+        .map_err(|e: stack::policy::CidrError| e.to_string())
+}
+
+/// The outbound policy from `--restrict`, `--allow` and `--deny`, the rules
+/// in command-line order (clap keeps each flag's values apart, so their
+/// argument indices restore the interleaving).
+fn policy(m: &clap::ArgMatches, cli: &Cli) -> stack::policy::Policy {
+    use stack::policy::{Action, Policy, Rule};
+    let mut rules: Vec<(usize, Rule)> = Vec::new();
+    for (id, action, cidrs) in [
+        ("allow", Action::Allow, &cli.allow),
+        ("deny", Action::Deny, &cli.deny),
+    ] {
+        let idx: Vec<usize> = m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        for (i, cidr) in cidrs.iter().enumerate() {
+            let at = idx.get(i).copied().unwrap_or(usize::MAX);
+            rules.push((
+                at,
+                Rule {
+                    action,
+                    cidr: *cidr,
+                },
+            ));
+        }
+    }
+    rules.sort_by_key(|(at, _)| *at);
+    Policy {
+        rules: rules.into_iter().map(|(_, r)| r).collect(),
+        default: if cli.restrict {
+            Action::Deny
+        } else {
+            Action::Allow
+        },
+    }
+}
+
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
     uipd::dataplane::cpus::parse_cpulist(s)
         .map(CpuList)
@@ -148,7 +214,9 @@ fn main() -> ExitCode {
             *a = "--net".into();
         }
     }
-    let cli = Cli::parse_from(args);
+    let matches = Cli::command().get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let policy = policy(&matches, &cli);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
     let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
@@ -194,7 +262,17 @@ fn main() -> ExitCode {
     // The stream protocol carries bare Ethernet frames: no virtio-net
     // header, so no offloads (QEMU does not offer them to the guest then).
     let offload = !cli.no_offload && !matches!(frontend, Frontend::Stream(_));
+    let max_flows = usize::try_from(cli.max_flows).unwrap_or(usize::MAX);
+    if max_flows < workers {
+        eprintln!(
+            "uipd: --max-flows {max_flows} is less than the {workers} workers: each needs a share \
+             of at least one (use --workers)"
+        );
+        return ExitCode::from(2);
+    }
     let stack = stack::Config {
+        policy,
+        max_flows,
         mtu,
         host_loopback: !cli.no_host_loopback,
         offload: stack::Offload {
@@ -214,6 +292,7 @@ fn main() -> ExitCode {
         workers,
         poll_us: cli.poll_us,
         stats_json: cli.stats_json,
+        pcap: cli.pcap,
         stack,
     };
     match daemon::run(cfg) {

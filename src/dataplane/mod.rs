@@ -4,6 +4,7 @@ pub mod bufring;
 pub mod cpus;
 pub mod netns;
 pub mod offload;
+pub mod pcap;
 pub mod stream;
 pub mod tap;
 pub mod uring;

@@ -23,6 +23,12 @@
 //! until the backlog drains, so the kernel's queue fills and the guest's
 //! TCP slows down as it would behind a busy NIC. Every such event is
 //! counted (`ring_full`).
+//!
+//! With `--pcap`, every frame taken in (before `Stack::ingress`) and every
+//! frame the stack makes for the guest (before it goes to the port) is
+//! copied to [`Shared::pcap`], a bounded queue toward the writer thread
+//! ([`crate::dataplane::pcap`]); a full queue leaves the frame out of the
+//! file and counts it (`pcap_drops`), it never stalls the loop.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -32,6 +38,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::dataplane::pcap::Capture;
 use crate::dataplane::tap::Tap;
 use crate::dataplane::uring::{Completion, Uring};
 use crate::rings::{Frame, FrameRing};
@@ -80,6 +87,10 @@ pub struct WorkerCounters {
     pub completions: u64,
     /// Loop wake-ups.
     pub wakeups: u64,
+    /// Frames queued for the pcap file (`--pcap`), both directions.
+    pub pcap_frames: u64,
+    /// Frames left out of the pcap file because its writer fell behind.
+    pub pcap_drops: u64,
 }
 
 /// A snapshot of one worker's metrics.
@@ -117,9 +128,25 @@ pub struct Shared {
     pub stats: Mutex<WorkerStats>,
     /// New resolvers to hand to the stack (resolv.conf changed).
     pub resolvers: Mutex<Option<Vec<std::net::SocketAddr>>>,
+    /// This worker's queue to the pcap writer (`--pcap`), if capturing.
+    pub pcap: Option<Arc<Capture>>,
     /// The guest went away (a VMM disconnected): reset every host
     /// connection and forget every flow, then go on for the next guest.
     pub reset: AtomicBool,
+}
+
+/// Hand `frame` (with its virtio-net header of `vnet_hdr` bytes, if any) to
+/// the capture, counting it or its drop; never blocks.
+fn capture(pcap: Option<&Capture>, wc: &mut WorkerCounters, frame: &[u8], vnet_hdr: usize) {
+    let Some(c) = pcap else { return };
+    let Some(eth) = frame.get(vnet_hdr..) else {
+        return;
+    };
+    if c.record(eth) {
+        wc.pcap_frames += 1;
+    } else {
+        wc.pcap_drops += 1;
+    }
 }
 
 /// A frontend that takes the worker's frames toward the guest in batches
@@ -347,6 +374,12 @@ impl Worker {
                                     backlog.push_back((w, frame));
                                 }
                                 _ => {
+                                    capture(
+                                        self.shared.pcap.as_deref(),
+                                        wc,
+                                        frame.bytes(),
+                                        vnet_hdr,
+                                    );
                                     self.stack.ingress(frame.bytes(), t, &mut out);
                                     spare = Some(frame.buf);
                                 }
@@ -382,6 +415,7 @@ impl Worker {
                 let Some(frame) = self.inboxes[self.index].pop() else {
                     break;
                 };
+                capture(self.shared.pcap.as_deref(), wc, frame.bytes(), vnet_hdr);
                 self.stack.ingress(frame.bytes(), t, &mut out);
                 self.inboxes[self.index].put_buf(frame.buf);
                 n += 1;
@@ -392,6 +426,9 @@ impl Worker {
                 wc.batches += 1;
             }
             let deadline = self.stack.poll(t, &mut out);
+            for f in &out.frames {
+                capture(self.shared.pcap.as_deref(), wc, f, vnet_hdr);
+            }
             let mut sink_waiting = false;
             match &mut self.port_out {
                 PortOut::Tap(fd) => {

@@ -17,7 +17,11 @@
 //! the flow is keyed by the guest's 5-tuple ([`FlowKey`]), and the host
 //! socket connects to the address the guest addressed, except that the
 //! gateway address maps to the host's 127.0.0.1 (`host_loopback`) and
-//! `gateway:53` maps to the first resolver.
+//! `gateway:53` maps to the first resolver. A new outbound flow is
+//! judged by the outbound [`policy`] on that host address (DNS to the
+//! gateway exempt) and by the flow cap (`max_flows`); a refused flow is
+//! answered as a filtering router would (TCP: RST; UDP and ICMP echo: ICMP
+//! unreachable, "administratively prohibited") and counted.
 //!
 //! Malformed input is dropped and counted by [`DropReason`]; nothing a guest
 //! sends can panic the stack or make it hold unbounded memory: flows are
@@ -34,6 +38,7 @@ pub mod dns;
 pub mod flow;
 pub mod frag;
 pub mod ops;
+pub mod policy;
 pub mod steer;
 pub mod tcp;
 pub mod time;
@@ -116,8 +121,15 @@ pub struct Config {
     pub resolvers: Vec<SocketAddr>,
     /// DHCP lease time in seconds.
     pub lease_secs: u32,
-    /// Most flows at once.
+    /// Most flows at once, in this stack. A guest served by several
+    /// workers has one stack per worker: the daemon gives each a share of
+    /// `--max-flows` ([`flow_share`]). A new flow beyond it is refused like
+    /// a denied one (TCP: RST; UDP, ICMP echo: ICMP admin-prohibited) and
+    /// counted (`drops_flow_limit`).
     pub max_flows: usize,
+    /// Which host destinations the guest may open flows to
+    /// (`--restrict`, `--allow`, `--deny`; see [`policy`]).
+    pub policy: policy::Policy,
     /// Seed for initial sequence numbers.
     pub isn_seed: u64,
     /// Idle timeout of UDP flows.
@@ -152,6 +164,7 @@ impl Default for Config {
             resolvers: Vec::new(),
             lease_secs: 86400,
             max_flows: 65536,
+            policy: policy::Policy::default(),
             isn_seed: 0x5eed_1234_abcd_0001,
             udp_timeout: Duration::from_secs(180),
             dns_timeout: Duration::from_secs(10),
@@ -162,6 +175,17 @@ impl Default for Config {
             offload: Offload::default(),
         }
     }
+}
+
+/// Worker `worker`'s share of a guest-wide flow limit of `total` split
+/// among `workers` stacks: `total / workers`, the first `total % workers`
+/// workers one more, so the shares add up to `total` exactly. A flow is
+/// refused when its own worker's share is used up (flows are not moved
+/// between workers), so with several workers a guest whose flows hash
+/// unevenly meets the limit somewhat before `total` flows in all.
+pub fn flow_share(total: usize, worker: usize, workers: usize) -> usize {
+    let workers = workers.max(1);
+    total / workers + usize::from(worker < total % workers)
 }
 
 /// What the stack asks of the world after an input.
@@ -222,6 +246,7 @@ drop_reasons! {
     Dhcp => "drops_dhcp",
     HostError => "drops_host_error",
     BadVnetHdr => "drops_bad_vnet_hdr",
+    Denied => "drops_denied",
 }
 
 const _: () = assert!(
@@ -712,19 +737,33 @@ impl Stack {
         }
     }
 
-    /// Where a guest flow to `remote` goes on the host, or `None` if refused.
-    fn map_remote(&self, proto: Proto, remote: SocketAddrV4) -> Option<SocketAddr> {
+    /// Where a new guest flow to `remote` goes on the host, or why it is
+    /// refused: [`DropReason::Refused`] (no resolver, or the gateway with
+    /// `host_loopback` off) or [`DropReason::Denied`] (the outbound
+    /// [`policy`], judged on the host address; DNS to the gateway is
+    /// exempt).
+    fn map_remote(&self, proto: Proto, remote: SocketAddrV4) -> Result<SocketAddr, DropReason> {
         let ip = *remote.ip();
-        if ip == self.cfg.gateway {
+        let host = if ip == self.cfg.gateway {
             if remote.port() == 53 && proto != Proto::Icmp {
-                return self.cfg.resolvers.first().copied();
+                return self
+                    .cfg
+                    .resolvers
+                    .first()
+                    .copied()
+                    .ok_or(DropReason::Refused);
             }
             if !self.cfg.host_loopback {
-                return None;
+                return Err(DropReason::Refused);
             }
-            return Some(SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port())));
+            SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port()))
+        } else {
+            SocketAddr::V4(remote)
+        };
+        if !self.cfg.policy.allows(host.ip()) {
+            return Err(DropReason::Denied);
         }
-        Some(SocketAddr::V4(remote))
+        Ok(host)
     }
 
     fn is_bad_destination(&self, dst: Ipv4Addr) -> bool {
@@ -803,10 +842,13 @@ impl Stack {
         if self.is_bad_destination(dst) {
             return self.drop(DropReason::BadAddress);
         }
-        let Some(host_dst) = self.map_remote(Proto::Tcp, SocketAddrV4::new(dst, seg.dst_port))
-        else {
-            self.drop(DropReason::Refused);
-            return self.tcp_reset_reply(&key, &seg, l2, out);
+        let host_dst = match self.map_remote(Proto::Tcp, SocketAddrV4::new(dst, seg.dst_port)) {
+            Ok(a) => a,
+            Err(reason) => {
+                log::debug!("tcp {:?} -> {:?}: {}", key.guest, key.remote, reason.name());
+                self.drop(reason);
+                return self.tcp_reset_reply(&key, &seg, l2, out);
+            }
         };
         let iss = self.next_isn();
         let mtu = usize::from(self.cfg.mtu);
@@ -905,12 +947,19 @@ impl Stack {
                 let SocketAddr::V4(remote) = key.remote else {
                     return self.drop(DropReason::Ipv6);
                 };
-                let Some(host_dst) = self.map_remote(key.proto, remote) else {
-                    self.drop(DropReason::Refused);
-                    if key.proto == Proto::Udp {
-                        self.icmp_unreachable(&key, wire::icmpv4::unreachable::PORT, &data, out);
+                let host_dst = match self.map_remote(key.proto, remote) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        self.drop(reason);
+                        // Nothing listens on the gateway without host
+                        // loopback: the port is unreachable. A policy
+                        // refusal says so (RFC 1812 §5.2.7.1).
+                        let code = match reason {
+                            DropReason::Denied => wire::icmpv4::unreachable::ADMIN_PROHIBITED,
+                            _ => wire::icmpv4::unreachable::PORT,
+                        };
+                        return self.icmp_unreachable(&key, code, &data, out);
                     }
-                    return;
                 };
                 let timeout = match key.proto {
                     Proto::Icmp => self.cfg.icmp_timeout,
@@ -924,7 +973,11 @@ impl Stack {
                     timeout,
                 };
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
-                    return self.drop(DropReason::FlowLimit);
+                    // Refused, and said so: a guest that retries (DNS, a
+                    // ping) learns at once instead of timing out.
+                    self.drop(DropReason::FlowLimit);
+                    let code = wire::icmpv4::unreachable::ADMIN_PROHIBITED;
+                    return self.icmp_unreachable(&key, code, &data, out);
                 };
                 match key.proto {
                     Proto::Icmp => self.counters.icmp_opened += 1,
@@ -1137,29 +1190,35 @@ impl Stack {
         self.dgram_out(key, payload.to_vec(), now, out);
     }
 
-    /// ICMP destination unreachable to the guest about a datagram of `key`.
+    /// ICMP destination unreachable to the guest about a datagram of `key`:
+    /// for UDP `data` is the datagram's payload, for ICMP the echo message.
     fn icmp_unreachable(&mut self, key: &FlowKey, code: u8, data: &[u8], out: &mut Actions) {
         let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
             return;
         };
         // The offending datagram: its IP header and the first 8 bytes
-        // (plus some payload) of the UDP datagram (RFC 792).
-        let udp_len = 8 + data.len();
-        let keep = data.len().min(64);
+        // (plus some payload) of its L4 message (RFC 792).
+        let (proto, hdr, l4_len) = match key.proto {
+            Proto::Icmp => (ip_proto::ICMP, 0, data.len()),
+            _ => (ip_proto::UDP, 8, 8 + data.len()),
+        };
+        let keep = data.len().min(64 + 8 - hdr);
         let ip = Ipv4Repr {
             src_addr: *guest.ip(),
             dst_addr: *remote.ip(),
-            next_header: ip_proto::UDP,
-            payload_len: udp_len,
+            next_header: proto,
+            payload_len: l4_len,
             hop_limit: 64,
         };
-        let mut orig = vec![0u8; wire::ipv4::HEADER_LEN + 8 + keep];
+        let mut orig = vec![0u8; wire::ipv4::HEADER_LEN + hdr + keep];
         ip.emit(&mut Ipv4Packet::new_unchecked(&mut orig[..]));
         let u = &mut orig[wire::ipv4::HEADER_LEN..];
-        u[0..2].copy_from_slice(&guest.port().to_be_bytes());
-        u[2..4].copy_from_slice(&remote.port().to_be_bytes());
-        u[4..6].copy_from_slice(&u16::try_from(udp_len).unwrap_or(u16::MAX).to_be_bytes());
-        u[8..].copy_from_slice(&data[..keep]);
+        if hdr > 0 {
+            u[0..2].copy_from_slice(&guest.port().to_be_bytes());
+            u[2..4].copy_from_slice(&remote.port().to_be_bytes());
+            u[4..6].copy_from_slice(&u16::try_from(l4_len).unwrap_or(u16::MAX).to_be_bytes());
+        }
+        u[hdr..].copy_from_slice(&data[..keep]);
         let msg = Icmpv4Repr::DstUnreachable {
             code,
             next_hop_mtu: 0,
