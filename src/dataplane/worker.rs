@@ -336,7 +336,10 @@ impl Worker {
                         buf[..frame.len()].copy_from_slice(frame);
                         backlog.push_back((w, Frame { buf, len }));
                     }
-                    _ => self.stack.ingress(frame, t, &mut out),
+                    _ => {
+                        capture(self.shared.pcap.as_deref(), wc, frame, vnet_hdr);
+                        self.stack.ingress(frame, t, &mut out)
+                    }
                 }
                 uring.port_recycle(bid);
             }
