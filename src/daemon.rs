@@ -1,10 +1,16 @@
-//! The daemon: wires the TAP queues, the workers and the control loop.
+//! The daemon: wires a frontend (TAP queues in a namespace, or a QEMU
+//! stream socket), the workers and the control loop.
 //!
+//! Namespace mode, one worker per TAP queue (the kernel steers flows):
 //! ```text
 //!  main thread ── control loop: child exit, signals, resolv.conf changes, stats
 //!  uipd-w0 ◄──► TAP queue 0   (Stack shard 0 + io_uring)  ◄─ inbox 0 ◄─┐ frames of
 //!  uipd-w1 ◄──► TAP queue 1   (Stack shard 1 + io_uring)  ◄─ inbox 1 ◄─┘ foreign flows
 //! ```
+//! Stream mode (see [`crate::dataplane::stream`]): the reader thread steers
+//! frames to the workers' inboxes by the 5-tuple hash, and each worker's
+//! sink writes to the one connection. When the VMM goes away, every worker
+//! resets its flows and the next connection starts clean.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -27,6 +33,8 @@ pub enum Frontend {
     Spawn(Vec<OsString>),
     /// Attach to an existing network namespace (path or PID).
     Attach(String),
+    /// Serve QEMU's `-netdev stream` protocol on a listening UNIX socket.
+    Stream(PathBuf),
 }
 
 /// Everything the daemon needs, from the command line.
@@ -124,8 +132,8 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         let w = &st.worker;
         let h = &st.latency_ns;
         s.push_str(&format!(
-            "uipd worker {i}: port_reads {} port_writes {} inbox {} forwarded {} ring_full {} batches {} completions {} port_errors {}\n",
-            w.port_reads, w.port_writes, w.inbox_frames, w.forwarded, w.ring_full, w.batches, w.completions, w.port_errors
+            "uipd worker {i}: port_reads {} port_writes {} inbox {} forwarded {} ring_full {} batches {} completions {} port_errors {} port_drops {}\n",
+            w.port_reads, w.port_writes, w.inbox_frames, w.forwarded, w.ring_full, w.batches, w.completions, w.port_errors, w.port_drops
         ));
         if !h.is_empty() {
             s.push_str(&format!(
@@ -148,6 +156,7 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         ("forwarded", sum(|w| w.forwarded)),
         ("ring_full", sum(|w| w.ring_full)),
         ("port_errors", sum(|w| w.port_errors)),
+        ("port_drops", sum(|w| w.port_drops)),
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
     }
@@ -187,6 +196,111 @@ pub fn stats_json(stats: &[WorkerStats]) -> serde_json::Value {
     serde_json::json!({ "workers": workers, "total": total })
 }
 
+/// The running workers, as the control loop sees them.
+struct Workers {
+    shared: Vec<Arc<Shared>>,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<WorkerStats>>>,
+    inboxes: Vec<Arc<FrameRing>>,
+}
+
+/// What a frontend gives each worker.
+struct Port {
+    out: PortOut,
+    reader: Option<Tap>,
+    /// The worker's stack shard: `(worker, workers)` in the stack's hash
+    /// steering, `(0, 1)` when the kernel steers (multiqueue TAP).
+    shard: (usize, usize),
+}
+
+impl Workers {
+    fn start(
+        cfg: &Config,
+        inboxes: Vec<Arc<FrameRing>>,
+        ports: Vec<Port>,
+    ) -> Result<Workers, Error> {
+        let mut shared = Vec::new();
+        let mut handles = Vec::new();
+        for (i, port) in ports.into_iter().enumerate() {
+            let sh = Arc::new(Shared::default());
+            shared.push(sh.clone());
+            let (worker, workers) = port.shard;
+            let worker = Worker {
+                index: i,
+                stack: Stack::new(stack::Config {
+                    worker,
+                    workers,
+                    isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    ..cfg.stack.clone()
+                }),
+                inboxes: inboxes.clone(),
+                port_out: port.out,
+                port_reader: port.reader,
+                shared: sh,
+                cpu: cfg.cpus.get(i).copied(),
+                poll_us: cfg.poll_us,
+                hash_steer: false,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("uipd-w{i}"))
+                .spawn(move || worker.run())
+                .map_err(io_err("starting a worker"))?;
+            handles.push(h);
+        }
+        Ok(Workers {
+            shared,
+            handles,
+            inboxes,
+        })
+    }
+
+    fn kick_all(&self) {
+        self.inboxes.iter().for_each(|r| r.kick());
+    }
+
+    fn each(&self, f: impl Fn(&Shared)) {
+        self.shared.iter().for_each(|s| f(s));
+        self.kick_all();
+    }
+
+    fn snapshot(&self) -> Vec<WorkerStats> {
+        self.each(|s| s.dump.store(true, Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(150));
+        self.shared
+            .iter()
+            .map(|s| s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    fn stop(self) -> Vec<WorkerStats> {
+        self.each(|s| s.stop.store(true, Ordering::SeqCst));
+        let mut stats = Vec::new();
+        for (i, h) in self.handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(st)) => stats.push(st),
+                Ok(Err(e)) => {
+                    log::error!("worker {i} failed: {e}");
+                    stats.push(WorkerStats::default());
+                }
+                Err(_) => stats.push(WorkerStats::default()),
+            }
+        }
+        stats
+    }
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.to_string();
+    move |source| Error::Io { what, source }
+}
+
+/// Inbox rings, one per worker, whose buffers hold `buf_size` bytes.
+fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error> {
+    (0..workers)
+        .map(|_| FrameRing::new(1024, buf_size).map(Arc::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(io_err("creating the frame rings"))
+}
+
 /// Run the daemon; returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32, Error> {
     let resolv_path = PathBuf::from("/etc/resolv.conf");
@@ -200,7 +314,14 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
+    match cfg.frontend.clone() {
+        Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv),
+        Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv),
+    }
+}
 
+/// Namespace mode: one worker per TAP queue; the kernel steers flows.
+fn run_tap(cfg: &Config, watch_resolv: bool) -> Result<i32, Error> {
     let net = NetConfig {
         ifname: cfg.ifname.clone(),
         mtu: cfg.stack.mtu,
@@ -221,21 +342,14 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
                 .iter()
                 .map(Tap::try_clone)
                 .collect::<std::io::Result<Vec<_>>>()
-                .map_err(|source| Error::Io {
-                    what: "duplicating the TAP fds".into(),
-                    source,
-                })?;
+                .map_err(io_err("duplicating the TAP fds"))?;
             (taps, Some(s))
         }
         Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
+        Frontend::Stream(_) => unreachable!("run() sends the stream frontend elsewhere"),
     };
     install_signals(child.is_none());
 
-    let io_err = |what: &str| {
-        let what = what.to_string();
-        move |source| Error::Io { what, source }
-    };
-    let workers = taps.len();
     let off = cfg.stack.offload;
     if off.vnet_hdr {
         // The header size and the offloads belong to the device: set them
@@ -253,13 +367,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     } else {
         usize::from(cfg.stack.mtu) + 14 + 4
     };
-    let inboxes = (0..workers)
-        .map(|_| FrameRing::new(1024, buf_size).map(Arc::new))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(io_err("creating the frame rings"))?;
-    let mut shared = Vec::new();
-    let mut handles = Vec::new();
-    for (i, tap) in taps.iter().enumerate() {
+    let mut ports = Vec::new();
+    for tap in &taps {
         // The reader is a dup of the queue fd, made non-blocking (the flag
         // belongs to the open file, so writes see it too: tun writes never
         // block anyway).
@@ -267,73 +376,116 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         reader
             .set_nonblocking(true)
             .map_err(io_err("making a TAP queue non-blocking"))?;
-        let sh = Arc::new(Shared::default());
-        shared.push(sh.clone());
-        let worker = Worker {
-            index: i,
-            // The kernel steers flows to TAP queues (see `stack::steer`):
-            // each worker owns the flows it reads, so its stack shares
-            // nothing by hash.
-            stack: Stack::new(stack::Config {
-                worker: 0,
-                workers: 1,
-                isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                ..cfg.stack.clone()
-            }),
-            inboxes: inboxes.clone(),
-            port_out: PortOut::Tap(tap.as_raw_fd()),
-            port_reader: Some(reader),
-            shared: sh,
-            cpu: cfg.cpus.get(i).copied(),
-            poll_us: cfg.poll_us,
-            hash_steer: false,
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("uipd-w{i}"))
-            .spawn(move || worker.run())
-            .map_err(io_err("starting a worker"))?;
-        handles.push(h);
+        // The kernel steers flows to TAP queues (see `stack::steer`): each
+        // worker owns the flows it reads, so its stack shares nothing by
+        // hash.
+        ports.push(Port {
+            out: PortOut::Tap(tap.as_raw_fd()),
+            reader: Some(reader),
+            shard: (0, 1),
+        });
     }
-    let kick_all = || inboxes.iter().for_each(|r| r.kick());
-
-    let mut code = 0;
+    let workers = Workers::start(cfg, inboxes(taps.len(), buf_size)?, ports)?;
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
-    let mut resolv_mtime = mtime(&resolv_path);
-    let mut last_check = std::time::Instant::now();
-    loop {
-        if let Some(c) = child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                code = status;
-                break;
-            }
-        }
-        if STOP.load(Ordering::SeqCst) {
-            if let Some(c) = child.as_mut() {
+    let (code, stats) = control_loop(workers, watch_resolv, || match child.as_mut() {
+        Some(c) => {
+            if STOP.load(Ordering::SeqCst) {
                 // SIGTERM to uipd: pass it on, then wait for the command.
                 let _ = c.kill(libc::SIGTERM);
                 STOP.store(false, Ordering::SeqCst);
-                continue;
             }
-            break;
+            Ok(c.try_wait()?)
         }
-        if handles.iter().any(|h| h.is_finished()) {
-            log::error!("a worker stopped");
-            code = 1;
-            break;
-        }
-        if DUMP.swap(false, Ordering::SeqCst) {
+        None => Ok(None),
+    })?;
+    drop(taps);
+    report(cfg, &stats);
+    Ok(code)
+}
+
+/// Stream mode: a reader thread steers frames to the workers' inboxes by
+/// hash; every worker writes to the shared connection.
+fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Result<i32, Error> {
+    use crate::dataplane::stream::{self, StreamOut, StreamPort, StreamSink};
+    let listener = stream::bind(path).map_err(io_err(&format!(
+        "listening on the stream socket {}",
+        path.display()
+    )))?;
+    install_signals(true);
+    let n = cfg.workers.max(1);
+    let inboxes = inboxes(n, stream::MAX_FRAME)?;
+    let out = Arc::new(StreamOut::default());
+    let ports = (0..n)
+        .map(|i| Port {
+            out: PortOut::Sink(Box::new(StreamSink::new(out.clone(), 0))),
+            reader: None,
+            shard: (i, n),
+        })
+        .collect();
+    let workers = Workers::start(cfg, inboxes.clone(), ports)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let disconnected = Arc::new(AtomicBool::new(false));
+    let port = StreamPort {
+        listener,
+        path: path.to_path_buf(),
+        inboxes,
+        out,
+        vnet_hdr: 0,
+        stop: stop.clone(),
+        disconnected: disconnected.clone(),
+        counters: Arc::default(),
+    };
+    let reader = std::thread::Builder::new()
+        .name("uipd-stream".into())
+        .spawn(move || port.run())
+        .map_err(io_err("starting the stream reader"))?;
+    log::info!("serving QEMU stream connections on {}", path.display());
+    let shared = workers.shared.clone();
+    let inboxes = workers.inboxes.clone();
+    let (code, stats) = control_loop(workers, watch_resolv, || {
+        if disconnected.swap(false, Ordering::SeqCst) {
             shared
                 .iter()
-                .for_each(|s| s.dump.store(true, Ordering::SeqCst));
-            kick_all();
-            std::thread::sleep(Duration::from_millis(150));
-            let snap: Vec<WorkerStats> = shared
-                .iter()
-                .map(|s| s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
-                .collect();
-            eprint!("{}", render_stats(&snap));
+                .for_each(|s| s.reset.store(true, Ordering::SeqCst));
+            inboxes.iter().for_each(|r| r.kick());
+        }
+        if reader.is_finished() {
+            log::error!("the stream reader stopped");
+            return Ok(Some(1));
+        }
+        Ok(None)
+    })?;
+    stop.store(true, Ordering::SeqCst);
+    report(cfg, &stats);
+    Ok(code)
+}
+
+/// Serve signals, stats requests and resolv.conf changes until the
+/// frontend says the guest is done (`frontend` returns an exit code) or a
+/// stop signal comes; then stop the workers.
+fn control_loop(
+    workers: Workers,
+    watch_resolv: bool,
+    mut frontend: impl FnMut() -> Result<Option<i32>, Error>,
+) -> Result<(i32, Vec<WorkerStats>), Error> {
+    let resolv_path = PathBuf::from("/etc/resolv.conf");
+    let mut resolv_mtime = mtime(&resolv_path);
+    let mut last_check = std::time::Instant::now();
+    let code = loop {
+        if let Some(code) = frontend()? {
+            break code;
+        }
+        if STOP.load(Ordering::SeqCst) {
+            break 0;
+        }
+        if workers.handles.iter().any(|h| h.is_finished()) {
+            log::error!("a worker stopped");
+            break 1;
+        }
+        if DUMP.swap(false, Ordering::SeqCst) {
+            eprint!("{}", render_stats(&workers.snapshot()));
         }
         if watch_resolv && last_check.elapsed() >= Duration::from_secs(1) {
             last_check = std::time::Instant::now();
@@ -341,40 +493,27 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             if m != resolv_mtime {
                 resolv_mtime = m;
                 let list = host_resolvers(&resolv_path);
-                for s in &shared {
+                workers.each(|s| {
                     *s.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
-                }
-                kick_all();
+                });
             }
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    shared
-        .iter()
-        .for_each(|s| s.stop.store(true, Ordering::SeqCst));
-    kick_all();
-    let mut final_stats = Vec::new();
-    for (i, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(st)) => final_stats.push(st),
-            Ok(Err(e)) => {
-                log::error!("worker {i} failed: {e}");
-                final_stats.push(WorkerStats::default());
-            }
-            Err(_) => final_stats.push(WorkerStats::default()),
-        }
-    }
-    drop(taps);
+    };
+    Ok((code, workers.stop()))
+}
+
+/// Final stats: to stderr with `--stats`, to a file with `--stats-json`.
+fn report(cfg: &Config, stats: &[WorkerStats]) {
     if cfg.stats {
-        eprint!("{}", render_stats(&final_stats));
+        eprint!("{}", render_stats(stats));
     }
     if let Some(path) = &cfg.stats_json {
-        let doc = stats_json(&final_stats);
+        let doc = stats_json(stats);
         if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
             log::error!("writing {}: {e}", path.display());
         }
     }
-    Ok(code)
 }
 
 fn mtime(p: &std::path::Path) -> Option<SystemTime> {

@@ -8,12 +8,14 @@ use clap::{Parser, ValueEnum};
 use uipd::daemon::{self, Frontend};
 use uipd::stack;
 
-/// User-mode networking for a network namespace (and, later, VMs): guest
-/// Ethernet frames become ordinary host sockets, with no privileges.
+/// User-mode networking for network namespaces and VMs: guest Ethernet
+/// frames become ordinary host sockets, with no privileges.
 ///
 /// Examples:
 ///   uipd -- sh                      # a shell in a new namespace with network access
 ///   uipd --netns /run/netns/ns1     # serve an existing namespace until SIGTERM
+///   uipd --socket /tmp/uipd.sock    # serve QEMU: -netdev stream,id=n0,server=off,
+///                                   #   addr.type=unix,addr.path=/tmp/uipd.sock
 #[derive(Debug, Parser)]
 #[command(name = "uipd", version, verbatim_doc_comment)]
 struct Cli {
@@ -23,13 +25,22 @@ struct Cli {
     #[arg(long, value_name = "PATH|PID", conflicts_with = "command")]
     netns: Option<String>,
 
+    /// Listen on this UNIX socket for a VMM speaking QEMU's stream netdev
+    /// protocol (`-netdev stream,server=off,addr.type=unix,addr.path=PATH`:
+    /// each frame after a 4-byte big-endian length) and run until
+    /// SIGINT/SIGTERM. One VMM at a time; when it disconnects, its host
+    /// connections are reset and the next one is accepted.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["command", "netns"])]
+    socket: Option<std::path::PathBuf>,
+
     /// Name of the TAP interface inside the namespace.
     #[arg(long, default_value = "eth0", value_parser = parse_ifname)]
     ifname: String,
 
-    /// Link MTU (68..65520).
-    #[arg(long, default_value_t = 65520, value_parser = clap::value_parser!(u16).range(68..=65520))]
-    mtu: u16,
+    /// Link MTU (68..65520), also offered to the guest by DHCP. Default:
+    /// 65520 in a namespace, 1500 for a VMM (--socket).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(68..=65520))]
+    mtu: Option<u16>,
 
     /// Leave the interface without address and route (for DHCP).
     #[arg(long)]
@@ -140,15 +151,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(args);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
-    let frontend = match (&cli.netns, cli.command.is_empty()) {
-        (Some(ns), true) => Frontend::Attach(ns.clone()),
-        (None, false) => Frontend::Spawn(cli.command.clone()),
-        (None, true) => {
-            eprintln!("uipd: give a command after `--`, or --netns PATH|PID (see --help)");
+    let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
+        (Some(ns), None, true) => Frontend::Attach(ns.clone()),
+        (None, Some(path), true) => Frontend::Stream(path.clone()),
+        (None, None, false) => Frontend::Spawn(cli.command.clone()),
+        (None, None, true) => {
+            eprintln!(
+                "uipd: give a command after `--`, --netns PATH|PID or --socket PATH (see --help)"
+            );
             return ExitCode::from(2);
         }
-        (Some(_), false) => unreachable!("clap rejects --netns with a command"),
+        _ => unreachable!("clap rejects conflicting frontends"),
     };
+    let vm = matches!(frontend, Frontend::Stream(_));
     if cli.net != NetMode::User {
         eprintln!(
             "uipd: -net {:?} needs the VMM (--kernel), which is not built yet",
@@ -173,13 +188,19 @@ fn main() -> ExitCode {
             .clamp(1, DEFAULT_MAX_WORKERS),
         (n, _) => n,
     };
+    // A VMM's guest starts at 1500 (virtio-net without big buffers); a
+    // namespace's TAP takes 65520 at once.
+    let mtu = cli.mtu.unwrap_or(if vm { 1500 } else { 65520 });
+    // The stream protocol carries bare Ethernet frames: no virtio-net
+    // header, so no offloads (QEMU does not offer them to the guest then).
+    let offload = !cli.no_offload && !matches!(frontend, Frontend::Stream(_));
     let stack = stack::Config {
-        mtu: cli.mtu,
+        mtu,
         host_loopback: !cli.no_host_loopback,
         offload: stack::Offload {
-            vnet_hdr: !cli.no_offload,
-            tso: !cli.no_offload,
-            csum: !cli.no_offload,
+            vnet_hdr: offload,
+            tso: offload,
+            csum: offload,
         },
         ..stack::Config::default()
     };

@@ -3,6 +3,7 @@
 pub mod cpus;
 pub mod netns;
 pub mod offload;
+pub mod stream;
 pub mod tap;
 pub mod uring;
 pub mod worker;

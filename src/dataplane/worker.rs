@@ -109,6 +109,9 @@ pub struct Shared {
     pub stats: Mutex<WorkerStats>,
     /// New resolvers to hand to the stack (resolv.conf changed).
     pub resolvers: Mutex<Option<Vec<std::net::SocketAddr>>>,
+    /// The guest went away (a VMM disconnected): reset every host
+    /// connection and forget every flow, then go on for the next guest.
+    pub reset: AtomicBool,
 }
 
 /// A frontend that takes the worker's frames toward the guest in batches
@@ -207,6 +210,10 @@ impl Worker {
                     log::info!("worker {}: resolvers now {list:?}", self.index);
                     self.stack.set_resolvers(list);
                 }
+            }
+            if self.shared.reset.swap(false, Ordering::Relaxed) {
+                log::info!("worker {}: guest gone, resetting its flows", self.index);
+                self.stack.reset_all(&mut out);
             }
             uring.drain(&mut |c| events.push(c));
             let batch_start = std::time::Instant::now();
