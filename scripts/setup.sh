@@ -52,6 +52,12 @@ if command -v rustup >/dev/null 2>&1; then
 	done
 fi
 
+# QEMU, cpio and the Debian guest kernel for the QEMU guest tests
+# (tests/common/guest.rs); a cache under target/ (or $UIPD_GUEST_ASSETS).
+if [ "$(id -u)" = 0 ]; then
+	bash "$(dirname "$0")/guest-assets.sh" || echo "setup.sh: warning: guest assets not ready (QEMU tests will fail)" >&2
+fi
+
 # Sanity checks the tests rely on.
 [ -e /dev/net/tun ] || echo "setup.sh: warning: /dev/net/tun is missing (namespace tests need TAP)" >&2
 /bin/busybox --list | grep -qx udhcpc || echo "setup.sh: warning: busybox has no udhcpc applet" >&2

@@ -22,6 +22,8 @@
 //! - `UIPD_TEST_BIN=PATH` runs another uipd binary (e.g. a release build).
 //! - `UIPD_TEST_PYTHON=PATH` picks the Python 3 interpreter.
 //! - `UIPD_TEST_KEEP=1` keeps every test's work directory (they are kept on failure).
+//!
+//! [`guest`] runs a real Linux guest under QEMU inside the same kind of outer namespace.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -30,6 +32,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod guest;
+#[allow(unused_imports)] // Only the QEMU tests use it.
+pub use guest::*;
 
 /// Which backend serves the guest namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +121,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn sh_quote(s: &str) -> String {
+/// Quotes `s` for a POSIX shell (as is when it needs no quoting).
+pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
