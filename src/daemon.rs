@@ -36,6 +36,8 @@ pub enum Frontend {
     Attach(String),
     /// Serve QEMU's `-netdev stream` protocol on a listening UNIX socket.
     Stream(PathBuf),
+    /// Serve a VMM as a vhost-user-net backend on a listening UNIX socket.
+    VhostUser(PathBuf),
 }
 
 /// Everything the daemon needs, from the command line.
@@ -345,6 +347,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv),
         Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv),
+        Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv),
     }
 }
 
@@ -374,7 +377,9 @@ fn run_tap(cfg: &Config, watch_resolv: bool) -> Result<i32, Error> {
             (taps, Some(s))
         }
         Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
-        Frontend::Stream(_) => unreachable!("run() sends the stream frontend elsewhere"),
+        Frontend::Stream(_) | Frontend::VhostUser(_) => {
+            unreachable!("run() sends the VMM frontends elsewhere")
+        }
     };
     install_signals(child.is_none());
 
@@ -486,6 +491,59 @@ fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Resul
         Ok(None)
     })?;
     stop.store(true, Ordering::SeqCst);
+    report(cfg, &stats);
+    Ok(code)
+}
+
+/// vhost-user mode: one worker per queue pair, hash-steered; see
+/// [`crate::vmm::vhost_user`].
+fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Result<i32, Error> {
+    use crate::vmm::vhost_user::Device;
+    install_signals(true);
+    let n = cfg.workers.max(1);
+    let inboxes = inboxes(n, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
+    let dev = Device::new(inboxes.clone(), cfg.stack.mtu, cfg.stack.offload.vnet_hdr);
+    let ports = (0..n)
+        .map(|i| Port {
+            out: PortOut::Sink(Box::new(dev.sink(i))),
+            reader: None,
+            shard: (i, n),
+        })
+        .collect();
+    // Until the guest says which offloads it takes: the header only.
+    let mut wcfg = cfg.clone();
+    wcfg.stack.offload = stack::Offload {
+        vnet_hdr: true,
+        ..stack::Offload::default()
+    };
+    let workers = Workers::start(&wcfg, inboxes, ports)?;
+    dev.set_workers(workers.shared.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = {
+        let (dev, stop, path) = (dev.clone(), stop.clone(), path.to_path_buf());
+        std::thread::Builder::new()
+            .name("uipd-vhost".into())
+            .spawn(move || dev.serve(&path, &stop))
+            .map_err(io_err("starting the vhost-user server"))?
+    };
+    let (code, stats) = control_loop(workers, watch_resolv, || {
+        if server.is_finished() {
+            log::error!("the vhost-user server stopped");
+            return Ok(Some(1));
+        }
+        Ok(None)
+    })?;
+    // The server thread may sit in accept(); the process exits anyway.
+    stop.store(true, Ordering::SeqCst);
+    let c = &dev.counters;
+    log::info!(
+        "vhost-user: tx_frames {} tx_drops {} ring_full {} broken_queues {} interrupts {}",
+        c.tx_frames.load(Ordering::Relaxed),
+        c.tx_drops.load(Ordering::Relaxed),
+        c.ring_full.load(Ordering::Relaxed),
+        c.broken_queues.load(Ordering::Relaxed),
+        c.interrupts.load(Ordering::Relaxed)
+    );
     report(cfg, &stats);
     Ok(code)
 }

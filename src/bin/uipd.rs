@@ -33,12 +33,20 @@ struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["command", "netns"])]
     socket: Option<std::path::PathBuf>,
 
+    /// Listen on this UNIX socket as a vhost-user-net backend (QEMU:
+    /// `-chardev socket,id=c0,path=PATH -netdev vhost-user,id=n0,chardev=c0`,
+    /// guest memory shared) and run until SIGINT/SIGTERM. One queue pair
+    /// per worker (`--cpus`/`--workers`); when the VMM disconnects, its host
+    /// connections are reset and the next one is accepted.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["command", "netns", "socket"])]
+    vhost_user: Option<std::path::PathBuf>,
+
     /// Name of the TAP interface inside the namespace.
     #[arg(long, default_value = "eth0", value_parser = parse_ifname)]
     ifname: String,
 
     /// Link MTU (68..65520), also offered to the guest by DHCP. Default:
-    /// 65520 in a namespace, 1500 for a VMM (--socket).
+    /// 65520 in a namespace, 1500 for a VMM (--socket, --vhost-user).
     #[arg(long, value_parser = clap::value_parser!(u16).range(68..=65520))]
     mtu: Option<u16>,
 
@@ -220,18 +228,21 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
     let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
+        _ if cli.vhost_user.is_some() && cli.command.is_empty() => {
+            Frontend::VhostUser(cli.vhost_user.clone().unwrap_or_default())
+        }
         (Some(ns), None, true) => Frontend::Attach(ns.clone()),
         (None, Some(path), true) => Frontend::Stream(path.clone()),
         (None, None, false) => Frontend::Spawn(cli.command.clone()),
         (None, None, true) => {
             eprintln!(
-                "uipd: give a command after `--`, --netns PATH|PID or --socket PATH (see --help)"
+                "uipd: give a command after `--`, --netns PATH|PID, --socket PATH or --vhost-user PATH (see --help)"
             );
             return ExitCode::from(2);
         }
         _ => unreachable!("clap rejects conflicting frontends"),
     };
-    let vm = matches!(frontend, Frontend::Stream(_));
+    let vm = matches!(frontend, Frontend::Stream(_) | Frontend::VhostUser(_));
     if cli.net != NetMode::User {
         eprintln!(
             "uipd: -net {:?} needs the VMM (--kernel), which is not built yet",

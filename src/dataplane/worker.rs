@@ -133,6 +133,9 @@ pub struct Shared {
     /// The guest went away (a VMM disconnected): reset every host
     /// connection and forget every flow, then go on for the next guest.
     pub reset: AtomicBool,
+    /// New offloads toward the guest (a virtio guest negotiated its
+    /// features): the worker resets its flows and applies them.
+    pub offload: Mutex<Option<crate::stack::Offload>>,
 }
 
 /// Hand `frame` (with its virtio-net header of `vnet_hdr` bytes, if any) to
@@ -263,6 +266,19 @@ impl Worker {
                 if let Some(list) = r.take() {
                     log::info!("worker {}: resolvers now {list:?}", self.index);
                     self.stack.set_resolvers(list);
+                }
+            }
+            if let Some(off) = self
+                .shared
+                .offload
+                .try_lock()
+                .ok()
+                .and_then(|mut o| o.take())
+            {
+                if off != self.stack.config().offload {
+                    log::info!("worker {}: offloads now {off:?}", self.index);
+                    self.stack.reset_all(&mut out);
+                    self.stack.set_offload(off);
                 }
             }
             if self.shared.reset.swap(false, Ordering::Relaxed) {

@@ -477,6 +477,16 @@ impl Stack {
         self.cfg.resolvers = resolvers;
     }
 
+    /// Change the offloads toward the guest (a virtio guest negotiated its
+    /// features). Flows built under the old ones should be reset first.
+    pub fn set_offload(&mut self, offload: Offload) {
+        self.cfg.offload = if offload.vnet_hdr {
+            offload
+        } else {
+            Offload::default()
+        };
+    }
+
     /// The guest's MAC, once seen.
     pub fn guest_mac(&self) -> Option<EthernetAddress> {
         self.guest_mac

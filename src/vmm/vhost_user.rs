@@ -1,0 +1,549 @@
+//! The vhost-user-net backend (`uipd --vhost-user SOCKET`): a VMM (QEMU,
+//! cloud-hypervisor) shares guest memory and the virtqueues over a UNIX
+//! socket, and uipd runs the virtio-net data path ([`super::virtio_net`])
+//! on them.
+//!
+//! ```text
+//!  VMM ──vhost-user socket──► vhost-user-backend request thread (memory table, vrings, features)
+//!  guest TX kick ─► handler thread of pair p ─► tx_pop ─► steer by 5-tuple ─► worker k inbox
+//!  guest RX kick ─► handler thread of pair p ─► kick the workers (their sinks retry)
+//!  worker k ─► VringSink ─► RxRing::put into RX queue of pair k (or another enabled pair)
+//!              ─► call eventfd once per batch, when event-idx says so
+//! ```
+//!
+//! One [`Device`] lives for the daemon; each VMM connection gets a fresh
+//! [`Conn`] (memory, vrings, negotiated features) and a fresh
+//! `VhostUserDaemon`. When the VMM leaves, every worker resets its host
+//! connections and the socket is served again. A message out of order, a
+//! memory table with overlapping or missing regions, or a vring outside
+//! memory makes vhost-user-backend fail the request: the error is logged
+//! and that connection is closed; the workers and the next VMM are not
+//! affected. A broken descriptor chain stops only its queue (logged).
+//!
+//! Backpressure, guest → host: a full inbox stops the TX queue (the chain
+//! that did not fit waits, already copied, in `TxState::pending`) and a
+//! timer retries it; nothing is dropped. Host → guest: a sink keeps up to
+//! [`SINK_MAX`] frames while the guest has no RX buffers, then drops
+//! (counted in `port_drops`); TCP retransmits.
+//!
+//! The backend does not offer CTRL_VQ: QEMU serves the control queue of a
+//! vhost-user-net device itself and tells us the enabled queue pairs with
+//! `SET_VRING_ENABLE`. Frames of a worker whose own pair is disabled go to
+//! the next enabled pair.
+
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::virtio_net::{
+    self, ChainError, ConfigSpace, Negotiated, Rx, RxRing, Tx, bit, feature, feature_names,
+};
+use crate::dataplane::worker::{FrameSink, Shared, WorkerCounters};
+use crate::rings::{Frame, FrameRing};
+use crate::stack::Offload;
+use crate::stack::steer::{self, Steer};
+use crate::stack::wire::vnet_hdr::HEADER_LEN;
+
+/// Frames a sink keeps while the guest has no RX buffers.
+pub const SINK_MAX: usize = 1024;
+/// Largest virtqueue the backend accepts.
+const MAX_QUEUE_SIZE: usize = 1024;
+/// TX chains per pass before notifications are re-enabled.
+const TX_BUDGET: usize = 256;
+/// Retry delay for a TX frame that met a full inbox.
+const TX_RETRY: Duration = Duration::from_micros(500);
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Counters of the vhost-user frontend (all connections).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Frames taken from TX queues.
+    pub tx_frames: AtomicU64,
+    /// TX chains dropped (too short or too long).
+    pub tx_drops: AtomicU64,
+    /// Times a worker's inbox was full (TX paused).
+    pub ring_full: AtomicU64,
+    /// Queues stopped for a broken descriptor chain.
+    pub broken_queues: AtomicU64,
+    /// Interrupts signalled.
+    pub interrupts: AtomicU64,
+}
+
+/// The device across connections: the workers' inboxes and controls.
+pub struct Device {
+    pairs: usize,
+    inboxes: Vec<Arc<FrameRing>>,
+    shared: OnceLock<Vec<Arc<Shared>>>,
+    config: ConfigSpace,
+    allow_offload: bool,
+    conn: RwLock<Option<Arc<Conn>>>,
+    generation: AtomicU64,
+    /// Frontend counters.
+    pub counters: Counters,
+}
+
+/// One VMM connection's state.
+pub struct Conn {
+    mem: Mem,
+    acked: AtomicU64,
+    vrings: OnceLock<Vec<VringRwLock>>,
+    rx: Vec<Mutex<RxRing>>,
+    rx_broken: Vec<AtomicBool>,
+    tx: Vec<Mutex<TxState>>,
+    timers: Vec<Mutex<TimerFd>>,
+}
+
+#[derive(Default)]
+struct TxState {
+    pending: Option<(usize, Frame)>,
+    broken: bool,
+}
+
+impl Device {
+    /// A device with one queue pair per worker (`inboxes.len()`).
+    /// `allow_offload` false hides the checksum and TSO features.
+    pub fn new(inboxes: Vec<Arc<FrameRing>>, mtu: u16, allow_offload: bool) -> Arc<Device> {
+        let pairs = inboxes.len().max(1);
+        Arc::new(Device {
+            pairs,
+            inboxes,
+            shared: OnceLock::new(),
+            config: ConfigSpace {
+                mac: [0x00, 0x15, 0x15, 0x15, 0x15, 0x15],
+                status: 1,
+                max_queue_pairs: u16::try_from(pairs).unwrap_or(u16::MAX),
+                mtu,
+            },
+            allow_offload,
+            conn: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The workers' shared controls (for offload changes and resets).
+    pub fn set_workers(&self, shared: Vec<Arc<Shared>>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// A sink for worker `worker`'s frames toward the guest.
+    pub fn sink(self: &Arc<Self>, worker: usize) -> VringSink {
+        VringSink {
+            dev: self.clone(),
+            worker,
+            waiting: VecDeque::new(),
+            generation: 0,
+            touched: vec![false; self.pairs],
+        }
+    }
+
+    /// Virtio features offered (plus vhost-user's protocol-features bit).
+    pub fn features(&self) -> u64 {
+        let mut f = virtio_net::offered(u16::try_from(self.pairs).unwrap_or(u16::MAX), false)
+            | bit(feature::VHOST_USER_PROTOCOL_FEATURES);
+        if !self.allow_offload {
+            for b in [
+                feature::CSUM,
+                feature::GUEST_CSUM,
+                feature::HOST_TSO4,
+                feature::GUEST_TSO4,
+            ] {
+                f &= !bit(b);
+            }
+        }
+        f
+    }
+
+    fn conn(&self) -> Option<Arc<Conn>> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn workers_each(&self, f: impl Fn(&Shared)) {
+        if let Some(s) = self.shared.get() {
+            s.iter().for_each(|s| f(s));
+        }
+        self.inboxes.iter().for_each(|r| r.kick());
+    }
+
+    /// Serve VMM connections on `path` until `stop`; each connection ends
+    /// with every worker's host connections reset. Returns only on `stop`
+    /// (checked between connections) or a listener failure.
+    pub fn serve(self: &Arc<Self>, path: &Path, stop: &AtomicBool) -> std::io::Result<()> {
+        while !stop.load(Ordering::SeqCst) {
+            let conn = Arc::new(Conn::new(self.pairs)?);
+            let mem = conn.mem.clone();
+            *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            let backend = Backend {
+                dev: self.clone(),
+                conn: conn.clone(),
+            };
+            let mut daemon = VhostUserDaemon::new("uipd-vhost-user".into(), backend, mem)
+                .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
+            let nq = 2 * self.pairs;
+            for (p, h) in daemon.get_epoll_handlers().iter().enumerate() {
+                let t = conn.timers[p].lock().unwrap_or_else(|e| e.into_inner());
+                h.register_listener(t.as_raw_fd(), EventSet::IN, (nq + 1 + p) as u64)?;
+            }
+            log::info!("vhost-user: waiting for a VMM on {}", path.display());
+            match daemon.serve(path) {
+                Ok(()) => log::info!("vhost-user: the VMM disconnected"),
+                Err(e) => log::error!("vhost-user: connection closed: {e}"),
+            }
+            *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.workers_each(|s| s.reset.store(true, Ordering::SeqCst));
+        }
+        Ok(())
+    }
+}
+
+impl Conn {
+    fn new(pairs: usize) -> std::io::Result<Conn> {
+        Ok(Conn {
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            acked: AtomicU64::new(0),
+            vrings: OnceLock::new(),
+            rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
+            rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
+            tx: (0..pairs).map(|_| Mutex::new(TxState::default())).collect(),
+            timers: (0..pairs)
+                .map(|_| {
+                    TimerFd::new()
+                        .map(Mutex::new)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+                })
+                .collect::<std::io::Result<_>>()?,
+        })
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        Negotiated(self.acked.load(Ordering::Acquire))
+    }
+
+    /// Guest → host: move TX chains of pair `p` to the workers' inboxes.
+    fn process_tx(&self, dev: &Device, p: usize) {
+        let mut st = self.tx[p].lock().unwrap_or_else(|e| e.into_inner());
+        if st.broken {
+            return;
+        }
+        let workers = dev.inboxes.len();
+        if let Some((w, f)) = st.pending.take() {
+            if let Err(f) = dev.inboxes[w].push(f) {
+                st.pending = Some((w, f));
+                self.arm(p);
+                return;
+            }
+        }
+        let Some(vring) = self.vrings.get().and_then(|v| v.get(2 * p + 1)) else {
+            return;
+        };
+        let neg = self.negotiated();
+        let mem = self.mem.memory();
+        let home = &dev.inboxes[p % workers];
+        let notify = {
+            let mut g = vring.get_mut();
+            if !g.is_enabled() {
+                return;
+            }
+            let q = g.get_queue_mut();
+            'pass: loop {
+                let _ = q.disable_notification(&*mem);
+                for _ in 0..TX_BUDGET {
+                    let mut buf = home.get_buf();
+                    match virtio_net::tx_pop(q, &*mem, neg, &mut buf) {
+                        Ok(None) => {
+                            home.put_buf(buf);
+                            break;
+                        }
+                        Ok(Some(Tx::Frame(len))) => {
+                            dev.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
+                            let eth = buf.get(HEADER_LEN..len).unwrap_or_default();
+                            let w = match steer::frame_owner(eth, workers) {
+                                Steer::Worker(w) => w.min(workers - 1),
+                                Steer::Any => p % workers,
+                            };
+                            if let Err(f) = dev.inboxes[w].push(Frame { buf, len }) {
+                                dev.counters.ring_full.fetch_add(1, Ordering::Relaxed);
+                                st.pending = Some((w, f));
+                                self.arm(p);
+                                break 'pass;
+                            }
+                        }
+                        Ok(Some(Tx::Dropped(r))) => {
+                            log::debug!("vhost-user: TX frame dropped: {r:?}");
+                            dev.counters.tx_drops.fetch_add(1, Ordering::Relaxed);
+                            home.put_buf(buf);
+                        }
+                        Err(e) => {
+                            log::error!("vhost-user: TX queue {}: {e}; queue stopped", 2 * p + 1);
+                            dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
+                            st.broken = true;
+                            break 'pass;
+                        }
+                    }
+                }
+                // Re-enable kicks; if the guest added chains meanwhile, go on.
+                match q.enable_notification(&*mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            }
+            q.needs_notification(&*mem).unwrap_or(true)
+        };
+        if notify && vring.signal_used_queue().is_ok() {
+            dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn arm(&self, p: usize) {
+        let mut t = self.timers[p].lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = t.reset(TX_RETRY, None) {
+            log::error!("vhost-user: arming the TX retry timer: {e}");
+        }
+    }
+
+    /// Host → guest: place one frame from worker `worker`.
+    fn place(&self, dev: &Device, worker: usize, frame: &[u8], touched: &mut [bool]) -> Placed {
+        let Some(vrings) = self.vrings.get() else {
+            return Placed::NoRoom;
+        };
+        let neg = self.negotiated();
+        let mem = self.mem.memory();
+        let pairs = dev.pairs;
+        for k in 0..pairs {
+            let p = (worker + k) % pairs;
+            if self.rx_broken[p].load(Ordering::Relaxed) {
+                continue;
+            }
+            let Some(vring) = vrings.get(2 * p) else {
+                continue;
+            };
+            let mut g = vring.get_mut();
+            if !g.is_enabled() || !g.get_queue().ready() {
+                continue;
+            }
+            let q = g.get_queue_mut();
+            let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = rx.put(q, &*mem, neg, frame);
+            if r == Ok(Rx::NoRoom) && matches!(q.enable_notification(&*mem), Ok(true)) {
+                // Buffers arrived while we looked: try once more.
+                r = rx.put(q, &*mem, neg, frame);
+            }
+            return match r {
+                Ok(Rx::Placed(_)) => {
+                    touched[p] = true;
+                    Placed::Done
+                }
+                Ok(Rx::NoRoom) => Placed::NoRoom,
+                Ok(Rx::Dropped(_)) => Placed::Dropped,
+                Err(e) => {
+                    self.stop_rx(dev, p, e);
+                    Placed::Dropped
+                }
+            };
+        }
+        Placed::NoRoom
+    }
+
+    fn stop_rx(&self, dev: &Device, p: usize, e: ChainError) {
+        log::error!("vhost-user: RX queue {}: {e}; queue stopped", 2 * p);
+        dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
+        self.rx_broken[p].store(true, Ordering::Relaxed);
+    }
+
+    /// Signal the RX queues written since the last call, if the guest
+    /// wants it.
+    fn notify(&self, dev: &Device, touched: &mut [bool]) {
+        let Some(vrings) = self.vrings.get() else {
+            return;
+        };
+        let mem = self.mem.memory();
+        for (p, t) in touched.iter_mut().enumerate() {
+            if !std::mem::take(t) {
+                continue;
+            }
+            let Some(vring) = vrings.get(2 * p) else {
+                continue;
+            };
+            let need = {
+                let g = vring.get_mut();
+                let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
+                rx.needs_notification(g.get_queue(), &*mem)
+            };
+            match need {
+                Ok(true) => {
+                    if vring.signal_used_queue().is_ok() {
+                        dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.stop_rx(dev, p, e),
+            }
+        }
+    }
+}
+
+enum Placed {
+    Done,
+    NoRoom,
+    Dropped,
+}
+
+/// A worker's frames toward the guest: straight into the RX buffers of its
+/// queue pair.
+pub struct VringSink {
+    dev: Arc<Device>,
+    worker: usize,
+    waiting: VecDeque<Vec<u8>>,
+    generation: u64,
+    touched: Vec<bool>,
+}
+
+impl FrameSink for VringSink {
+    fn send(&mut self, frames: &mut Vec<Vec<u8>>, counters: &mut WorkerCounters) {
+        for f in frames.drain(..) {
+            if self.waiting.len() >= SINK_MAX {
+                counters.port_drops += 1;
+            } else {
+                self.waiting.push_back(f);
+            }
+        }
+        self.flush(counters);
+    }
+
+    fn flush(&mut self, counters: &mut WorkerCounters) -> bool {
+        let generation = self.dev.generation.load(Ordering::SeqCst);
+        if generation != self.generation {
+            // Another guest (or none): frames for the old one are stale.
+            counters.port_drops += self.waiting.len() as u64;
+            self.waiting.clear();
+            self.generation = generation;
+        }
+        if self.waiting.is_empty() {
+            return false;
+        }
+        let Some(conn) = self.dev.conn() else {
+            return true;
+        };
+        while let Some(f) = self.waiting.front() {
+            match conn.place(&self.dev, self.worker, f, &mut self.touched) {
+                Placed::Done => counters.port_writes += 1,
+                Placed::Dropped => counters.port_drops += 1,
+                Placed::NoRoom => break,
+            }
+            self.waiting.pop_front();
+        }
+        conn.notify(&self.dev, &mut self.touched);
+        !self.waiting.is_empty()
+    }
+}
+
+/// The vhost-user-backend face of one connection.
+#[derive(Clone)]
+struct Backend {
+    dev: Arc<Device>,
+    conn: Arc<Conn>,
+}
+
+impl VhostUserBackend for Backend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        2 * self.dev.pairs
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.dev.features()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.conn.acked.store(features, Ordering::Release);
+        log::info!(
+            "vhost-user: guest features: {}",
+            feature_names(features).join(" ")
+        );
+        let neg = Negotiated(features);
+        let off = if self.dev.allow_offload {
+            neg.offload()
+        } else {
+            Offload {
+                vnet_hdr: true,
+                ..Offload::default()
+            }
+        };
+        self.dev.workers_each(|s| {
+            *s.offload.lock().unwrap_or_else(|e| e.into_inner()) = Some(off);
+        });
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {}
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.dev.config.read(offset, size)
+    }
+
+    fn update_memory(&self, _mem: Mem) -> std::io::Result<()> {
+        // The handler replaced the contents of our GuestMemoryAtomic (the
+        // one given to the daemon); every access takes a fresh snapshot.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.dev.pairs).map(|p| 0b11u64 << (2 * p)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        vmm_sys_util::event::new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        let _ = self.conn.vrings.set(vrings.to_vec());
+        let nq = 2 * self.dev.pairs;
+        let ev = usize::from(device_event);
+        if ev < nq && ev % 2 == 0 {
+            // The guest added RX buffers: let the workers' sinks retry.
+            self.dev.inboxes.iter().for_each(|r| r.kick());
+        } else if ev < nq {
+            self.conn.process_tx(&self.dev, ev / 2);
+        } else if ev > nq && ev <= nq + self.dev.pairs {
+            let p = ev - nq - 1;
+            {
+                let mut t = self.conn.timers[p]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let _ = t.wait();
+            }
+            self.conn.process_tx(&self.dev, p);
+        }
+        let _ = thread_id;
+        Ok(())
+    }
+}
