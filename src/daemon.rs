@@ -499,6 +499,11 @@ fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Resul
 /// [`crate::vmm::vhost_user`].
 fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Result<i32, Error> {
     use crate::vmm::vhost_user::Device;
+    // Bound before anything starts, so a path in use is a start-up error.
+    let listener = crate::dataplane::stream::bind(path).map_err(io_err(&format!(
+        "listening on the vhost-user socket {}",
+        path.display()
+    )))?;
     install_signals(true);
     let n = cfg.workers.max(1);
     let inboxes = inboxes(n, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
@@ -520,10 +525,10 @@ fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> R
     dev.set_workers(workers.shared.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
-        let (dev, stop, path) = (dev.clone(), stop.clone(), path.to_path_buf());
+        let (dev, stop) = (dev.clone(), stop.clone());
         std::thread::Builder::new()
             .name("uipd-vhost".into())
-            .spawn(move || dev.serve(&path, &stop))
+            .spawn(move || dev.serve(&listener, &stop))
             .map_err(io_err("starting the vhost-user server"))?
     };
     let (code, stats) = control_loop(workers, watch_resolv, || {
@@ -533,8 +538,11 @@ fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> R
         }
         Ok(None)
     })?;
-    // The server thread may sit in accept(); the process exits anyway.
     stop.store(true, Ordering::SeqCst);
+    if server.join().is_err() {
+        log::error!("the vhost-user server panicked");
+    }
+    let _ = std::fs::remove_file(path);
     let c = &dev.counters;
     log::info!(
         "vhost-user: tx_frames {} tx_drops {} ring_full {} broken_queues {} interrupts {}",

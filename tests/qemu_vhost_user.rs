@@ -10,12 +10,12 @@
 //! each way byte-exact (sha256), iperf3 both ways. uipd logs the features
 //! the guest acked (by name); the test asserts the offloads it expects.
 //!
-//! Known failure (hence `#[ignore]`): QEMU 7.2 sends `SET_VRING_ENABLE`
-//! while realizing the device, before `SET_FEATURES`; the vhost crate
-//! (0.18) rejects it ("inactive feature: 1073741824") and closes the
-//! connection, so the guest gets no traffic. Not offering the
-//! protocol-features bit avoids that message but then QEMU 7.2 crashed
-//! (SIGSEGV) right after connecting. Run with `--ignored` to reproduce.
+//! QEMU 7.2 under TCG: the device runs with `vectors=0` (INTx). With
+//! MSI-X, QEMU 7.2 itself crashes (SIGSEGV in `msix_set_vector_notifiers`,
+//! seen with gdb) when vhost starts on a TCG machine, where it cannot use
+//! irqfd; that is QEMU's bug, not the backend's. QEMU also sends
+//! `SET_VRING_ENABLE` before `SET_FEATURES`, which the vhost crate refuses;
+//! uipd's relay holds those and replays them (`src/vmm/vhost_relay.rs`).
 
 mod common;
 
@@ -24,7 +24,7 @@ use common::{Guest, NetChecks, qemu_wall, skip_unless_uipd};
 /// A guest wired to `uipd --vhost-user` with `workers` workers (and as
 /// many queue pairs on QEMU's side when more than one).
 fn vhost_guest(name: &str, checks: &NetChecks, workers: u32) -> (Guest, Option<String>) {
-    let pairs = 1u32;
+    let pairs = workers;
     let mut g = Guest::new(name);
     let sum = checks.install(&mut g);
     let sock = g.dir().join("uipd-vhost.sock").display().to_string();
@@ -38,15 +38,12 @@ fn vhost_guest(name: &str, checks: &NetChecks, workers: u32) -> (Guest, Option<S
     let (netdev, device) = if pairs > 1 {
         (
             format!("vhost-user,id=n0,chardev=c0,queues={pairs}"),
-            format!(
-                "virtio-net-pci,netdev=n0,romfile=,mq=on,vectors={}",
-                2 * pairs + 2
-            ),
+            "virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=0".to_string(),
         )
     } else {
         (
             "vhost-user,id=n0,chardev=c0".to_string(),
-            "virtio-net-pci,netdev=n0,romfile=".to_string(),
+            "virtio-net-pci,netdev=n0,romfile=,vectors=0".to_string(),
         )
     };
     g.timeout(200)
@@ -104,16 +101,14 @@ fn run_checklist(name: &str, pairs: u32) {
 
 /// The whole checklist through one queue pair.
 #[test]
-#[ignore = "QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES; see the module docs"]
 fn vhost_user_checklist() {
     run_checklist("qemu_vhost_user", 1);
 }
 
-/// The whole checklist with two workers behind the one queue pair QEMU
-/// gets (see `Device::features` for why not two pairs): TX frames are
-/// steered to both workers, and both write into the one RX queue.
+/// The whole checklist with two workers and two queue pairs (`mq=on`): the
+/// guest acks MQ and uses both pairs; TX frames are steered by the 5-tuple
+/// to their owner worker, whose frames go out on its own pair.
 #[test]
-#[ignore = "QEMU 7.2 sends SET_VRING_ENABLE before SET_FEATURES; see the module docs"]
 fn vhost_user_two_workers() {
     run_checklist("qemu_vhost_user_2w", 2);
 }

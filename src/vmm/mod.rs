@@ -8,5 +8,6 @@
 //! The embedded KVM VMM (virtio-pci) is planned (issue 5) and will reuse
 //! [`virtio_net`].
 
+pub mod vhost_relay;
 pub mod vhost_user;
 pub mod virtio_net;

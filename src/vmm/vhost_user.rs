@@ -4,7 +4,8 @@
 //! on them.
 //!
 //! ```text
-//!  VMM ──vhost-user socket──► vhost-user-backend request thread (memory table, vrings, features)
+//!  VMM ──vhost-user socket──► relay (vhost_relay) ──► vhost-user-backend request thread
+//!                                                     (memory table, vrings, features)
 //!  guest TX kick ─► handler thread of pair p ─► tx_pop ─► steer by 5-tuple ─► worker k inbox
 //!  guest RX kick ─► handler thread of pair p ─► kick the workers (their sinks retry)
 //!  worker k ─► VringSink ─► RxRing::put into RX queue of pair k (or another enabled pair)
@@ -33,7 +34,8 @@
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -46,6 +48,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::vhost_relay;
 use super::virtio_net::{
     self, ChainError, ConfigSpace, Negotiated, Rx, RxRing, Tx, bit, feature, feature_names,
 };
@@ -98,7 +101,9 @@ pub struct Device {
 pub struct Conn {
     mem: Mem,
     acked: AtomicU64,
-    vrings: OnceLock<Vec<VringRwLock>>,
+    /// The vrings of each queue pair, as its handler thread first sees
+    /// them (vhost-user-backend hands each thread only its own pair).
+    vrings: Vec<OnceLock<Vec<VringRwLock>>>,
     rx: Vec<Mutex<RxRing>>,
     rx_broken: Vec<AtomicBool>,
     tx: Vec<Mutex<TxState>>,
@@ -179,9 +184,26 @@ impl Device {
 
     /// Serve VMM connections on `path` until `stop`; each connection ends
     /// with every worker's host connections reset. Returns only on `stop`
-    /// (checked between connections) or a listener failure.
-    pub fn serve(self: &Arc<Self>, path: &Path, stop: &AtomicBool) -> std::io::Result<()> {
+    /// (checked between and during connections) or a listener failure.
+    ///
+    /// uipd owns the listening socket (so it stays in place between VMMs)
+    /// and relays each connection's control messages to the vhost crate's
+    /// handler through a private abstract socket ([`vhost_relay`]), which
+    /// smooths over a message order QEMU uses and the crate refuses.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: &UnixListener,
+        stop: &AtomicBool,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let mut serial = 0u64;
         while !stop.load(Ordering::SeqCst) {
+            let vmm = match accept(listener, stop)? {
+                Some(c) => c,
+                None => break,
+            };
+            vmm.set_nonblocking(false)?;
+            serial += 1;
             let conn = Arc::new(Conn::new(self.pairs)?);
             let mem = conn.mem.clone();
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
@@ -197,10 +219,34 @@ impl Device {
                 let t = conn.timers[p].lock().unwrap_or_else(|e| e.into_inner());
                 h.register_listener(t.as_raw_fd(), EventSet::IN, (nq + 1 + p) as u64)?;
             }
-            log::info!("vhost-user: waiting for a VMM on {}", path.display());
-            match daemon.serve(path) {
-                Ok(()) => log::info!("vhost-user: the VMM disconnected"),
+            // The crate's handler connects to the relay over a private
+            // abstract socket: nothing appears in the file system.
+            let name = format!("uipd-vhost-{}-{serial}", std::process::id());
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            let internal = UnixListener::bind_addr(&addr)?;
+            let handler_side = UnixStream::connect_addr(&addr)?;
+            let mut vl = vhost::vhost_user::Listener::from(internal);
+            daemon
+                .start(&mut vl)
+                .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
+            log::info!("vhost-user: VMM connected");
+            match vhost_relay::relay(&vmm, &handler_side, stop) {
+                Ok(st) => log::info!(
+                    "vhost-user: the VMM disconnected ({} messages in, {} out, {} early ring enables held, {} replayed)",
+                    st.from_vmm,
+                    st.to_vmm,
+                    st.swallowed,
+                    st.replayed
+                ),
                 Err(e) => log::error!("vhost-user: connection closed: {e}"),
+            }
+            let _ = vmm.shutdown(std::net::Shutdown::Both);
+            let _ = handler_side.shutdown(std::net::Shutdown::Both);
+            if let Err(e) = daemon.wait() {
+                log::warn!("vhost-user: {e}");
+            }
+            for h in daemon.get_epoll_handlers() {
+                h.send_exit_event();
             }
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
             self.generation.fetch_add(1, Ordering::SeqCst);
@@ -210,12 +256,27 @@ impl Device {
     }
 }
 
+/// Wait for a VMM to connect; `None` on `stop`.
+fn accept(listener: &UnixListener, stop: &AtomicBool) -> std::io::Result<Option<UnixStream>> {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((c, _)) => return Ok(Some(c)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 impl Conn {
     fn new(pairs: usize) -> std::io::Result<Conn> {
         Ok(Conn {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             acked: AtomicU64::new(0),
-            vrings: OnceLock::new(),
+            vrings: (0..pairs).map(|_| OnceLock::new()).collect(),
             rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
             rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
             tx: (0..pairs).map(|_| Mutex::new(TxState::default())).collect(),
@@ -227,6 +288,12 @@ impl Conn {
                 })
                 .collect::<std::io::Result<_>>()?,
         })
+    }
+
+    /// Virtqueue `q` (RX of pair p is 2p, TX 2p + 1), once its pair's
+    /// handler thread has seen an event.
+    fn vring(&self, q: usize) -> Option<&VringRwLock> {
+        self.vrings.get(q / 2)?.get()?.get(q % 2)
     }
 
     fn negotiated(&self) -> Negotiated {
@@ -247,7 +314,7 @@ impl Conn {
                 return;
             }
         }
-        let Some(vring) = self.vrings.get().and_then(|v| v.get(2 * p + 1)) else {
+        let Some(vring) = self.vring(2 * p + 1) else {
             return;
         };
         let neg = self.negotiated();
@@ -317,9 +384,6 @@ impl Conn {
 
     /// Host → guest: place one frame from worker `worker`.
     fn place(&self, dev: &Device, worker: usize, frame: &[u8], touched: &mut [bool]) -> Placed {
-        let Some(vrings) = self.vrings.get() else {
-            return Placed::NoRoom;
-        };
         let neg = self.negotiated();
         let mem = self.mem.memory();
         let pairs = dev.pairs;
@@ -328,7 +392,7 @@ impl Conn {
             if self.rx_broken[p].load(Ordering::Relaxed) {
                 continue;
             }
-            let Some(vring) = vrings.get(2 * p) else {
+            let Some(vring) = self.vring(2 * p) else {
                 continue;
             };
             let mut g = vring.get_mut();
@@ -367,15 +431,12 @@ impl Conn {
     /// Signal the RX queues written since the last call, if the guest
     /// wants it.
     fn notify(&self, dev: &Device, touched: &mut [bool]) {
-        let Some(vrings) = self.vrings.get() else {
-            return;
-        };
         let mem = self.mem.memory();
         for (p, t) in touched.iter_mut().enumerate() {
             if !std::mem::take(t) {
                 continue;
             }
-            let Some(vring) = vrings.get(2 * p) else {
+            let Some(vring) = self.vring(2 * p) else {
                 continue;
             };
             let need = {
@@ -525,14 +586,20 @@ impl VhostUserBackend for Backend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> std::io::Result<()> {
-        let _ = self.conn.vrings.set(vrings.to_vec());
+        // Thread `thread_id` serves queue pair `thread_id` (see
+        // `queues_per_thread`); its vrings and its queue events are that
+        // pair's: event 0 is its RX queue, 1 its TX queue.
+        let pair = thread_id;
+        if let Some(slot) = self.conn.vrings.get(pair) {
+            let _ = slot.set(vrings.to_vec());
+        }
         let nq = 2 * self.dev.pairs;
         let ev = usize::from(device_event);
-        if ev < nq && ev % 2 == 0 {
+        if ev == 0 {
             // The guest added RX buffers: let the workers' sinks retry.
             self.dev.inboxes.iter().for_each(|r| r.kick());
-        } else if ev < nq {
-            self.conn.process_tx(&self.dev, ev / 2);
+        } else if ev == 1 {
+            self.conn.process_tx(&self.dev, pair);
         } else if ev > nq && ev <= nq + self.dev.pairs {
             let p = ev - nq - 1;
             {
@@ -543,7 +610,6 @@ impl VhostUserBackend for Backend {
             }
             self.conn.process_tx(&self.dev, p);
         }
-        let _ = thread_id;
         Ok(())
     }
 }
