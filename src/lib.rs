@@ -49,6 +49,7 @@
 
 pub mod daemon;
 pub mod dataplane;
+pub mod publish;
 pub mod rings;
 pub mod stack;
 pub mod vmm;

@@ -137,6 +137,11 @@ pub struct Config {
     pub workers: usize,
     /// Virtio-net header, TSO and checksum offload toward the guest.
     pub offload: Offload,
+    /// Published ports: show the guest the host client's address as the
+    /// source of inbound connections and datagrams (when it is one the
+    /// guest can answer: not loopback, not in the guest's network), rather
+    /// than the gateway's.
+    pub publish_keep_source: bool,
 }
 
 impl Default for Config {
@@ -160,6 +165,7 @@ impl Default for Config {
             worker: 0,
             workers: 1,
             offload: Offload::default(),
+            publish_keep_source: false,
         }
     }
 }
@@ -254,6 +260,10 @@ pub struct Counters {
     pub rx_gso_frames: u64,
     /// TSO super-frames to the guest.
     pub tx_gso_frames: u64,
+    /// Inbound TCP connections from published ports.
+    pub published_tcp: u64,
+    /// Inbound UDP flows from published ports.
+    pub published_udp: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; 32],
 }
@@ -283,6 +293,8 @@ impl Counters {
             ("fragmented", self.fragmented),
             ("rx_gso_frames", self.rx_gso_frames),
             ("tx_gso_frames", self.tx_gso_frames),
+            ("published_tcp", self.published_tcp),
+            ("published_udp", self.published_udp),
         ]
         .into_iter()
         .chain(
@@ -305,6 +317,8 @@ impl Counters {
         self.fragmented += o.fragmented;
         self.rx_gso_frames += o.rx_gso_frames;
         self.tx_gso_frames += o.tx_gso_frames;
+        self.published_tcp += o.published_tcp;
+        self.published_udp += o.published_udp;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -407,7 +421,17 @@ pub struct Stack {
     isn_state: u64,
     ack_list: Vec<FlowId>,
     next_scan: Instant,
+    /// Next source port for inbound flows shown from the gateway.
+    pub_port: u16,
+    /// Inbound UDP flows by (guest port, host peer); entries whose flow
+    /// expired are replaced on use and pruned when the map outgrows the
+    /// flow table.
+    pub_udp: std::collections::HashMap<(u16, SocketAddr), FlowId>,
 }
+
+/// Source ports for inbound flows shown from the gateway (the Linux
+/// ephemeral range: unlikely to be a port the guest connects to).
+const PUB_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 impl Stack {
     /// A stack with `cfg`.
@@ -429,6 +453,10 @@ impl Stack {
             isn_state,
             ack_list: Vec::new(),
             next_scan: Instant::ZERO,
+            pub_port: *PUB_PORTS.start()
+                + u16::try_from(isn_state % u64::from(PUB_PORTS.end() - PUB_PORTS.start()))
+                    .unwrap_or(0),
+            pub_udp: std::collections::HashMap::new(),
         }
     }
 
@@ -771,12 +799,20 @@ impl Stack {
                 };
                 let mut frames = Vec::new();
                 let mss = conn.mss();
+                let was = conn.state();
                 let v = conn.on_segment(
                     &seg,
                     now,
                     &mut tcp_emitter(l2, &key, mss, &mut frames),
                     &mut out.ops,
                 );
+                if was == tcp::conn::State::SynSent
+                    && conn.state() == tcp::conn::State::Established
+                    && self.cfg.offload.tso
+                {
+                    // Inbound: the guest's MSS is known only now.
+                    conn.set_max_segment(tso_max_payload(conn.mss()));
+                }
                 let pending = conn.ack_pending();
                 (v, frames, pending)
             };
@@ -860,6 +896,169 @@ impl Stack {
         for f in frames {
             self.push_frame(out, f);
         }
+    }
+
+    // ───────────────────────── published ports ─────────────────────────
+
+    /// The source the guest sees for an inbound flow from host `peer` to
+    /// guest port `guest_port`: the peer itself with `publish_keep_source`
+    /// when the guest can answer it, else the gateway with a fresh port.
+    /// `None` when no free source is found.
+    fn inbound_source(
+        &mut self,
+        proto: Proto,
+        peer: SocketAddr,
+        guest_port: u16,
+    ) -> Option<FlowKey> {
+        let guest = SocketAddr::from((self.cfg.guest_ip, guest_port));
+        if self.cfg.publish_keep_source
+            && let SocketAddr::V4(p) = peer
+            && !self.is_bad_destination(*p.ip())
+            && !self.in_guest_net(*p.ip())
+        {
+            let key = FlowKey {
+                proto,
+                guest,
+                remote: peer,
+            };
+            if self.flows.lookup(&key).is_none() {
+                return Some(key);
+            }
+        }
+        // Bounded: a free port whose flow this worker owns (hash steering)
+        // is found within a few tries unless the table is nearly full.
+        for _ in 0..1024 {
+            let port = self.pub_port;
+            self.pub_port = if port >= *PUB_PORTS.end() {
+                *PUB_PORTS.start()
+            } else {
+                port + 1
+            };
+            let key = FlowKey {
+                proto,
+                guest,
+                remote: SocketAddr::from((self.cfg.gateway, port)),
+            };
+            if self.flows.lookup(&key).is_some() {
+                continue;
+            }
+            // With hash steering, the guest's frames of this flow must hash
+            // to this worker.
+            let mut l4 = [0u8; 8];
+            l4[0..2].copy_from_slice(&guest_port.to_be_bytes());
+            l4[2..4].copy_from_slice(&port.to_be_bytes());
+            let ip = match proto {
+                Proto::Udp => ip_proto::UDP,
+                _ => ip_proto::TCP,
+            };
+            if self
+                .foreign_owner(self.cfg.guest_ip, self.cfg.gateway, ip, &l4)
+                .is_some()
+            {
+                continue;
+            }
+            return Some(key);
+        }
+        None
+    }
+
+    fn in_guest_net(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.cfg.prefix_len.min(32)))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.cfg.gateway) & mask
+    }
+
+    /// A host client connected to a published port that forwards to the
+    /// guest's `guest_port` (the dataplane accepted it). Opens a connection
+    /// toward the guest: a SYN goes out now. Returns the new flow, to which
+    /// the dataplane attaches the accepted socket (already connected: no
+    /// `Open`, no `Connected` event), or `None` when the stack refuses it
+    /// (flow limit): the dataplane then resets the host client.
+    pub fn accept_tcp(
+        &mut self,
+        peer: SocketAddr,
+        guest_port: u16,
+        now: Instant,
+        out: &mut Actions,
+    ) -> Option<FlowId> {
+        let Some(key) = self.inbound_source(Proto::Tcp, peer, guest_port) else {
+            self.drop(DropReason::FlowLimit);
+            return None;
+        };
+        let iss = self.next_isn();
+        let mtu = usize::from(self.cfg.mtu);
+        let l2 = self.l2();
+        let mut frames = Vec::new();
+        let id = self.flows.insert_with(key, |id| {
+            let mut emit = tcp_emitter(l2, &key, 0, &mut frames);
+            FlowState::Tcp(Box::new(Conn::new_to_guest(id, iss, mtu, now, &mut emit)))
+        });
+        let Some(id) = id else {
+            self.drop(DropReason::FlowLimit);
+            return None;
+        };
+        self.counters.published_tcp += 1;
+        for f in frames {
+            self.push_frame(out, f);
+        }
+        Some(id)
+    }
+
+    /// A datagram from host `peer` arrived on a published UDP port that
+    /// forwards to the guest's `guest_port`: deliver it to the guest on the
+    /// peer's flow. Returns the flow when this datagram created it: the
+    /// dataplane then attaches it to the published socket, so that the
+    /// guest's replies (`Send` on the flow) go back to `peer` from there.
+    /// The flow expires like any UDP flow (`udp_timeout` idle).
+    pub fn inbound_udp(
+        &mut self,
+        peer: SocketAddr,
+        guest_port: u16,
+        data: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) -> Option<FlowId> {
+        let mut created = None;
+        let live = self
+            .pub_udp
+            .get(&(guest_port, peer))
+            .copied()
+            .filter(|id| self.flows.get(*id).is_some());
+        let id = match live {
+            Some(id) => id,
+            None => {
+                let Some(key) = self.inbound_source(Proto::Udp, peer, guest_port) else {
+                    self.drop(DropReason::FlowLimit);
+                    return None;
+                };
+                let flow = DgramFlow {
+                    connected: true,
+                    pending: VecDeque::new(),
+                    last_active: now,
+                    timeout: self.cfg.udp_timeout,
+                };
+                let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
+                    self.drop(DropReason::FlowLimit);
+                    return None;
+                };
+                if self.pub_udp.len() >= self.cfg.max_flows {
+                    let flows = &self.flows;
+                    self.pub_udp.retain(|_, id| flows.get(*id).is_some());
+                }
+                self.pub_udp.insert((guest_port, peer), id);
+                self.counters.published_udp += 1;
+                created = Some(id);
+                id
+            }
+        };
+        let Some((key, FlowState::Dgram(f))) = self.flows.get_mut(id) else {
+            return created;
+        };
+        f.last_active = now;
+        let key = *key;
+        self.dgram_to_guest(&key, data, out);
+        created
     }
 
     // ─────────────────────────────── UDP ───────────────────────────────
