@@ -52,6 +52,10 @@ pub struct Config {
     pub stats_json: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
+    /// Published ports (`--publish`), bound before anything starts.
+    pub publish: Vec<crate::publish::PublishSpec>,
+    /// Control socket path (`--control`).
+    pub control: Option<PathBuf>,
 }
 
 /// Start-up errors.
@@ -60,6 +64,12 @@ pub enum Error {
     /// Namespace or TAP set-up failed.
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
+    /// A published port could not be bound.
+    #[error("{0}")]
+    Publish(String),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// Other I/O.
     #[error("{what}")]
     Io {
@@ -200,6 +210,16 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
+    // Published ports and the control socket first: a port in use is an
+    // error before any namespace or thread exists.
+    let mut forwards = crate::control::Forwards::new();
+    for spec in &cfg.publish {
+        forwards.add(spec).map_err(Error::Publish)?;
+    }
+    let mut control = match &cfg.control {
+        Some(path) => Some(crate::control::Control::bind(path)?),
+        None => None,
+    };
 
     let net = NetConfig {
         ifname: cfg.ifname.clone(),
@@ -274,9 +294,12 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
             // The kernel steers flows to TAP queues (see `stack::steer`):
             // each worker owns the flows it reads, so its stack shares
             // nothing by hash.
+            // `worker` names this stack for published flows only
+            // (`inbound_owner`); with `workers` 1 nothing is hash-steered.
             stack: Stack::new(stack::Config {
-                worker: 0,
+                worker: i,
                 workers: 1,
+                inbound_owner: (taps.len() > 1).then_some(0),
                 isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 ..cfg.stack.clone()
             }),
@@ -295,6 +318,9 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         handles.push(h);
     }
     let kick_all = || inboxes.iter().for_each(|r| r.kick());
+    // Worker 0 serves the published ports (in TAP mode the kernel sends
+    // the guest's replies to the queue that wrote the flow's first frame).
+    forwards.flush(&shared[0], &inboxes[0]);
 
     let mut code = 0;
     if let Some(c) = child.as_mut() {
@@ -346,6 +372,9 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
                 }
                 kick_all();
             }
+        }
+        if let Some(c) = control.as_mut() {
+            c.poll(&mut forwards, &shared, &inboxes);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

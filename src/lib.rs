@@ -47,6 +47,7 @@
 //! datagram belongs to another worker's flow.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod publish;

@@ -142,6 +142,14 @@ pub struct Config {
     /// guest can answer: not loopback, not in the guest's network), rather
     /// than the gateway's.
     pub publish_keep_source: bool,
+    /// The worker whose stack owns the published ports' flows, when the
+    /// guest's frames of a flow may reach another worker (a multiqueue
+    /// TAP, whose kernel queue choice does not always follow the queue we
+    /// wrote the flow's SYN to). A segment that matches no flow here, and
+    /// would be answered with RST, goes to that worker instead; so does a
+    /// UDP datagram to a gateway source port of published flows. `None`
+    /// when this stack sees every frame of its flows.
+    pub inbound_owner: Option<usize>,
 }
 
 impl Default for Config {
@@ -166,6 +174,7 @@ impl Default for Config {
             workers: 1,
             offload: Offload::default(),
             publish_keep_source: false,
+            inbound_owner: None,
         }
     }
 }
@@ -690,6 +699,45 @@ impl Stack {
         }
     }
 
+    /// The worker that owns published flows, if not this one.
+    fn inbound_elsewhere(&self) -> Option<usize> {
+        self.cfg.inbound_owner.filter(|&w| w != self.cfg.worker)
+    }
+
+    /// Hand a guest datagram (its L4 part `l4`) to worker `owner`.
+    /// `trusted`: its L4 checksum was vouched for (it may be partial), so
+    /// the copy says so in its virtio-net header.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_l4(
+        &mut self,
+        owner: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        l4: &[u8],
+        trusted: bool,
+        out: &mut Actions,
+    ) {
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 64,
+        };
+        self.forward_datagram(owner, ip, l4, out);
+        if trusted
+            && self.cfg.offload.vnet_hdr
+            && let Some((_, frame)) = out.forward.last_mut()
+        {
+            let hdr = VnetHdrRepr {
+                flags: vnet_flags::DATA_VALID,
+                ..VnetHdrRepr::PLAIN
+            };
+            hdr.emit(&mut VnetHdrPacket::new_unchecked(&mut frame[..]));
+        }
+    }
+
     /// Hand a reassembled datagram to the worker that owns its flow, as one
     /// unfragmented frame (it may exceed the MTU: it never leaves uipd).
     fn forward_datagram(&mut self, owner: usize, repr: Ipv4Repr, l4: &[u8], out: &mut Actions) {
@@ -829,10 +877,15 @@ impl Stack {
             return;
         }
         // No flow: only a bare SYN opens one.
+        let bare_syn = seg.flags.syn && seg.ack_number.is_none() && !seg.flags.fin;
+        if !bare_syn && let Some(w) = self.inbound_elsewhere() {
+            // Perhaps a published flow of the owner's (see `inbound_owner`).
+            return self.forward_l4(w, src, dst, ip_proto::TCP, payload, !verify, out);
+        }
         if seg.flags.rst {
             return;
         }
-        if !seg.flags.syn || seg.ack_number.is_some() || seg.flags.fin {
+        if !bare_syn {
             self.drop(DropReason::NoFlow);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         }
@@ -962,6 +1015,36 @@ impl Stack {
         None
     }
 
+    /// Ask for the guest's MAC (ARP who-has guest_ip) when it is not known
+    /// yet: a frame to the broadcast MAC reaches the guest, but Linux TCP
+    /// drops segments not addressed to its own MAC (`PACKET_HOST`), so an
+    /// inbound SYN is answered only once the reply taught us the MAC (the
+    /// SYN's retransmission then carries it).
+    fn solicit_guest_mac(&mut self, out: &mut Actions) {
+        if self.guest_mac.is_some() {
+            return;
+        }
+        let req = ArpRepr {
+            operation: ArpOperation::Request,
+            source_hardware_addr: self.cfg.gateway_mac,
+            source_protocol_addr: self.cfg.gateway,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: self.cfg.guest_ip,
+        };
+        let (mut buf, hr) = self
+            .l2()
+            .alloc(wire::ethernet::HEADER_LEN + req.buffer_len());
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
+        EthernetRepr {
+            src_addr: self.cfg.gateway_mac,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EtherType::Arp,
+        }
+        .emit(&mut f);
+        req.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        self.push_frame(out, buf);
+    }
+
     fn in_guest_net(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::MAX
             .checked_shl(32 - u32::from(self.cfg.prefix_len.min(32)))
@@ -986,6 +1069,7 @@ impl Stack {
             self.drop(DropReason::FlowLimit);
             return None;
         };
+        self.solicit_guest_mac(out);
         let iss = self.next_isn();
         let mtu = usize::from(self.cfg.mtu);
         let l2 = self.l2();
@@ -1032,6 +1116,7 @@ impl Stack {
                     self.drop(DropReason::FlowLimit);
                     return None;
                 };
+                self.solicit_guest_mac(out);
                 let flow = DgramFlow {
                     connected: true,
                     pending: VecDeque::new(),
@@ -1092,6 +1177,14 @@ impl Stack {
             guest: SocketAddr::from((src, repr.src_port)),
             remote: SocketAddr::from((dst, repr.dst_port)),
         };
+        if dst == self.cfg.gateway
+            && PUB_PORTS.contains(&repr.dst_port)
+            && self.flows.lookup(&key).is_none()
+            && let Some(w) = self.inbound_elsewhere()
+        {
+            // A reply on a published UDP flow of the owner's.
+            return self.forward_l4(w, src, dst, ip_proto::UDP, payload, !verify, out);
+        }
         self.dgram_out(key, data.to_vec(), now, out);
     }
 

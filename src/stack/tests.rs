@@ -1094,7 +1094,13 @@ fn published_tcp_opens_toward_the_guest_from_the_gateway() {
     let mut out = Actions::default();
     let flow = s.accept_tcp(peer, 80, Instant::ZERO, &mut out).unwrap();
     assert!(out.ops.is_empty(), "the host socket is already connected");
-    let (src, dst, syn) = tcp_to_guest(&out.frames[0]);
+    // The guest's MAC is unknown: an ARP request for it goes first.
+    assert_eq!(out.frames.len(), 2);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&out.frames[0][14..]).unwrap()).unwrap();
+    assert_eq!(arp.operation, ArpOperation::Request);
+    assert_eq!(arp.target_protocol_addr, GUEST);
+    assert_eq!(arp.source_protocol_addr, GW);
+    let (src, dst, syn) = tcp_to_guest(out.frames.last().unwrap());
     assert_eq!(dst, SocketAddr::from((GUEST, 80)));
     assert_eq!(src.ip(), std::net::IpAddr::V4(GW), "from the gateway");
     assert!(PUB_PORTS.contains(&src.port()));
@@ -1102,9 +1108,27 @@ fn published_tcp_opens_toward_the_guest_from_the_gateway() {
     assert_eq!(s.counters().published_tcp, 1);
 
     // A second connection gets another source port.
+    // The guest's ARP reply teaches its MAC: no more requests.
+    let reply = ArpRepr {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST,
+        target_hardware_addr: gw_mac(),
+        target_protocol_addr: GW,
+    };
+    let mut a = vec![0u8; reply.buffer_len()];
+    reply.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
+    s.ingress(
+        &eth(gw_mac(), EtherType::Arp, &a),
+        Instant::ZERO,
+        &mut Actions::default(),
+    );
     let mut out2 = Actions::default();
     s.accept_tcp(peer, 80, Instant::ZERO, &mut out2).unwrap();
-    let (src2, _, _) = tcp_to_guest(&out2.frames[0]);
+    assert_eq!(out2.frames.len(), 1, "just the SYN");
+    let e = EthernetRepr::parse(&EthernetFrame::new_checked(&out2.frames[0][..]).unwrap()).unwrap();
+    assert_eq!(e.dst_addr, GUEST_MAC, "addressed to the guest's MAC");
+    let (src2, _, _) = tcp_to_guest(out2.frames.last().unwrap());
     assert_ne!(src, src2, "a fresh source port per connection");
 
     // The guest answers with SYN-ACK: ACK back, and the host socket is read.
@@ -1124,7 +1148,7 @@ fn published_tcp_opens_toward_the_guest_from_the_gateway() {
     );
     let mut out = Actions::default();
     s.ingress(&synack, Instant::ZERO, &mut out);
-    let (_, _, ack) = tcp_to_guest(&out.frames[0]);
+    let (_, _, ack) = tcp_to_guest(out.frames.last().unwrap());
     assert!(!ack.flags.syn && !ack.flags.rst);
     assert_eq!(ack.ack_number, Some(SeqNumber(501)));
     assert!(out.ops.contains(&SockOp::Recv {
@@ -1141,7 +1165,7 @@ fn published_tcp_opens_toward_the_guest_from_the_gateway() {
         Instant::ZERO,
         &mut out,
     );
-    let (from, to, d) = tcp_to_guest(&out.frames[0]);
+    let (from, to, d) = tcp_to_guest(out.frames.last().unwrap());
     assert_eq!((from, to), (src, dst));
     assert_eq!(d.payload, b"hello");
 }
@@ -1158,7 +1182,7 @@ fn published_tcp_refused_by_the_guest_resets_the_host_socket() {
             &mut out,
         )
         .unwrap();
-    let (src, dst, syn) = tcp_to_guest(&out.frames[0]);
+    let (src, dst, syn) = tcp_to_guest(out.frames.last().unwrap());
     let rst = guest_seg(
         dst,
         src,
@@ -1215,7 +1239,7 @@ fn published_keep_source_shows_the_client_unless_it_is_loopback() {
     let client = SocketAddr::from(([10, 99, 0, 1], 40000));
     let mut out = Actions::default();
     s.accept_tcp(client, 80, Instant::ZERO, &mut out).unwrap();
-    let (src, _, _) = tcp_to_guest(&out.frames[0]);
+    let (src, _, _) = tcp_to_guest(out.frames.last().unwrap());
     assert_eq!(src, client);
     let mut out = Actions::default();
     s.accept_tcp(
@@ -1225,7 +1249,7 @@ fn published_keep_source_shows_the_client_unless_it_is_loopback() {
         &mut out,
     )
     .unwrap();
-    let (src, _, _) = tcp_to_guest(&out.frames[0]);
+    let (src, _, _) = tcp_to_guest(out.frames.last().unwrap());
     assert_eq!(
         src.ip(),
         std::net::IpAddr::V4(GW),
@@ -1241,7 +1265,7 @@ fn published_udp_flow_per_peer_and_replies_go_back_on_it() {
     let flow = s
         .inbound_udp(peer, 53, b"q1", Instant::ZERO, &mut out)
         .expect("a new flow");
-    let (_, p) = ip_of(&out.frames[0]);
+    let (_, p) = ip_of(out.frames.last().unwrap());
     assert_eq!(p.dst_addr(), GUEST);
     assert_eq!(p.src_addr(), GW);
     let u = UdpPacket::new_checked(p.payload()).unwrap();
@@ -1254,7 +1278,7 @@ fn published_udp_flow_per_peer_and_replies_go_back_on_it() {
         s.inbound_udp(peer, 53, b"q2", Instant::ZERO, &mut out),
         None
     );
-    let (_, p) = ip_of(&out.frames[0]);
+    let (_, p) = ip_of(out.frames.last().unwrap());
     assert_eq!(
         UdpPacket::new_checked(p.payload()).unwrap().src_port(),
         from.port()
