@@ -51,6 +51,19 @@
 //! - Ops for a flow that is not open (never opened, already closed, or an old
 //!   generation) are dropped with a debug log.
 //!
+//! # Published ports
+//! [`Uring::add_listener`] takes a bound socket: a TCP listener gets one
+//! one-shot `Accept` SQE at a time (re-armed on each CQE, so the
+//! one-CQE-per-slot rule holds), a UDP socket a one-shot poll after which
+//! it is read dry (at most `DGRAM_BATCH` datagrams per wake-up) with
+//! non-blocking `recvfrom`. Accepted connections become flows through
+//! [`Uring::attach_tcp`] (connected at once: no `Connected` event); UDP
+//! clients through [`Uring::attach_udp`], whose `Send`s are a direct
+//! non-blocking `sendto` on the shared socket (the `Sent` event comes from
+//! the ready queue) and whose `Close` leaves that socket alone.
+//! [`Uring::remove_listener`] shuts the socket down, so a TCP port refuses
+//! new clients at once, and closes it when its op's CQE arrives.
+//!
 //! # Limits
 //! - A `Recv` reads at most [`MAX_RECV`] bytes, a `Send` writes at most
 //!   `u32::MAX` bytes per op (a partial send, allowed for TCP).
@@ -2444,5 +2457,126 @@ mod tests {
             Err(e) if e.starts_with("unshare") => eprintln!("skipped: {e}"),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Completions other than host events, until `pred` holds (bounded).
+    fn until(u: &mut Uring, mut pred: impl FnMut(Completion) -> bool) {
+        let end = Instant::now() + LONG;
+        let mut done = false;
+        while !done {
+            assert!(Instant::now() < end, "timed out");
+            u.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            u.drain(&mut |c| done |= pred(c));
+        }
+    }
+
+    #[test]
+    fn published_tcp_accept_attach_and_remove() {
+        use std::io::{Read, Write};
+        let mut u = Uring::new(64).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        u.add_listener(7, Proto::Tcp, OwnedFd::from(l));
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(LONG)).unwrap();
+        let mut accepted = None;
+        until(&mut u, |c| match c {
+            Completion::Accepted { listener, fd, peer } => {
+                assert_eq!(listener, 7);
+                assert_eq!(peer, client.local_addr().unwrap());
+                accepted = Some(fd);
+                true
+            }
+            _ => false,
+        });
+        let flow = fid(3);
+        u.attach_tcp(flow, accepted.unwrap());
+        // Attached: ops run at once, no Connected event.
+        u.push(SockOp::Send {
+            flow,
+            data: b"from guest".to_vec(),
+        });
+        u.push(SockOp::Recv { flow, max: 100 });
+        client.write_all(b"from host").unwrap();
+        let evs = host_events(&mut u, 2);
+        assert!(evs.contains(&HostEvent::Sent {
+            flow,
+            result: Ok(10)
+        }));
+        assert!(evs.contains(&HostEvent::Received {
+            flow,
+            result: Ok(b"from host".to_vec())
+        }));
+        let mut buf = [0u8; 10];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from guest");
+        // Removed: the port refuses new clients at once.
+        u.remove_listener(7);
+        assert_eq!(
+            std::net::TcpStream::connect(addr).unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        assert!(u.listener_ids().is_empty());
+        // The established connection is unaffected.
+        u.push(SockOp::Close { flow, reset: false });
+        let _ = quiet_for(&mut u, Duration::from_millis(50));
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "EOF after Close");
+    }
+
+    #[test]
+    fn published_udp_datagrams_and_replies_through_the_shared_socket() {
+        let mut u = Uring::new(64).unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        u.add_listener(9, Proto::Udp, OwnedFd::from(sock));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(LONG)).unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i; 100], addr).unwrap();
+        }
+        let mut got = Vec::new();
+        until(&mut u, |c| {
+            if let Completion::Datagram {
+                listener,
+                peer,
+                data,
+            } = c
+            {
+                assert_eq!(listener, 9);
+                assert_eq!(peer, client.local_addr().unwrap());
+                got.push(data);
+            }
+            got.len() == 3
+        });
+        assert_eq!(got, vec![vec![0; 100], vec![1; 100], vec![2; 100]]);
+        let flow = fid(4);
+        u.attach_udp(flow, 9, client.local_addr().unwrap());
+        u.push(SockOp::Send {
+            flow,
+            data: b"reply".to_vec(),
+        });
+        assert_eq!(
+            host_events(&mut u, 1),
+            vec![HostEvent::Sent {
+                flow,
+                result: Ok(5)
+            }]
+        );
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"reply"[..], addr),
+            "from the published port"
+        );
+        // Closing the flow leaves the published socket open.
+        u.push(SockOp::Close { flow, reset: false });
+        client.send_to(b"again", addr).unwrap();
+        let mut again = false;
+        until(&mut u, |c| {
+            again |= matches!(c, Completion::Datagram { ref data, .. } if data == b"again");
+            again
+        });
     }
 }

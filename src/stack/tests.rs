@@ -1319,3 +1319,65 @@ fn published_udp_flow_per_peer_and_replies_go_back_on_it() {
         "a fresh flow after expiry"
     );
 }
+
+#[test]
+fn unknown_segments_go_to_the_owner_of_published_flows() {
+    // Worker 1 of a multiqueue TAP; worker 0 owns the published flows.
+    let mut s = stack_with(|c| {
+        c.worker = 1;
+        c.inbound_owner = Some(0);
+    });
+    let g = SocketAddr::from((GUEST, 80));
+    let r = SocketAddr::from((GW, 40000));
+    let synack = guest_seg(
+        g,
+        r,
+        TcpRepr {
+            flags: wire::tcp::Flags {
+                syn: true,
+                ..Default::default()
+            },
+            ack_number: Some(SeqNumber(77)),
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    s.ingress(&synack, Instant::ZERO, &mut out);
+    assert!(
+        out.frames.is_empty(),
+        "no RST from a worker that is not the owner"
+    );
+    assert_eq!(out.forward.len(), 1);
+    assert_eq!(out.forward[0].0, 0);
+    assert_eq!(out.forward[0].1, synack, "the same frame, for the owner");
+    // A UDP reply to a gateway source port of published flows, too.
+    let mut out = Actions::default();
+    let reply = ip_frame(
+        GW,
+        ip_proto::UDP,
+        &udp(g, SocketAddr::from((GW, 40001)), b"x"),
+    );
+    s.ingress(&reply, Instant::ZERO, &mut out);
+    assert_eq!(out.forward.len(), 1);
+    assert!(out.ops.is_empty(), "no NAT flow to the host's loopback");
+    // A bare SYN is the guest's own new connection: handled here.
+    let mut out = Actions::default();
+    s.ingress(
+        &ip_frame(
+            GW,
+            ip_proto::TCP,
+            &tcp_syn(SocketAddr::from((GUEST, 5000)), r),
+        ),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.forward.is_empty());
+    assert!(matches!(out.ops[0], SockOp::Open { .. }));
+    // The owner itself answers unknown segments with RST as usual.
+    let mut owner = stack_with(|c| c.inbound_owner = Some(0));
+    let mut out = Actions::default();
+    owner.ingress(&synack, Instant::ZERO, &mut out);
+    assert!(out.forward.is_empty());
+    let (_, _, rst) = tcp_to_guest(&out.frames[0]);
+    assert!(rst.flags.rst);
+}
