@@ -1026,7 +1026,17 @@ impl Stack {
                 guest,
                 remote: peer,
             };
-            if self.flows.lookup(&key).is_none() {
+            // With hash steering the guest's frames of this flow must hash
+            // to this worker; when the client's own 4-tuple does not, the
+            // flow comes from the gateway instead (below), as the guest
+            // would otherwise send its replies to a stack without the flow.
+            let mut l4 = [0u8; 8];
+            l4[0..2].copy_from_slice(&guest_port.to_be_bytes());
+            l4[2..4].copy_from_slice(&p.port().to_be_bytes());
+            let here = self
+                .foreign_owner(self.cfg.guest_ip, *p.ip(), proto_number(proto), &l4)
+                .is_none();
+            if here && self.flows.lookup(&key).is_none() {
                 return Some(key);
             }
         }
@@ -1052,12 +1062,13 @@ impl Stack {
             let mut l4 = [0u8; 8];
             l4[0..2].copy_from_slice(&guest_port.to_be_bytes());
             l4[2..4].copy_from_slice(&port.to_be_bytes());
-            let ip = match proto {
-                Proto::Udp => ip_proto::UDP,
-                _ => ip_proto::TCP,
-            };
             if self
-                .foreign_owner(self.cfg.guest_ip, self.cfg.gateway, ip, &l4)
+                .foreign_owner(
+                    self.cfg.guest_ip,
+                    self.cfg.gateway,
+                    proto_number(proto),
+                    &l4,
+                )
                 .is_some()
             {
                 continue;
@@ -1778,6 +1789,14 @@ mod libc_errno {
     pub const EHOSTUNREACH: i32 = 113;
     pub const EACCES: i32 = 13;
     pub const EPERM: i32 = 1;
+}
+
+/// The IP protocol number of a published flow's transport.
+fn proto_number(proto: Proto) -> u8 {
+    match proto {
+        Proto::Udp => ip_proto::UDP,
+        _ => ip_proto::TCP,
+    }
 }
 
 fn unreachable_code(errno: Errno) -> u8 {
