@@ -320,3 +320,49 @@ fn control_socket_adds_lists_and_removes() {
     );
     o.pass();
 }
+
+/// `--restrict` refuses the guest's own connections but not published
+/// ports: a host client's upload to the guest's published sink arrives
+/// byte-exact, while the guest's connect to a listening host server is
+/// refused at once.
+#[test]
+fn restrict_still_serves_published_ports() {
+    if skip_unless_uipd("restrict_still_serves_published_ports") {
+        return;
+    }
+    let mut sc = Scenario::new("publish_restrict");
+    let up = random_file(&sc.dir().join("up.bin"), 64 * 1024);
+    // A host server the guest could reach without --restrict (the gateway
+    // is the host's 127.0.0.1).
+    sc.server("echo", 7000, &[]);
+    let servers = format!(
+        "{}\n\
+         timeout 20 $PY $SRV/publish.py refused 192.168.33.1 7000",
+        guest_server("sink", 81, "")
+    );
+    let o = run_in(
+        &mut sc,
+        &["--restrict", "-p", "8081:81", "--stats"],
+        &servers,
+        &["sink-81.ready"],
+        "$PY $PUB put 127.0.0.1 8081 \"$D/up.bin\"",
+    );
+    o.expect_code(0);
+    o.check(
+        o.value("put", "bytes") == (64 * 1024).to_string() && o.value("put", "sha") == up,
+        "the upload through the published port is not byte-exact",
+    );
+    o.check(
+        o.value("refused", "refused") == "1",
+        "the guest's outbound connect was not refused",
+    );
+    o.check(
+        o.stat("published_tcp") == Some(1),
+        "one published connection",
+    );
+    o.check(
+        o.stat("drops_denied") == Some(1),
+        "one outbound flow denied",
+    );
+    o.pass();
+}
