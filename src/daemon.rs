@@ -65,6 +65,10 @@ pub struct Config {
     pub pcap: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
+    /// Published ports (`--publish`), bound before anything starts.
+    pub publish: Vec<crate::publish::PublishSpec>,
+    /// Control socket path (`--control`).
+    pub control: Option<PathBuf>,
 }
 
 /// Start-up errors.
@@ -73,6 +77,12 @@ pub enum Error {
     /// Namespace or TAP set-up failed.
     #[error(transparent)]
     Netns(#[from] netns::NetnsError),
+    /// A published port could not be bound.
+    #[error("{0}")]
+    Publish(String),
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// Other I/O.
     #[error("{what}")]
     Io {
@@ -244,11 +254,24 @@ impl Workers {
             });
             shared.push(sh.clone());
             let (worker, workers) = port.shard;
+            // With the kernel steering (a multiqueue TAP: `workers` 1), the
+            // guest's frames of a published flow may come in on another
+            // queue than worker 0's, which serves the published ports: the
+            // other stacks hand frames they have no flow for to it, and
+            // `worker` names each stack for that. Hash-steered stacks
+            // (stream, vhost-user) need no owner: worker 0 picks source
+            // ports for inbound flows that hash to itself.
+            let (worker, inbound_owner) = if workers == 1 {
+                (i, (n > 1).then_some(0))
+            } else {
+                (worker, None)
+            };
             let worker = Worker {
                 index: i,
                 stack: Stack::new(stack::Config {
                     worker,
                     workers,
+                    inbound_owner,
                     // `--max-flows` is per guest: each worker gets a share.
                     max_flows: stack::flow_share(cfg.stack.max_flows, i, n),
                     isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
@@ -344,15 +367,42 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
+    // Published ports and the control socket first: a port in use is an
+    // error before any namespace or thread exists.
+    let mut forwards = crate::control::Forwards::new();
+    for spec in &cfg.publish {
+        forwards.add(spec).map_err(Error::Publish)?;
+    }
+    let control = match &cfg.control {
+        Some(path) => Some(crate::control::Control::bind(path)?),
+        None => None,
+    };
+    let publish = Publish { forwards, control };
     match cfg.frontend.clone() {
-        Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv),
-        Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv),
-        Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv),
+        Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
+        Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv, publish),
+        Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv, publish),
+    }
+}
+
+/// Published ports and the control socket, handed from [`run`] to the
+/// frontend and on to [`control_loop`]. Worker 0 serves every published
+/// port, in every frontend (see [`Workers::start`] for why its flows stay
+/// on it).
+struct Publish {
+    forwards: crate::control::Forwards,
+    control: Option<crate::control::Control>,
+}
+
+impl Publish {
+    /// Hand the bound ports to worker 0.
+    fn start(&mut self, workers: &Workers) {
+        self.forwards.flush(&workers.shared[0], &workers.inboxes[0]);
     }
 }
 
 /// Namespace mode: one worker per TAP queue; the kernel steers flows.
-fn run_tap(cfg: &Config, watch_resolv: bool) -> Result<i32, Error> {
+fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32, Error> {
     let net = NetConfig {
         ifname: cfg.ifname.clone(),
         mtu: cfg.stack.mtu,
@@ -419,10 +469,11 @@ fn run_tap(cfg: &Config, watch_resolv: bool) -> Result<i32, Error> {
         });
     }
     let workers = Workers::start(cfg, inboxes(taps.len(), buf_size)?, ports)?;
+    publish.start(&workers);
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
-    let (code, stats) = control_loop(workers, watch_resolv, || match child.as_mut() {
+    let (code, stats) = control_loop(workers, publish, watch_resolv, || match child.as_mut() {
         Some(c) => {
             if STOP.load(Ordering::SeqCst) {
                 // SIGTERM to uipd: pass it on, then wait for the command.
@@ -440,7 +491,12 @@ fn run_tap(cfg: &Config, watch_resolv: bool) -> Result<i32, Error> {
 
 /// Stream mode: a reader thread steers frames to the workers' inboxes by
 /// hash; every worker writes to the shared connection.
-fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Result<i32, Error> {
+fn run_stream(
+    cfg: &Config,
+    path: &std::path::Path,
+    watch_resolv: bool,
+    mut publish: Publish,
+) -> Result<i32, Error> {
     use crate::dataplane::stream::{self, StreamOut, StreamPort, StreamSink};
     let listener = stream::bind(path).map_err(io_err(&format!(
         "listening on the stream socket {}",
@@ -458,6 +514,7 @@ fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Resul
         })
         .collect();
     let workers = Workers::start(cfg, inboxes.clone(), ports)?;
+    publish.start(&workers);
     let stop = Arc::new(AtomicBool::new(false));
     let disconnected = Arc::new(AtomicBool::new(false));
     let port = StreamPort {
@@ -477,7 +534,7 @@ fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Resul
     log::info!("serving QEMU stream connections on {}", path.display());
     let shared = workers.shared.clone();
     let inboxes = workers.inboxes.clone();
-    let (code, stats) = control_loop(workers, watch_resolv, || {
+    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
         if disconnected.swap(false, Ordering::SeqCst) {
             shared
                 .iter()
@@ -497,7 +554,12 @@ fn run_stream(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Resul
 
 /// vhost-user mode: one worker per queue pair, hash-steered; see
 /// [`crate::vmm::vhost_user`].
-fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> Result<i32, Error> {
+fn run_vhost_user(
+    cfg: &Config,
+    path: &std::path::Path,
+    watch_resolv: bool,
+    mut publish: Publish,
+) -> Result<i32, Error> {
     use crate::vmm::vhost_user::Device;
     // Bound before anything starts, so a path in use is a start-up error.
     let listener = crate::dataplane::stream::bind(path).map_err(io_err(&format!(
@@ -523,6 +585,7 @@ fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> R
     };
     let workers = Workers::start(&wcfg, inboxes, ports)?;
     dev.set_workers(workers.shared.clone());
+    publish.start(&workers);
     let stop = Arc::new(AtomicBool::new(false));
     let server = {
         let (dev, stop) = (dev.clone(), stop.clone());
@@ -531,7 +594,7 @@ fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> R
             .spawn(move || dev.serve(&listener, &stop))
             .map_err(io_err("starting the vhost-user server"))?
     };
-    let (code, stats) = control_loop(workers, watch_resolv, || {
+    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
         if server.is_finished() {
             log::error!("the vhost-user server stopped");
             return Ok(Some(1));
@@ -561,6 +624,7 @@ fn run_vhost_user(cfg: &Config, path: &std::path::Path, watch_resolv: bool) -> R
 /// stop signal comes; then stop the workers.
 fn control_loop(
     workers: Workers,
+    mut publish: Publish,
     watch_resolv: bool,
     mut frontend: impl FnMut() -> Result<Option<i32>, Error>,
 ) -> Result<(i32, Vec<WorkerStats>), Error> {
@@ -591,6 +655,9 @@ fn control_loop(
                     *s.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
                 });
             }
+        }
+        if let Some(c) = publish.control.as_mut() {
+            c.poll(&mut publish.forwards, &workers.shared, &workers.inboxes);
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -39,6 +39,10 @@
 //!   virtio-net header and offloads.
 //! - [`daemon`] wires a frontend to the workers and runs the control loop
 //!   (the command's exit, signals, resolv.conf changes, statistics).
+//! - [`publish`] parses `--publish` specs and binds their host sockets;
+//!   worker 0 accepts and receives on them, and the stack opens each
+//!   inbound flow toward the guest. [`control`] is the run-time control
+//!   socket (`--control`, `uipd ctl`): list, add and remove forwards.
 //! - [`vmm`] will hold the virtio-net device, the vhost-user backend and the
 //!   embedded KVM VMM.
 //!
@@ -47,8 +51,10 @@
 //! datagram belongs to another worker's flow.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod publish;
 pub mod rings;
 pub mod stack;
 pub mod vmm;

@@ -280,3 +280,71 @@ fn stream_bad_frames_close_the_connection_only() {
     );
     o.pass();
 }
+
+/// Published ports through the stream frontend with two hash-steered
+/// workers: host clients in the outer namespace reach servers in the
+/// relayed guest. Eight connections each see the gateway as their peer
+/// (each needs a source port whose frames the reader steers back to the
+/// worker serving published ports), and an upload arrives byte-exact.
+#[test]
+fn stream_published_port() {
+    if skip_unless_uipd("stream_published_port") {
+        return;
+    }
+    let mut sc = stream_scenario(
+        "stream_publish",
+        "",
+        "connect 1 || exit 1\n\
+         lease\n\
+         \"$PY\" \"$SRV/publish.py\" peerserver --port 80 --timeout 90 --ready \"$D/peer.ready\" 2>\"$D/peer.log\" &\n\
+         P1=$!\n\
+         \"$PY\" \"$SRV/host.py\" sink --bind 0.0.0.0 --port 81 --timeout 90 --ready \"$D/sink.ready\" >\"$D/sink.log\" 2>&1 &\n\
+         P2=$!\n\
+         for _ in $(seq 100); do [ -e \"$D/peer.ready\" ] && [ -e \"$D/sink.ready\" ] && break; sleep 0.1; done\n\
+         touch \"$D/guest.ready\"\n\
+         for _ in $(seq 600); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $P1 $P2 2>/dev/null\n\
+         disconnect",
+    );
+    let up = random_file(&sc.dir().join("up.bin"), MIB);
+    let publish = common::tests_dir().join("servers/publish.py");
+    sc.invocation(&format!(
+        "$UIPD --socket \"$D/vm.sock\" --workers 2 -p 8080:80 -p 8081:81 --stats 2>\"$D/uipd.err\" &\n\
+         U=$!; PIDS=\"$PIDS $U\"\n\
+         for _ in $(seq 100); do [ -S \"$D/vm.sock\" ] && break; sleep 0.1; done\n\
+         timeout -k 5 100 unshare --net -- /bin/sh \"$D/guest.sh\" >\"$D/guest.out\" </dev/null &\n\
+         G=$!; PIDS=\"$PIDS $G\"\n\
+         for _ in $(seq 300); do [ -e \"$D/guest.ready\" ] && break; sleep 0.1; done\n\
+         PY='{py}'; PUB='{pub}'\n\
+         for i in $(seq 8); do timeout 40 \"$PY\" \"$PUB\" peer 127.0.0.1 8080; done >\"$D/client.out\" 2>&1\n\
+         timeout 40 \"$PY\" \"$PUB\" put 127.0.0.1 8081 \"$D/up.bin\" >>\"$D/client.out\" 2>&1\n\
+         touch \"$D/done\"\n\
+         wait $G; echo \"RESULT guest_exit rc=$?\" >>\"$D/guest.out\"\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         kill -TERM $U; wait $U",
+        py = common::python(),
+        pub = publish.display()
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(
+        o.value("guest_exit", "rc") == "0",
+        "the guest script failed",
+    );
+    o.check(o.value("udhcpc", "rc") == "0", "udhcpc got no lease");
+    let peers = o.results("peer");
+    o.check(peers.len() == 8, "eight connections");
+    o.check(
+        peers.iter().all(|p| p["ip"] == "192.168.33.1"),
+        &format!("each connection reached the guest from the gateway: {peers:?}"),
+    );
+    o.check(
+        o.value("put", "bytes") == MIB.to_string() && o.value("put", "sha") == up,
+        "the upload through the published port is not byte-exact",
+    );
+    o.check(
+        o.stat("published_tcp") == Some(9),
+        "nine published connections",
+    );
+    o.pass();
+}

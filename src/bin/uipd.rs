@@ -16,6 +16,8 @@ use uipd::stack;
 ///   uipd --netns /run/netns/ns1     # serve an existing namespace until SIGTERM
 ///   uipd --socket /tmp/uipd.sock    # serve QEMU: -netdev stream,id=n0,server=off,
 ///                                   #   addr.type=unix,addr.path=/tmp/uipd.sock
+///   uipd -p 8080:80 -- httpd -f     # host's 127.0.0.1:8080 reaches the guest's port 80
+///   uipd ctl --control SOCK list    # talk to a running uipd (see `uipd ctl --help`)
 #[derive(Debug, Parser)]
 #[command(name = "uipd", version, verbatim_doc_comment)]
 struct Cli {
@@ -125,6 +127,22 @@ struct Cli {
     #[arg(long = "net", value_enum, default_value_t = NetMode::User)]
     net: NetMode,
 
+    /// Publish a guest port on the host (repeatable):
+    /// [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp].
+    /// ADDR defaults to 127.0.0.1 (write 0.0.0.0 for every address).
+    #[arg(short = 'p', long, value_name = "SPEC", value_parser = parse_publish)]
+    publish: Vec<uipd::publish::PublishSpec>,
+
+    /// Show the guest the host client's own address as the source of
+    /// published connections (loopback clients still appear as the gateway).
+    #[arg(long)]
+    publish_keep_source: bool,
+
+    /// Serve a control socket at this path: list flows and counters, add
+    /// and remove published ports at run time (`uipd ctl`).
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<std::path::PathBuf>,
+
     /// The command to run in the new namespaces.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -197,6 +215,63 @@ fn policy(m: &clap::ArgMatches, cli: &Cli) -> stack::policy::Policy {
     }
 }
 
+fn parse_publish(s: &str) -> Result<uipd::publish::PublishSpec, String> {
+    uipd::publish::PublishSpec::parse(s).map_err(|e| e.to_string())
+}
+
+/// Talk to a running uipd through its control socket.
+///
+/// Examples:
+///   uipd ctl --control /run/uipd.sock list
+///   uipd ctl --control /run/uipd.sock add 127.0.0.1:8080:80
+///   uipd ctl --control /run/uipd.sock remove 8080:80
+#[derive(Debug, Parser)]
+#[command(name = "uipd ctl", verbatim_doc_comment)]
+struct CtlCli {
+    /// The daemon's control socket (its --control).
+    #[arg(long, value_name = "SOCKET")]
+    control: std::path::PathBuf,
+    #[command(subcommand)]
+    cmd: CtlCmd,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlCmd {
+    /// Published ports, flows per worker, counters.
+    List,
+    /// Publish a port (SPEC as for --publish).
+    Add {
+        /// [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp]
+        #[arg(value_parser = parse_publish)]
+        spec: uipd::publish::PublishSpec,
+    },
+    /// Stop publishing a port added before.
+    Remove {
+        /// The spec as added (any spelling of it).
+        #[arg(value_parser = parse_publish)]
+        spec: uipd::publish::PublishSpec,
+    },
+}
+
+fn ctl_main(args: &[OsString]) -> ExitCode {
+    let cli = CtlCli::parse_from(args);
+    let line = match &cli.cmd {
+        CtlCmd::List => "list".to_string(),
+        CtlCmd::Add { spec } => format!("add {spec}"),
+        CtlCmd::Remove { spec } => format!("remove {spec}"),
+    };
+    match uipd::control::request(&cli.control, &line) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("uipd ctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
     uipd::dataplane::cpus::parse_cpulist(s)
         .map(CpuList)
@@ -212,6 +287,9 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == uipd::dataplane::netns::CHILD_ARG)
     {
         uipd::dataplane::netns::child_main(&args[2..]);
+    }
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        return ctl_main(&args[1..]);
     }
     // kvmtool spells it `-net`: accept that before the `--`.
     for a in args.iter_mut().skip(1) {
@@ -291,6 +369,7 @@ fn main() -> ExitCode {
             tso: offload,
             csum: offload,
         },
+        publish_keep_source: cli.publish_keep_source,
         ..stack::Config::default()
     };
     let cfg = daemon::Config {
@@ -305,6 +384,8 @@ fn main() -> ExitCode {
         stats_json: cli.stats_json,
         pcap: cli.pcap,
         stack,
+        publish: cli.publish,
+        control: cli.control,
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -51,6 +51,19 @@
 //! - Ops for a flow that is not open (never opened, already closed, or an old
 //!   generation) are dropped with a debug log.
 //!
+//! # Published ports
+//! [`Uring::add_listener`] takes a bound socket: a TCP listener gets one
+//! one-shot `Accept` SQE at a time (re-armed on each CQE, so the
+//! one-CQE-per-slot rule holds), a UDP socket a one-shot poll after which
+//! it is read dry (at most `DGRAM_BATCH` datagrams per wake-up) with
+//! non-blocking `recvfrom`. Accepted connections become flows through
+//! [`Uring::attach_tcp`] (connected at once: no `Connected` event); UDP
+//! clients through [`Uring::attach_udp`], whose `Send`s are a direct
+//! non-blocking `sendto` on the shared socket (the `Sent` event comes from
+//! the ready queue) and whose `Close` leaves that socket alone.
+//! [`Uring::remove_listener`] shuts the socket down, so a TCP port refuses
+//! new clients at once, and closes it when its op's CQE arrives.
+//!
 //! # Limits
 //! - A `Recv` reads at most [`MAX_RECV`] bytes, a `Send` writes at most
 //!   `u32::MAX` bytes per op (a partial send, allowed for TCP).
@@ -128,6 +141,26 @@ pub enum Completion {
         /// Why: `Ok` when it ended without an error of its own.
         result: io::Result<()>,
     },
+    /// A connection accepted on published TCP port `listener` (see
+    /// [`Uring::add_listener`]); attach it to a flow with
+    /// [`Uring::attach_tcp`] or drop it.
+    Accepted {
+        /// The listener's id.
+        listener: u32,
+        /// The connected socket (blocking, close-on-exec).
+        fd: OwnedFd,
+        /// The host client.
+        peer: SocketAddr,
+    },
+    /// A datagram from `peer` on published UDP port `listener`.
+    Datagram {
+        /// The listener's id.
+        listener: u32,
+        /// The host sender.
+        peer: SocketAddr,
+        /// The datagram.
+        data: Vec<u8>,
+    },
 }
 
 /// What an SQE does; part of its [`Token`].
@@ -139,6 +172,10 @@ enum OpKind {
     FrameWrite,
     PollIn,
     Wake,
+    /// An accept on a published TCP port.
+    Accept,
+    /// A readiness poll on a published UDP port.
+    DgramPoll,
     /// A timeout SQE, used only when the kernel lacks `IORING_FEAT_EXT_ARG`.
     Timeout,
     /// The frame port's multishot read (stays in flight across CQEs).
@@ -172,6 +209,8 @@ impl Token {
                     OpKind::Timeout => 6,
                     OpKind::PollIn => 9,
                     OpKind::PortRead => 10,
+                    OpKind::Accept => 11,
+                    OpKind::DgramPoll => 12,
                 },
                 slot,
             ),
@@ -194,6 +233,8 @@ impl Token {
             6 => OpKind::Timeout,
             9 => OpKind::PollIn,
             10 => OpKind::PortRead,
+            11 => OpKind::Accept,
+            12 => OpKind::DgramPoll,
             7 if slot == 0 => return Some(Token::Cancel),
             _ => return None,
         };
@@ -279,6 +320,8 @@ struct Op {
     flow: Option<FlowId>,
     /// The `socks` slot whose fd the op uses (socket ops only).
     sock: Option<u32>,
+    /// The published-port listener the op serves (accept, datagram poll).
+    listener: Option<u32>,
     res: OpRes,
 }
 
@@ -309,6 +352,9 @@ struct Flow {
     phase: Phase,
     /// Sends pushed and not yet completed.
     sends_in_flight: u32,
+    /// A flow of a published UDP port: `sock` is the listener's (shared,
+    /// never closed by the flow) and sends go to this peer with `sendto`.
+    peer: Option<SocketAddr>,
     /// A `ShutdownWrite` that waits for `sends_in_flight` to reach 0.
     shutdown_pending: bool,
 }
@@ -339,6 +385,8 @@ pub struct Uring {
     deadline: Option<Instant>,
     /// The `ops` slot of the fallback timeout SQE in flight, if any.
     fallback_timeout: Option<u32>,
+    /// Published-port sockets by listener id: (`socks` slot, protocol).
+    listeners: std::collections::HashMap<u32, (u32, Proto)>,
 }
 
 impl Uring {
@@ -373,6 +421,7 @@ impl Uring {
             port_ring: None,
             deadline: None,
             fallback_timeout: None,
+            listeners: std::collections::HashMap::new(),
         })
     }
 
@@ -413,6 +462,7 @@ impl Uring {
             kind: OpKind::FrameWrite,
             flow: None,
             sock: None,
+            listener: None,
             res: OpRes::Buf(frame),
         };
         self.start(op, |res| {
@@ -441,6 +491,7 @@ impl Uring {
             kind: OpKind::PollIn,
             flow: None,
             sock: None,
+            listener: None,
             res: OpRes::None,
         };
         self.start(op, |_| {
@@ -477,6 +528,7 @@ impl Uring {
             kind: OpKind::PortRead,
             flow: None,
             sock: None,
+            listener: None,
             res: OpRes::None,
         };
         self.start(op, |_| {
@@ -511,6 +563,7 @@ impl Uring {
             kind: OpKind::Wake,
             flow: None,
             sock: None,
+            listener: None,
             res: OpRes::Word(Box::new([0; 8])),
         };
         self.start(op, |res| {
@@ -624,6 +677,201 @@ impl Uring {
         }
     }
 
+    // ---- published ports ----
+
+    /// Serve published port `id`: `fd` is a listening TCP socket or a bound
+    /// UDP socket (takes ownership). Connections come back as
+    /// [`Completion::Accepted`], datagrams as [`Completion::Datagram`].
+    /// An `id` already in use replaces the old listener.
+    pub fn add_listener(&mut self, id: u32, proto: Proto, fd: OwnedFd) {
+        self.remove_listener(id);
+        let s = self.alloc_sock(fd);
+        self.listeners.insert(id, (s, proto));
+        self.arm_listener(id);
+    }
+
+    /// Stop serving published port `id`: a TCP listener stops listening at
+    /// once (`shutdown`), so new clients are refused; its pending op is
+    /// cancelled and the fd closes when that op's CQE arrives. Flows
+    /// attached to a UDP listener fail their later sends with `EBADF`.
+    pub fn remove_listener(&mut self, id: u32) {
+        let Some((s, _)) = self.listeners.remove(&id) else {
+            return;
+        };
+        let fd = self.sock_fd(s);
+        // SAFETY: `fd` is the listener's open socket (owned by `socks[s]`,
+        // released only below, after its ops); shutdown(2) takes no pointers.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        for f in self.flows.iter_mut().flatten() {
+            if f.peer.is_some() && f.sock == Some(s) {
+                f.sock = None;
+                f.phase = Phase::Failed(libc::EBADF);
+            }
+        }
+        self.abandon_sock(s);
+    }
+
+    /// Ids of the published ports served.
+    pub fn listener_ids(&self) -> Vec<u32> {
+        self.listeners.keys().copied().collect()
+    }
+
+    /// Take an accepted connection (from [`Completion::Accepted`]) as the
+    /// host socket of `flow`, already connected: no `Connected` event
+    /// follows; the stack's `Recv`/`Send` ops on `flow` run at once.
+    pub fn attach_tcp(&mut self, id: FlowId, fd: OwnedFd) {
+        let one: libc::c_int = 1;
+        if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one) {
+            debug!("uring: TCP_NODELAY failed: errno {e}");
+        }
+        let s = self.alloc_sock(fd);
+        self.attach(id, Some(s), None);
+    }
+
+    /// Make `flow` a flow of published UDP port `listener`: its sends go to
+    /// `peer` from the listener's socket. No `Recv` may be pushed for it
+    /// (the listener's datagrams come as [`Completion::Datagram`]).
+    pub fn attach_udp(&mut self, id: FlowId, listener: u32, peer: SocketAddr) {
+        match self.listeners.get(&listener) {
+            Some(&(s, Proto::Udp)) => self.attach(id, Some(s), Some(peer)),
+            _ => {
+                debug!("uring: attach to UDP listener {listener}, which is gone");
+                self.attach(id, None, Some(peer));
+                if let Some(f) = self.flow_mut(id) {
+                    f.phase = Phase::Failed(libc::EBADF);
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, id: FlowId, sock: Option<u32>, peer: Option<SocketAddr>) {
+        let idx = id.idx as usize;
+        if self.flows.len() <= idx {
+            self.flows.resize_with(idx + 1, || None);
+        }
+        if let Some(old) = self.flows[idx].as_ref().map(|f| f.id) {
+            warn!("uring: attach of {id:?} while {old:?} is live without Close; aborting it");
+            self.close(old, true);
+        }
+        self.flows[idx] = Some(Flow {
+            id,
+            sock,
+            phase: Phase::Connected,
+            sends_in_flight: 0,
+            shutdown_pending: false,
+            peer,
+        });
+        self.live_flows += 1;
+    }
+
+    fn arm_listener(&mut self, id: u32) {
+        let Some(&(s, proto)) = self.listeners.get(&id) else {
+            return;
+        };
+        let fd = self.sock_fd(s);
+        let kind = match proto {
+            Proto::Udp => OpKind::DgramPoll,
+            _ => OpKind::Accept,
+        };
+        let op = Op {
+            kind,
+            flow: None,
+            sock: Some(s),
+            listener: Some(id),
+            res: OpRes::None,
+        };
+        self.start(op, |_| match kind {
+            OpKind::Accept => {
+                opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+            }
+            _ => {
+                // Cannot fail: POLLIN (1) fits in u32.
+                let mask = u32::try_from(libc::POLLIN).unwrap_or(1);
+                opcode::PollAdd::new(types::Fd(fd), mask).build()
+            }
+        });
+    }
+
+    fn on_accept(
+        &mut self,
+        listener: Option<u32>,
+        res: Result<i32, Errno>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let Some(id) = listener else { return 0 };
+        let live = self.listeners.contains_key(&id);
+        let fd = match res {
+            // SAFETY: the accept CQE's result is a new fd that nothing
+            // else owns.
+            Ok(fd) => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(e) => {
+                if live {
+                    debug!("uring: accept on published port {id}: errno {e}");
+                }
+                None
+            }
+        };
+        if !live {
+            // Removed while the accept was in flight: `fd` closes here.
+            return 0;
+        }
+        self.arm_listener(id);
+        let Some(fd) = fd else { return 0 };
+        let Some(peer) = peer_addr(&fd) else {
+            debug!("uring: getpeername of an accepted connection failed");
+            return 0;
+        };
+        out(Completion::Accepted {
+            listener: id,
+            fd,
+            peer,
+        });
+        1
+    }
+
+    fn on_dgram_ready(
+        &mut self,
+        listener: Option<u32>,
+        res: Result<i32, Errno>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let Some(id) = listener else { return 0 };
+        let Some(&(s, _)) = self.listeners.get(&id) else {
+            return 0;
+        };
+        if let Err(e) = res {
+            debug!("uring: poll on published port {id}: errno {e}");
+        }
+        let fd = self.sock_fd(s);
+        let mut n = 0;
+        // Bounded per wake-up; the poll is level-triggered, so what is
+        // left wakes the next one at once.
+        for _ in 0..DGRAM_BATCH {
+            let mut buf = self.recv_buffer(65536);
+            match recv_from(fd, &mut buf) {
+                Ok(peer) => {
+                    out(Completion::Datagram {
+                        listener: id,
+                        peer,
+                        data: buf,
+                    });
+                    n += 1;
+                }
+                Err(e) => {
+                    self.recycle(buf);
+                    if e != libc::EAGAIN && e != libc::EWOULDBLOCK {
+                        debug!("uring: recvfrom on published port {id}: errno {e}");
+                    }
+                    break;
+                }
+            }
+        }
+        self.arm_listener(id);
+        n
+    }
+
     // ---- ops ----
 
     fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
@@ -662,6 +910,7 @@ impl Uring {
             phase,
             sends_in_flight: 0,
             shutdown_pending: false,
+            peer: None,
         });
         self.live_flows += 1;
         if let Some(s) = sock {
@@ -670,6 +919,7 @@ impl Uring {
                 kind: OpKind::Connect,
                 flow: Some(id),
                 sock: Some(s),
+                listener: None,
                 res: OpRes::Addr(Box::new(SockAddr::new(&dst))),
             };
             self.start(op, |res| {
@@ -689,6 +939,17 @@ impl Uring {
         };
         // Cannot fail: a connected flow has a socket.
         let s = f.sock.expect("connected flow has a socket");
+        if let (Some(peer), SockOp::Send { data, .. }) = (f.peer, &op) {
+            // A published UDP port's flow: one non-blocking sendto on the
+            // shared socket (a UDP send does not wait for the peer).
+            let fd = self.sock_fd(s);
+            let result = send_to(fd, data, &peer);
+            if let SockOp::Send { data, .. } = op {
+                self.recycle(data);
+            }
+            self.ready.push_back(HostEvent::Sent { flow: id, result });
+            return;
+        }
         match op {
             SockOp::Send { data, .. } => {
                 f.sends_in_flight += 1;
@@ -697,6 +958,7 @@ impl Uring {
                     kind: OpKind::Send,
                     flow: Some(id),
                     sock: Some(s),
+                    listener: None,
                     res: OpRes::Buf(data),
                 };
                 self.start(op, |res| {
@@ -716,6 +978,7 @@ impl Uring {
                     kind: OpKind::Recv,
                     flow: Some(id),
                     sock: Some(s),
+                    listener: None,
                     res: OpRes::Buf(buf),
                 };
                 self.start(op, |res| {
@@ -773,6 +1036,10 @@ impl Uring {
         let Some(s) = flow.sock else {
             return;
         };
+        if flow.peer.is_some() {
+            // The published port's socket is the listener's, not the flow's.
+            return;
+        }
         let Some(sock) = self.socks[s as usize].as_mut() else {
             return;
         };
@@ -785,6 +1052,15 @@ impl Uring {
                 debug!("uring: SO_LINGER 0 on {id:?} failed: errno {e}");
             }
         }
+        self.abandon_sock(s);
+    }
+
+    /// The socket's owner is gone: cancel its ops (dropping those still in
+    /// the backlog) and close the fd once no op references it.
+    fn abandon_sock(&mut self, s: u32) {
+        let Some(sock) = self.socks[s as usize].as_mut() else {
+            return;
+        };
         sock.closing = true;
         let ops = std::mem::take(&mut sock.ops);
         let mut kept = Vec::with_capacity(ops.len());
@@ -835,6 +1111,7 @@ impl Uring {
             kind: OpKind::Timeout,
             flow: None,
             sock: None,
+            listener: None,
             res: OpRes::Time(Box::new(types::Timespec::from(t))),
         };
         let slot = self.start(op, |res| {
@@ -945,6 +1222,8 @@ impl Uring {
             }
             OpKind::Timeout => 0,
             OpKind::PortRead => unreachable!("handled by on_port_read"),
+            OpKind::Accept => self.on_accept(op.listener, res, out),
+            OpKind::DgramPoll => self.on_dgram_ready(op.listener, res, out),
         }
     }
 
@@ -1335,6 +1614,117 @@ impl Drop for Uring {
             r.unregister(&self.ring);
         }
     }
+}
+
+/// Close a socket with RST (`SO_LINGER` 0): a host client the stack
+/// refused.
+pub fn abort_socket(fd: OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    if let Err(e) = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
+        debug!("uring: SO_LINGER 0 failed: errno {e}");
+    }
+}
+
+/// Most datagrams read from a published UDP port per wake-up.
+const DGRAM_BATCH: usize = 64;
+
+/// A kernel socket address as a [`SocketAddr`].
+fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in; the
+            // storage is larger and suitably aligned for it.
+            let a = unsafe { &*std::ptr::from_ref(ss).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                a.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*std::ptr::from_ref(ss).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = socklen_of::<libc::sockaddr_storage>();
+    // SAFETY: `fd` is open; `ss` and `len` are live and `len` is the
+    // storage's size, which the kernel does not exceed.
+    let r = unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            std::ptr::from_mut(&mut ss).cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    to_socket_addr(&ss)
+}
+
+/// One non-blocking `recvfrom` into `buf`'s spare capacity (at least one
+/// byte); on success `buf` holds the datagram.
+fn recv_from(fd: RawFd, buf: &mut Vec<u8>) -> Result<SocketAddr, Errno> {
+    buf.clear();
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = socklen_of::<libc::sockaddr_storage>();
+    // SAFETY:
+    // - `fd` is an open socket for the call (the caller's listener);
+    // - the kernel writes at most `buf.capacity()` bytes at its start, and
+    //   at most `len` (the storage's size) bytes into `ss`.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.capacity(),
+            libc::MSG_DONTWAIT,
+            std::ptr::from_mut(&mut ss).cast(),
+            &raw mut len,
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    // Cannot fail: n >= 0.
+    let n = usize::try_from(n).unwrap_or(0).min(buf.capacity());
+    // SAFETY: the kernel initialised the first `n` bytes (at most the
+    // capacity); u8 has no invalid bit patterns.
+    unsafe { buf.set_len(n) };
+    to_socket_addr(&ss).ok_or(libc::EAFNOSUPPORT)
+}
+
+/// One non-blocking `sendto` of `data` to `peer` on `fd`.
+fn send_to(fd: RawFd, data: &[u8], peer: &SocketAddr) -> Result<usize, Errno> {
+    let addr = SockAddr::new(peer);
+    // SAFETY: `fd` is an open socket for the call; `data` and `addr` are
+    // live and the lengths passed are theirs; the kernel only reads them.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            addr.as_ptr(),
+            addr.len(),
+        )
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 fn clamp_u32(n: usize) -> u32 {
@@ -2199,5 +2589,126 @@ mod tests {
             Err(e) if e.starts_with("unshare") => eprintln!("skipped: {e}"),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// Completions other than host events, until `pred` holds (bounded).
+    fn until(u: &mut Uring, mut pred: impl FnMut(Completion) -> bool) {
+        let end = Instant::now() + LONG;
+        let mut done = false;
+        while !done {
+            assert!(Instant::now() < end, "timed out");
+            u.submit_and_wait(1, Some(Duration::from_millis(100)))
+                .unwrap();
+            u.drain(&mut |c| done |= pred(c));
+        }
+    }
+
+    #[test]
+    fn published_tcp_accept_attach_and_remove() {
+        use std::io::{Read, Write};
+        let mut u = Uring::new(64).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        u.add_listener(7, Proto::Tcp, OwnedFd::from(l));
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(LONG)).unwrap();
+        let mut accepted = None;
+        until(&mut u, |c| match c {
+            Completion::Accepted { listener, fd, peer } => {
+                assert_eq!(listener, 7);
+                assert_eq!(peer, client.local_addr().unwrap());
+                accepted = Some(fd);
+                true
+            }
+            _ => false,
+        });
+        let flow = fid(3);
+        u.attach_tcp(flow, accepted.unwrap());
+        // Attached: ops run at once, no Connected event.
+        u.push(SockOp::Send {
+            flow,
+            data: b"from guest".to_vec(),
+        });
+        u.push(SockOp::Recv { flow, max: 100 });
+        client.write_all(b"from host").unwrap();
+        let evs = host_events(&mut u, 2);
+        assert!(evs.contains(&HostEvent::Sent {
+            flow,
+            result: Ok(10)
+        }));
+        assert!(evs.contains(&HostEvent::Received {
+            flow,
+            result: Ok(b"from host".to_vec())
+        }));
+        let mut buf = [0u8; 10];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from guest");
+        // Removed: the port refuses new clients at once.
+        u.remove_listener(7);
+        assert_eq!(
+            std::net::TcpStream::connect(addr).unwrap_err().kind(),
+            io::ErrorKind::ConnectionRefused
+        );
+        assert!(u.listener_ids().is_empty());
+        // The established connection is unaffected.
+        u.push(SockOp::Close { flow, reset: false });
+        let _ = quiet_for(&mut u, Duration::from_millis(50));
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "EOF after Close");
+    }
+
+    #[test]
+    fn published_udp_datagrams_and_replies_through_the_shared_socket() {
+        let mut u = Uring::new(64).unwrap();
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        u.add_listener(9, Proto::Udp, OwnedFd::from(sock));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(LONG)).unwrap();
+        for i in 0..3u8 {
+            client.send_to(&[i; 100], addr).unwrap();
+        }
+        let mut got = Vec::new();
+        until(&mut u, |c| {
+            if let Completion::Datagram {
+                listener,
+                peer,
+                data,
+            } = c
+            {
+                assert_eq!(listener, 9);
+                assert_eq!(peer, client.local_addr().unwrap());
+                got.push(data);
+            }
+            got.len() == 3
+        });
+        assert_eq!(got, vec![vec![0; 100], vec![1; 100], vec![2; 100]]);
+        let flow = fid(4);
+        u.attach_udp(flow, 9, client.local_addr().unwrap());
+        u.push(SockOp::Send {
+            flow,
+            data: b"reply".to_vec(),
+        });
+        assert_eq!(
+            host_events(&mut u, 1),
+            vec![HostEvent::Sent {
+                flow,
+                result: Ok(5)
+            }]
+        );
+        let mut buf = [0u8; 16];
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"reply"[..], addr),
+            "from the published port"
+        );
+        // Closing the flow leaves the published socket open.
+        u.push(SockOp::Close { flow, reset: false });
+        client.send_to(b"again", addr).unwrap();
+        let mut again = false;
+        until(&mut u, |c| {
+            again |= matches!(c, Completion::Datagram { ref data, .. } if data == b"again");
+            again
+        });
     }
 }

@@ -30,9 +30,10 @@
 //! ([`crate::dataplane::pcap`]); a full queue leaves the frame out of the
 //! file and counts it (`pcap_drops`), it never stalls the loop.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ use crate::dataplane::tap::Tap;
 use crate::dataplane::uring::{Completion, Uring};
 use crate::rings::{Frame, FrameRing};
 use crate::stack::steer::{self, Steer};
-use crate::stack::{Actions, Counters, Instant, Stack};
+use crate::stack::{Actions, Counters, Instant, Proto, Stack};
 
 /// Frames taken from the inbox per batch.
 const BATCH: usize = 256;
@@ -100,6 +101,8 @@ pub struct WorkerStats {
     pub stack: Counters,
     /// The worker's own counters.
     pub worker: WorkerCounters,
+    /// Live flows of the worker's stack (at the last publication).
+    pub flows: u64,
     /// Frame-in to socket-submit latency, in nanoseconds: from the moment a
     /// batch's frames were taken in to the `io_uring_enter` that submitted
     /// what they caused (recorded once per frame).
@@ -111,6 +114,7 @@ impl Default for WorkerStats {
         WorkerStats {
             stack: Counters::default(),
             worker: WorkerCounters::default(),
+            flows: 0,
             // Cannot fail: 3 significant figures is within hdrhistogram's 0..=5.
             latency_ns: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
         }
@@ -136,6 +140,34 @@ pub struct Shared {
     /// New offloads toward the guest (a virtio guest negotiated its
     /// features): the worker resets its flows and applies them.
     pub offload: Mutex<Option<crate::stack::Offload>>,
+    /// Published ports to start or stop serving ([`crate::publish`]); the
+    /// sender kicks the worker's inbox after pushing.
+    pub publish: Mutex<Vec<PublishCmd>>,
+    /// Publish commands the worker has carried out so far (a sender waits
+    /// for this to pass what it queued).
+    pub publish_done: AtomicU64,
+}
+
+/// A change to the published ports a worker serves.
+#[derive(Debug)]
+pub enum PublishCmd {
+    /// Serve a bound socket: accept (TCP) or receive (UDP) on it and
+    /// forward to the guest's `guest_port`.
+    Add {
+        /// Listener id, unique in the daemon.
+        id: u32,
+        /// Transport.
+        proto: Proto,
+        /// The guest port.
+        guest_port: u16,
+        /// The listening or bound socket.
+        fd: OwnedFd,
+    },
+    /// Stop serving listener `id` (established flows stay).
+    Remove {
+        /// Listener id.
+        id: u32,
+    },
 }
 
 /// Hand `frame` (with its virtio-net header of `vnet_hdr` bytes, if any) to
@@ -258,6 +290,8 @@ impl Worker {
         let mut spare: Option<Vec<u8>> = None;
         let mut idle_since: Option<std::time::Instant> = None;
         let workers = self.inboxes.len();
+        // Published ports this worker serves: listener id -> guest port.
+        let mut published: HashMap<u32, u16> = HashMap::new();
 
         while !self.shared.stop.load(Ordering::Relaxed) {
             let wc = &mut stats.worker;
@@ -284,6 +318,29 @@ impl Worker {
             if self.shared.reset.swap(false, Ordering::Relaxed) {
                 log::info!("worker {}: guest gone, resetting its flows", self.index);
                 self.stack.reset_all(&mut out);
+            }
+            if let Ok(mut q) = self.shared.publish.try_lock() {
+                let n = q.len() as u64;
+                for cmd in q.drain(..) {
+                    match cmd {
+                        PublishCmd::Add {
+                            id,
+                            proto,
+                            guest_port,
+                            fd,
+                        } => {
+                            published.insert(id, guest_port);
+                            uring.add_listener(id, proto, fd);
+                        }
+                        PublishCmd::Remove { id } => {
+                            published.remove(&id);
+                            uring.remove_listener(id);
+                        }
+                    }
+                }
+                // Release: pairs with the sender's Acquire load; the
+                // listener changes above happen before it sees the count.
+                self.shared.publish_done.fetch_add(n, Ordering::Release);
             }
             uring.drain(&mut |c| events.push(c));
             let batch_start = std::time::Instant::now();
@@ -320,6 +377,27 @@ impl Worker {
                                 log::debug!("worker {}: TAP queue closed ({res:?})", self.index);
                                 self.port_reader = None;
                             }
+                        }
+                    }
+                    Completion::Accepted { listener, fd, peer } => {
+                        let Some(&gp) = published.get(&listener) else {
+                            continue;
+                        };
+                        match self.stack.accept_tcp(peer, gp, t, &mut out) {
+                            Some(id) => uring.attach_tcp(id, fd),
+                            None => crate::dataplane::uring::abort_socket(fd),
+                        }
+                    }
+                    Completion::Datagram {
+                        listener,
+                        peer,
+                        data,
+                    } => {
+                        let Some(&gp) = published.get(&listener) else {
+                            continue;
+                        };
+                        if let Some(id) = self.stack.inbound_udp(peer, gp, &data, t, &mut out) {
+                            uring.attach_udp(id, listener, peer);
                         }
                     }
                 }
@@ -485,6 +563,7 @@ impl Worker {
             }
             if self.shared.dump.swap(false, Ordering::Relaxed) {
                 stats.stack = self.stack.counters().clone();
+                stats.flows = self.stack.flow_count() as u64;
                 *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
             }
             // Everything the batch caused is queued; the next io_uring_enter
@@ -526,6 +605,10 @@ impl Worker {
             } else {
                 uring.submit_and_wait(0, None)?;
             }
+        }
+        // Published ports stop listening at once.
+        for id in uring.listener_ids() {
+            uring.remove_listener(id);
         }
         // The guest is gone: reset every host connection.
         self.stack.reset_all(&mut out);

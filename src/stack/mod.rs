@@ -149,6 +149,19 @@ pub struct Config {
     pub workers: usize,
     /// Virtio-net header, TSO and checksum offload toward the guest.
     pub offload: Offload,
+    /// Published ports: show the guest the host client's address as the
+    /// source of inbound connections and datagrams (when it is one the
+    /// guest can answer: not loopback, not in the guest's network), rather
+    /// than the gateway's.
+    pub publish_keep_source: bool,
+    /// The worker whose stack owns the published ports' flows, when the
+    /// guest's frames of a flow may reach another worker (a multiqueue
+    /// TAP, whose kernel queue choice does not always follow the queue we
+    /// wrote the flow's SYN to). A segment that matches no flow here, and
+    /// would be answered with RST, goes to that worker instead; so does a
+    /// UDP datagram to a gateway source port of published flows. `None`
+    /// when this stack sees every frame of its flows.
+    pub inbound_owner: Option<usize>,
 }
 
 impl Default for Config {
@@ -173,6 +186,8 @@ impl Default for Config {
             worker: 0,
             workers: 1,
             offload: Offload::default(),
+            publish_keep_source: false,
+            inbound_owner: None,
         }
     }
 }
@@ -279,6 +294,10 @@ pub struct Counters {
     pub rx_gso_frames: u64,
     /// TSO super-frames to the guest.
     pub tx_gso_frames: u64,
+    /// Inbound TCP connections from published ports.
+    pub published_tcp: u64,
+    /// Inbound UDP flows from published ports.
+    pub published_udp: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; 32],
 }
@@ -308,6 +327,8 @@ impl Counters {
             ("fragmented", self.fragmented),
             ("rx_gso_frames", self.rx_gso_frames),
             ("tx_gso_frames", self.tx_gso_frames),
+            ("published_tcp", self.published_tcp),
+            ("published_udp", self.published_udp),
         ]
         .into_iter()
         .chain(
@@ -330,6 +351,8 @@ impl Counters {
         self.fragmented += o.fragmented;
         self.rx_gso_frames += o.rx_gso_frames;
         self.tx_gso_frames += o.tx_gso_frames;
+        self.published_tcp += o.published_tcp;
+        self.published_udp += o.published_udp;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -432,7 +455,17 @@ pub struct Stack {
     isn_state: u64,
     ack_list: Vec<FlowId>,
     next_scan: Instant,
+    /// Next source port for inbound flows shown from the gateway.
+    pub_port: u16,
+    /// Inbound UDP flows by (guest port, host peer); entries whose flow
+    /// expired are replaced on use and pruned when the map outgrows the
+    /// flow table.
+    pub_udp: std::collections::HashMap<(u16, SocketAddr), FlowId>,
 }
+
+/// Source ports for inbound flows shown from the gateway (the Linux
+/// ephemeral range: unlikely to be a port the guest connects to).
+const PUB_PORTS: std::ops::RangeInclusive<u16> = 32768..=60999;
 
 impl Stack {
     /// A stack with `cfg`.
@@ -454,6 +487,10 @@ impl Stack {
             isn_state,
             ack_list: Vec::new(),
             next_scan: Instant::ZERO,
+            pub_port: *PUB_PORTS.start()
+                + u16::try_from(isn_state % u64::from(PUB_PORTS.end() - PUB_PORTS.start()))
+                    .unwrap_or(0),
+            pub_udp: std::collections::HashMap::new(),
         }
     }
 
@@ -697,6 +734,45 @@ impl Stack {
         }
     }
 
+    /// The worker that owns published flows, if not this one.
+    fn inbound_elsewhere(&self) -> Option<usize> {
+        self.cfg.inbound_owner.filter(|&w| w != self.cfg.worker)
+    }
+
+    /// Hand a guest datagram (its L4 part `l4`) to worker `owner`.
+    /// `trusted`: its L4 checksum was vouched for (it may be partial), so
+    /// the copy says so in its virtio-net header.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_l4(
+        &mut self,
+        owner: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        l4: &[u8],
+        trusted: bool,
+        out: &mut Actions,
+    ) {
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 64,
+        };
+        self.forward_datagram(owner, ip, l4, out);
+        if trusted
+            && self.cfg.offload.vnet_hdr
+            && let Some((_, frame)) = out.forward.last_mut()
+        {
+            let hdr = VnetHdrRepr {
+                flags: vnet_flags::DATA_VALID,
+                ..VnetHdrRepr::PLAIN
+            };
+            hdr.emit(&mut VnetHdrPacket::new_unchecked(&mut frame[..]));
+        }
+    }
+
     /// Hand a reassembled datagram to the worker that owns its flow, as one
     /// unfragmented frame (it may exceed the MTU: it never leaves uipd).
     fn forward_datagram(&mut self, owner: usize, repr: Ipv4Repr, l4: &[u8], out: &mut Actions) {
@@ -820,12 +896,20 @@ impl Stack {
                 };
                 let mut frames = Vec::new();
                 let mss = conn.mss();
+                let was = conn.state();
                 let v = conn.on_segment(
                     &seg,
                     now,
                     &mut tcp_emitter(l2, &key, mss, &mut frames),
                     &mut out.ops,
                 );
+                if was == tcp::conn::State::SynSent
+                    && conn.state() == tcp::conn::State::Established
+                    && self.cfg.offload.tso
+                {
+                    // Inbound: the guest's MSS is known only now.
+                    conn.set_max_segment(tso_max_payload(conn.mss()));
+                }
                 let pending = conn.ack_pending();
                 (v, frames, pending)
             };
@@ -842,10 +926,15 @@ impl Stack {
             return;
         }
         // No flow: only a bare SYN opens one.
+        let bare_syn = seg.flags.syn && seg.ack_number.is_none() && !seg.flags.fin;
+        if !bare_syn && let Some(w) = self.inbound_elsewhere() {
+            // Perhaps a published flow of the owner's (see `inbound_owner`).
+            return self.forward_l4(w, src, dst, ip_proto::TCP, payload, !verify, out);
+        }
         if seg.flags.rst {
             return;
         }
-        if !seg.flags.syn || seg.ack_number.is_some() || seg.flags.fin {
+        if !bare_syn {
             self.drop(DropReason::NoFlow);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         }
@@ -914,6 +1003,212 @@ impl Stack {
         }
     }
 
+    // ───────────────────────── published ports ─────────────────────────
+
+    /// The source the guest sees for an inbound flow from host `peer` to
+    /// guest port `guest_port`: the peer itself with `publish_keep_source`
+    /// when the guest can answer it, else the gateway with a fresh port.
+    /// `None` when no free source is found.
+    fn inbound_source(
+        &mut self,
+        proto: Proto,
+        peer: SocketAddr,
+        guest_port: u16,
+    ) -> Option<FlowKey> {
+        let guest = SocketAddr::from((self.cfg.guest_ip, guest_port));
+        if self.cfg.publish_keep_source
+            && let SocketAddr::V4(p) = peer
+            && !self.is_bad_destination(*p.ip())
+            && !self.in_guest_net(*p.ip())
+        {
+            let key = FlowKey {
+                proto,
+                guest,
+                remote: peer,
+            };
+            // With hash steering the guest's frames of this flow must hash
+            // to this worker; when the client's own 4-tuple does not, the
+            // flow comes from the gateway instead (below), as the guest
+            // would otherwise send its replies to a stack without the flow.
+            let mut l4 = [0u8; 8];
+            l4[0..2].copy_from_slice(&guest_port.to_be_bytes());
+            l4[2..4].copy_from_slice(&p.port().to_be_bytes());
+            let here = self
+                .foreign_owner(self.cfg.guest_ip, *p.ip(), proto_number(proto), &l4)
+                .is_none();
+            if here && self.flows.lookup(&key).is_none() {
+                return Some(key);
+            }
+        }
+        // Bounded: a free port whose flow this worker owns (hash steering)
+        // is found within a few tries unless the table is nearly full.
+        for _ in 0..1024 {
+            let port = self.pub_port;
+            self.pub_port = if port >= *PUB_PORTS.end() {
+                *PUB_PORTS.start()
+            } else {
+                port + 1
+            };
+            let key = FlowKey {
+                proto,
+                guest,
+                remote: SocketAddr::from((self.cfg.gateway, port)),
+            };
+            if self.flows.lookup(&key).is_some() {
+                continue;
+            }
+            // With hash steering, the guest's frames of this flow must hash
+            // to this worker.
+            let mut l4 = [0u8; 8];
+            l4[0..2].copy_from_slice(&guest_port.to_be_bytes());
+            l4[2..4].copy_from_slice(&port.to_be_bytes());
+            if self
+                .foreign_owner(
+                    self.cfg.guest_ip,
+                    self.cfg.gateway,
+                    proto_number(proto),
+                    &l4,
+                )
+                .is_some()
+            {
+                continue;
+            }
+            return Some(key);
+        }
+        None
+    }
+
+    /// Ask for the guest's MAC (ARP who-has guest_ip) when it is not known
+    /// yet: a frame to the broadcast MAC reaches the guest, but Linux TCP
+    /// drops segments not addressed to its own MAC (`PACKET_HOST`), so an
+    /// inbound SYN is answered only once the reply taught us the MAC (the
+    /// SYN's retransmission then carries it).
+    fn solicit_guest_mac(&mut self, out: &mut Actions) {
+        if self.guest_mac.is_some() {
+            return;
+        }
+        let req = ArpRepr {
+            operation: ArpOperation::Request,
+            source_hardware_addr: self.cfg.gateway_mac,
+            source_protocol_addr: self.cfg.gateway,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: self.cfg.guest_ip,
+        };
+        let (mut buf, hr) = self
+            .l2()
+            .alloc(wire::ethernet::HEADER_LEN + req.buffer_len());
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
+        EthernetRepr {
+            src_addr: self.cfg.gateway_mac,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EtherType::Arp,
+        }
+        .emit(&mut f);
+        req.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
+        self.push_frame(out, buf);
+    }
+
+    fn in_guest_net(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.cfg.prefix_len.min(32)))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.cfg.gateway) & mask
+    }
+
+    /// A host client connected to a published port that forwards to the
+    /// guest's `guest_port` (the dataplane accepted it). Opens a connection
+    /// toward the guest: a SYN goes out now. Returns the new flow, to which
+    /// the dataplane attaches the accepted socket (already connected: no
+    /// `Open`, no `Connected` event), or `None` when the stack refuses it
+    /// (flow limit): the dataplane then resets the host client.
+    pub fn accept_tcp(
+        &mut self,
+        peer: SocketAddr,
+        guest_port: u16,
+        now: Instant,
+        out: &mut Actions,
+    ) -> Option<FlowId> {
+        let Some(key) = self.inbound_source(Proto::Tcp, peer, guest_port) else {
+            self.drop(DropReason::FlowLimit);
+            return None;
+        };
+        self.solicit_guest_mac(out);
+        let iss = self.next_isn();
+        let mtu = usize::from(self.cfg.mtu);
+        let l2 = self.l2();
+        let mut frames = Vec::new();
+        let id = self.flows.insert_with(key, |id| {
+            let mut emit = tcp_emitter(l2, &key, 0, &mut frames);
+            FlowState::Tcp(Box::new(Conn::new_to_guest(id, iss, mtu, now, &mut emit)))
+        });
+        let Some(id) = id else {
+            self.drop(DropReason::FlowLimit);
+            return None;
+        };
+        self.counters.published_tcp += 1;
+        for f in frames {
+            self.push_frame(out, f);
+        }
+        Some(id)
+    }
+
+    /// A datagram from host `peer` arrived on a published UDP port that
+    /// forwards to the guest's `guest_port`: deliver it to the guest on the
+    /// peer's flow. Returns the flow when this datagram created it: the
+    /// dataplane then attaches it to the published socket, so that the
+    /// guest's replies (`Send` on the flow) go back to `peer` from there.
+    /// The flow expires like any UDP flow (`udp_timeout` idle).
+    pub fn inbound_udp(
+        &mut self,
+        peer: SocketAddr,
+        guest_port: u16,
+        data: &[u8],
+        now: Instant,
+        out: &mut Actions,
+    ) -> Option<FlowId> {
+        let mut created = None;
+        let live = self
+            .pub_udp
+            .get(&(guest_port, peer))
+            .copied()
+            .filter(|id| self.flows.get(*id).is_some());
+        let id = match live {
+            Some(id) => id,
+            None => {
+                let Some(key) = self.inbound_source(Proto::Udp, peer, guest_port) else {
+                    self.drop(DropReason::FlowLimit);
+                    return None;
+                };
+                self.solicit_guest_mac(out);
+                let flow = DgramFlow {
+                    connected: true,
+                    pending: VecDeque::new(),
+                    last_active: now,
+                    timeout: self.cfg.udp_timeout,
+                };
+                let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
+                    self.drop(DropReason::FlowLimit);
+                    return None;
+                };
+                if self.pub_udp.len() >= self.cfg.max_flows {
+                    let flows = &self.flows;
+                    self.pub_udp.retain(|_, id| flows.get(*id).is_some());
+                }
+                self.pub_udp.insert((guest_port, peer), id);
+                self.counters.published_udp += 1;
+                created = Some(id);
+                id
+            }
+        };
+        let Some((key, FlowState::Dgram(f))) = self.flows.get_mut(id) else {
+            return created;
+        };
+        f.last_active = now;
+        let key = *key;
+        self.dgram_to_guest(&key, data, out);
+        created
+    }
+
     // ─────────────────────────────── UDP ───────────────────────────────
 
     fn udp(
@@ -945,6 +1240,14 @@ impl Stack {
             guest: SocketAddr::from((src, repr.src_port)),
             remote: SocketAddr::from((dst, repr.dst_port)),
         };
+        if dst == self.cfg.gateway
+            && PUB_PORTS.contains(&repr.dst_port)
+            && self.flows.lookup(&key).is_none()
+            && let Some(w) = self.inbound_elsewhere()
+        {
+            // A reply on a published UDP flow of the owner's.
+            return self.forward_l4(w, src, dst, ip_proto::UDP, payload, !verify, out);
+        }
         self.dgram_out(key, data.to_vec(), now, out);
     }
 
@@ -1486,6 +1789,14 @@ mod libc_errno {
     pub const EHOSTUNREACH: i32 = 113;
     pub const EACCES: i32 = 13;
     pub const EPERM: i32 = 1;
+}
+
+/// The IP protocol number of a published flow's transport.
+fn proto_number(proto: Proto) -> u8 {
+    match proto {
+        Proto::Udp => ip_proto::UDP,
+        _ => ip_proto::TCP,
+    }
 }
 
 fn unreachable_code(errno: Errno) -> u8 {

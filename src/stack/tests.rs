@@ -1281,3 +1281,467 @@ fn flow_shares_add_up_to_the_total() {
     }
     assert_eq!(flow_share(5, 0, 0), 5, "no workers means one");
 }
+
+// ─────────────────────────── published ports ───────────────────────────
+
+/// Parse a TCP frame to the guest: (src, dst, segment fields).
+fn tcp_to_guest(frame: &[u8]) -> (SocketAddr, SocketAddr, TcpRepr<'_>) {
+    let (_, p) = ip_of(frame);
+    let (src, dst) = (p.src_addr(), p.dst_addr());
+    let l4 = &frame[14 + 20..];
+    let r = TcpRepr::parse(
+        &TcpPacket::new_checked(l4).unwrap(),
+        src.into(),
+        dst.into(),
+        true,
+    )
+    .unwrap();
+    (
+        SocketAddr::from((src, r.src_port)),
+        SocketAddr::from((dst, r.dst_port)),
+        r,
+    )
+}
+
+/// A TCP segment from the guest's `from` to `to`.
+fn guest_seg(from: SocketAddr, to: SocketAddr, r: TcpRepr<'_>) -> Vec<u8> {
+    let r = TcpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+        ..r
+    };
+    let mut l4 = vec![0u8; r.buffer_len()];
+    r.emit(
+        &mut TcpPacket::new_unchecked(&mut l4[..]),
+        from.ip(),
+        to.ip(),
+    );
+    let SocketAddr::V4(t) = to else { panic!() };
+    ip_frame(*t.ip(), ip_proto::TCP, &l4)
+}
+
+const BARE: TcpRepr<'static> = TcpRepr {
+    src_port: 0,
+    dst_port: 0,
+    flags: wire::tcp::Flags {
+        syn: false,
+        fin: false,
+        rst: false,
+        psh: false,
+    },
+    seq_number: SeqNumber(500),
+    ack_number: None,
+    window_len: 65535,
+    max_seg_size: None,
+    window_scale: None,
+    sack_permitted: false,
+    payload: &[],
+};
+
+#[test]
+fn published_tcp_opens_toward_the_guest_from_the_gateway() {
+    let mut s = stack_with(|_| {});
+    let peer = SocketAddr::from(([127, 0, 0, 1], 45678));
+    let mut out = Actions::default();
+    let flow = s.accept_tcp(peer, 80, Instant::ZERO, &mut out).unwrap();
+    assert!(out.ops.is_empty(), "the host socket is already connected");
+    // The guest's MAC is unknown: an ARP request for it goes first.
+    assert_eq!(out.frames.len(), 2);
+    let arp = ArpRepr::parse(&ArpPacket::new_checked(&out.frames[0][14..]).unwrap()).unwrap();
+    assert_eq!(arp.operation, ArpOperation::Request);
+    assert_eq!(arp.target_protocol_addr, GUEST);
+    assert_eq!(arp.source_protocol_addr, GW);
+    let (src, dst, syn) = tcp_to_guest(out.frames.last().unwrap());
+    assert_eq!(dst, SocketAddr::from((GUEST, 80)));
+    assert_eq!(src.ip(), std::net::IpAddr::V4(GW), "from the gateway");
+    assert!(PUB_PORTS.contains(&src.port()));
+    assert!(syn.flags.syn && syn.ack_number.is_none());
+    assert_eq!(s.counters().published_tcp, 1);
+
+    // A second connection gets another source port.
+    // The guest's ARP reply teaches its MAC: no more requests.
+    let reply = ArpRepr {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST,
+        target_hardware_addr: gw_mac(),
+        target_protocol_addr: GW,
+    };
+    let mut a = vec![0u8; reply.buffer_len()];
+    reply.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
+    s.ingress(
+        &eth(gw_mac(), EtherType::Arp, &a),
+        Instant::ZERO,
+        &mut Actions::default(),
+    );
+    let mut out2 = Actions::default();
+    s.accept_tcp(peer, 80, Instant::ZERO, &mut out2).unwrap();
+    assert_eq!(out2.frames.len(), 1, "just the SYN");
+    let e = EthernetRepr::parse(&EthernetFrame::new_checked(&out2.frames[0][..]).unwrap()).unwrap();
+    assert_eq!(e.dst_addr, GUEST_MAC, "addressed to the guest's MAC");
+    let (src2, _, _) = tcp_to_guest(out2.frames.last().unwrap());
+    assert_ne!(src, src2, "a fresh source port per connection");
+
+    // The guest answers with SYN-ACK: ACK back, and the host socket is read.
+    let synack = guest_seg(
+        dst,
+        src,
+        TcpRepr {
+            flags: wire::tcp::Flags {
+                syn: true,
+                ..Default::default()
+            },
+            ack_number: Some(syn.seq_number + 1usize),
+            max_seg_size: Some(1460),
+            window_scale: Some(7),
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    s.ingress(&synack, Instant::ZERO, &mut out);
+    let (_, _, ack) = tcp_to_guest(out.frames.last().unwrap());
+    assert!(!ack.flags.syn && !ack.flags.rst);
+    assert_eq!(ack.ack_number, Some(SeqNumber(501)));
+    assert!(out.ops.contains(&SockOp::Recv {
+        flow,
+        max: super::tcp::conn::RECV_CHUNK
+    }));
+    // Host data reaches the guest on that connection.
+    let mut out = Actions::default();
+    s.host_event(
+        HostEvent::Received {
+            flow,
+            result: Ok(b"hello".to_vec()),
+        },
+        Instant::ZERO,
+        &mut out,
+    );
+    let (from, to, d) = tcp_to_guest(out.frames.last().unwrap());
+    assert_eq!((from, to), (src, dst));
+    assert_eq!(d.payload, b"hello");
+}
+
+#[test]
+fn published_tcp_refused_by_the_guest_resets_the_host_socket() {
+    let mut s = stack_with(|_| {});
+    let mut out = Actions::default();
+    let flow = s
+        .accept_tcp(
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            81,
+            Instant::ZERO,
+            &mut out,
+        )
+        .unwrap();
+    let (src, dst, syn) = tcp_to_guest(out.frames.last().unwrap());
+    let rst = guest_seg(
+        dst,
+        src,
+        TcpRepr {
+            flags: wire::tcp::Flags {
+                rst: true,
+                ..Default::default()
+            },
+            seq_number: SeqNumber(0),
+            ack_number: Some(syn.seq_number + 1usize),
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    s.ingress(&rst, Instant::ZERO, &mut out);
+    assert_eq!(out.ops, vec![SockOp::Close { flow, reset: true }]);
+    assert_eq!(s.flow_count(), 0);
+}
+
+#[test]
+fn published_tcp_without_an_answer_gives_up_after_bounded_retries() {
+    let mut s = stack_with(|_| {});
+    let mut out = Actions::default();
+    let flow = s
+        .accept_tcp(
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            82,
+            Instant::ZERO,
+            &mut out,
+        )
+        .unwrap();
+    let mut syns = 1;
+    let mut closed = false;
+    let mut t = Instant::ZERO;
+    for _ in 0..2000 {
+        t = t + std::time::Duration::from_millis(50);
+        let mut out = Actions::default();
+        s.poll(t, &mut out);
+        syns += out.frames.len();
+        if out.ops.contains(&SockOp::Close { flow, reset: true }) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the host socket is closed");
+    assert_eq!(syns, 1 + super::tcp::conn::SYN_RETRIES as usize);
+    assert!(t.since(Instant::ZERO) < std::time::Duration::from_secs(30));
+    assert_eq!(s.flow_count(), 0);
+}
+
+#[test]
+fn published_keep_source_shows_the_client_unless_it_is_loopback() {
+    let mut s = stack_with(|c| c.publish_keep_source = true);
+    let client = SocketAddr::from(([10, 99, 0, 1], 40000));
+    let mut out = Actions::default();
+    s.accept_tcp(client, 80, Instant::ZERO, &mut out).unwrap();
+    let (src, _, _) = tcp_to_guest(out.frames.last().unwrap());
+    assert_eq!(src, client);
+    let mut out = Actions::default();
+    s.accept_tcp(
+        SocketAddr::from(([127, 0, 0, 1], 40000)),
+        80,
+        Instant::ZERO,
+        &mut out,
+    )
+    .unwrap();
+    let (src, _, _) = tcp_to_guest(out.frames.last().unwrap());
+    assert_eq!(
+        src.ip(),
+        std::net::IpAddr::V4(GW),
+        "the guest cannot answer a loopback address"
+    );
+}
+
+#[test]
+fn published_udp_flow_per_peer_and_replies_go_back_on_it() {
+    let mut s = stack_with(|_| {});
+    let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
+    let mut out = Actions::default();
+    let flow = s
+        .inbound_udp(peer, 53, b"q1", Instant::ZERO, &mut out)
+        .expect("a new flow");
+    let (_, p) = ip_of(out.frames.last().unwrap());
+    assert_eq!(p.dst_addr(), GUEST);
+    assert_eq!(p.src_addr(), GW);
+    let u = UdpPacket::new_checked(p.payload()).unwrap();
+    assert_eq!(u.dst_port(), 53);
+    assert_eq!(u.payload(), b"q1");
+    let from = SocketAddr::from((GW, u.src_port()));
+    // Same peer again: same flow, nothing new to attach.
+    let mut out = Actions::default();
+    assert_eq!(
+        s.inbound_udp(peer, 53, b"q2", Instant::ZERO, &mut out),
+        None
+    );
+    let (_, p) = ip_of(out.frames.last().unwrap());
+    assert_eq!(
+        UdpPacket::new_checked(p.payload()).unwrap().src_port(),
+        from.port()
+    );
+    // The guest's reply is a Send on the flow (to the peer, by the dataplane).
+    let mut out = Actions::default();
+    let reply = udp(SocketAddr::from((GUEST, 53)), from, b"answer");
+    s.ingress(
+        &ip_frame(GW, ip_proto::UDP, &reply),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert_eq!(
+        out.ops,
+        vec![SockOp::Send {
+            flow,
+            data: b"answer".to_vec()
+        }]
+    );
+    // Another peer: another flow.
+    let mut out = Actions::default();
+    let other = s.inbound_udp(
+        SocketAddr::from(([127, 0, 0, 1], 5001)),
+        53,
+        b"x",
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(other.is_some_and(|o| o != flow));
+    // Idle flows expire and close.
+    let mut out = Actions::default();
+    s.poll(Instant::ZERO + Config::default().udp_timeout * 2, &mut out);
+    assert!(out.ops.contains(&SockOp::Close { flow, reset: false }));
+    let mut out = Actions::default();
+    assert!(
+        s.inbound_udp(peer, 53, b"q3", Instant::ZERO, &mut out)
+            .is_some(),
+        "a fresh flow after expiry"
+    );
+}
+
+#[test]
+fn unknown_segments_go_to_the_owner_of_published_flows() {
+    // Worker 1 of a multiqueue TAP; worker 0 owns the published flows.
+    let mut s = stack_with(|c| {
+        c.worker = 1;
+        c.inbound_owner = Some(0);
+    });
+    let g = SocketAddr::from((GUEST, 80));
+    let r = SocketAddr::from((GW, 40000));
+    let synack = guest_seg(
+        g,
+        r,
+        TcpRepr {
+            flags: wire::tcp::Flags {
+                syn: true,
+                ..Default::default()
+            },
+            ack_number: Some(SeqNumber(77)),
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    s.ingress(&synack, Instant::ZERO, &mut out);
+    assert!(
+        out.frames.is_empty(),
+        "no RST from a worker that is not the owner"
+    );
+    assert_eq!(out.forward.len(), 1);
+    assert_eq!(out.forward[0].0, 0);
+    assert_eq!(out.forward[0].1, synack, "the same frame, for the owner");
+    // A UDP reply to a gateway source port of published flows, too.
+    let mut out = Actions::default();
+    let reply = ip_frame(
+        GW,
+        ip_proto::UDP,
+        &udp(g, SocketAddr::from((GW, 40001)), b"x"),
+    );
+    s.ingress(&reply, Instant::ZERO, &mut out);
+    assert_eq!(out.forward.len(), 1);
+    assert!(out.ops.is_empty(), "no NAT flow to the host's loopback");
+    // A bare SYN is the guest's own new connection: handled here.
+    let mut out = Actions::default();
+    s.ingress(
+        &ip_frame(
+            GW,
+            ip_proto::TCP,
+            &tcp_syn(SocketAddr::from((GUEST, 5000)), r),
+        ),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.forward.is_empty());
+    assert!(matches!(out.ops[0], SockOp::Open { .. }));
+    // The owner itself answers unknown segments with RST as usual.
+    let mut owner = stack_with(|c| c.inbound_owner = Some(0));
+    let mut out = Actions::default();
+    owner.ingress(&synack, Instant::ZERO, &mut out);
+    assert!(out.forward.is_empty());
+    let (_, _, rst) = tcp_to_guest(&out.frames[0]);
+    assert!(rst.flags.rst);
+}
+
+// ─────────────── published ports with isolation and steering ───────────────
+
+#[test]
+fn restrict_leaves_published_flows_alone() {
+    let mut s = stack_with(|c| c.policy = rules(&[], policy::Action::Deny));
+    let peer = SocketAddr::from(([127, 0, 0, 1], 45678));
+    let mut out = Actions::default();
+    let flow = s.accept_tcp(peer, 80, Instant::ZERO, &mut out).unwrap();
+    let (src, dst, syn) = tcp_to_guest(out.frames.last().unwrap());
+    // The guest's SYN-ACK to the gateway (127.0.0.1 to the policy, which
+    // denies it) belongs to the inbound flow: not refused.
+    let synack = guest_seg(
+        dst,
+        src,
+        TcpRepr {
+            flags: wire::tcp::Flags {
+                syn: true,
+                ..Default::default()
+            },
+            ack_number: Some(syn.seq_number + 1usize),
+            max_seg_size: Some(1460),
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    s.ingress(&synack, Instant::ZERO, &mut out);
+    let (_, _, ack) = tcp_to_guest(out.frames.last().unwrap());
+    assert!(!ack.flags.rst && !ack.flags.syn);
+    assert!(out.ops.contains(&SockOp::Recv {
+        flow,
+        max: super::tcp::conn::RECV_CHUNK
+    }));
+    // A published UDP flow: the guest's reply goes back to the host peer.
+    let mut out = Actions::default();
+    let uflow = s
+        .inbound_udp(peer, 53, b"q", Instant::ZERO, &mut out)
+        .unwrap();
+    let (_, p) = ip_of(out.frames.last().unwrap());
+    let from = SocketAddr::from((GW, UdpPacket::new_checked(p.payload()).unwrap().src_port()));
+    let mut out = Actions::default();
+    let reply = udp(SocketAddr::from((GUEST, 53)), from, b"a");
+    s.ingress(
+        &ip_frame(GW, ip_proto::UDP, &reply),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert_eq!(
+        out.ops,
+        vec![SockOp::Send {
+            flow: uflow,
+            data: b"a".to_vec()
+        }]
+    );
+    assert_eq!(s.counters().drops_of(DropReason::Denied), 0);
+    // While a flow the guest opens itself is still refused.
+    let out = syn_to(&mut s, 40000, GW, 8080);
+    assert_rst(&out, GW);
+    assert_eq!(s.counters().drops_of(DropReason::Denied), 1);
+}
+
+#[test]
+fn published_flows_count_against_max_flows() {
+    let mut s = stack_with(|c| c.max_flows = 2);
+    let peer = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut out = Actions::default();
+    assert!(s.accept_tcp(peer(1), 80, Instant::ZERO, &mut out).is_some());
+    assert!(
+        s.inbound_udp(peer(2), 53, b"x", Instant::ZERO, &mut out)
+            .is_some()
+    );
+    assert_eq!(s.accept_tcp(peer(3), 80, Instant::ZERO, &mut out), None);
+    assert_eq!(
+        s.inbound_udp(peer(4), 53, b"x", Instant::ZERO, &mut out),
+        None
+    );
+    assert_eq!(s.counters().drops_of(DropReason::FlowLimit), 2);
+    // And the guest's own flows find the table full too.
+    let out = syn_to(&mut s, 40000, GW, 8080);
+    assert_rst(&out, GW);
+    assert_eq!(s.counters().drops_of(DropReason::FlowLimit), 3);
+}
+
+#[test]
+fn published_keep_source_under_hash_steering_stays_on_this_worker() {
+    // Worker 0 of 2 hash-steered stacks (stream, vhost-user): every inbound
+    // flow's guest-side frames must steer back to worker 0, whichever
+    // source the guest is shown.
+    let mut s = stack_with(|c| {
+        c.workers = 2;
+        c.publish_keep_source = true;
+    });
+    let (mut kept, mut gateway) = (0, 0);
+    for port in 40000..40032u16 {
+        let client = SocketAddr::from(([10, 99, 0, 1], port));
+        let mut out = Actions::default();
+        s.accept_tcp(client, 80, Instant::ZERO, &mut out).unwrap();
+        let (src, dst, _) = tcp_to_guest(out.frames.last().unwrap());
+        if src == client {
+            kept += 1;
+        } else {
+            assert_eq!(src.ip(), std::net::IpAddr::V4(GW));
+            gateway += 1;
+        }
+        let reply = guest_seg(dst, src, BARE);
+        assert_eq!(
+            steer::frame_owner(&reply, 2),
+            steer::Steer::Worker(0),
+            "the guest's frames of {src} -> {dst} reach worker 0"
+        );
+    }
+    assert!(kept > 0 && gateway > 0, "kept {kept} gateway {gateway}");
+}

@@ -43,6 +43,14 @@
 //! peer sees RST; a host error → RST to the guest. A refused connect becomes
 //! a RST answering the guest's SYN: the SYN-ACK is sent only after the host
 //! connect succeeds, so the guest sees exactly what the host saw.
+//!
+//! Inbound (a published port, [`Conn::new_to_guest`]). The host connection
+//! is already accepted; uipd sends the guest a SYN ([`State::SynSent`]),
+//! retransmitted with backoff at most [`SYN_RETRIES`] times. The guest's
+//! SYN-ACK sets `rcv_nxt`, its MSS and window scale, and is ACKed: from
+//! there the connection is the same translation as an outbound one. A RST
+//! from the guest (nothing listens) or no answer closes the host socket
+//! with RST, so the host client sees the refusal.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -76,12 +84,17 @@ pub const RTO_MAX: Duration = Duration::from_secs(30);
 pub const MAX_RETRIES: u32 = 12;
 /// MSS assumed when the guest sends none (RFC 9293 §3.7.1).
 pub const DEFAULT_MSS: u16 = 536;
+/// Retransmissions of our SYN to the guest before an inbound connection is
+/// given up (200 ms doubling: about 12 s in all).
+pub const SYN_RETRIES: u32 = 5;
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Guest SYN seen; the host connect is in flight.
     Connecting,
+    /// Inbound: our SYN sent to the guest; waiting for its SYN-ACK.
+    SynSent,
     /// SYN-ACK sent; waiting for the guest's ACK.
     SynAckSent,
     /// Data may flow (either side may have half-closed).
@@ -206,6 +219,139 @@ impl Conn {
             rto: RTO_MIN,
             retries: 0,
         }
+    }
+
+    /// An inbound connection (a host client accepted on a published port):
+    /// `iss` our ISN, `mtu` the guest link MTU. Emits the SYN to the guest
+    /// and arms its retransmission; the host socket is already connected.
+    pub fn new_to_guest(
+        flow: FlowId,
+        iss: SeqNumber,
+        mtu: usize,
+        now: Instant,
+        emit: &mut Emit<'_>,
+    ) -> Conn {
+        let link_mss = mtu.saturating_sub(40).max(64);
+        let mut c = Conn {
+            flow,
+            state: State::SynSent,
+            rcv_nxt: SeqNumber(0),
+            to_host: VecDeque::new(),
+            sending: 0,
+            last_sent: SEND_CHUNK_MAX,
+            guest_fin: false,
+            host_shut: false,
+            our_wscale: OUR_WSCALE,
+            adv_right_edge: SeqNumber(0),
+            ack_pending: false,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss + 1usize,
+            to_guest: VecDeque::new(),
+            snd_wnd: 0,
+            snd_wscale: 0,
+            mss: link_mss,
+            max_seg: link_mss,
+            receiving: false,
+            host_eof: false,
+            fin_sent: false,
+            fin_acked: false,
+            dup_acks: 0,
+            rto_deadline: None,
+            rto: RTO_MIN,
+            retries: 0,
+        };
+        c.send_syn(emit);
+        c.arm_rto(now);
+        c
+    }
+
+    /// Our SYN toward the guest (inbound connections): MSS of the link and
+    /// our window scale offered; no ACK.
+    fn send_syn(&mut self, emit: &mut Emit<'_>) {
+        let repr = TcpRepr {
+            src_port: 0,
+            dst_port: 0,
+            flags: Flags {
+                syn: true,
+                ..Flags::default()
+            },
+            seq_number: self.iss,
+            ack_number: None,
+            // RFC 7323 §2.2: the window field of a SYN is never scaled.
+            window_len: u16::try_from(self.rcv_wnd()).unwrap_or(u16::MAX),
+            max_seg_size: Some(u16::try_from(self.mss).unwrap_or(u16::MAX)),
+            window_scale: Some(OUR_WSCALE),
+            sack_permitted: false,
+            payload: &[],
+        };
+        emit(&repr);
+    }
+
+    /// The guest's answer to our SYN (state `SynSent`).
+    fn on_syn_sent(
+        &mut self,
+        seg: &TcpRepr<'_>,
+        emit: &mut Emit<'_>,
+        ops: &mut Vec<SockOp>,
+    ) -> Verdict {
+        let acks_syn = seg.ack_number == Some(self.iss + 1usize);
+        if seg.flags.rst {
+            // RFC 9293 §3.10.7.3: a RST is acceptable in SYN-SENT if it
+            // ACKs our SYN. Nothing listens: the host client sees RST.
+            if acks_syn {
+                ops.push(SockOp::Close {
+                    flow: self.flow,
+                    reset: true,
+                });
+                self.state = State::Closed;
+                return Verdict::Remove;
+            }
+            return Verdict::Keep;
+        }
+        if !(seg.flags.syn && acks_syn) {
+            // Not a SYN-ACK for our SYN: a stale or bogus segment. An ACK
+            // of something else gets a RST (RFC 9293 §3.10.7.3).
+            if let Some(ack) = seg.ack_number.filter(|_| !acks_syn) {
+                let repr = TcpRepr {
+                    src_port: 0,
+                    dst_port: 0,
+                    flags: Flags {
+                        rst: true,
+                        ..Flags::default()
+                    },
+                    seq_number: ack,
+                    ack_number: None,
+                    window_len: 0,
+                    max_seg_size: None,
+                    window_scale: None,
+                    sack_permitted: false,
+                    payload: &[],
+                };
+                emit(&repr);
+            }
+            return Verdict::Keep;
+        }
+        let link_mss = self.mss;
+        self.mss = usize::from(seg.max_seg_size.unwrap_or(DEFAULT_MSS)).clamp(64, link_mss);
+        self.max_seg = self.mss;
+        match seg.window_scale {
+            Some(ws) => self.snd_wscale = ws.min(14),
+            // RFC 7323 §1.3: scaling needs both sides' option.
+            None => self.our_wscale = 0,
+        }
+        self.rcv_nxt = seg.seq_number + 1usize;
+        // RFC 7323 §2.2: the SYN-ACK's window is not scaled.
+        self.snd_wnd = usize::from(seg.window_len);
+        self.snd_una = self.iss + 1usize;
+        self.snd_nxt = self.snd_una;
+        self.state = State::Established;
+        self.rto_deadline = None;
+        self.retries = 0;
+        self.rto = RTO_MIN;
+        self.send_ack(emit);
+        self.maybe_recv(ops);
+        Verdict::Keep
     }
 
     /// The connection's state.
@@ -397,6 +543,9 @@ impl Conn {
         if self.state == State::Closed {
             return Verdict::Remove;
         }
+        if self.state == State::SynSent {
+            return self.on_syn_sent(seg, emit, ops);
+        }
         if seg.flags.rst {
             // RFC 5961 §3.2, simplified: accept a RST whose sequence number
             // falls inside the window; ignore others.
@@ -428,7 +577,7 @@ impl Conn {
             return Verdict::Keep;
         };
         match self.state {
-            State::Connecting => return Verdict::Keep,
+            State::Connecting | State::SynSent => return Verdict::Keep,
             State::SynAckSent => {
                 if ack != self.iss + 1usize {
                     return Verdict::Keep;
@@ -732,6 +881,19 @@ impl Conn {
             return Verdict::Keep;
         }
         self.retries += 1;
+        if self.state == State::SynSent && self.retries > SYN_RETRIES {
+            log::debug!(
+                "tcp flow {:?}: the guest did not answer {} SYNs, closing",
+                self.flow,
+                self.retries
+            );
+            ops.push(SockOp::Close {
+                flow: self.flow,
+                reset: true,
+            });
+            self.state = State::Closed;
+            return Verdict::Remove;
+        }
         if self.retries > MAX_RETRIES {
             log::debug!(
                 "tcp flow {:?}: {} retransmissions without progress, reset",
@@ -745,6 +907,10 @@ impl Conn {
         match self.state {
             State::SynAckSent => {
                 self.send_syn_ack(emit);
+                self.arm_rto(now);
+            }
+            State::SynSent => {
+                self.send_syn(emit);
                 self.arm_rto(now);
             }
             State::Established => {
@@ -1354,5 +1520,179 @@ mod tests {
         assert_eq!(all, pattern(10_500));
         h.conn.set_max_segment(10);
         assert_eq!(h.conn.max_segment(), 1000, "never below one MSS");
+    }
+
+    /// An inbound connection: our SYN to the guest is out; returns the
+    /// harness and that SYN.
+    fn inbound() -> (Harness, Seg) {
+        let mut segs = Vec::new();
+        let conn = Conn::new_to_guest(
+            FLOW,
+            ISS,
+            1500,
+            Instant::ZERO,
+            &mut Harness::sink(&mut segs),
+        );
+        let mut h = Harness {
+            conn,
+            now: Instant::ZERO,
+            segs: Vec::new(),
+            ops: Vec::new(),
+        };
+        assert_eq!(segs.len(), 1);
+        let syn = segs.remove(0);
+        assert!(syn.flags.syn && syn.ack.is_none());
+        assert_eq!(syn.seq, ISS);
+        assert_eq!(syn.mss, Some(1460), "the link's MSS");
+        assert_eq!(syn.ws, Some(OUR_WSCALE));
+        assert_eq!(h.conn.state(), State::SynSent);
+        assert!(
+            h.take_ops().is_empty(),
+            "no host read before the guest answers"
+        );
+        (h, syn)
+    }
+
+    fn syn_ack(ack: SeqNumber, mss: u16, ws: Option<u8>) -> TcpRepr<'static> {
+        TcpRepr {
+            flags: Flags {
+                syn: true,
+                ..Flags::default()
+            },
+            seq_number: GUEST_ISN,
+            ack_number: Some(ack),
+            window_len: 1000,
+            max_seg_size: Some(mss),
+            window_scale: ws,
+            ..TEMPL
+        }
+    }
+
+    #[test]
+    fn inbound_handshake_completes_on_the_guests_syn_ack() {
+        let (mut h, _) = inbound();
+        assert_eq!(h.seg(syn_ack(ISS + 1usize, 1000, Some(2))), Verdict::Keep);
+        assert_eq!(h.conn.state(), State::Established);
+        assert_eq!(h.conn.mss(), 1000, "the guest's MSS");
+        let s = h.take_segs();
+        assert_eq!(s.len(), 1);
+        assert!(!s[0].flags.syn && !s[0].flags.rst);
+        assert_eq!(s[0].ack, Some(GUEST_ISN + 1usize), "the SYN-ACK is ACKed");
+        assert_eq!(s[0].seq, ISS + 1usize);
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Recv {
+                flow: FLOW,
+                max: RECV_CHUNK
+            }],
+            "host data is read once the guest is there"
+        );
+        // Host data flows within the SYN-ACK's (unscaled) window, then
+        // within later windows scaled by 2.
+        h.recvd(Ok(pattern(6000)));
+        let lens: Vec<usize> = h.take_segs().iter().map(|s| s.data.len()).collect();
+        assert_eq!(lens, vec![1000]);
+        assert!(h.conn.deadline().is_some(), "RTO armed for the data");
+        h.ack(ISS + 1001usize, GUEST_ISN + 1usize, 1000);
+        let lens: Vec<usize> = h.take_segs().iter().map(|s| s.data.len()).collect();
+        assert_eq!(lens, vec![1000, 1000, 1000, 1000]);
+        // Guest data flows to the host.
+        h.data(GUEST_ISN + 1usize, b"hi");
+        assert!(h.take_ops().contains(&SockOp::Send {
+            flow: FLOW,
+            data: b"hi".to_vec()
+        }));
+    }
+
+    #[test]
+    fn inbound_without_window_scale_from_the_guest_scales_nothing() {
+        let (mut h, _) = inbound();
+        h.seg(syn_ack(ISS + 1usize, 1460, None));
+        let s = h.take_segs();
+        assert_eq!(
+            s[0].wnd,
+            u16::MAX,
+            "our window unscaled, clamped to 16 bits"
+        );
+    }
+
+    #[test]
+    fn inbound_refused_by_the_guest_resets_the_host_client() {
+        let (mut h, _) = inbound();
+        // A RST that does not ACK our SYN is ignored (RFC 9293 §3.10.7.3).
+        let v = h.seg(TcpRepr {
+            flags: Flags {
+                rst: true,
+                ..Flags::default()
+            },
+            ack_number: Some(ISS + 5usize),
+            ..TEMPL
+        });
+        assert_eq!(v, Verdict::Keep);
+        assert!(h.take_ops().is_empty());
+        let v = h.seg(TcpRepr {
+            flags: Flags {
+                rst: true,
+                ..Flags::default()
+            },
+            ack_number: Some(ISS + 1usize),
+            ..TEMPL
+        });
+        assert_eq!(v, Verdict::Remove);
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Close {
+                flow: FLOW,
+                reset: true
+            }]
+        );
+        assert!(h.take_segs().is_empty(), "no answer to a RST");
+    }
+
+    #[test]
+    fn inbound_bogus_ack_in_syn_sent_gets_a_rst_and_changes_nothing() {
+        let (mut h, _) = inbound();
+        h.seg(TcpRepr {
+            seq_number: GUEST_ISN,
+            ack_number: Some(ISS + 77usize),
+            ..TEMPL
+        });
+        let s = h.take_segs();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].flags.rst);
+        assert_eq!(s[0].seq, ISS + 77usize);
+        assert_eq!(h.conn.state(), State::SynSent);
+        // A SYN-ACK for another ISN is not ours either.
+        h.seg(syn_ack(ISS + 9usize, 1460, None));
+        assert_eq!(h.conn.state(), State::SynSent);
+    }
+
+    #[test]
+    fn inbound_unanswered_syn_is_retried_then_the_host_socket_closes() {
+        let (mut h, _) = inbound();
+        let mut syns = 0;
+        let mut last = Instant::ZERO;
+        for _ in 0..=SYN_RETRIES + 2 {
+            let Some(d) = h.conn.deadline() else { break };
+            assert!(d > last, "backs off");
+            last = d;
+            h.now = d;
+            if h.timer() == Verdict::Remove {
+                break;
+            }
+            let s = h.take_segs();
+            assert_eq!(s.len(), 1);
+            assert!(s[0].flags.syn && s[0].seq == ISS);
+            syns += 1;
+        }
+        assert_eq!(syns, SYN_RETRIES);
+        assert_eq!(h.conn.state(), State::Closed);
+        assert_eq!(
+            h.take_ops(),
+            vec![SockOp::Close {
+                flow: FLOW,
+                reset: true
+            }]
+        );
     }
 }

@@ -1,0 +1,310 @@
+//! Run-time control: the published ports the daemon serves, and the
+//! control socket (`--control SOCKET`) with its client (`uipd ctl`).
+//!
+//! # Protocol
+//!
+//! A UNIX stream socket. The client sends one command line; the daemon
+//! answers with lines and closes the connection. The first reply line is
+//! `ok` or `error: MESSAGE`; for `list` the lines after `ok` are
+//!
+//! ```text
+//!  forward 127.0.0.1:8080:80/tcp      one per published spec
+//!  worker 0 flows 3                   live flows per worker
+//!  counter rx_frames 1234             totals over the workers
+//! ```
+//!
+//! Commands: `list`, `add SPEC`, `remove SPEC` (SPEC as for `--publish`;
+//! `remove` takes any spelling of a spec that was added, and only whole
+//! specs). The daemon serves one client at a time from its control thread,
+//! with a 2 s limit on reading the command; a reply to `add` means the
+//! port listens, a reply to `remove` means it no longer accepts.
+//!
+//! # Where the work happens
+//!
+//! The control thread binds (so errors, such as a port in use, go back to
+//! the client or to start-up) and hands each bound socket to worker 0
+//! through [`Shared::publish`]; the worker accepts and receives on it
+//! with its io_uring and owns the flows. The control thread waits
+//! (bounded) for [`Shared::publish_done`] to know the worker carried the
+//! command out.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::dataplane::worker::{PublishCmd, Shared, WorkerStats};
+use crate::publish::{self, PubProto, PublishSpec};
+use crate::rings::FrameRing;
+use crate::stack::{Counters, Proto};
+
+/// Longest wait for a worker to carry out a command or publish stats.
+const WORKER_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a client's command line.
+const READ_LIMIT: Duration = Duration::from_secs(2);
+/// Longest command line.
+const LINE_MAX: u64 = 4096;
+
+/// The published ports, and how to reach the worker that serves them.
+#[derive(Default)]
+pub struct Forwards {
+    entries: Vec<(PublishSpec, Vec<u32>)>,
+    next_id: u32,
+    /// Commands not yet handed to the worker.
+    pending: Vec<PublishCmd>,
+    /// Commands handed to the worker so far.
+    sent: u64,
+}
+
+impl Forwards {
+    /// No forwards.
+    pub fn new() -> Forwards {
+        Forwards::default()
+    }
+
+    /// Bind every port of `spec` and queue them for the worker
+    /// ([`Forwards::flush`]). A spec already served is an error.
+    pub fn add(&mut self, spec: &PublishSpec) -> Result<(), String> {
+        if self.entries.iter().any(|(s, _)| s == spec) {
+            return Err(format!("{spec} is already published"));
+        }
+        let bound = publish::bind(spec, &spec.to_string()).map_err(|e| {
+            let mut m = e.to_string();
+            m.push_str(&format!(": {}", e.source));
+            m
+        })?;
+        let mut ids = Vec::new();
+        for b in bound {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            ids.push(id);
+            self.pending.push(PublishCmd::Add {
+                id,
+                proto: match b.proto {
+                    PubProto::Tcp => Proto::Tcp,
+                    PubProto::Udp => Proto::Udp,
+                },
+                guest_port: b.guest_port,
+                fd: b.fd,
+            });
+        }
+        self.entries.push((spec.clone(), ids));
+        Ok(())
+    }
+
+    /// Stop serving `spec` (queued for the worker).
+    pub fn remove(&mut self, spec: &PublishSpec) -> Result<(), String> {
+        let Some(i) = self.entries.iter().position(|(s, _)| s == spec) else {
+            return Err(format!("{spec} is not published"));
+        };
+        let (_, ids) = self.entries.remove(i);
+        self.pending
+            .extend(ids.into_iter().map(|id| PublishCmd::Remove { id }));
+        Ok(())
+    }
+
+    /// The specs served.
+    pub fn specs(&self) -> impl Iterator<Item = &PublishSpec> {
+        self.entries.iter().map(|(s, _)| s)
+    }
+
+    /// Hand queued commands to the worker and kick it.
+    pub fn flush(&mut self, worker: &Shared, inbox: &FrameRing) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.sent += self.pending.len() as u64;
+        worker
+            .publish
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut self.pending);
+        inbox.kick();
+    }
+
+    /// Wait (at most [`WORKER_WAIT`]) until the worker carried out every
+    /// command handed to it; false on time-out.
+    pub fn wait(&self, worker: &Shared) -> bool {
+        let end = Instant::now() + WORKER_WAIT;
+        // Acquire: pairs with the worker's Release after the changes.
+        while worker.publish_done.load(Ordering::Acquire) < self.sent {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+}
+
+/// Control socket set-up failed.
+#[derive(Debug, thiserror::Error)]
+#[error("--control {}: cannot listen", path.display())]
+pub struct ControlError {
+    /// The socket path.
+    pub path: PathBuf,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The control socket, served from the daemon's control thread.
+pub struct Control {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Control {
+    /// Listen on `path`. A stale socket file (nothing answers on it) is
+    /// replaced; a live one is an error.
+    pub fn bind(path: &Path) -> Result<Control, ControlError> {
+        let err = |source| ControlError {
+            path: path.into(),
+            source,
+        };
+        if path.exists() && UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        listener.set_nonblocking(true).map_err(err)?;
+        Ok(Control {
+            listener,
+            path: path.into(),
+        })
+    }
+
+    /// Serve the clients waiting now (without blocking when there are none).
+    pub fn poll(
+        &mut self,
+        forwards: &mut Forwards,
+        workers: &[Arc<Shared>],
+        inboxes: &[Arc<FrameRing>],
+    ) {
+        for _ in 0..8 {
+            let Ok((conn, _)) = self.listener.accept() else {
+                return;
+            };
+            if let Err(e) = serve(conn, forwards, workers, inboxes) {
+                log::debug!("control: client: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(
+    conn: UnixStream,
+    forwards: &mut Forwards,
+    workers: &[Arc<Shared>],
+    inboxes: &[Arc<FrameRing>],
+) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(READ_LIMIT))?;
+    conn.set_write_timeout(Some(READ_LIMIT))?;
+    let mut line = String::new();
+    BufReader::new((&conn).take(LINE_MAX)).read_line(&mut line)?;
+    let reply = match execute(line.trim(), forwards, workers, inboxes) {
+        Ok(body) => format!("ok\n{body}"),
+        Err(e) => format!("error: {e}\n"),
+    };
+    (&conn).write_all(reply.as_bytes())
+}
+
+/// Carry out one command; the reply's body, or the error.
+fn execute(
+    line: &str,
+    forwards: &mut Forwards,
+    workers: &[Arc<Shared>],
+    inboxes: &[Arc<FrameRing>],
+) -> Result<String, String> {
+    let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let arg = arg.trim();
+    let (Some(w0), Some(in0)) = (workers.first(), inboxes.first()) else {
+        return Err("no worker is running".into());
+    };
+    match cmd {
+        "list" if arg.is_empty() => Ok(list(forwards, workers, inboxes)),
+        "add" | "remove" => {
+            let spec = PublishSpec::parse(arg).map_err(|e| e.to_string())?;
+            if cmd == "add" {
+                forwards.add(&spec)?;
+            } else {
+                forwards.remove(&spec)?;
+            }
+            forwards.flush(w0, in0);
+            if !forwards.wait(w0) {
+                return Err("the worker did not answer in time".into());
+            }
+            log::info!("control: {cmd} {spec}");
+            Ok(String::new())
+        }
+        _ => Err(format!(
+            "unknown command '{line}' (list, add SPEC, remove SPEC)"
+        )),
+    }
+}
+
+fn list(forwards: &Forwards, workers: &[Arc<Shared>], inboxes: &[Arc<FrameRing>]) -> String {
+    let mut s = String::new();
+    for spec in forwards.specs() {
+        s.push_str(&format!("forward {spec}\n"));
+    }
+    let stats = snapshot(workers, inboxes);
+    let mut total = Counters::default();
+    for (i, st) in stats.iter().enumerate() {
+        s.push_str(&format!("worker {i} flows {}\n", st.flows));
+        total.merge(&st.stack);
+    }
+    for (name, v) in total.iter() {
+        if v != 0 || !name.starts_with("drops_") {
+            s.push_str(&format!("counter {name} {v}\n"));
+        }
+    }
+    s
+}
+
+/// Ask every worker for fresh stats and wait (bounded) for them.
+pub fn snapshot(workers: &[Arc<Shared>], inboxes: &[Arc<FrameRing>]) -> Vec<WorkerStats> {
+    for w in workers {
+        w.dump.store(true, Ordering::SeqCst);
+    }
+    inboxes.iter().for_each(|r| r.kick());
+    let end = Instant::now() + WORKER_WAIT;
+    // A worker clears `dump` once it has published.
+    while workers.iter().any(|w| w.dump.load(Ordering::SeqCst)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The worker clears the flag just before it stores the stats.
+    std::thread::sleep(Duration::from_millis(5));
+    workers
+        .iter()
+        .map(|w| w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect()
+}
+
+/// The client side: send `command` to the daemon at `path` and return its
+/// reply; `Err` holds the daemon's error message or the I/O failure.
+pub fn request(path: &Path, command: &str) -> Result<String, String> {
+    let mut conn = UnixStream::connect(path)
+        .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+    let limit = Some(WORKER_WAIT * 3);
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    conn.set_read_timeout(limit).map_err(io)?;
+    conn.set_write_timeout(limit).map_err(io)?;
+    conn.write_all(format!("{command}\n").as_bytes())
+        .map_err(io)?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).map_err(io)?;
+    match reply.split_once('\n') {
+        Some(("ok", body)) => Ok(body.to_string()),
+        Some((first, _)) => Err(first.strip_prefix("error: ").unwrap_or(first).to_string()),
+        None => Err(format!("no reply from {}", path.display())),
+    }
+}

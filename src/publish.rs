@@ -1,0 +1,309 @@
+//! Published ports (`-p/--publish`): the spec syntax and the host listeners.
+//!
+//! # Theory of operation
+//!
+//! A spec `[ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp]`
+//! names one or more *forwards*: host port `HOSTPORT + i` on `ADDR`
+//! (default 127.0.0.1; `0.0.0.0` only when written) goes to the guest's
+//! port `GUESTPORT + i`. A range on one side needs a range of the same
+//! length on the other; a single guest port with a host range is refused
+//! (several host ports into one guest port would be legal but is almost
+//! always a typo).
+//!
+//! The daemon binds every forward's socket itself, before anything runs
+//! ([`bind`]), so a port in use, a privileged port without permission or a
+//! malformed spec is an error at start-up that names the spec. A bound
+//! socket is then handed to a worker, which accepts (TCP) or receives
+//! (UDP) on it through io_uring and feeds the stack
+//! ([`crate::stack::Stack::accept_tcp`], [`crate::stack::Stack::inbound_udp`]).
+//! The control socket ([`crate::control`]) adds and removes forwards the
+//! same way at run time.
+//!
+//! ```text
+//!  host client ──► 127.0.0.1:8080 (listener, worker 0's io_uring accept)
+//!                    └─► Stack::accept_tcp ─ SYN from gateway:EPHEMERAL ─► guest :80
+//! ```
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+
+/// Transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PubProto {
+    /// TCP: connections are accepted and forwarded.
+    Tcp,
+    /// UDP: datagrams from each host peer become a flow.
+    Udp,
+}
+
+impl fmt::Display for PubProto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PubProto::Tcp => "tcp",
+            PubProto::Udp => "udp",
+        })
+    }
+}
+
+/// A parsed `--publish` spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// Host address to listen on.
+    pub addr: Ipv4Addr,
+    /// First host port.
+    pub host_port: u16,
+    /// First guest port.
+    pub guest_port: u16,
+    /// Number of consecutive ports (1 without a range).
+    pub count: u16,
+    /// Transport.
+    pub proto: PubProto,
+}
+
+/// Why a spec is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Not of the form the syntax asks for.
+    #[error("'{0}' is not [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp]")]
+    Syntax(String),
+    /// A port that is not a number in 1..=65535.
+    #[error("'{0}': '{1}' is not a port (1-65535)")]
+    Port(String, String),
+    /// A range whose end is below its start.
+    #[error("'{0}': the range {1} ends before it starts")]
+    Range(String, String),
+    /// Host and guest ranges of different lengths.
+    #[error("'{0}': the host range has {1} ports, the guest range {2}")]
+    Mismatch(String, u32, u32),
+    /// An address that is not IPv4.
+    #[error("'{0}': '{1}' is not an IPv4 address")]
+    Addr(String, String),
+    /// A protocol other than tcp or udp.
+    #[error("'{0}': unknown protocol '{1}' (tcp or udp)")]
+    Proto(String, String),
+}
+
+fn parse_port(spec: &str, s: &str) -> Result<u16, SpecError> {
+    match s.parse::<u16>() {
+        Ok(p) if p != 0 && !s.starts_with('+') => Ok(p),
+        _ => Err(SpecError::Port(spec.into(), s.into())),
+    }
+}
+
+/// `P` or `P1-P2`: (first, count).
+fn parse_range(spec: &str, s: &str) -> Result<(u16, u32), SpecError> {
+    match s.split_once('-') {
+        None => Ok((parse_port(spec, s)?, 1)),
+        Some((a, b)) => {
+            let (a, b) = (parse_port(spec, a)?, parse_port(spec, b)?);
+            if b < a {
+                return Err(SpecError::Range(spec.into(), s.into()));
+            }
+            Ok((a, u32::from(b - a) + 1))
+        }
+    }
+}
+
+impl PublishSpec {
+    /// Parse a spec (see the [module docs](self)).
+    pub fn parse(spec: &str) -> Result<PublishSpec, SpecError> {
+        let (body, proto) = match spec.rsplit_once('/') {
+            None => (spec, PubProto::Tcp),
+            Some((b, "tcp")) => (b, PubProto::Tcp),
+            Some((b, "udp")) => (b, PubProto::Udp),
+            Some((_, p)) => return Err(SpecError::Proto(spec.into(), p.into())),
+        };
+        let parts: Vec<&str> = body.split(':').collect();
+        let (addr, host, guest) = match parts.as_slice() {
+            [h, g] => (Ipv4Addr::LOCALHOST, *h, *g),
+            [a, h, g] => {
+                let ip = a
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| SpecError::Addr(spec.into(), (*a).into()))?;
+                (ip, *h, *g)
+            }
+            _ => return Err(SpecError::Syntax(spec.into())),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(SpecError::Syntax(spec.into()));
+        }
+        let (host_port, hn) = parse_range(spec, host)?;
+        let (guest_port, gn) = parse_range(spec, guest)?;
+        if hn != gn {
+            return Err(SpecError::Mismatch(spec.into(), hn, gn));
+        }
+        Ok(PublishSpec {
+            addr,
+            host_port,
+            guest_port,
+            // Cannot fail: a range of u16 ports has at most 65535 members.
+            count: u16::try_from(hn).unwrap_or(u16::MAX),
+            proto,
+        })
+    }
+
+    /// Each forward of the spec: (host address, guest port).
+    pub fn forwards(&self) -> impl Iterator<Item = (SocketAddrV4, u16)> + '_ {
+        (0..self.count).map(move |i| {
+            (
+                SocketAddrV4::new(self.addr, self.host_port + i),
+                self.guest_port + i,
+            )
+        })
+    }
+}
+
+impl fmt::Display for PublishSpec {
+    /// The canonical spelling (address always written).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |p: u16| {
+            if self.count == 1 {
+                p.to_string()
+            } else {
+                format!("{p}-{}", p + (self.count - 1))
+            }
+        };
+        write!(
+            f,
+            "{}:{}:{}/{}",
+            self.addr,
+            range(self.host_port),
+            range(self.guest_port),
+            self.proto
+        )
+    }
+}
+
+/// Binding a forward's host socket failed.
+#[derive(Debug, thiserror::Error)]
+#[error("--publish {spec}: cannot listen on {addr}/{proto}{hint}")]
+pub struct BindError {
+    /// The spec as given.
+    pub spec: String,
+    /// The host address.
+    pub addr: SocketAddr,
+    /// Transport.
+    pub proto: PubProto,
+    /// A hint for the common causes.
+    pub hint: &'static str,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// One bound host socket of a spec.
+#[derive(Debug)]
+pub struct Bound {
+    /// The host address.
+    pub addr: SocketAddrV4,
+    /// The guest port it forwards to.
+    pub guest_port: u16,
+    /// Transport.
+    pub proto: PubProto,
+    /// The listening TCP socket or the bound UDP socket (blocking; the
+    /// worker's io_uring never blocks on it).
+    pub fd: OwnedFd,
+}
+
+/// Bind every forward of `spec` (`text` is the spec as the user wrote it,
+/// for errors). All or nothing: on error, the sockets bound so far close.
+pub fn bind(spec: &PublishSpec, text: &str) -> Result<Vec<Bound>, BindError> {
+    let mut out = Vec::new();
+    for (addr, guest_port) in spec.forwards() {
+        let fd: std::io::Result<OwnedFd> = match spec.proto {
+            PubProto::Tcp => TcpListener::bind(addr).map(OwnedFd::from),
+            PubProto::Udp => UdpSocket::bind(addr).map(OwnedFd::from),
+        };
+        let fd = fd.map_err(|source| BindError {
+            spec: text.into(),
+            addr: addr.into(),
+            proto: spec.proto,
+            hint: match source.kind() {
+                std::io::ErrorKind::AddrInUse => " (the port is in use)",
+                std::io::ErrorKind::PermissionDenied => {
+                    " (ports below net.ipv4.ip_unprivileged_port_start need CAP_NET_BIND_SERVICE)"
+                }
+                std::io::ErrorKind::AddrNotAvailable => " (no such local address)",
+                _ => "",
+            },
+            source,
+        })?;
+        out.push(Bound {
+            addr,
+            guest_port,
+            proto: spec.proto,
+            fd,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> PublishSpec {
+        PublishSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn plain_specs() {
+        let p = ok("8080:80");
+        assert_eq!(p.addr, Ipv4Addr::LOCALHOST, "loopback by default");
+        assert_eq!((p.host_port, p.guest_port, p.count), (8080, 80, 1));
+        assert_eq!(p.proto, PubProto::Tcp);
+        let p = ok("0.0.0.0:5353:53/udp");
+        assert_eq!(p.addr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(p.proto, PubProto::Udp);
+        assert_eq!(ok("1:2/tcp").to_string(), "127.0.0.1:1:2/tcp");
+    }
+
+    #[test]
+    fn ranges_expand_pairwise() {
+        let p = ok("9000-9002:7000-7002");
+        assert_eq!(p.count, 3);
+        let f: Vec<(u16, u16)> = p.forwards().map(|(a, g)| (a.port(), g)).collect();
+        assert_eq!(f, vec![(9000, 7000), (9001, 7001), (9002, 7002)]);
+        assert_eq!(p.to_string(), "127.0.0.1:9000-9002:7000-7002/tcp");
+        assert_eq!(ok("65535-65535:1-1").count, 1);
+    }
+
+    #[test]
+    fn malformed_specs_are_clear_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("", "is not [ADDR:]"),
+            ("80", "is not [ADDR:]"),
+            ("a:b:c:d", "is not [ADDR:]"),
+            (":80", "is not [ADDR:]"),
+            ("80:", "is not [ADDR:]"),
+            ("0:80", "'0' is not a port"),
+            ("70000:80", "'70000' is not a port"),
+            ("x:80", "'x' is not a port"),
+            ("+80:80", "'+80' is not a port"),
+            ("9002-9000:1-3", "ends before it starts"),
+            ("9000-9002:80", "host range has 3 ports, the guest range 1"),
+            ("80:9000-9001", "host range has 1 ports, the guest range 2"),
+            ("localhost:80:80", "not an IPv4 address"),
+            ("::1:80:80", "is not [ADDR:]"),
+            ("80:80/sctp", "unknown protocol 'sctp'"),
+            ("80:80/", "unknown protocol ''"),
+        ];
+        for (spec, want) in cases {
+            let e = PublishSpec::parse(spec).expect_err(spec).to_string();
+            assert!(e.contains(want), "{spec}: {e:?} should say {want:?}");
+            assert!(e.contains(spec), "{spec}: {e:?} should name the spec");
+        }
+    }
+
+    #[test]
+    fn bind_names_the_spec_when_the_port_is_taken() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let text = format!("{port}:80");
+        let e = bind(&ok(&text), &text).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&text), "{msg}");
+        assert!(msg.contains("in use"), "{msg}");
+    }
+}
