@@ -137,7 +137,12 @@ mkdir -p "$d/modules" "$d/guest"
 for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 	cp "$mods/$m" "$d/modules/"
 done
-cp "$uipd_bin" "$d/bin/uipd"
+# Debug info is most of a debug build's size: leave it out of the initramfs.
+if command -v strip >/dev/null 2>&1; then
+	strip -o "$d/bin/uipd" "$uipd_bin"
+else
+	cp "$uipd_bin" "$d/bin/uipd"
+fi
 # The binary's shared libraries and the loader, at the paths ldd names.
 ldd "$uipd_bin" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }' | while read -r lib; do
 	mkdir -p "$d$(dirname "$lib")"

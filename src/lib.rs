@@ -39,8 +39,9 @@
 //!   virtio-net header and offloads.
 //! - [`daemon`] wires a frontend to the workers and runs the control loop
 //!   (the command's exit, signals, resolv.conf changes, statistics).
-//! - [`vmm`] will hold the virtio-net device, the vhost-user backend and the
-//!   embedded KVM VMM.
+//! - [`vmm`] is the embedded KVM VMM (`uipd --kernel`: boot protocol,
+//!   vCPU threads, serial console, clean power-off); the virtio-net device
+//!   and the vhost-user backend join it.
 //!
 //! A flow lives on exactly one worker; frames cross workers only when the
 //! kernel delivers a flow's first frame to another queue, or a reassembled
