@@ -47,18 +47,19 @@ struct Cli {
 
     /// Kernel command line for --kernel. Keep `reboot=k` (reboot through
     /// the i8042, which ends uipd) and `panic=-1` (a panic reboots at once).
-    #[arg(long, value_name = "STRING", requires = "kernel", default_value = uipd::vmm::DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// [default: console=ttyS0 reboot=k panic=-1]
+    #[arg(long, value_name = "STRING", requires = "kernel")]
+    cmdline: Option<String>,
 
-    /// Guest memory in MiB for --kernel.
-    #[arg(long, value_name = "MiB", requires = "kernel", default_value_t = 256,
+    /// Guest memory in MiB for --kernel [default: 256].
+    #[arg(long, value_name = "MiB", requires = "kernel",
           value_parser = clap::value_parser!(u64).range(1..))]
-    mem: u64,
+    mem: Option<u64>,
 
-    /// Number of vCPUs for --kernel.
-    #[arg(long, value_name = "N", requires = "kernel", default_value_t = 1,
+    /// Number of vCPUs for --kernel [default: 1].
+    #[arg(long, value_name = "N", requires = "kernel",
           value_parser = clap::value_parser!(u16).range(1..=254))]
-    vcpus: u16,
+    vcpus: Option<u16>,
 
     /// Host CPUs for the vCPU threads (cpulist syntax): vCPU i runs on the
     /// i-th CPU of the list (wrapping around).
@@ -178,9 +179,12 @@ fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
     let cfg = uipd::vmm::VmConfig {
         kernel: kernel.to_owned(),
         initrd: cli.initrd.clone(),
-        cmdline: cli.cmdline.clone(),
-        mem_mib: cli.mem,
-        vcpus: usize::from(cli.vcpus),
+        cmdline: cli
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| uipd::vmm::DEFAULT_CMDLINE.to_string()),
+        mem_mib: cli.mem.unwrap_or(256),
+        vcpus: usize::from(cli.vcpus.unwrap_or(1)),
         vcpu_cpus: cli.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
     };
     match uipd::vmm::run(&cfg) {
@@ -231,6 +235,17 @@ fn main() -> ExitCode {
     if let Some(kernel) = &cli.kernel {
         return run_vmm(&cli, kernel);
     }
+    // clap lets `requires` pass when the required flag conflicts with a
+    // present one (a command, --netns): check the VM options here.
+    if cli.initrd.is_some()
+        || cli.cmdline.is_some()
+        || cli.mem.is_some()
+        || cli.vcpus.is_some()
+        || cli.vcpu_cpus.is_some()
+    {
+        eprintln!("uipd: --initrd, --cmdline, --mem, --vcpus and --vcpu-cpus go with --kernel");
+        return ExitCode::from(2);
+    }
 
     let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
         (Some(ns), None, true) => Frontend::Attach(ns.clone()),
@@ -246,7 +261,10 @@ fn main() -> ExitCode {
     };
     let vm = matches!(frontend, Frontend::Stream(_));
     if let Some(net) = cli.net.filter(|n| *n != NetMode::User) {
-        eprintln!("uipd: -net {net:?} is for a VM (--kernel); a namespace gets `user`");
+        eprintln!(
+            "uipd: -net {} is for a VM (--kernel); a namespace gets `user`",
+            format!("{net:?}").to_lowercase()
+        );
         return ExitCode::from(2);
     }
     let cpus = match cli.cpus {
