@@ -43,8 +43,10 @@
 //!   worker 0 accepts and receives on them, and the stack opens each
 //!   inbound flow toward the guest. [`control`] is the run-time control
 //!   socket (`--control`, `uipd ctl`): list, add and remove forwards.
-//! - [`vmm`] will hold the virtio-net device, the vhost-user backend and the
-//!   embedded KVM VMM.
+//! - [`vmm`] holds the virtio-net device model (transport-agnostic), the
+//!   vhost-user backend (`--vhost-user`) and the embedded KVM VMM
+//!   (`uipd --kernel`: boot protocol, vCPU threads, serial console, clean
+//!   power-off).
 //!
 //! A flow lives on exactly one worker; frames cross workers only when the
 //! kernel delivers a flow's first frame to another queue, or a reassembled

@@ -18,6 +18,8 @@ use uipd::stack;
 ///                                   #   addr.type=unix,addr.path=/tmp/uipd.sock
 ///   uipd -p 8080:80 -- httpd -f     # host's 127.0.0.1:8080 reaches the guest's port 80
 ///   uipd ctl --control SOCK list    # talk to a running uipd (see `uipd ctl --help`)
+///   uipd --kernel bzImage --initrd initrd.img -net none
+///                                   # boot a Linux VM on KVM, console on the terminal
 #[derive(Debug, Parser)]
 #[command(name = "uipd", version, verbatim_doc_comment)]
 struct Cli {
@@ -42,6 +44,37 @@ struct Cli {
     /// connections are reset and the next one is accepted.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["command", "netns", "socket"])]
     vhost_user: Option<std::path::PathBuf>,
+
+    /// Boot this Linux kernel (bzImage, or ELF vmlinux) in a KVM virtual
+    /// machine with a serial console on the terminal; uipd exits 0 when
+    /// the guest powers off or reboots, or on SIGINT/SIGTERM.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["command", "netns", "socket", "vhost_user"])]
+    kernel: Option<std::path::PathBuf>,
+
+    /// Initial ramdisk for --kernel.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<std::path::PathBuf>,
+
+    /// Kernel command line for --kernel. Keep `reboot=k` (reboot through
+    /// the i8042, which ends uipd) and `panic=-1` (a panic reboots at once).
+    /// [default: console=ttyS0 reboot=k panic=-1]
+    #[arg(long, value_name = "STRING", requires = "kernel")]
+    cmdline: Option<String>,
+
+    /// Guest memory in MiB for --kernel [default: 256].
+    #[arg(long, value_name = "MiB", requires = "kernel",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    mem: Option<u64>,
+
+    /// Number of vCPUs for --kernel [default: 1].
+    #[arg(long, value_name = "N", requires = "kernel",
+          value_parser = clap::value_parser!(u16).range(1..=254))]
+    vcpus: Option<u16>,
+
+    /// Host CPUs for the vCPU threads (cpulist syntax): vCPU i runs on the
+    /// i-th CPU of the list (wrapping around).
+    #[arg(long, value_name = "LIST", requires = "kernel", value_parser = parse_cpulist)]
+    vcpu_cpus: Option<CpuList>,
 
     /// Name of the TAP interface inside the namespace.
     #[arg(long, default_value = "eth0", value_parser = parse_ifname)]
@@ -123,9 +156,10 @@ struct Cli {
     pcap: Option<std::path::PathBuf>,
 
     /// Network backend (kvmtool spelling, `-net user` works too). Only
-    /// `user` exists in namespace mode.
-    #[arg(long = "net", value_enum, default_value_t = NetMode::User)]
-    net: NetMode,
+    /// `user` exists in namespace mode; with --kernel only `none` exists so
+    /// far (the default there until the VM gets its NIC).
+    #[arg(long = "net", value_enum)]
+    net: Option<NetMode>,
 
     /// Publish a guest port on the host (repeatable):
     /// [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp].
@@ -278,6 +312,53 @@ fn parse_cpulist(s: &str) -> Result<CpuList, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `uipd --kernel`: the embedded VMM.
+fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
+    match cli.net {
+        Some(NetMode::None) => {}
+        None => log::info!("no NIC yet: running with -net none"),
+        Some(n) => {
+            eprintln!(
+                "uipd: -net {} for --kernel is not built yet (issue 5: virtio-net over virtio-pci comes in its next stage); use -net none",
+                format!("{n:?}").to_lowercase()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let cfg = uipd::vmm::VmConfig {
+        kernel: kernel.to_owned(),
+        initrd: cli.initrd.clone(),
+        cmdline: cli
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| uipd::vmm::DEFAULT_CMDLINE.to_string()),
+        mem_mib: cli.mem.unwrap_or(256),
+        vcpus: usize::from(cli.vcpus.unwrap_or(1)),
+        vcpu_cpus: cli.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
+    };
+    match uipd::vmm::run(&cfg) {
+        Ok(exit) => {
+            log::info!("VM ended: {exit:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("uipd: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its sources, joined by ": ".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
     // The re-executed namespace helper must run before anything starts a
@@ -305,6 +386,21 @@ fn main() -> ExitCode {
     let policy = policy(&matches, &cli);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
+    if let Some(kernel) = &cli.kernel {
+        return run_vmm(&cli, kernel);
+    }
+    // clap lets `requires` pass when the required flag conflicts with a
+    // present one (a command, --netns): check the VM options here.
+    if cli.initrd.is_some()
+        || cli.cmdline.is_some()
+        || cli.mem.is_some()
+        || cli.vcpus.is_some()
+        || cli.vcpu_cpus.is_some()
+    {
+        eprintln!("uipd: --initrd, --cmdline, --mem, --vcpus and --vcpu-cpus go with --kernel");
+        return ExitCode::from(2);
+    }
+
     let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
         _ if cli.vhost_user.is_some() && cli.command.is_empty() => {
             Frontend::VhostUser(cli.vhost_user.clone().unwrap_or_default())
@@ -321,10 +417,10 @@ fn main() -> ExitCode {
         _ => unreachable!("clap rejects conflicting frontends"),
     };
     let vm = matches!(frontend, Frontend::Stream(_) | Frontend::VhostUser(_));
-    if cli.net != NetMode::User {
+    if let Some(net) = cli.net.filter(|n| *n != NetMode::User) {
         eprintln!(
-            "uipd: -net {:?} needs the VMM (--kernel), which is not built yet",
-            cli.net
+            "uipd: -net {} is for a VM (--kernel); a namespace gets `user`",
+            format!("{net:?}").to_lowercase()
         );
         return ExitCode::from(2);
     }

@@ -1,0 +1,788 @@
+//! Guest physical memory layout and the Linux x86 64-bit boot protocol.
+//!
+//! # Theory of operation
+//!
+//! uipd enters the kernel the way the boot protocol's "64-bit BOOT PROTOCOL"
+//! section describes (Documentation/arch/x86/boot.rst): the CPU is already in
+//! long mode with an identity map, a GDT holds flat segments at selectors
+//! `0x10` (code) and `0x18` (data), interrupts are off and `%rsi` points at
+//! the zero page (`struct boot_params`). A bzImage is entered at its
+//! protected-mode part + 0x200 (`startup_64` of the decompressor); an ELF
+//! vmlinux at its ELF entry. No firmware runs: this module writes everything
+//! firmware would have left behind: the E820 map, the zero page, the command
+//! line, the MP table that names the CPUs and the I/O APIC, the GDT and the
+//! page tables.
+//!
+//! Everything here is pure (no KVM): it computes and writes into a
+//! [`GuestMemoryMmap`], so the layout is unit-tested byte for byte.
+//!
+//! ```text
+//!  0x0000_0500  GDT: null, null, code64 (0x10), data (0x18), TSS (0x20)
+//!  0x0000_0540  IDT (empty: the kernel loads its own before enabling interrupts)
+//!  0x0000_7000  zero page (boot_params)
+//!  0x0000_8ff0  initial stack top
+//!  0x0000_9000  PML4 ─► 0xa000 PDPT ─► 0xb000..0xefff four PDs: 4 GiB identity, 2 MiB pages
+//!  0x0002_0000  kernel command line (NUL-terminated)
+//!  0x0009_fc00  MP floating pointer (E820 reserved up to 0xa0000)
+//!  0x000f_0000  MP configuration table (E820 reserved up to 1 MiB)
+//!  0x0010_0000  kernel (bzImage protected-mode part / vmlinux), decompresses from here
+//!      ...      RAM ... initrd at the top of low RAM, page-aligned
+//!  0xc000_0000  ┐ MMIO hole, 1 GiB, never RAM: PCI BARs, MMCONFIG (later stages),
+//!  0xfec0_0000  │ the I/O APIC, 0xfee0_0000 the local APICs
+//!  0x1_0000_0000┘ RAM beyond 3 GiB continues here
+//! ```
+
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// The GDT's guest address.
+pub const GDT_ADDR: u64 = 0x500;
+/// The (empty) IDT's guest address.
+pub const IDT_ADDR: u64 = 0x540;
+/// The zero page (`boot_params`).
+pub const ZERO_PAGE: u64 = 0x7000;
+/// Initial stack pointer of the boot vCPU.
+pub const BOOT_STACK: u64 = 0x8ff0;
+/// The top-level page table.
+pub const PML4_ADDR: u64 = 0x9000;
+const PDPT_ADDR: u64 = 0xa000;
+const PD_ADDR: u64 = 0xb000;
+/// Number of page directories: each maps 1 GiB with 2 MiB pages.
+const PD_COUNT: u64 = 4;
+/// The kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// The MP floating pointer structure: in the last KiB of base memory, where
+/// the kernel's `smp_scan_config` looks.
+pub const MPTABLE_FLOAT: u64 = 0x9_fc00;
+/// The MP configuration table, in the reserved F segment.
+pub const MPTABLE_CONFIG: u64 = 0xf_0000;
+/// End of base memory (start of the legacy VGA/BIOS hole).
+const BASE_MEM_END: u64 = 0xa_0000;
+/// Where the kernel is loaded: 1 MiB ("high memory" in boot-protocol terms).
+pub const HIMEM_START: u64 = 0x10_0000;
+/// Start of the MMIO hole below 4 GiB; RAM never lives in it.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// End of the MMIO hole (4 GiB).
+pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// The I/O APIC's MMIO base.
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// The local APIC's MMIO base.
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// Most vCPUs the MP table can name (8-bit APIC IDs; one ID is the I/O APIC's).
+pub const MAX_VCPUS: usize = 254;
+
+/// E820 type: usable RAM.
+pub const E820_RAM: u32 = 1;
+/// E820 type: reserved.
+pub const E820_RESERVED: u32 = 2;
+
+/// `setup_header.header`: "HdrS".
+const HDRS_MAGIC: u32 = 0x5372_6448;
+/// `setup_header.boot_flag`.
+const BOOT_FLAG: u16 = 0xaa55;
+/// `type_of_loader`: "undefined" loader (boot.rst: 0xFF).
+const LOADER_UNDEFINED: u8 = 0xff;
+/// `xloadflags` bit 0: the kernel has the 64-bit entry at +0x200.
+pub const XLF_KERNEL_64: u16 = 1;
+/// Default `initrd_addr_max` for kernels that leave it 0 (boot.rst).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
+/// Command line size limit when the kernel gives none (boot protocol < 2.06).
+const DEFAULT_CMDLINE_MAX: usize = 255;
+/// Page size.
+const PAGE: u64 = 0x1000;
+
+/// GDT entries, in the order of their selectors: index 2 = 0x10 = `__BOOT_CS`,
+/// index 3 = 0x18 = `__BOOT_DS`, index 4 = 0x20 = the TSS KVM needs in TR.
+pub const GDT: [u64; 5] = [
+    0,
+    0,
+    gdt_entry(0xa09b, 0, 0xfffff), // code: present, DPL 0, exec/read, L=1, G=1
+    gdt_entry(0xc093, 0, 0xfffff), // data: present, DPL 0, read/write, D/B=1, G=1
+    gdt_entry(0x808b, 0, 0xfffff), // TSS: present, busy 64-bit TSS, G=1
+];
+/// Selector of the boot code segment.
+pub const BOOT_CS: u16 = 0x10;
+/// Selector of the boot data segment.
+pub const BOOT_DS: u16 = 0x18;
+/// Selector of the TSS.
+pub const BOOT_TSS: u16 = 0x20;
+
+/// Layout errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Guest memory too small for the fixed layout.
+    #[error("{0} MiB of guest memory is too little: at least {min} MiB", min = MIN_MEM_MIB)]
+    MemTooSmall(u64),
+    /// The command line does not fit the kernel's limit.
+    #[error("the kernel command line is {len} bytes; this kernel takes at most {max}")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit (without the NUL).
+        max: usize,
+    },
+    /// A NUL byte inside the command line.
+    #[error("the kernel command line contains a NUL byte")]
+    CmdlineNul,
+    /// The initrd does not fit between the kernel and the end of low RAM.
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest memory below {limit:#x} above the kernel (ends at {kernel_end:#x}): give more --mem"
+    )]
+    InitrdTooBig {
+        /// Initrd size.
+        size: u64,
+        /// The highest address it may end at.
+        limit: u64,
+        /// The end of the kernel's footprint.
+        kernel_end: u64,
+    },
+    /// Too many vCPUs for the MP table.
+    #[error("{0} vCPUs: the MP table names at most {MAX_VCPUS}")]
+    TooManyVcpus(usize),
+    /// Writing guest memory failed (the layout does not fit the memory).
+    #[error("writing {what} to guest memory at {addr:#x}")]
+    Write {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+// The fixed structures do not overlap.
+const _: () = assert!(PD_ADDR + PD_COUNT * PAGE <= CMDLINE_ADDR);
+const _: () = assert!(ZERO_PAGE + 4096 <= BOOT_STACK + 0x10);
+const _: () = assert!(GDT_ADDR + 8 * GDT.len() as u64 <= IDT_ADDR);
+
+/// Smallest guest memory accepted: room for the low structures, a kernel's
+/// decompression and an initrd.
+pub const MIN_MEM_MIB: u64 = 32;
+
+/// Encodes a segment descriptor. `flags` holds the access byte in bits 0..8
+/// and the G/DB/L/AVL nibble in bits 12..16 (the layout of Linux's
+/// `GDT_ENTRY` macro).
+pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+    let (flags, base, limit) = (flags as u64, base as u64, limit as u64);
+    ((base & 0xff00_0000) << 32)
+        | ((flags & 0xf0ff) << 40)
+        | ((limit & 0x000f_0000) << 32)
+        | ((base & 0x00ff_ffff) << 16)
+        | (limit & 0xffff)
+}
+
+/// The parts of a segment descriptor KVM wants in a `kvm_segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Base address.
+    pub base: u64,
+    /// Limit in bytes (scaled by the granularity bit).
+    pub limit: u32,
+    /// Selector (index * 8).
+    pub selector: u16,
+    /// Type nibble.
+    pub type_: u8,
+    /// Present.
+    pub present: u8,
+    /// Privilege level.
+    pub dpl: u8,
+    /// Default operand size (D/B).
+    pub db: u8,
+    /// Code/data (1) or system (0).
+    pub s: u8,
+    /// 64-bit code segment.
+    pub l: u8,
+    /// Granularity: limit in 4 KiB units.
+    pub g: u8,
+    /// Available for software.
+    pub avl: u8,
+}
+
+impl Segment {
+    /// Decodes GDT entry `index`.
+    pub fn from_gdt(index: u16) -> Segment {
+        let e = GDT[usize::from(index)];
+        let bit = |n: u32| u8::from(e >> n & 1 == 1);
+        let raw_limit = (e & 0xffff) | ((e >> 32) & 0x000f_0000);
+        let g = bit(55);
+        let limit = if g == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        };
+        Segment {
+            base: ((e >> 16) & 0x00ff_ffff) | ((e >> 32) & 0xff00_0000),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            selector: index * 8,
+            type_: u8::try_from(e >> 40 & 0xf).unwrap_or(0),
+            present: bit(47),
+            dpl: u8::try_from(e >> 45 & 3).unwrap_or(0),
+            db: bit(54),
+            s: bit(44),
+            l: bit(53),
+            g,
+            avl: bit(52),
+        }
+    }
+}
+
+/// Guest RAM regions for `mem_bytes` of memory: up to the MMIO hole, then
+/// the rest above 4 GiB.
+pub fn ram_regions(mem_bytes: u64) -> Vec<(GuestAddress, u64)> {
+    let low = mem_bytes.min(MMIO_HOLE_START);
+    let mut r = vec![(GuestAddress(0), low)];
+    if mem_bytes > MMIO_HOLE_START {
+        r.push((GuestAddress(MMIO_HOLE_END), mem_bytes - MMIO_HOLE_START));
+    }
+    r
+}
+
+/// The E820 map the guest sees for `mem_bytes` of RAM.
+pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
+    let e = |addr: u64, end: u64, r#type: u32| boot_e820_entry {
+        addr,
+        size: end - addr,
+        r#type,
+    };
+    let low_end = mem_bytes.min(MMIO_HOLE_START);
+    let mut map = vec![
+        e(0, MPTABLE_FLOAT, E820_RAM),
+        e(MPTABLE_FLOAT, BASE_MEM_END, E820_RESERVED),
+        // The F segment holds the MP configuration table, as a BIOS would.
+        e(MPTABLE_CONFIG, HIMEM_START, E820_RESERVED),
+        e(HIMEM_START, low_end, E820_RAM),
+    ];
+    if mem_bytes > MMIO_HOLE_START {
+        map.push(e(
+            MMIO_HOLE_END,
+            MMIO_HOLE_END + (mem_bytes - MMIO_HOLE_START),
+            E820_RAM,
+        ));
+    }
+    map
+}
+
+/// What the kernel loader found.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelInfo {
+    /// The setup header (from a bzImage), or `None` for an ELF vmlinux.
+    pub header: Option<setup_header>,
+    /// Where the kernel was loaded.
+    pub load_addr: u64,
+    /// End of the loaded image.
+    pub image_end: u64,
+}
+
+impl KernelInfo {
+    /// End of the memory the kernel uses while booting: its image, or
+    /// `init_size` bytes from its load address when that is larger (the
+    /// decompressor works in place).
+    pub fn footprint_end(&self) -> u64 {
+        let init = self
+            .header
+            .map_or(0, |h| u64::from(h.init_size))
+            .saturating_add(self.load_addr);
+        init.max(self.image_end)
+    }
+
+    /// The highest address the initrd may end at, per the header.
+    pub fn initrd_addr_max(&self) -> u64 {
+        match self.header.map(|h| h.initrd_addr_max) {
+            Some(0) | None => DEFAULT_INITRD_ADDR_MAX,
+            Some(m) => u64::from(m),
+        }
+    }
+
+    /// The kernel's command line limit, without the NUL.
+    pub fn cmdline_max(&self) -> usize {
+        match self.header {
+            // Protocol 2.06 added cmdline_size.
+            Some(h) if { h.version } >= 0x0206 => {
+                usize::try_from(h.cmdline_size).unwrap_or(usize::MAX)
+            }
+            Some(_) => DEFAULT_CMDLINE_MAX,
+            // vmlinux: x86's COMMAND_LINE_SIZE.
+            None => 2047,
+        }
+    }
+}
+
+/// Picks the initrd's address: page-aligned, as high as allowed (below the
+/// MMIO hole, the end of RAM and the kernel's `initrd_addr_max`) and above
+/// the kernel's footprint.
+pub fn initrd_addr(mem_bytes: u64, kernel: &KernelInfo, size: u64) -> Result<u64, Error> {
+    let limit = mem_bytes
+        .min(MMIO_HOLE_START)
+        .min(kernel.initrd_addr_max().saturating_add(1));
+    let kernel_end = kernel.footprint_end();
+    let addr = limit.checked_sub(size).map(|a| a & !(PAGE - 1));
+    match addr {
+        Some(a) if a >= kernel_end => Ok(a),
+        _ => Err(Error::InitrdTooBig {
+            size,
+            limit,
+            kernel_end,
+        }),
+    }
+}
+
+/// Checks the command line against the kernel's limit.
+pub fn check_cmdline(cmdline: &str, kernel: &KernelInfo) -> Result<(), Error> {
+    if cmdline.contains('\0') {
+        return Err(Error::CmdlineNul);
+    }
+    let max = kernel.cmdline_max();
+    if cmdline.len() > max {
+        return Err(Error::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Builds the zero page: the kernel's own setup header (or a minimal one for
+/// a vmlinux) with the loader's fields filled in, and the E820 map.
+pub fn boot_params(
+    kernel: &KernelInfo,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+    e820: &[boot_e820_entry],
+) -> boot_params {
+    let mut p = boot_params {
+        hdr: kernel.header.unwrap_or_else(|| setup_header {
+            header: HDRS_MAGIC,
+            boot_flag: BOOT_FLAG,
+            kernel_alignment: 0x100_0000,
+            ..setup_header::default()
+        }),
+        ..boot_params::default()
+    };
+    p.hdr.type_of_loader = LOADER_UNDEFINED;
+    p.hdr.vid_mode = 0xffff; // "normal"
+    // The layout keeps the command line below 4 GiB, so it fits in u32.
+    p.hdr.cmd_line_ptr = u32::try_from(CMDLINE_ADDR).unwrap_or(0);
+    if kernel.header.is_none() {
+        p.hdr.cmdline_size = u32::try_from(cmdline_len + 1).unwrap_or(u32::MAX);
+    }
+    if let Some((addr, size)) = initrd {
+        // initrd_addr() keeps the initrd below the MMIO hole (< 4 GiB).
+        p.hdr.ramdisk_image = u32::try_from(addr).unwrap_or(0);
+        p.hdr.ramdisk_size = u32::try_from(size).unwrap_or(0);
+        p.ext_ramdisk_size = u32::try_from(size >> 32).unwrap_or(0);
+    }
+    let n = e820.len().min(p.e820_table.len());
+    let mut table = p.e820_table;
+    table[..n].copy_from_slice(&e820[..n]);
+    p.e820_table = table;
+    p.e820_entries = u8::try_from(n).unwrap_or(0);
+    p
+}
+
+fn write<T: vm_memory::ByteValued>(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    addr: u64,
+    val: T,
+) -> Result<(), Error> {
+    mem.write_obj(val, GuestAddress(addr))
+        .map_err(|source| Error::Write { what, addr, source })
+}
+
+/// Writes the GDT, an empty IDT and the identity-mapping page tables
+/// (4 GiB with 2 MiB pages: enough for any kernel footprint, zero page,
+/// command line and initrd, which all live below the MMIO hole).
+pub fn write_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
+    for (i, e) in GDT.iter().enumerate() {
+        write(mem, "the GDT", GDT_ADDR + 8 * i as u64, *e)?;
+    }
+    write(mem, "the IDT", IDT_ADDR, 0u64)?;
+    // Present + writable (0x3); PD entries also PS (0x80): a 2 MiB page.
+    write(mem, "the PML4", PML4_ADDR, PDPT_ADDR | 0x3)?;
+    for i in 0..PD_COUNT {
+        let pd = PD_ADDR + i * PAGE;
+        write(mem, "the PDPT", PDPT_ADDR + 8 * i, pd | 0x3)?;
+        for j in 0..512u64 {
+            let frame = (i * 512 + j) << 21;
+            write(mem, "a page directory", pd + 8 * j, frame | 0x83)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the command line (NUL-terminated) and the zero page.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    cmdline: &str,
+    params: &boot_params,
+) -> Result<(), Error> {
+    let mut bytes = cmdline.as_bytes().to_vec();
+    bytes.push(0);
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))
+        .map_err(|source| Error::Write {
+            what: "the command line",
+            addr: CMDLINE_ADDR,
+            source,
+        })?;
+    write(mem, "the zero page", ZERO_PAGE, *params)
+}
+
+/// Builds the MP table (Intel MultiProcessor Specification 1.4, chapter 4):
+/// the floating pointer and the configuration table, for `vcpus` CPUs with
+/// APIC IDs 0..vcpus, one I/O APIC (ID `vcpus`) and ISA IRQs 0..15 wired to
+/// its pins 0..15 (how KVM's in-kernel I/O APIC routes GSIs), ExtINT on
+/// LINT0 and NMI on LINT1. Returns (floating pointer, configuration table).
+pub fn mptable(vcpus: usize) -> Result<([u8; 16], Vec<u8>), Error> {
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return Err(Error::TooManyVcpus(vcpus));
+    }
+    // vcpus <= 254: every ID below fits in a byte.
+    let ioapic_id = u8::try_from(vcpus).unwrap_or(u8::MAX);
+    let mut t = Vec::with_capacity(44 + 20 * vcpus + 8 * 20);
+    let mut entries: u16 = 0;
+    // Header; length, entry count and checksum are filled in at the end.
+    t.extend_from_slice(b"PCMP");
+    t.extend_from_slice(&[0, 0]); // base table length
+    t.push(4); // spec revision 1.4
+    t.push(0); // checksum
+    t.extend_from_slice(b"UIPD    "); // OEM ID
+    t.extend_from_slice(b"UIPD VMM    "); // product ID
+    t.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
+    t.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
+    t.extend_from_slice(&[0, 0]); // entry count
+    t.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]); // extended table length, checksum, reserved
+    for id in 0..ioapic_id {
+        // Processor: type 0, APIC ID, APIC version, flags (EN, BP for CPU 0),
+        // CPU signature (family 6), feature flags (FPU, APIC), reserved.
+        t.extend_from_slice(&[0, id, 0x14, if id == 0 { 3 } else { 1 }]);
+        t.extend_from_slice(&0x600u32.to_le_bytes());
+        t.extend_from_slice(&0x201u32.to_le_bytes());
+        t.extend_from_slice(&[0; 8]);
+        entries += 1;
+    }
+    // Bus 0: ISA.
+    t.extend_from_slice(&[1, 0]);
+    t.extend_from_slice(b"ISA   ");
+    entries += 1;
+    // The I/O APIC: type 2, ID, version 0x11, enabled, address.
+    t.extend_from_slice(&[2, ioapic_id, 0x11, 1]);
+    t.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    entries += 1;
+    for irq in 0..16u8 {
+        // I/O interrupt: type 3, INT, flags "conforms to bus", bus 0, IRQ,
+        // destination I/O APIC, pin.
+        t.extend_from_slice(&[3, 0, 0, 0, 0, irq, ioapic_id, irq]);
+        entries += 1;
+    }
+    // Local interrupts: ExtINT on LINT0, NMI on LINT1, to every local APIC.
+    t.extend_from_slice(&[4, 3, 0, 0, 0, 0, 0xff, 0]);
+    t.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0xff, 1]);
+    entries += 2;
+    let len = u16::try_from(t.len()).map_err(|_| Error::TooManyVcpus(vcpus))?;
+    t[4..6].copy_from_slice(&len.to_le_bytes());
+    t[34..36].copy_from_slice(&entries.to_le_bytes());
+    t[7] = checksum(&t);
+
+    let mut f = [0u8; 16];
+    f[0..4].copy_from_slice(b"_MP_");
+    f[4..8].copy_from_slice(&u32::try_from(MPTABLE_CONFIG).unwrap_or(0).to_le_bytes());
+    f[8] = 1; // length in 16-byte units
+    f[9] = 4; // spec revision
+    // f[11] = 0: a configuration table is present; f[12] = 0: no IMCR.
+    f[10] = checksum(&f);
+    Ok((f, t))
+}
+
+/// The byte that makes `bytes` sum to zero (mod 256).
+fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+}
+
+/// Writes the MP table for `vcpus` CPUs.
+pub fn write_mptable(mem: &GuestMemoryMmap, vcpus: usize) -> Result<(), Error> {
+    let (float, table) = mptable(vcpus)?;
+    let w = |what, addr: u64, b: &[u8]| {
+        mem.write_slice(b, GuestAddress(addr))
+            .map_err(|source| Error::Write { what, addr, source })
+    };
+    w("the MP floating pointer", MPTABLE_FLOAT, &float)?;
+    w("the MP table", MPTABLE_CONFIG, &table)?;
+    if MPTABLE_CONFIG.checked_add(table.len() as u64) > Some(HIMEM_START) {
+        return Err(Error::TooManyVcpus(vcpus));
+    }
+    Ok(())
+}
+
+/// Checks that `mem_bytes` can hold the layout.
+pub fn check_mem(mem_bytes: u64) -> Result<(), Error> {
+    if mem_bytes < MIN_MEM_MIB << 20 {
+        return Err(Error::MemTooSmall(mem_bytes >> 20));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::ByteValued;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn small_mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap()
+    }
+
+    fn bz_header() -> setup_header {
+        setup_header {
+            header: HDRS_MAGIC,
+            boot_flag: BOOT_FLAG,
+            version: 0x020f,
+            loadflags: 1,
+            xloadflags: 0x7f,
+            initrd_addr_max: 0x7fff_ffff,
+            cmdline_size: 2047,
+            init_size: 0x200_0000,
+            code32_start: 0x10_0000,
+            ..setup_header::default()
+        }
+    }
+
+    fn bz_kernel() -> KernelInfo {
+        KernelInfo {
+            header: Some(bz_header()),
+            load_addr: HIMEM_START,
+            image_end: HIMEM_START + 8 * MIB,
+        }
+    }
+
+    #[test]
+    fn zero_page_is_4096_bytes_with_fields_at_their_abi_offsets() {
+        let p = boot_params::default();
+        assert_eq!(std::mem::size_of::<boot_params>(), 4096);
+        let base = std::ptr::addr_of!(p) as usize;
+        let off = |f: usize| f - base;
+        assert_eq!(off(std::ptr::addr_of!(p.e820_entries) as usize), 0x1e8);
+        assert_eq!(off(std::ptr::addr_of!(p.hdr) as usize), 0x1f1);
+        assert_eq!(
+            off(std::ptr::addr_of!(p.hdr.type_of_loader) as usize),
+            0x210
+        );
+        assert_eq!(off(std::ptr::addr_of!(p.hdr.ramdisk_image) as usize), 0x218);
+        assert_eq!(off(std::ptr::addr_of!(p.hdr.cmd_line_ptr) as usize), 0x228);
+        assert_eq!(off(std::ptr::addr_of!(p.e820_table) as usize), 0x2d0);
+    }
+
+    #[test]
+    fn e820_small_guest_has_base_memory_reserved_bios_areas_and_ram_from_1mib() {
+        let m = e820_map(256 * MIB);
+        let got: Vec<(u64, u64, u32)> = m.iter().map(|e| (e.addr, e.size, e.r#type)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0x9_fc00, E820_RAM),
+                (0x9_fc00, 0x400, E820_RESERVED),
+                (0xf_0000, 0x1_0000, E820_RESERVED),
+                (HIMEM_START, 256 * MIB - HIMEM_START, E820_RAM),
+            ]
+        );
+        assert_eq!(ram_regions(256 * MIB), vec![(GuestAddress(0), 256 * MIB)]);
+    }
+
+    #[test]
+    fn e820_large_guest_skips_the_mmio_hole() {
+        let mem = 5 * 1024 * MIB;
+        let m = e820_map(mem);
+        let last = m[m.len() - 1];
+        let low = m[m.len() - 2];
+        assert_eq!(
+            (low.addr, low.addr + low.size),
+            (HIMEM_START, MMIO_HOLE_START)
+        );
+        assert_eq!({ last.addr }, MMIO_HOLE_END);
+        assert_eq!({ last.size }, mem - MMIO_HOLE_START);
+        // No entry overlaps the hole or another entry.
+        for w in m.windows(2) {
+            assert!(w[0].addr + w[0].size <= w[1].addr);
+        }
+        assert!(
+            m.iter()
+                .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END)
+        );
+        assert_eq!(
+            ram_regions(mem),
+            vec![
+                (GuestAddress(0), MMIO_HOLE_START),
+                (GuestAddress(MMIO_HOLE_END), mem - MMIO_HOLE_START)
+            ]
+        );
+    }
+
+    #[test]
+    fn initrd_goes_page_aligned_to_the_top_of_low_ram() {
+        let k = bz_kernel();
+        let a = initrd_addr(256 * MIB, &k, 5000).unwrap();
+        assert_eq!(a, 256 * MIB - 0x2000);
+        // A kernel with a low initrd_addr_max.
+        let mut h = bz_header();
+        h.initrd_addr_max = 0x37ff_ffff;
+        let k2 = KernelInfo {
+            header: Some(h),
+            ..k
+        };
+        assert_eq!(
+            initrd_addr(2048 * MIB, &k2, 0x1000).unwrap(),
+            0x3800_0000 - 0x1000
+        );
+        // Large memory: still below the hole.
+        assert!(initrd_addr(8192 * MIB, &k, 0x1000).unwrap() < MMIO_HOLE_START);
+    }
+
+    #[test]
+    fn initrd_that_would_overlap_the_decompressing_kernel_is_an_error() {
+        let k = bz_kernel(); // footprint ends at 1 MiB + 32 MiB (init_size)
+        assert_eq!(k.footprint_end(), HIMEM_START + 0x200_0000);
+        let err = initrd_addr(64 * MIB, &k, 40 * MIB).unwrap_err();
+        assert!(matches!(err, Error::InitrdTooBig { .. }), "{err}");
+        assert!(initrd_addr(64 * MIB, &k, 30 * MIB).is_ok());
+        assert!(initrd_addr(64 * MIB, &k, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn cmdline_limits_follow_the_header() {
+        let k = bz_kernel();
+        assert!(check_cmdline("console=ttyS0", &k).is_ok());
+        assert!(matches!(
+            check_cmdline(&"x".repeat(2048), &k),
+            Err(Error::CmdlineTooLong {
+                len: 2048,
+                max: 2047
+            })
+        ));
+        assert!(matches!(check_cmdline("a\0b", &k), Err(Error::CmdlineNul)));
+        let mut old = bz_header();
+        old.version = 0x0204;
+        let k_old = KernelInfo {
+            header: Some(old),
+            ..k
+        };
+        assert!(check_cmdline(&"x".repeat(256), &k_old).is_err());
+    }
+
+    #[test]
+    fn boot_params_carry_loader_fields_and_keep_the_kernel_header() {
+        let k = bz_kernel();
+        let e820 = e820_map(256 * MIB);
+        let p = boot_params(&k, 13, Some((0xf00_0000, 12345)), &e820);
+        assert_eq!({ p.hdr.type_of_loader }, 0xff);
+        assert_eq!({ p.hdr.cmd_line_ptr }, 0x2_0000);
+        assert_eq!({ p.hdr.ramdisk_image }, 0xf00_0000);
+        assert_eq!({ p.hdr.ramdisk_size }, 12345);
+        assert_eq!({ p.hdr.header }, HDRS_MAGIC);
+        assert_eq!({ p.hdr.cmdline_size }, 2047, "the kernel's own limit stays");
+        assert_eq!({ p.hdr.init_size }, 0x200_0000);
+        assert_eq!(p.e820_entries, 4);
+        assert_eq!({ p.e820_table[3].addr }, HIMEM_START);
+        // A vmlinux gets a minimal header.
+        let v = KernelInfo {
+            header: None,
+            load_addr: 0x100_0000,
+            image_end: 0x200_0000,
+        };
+        let p = boot_params(&v, 13, None, &e820);
+        assert_eq!({ p.hdr.boot_flag }, BOOT_FLAG);
+        assert_eq!({ p.hdr.header }, HDRS_MAGIC);
+        assert_eq!({ p.hdr.ramdisk_image }, 0);
+        // In guest memory, byte for byte at the ABI offsets.
+        let mem = small_mem();
+        write_boot_params(&mem, "console=ttyS0", &p).unwrap();
+        let mut b = [0u8; 4096];
+        mem.read_slice(&mut b, GuestAddress(ZERO_PAGE)).unwrap();
+        assert_eq!(&b[..], p.as_slice());
+        assert_eq!(b[0x210], 0xff);
+        assert_eq!(&b[0x228..0x22c], &0x2_0000u32.to_le_bytes());
+        assert_eq!(&b[0x202..0x206], b"HdrS");
+        let mut c = [0u8; 14];
+        mem.read_slice(&mut c, GuestAddress(CMDLINE_ADDR)).unwrap();
+        assert_eq!(&c, b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn gdt_descriptors_decode_to_flat_long_mode_segments() {
+        assert_eq!(GDT[2], 0x00af_9b00_0000_ffff);
+        assert_eq!(GDT[3], 0x00cf_9300_0000_ffff);
+        let cs = Segment::from_gdt(2);
+        assert_eq!(cs.selector, BOOT_CS);
+        assert_eq!((cs.base, cs.limit), (0, 0xffff_ffff));
+        assert_eq!(
+            (cs.l, cs.db, cs.s, cs.present, cs.type_, cs.g),
+            (1, 0, 1, 1, 0xb, 1)
+        );
+        let ds = Segment::from_gdt(3);
+        assert_eq!(ds.selector, BOOT_DS);
+        assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 3));
+        let tss = Segment::from_gdt(4);
+        assert_eq!((tss.selector, tss.s, tss.type_), (BOOT_TSS, 0, 0xb));
+    }
+
+    #[test]
+    fn page_tables_identity_map_4gib_with_2mib_pages() {
+        let mem = small_mem();
+        write_cpu_tables(&mem).unwrap();
+        let rd = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).unwrap();
+        // Walk the tables for a few addresses.
+        for va in [0u64, 0x10_0000, 0x1234_5678, 0xbfff_ffff, 0xffff_f000] {
+            let pml4e = rd(PML4_ADDR + 8 * ((va >> 39) & 511));
+            assert_eq!(pml4e & 1, 1);
+            let pdpte = rd((pml4e & !0xfff) + 8 * ((va >> 30) & 511));
+            assert_eq!(pdpte & 1, 1);
+            let pde = rd((pdpte & !0xfff) + 8 * ((va >> 21) & 511));
+            assert_eq!(pde & 0x83, 0x83, "present, writable, 2 MiB");
+            assert_eq!((pde & !0x1f_ffff & !0xfff) | (va & 0x1f_ffff), va);
+        }
+        assert_eq!(rd(GDT_ADDR + 16), GDT[2]);
+    }
+
+    #[test]
+    fn mptable_checksums_and_entries() {
+        let (f, t) = mptable(2).unwrap();
+        assert_eq!(&f[..4], b"_MP_");
+        assert_eq!(f.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(u32::from_le_bytes(f[4..8].try_into().unwrap()), 0xf_0000);
+        assert_eq!(&t[..4], b"PCMP");
+        assert_eq!(usize::from(u16::from_le_bytes([t[4], t[5]])), t.len());
+        assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        // 2 CPUs + bus + I/O APIC + 16 IRQs + 2 local interrupts.
+        assert_eq!(u16::from_le_bytes([t[34], t[35]]), 2 + 1 + 1 + 16 + 2);
+        assert_eq!(t.len(), 44 + 2 * 20 + 8 * (1 + 1 + 16 + 2));
+        // CPU 0 is the enabled boot processor, CPU 1 enabled.
+        assert_eq!(&t[44..48], &[0, 0, 0x14, 3]);
+        assert_eq!(&t[64..68], &[0, 1, 0x14, 1]);
+        // The I/O APIC has ID 2 at 0xfec00000.
+        let io = 44 + 40 + 8;
+        assert_eq!(&t[io..io + 8], &[2, 2, 0x11, 1, 0, 0, 0xc0, 0xfe]);
+        assert!(mptable(0).is_err());
+        assert!(mptable(MAX_VCPUS + 1).is_err());
+        let (_, big) = mptable(MAX_VCPUS).unwrap();
+        assert!(MPTABLE_CONFIG + big.len() as u64 <= HIMEM_START);
+        let mem = small_mem();
+        write_mptable(&mem, 4).unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(MPTABLE_FLOAT)).unwrap(),
+            0x5f50_4d5f
+        );
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(MPTABLE_CONFIG)).unwrap(),
+            0x504d_4350
+        );
+    }
+
+    #[test]
+    fn mem_floor() {
+        assert!(check_mem(31 * MIB).is_err());
+        assert!(check_mem(32 * MIB).is_ok());
+    }
+}

@@ -1,0 +1,380 @@
+//! The KVM VM and its vCPUs: creation and the architectural state a Linux
+//! guest expects at its 64-bit entry point.
+//!
+//! # Theory of operation
+//!
+//! [`Vm::new`] opens `/dev/kvm`, checks the capabilities uipd relies on,
+//! creates the VM with an in-kernel interrupt controller (PIC + I/O APIC +
+//! local APICs) and PIT, and backs guest RAM with anonymous memory from
+//! vm-memory, registered as one KVM memory slot per region
+//! ([`super::boot::ram_regions`]: RAM skips the MMIO hole below 4 GiB).
+//!
+//! [`Vm::create_vcpu`] gives each vCPU KVM's supported CPUID (with its APIC
+//! ID patched in), the MSRs Linux relies on at boot (notably MTRRs on, default
+//! write-back: without it every access is uncached) and LINT0 = ExtINT,
+//! LINT1 = NMI on its local APIC, as a BIOS leaves them. The boot vCPU also
+//! gets long mode: the GDT, page tables and registers of the boot protocol
+//! ([`super::boot`]). The other vCPUs wait for the guest's INIT/SIPI in KVM.
+//!
+//! Unsafe code: registering guest memory with KVM (the host mapping must
+//! stay valid while the VM lives: [`Vm`] owns both, and drops the VM fd
+//! first).
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_fpu, kvm_msr_entry,
+    kvm_pit_config, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::boot::{self, Segment};
+
+/// KVM set-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// /dev/kvm is missing.
+    #[error(
+        "/dev/kvm does not exist: KVM is not available on this host (load kvm_intel or kvm_amd, or turn on nested virtualisation)"
+    )]
+    NoKvm,
+    /// /dev/kvm is not accessible.
+    #[error(
+        "no permission to open /dev/kvm (add the user to the group that owns it, usually `kvm`)"
+    )]
+    KvmPermission,
+    /// Another error opening /dev/kvm.
+    #[error("cannot open /dev/kvm")]
+    Open(#[source] kvm_ioctls::Error),
+    /// The host's KVM lacks a capability uipd needs.
+    #[error("the host's KVM lacks {0}")]
+    MissingCap(&'static str),
+    /// A KVM ioctl failed.
+    #[error("KVM: {what}")]
+    Ioctl {
+        /// What uipd asked for.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {mib} MiB of guest memory")]
+    Memory {
+        /// The size asked for.
+        mib: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// Too many vCPUs for this host's KVM.
+    #[error("{0} vCPUs: this host's KVM allows at most {1}")]
+    TooManyVcpus(usize, usize),
+    /// KVM refused some of the boot MSRs.
+    #[error("KVM set only {set} of {want} boot MSRs (refused MSR {first_refused:#x})")]
+    Msrs {
+        /// How many were set.
+        set: usize,
+        /// How many were asked for.
+        want: usize,
+        /// The first one refused.
+        first_refused: u32,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
+    move |source| KvmError::Ioctl { what, source }
+}
+
+/// Where KVM keeps the TSS it needs for real-mode emulation on Intel: three
+/// pages just below the identity-map page, inside the MMIO hole (never RAM).
+const TSS_ADDR: usize = 0xfffb_d000;
+/// The EPT identity-map page (Intel), below the TSS pages' neighbourhood.
+const IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
+
+/// Opens /dev/kvm with errors a user can act on.
+pub fn open_kvm() -> Result<Kvm, KvmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
+        libc::EACCES | libc::EPERM => KvmError::KvmPermission,
+        _ => KvmError::Open(e),
+    })
+}
+
+/// A VM with its memory.
+pub struct Vm {
+    /// The VM fd. Declared first: dropped before `mem`, so KVM never holds a
+    /// slot over unmapped memory.
+    pub fd: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    kvm: Kvm,
+    supported_cpuid: CpuId,
+}
+
+impl Vm {
+    /// Creates a VM with `mem_bytes` of RAM, the in-kernel irqchip and PIT.
+    pub fn new(mem_bytes: u64) -> Result<Vm, KvmError> {
+        let kvm = open_kvm()?;
+        for (cap, name) in [
+            (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+            (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+            (Cap::MpState, "KVM_CAP_MP_STATE"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCap(name));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("reading the supported CPUID"))?;
+        let mib = mem_bytes >> 20;
+        let ranges: Vec<(GuestAddress, usize)> = boot::ram_regions(mem_bytes)
+            .into_iter()
+            .map(|(a, l)| (a, usize::try_from(l).unwrap_or(usize::MAX)))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|source| KvmError::Memory { mib, source })?;
+        let fd = kvm.create_vm().map_err(ioctl("creating the VM"))?;
+        fd.set_identity_map_address(IDENTITY_MAP_ADDR)
+            .map_err(ioctl("setting the identity map address"))?;
+        fd.set_tss_address(TSS_ADDR)
+            .map_err(ioctl("setting the TSS address"))?;
+        fd.create_irq_chip()
+            .map_err(ioctl("creating the in-kernel irqchip"))?;
+        // The dummy speaker: port 0x61 is handled in the kernel too.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(ioctl("creating the PIT"))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY:
+            // - `userspace_addr..+memory_size` is the live anonymous mapping
+            //   of `region`, owned by `mem`, which this `Vm` owns;
+            // - `fd` is declared before `mem` in `Vm`, so the VM (and its
+            //   slots) is dropped before the mapping is unmapped;
+            // - slots and guest ranges do not overlap (ram_regions yields
+            //   disjoint regions, one slot each).
+            unsafe { fd.set_user_memory_region(r) }.map_err(ioctl("registering guest memory"))?;
+        }
+        Ok(Vm {
+            fd,
+            mem,
+            kvm,
+            supported_cpuid,
+        })
+    }
+
+    /// Most vCPUs this host's KVM allows in one VM.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+
+    /// Creates vCPU `id` of `count`. `boot` = entry point and `%rsi` for the
+    /// boot vCPU; the others wait for INIT/SIPI.
+    pub fn create_vcpu(
+        &self,
+        id: u8,
+        count: usize,
+        boot: Option<(u64, u64)>,
+    ) -> Result<VcpuFd, KvmError> {
+        if count > self.max_vcpus().min(boot::MAX_VCPUS) {
+            return Err(KvmError::TooManyVcpus(
+                count,
+                self.max_vcpus().min(boot::MAX_VCPUS),
+            ));
+        }
+        let vcpu = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(ioctl("creating a vCPU"))?;
+        let mut cpuid = self.supported_cpuid.clone();
+        patch_cpuid(&mut cpuid, id);
+        vcpu.set_cpuid2(&cpuid).map_err(ioctl("setting CPUID"))?;
+        set_boot_msrs(&vcpu)?;
+        set_lint(&vcpu)?;
+        if let Some((entry, rsi)) = boot {
+            set_long_mode(&vcpu, entry, rsi)?;
+        }
+        Ok(vcpu)
+    }
+}
+
+/// CPUID leaves that carry the APIC ID, per vCPU.
+fn patch_cpuid(cpuid: &mut CpuId, id: u8) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            // EBX[31:24]: initial APIC ID. ECX bit 31: running on a hypervisor.
+            1 => {
+                e.ebx = (e.ebx & 0x00ff_ffff) | (u32::from(id) << 24);
+                e.ecx |= 1 << 31;
+            }
+            // Extended topology: EDX = x2APIC ID.
+            0xb | 0x1f => e.edx = u32::from(id),
+            // AMD extended APIC ID.
+            0x8000_001e => e.eax = u32::from(id),
+            _ => {}
+        }
+    }
+}
+
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// The MSRs at boot: syscall MSRs cleared, fast strings on, MTRRs enabled
+/// with write-back as the default type (SDM vol. 3 §11.11.2.1).
+fn set_boot_msrs(vcpu: &VcpuFd) -> Result<(), KvmError> {
+    let list = [
+        (MSR_IA32_SYSENTER_CS, 0),
+        (MSR_IA32_SYSENTER_ESP, 0),
+        (MSR_IA32_SYSENTER_EIP, 0),
+        (MSR_STAR, 0),
+        (MSR_CSTAR, 0),
+        (MSR_KERNEL_GS_BASE, 0),
+        (MSR_SYSCALL_MASK, 0),
+        (MSR_LSTAR, 0),
+        (MSR_IA32_TSC, 0),
+        (MSR_IA32_MISC_ENABLE, 1),          // fast-string operations
+        (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, default WB
+    ];
+    let entries: Vec<kvm_msr_entry> = list
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    let msrs = Msrs::from_entries(&entries).map_err(|_| KvmError::Msrs {
+        set: 0,
+        want: list.len(),
+        first_refused: list[0].0,
+    })?;
+    let set = vcpu.set_msrs(&msrs).map_err(ioctl("setting MSRs"))?;
+    if set != list.len() {
+        return Err(KvmError::Msrs {
+            set,
+            want: list.len(),
+            first_refused: list.get(set).map_or(0, |m| m.0),
+        });
+    }
+    Ok(())
+}
+
+/// APIC register offsets of LVT LINT0 and LINT1.
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+/// Delivery modes (bits 8..11 of an LVT entry).
+const DM_EXTINT: u32 = 7;
+const DM_NMI: u32 = 4;
+
+fn lapic_reg(regs: &[std::os::raw::c_char], off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    for (d, s) in b.iter_mut().zip(&regs[off..off + 4]) {
+        *d = s.to_ne_bytes()[0];
+    }
+    u32::from_le_bytes(b)
+}
+
+fn set_lapic_reg(regs: &mut [std::os::raw::c_char], off: usize, v: u32) {
+    for (d, s) in regs[off..off + 4].iter_mut().zip(v.to_le_bytes()) {
+        *d = std::os::raw::c_char::from_ne_bytes([s]);
+    }
+}
+
+/// LINT0 = ExtINT (the PIC's output), LINT1 = NMI, as firmware leaves them.
+fn set_lint(vcpu: &VcpuFd) -> Result<(), KvmError> {
+    let mut lapic = vcpu.get_lapic().map_err(ioctl("reading the local APIC"))?;
+    for (off, mode) in [(APIC_LVT0, DM_EXTINT), (APIC_LVT1, DM_NMI)] {
+        let v = lapic_reg(&lapic.regs, off);
+        set_lapic_reg(&mut lapic.regs, off, (v & !0x700) | (mode << 8));
+    }
+    vcpu.set_lapic(&lapic)
+        .map_err(ioctl("writing the local APIC"))
+}
+
+fn kvm_seg(s: Segment) -> kvm_segment {
+    kvm_segment {
+        base: s.base,
+        limit: s.limit,
+        selector: s.selector,
+        type_: s.type_,
+        present: s.present,
+        dpl: s.dpl,
+        db: s.db,
+        s: s.s,
+        l: s.l,
+        g: s.g,
+        avl: s.avl,
+        unusable: u8::from(s.present == 0),
+        padding: 0,
+    }
+}
+
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// The boot protocol's 64-bit entry state: long mode with paging on the
+/// identity map, flat `__BOOT_CS`/`__BOOT_DS`, interrupts off, `%rsi` =
+/// the zero page. The caller has written the tables
+/// ([`boot::write_cpu_tables`]).
+fn set_long_mode(vcpu: &VcpuFd, entry: u64, rsi: u64) -> Result<(), KvmError> {
+    let mut sregs = vcpu.get_sregs().map_err(ioctl("reading sregs"))?;
+    let code = kvm_seg(Segment::from_gdt(boot::BOOT_CS / 8));
+    let data = kvm_seg(Segment::from_gdt(boot::BOOT_DS / 8));
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = kvm_seg(Segment::from_gdt(boot::BOOT_TSS / 8));
+    sregs.gdt.base = boot::GDT_ADDR;
+    sregs.gdt.limit = u16::try_from(8 * boot::GDT.len() - 1).unwrap_or(u16::MAX);
+    sregs.idt.base = boot::IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+    sregs.cr3 = boot::PML4_ADDR;
+    sregs.cr4 = CR4_PAE;
+    sregs.efer = EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).map_err(ioctl("writing sregs"))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(ioctl("writing the FPU state"))?;
+    let regs = kvm_regs {
+        rflags: 0x2, // reserved bit 1; IF clear
+        rip: entry,
+        rsp: boot::BOOT_STACK,
+        rbp: boot::BOOT_STACK,
+        rsi,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(ioctl("writing registers"))
+}
