@@ -96,6 +96,12 @@ use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
 pub const MAX_RECV: usize = 16 << 20;
 /// Buffer group id of the frame port's provided buffers.
 const PORT_BGID: u16 = 1;
+/// Buffer group id of the datagram flows' provided buffers.
+const RECV_BGID: u16 = 2;
+/// Datagram receive buffers: each holds the largest UDP datagram.
+const RECV_RING_ENTRIES: u16 = 64;
+/// The largest datagram a flow receives.
+const DGRAM_MAX: usize = 65535;
 /// Most buffers kept on the spare list.
 pub const SPARE_MAX: usize = 256;
 /// Largest buffer capacity kept on the spare list.
@@ -180,6 +186,8 @@ enum OpKind {
     Timeout,
     /// The frame port's multishot read (stays in flight across CQEs).
     PortRead,
+    /// A datagram flow's multishot receive (stays in flight across CQEs).
+    RecvMulti,
 }
 
 /// The meaning of a CQE, packed into the SQE's `user_data`.
@@ -211,6 +219,7 @@ impl Token {
                     OpKind::PortRead => 10,
                     OpKind::Accept => 11,
                     OpKind::DgramPoll => 12,
+                    OpKind::RecvMulti => 13,
                 },
                 slot,
             ),
@@ -235,6 +244,7 @@ impl Token {
             10 => OpKind::PortRead,
             11 => OpKind::Accept,
             12 => OpKind::DgramPoll,
+            13 => OpKind::RecvMulti,
             7 if slot == 0 => return Some(Token::Cancel),
             _ => return None,
         };
@@ -357,6 +367,9 @@ struct Flow {
     peer: Option<SocketAddr>,
     /// A `ShutdownWrite` that waits for `sends_in_flight` to reach 0.
     shutdown_pending: bool,
+    /// A UDP or ICMP flow: once the stack's first `Recv` arrives, it
+    /// receives continuously (see [`Uring::push`]).
+    dgram: bool,
 }
 
 /// Executes [`SockOp`]s on one io_uring; see the [module docs](self).
@@ -381,6 +394,9 @@ pub struct Uring {
     cqes: Vec<(u64, i32, u32)>,
     /// Provided buffers of the frame port's multishot read.
     port_ring: Option<BufRing>,
+    /// Provided buffers shared by the datagram flows' multishot receives
+    /// (made at the first one; `Err` once it failed: one-shot receives).
+    recv_ring: Option<Result<BufRing, ()>>,
     /// End of the last timed wait, for [`Completion::Timeout`].
     deadline: Option<Instant>,
     /// The `ops` slot of the fallback timeout SQE in flight, if any.
@@ -419,6 +435,7 @@ impl Uring {
             spare: Vec::new(),
             cqes: Vec::new(),
             port_ring: None,
+            recv_ring: None,
             deadline: None,
             fallback_timeout: None,
             listeners: std::collections::HashMap::new(),
@@ -588,6 +605,9 @@ impl Uring {
         timeout: Option<Duration>,
     ) -> io::Result<()> {
         if let Some(r) = self.port_ring.as_mut() {
+            r.publish();
+        }
+        if let Some(Ok(r)) = self.recv_ring.as_mut() {
             r.publish();
         }
         let backlog_flushed = self.flush_backlog()?;
@@ -760,6 +780,7 @@ impl Uring {
             sends_in_flight: 0,
             shutdown_pending: false,
             peer,
+            dgram: false,
         });
         self.live_flows += 1;
     }
@@ -911,6 +932,7 @@ impl Uring {
             sends_in_flight: 0,
             shutdown_pending: false,
             peer: None,
+            dgram: proto != Proto::Tcp,
         });
         self.live_flows += 1;
         if let Some(s) = sock {
@@ -934,6 +956,17 @@ impl Uring {
     /// Issue a Send, Recv or ShutdownWrite on a connected flow.
     fn issue(&mut self, op: SockOp) {
         let id = op.flow();
+        let Some(f) = self.flow_mut(id) else {
+            return;
+        };
+        if f.dgram && matches!(op, SockOp::Recv { .. }) {
+            // Cannot fail: a connected flow has a socket.
+            let s = f.sock.expect("connected flow has a socket");
+            if self.recv_ring_ready() {
+                self.arm_recv_multi(id, s);
+                return;
+            }
+        }
         let Some(f) = self.flow_mut(id) else {
             return;
         };
@@ -1174,6 +1207,9 @@ impl Uring {
         if kind == OpKind::PortRead {
             return self.on_port_read(slot, result, flags, out);
         }
+        if kind == OpKind::RecvMulti {
+            return self.on_recv_multi(slot, result, flags, out);
+        }
         let Some(op) = self.free_op(slot) else {
             warn!("uring: CQE for empty op slot {slot}");
             return 0;
@@ -1222,6 +1258,7 @@ impl Uring {
             }
             OpKind::Timeout => 0,
             OpKind::PortRead => unreachable!("handled by on_port_read"),
+            OpKind::RecvMulti => unreachable!("handled by on_recv_multi"),
             OpKind::Accept => self.on_accept(op.listener, res, out),
             OpKind::DgramPoll => self.on_dgram_ready(op.listener, res, out),
         }
@@ -1343,6 +1380,16 @@ impl Uring {
             self.recycle(buf);
             return 0;
         };
+        // A datagram flow receives continuously: the next receive is
+        // issued here, not by the stack.
+        if self.flow_mut(id).is_some_and(|f| f.dgram)
+            && matches!(res, Ok(_) | Err(libc::ECONNREFUSED))
+        {
+            self.issue(SockOp::Recv {
+                flow: id,
+                max: DGRAM_MAX,
+            });
+        }
         let result = match res {
             Ok(n) => {
                 let n = usize::try_from(n).unwrap_or(0).min(buf.capacity());
@@ -1362,6 +1409,113 @@ impl Uring {
         };
         out(Completion::Host(HostEvent::Received { flow: id, result }));
         1
+    }
+
+    /// The datagram receive ring, made on first use; false when it
+    /// cannot be (a kernel without provided-buffer rings or multishot
+    /// receive): datagram flows then use one-shot receives.
+    fn recv_ring_ready(&mut self) -> bool {
+        if self.recv_ring.is_none() {
+            let r = BufRing::new(&self.ring, RECV_RING_ENTRIES, DGRAM_MAX, RECV_BGID);
+            if let Err(e) = &r {
+                debug!("uring: no datagram receive ring ({e}); one-shot receives");
+            }
+            self.recv_ring = Some(r.map_err(|_| ()));
+        }
+        matches!(self.recv_ring, Some(Ok(_)))
+    }
+
+    /// One multishot receive on datagram socket `s` of flow `id`.
+    fn arm_recv_multi(&mut self, id: FlowId, s: u32) {
+        let fd = self.sock_fd(s);
+        let op = Op {
+            kind: OpKind::RecvMulti,
+            flow: Some(id),
+            sock: Some(s),
+            listener: None,
+            res: OpRes::None,
+        };
+        self.start(op, |_| {
+            opcode::RecvMulti::new(types::Fd(fd), RECV_BGID).build()
+        });
+    }
+
+    /// A CQE of a datagram flow's multishot receive: a datagram (copied
+    /// out of the shared buffer at once, so one busy flow cannot starve the
+    /// others of buffers) and/or the end of the receive, which is re-armed
+    /// while the flow lives.
+    fn on_recv_multi(
+        &mut self,
+        slot: u32,
+        result: i32,
+        flags: u32,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        let Some((flow, sock)) = self.ops.get(slot as usize).and_then(|o| {
+            let o = o.as_ref()?;
+            Some((o.flow, o.sock))
+        }) else {
+            warn!("uring: multishot receive CQE for empty op slot {slot}");
+            return 0;
+        };
+        let live = flow.filter(|&id| self.flow_mut(id).is_some());
+        let mut n = 0;
+        if result >= 0
+            && let Some(bid) = cqueue::buffer_select(flags)
+        {
+            // Cannot fail: a non-negative i32 fits usize.
+            let len = usize::try_from(result).unwrap_or(0);
+            let mut data = self.recv_buffer(len);
+            if let Some(Ok(r)) = self.recv_ring.as_mut() {
+                if let Some(bytes) = r.get(bid, len) {
+                    data.extend_from_slice(bytes);
+                }
+                r.recycle(bid);
+            }
+            match live {
+                Some(id) => {
+                    out(Completion::Host(HostEvent::Received {
+                        flow: id,
+                        result: Ok(data),
+                    }));
+                    n += 1;
+                }
+                None => self.recycle(data),
+            }
+        }
+        if cqueue::more(flags) {
+            return n;
+        }
+        // The receive ended: free its slot, then decide what follows.
+        if self.free_op(slot).is_some()
+            && let Some(s) = sock
+        {
+            self.sock_op_done(s, slot);
+        }
+        let Some(id) = live else {
+            return n;
+        };
+        let rearm = match -result {
+            e if result >= 0 || e == libc::ENOBUFS => true,
+            libc::ECANCELED => false,
+            e => {
+                // ECONNREFUSED: the host's ICMP port unreachable; the flow
+                // goes on. Anything else ends the flow's receiving.
+                out(Completion::Host(HostEvent::Received {
+                    flow: id,
+                    result: Err(e),
+                }));
+                n += 1;
+                e == libc::ECONNREFUSED
+            }
+        };
+        if rearm
+            && let Some(s) = sock
+            && self.flow_mut(id).is_some()
+        {
+            self.arm_recv_multi(id, s);
+        }
+        n
     }
 
     // ---- slabs ----
@@ -1610,8 +1764,14 @@ impl Drop for Uring {
             std::mem::forget(std::mem::take(&mut self.socks));
             // The kernel may still fill port buffers.
             std::mem::forget(self.port_ring.take());
-        } else if let Some(r) = self.port_ring.take() {
-            r.unregister(&self.ring);
+            std::mem::forget(self.recv_ring.take());
+        } else {
+            if let Some(r) = self.port_ring.take() {
+                r.unregister(&self.ring);
+            }
+            if let Some(Ok(r)) = self.recv_ring.take() {
+                r.unregister(&self.ring);
+            }
         }
     }
 }
@@ -2205,7 +2365,7 @@ mod tests {
         let addr = s.local_addr().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let h = thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             // Until no datagram for 2 s.
             while let Ok((n, from)) = s.recv_from(&mut buf) {
                 s.send_to(&buf[..n], from).unwrap();
@@ -2293,7 +2453,61 @@ mod tests {
             };
             assert_eq!(*d, vec![u8::try_from(i).unwrap(); 10]);
         }
+        // Datagram flows keep receiving (one multishot receive each) until
+        // they are closed.
+        assert_eq!(u.in_flight(), 12);
+        for &f in &flows {
+            u.push(SockOp::Close {
+                flow: f,
+                reset: false,
+            });
+        }
+        let evs = quiet_for(&mut u, Duration::from_millis(200));
+        assert!(evs.is_empty(), "{evs:?}");
         assert_eq!(u.in_flight(), 0);
+        assert_eq!(u.open_sockets(), 0);
+    }
+
+    #[test]
+    fn one_recv_receives_every_datagram_of_a_udp_flow_in_order() {
+        let (addr, _echo) = udp_echo();
+        let mut u = Uring::new(64).unwrap();
+        let f = fid(0);
+        open(&mut u, f, Proto::Udp, addr);
+        connected(&mut u, f);
+        u.push(SockOp::Recv {
+            flow: f,
+            max: 65535,
+        });
+        // 200 datagrams up to the largest UDP payload, echoed back: more
+        // than the 64 shared receive buffers, so the multishot receive runs
+        // out of them and is re-armed on the way.
+        let sizes: Vec<usize> = (0..200).map(|i| [1, 1400, 9000, 65507][i % 4]).collect();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let start = Instant::now();
+        while got.len() < sizes.len() && start.elapsed() < Duration::from_secs(10) {
+            while sent < sizes.len() && sent < got.len() + 3 {
+                let mut d = vec![0u8; sizes[sent]];
+                d[0] = u8::try_from(sent % 256).unwrap();
+                u.push(SockOp::Send { flow: f, data: d });
+                sent += 1;
+            }
+            for ev in quiet_for(&mut u, Duration::from_millis(20)) {
+                if let Completion::Host(HostEvent::Received { result, .. }) = ev {
+                    got.push(result.unwrap());
+                }
+            }
+        }
+        assert_eq!(got.len(), sizes.len());
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d.len(), sizes[i], "datagram {i}");
+            assert_eq!(
+                d[0],
+                u8::try_from(i % 256).unwrap(),
+                "datagram {i} out of order"
+            );
+        }
     }
 
     #[test]

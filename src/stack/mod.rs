@@ -1645,11 +1645,9 @@ impl Stack {
                 }
             }
             HostEvent::Received { result, .. } => {
+                // Datagram flows receive continuously after the first
+                // `Recv` (see `ops`): nothing to ask for again.
                 f.last_active = now;
-                out.ops.push(SockOp::Recv {
-                    flow: id,
-                    max: 65535,
-                });
                 match result {
                     Ok(data) => self.dgram_to_guest(&key, &data, out),
                     Err(e) if e == libc_errno::ECONNREFUSED && key.proto == Proto::Udp => {

@@ -10,7 +10,10 @@
 //! Rules the stack keeps (and the executor may rely on):
 //! - `Open` comes first for a flow, and at most once per generation.
 //! - For TCP, at most one `Send` and at most one `Recv` are outstanding per flow.
-//! - For UDP/ICMP, several `Send`s may be outstanding; at most one `Recv`.
+//! - For UDP/ICMP, several `Send`s may be outstanding, and one `Recv`
+//!   starts continuous receiving: every datagram (or error) comes as its own
+//!   `Received` until `Close`, with no further `Recv` (so the executor can
+//!   keep a multishot receive armed and deliver a batch at once).
 //! - After `Close`, the executor sends no further events for that flow.
 //!
 //! [`Actions`]: super::Actions
@@ -60,7 +63,8 @@ pub enum SockOp {
         /// Bytes to write.
         data: Vec<u8>,
     },
-    /// Read up to `max` bytes (TCP) or one datagram (UDP/ICMP).
+    /// Read up to `max` bytes (TCP: one completion), or start receiving
+    /// datagrams (UDP/ICMP: one completion per datagram until `Close`).
     /// Completion: [`HostEvent::Received`].
     Recv {
         /// Flow.

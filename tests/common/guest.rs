@@ -703,8 +703,12 @@ impl NetChecks {
             for (tag, flag) in [("iperf_up", ""), ("iperf_down", " -R")] {
                 let _ = writeln!(
                     s,
-                    "timeout {tmo} iperf3 -c {gw} -p {IPERF_PORT} -t {t} -f m{flag} >/tmp/{tag}.txt 2>&1\n\
+                    "for try in 1 2 3; do\n\
+                     timeout {tmo} iperf3 -c {gw} -p {IPERF_PORT} -t {t} -f m{flag} >/tmp/{tag}.txt 2>&1\n\
                      rc=$?\n\
+                     grep -q 'server is busy' /tmp/{tag}.txt || break\n\
+                     sleep 1\n\
+                     done\n\
                      result {tag} rc=$rc mbps=$(awk '/receiver/ {{for (i = 2; i <= NF; i++) if ($i == \"Mbits/sec\") print $(i-1)}}' /tmp/{tag}.txt)\n\
                      [ $rc = 0 ] || cat /tmp/{tag}.txt",
                     tmo = t + 20,
