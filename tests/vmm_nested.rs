@@ -128,12 +128,15 @@ fn has_line(log: &str, line: &str) -> bool {
 
 #[test]
 fn nested_guest_boots_to_init_and_poweroff_ends_uipd_with_status_0() {
-    // Two vCPUs: the second is never started by this kernel (no MP-table
-    // parsing, no ACPI from uipd yet), so poweroff detection must accept a
-    // vCPU still waiting for its start-up IPI.
+    // Two vCPUs: the kernel (no MP-table parsing) finds the second in
+    // uipd's ACPI MADT and brings it up; poweroff halts both.
     let Some(log) = boot_outer("poweroff", "uipd.args=--vcpus,2") else {
         return;
     };
+    assert!(
+        log.contains("UIPD-INNER-INIT-OK kernel ") && log.contains(" cpus 2"),
+        "the inner guest did not see 2 CPUs"
+    );
     assert!(
         log.contains("UIPD-OUTER: running uipd"),
         "outer /init did not run uipd"

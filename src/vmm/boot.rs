@@ -250,8 +250,9 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
     let mut map = vec![
         e(0, MPTABLE_FLOAT, E820_RAM),
         e(MPTABLE_FLOAT, BASE_MEM_END, E820_RESERVED),
-        // The F segment holds the MP configuration table, as a BIOS would.
-        e(MPTABLE_CONFIG, HIMEM_START, E820_RESERVED),
+        // The E segment holds the ACPI tables, the F segment the MP
+        // configuration table, as a BIOS would.
+        e(super::acpi::ACPI_START, HIMEM_START, E820_RESERVED),
         e(HIMEM_START, low_end, E820_RAM),
     ];
     if mem_bytes > MMIO_HOLE_START {
@@ -585,7 +586,7 @@ mod tests {
             vec![
                 (0, 0x9_fc00, E820_RAM),
                 (0x9_fc00, 0x400, E820_RESERVED),
-                (0xf_0000, 0x1_0000, E820_RESERVED),
+                (0xe_0000, 0x2_0000, E820_RESERVED),
                 (HIMEM_START, 256 * MIB - HIMEM_START, E820_RAM),
             ]
         );

@@ -18,7 +18,8 @@
 //!    ([`kvm::Vm::new`]: in-kernel irqchip and PIT, guest RAM);
 //! 2. loads the kernel (bzImage, or ELF vmlinux) with linux-loader, the
 //!    initrd at the top of low RAM, and writes the zero page, command line,
-//!    E820 map, MP table, GDT and page tables ([`boot`]);
+//!    E820 map, MP table, ACPI RSDP/XSDT/MADT (how a kernel without MP-table
+//!    parsing finds every vCPU, [`acpi`]), GDT and page tables ([`boot`]);
 //! 3. builds the port-I/O bus ([`devices`]): COM1 with its IRQ 4 as an irqfd,
 //!    the i8042 (reset ends the VM), the CMOS clock;
 //! 4. runs one thread per vCPU until the guest powers off or resets, or
@@ -39,6 +40,7 @@
 //! window on the MMIO bus in the MMIO hole ([`boot::MMIO_HOLE_START`]),
 //! virtio-net over virtio-pci with MSI-X, ioeventfd and irqfd.
 
+pub mod acpi;
 pub mod boot;
 pub mod devices;
 pub mod kvm;
@@ -233,10 +235,11 @@ pub fn run(cfg: &VmConfig) -> Result<Exit, Error> {
         Some(path) => Some(load_initrd(&vm.mem, mem_bytes, &kernel, path)?),
     };
     let e820 = boot::e820_map(mem_bytes);
-    let params = boot::boot_params(&kernel, cfg.cmdline.len(), initrd, &e820);
+    let mut params = boot::boot_params(&kernel, cfg.cmdline.len(), initrd, &e820);
+    boot::write_mptable(&vm.mem, cfg.vcpus)?;
+    params.acpi_rsdp_addr = acpi::write(&vm.mem, cfg.vcpus)?;
     boot::write_boot_params(&vm.mem, &cfg.cmdline, &params)?;
     boot::write_cpu_tables(&vm.mem)?;
-    boot::write_mptable(&vm.mem, cfg.vcpus)?;
     let out = Box::new(devices::Unbuffered(std::io::stdout()));
     let exit_evt =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Devices(format!("eventfd: {e}")))?;
