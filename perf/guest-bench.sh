@@ -158,10 +158,17 @@ watch_marks() {
 run_backend() { # BACKEND
   local b=$1 sock qargs=() uargs=() rc=0 i
   UPID="" QPID=""
-  iperf3 -s -B 127.0.0.1 -p 5201 >"$D/iperf-server.log" 2>&1 &
-  SRV=$!
-  track $SRV
-  wait_for 5 grep -qi listening "$D/iperf-server.log" || true
+  # The host's iperf3 server; started again (up to 3 tries) if it is not
+  # listening after 5 s or has died (seen once: the guest got "refused").
+  for ((i = 1; i <= 3; i++)); do
+    iperf3 -s -B 127.0.0.1 -p 5201 >>"$D/iperf-server.log" 2>&1 &
+    SRV=$!
+    track $SRV
+    wait_for 5 grep -qi listening "$D/iperf-server.log" && kill -0 $SRV 2>/dev/null && break
+    echo "iperf3 -s try $i did not come up" >>"$D/iperf-server.log"
+    stop $SRV
+    sleep 1
+  done
   qargs=(-accel tcg,thread=multi -nodefaults -smp "$SMP" -m "${MEM}M"
     -object "memory-backend-memfd,id=mem,size=${MEM}M,share=on" -machine memory-backend=mem
     -kernel "$UIPD_GUEST_ASSETS/vmlinuz" -initrd "$INITRD"

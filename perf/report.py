@@ -522,6 +522,7 @@ def cmd_guest_record(a):
         rec["error"] = "; ".join(errors)
         rec["qemu_log"] = read(os.path.join(a.dir, "qemu.log"), 1000).strip()
         rec["uipd_log"] = err[-1000:].strip()
+        rec["iperf3_server_log"] = read(os.path.join(a.dir, "iperf-server.log"), 1000).strip()
         rec["console_tail"] = console[-1500:]
         print(f"  FAILED {a.backend} run {a.run}: {rec['error'][:300]}", file=sys.stderr)
     else:
