@@ -1,4 +1,5 @@
-# Shared helpers for perf/bench.sh and perf/affinity.sh (sourced, not run).
+# Shared helpers for perf/bench.sh, perf/affinity.sh and perf/guest-bench.sh
+# (sourced, not run).
 # shellcheck shell=bash
 
 # utime+stime of PID, all threads, in seconds (from /proc/PID/stat; the
@@ -72,4 +73,66 @@ find_plot_python() {
   python3 -m pip install -q matplotlib >/dev/null 2>&1 || true
   python3 -c 'import matplotlib' 2>/dev/null && { echo python3; return; }
   echo "warning: no matplotlib; the PNG chart will be skipped" >&2
+}
+
+# CPU seconds of PID split by thread: "TOTAL VCPU" where TOTAL is the whole
+# process (utime+stime from /proc/PID/stat, exited threads included) and
+# VCPU the sum over its threads named "CPU n/TCG" or "CPU n/KVM" (QEMU's
+# vCPU threads). "null null" when PID is gone.
+cpu_split() {
+  local total vcpu=0 t c stat hz
+  total=$(cpu_of "$1")
+  [[ $total != null ]] || { echo "null null"; return; }
+  hz=$(getconf CLK_TCK)
+  for t in /proc/"$1"/task/*; do
+    c=$(cat "$t/comm" 2>/dev/null) || continue
+    [[ $c == "CPU "*/TCG || $c == "CPU "*/KVM ]] || continue
+    stat=$(cat "$t/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    vcpu=$(awk -v hz="$hz" -v acc="$vcpu" '{printf "%.2f\n", acc + ($12 + $13) / hz}' <<<"$stat")
+  done
+  echo "$total $vcpu"
+}
+
+# The virtio-pci + virtio-net modules of scripts/guest-assets.sh, in the
+# order busybox insmod accepts (the same list as tests/common/guest.rs).
+GUEST_MODULES="failover virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci net_failover virtio_net"
+
+# guest_initramfs OUT.gz INIT ASSETS [PROGRAM...]: a busybox initramfs like
+# the one tests/common/guest.rs builds: busybox and its applet links, each
+# PROGRAM with the libraries ldd names (at their host paths), the virtio-net
+# modules from ASSETS/modules (scripts/guest-assets.sh), INIT as /init and
+# /etc/udhcpc.script (configures the lease and writes the router to
+# /tmp/gw). Needs busybox, cpio, gzip.
+guest_initramfs() {
+  local out=$1 init=$2 assets=$3 root p f m
+  shift 3
+  root=$(mktemp -d /tmp/uipd-initramfs.XXXXXX)
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,lib/modules}
+  for p in busybox "$@"; do
+    p=$(command -v "$p") || { echo "guest_initramfs: no $p" >&2; rm -rf "$root"; return 1; }
+    for f in "$p" $(ldd "$p" 2>/dev/null | awk '/=> \// {print $3} /^\t\// {print $1}'); do
+      mkdir -p "$root$(dirname "$f")"
+      cp -L "$f" "$root$f"
+    done
+  done
+  for f in $(busybox --list-full); do
+    [[ -e $root/$f ]] || { mkdir -p "$root/$(dirname "$f")"; ln -s "$(command -v busybox)" "$root/$f"; }
+  done
+  for m in $GUEST_MODULES; do cp "$assets/modules/$m.ko" "$root/lib/modules/"; done
+  cat >"$root/etc/udhcpc.script" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+bound|renew)
+	ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+	for r in $router; do ip route add default via "$r" dev "$interface"; echo "$r" >/tmp/gw; break; done ;;
+esac
+exit 0
+SCRIPT
+  cp "$init" "$root/init"
+  chmod 755 "$root/init" "$root/etc/udhcpc.script"
+  (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -1) >"$out"
+  rm -rf "$root"
+  [[ $(stat -c %s "$out") -gt 1048576 ]] || { echo "guest_initramfs: $out is too small (cpio?)" >&2; return 1; }
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Results of perf/bench.sh and perf/affinity.sh: raw records, summary JSON,
-tables on stdout and PNG charts.
+"""Results of perf/bench.sh, perf/affinity.sh and perf/guest-bench.sh: raw
+records, summary JSON, tables on stdout and PNG charts.
 
   report.py record RAW.jsonl BACKEND MTU TEST RUN CPU_S DIR EXTRA_JSON
       one test's result (DIR/out, DIR/err, DIR/rc) appended to RAW.jsonl
@@ -8,10 +8,14 @@ tables on stdout and PNG charts.
       medians, ratios, machine description -> OUT.json; table on stdout
   report.py affinity RAW.jsonl OUT.json [--rev R ...]
       the same for perf/affinity.sh (one row per configuration)
+  report.py guest-record RAW.jsonl BACKEND RUN DIR
+      one guest boot of perf/guest-bench.sh (DIR/guest.out, DIR/cpu.*) appended
+  report.py guest RAW.jsonl OUT.json [--rev R --len S --runs N ...]
+      medians, ratios to slirp, CPU split -> OUT.json; table on stdout
   report.py chart OUT.json OUT.png
-      the chart of a bench or affinity JSON (needs matplotlib)
+      the chart of a bench, affinity or guest JSON (needs matplotlib)
 
-`record`, `bench` and `affinity` use the standard library only.
+All but `chart` use the standard library only.
 """
 
 import argparse
@@ -431,9 +435,293 @@ def chart_affinity(doc, png):
     fig.savefig(png, dpi=110)
 
 
+# ── perf/guest-bench.sh: one QEMU TCG guest, several network backends ──
+
+GUEST_BACKENDS = ["vhost", "vhost-nooffload", "stream", "slirp"]
+GUEST_DIRS = {"up": "guest -> host (iperf3 -c)", "down": "host -> guest (iperf3 -c -R)"}
+# The columns of each CPU snapshot file written by guest-bench.sh's snap().
+SNAP = ["qemu_total", "qemu_vcpu", "uipd", "iperf3_server", "wall"]
+
+
+def read_snap(d, name):
+    text = read(os.path.join(d, "cpu." + name)).split()
+    if len(text) != len(SNAP):
+        return None
+    return {k: (None if v == "null" else float(v)) for k, v in zip(SNAP, text)}
+
+
+def delta(a, b, key):
+    if a is None or b is None or a.get(key) is None or b.get(key) is None:
+        return None
+    return round(b[key] - a[key], 3)
+
+
+def cmd_guest_record(a):
+    """One boot's results: iperf3 JSON from the console, CPU per window."""
+    console = read(os.path.join(a.dir, "guest.out")).replace("\r", "")
+    rec = {"backend": a.backend, "run": int(a.run),
+           "qemu_rc": read(os.path.join(a.dir, "qemu.rc")).strip(),
+           "cmdline": read(os.path.join(a.dir, "cmdline")).strip().splitlines(),
+           "marks": [line for line in console.splitlines() if line.startswith("MARK ")]}
+    blocks, cur, buf = {}, None, []
+    for line in console.splitlines():
+        if line.startswith("BEGIN ") and cur is None:
+            cur, buf = line.split()[1], []
+        elif line.startswith("END ") and cur is not None:
+            blocks[cur], cur = "\n".join(buf), None
+        elif cur is not None:
+            buf.append(line)
+    snaps = {m: read_snap(a.dir, m) for m in ("ready", "up_start", "up_end", "down_start",
+                                              "down_end", "done")}
+    errors = []
+    for d in GUEST_DIRS:
+        r = {}
+        try:
+            res = json.loads(blocks[d])
+        except (KeyError, ValueError):
+            res = None
+        if not isinstance(res, dict) or res.get("error") or "end" not in res:
+            errors.append(f"{d}: " + (str(res.get("error")) if isinstance(res, dict)
+                                      else (blocks.get(d) or "no iperf3 output")[:300]))
+        else:
+            end = res["end"]
+            r["mbps"] = end.get("sum_received", {}).get("bits_per_second", 0) / 1e6
+            r["bytes"] = end.get("sum_received", {}).get("bytes")
+            if "retransmits" in end.get("sum_sent", {}):
+                r["retransmits"] = end["sum_sent"]["retransmits"]
+        s0, s1 = snaps[d + "_start"], snaps[d + "_end"]
+        if s0 is None or s1 is None:
+            errors.append(f"{d}: no CPU snapshot around the window")
+        else:
+            cpu = {k: delta(s0, s1, k) for k in ("qemu_total", "qemu_vcpu", "uipd",
+                                                  "iperf3_server")}
+            cpu["window_s"] = delta(s0, s1, "wall")
+            if cpu["qemu_total"] is not None and cpu["qemu_vcpu"] is not None:
+                cpu["qemu_other"] = round(cpu["qemu_total"] - cpu["qemu_vcpu"], 3)
+                cpu["net"] = round(cpu["qemu_other"] + (cpu["uipd"] or 0), 3)
+                cpu["total"] = round(cpu["qemu_total"] + (cpu["uipd"] or 0), 3)
+            r["cpu_s"] = cpu
+            if r.get("bytes") and cpu.get("net") is not None:
+                gb = r["bytes"] / 1e9
+                r["net_cpu_s_per_gb"] = round(cpu["net"] / gb, 3)
+                r["total_cpu_s_per_gb"] = round(cpu["total"] / gb, 3)
+        rec[d] = r
+    ready, done = snaps["ready"], snaps["done"]
+    rec["boot_cpu_s"] = {"qemu_total": ready and ready["qemu_total"],
+                         "uipd": ready and ready["uipd"]}
+    rec["whole_run_cpu_s"] = {"qemu_total": done and done["qemu_total"],
+                              "uipd": read(os.path.join(a.dir, "uipd.cpu")).strip() or None}
+    if rec["whole_run_cpu_s"]["uipd"] not in (None, "null"):
+        rec["whole_run_cpu_s"]["uipd"] = float(rec["whole_run_cpu_s"]["uipd"])
+    err = read(os.path.join(a.dir, "uipd.err"))
+    feats = [line.split("guest features: ", 1)[1].strip() for line in err.splitlines()
+             if "guest features: " in line]
+    if feats:
+        rec["guest_features"] = feats[-1].split()
+    if errors:
+        rec["error"] = "; ".join(errors)
+        rec["qemu_log"] = read(os.path.join(a.dir, "qemu.log"), 1000).strip()
+        rec["uipd_log"] = err[-1000:].strip()
+        rec["iperf3_server_log"] = read(os.path.join(a.dir, "iperf-server.log"), 1000).strip()
+        rec["console_tail"] = console[-1500:]
+        print(f"  FAILED {a.backend} run {a.run}: {rec['error'][:300]}", file=sys.stderr)
+    else:
+        print(f"  {a.backend}: up {rec['up']['mbps']:.0f} Mbit/s, down "
+              f"{rec['down']['mbps']:.0f} Mbit/s", file=sys.stderr)
+    with open(a.raw, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+GUEST_CPU_KEYS = ["qemu_vcpu", "qemu_other", "uipd", "net", "total", "iperf3_server",
+                  "window_s"]
+
+
+def cmd_guest(a):
+    rows = [json.loads(line) for line in open(a.raw) if line.strip()]
+    backends = [b for b in GUEST_BACKENDS if any(r["backend"] == b for r in rows)]
+    table = []
+    for b in backends:
+        for d in GUEST_DIRS:
+            ok = [r[d] for r in rows if r["backend"] == b and "mbps" in r.get(d, {})
+                  and r[d].get("cpu_s", {}).get("net") is not None]
+            t = {"backend": b, "dir": d, "runs_ok": len(ok),
+                 "runs_failed": sum(1 for r in rows if r["backend"] == b) - len(ok),
+                 "mbps": median([x["mbps"] for x in ok]),
+                 "mbps_runs": [round(x["mbps"], 1) for x in ok],
+                 "retransmits": median([x.get("retransmits") for x in ok])}
+            t["cpu_s"] = {k: median([x.get("cpu_s", {}).get(k) for x in ok])
+                          for k in GUEST_CPU_KEYS}
+            t["net_cpu_s_per_gb"] = median([x.get("net_cpu_s_per_gb") for x in ok])
+            t["total_cpu_s_per_gb"] = median([x.get("total_cpu_s_per_gb") for x in ok])
+            table.append(t)
+    index = {(t["backend"], t["dir"]): t for t in table}
+
+    def ratio(x, y):
+        return round(x / y, 3) if x and y else None
+
+    ratios = []
+    for b in backends:
+        if b == "slirp" or "slirp" not in backends:
+            continue
+        for d in GUEST_DIRS:
+            u, s = index[(b, d)], index[("slirp", d)]
+            ratios.append({
+                "backend": b, "dir": d,
+                "mbps_over_slirp": ratio(u["mbps"], s["mbps"]),
+                "net_cpu_over_slirp": ratio(u["cpu_s"]["net"], s["cpu_s"]["net"]),
+                "total_cpu_over_slirp": ratio(u["cpu_s"]["total"], s["cpu_s"]["total"]),
+                "net_cpu_per_gb_over_slirp": ratio(u["net_cpu_s_per_gb"],
+                                                   s["net_cpu_s_per_gb"]),
+            })
+    doc = machine(a)
+    doc["versions"] = {
+        "uipd": doc["versions"].get("uipd"),
+        "iperf3": doc["versions"].get("iperf3"),
+        "qemu": (subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                                text=True).stdout.splitlines() or [None])[0],
+    }
+    doc.update({
+        "kind": "guest",
+        "duration_s": a.len, "runs": a.runs, "backends": backends,
+        "guest": a.note + ", -accel tcg,thread=multi, RAM in a shared memfd, "
+                 "virtio-net-pci vectors=0 (INTx) for every backend, MTU 1500, "
+                 "busybox + iperf3 initramfs",
+        "paths": {
+            "vhost": "uipd --vhost-user SOCK --workers 1; QEMU -netdev vhost-user "
+                     "(uipd reads/writes the virtqueues in guest memory); guest -> "
+                     "192.168.33.1 -> 127.0.0.1",
+            "vhost-nooffload": "the same with uipd --no-offload (no CSUM/TSO features "
+                               "offered: the guest checksums and segments itself)",
+            "stream": "uipd --socket SOCK (default workers); QEMU -netdev stream, each "
+                      "frame after a 4-byte length (no virtio-net header, no offloads); "
+                      "guest -> 192.168.33.1 -> 127.0.0.1",
+            "slirp": "QEMU -netdev user (libslirp in QEMU's main loop); guest -> "
+                     "10.0.2.2 -> 127.0.0.1",
+        },
+        "metrics": {
+            "mbps": "iperf3 receiver-side Mbit/s (end.sum_received of the guest's "
+                    "iperf3 -J), against iperf3 -s on the outer namespace's 127.0.0.1",
+            "cpu_s": "CPU seconds (utime+stime) during one iperf3 direction, from the "
+                     "guest's MARK before the client starts to its MARK after it "
+                     "exits (window_s wall seconds, about -l + 1)",
+            "cpu_s.qemu_vcpu": "QEMU's vCPU threads ('CPU n/TCG'): the emulated guest "
+                               "(its kernel's TCP stack, virtio-net driver, iperf3) and "
+                               "whatever QEMU does synchronously on a guest MMIO/PIO exit "
+                               "(a virtqueue kick: for vhost-user an eventfd write)",
+            "cpu_s.qemu_other": "QEMU's other threads: main loop (virtio-net's TX bottom "
+                                "half and RX delivery, and for slirp libslirp itself, its "
+                                "host sockets included; for stream the socket I/O; for "
+                                "vhost-user interrupt injection) and helper threads. The "
+                                "vCPU/other split is approximate; qemu_total is exact",
+            "cpu_s.uipd": "the uipd process, all threads (null for slirp: it has none)",
+            "cpu_s.net": "qemu_other + uipd: the network backend's cost outside the "
+                         "guest (for slirp: QEMU's non-vCPU threads only)",
+            "cpu_s.total": "qemu_total + uipd: everything the VM and its backend cost",
+            "cpu_s.iperf3_server": "the host-side iperf3 -s (same job for every backend)",
+            "net_cpu_s_per_gb": "cpu_s.net per 10^9 bytes received",
+            "*_over_slirp": "uipd backend / slirp (mbps: >1 uipd faster; cpu: <1 uipd "
+                            "cheaper)",
+        },
+        "table": table, "ratios": ratios, "raw": rows,
+    })
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+
+    print(f"\n{doc['cpu_model']}, {doc['nproc']} CPUs, kernel {doc['kernel']}, rev {a.rev}; "
+          f"guest {a.note}, TCG; iperf3 {a.len} s per direction x {a.runs} runs (medians)")
+    print(f"{'':<33}{'CPU seconds in the iperf3 window':^37}")
+    print(f"{'backend':<16}{'dir':<5}{'Mbit/s':>8}{'ok':>4}"
+          f"{'vCPU':>7}{'qemu-o':>7}{'uipd':>6}{'net':>6}{'total':>6}{'netCPU/GB':>10}")
+    for t in table:
+        c = t["cpu_s"]
+        print(f"{t['backend']:<16}{t['dir']:<5}{fmt(t['mbps']):>8}{t['runs_ok']:>4}"
+              f"{fmt(c['qemu_vcpu'], 2):>7}{fmt(c['qemu_other'], 2):>7}"
+              f"{fmt(c['uipd'], 2):>6}{fmt(c['net'], 2):>6}{fmt(c['total'], 2):>6}"
+              f"{fmt(t['net_cpu_s_per_gb'], 2):>10}")
+    if ratios:
+        print(f"\n{'ratio to slirp':<16}{'dir':<5}{'Mbit/s':>8}{'net CPU':>9}{'total CPU':>10}"
+              f"{'netCPU/GB':>10}")
+        for r in ratios:
+            print(f"{r['backend']:<16}{r['dir']:<5}{fmt(r['mbps_over_slirp'], 2):>8}"
+                  f"{fmt(r['net_cpu_over_slirp'], 2):>9}{fmt(r['total_cpu_over_slirp'], 2):>10}"
+                  f"{fmt(r['net_cpu_per_gb_over_slirp'], 2):>10}")
+    print("vCPU: QEMU's vCPU threads (the emulated guest); qemu-o: QEMU's other threads "
+          "(slirp lives here);\nnet = qemu-o + uipd; total = all of QEMU + uipd")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} failed run(s); see 'raw' in the JSON")
+    print(f"\nwritten: {a.out}")
+
+
+GUEST_COLORS = {"vhost": "#1f77b4", "vhost-nooffload": "#aec7e8", "stream": "#9467bd",
+                "slirp": "#ff7f0e"}
+
+
+def chart_guest(doc, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = doc["table"]
+    backends = doc["backends"]
+    dirs = list(GUEST_DIRS)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    width = 0.8 / max(1, len(backends))
+    idx = {(t["backend"], t["dir"]): t for t in table}
+    for i, b in enumerate(backends):
+        xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(dirs))]
+        ys = [idx[(b, d)]["mbps"] or 0 for d in dirs]
+        bars = ax1.bar(xs, ys, width, label=b, color=GUEST_COLORS.get(b))
+        for bar, v in zip(bars, ys):
+            ax1.annotate(human(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                         ha="center", va="bottom", fontsize=7)
+    ax1.set_xticks(range(len(dirs)))
+    ax1.set_xticklabels([GUEST_DIRS[d] for d in dirs], fontsize=8)
+    ax1.set_ylabel("Mbit/s (iperf3 receiver)")
+    ax1.legend(fontsize=8)
+    ax1.grid(axis="y", alpha=0.3)
+    ax1.set_title("Throughput, median (TCG guest: compare ratios)", fontsize=10)
+    labels, x = [], 0
+    for d in dirs:
+        for b in backends:
+            c = idx[(b, d)]["cpu_s"]
+            bottom = 0
+            for k, (key, color) in enumerate((("qemu_vcpu", "#c7c7c7"),
+                                              ("qemu_other", "#ff7f0e"),
+                                              ("uipd", "#1f77b4"))):
+                v = c.get(key) or 0
+                ax2.bar(x, v, 0.7, bottom=bottom, color=color,
+                        label={"qemu_vcpu": "QEMU vCPU threads (guest)",
+                               "qemu_other": "QEMU other threads (slirp here)",
+                               "uipd": "uipd"}[key] if x == 0 else None)
+                bottom += v
+            labels.append(f"{b}\n{d}")
+            x += 1
+        x += 0.5
+    pos = []
+    x = 0
+    for d in dirs:
+        for b in backends:
+            pos.append(x)
+            x += 1
+        x += 0.5
+    ax2.set_xticks(pos)
+    ax2.set_xticklabels(labels, fontsize=7)
+    ax2.set_ylabel(f"CPU seconds in a {doc['duration_s']} s iperf3 window")
+    ax2.legend(fontsize=7)
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.set_title("CPU per direction, median", fontsize=10)
+    fig.suptitle(f"uipd {doc['git_rev']}: QEMU TCG guest, vhost-user / stream vs -netdev user "
+                 f"- {doc['date']}\n{doc['cpu_model']}, {doc['nproc']} CPUs, "
+                 f"{doc['duration_s']} s x {doc['runs']} runs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
 def cmd_chart(a):
     doc = json.load(open(a.json))
-    (chart_affinity if doc.get("kind") == "affinity" else chart_bench)(doc, a.png)
+    chart = {"affinity": chart_affinity, "guest": chart_guest}.get(doc.get("kind"), chart_bench)
+    chart(doc, a.png)
     print(f"written: {a.png}")
 
 
@@ -444,7 +732,10 @@ def main():
     r = sub.add_parser("record")
     for name in ("raw", "backend", "mtu", "test", "run", "cpu", "dir", "extra"):
         r.add_argument(name)
-    for name in ("bench", "affinity"):
+    g = sub.add_parser("guest-record")
+    for name in ("raw", "backend", "run", "dir"):
+        g.add_argument(name)
+    for name in ("bench", "affinity", "guest"):
         s = sub.add_parser(name)
         s.add_argument("raw")
         s.add_argument("out")
@@ -463,7 +754,7 @@ def main():
     c.add_argument("png")
     a = p.parse_args()
     {"record": cmd_record, "bench": cmd_bench, "affinity": cmd_affinity,
-     "chart": cmd_chart}[a.cmd](a)
+     "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest}[a.cmd](a)
 
 
 if __name__ == "__main__":
