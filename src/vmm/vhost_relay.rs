@@ -12,6 +12,34 @@
 //! passed on a `SET_FEATURES` that acks the protocol-features bit.
 //! Everything else goes through unchanged, file descriptors included.
 //!
+//! The relay is also where a misbehaving front-end is stopped, because it
+//! sees every message before the crate acts on it. It refuses, with an
+//! error naming the problem (and so closes that connection; the serve
+//! loop, the workers and the next VMM are not affected):
+//!
+//! - a request number that is not in the vhost-user spec;
+//! - a body over [`MAX_BODY`], or one that does not arrive whole within
+//!   [`BODY_TIMEOUT`] (a truncated message);
+//! - a message that configures the device before `SET_OWNER`
+//!   ([`needs_owner`]), and `SET_VRING_ADDR`/`SET_VRING_KICK` before
+//!   `SET_MEM_TABLE`;
+//! - a memory table that is malformed, has more or fewer file descriptors
+//!   than regions, a region of size zero or one that wraps, regions that
+//!   overlap in guest-physical or in the VMM's address space, or a region
+//!   past the end of its (regular) file. vm-memory maps such a region
+//!   without complaint, and the first access past the end would be a
+//!   SIGBUS that kills the whole daemon. vm-memory does refuse overlapping
+//!   guest-physical ranges, but with a message that names neither region;
+//!   the VMM-address overlap it does not see at all (the crate's address
+//!   translation would pick whichever region comes first);
+//! - a `SET_VRING_ADDR` whose descriptor table, available or used ring
+//!   (sized from the last `SET_VRING_NUM`) is not wholly inside one region.
+//!
+//! What the relay cannot see: a VMM that shrinks a memory file after
+//! `SET_MEM_TABLE` can still make a later access fault. The front-end is
+//! the guest's VMM and owns that memory; uipd does not defend against it
+//! corrupting its own guest.
+//!
 //! ```text
 //!  VMM ──(unix socket)── relay ──(abstract unix socket)── vhost crate handler thread
 //! ```
@@ -19,15 +47,29 @@
 //! Only control messages cross the relay; the data path (guest memory,
 //! kick and call eventfds) never does.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// `VHOST_USER_SET_FEATURES`.
 const SET_FEATURES: u32 = 2;
+/// `VHOST_USER_SET_OWNER`.
+const SET_OWNER: u32 = 3;
+/// `VHOST_USER_RESET_OWNER`.
+const RESET_OWNER: u32 = 4;
+/// `VHOST_USER_SET_MEM_TABLE`.
+const SET_MEM_TABLE: u32 = 5;
+/// `VHOST_USER_SET_VRING_NUM`.
+const SET_VRING_NUM: u32 = 8;
+/// `VHOST_USER_SET_VRING_ADDR`.
+const SET_VRING_ADDR: u32 = 9;
+/// `VHOST_USER_SET_VRING_KICK`.
+const SET_VRING_KICK: u32 = 12;
 /// `VHOST_USER_SET_PROTOCOL_FEATURES`.
 const SET_PROTOCOL_FEATURES: u32 = 16;
 /// `VHOST_USER_SET_VRING_ENABLE`.
@@ -47,6 +89,99 @@ const MAX_BODY: usize = 4096;
 const MAX_FDS: usize = 32;
 /// Poll timeout, so a stop request is seen.
 const POLL_MS: libc::c_int = 200;
+/// How long the rest of a message may take once its first byte arrived.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most memory regions in one `SET_MEM_TABLE` (`VHOST_MEMORY_BASELINE_NREGIONS`).
+const MAX_REGIONS: usize = 8;
+
+/// Front-end request names, by number (vhost-user spec, "Front-end
+/// message types"); a number not here is refused.
+const REQUESTS: [&str; 41] = [
+    "GET_FEATURES",
+    "SET_FEATURES",
+    "SET_OWNER",
+    "RESET_OWNER",
+    "SET_MEM_TABLE",
+    "SET_LOG_BASE",
+    "SET_LOG_FD",
+    "SET_VRING_NUM",
+    "SET_VRING_ADDR",
+    "SET_VRING_BASE",
+    "GET_VRING_BASE",
+    "SET_VRING_KICK",
+    "SET_VRING_CALL",
+    "SET_VRING_ERR",
+    "GET_PROTOCOL_FEATURES",
+    "SET_PROTOCOL_FEATURES",
+    "GET_QUEUE_NUM",
+    "SET_VRING_ENABLE",
+    "SEND_RARP",
+    "NET_SET_MTU",
+    "SET_BACKEND_REQ_FD",
+    "IOTLB_MSG",
+    "SET_VRING_ENDIAN",
+    "GET_CONFIG",
+    "SET_CONFIG",
+    "CREATE_CRYPTO_SESSION",
+    "CLOSE_CRYPTO_SESSION",
+    "POSTCOPY_ADVISE",
+    "POSTCOPY_LISTEN",
+    "POSTCOPY_END",
+    "GET_INFLIGHT_FD",
+    "SET_INFLIGHT_FD",
+    "GPU_SET_SOCKET",
+    "RESET_DEVICE",
+    "VRING_KICK",
+    "GET_MAX_MEM_SLOTS",
+    "ADD_MEM_REG",
+    "REM_MEM_REG",
+    "SET_STATUS",
+    "GET_STATUS",
+    "GET_SHARED_OBJECT",
+];
+
+/// The spec's name of front-end request `request`, if it has one.
+pub fn request_name(request: u32) -> Option<&'static str> {
+    let i = usize::try_from(request).ok()?.checked_sub(1)?;
+    REQUESTS.get(i).copied()
+}
+
+/// `NAME (n)` for logs.
+pub fn describe(request: u32) -> String {
+    match request_name(request) {
+        Some(n) => format!("{n} ({request})"),
+        None => format!("request {request}"),
+    }
+}
+
+/// Requests that change the device's state, and so need `SET_OWNER`
+/// first (vhost-user spec: `SET_OWNER` "sets the current front-end as an
+/// owner of the session"; QEMU sends only the feature and queue-count
+/// queries before it).
+fn needs_owner(request: u32) -> bool {
+    matches!(
+        request_name(request),
+        Some(
+            "SET_FEATURES"
+                | "SET_MEM_TABLE"
+                | "SET_LOG_BASE"
+                | "SET_LOG_FD"
+                | "SET_VRING_NUM"
+                | "SET_VRING_ADDR"
+                | "SET_VRING_BASE"
+                | "GET_VRING_BASE"
+                | "SET_VRING_KICK"
+                | "SET_VRING_CALL"
+                | "SET_VRING_ERR"
+                | "SET_VRING_ENABLE"
+                | "SEND_RARP"
+                | "NET_SET_MTU"
+                | "SET_INFLIGHT_FD"
+                | "ADD_MEM_REG"
+                | "REM_MEM_REG"
+        )
+    )
+}
 
 /// A vhost-user message: 12-byte header, body, and the fds that came with
 /// it.
@@ -68,10 +203,27 @@ pub struct RelayStats {
     pub swallowed: u64,
     /// Held ring states replayed after `SET_FEATURES`.
     pub replayed: u64,
+    /// The crate's handler ended the connection (it refused a message):
+    /// the last request passed to it.
+    pub handler_closed: Option<u32>,
 }
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The error for a message cut short while reading `what`.
+fn truncated(e: io::Error, what: String) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => invalid(format!(
+            "truncated message: the connection ended inside {what}"
+        )),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => invalid(format!(
+            "truncated message: the rest of {what} did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        )),
+        _ => e,
+    }
 }
 
 /// Read one message; `Ok(None)` at a clean end of stream.
@@ -101,19 +253,26 @@ fn recv(sock: &UnixStream) -> io::Result<Option<Message>> {
     if n < hdr.len() {
         // The rest of a header that straddled reads.
         let mut s = sock;
-        s.read_exact(&mut hdr[n..])?;
+        s.read_exact(&mut hdr[n..])
+            .map_err(|e| truncated(e, format!("a message header ({n} of 12 bytes)")))?;
     }
     let field = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
     let (request, flags, size) = (field(0), field(4), field(8));
     let size = usize::try_from(size).unwrap_or(usize::MAX);
     if size > MAX_BODY {
         return Err(invalid(format!(
-            "vhost-user message {request} with a {size}-byte body (limit {MAX_BODY})"
+            "vhost-user {} with a {size}-byte body (limit {MAX_BODY})",
+            describe(request)
         )));
     }
     let mut body = vec![0u8; size];
     let mut s = sock;
-    s.read_exact(&mut body)?;
+    s.read_exact(&mut body).map_err(|e| {
+        truncated(
+            e,
+            format!("the {size}-byte body of vhost-user {}", describe(request)),
+        )
+    })?;
     Ok(Some(Message {
         request,
         flags,
@@ -147,16 +306,187 @@ fn send(sock: &UnixStream, m: &Message) -> io::Result<()> {
     Ok(())
 }
 
+/// One region of a memory table: guest-physical and VMM addresses.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    gpa: u64,
+    size: u64,
+    vmm: u64,
+}
+
 /// What the relay knows of the negotiation so far.
 #[derive(Default)]
 struct Negotiation {
     features: Option<u64>,
     protocol: u64,
     /// Ring enable states asked for too early: ring index → state.
-    held: std::collections::BTreeMap<u32, u32>,
+    held: BTreeMap<u32, u32>,
+    /// `SET_OWNER` seen (and not undone by `RESET_OWNER`).
+    owner: bool,
+    /// The last memory table accepted.
+    regions: Option<Vec<Region>>,
+    /// Ring sizes from `SET_VRING_NUM`: ring index → entries.
+    ring_num: BTreeMap<u32, u32>,
+}
+
+/// Little-endian words of a message body.
+fn u32_at(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4)?.try_into().ok().map(u32::from_le_bytes)
+}
+
+fn u64_at(b: &[u8], i: usize) -> Option<u64> {
+    b.get(i..i + 8)?.try_into().ok().map(u64::from_le_bytes)
+}
+
+/// The size of the file behind `fd`, when it is a regular file (memfds,
+/// tmpfs and hugetlbfs files are); `None` for anything else.
+fn regular_file_size(fd: &OwnedFd) -> Option<u64> {
+    let f = std::fs::File::from(fd.try_clone().ok()?);
+    let m = f.metadata().ok()?;
+    m.file_type().is_file().then_some(m.len())
+}
+
+/// Parse and check a `SET_MEM_TABLE` body (u32 count, u32 padding, then
+/// per region u64 guest address, size, VMM address, mmap offset) against
+/// its fds; see the module docs for what is refused.
+fn check_mem_table(m: &Message) -> io::Result<Vec<Region>> {
+    let n = u32_at(&m.body, 0)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| invalid("SET_MEM_TABLE without a region count".into()))?;
+    if n == 0 || n > MAX_REGIONS {
+        return Err(invalid(format!(
+            "SET_MEM_TABLE with {n} regions (1 to {MAX_REGIONS})"
+        )));
+    }
+    if m.body.len() != 8 + 32 * n {
+        return Err(invalid(format!(
+            "SET_MEM_TABLE of {n} regions has a {}-byte body, not {}",
+            m.body.len(),
+            8 + 32 * n
+        )));
+    }
+    if m.fds.len() != n {
+        return Err(invalid(format!(
+            "SET_MEM_TABLE lists {n} regions but carries {} file descriptor(s): a region is missing its memory",
+            m.fds.len()
+        )));
+    }
+    let mut regions = Vec::with_capacity(n);
+    for (i, fd) in m.fds.iter().enumerate() {
+        let at = 8 + 32 * i;
+        let word = |k: usize| u64_at(&m.body, at + 8 * k).unwrap_or(0);
+        let (gpa, size, vmm, offset) = (word(0), word(1), word(2), word(3));
+        if size == 0 {
+            return Err(invalid(format!("memory region {i} has size 0")));
+        }
+        let wraps = [gpa, vmm, offset]
+            .iter()
+            .any(|a| a.checked_add(size).is_none());
+        if wraps {
+            return Err(invalid(format!(
+                "memory region {i} (size {size:#x}) wraps around the address space"
+            )));
+        }
+        if let Some(len) = regular_file_size(fd) {
+            if offset + size > len {
+                return Err(invalid(format!(
+                    "memory region {i} (offset {offset:#x}, size {size:#x}) extends past the end of its {len}-byte file"
+                )));
+            }
+        }
+        regions.push(Region { gpa, size, vmm });
+    }
+    for (i, a) in regions.iter().enumerate() {
+        for (j, b) in regions.iter().enumerate().skip(i + 1) {
+            let overlap = |x: u64, y: u64| x < y + b.size && y < x + a.size;
+            if overlap(a.gpa, b.gpa) {
+                return Err(invalid(format!(
+                    "memory regions {i} ({:#x}+{:#x}) and {j} ({:#x}+{:#x}) overlap in guest-physical memory",
+                    a.gpa, a.size, b.gpa, b.size
+                )));
+            }
+            if overlap(a.vmm, b.vmm) {
+                return Err(invalid(format!(
+                    "memory regions {i} ({:#x}+{:#x}) and {j} ({:#x}+{:#x}) overlap in the VMM's address space",
+                    a.vmm, a.size, b.vmm, b.size
+                )));
+            }
+        }
+    }
+    Ok(regions)
 }
 
 impl Negotiation {
+    /// Refuse a message out of order or with a bad memory table or vring
+    /// address (module docs); remember what later checks need.
+    fn check(&mut self, m: &Message) -> io::Result<()> {
+        let Some(name) = request_name(m.request) else {
+            return Err(invalid(format!(
+                "unknown vhost-user request {} (flags {:#x}, {}-byte body)",
+                m.request,
+                m.flags,
+                m.body.len()
+            )));
+        };
+        if !self.owner && needs_owner(m.request) {
+            return Err(invalid(format!(
+                "{name} before SET_OWNER: the front-end does not own the device"
+            )));
+        }
+        match m.request {
+            SET_OWNER => self.owner = true,
+            RESET_OWNER => self.owner = false,
+            SET_MEM_TABLE => self.regions = Some(check_mem_table(m)?),
+            SET_VRING_NUM => {
+                if let (Some(i), Some(num)) = (u32_at(&m.body, 0), u32_at(&m.body, 4)) {
+                    self.ring_num.insert(i, num);
+                }
+            }
+            SET_VRING_ADDR | SET_VRING_KICK if self.regions.is_none() => {
+                return Err(invalid(format!(
+                    "{name} before SET_MEM_TABLE: no guest memory to place the ring in"
+                )));
+            }
+            SET_VRING_ADDR => self.check_vring_addr(m)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Each part of the ring must lie wholly inside one region (virtio 1.2
+    /// §2.7: descriptor table 16 bytes per entry, available ring 6 + 2 per
+    /// entry, used ring 6 + 8 per entry).
+    fn check_vring_addr(&self, m: &Message) -> io::Result<()> {
+        let (Some(index), Some(desc), Some(used), Some(avail)) = (
+            u32_at(&m.body, 0),
+            u64_at(&m.body, 8),
+            u64_at(&m.body, 16),
+            u64_at(&m.body, 24),
+        ) else {
+            return Err(invalid(format!(
+                "SET_VRING_ADDR with a {}-byte body",
+                m.body.len()
+            )));
+        };
+        let num = u64::from(self.ring_num.get(&index).copied().unwrap_or(1).max(1));
+        let regions = self.regions.as_deref().unwrap_or_default();
+        for (what, addr, len) in [
+            ("descriptor table", desc, 16 * num),
+            ("available ring", avail, 6 + 2 * num),
+            ("used ring", used, 6 + 8 * num),
+        ] {
+            let inside = regions.iter().any(|r| {
+                addr >= r.vmm && addr.checked_add(len).is_some_and(|e| e <= r.vmm + r.size)
+            });
+            if !inside {
+                return Err(invalid(format!(
+                    "vring {index}: the {what} at VMM address {addr:#x} ({len} bytes) is outside guest memory"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn note(&mut self, m: &Message) {
         let word = || m.body.first_chunk::<8>().map(|b| u64::from_le_bytes(*b));
         match m.request {
@@ -242,6 +572,10 @@ fn wait_readable(a: RawFd, b: RawFd) -> io::Result<(bool, bool)> {
 pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::Result<RelayStats> {
     let mut st = RelayStats::default();
     let mut neg = Negotiation::default();
+    // A message, once begun, must arrive whole in time (a truncated one
+    // must not hold the serve loop forever).
+    vmm.set_read_timeout(Some(BODY_TIMEOUT))?;
+    let mut last = 0;
     while !stop.load(Ordering::Relaxed) {
         let (from_vmm, from_handler) = wait_readable(vmm.as_raw_fd(), handler.as_raw_fd())?;
         if from_vmm {
@@ -256,7 +590,9 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
                 m.body.len(),
                 m.fds.len()
             );
+            neg.check(&m)?;
             neg.note(&m);
+            last = m.request;
             if neg.premature(&m) {
                 st.swallowed += 1;
                 neg.hold(&m);
@@ -283,6 +619,7 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
         }
         if from_handler {
             let Some(m) = recv(handler)? else {
+                st.handler_closed = Some(last);
                 return Ok(st);
             };
             st.to_vmm += 1;
@@ -329,6 +666,8 @@ mod tests {
     #[test]
     fn swallows_early_vring_enable_acks_it_and_passes_the_rest_with_fds() {
         let (vmm, handler, t) = harness();
+        send(&vmm, &msg(SET_OWNER, VERSION, &[])).unwrap();
+        assert_eq!(recv(&handler).unwrap().unwrap().request, SET_OWNER);
         // SET_PROTOCOL_FEATURES with REPLY_ACK, passed through.
         send(
             &vmm,
@@ -354,17 +693,17 @@ mod tests {
         assert_eq!(ack.request, SET_VRING_ENABLE);
         assert_eq!(ack.flags & FLAG_REPLY, FLAG_REPLY);
         assert_eq!(ack.body, 0u64.to_le_bytes());
-        // A message with an fd (SET_VRING_KICK) crosses with its fd.
+        // A message with an fd (SET_VRING_CALL) crosses with its fd.
         let (a, mut b) = UnixStream::pair().unwrap();
         let m = Message {
-            request: 12,
+            request: 13,
             flags: VERSION,
             body: 0u64.to_le_bytes().to_vec(),
             fds: vec![OwnedFd::from(a)],
         };
         send(&vmm, &m).unwrap();
         let got = recv(&handler).unwrap().unwrap();
-        assert_eq!(got.request, 12);
+        assert_eq!(got.request, 13);
         assert_eq!(got.fds.len(), 1);
         let mut through = UnixStream::from(got.fds.into_iter().next().unwrap());
         through.write_all(b"x").unwrap();
@@ -393,7 +732,7 @@ mod tests {
         let st = t.join().unwrap();
         assert_eq!(st.swallowed, 1);
         assert_eq!(st.replayed, 1);
-        assert_eq!(st.from_vmm, 5);
+        assert_eq!(st.from_vmm, 6);
     }
 
     #[test]

@@ -16,10 +16,12 @@
 //! [`Conn`] (memory, vrings, negotiated features) and a fresh
 //! `VhostUserDaemon`. When the VMM leaves, every worker resets its host
 //! connections and the socket is served again. A message out of order, a
-//! memory table with overlapping or missing regions, or a vring outside
-//! memory makes vhost-user-backend fail the request: the error is logged
-//! and that connection is closed; the workers and the next VMM are not
-//! affected. A broken descriptor chain stops only its queue (logged).
+//! memory table with overlapping, missing or file-less regions, or a vring
+//! outside memory is refused by the relay ([`vhost_relay`] lists the
+//! checks), a malformed message by vhost-user-backend: either way the error
+//! is logged naming the request, and that connection is closed; the workers
+//! and the next VMM are not affected. A broken descriptor chain stops only
+//! its queue (logged).
 //!
 //! Backpressure, guest → host: a full inbox stops the TX queue (the chain
 //! that did not fit waits, already copied, in `TxState::pending`) and a
@@ -33,7 +35,7 @@
 //! the next enabled pair.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -108,6 +110,9 @@ pub struct Conn {
     rx_broken: Vec<AtomicBool>,
     tx: Vec<Mutex<TxState>>,
     timers: Vec<Mutex<TimerFd>>,
+    /// The exit eventfds handed to vhost-user-backend, which leaks them
+    /// (see [`Backend::exit_event`]): fd number and its (device, inode).
+    exit_fds: Mutex<Vec<(RawFd, (u64, u64))>>,
 }
 
 #[derive(Default)]
@@ -230,30 +235,54 @@ impl Device {
                 .start(&mut vl)
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
             log::info!("vhost-user: VMM connected");
-            match vhost_relay::relay(&vmm, &handler_side, stop) {
-                Ok(st) => log::info!(
-                    "vhost-user: the VMM disconnected ({} messages in, {} out, {} early ring enables held, {} replayed)",
-                    st.from_vmm,
-                    st.to_vmm,
-                    st.swallowed,
-                    st.replayed
-                ),
-                Err(e) => log::error!("vhost-user: connection closed: {e}"),
-            }
+            let relayed = vhost_relay::relay(&vmm, &handler_side, stop);
             let _ = vmm.shutdown(std::net::Shutdown::Both);
             let _ = handler_side.shutdown(std::net::Shutdown::Both);
-            if let Err(e) = daemon.wait() {
-                log::warn!("vhost-user: {e}");
+            let handled = daemon.wait();
+            match (relayed, handled) {
+                (Ok(st), Err(e)) if st.handler_closed.is_some() => log::error!(
+                    "vhost-user: connection closed: {} refused: {e}",
+                    vhost_relay::describe(st.handler_closed.unwrap_or(0))
+                ),
+                (Ok(st), handled) => {
+                    log::info!(
+                        "vhost-user: the VMM disconnected ({} messages in, {} out, {} early ring enables held, {} replayed)",
+                        st.from_vmm,
+                        st.to_vmm,
+                        st.swallowed,
+                        st.replayed
+                    );
+                    if let Err(e) = handled {
+                        log::warn!("vhost-user: {e}");
+                    }
+                }
+                (Err(e), _) => log::error!("vhost-user: connection closed: {e}"),
             }
             for h in daemon.get_epoll_handlers() {
                 h.send_exit_event();
             }
+            // Dropping the daemon joins its handler threads and closes
+            // their epolls; only then are the exit eventfds unused.
+            drop(daemon);
+            conn.close_exit_events();
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
             self.generation.fetch_add(1, Ordering::SeqCst);
             self.workers_each(|s| s.reset.store(true, Ordering::SeqCst));
         }
         Ok(())
     }
+}
+
+/// The (device, inode) of the open file behind `fd`.
+fn fd_identity(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes only into `st`, alive for the call; a closed
+    // or foreign `fd` only makes it fail.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Wait for a VMM to connect; `None` on `stop`.
@@ -287,7 +316,36 @@ impl Conn {
                         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
                 })
                 .collect::<std::io::Result<_>>()?,
+            exit_fds: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Close the exit eventfds vhost-user-backend took and never closes.
+    /// Call only after the `VhostUserDaemon` of this connection is
+    /// dropped (its handler threads joined, their epolls closed).
+    fn close_exit_events(&self) {
+        let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|e| e.into_inner()));
+        for (fd, id) in fds {
+            if fd_identity(fd) != Some(id) {
+                // Not the descriptor we made any more (a crate that closes
+                // it itself, and the number reused): leave it alone.
+                log::warn!("vhost-user: exit eventfd {fd} changed; not closing it");
+                continue;
+            }
+            // SAFETY:
+            // - `fd` is the consumer end of an eventfd made in
+            //   `Backend::exit_event`; vhost-user-backend 0.24 turned it
+            //   into a raw fd (`VringEpollHandler::new`, `into_raw_fd`),
+            //   registered it with its epoll and never closes it;
+            // - the daemon that held it is dropped: its threads are
+            //   joined and its epoll closed, so nothing uses the number;
+            // - since the crate never closed it, the number still names
+            //   that eventfd (the identity check above guards against a
+            //   crate version that does close it, should the number have
+            //   been reused by another kind of file), and each number is
+            //   taken from `exit_fds` once, so it is closed exactly once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     /// Virtqueue `q` (RX of pair p is 2p, TX 2p + 1), once its pair's
@@ -575,8 +633,23 @@ impl VhostUserBackend for Backend {
         (0..self.dev.pairs).map(|p| 0b11u64 << (2 * p)).collect()
     }
 
+    /// vhost-user-backend 0.24 calls this once per handler thread, turns
+    /// the consumer into a raw fd for its epoll and never closes it; the
+    /// fd is remembered here and closed after the connection
+    /// ([`Conn::close_exit_events`]), so connections do not leak fds.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        vmm_sys_util::event::new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        let (consumer, notifier) = vmm_sys_util::event::new_event_consumer_and_notifier(
+            EventFlag::NONBLOCK | EventFlag::CLOEXEC,
+        )
+        .ok()?;
+        let fd = consumer.as_raw_fd();
+        let id = fd_identity(fd)?;
+        self.conn
+            .exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((fd, id));
+        Some((consumer, notifier))
     }
 
     fn handle_event(

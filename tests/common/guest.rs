@@ -155,6 +155,7 @@ pub struct Guest {
     params: Vec<(String, String)>,
     binaries: Vec<String>,
     daemon: Option<(String, Vec<String>, String)>,
+    host_client: Option<String>,
     memfd: bool,
     smp: u32,
     mem_mib: u32,
@@ -222,6 +223,7 @@ impl Guest {
             params: Vec::new(),
             binaries: vec!["busybox".into(), "iperf3".into()],
             daemon: None,
+            host_client: None,
             memfd: false,
             smp: 2,
             mem_mib: 512,
@@ -286,6 +288,17 @@ impl Guest {
             args.iter().map(|s| s.to_string()).collect(),
             socket.into(),
         ));
+        self
+    }
+
+    /// A shell command run in the outer namespace, in the background,
+    /// while QEMU runs (e.g. a client of a port uipd publishes into the
+    /// guest; it must retry until the guest's server is up). It sees $D;
+    /// its stdout is appended to the guest's output after QEMU exits (so
+    /// its RESULT lines count), and it is bounded by QEMU's time limit and
+    /// stopped (by PID) when QEMU exits. Only with [`Guest::daemon`].
+    pub fn host_client(&mut self, cmd: &str) -> &mut Self {
+        self.host_client = Some(cmd.into());
         self
     }
 
@@ -466,6 +479,20 @@ impl Guest {
             Some((program, args, socket)) => {
                 let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
                 let sock = sh_quote(socket);
+                let (client_start, client_end) = match &self.host_client {
+                    Some(cmd) => (
+                        format!(
+                            "timeout -k 2 {} sh -c {} >\"$D/host-client.out\" 2>\"$D/host-client.err\" </dev/null &\n\
+                             HC=$!\n",
+                            self.qemu_secs,
+                            sh_quote(cmd)
+                        ),
+                        "kill $HC 2>/dev/null; wait $HC\n\
+                         cat \"$D/host-client.out\" >>\"$D/guest.out\"\n"
+                            .to_string(),
+                    ),
+                    None => (String::new(), String::new()),
+                };
                 format!(
                     "timeout -k 5 {t} {program} {args} </dev/null >\"$D/uipd.out\" 2>\"$D/uipd.err\" &\n\
                      DPID=$!\n\
@@ -473,8 +500,10 @@ impl Guest {
                        kill -0 $DPID 2>/dev/null || break; sleep 0.1; done\n\
                      if [ -S {sock} ]; then\n\
                        echo \"outer: qemu starts at $(date +%s.%N)\" >\"$D/qemu.time\"\n\
+                       {client_start}\
                        {qemu}\n\
                        qrc=$?\n\
+                       {client_end}\
                      else echo 'outer: the daemon did not create its socket'; qrc=97; fi\n\
                      echo \"$qrc\" >\"$D/qemu.rc\"\n\
                      kill -INT $DPID 2>/dev/null\n\
@@ -664,7 +693,9 @@ impl NetChecks {
         sum
     }
 
-    fn script(&self) -> String {
+    /// The guest script that runs the checks (what [`NetChecks::install`]
+    /// sets), to combine with more.
+    pub fn script(&self) -> String {
         let gw = &self.gw;
         let mut s = String::from("dhcp || exit 1\n");
         if self.dns_port.is_some() {
