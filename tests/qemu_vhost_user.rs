@@ -130,14 +130,11 @@ const PUB_GUEST_PORT: u16 = 8000;
 /// waited for (bounded) after them; the guest then reports the size and
 /// sha256 of what it got.
 ///
-/// The test checks the host → guest bytes on the guest's side, not the
-/// reply: in three runs uipd reset the host connection after the host had
-/// half-closed and before the client read the guest's reply (the capture
-/// shows the guest's 66-byte reply ACKed by uipd, its FIN never ACKed, a
-/// RST to the retransmitted FIN), even with the guest keeping its end open
-/// for 2 s. That is a bug in the TCP translation, reported; the namespace
-/// tests in tests/publish.rs, same pattern, do not hit it.
-const PUB_SERVER: &str = r#"printf '#!/bin/sh\ncat >/tmp/pub.got\necho "$(stat -c %s /tmp/pub.got) $(sha256sum /tmp/pub.got | cut -d" " -f1)"\n' >/tmp/pubsink.sh
+/// Both ends are checked: the guest's copy, and the host client's reply
+/// (which arrives after the host half-closed; the guest closes last, so
+/// this also covers the ACK of the guest's final FIN: that ACK used to be
+/// lost when the flow was removed, and the retransmitted FIN met a reset).
+const PUB_SERVER: &str = r#"printf '#!/bin/sh\ncat >/tmp/pub.got\necho "$(wc -c </tmp/pub.got) $(sha256sum /tmp/pub.got | cut -d" " -f1)"\n' >/tmp/pubsink.sh
 chmod +x /tmp/pubsink.sh
 timeout 150 nc -l -p PORT -e /tmp/pubsink.sh &
 NCPID=$!
@@ -224,6 +221,11 @@ fn vhost_user_offloads_off_publish_pcap() {
     o.check(
         o.value("pubsrv", "rc") == "0",
         "the guest's nc server failed",
+    );
+    let put = o.result("put");
+    o.check(
+        put.get("bytes").map(String::as_str) == Some("1048576") && put.get("sha") == Some(&up_sum),
+        &format!("the host client's reply through the published port: {put:?}"),
     );
     // The capture.
     let read = |filter: &str, flags: &[&str]| {

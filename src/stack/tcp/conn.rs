@@ -629,7 +629,7 @@ impl Conn {
 
         self.transmit(now, emit);
         self.maybe_recv(ops);
-        self.check_done(ops)
+        self.check_done(emit, ops)
     }
 
     /// ACK processing for the host → guest direction.
@@ -772,7 +772,7 @@ impl Conn {
         }
         self.maybe_send(ops);
         let _ = now;
-        self.check_done(ops)
+        self.check_done(emit, ops)
     }
 
     /// The host socket returned data (or end of stream, or an error).
@@ -794,7 +794,7 @@ impl Conn {
         }
         self.transmit(now, emit);
         self.maybe_recv(ops);
-        self.check_done(ops)
+        self.check_done(emit, ops)
     }
 
     /// Send what the guest's window allows, then FIN if the host is done.
@@ -933,10 +933,15 @@ impl Conn {
     }
 
     /// Both directions finished: close the socket and forget the flow.
-    fn check_done(&mut self, ops: &mut Vec<SockOp>) -> Verdict {
+    /// The ACK the batch left pending (typically for the guest's FIN, when
+    /// it is the last to close) goes out now: the flow will not be here
+    /// for the end-of-batch flush, and without it the guest retransmits its
+    /// FIN into a flow that no longer exists and gets a reset.
+    fn check_done(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
         let guest_done = self.guest_fin && self.host_shut && self.sending == 0;
         let host_done = self.host_eof && self.fin_acked;
         if guest_done && host_done {
+            self.flush_ack(emit);
             ops.push(SockOp::Close {
                 flow: self.flow,
                 reset: false,
@@ -1354,6 +1359,47 @@ mod tests {
         let v = h.ack(ISS + 7usize, gseq + 6usize, 65535);
         assert_eq!(v, Verdict::Remove);
         assert!(h.take_ops().contains(&SockOp::Close {
+            flow: FLOW,
+            reset: false
+        }));
+    }
+
+    #[test]
+    fn guest_fin_that_ends_the_connection_is_acked_before_the_flow_goes() {
+        // The host closes first (its FIN is acked), the guest answers and
+        // closes last: its FIN must be acknowledged at once, since the flow
+        // is removed before the end-of-batch ACK flush (seen with a
+        // published port: the guest's FIN retransmission met a reset).
+        let mut h = Harness::new(Some(7), 1460);
+        let gseq = h.establish();
+        h.recvd(Ok(Vec::new()));
+        let fin = h.take_segs().pop().unwrap();
+        assert!(fin.flags.fin);
+        assert_eq!(h.ack(ISS + 2usize, gseq, 65535), Verdict::Keep);
+        h.data(gseq, b"reply\n");
+        h.sent(Ok(6));
+        h.flush();
+        h.take_segs();
+        h.take_ops();
+        let v = h.seg(TcpRepr {
+            flags: Flags {
+                fin: true,
+                ..Flags::default()
+            },
+            seq_number: gseq + 6usize,
+            ack_number: Some(ISS + 2usize),
+            ..TEMPL
+        });
+        assert_eq!(v, Verdict::Remove);
+        let segs = h.take_segs();
+        assert_eq!(
+            segs.last().map(|s| s.ack),
+            Some(Some(gseq + 7usize)),
+            "the guest's FIN was not acknowledged: {segs:?}"
+        );
+        let ops = h.take_ops();
+        assert!(ops.contains(&SockOp::ShutdownWrite { flow: FLOW }));
+        assert!(ops.contains(&SockOp::Close {
             flow: FLOW,
             reset: false
         }));
