@@ -26,8 +26,8 @@
 //! Backpressure, guest → host: a full inbox stops the TX queue (the chain
 //! that did not fit waits, already copied, in `TxState::pending`) and a
 //! timer retries it; nothing is dropped. Host → guest: a sink keeps up to
-//! [`SINK_MAX`] frames while the guest has no RX buffers, then drops
-//! (counted in `port_drops`); TCP retransmits.
+//! [`SINK_MAX_BYTES`] of frames while the guest has no RX buffers, then
+//! drops (counted in `port_drops`); TCP retransmits.
 //!
 //! The backend does not offer CTRL_VQ: QEMU serves the control queue of a
 //! vhost-user-net device itself and tells us the enabled queue pairs with
@@ -60,8 +60,11 @@ use crate::stack::Offload;
 use crate::stack::steer::{self, Steer};
 use crate::stack::wire::vnet_hdr::HEADER_LEN;
 
-/// Frames a sink keeps while the guest has no RX buffers.
-pub const SINK_MAX: usize = 1024;
+/// Bytes of frames a sink keeps while the guest has no RX buffers: more
+/// than a Linux guest's largest default TCP receive window (6 MiB), so TCP
+/// toward a slow guest waits on its window instead of losing segments
+/// here and stalling on retransmission timeouts.
+pub const SINK_MAX_BYTES: usize = 8 << 20;
 /// Largest virtqueue the backend accepts.
 const MAX_QUEUE_SIZE: usize = 1024;
 /// TX chains per pass before notifications are re-enabled.
@@ -154,6 +157,7 @@ impl Device {
             dev: self.clone(),
             worker,
             waiting: VecDeque::new(),
+            waiting_bytes: 0,
             generation: 0,
             touched: vec![false; self.pairs],
         }
@@ -527,6 +531,8 @@ pub struct VringSink {
     dev: Arc<Device>,
     worker: usize,
     waiting: VecDeque<Vec<u8>>,
+    /// Bytes in `waiting`.
+    waiting_bytes: usize,
     generation: u64,
     touched: Vec<bool>,
 }
@@ -534,9 +540,10 @@ pub struct VringSink {
 impl FrameSink for VringSink {
     fn send(&mut self, frames: &mut Vec<Vec<u8>>, counters: &mut WorkerCounters) {
         for f in frames.drain(..) {
-            if self.waiting.len() >= SINK_MAX {
+            if self.waiting_bytes + f.len() > SINK_MAX_BYTES {
                 counters.port_drops += 1;
             } else {
+                self.waiting_bytes += f.len();
                 self.waiting.push_back(f);
             }
         }
@@ -549,6 +556,7 @@ impl FrameSink for VringSink {
             // Another guest (or none): frames for the old one are stale.
             counters.port_drops += self.waiting.len() as u64;
             self.waiting.clear();
+            self.waiting_bytes = 0;
             self.generation = generation;
         }
         if self.waiting.is_empty() {
@@ -563,7 +571,9 @@ impl FrameSink for VringSink {
                 Placed::Dropped => counters.port_drops += 1,
                 Placed::NoRoom => break,
             }
-            self.waiting.pop_front();
+            if let Some(f) = self.waiting.pop_front() {
+                self.waiting_bytes -= f.len();
+            }
         }
         conn.notify(&self.dev, &mut self.touched);
         !self.waiting.is_empty()
