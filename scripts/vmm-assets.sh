@@ -10,7 +10,9 @@
 #
 #   kernel/               the unpacked linux-image-*-cloud-amd64 package
 #   vmlinuz               its bzImage (outer and inner guest kernel)
-#   inner-initramfs.gz    busybox /init: prints UIPD-INNER-INIT-OK, then poweroff -f
+#   inner-initramfs.gz    busybox /init: prints UIPD-INNER-INIT-OK; with inner.net on
+#                         its command line it loads virtio_pci/virtio_net, runs DHCP,
+#                         ping, 16 MiB down and up, iperf3 both ways; then poweroff -f
 #   outer-initramfs.gz    busybox, kvm modules, uipd (+ its libraries), vmlinuz,
 #                         inner-initramfs.gz; /init runs uipd --kernel and prints
 #                         "UIPD-EXIT=<status>", then powers off
@@ -20,7 +22,9 @@
 #     -kernel vmlinuz -initrd outer-initramfs.gz -append 'console=ttyS0 quiet panic=-1' \
 #     -display none -serial file:LOG -no-reboot
 # The outer /init reads uipd's extra options from the kernel command line
-# (uipd.args=..., commas for spaces) so that a test can vary them.
+# (uipd.args=..., commas for spaces) so that a test can vary them;
+# uipd.net=user gives the inner guest a NIC and starts servers on the outer
+# guest's loopback (busybox httpd :8080, nc :9000, iperf3 :5201).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +37,7 @@ log() { echo "vmm-assets: $*" >&2; }
 # Installs the Debian packages that are missing (root only).
 ensure_packages() {
 	local missing=() p
-	for p in qemu-system-x86 cpio busybox-static; do
+	for p in qemu-system-x86 cpio busybox-static iperf3; do
 		if [ "$p" = busybox-static ] && command -v busybox >/dev/null 2>&1; then
 			continue
 		fi
@@ -84,14 +88,25 @@ pack() {
 	mv "$tmp" "$2"
 }
 
-# A busybox root: the binary and its applet links.
+# A busybox root: the binary and a link for every applet.
 busybox_root() {
-	local dir=$1 bb
+	local dir=$1 bb a
 	bb=$(command -v busybox)
 	mkdir -p "$dir"/{bin,sbin,dev,proc,sys,tmp,lib,lib64}
 	cp "$bb" "$dir/bin/busybox"
-	for a in sh mount insmod poweroff echo cat ls sleep mkdir uname; do
-		ln -sf busybox "$dir/bin/$a"
+	for a in $("$bb" --list); do
+		[ -e "$dir/bin/$a" ] || ln -s busybox "$dir/bin/$a"
+	done
+}
+
+# Copies binary $1 to $2/bin/ with its shared libraries and the loader, at
+# the paths ldd names.
+copy_with_libs() {
+	local bin=$1 dir=$2 lib
+	cp -L "$bin" "$dir/bin/$(basename "$bin")"
+	ldd "$bin" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }' | while read -r lib; do
+		mkdir -p "$dir$(dirname "$lib")"
+		cp -L "$lib" "$dir$lib"
 	done
 }
 
@@ -104,13 +119,76 @@ for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 	[ -e "$mods/$m" ] || { log "$kver has no module $m (KVM must be modular)"; exit 1; }
 done
 
-if [ ! -s "$out/inner-initramfs.gz" ]; then
+# The inner initramfs; rebuilt when its layout version changes.
+inner_version=6
+if [ ! -s "$out/inner-initramfs.gz" ] || [ "$(cat "$out/inner.version" 2>/dev/null)" != $inner_version ]; then
 	d=$(mktemp -d)
 	busybox_root "$d"
+	mkdir -p "$d/modules"
+	# virtio-pci and virtio-net are modules in the Debian cloud kernel;
+	# this is their load order (virtio_ring before virtio).
+	for m in net/core/failover drivers/virtio/virtio_ring drivers/virtio/virtio \
+		drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev \
+		drivers/virtio/virtio_pci drivers/net/net_failover drivers/net/virtio_net; do
+		cp "$mods/$m.ko" "$d/modules/"
+	done
+	copy_with_libs "$(command -v iperf3)" "$d"
+	cat >"$d/udhcpc.sh" <<'EOF'
+#!/bin/sh
+case "$1" in
+bound|renew)
+	ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+	[ -n "$router" ] && route add default gw "${router%% *}" dev "$interface"
+	;;
+esac
+exit 0
+EOF
+	chmod +x "$d/udhcpc.sh"
 	cat >"$d/init" <<'EOF'
 #!/bin/sh
 mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
 echo "UIPD-INNER-INIT-OK kernel $(uname -r) cpus $(grep -c ^processor /proc/cpuinfo)"
+case "$(cat /proc/cmdline)" in
+*inner.net*)
+	for m in failover virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev \
+		virtio_pci net_failover virtio_net; do
+		echo "UIPD-INNER-STEP insmod $m"
+		insmod /modules/$m.ko || echo "UIPD-INNER: insmod $m failed"
+	done
+	echo "UIPD-INNER-STEP modules loaded"
+	i=0
+	while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	echo "UIPD-INNER-STEP eth0 $(ls /sys/class/net)"
+	ip link set lo up
+	# udhcpc does not bring the link up itself.
+	ip link set eth0 up
+	udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1
+	echo "UIPD-INNER-ADDR $(ip -4 -o addr show eth0 | awk '{ print $4 }')"
+	ping -c 3 -W 5 192.168.33.1 >/dev/null && echo "UIPD-INNER-PING-OK"
+	wget -q -O /tmp/blob http://192.168.33.1:8080/blob &&
+		echo "UIPD-INNER-DOWN-SHA $(sha256sum /tmp/blob | cut -d' ' -f1)"
+	rm -f /tmp/blob
+	dd if=/dev/urandom of=/tmp/up bs=1M count=16 2>/dev/null
+	echo "UIPD-INNER-UP-SHA $(sha256sum /tmp/up | cut -d' ' -f1)"
+	nc 192.168.33.1 9000 </tmp/up && echo "UIPD-INNER-UP-SENT"
+	rm -f /tmp/up
+	# iperf3's server refuses a test while it is still ending the
+	# previous one ("server is busy"): retry, bounded.
+	for try in 1 2 3; do
+		iperf3 -c 192.168.33.1 -t 3 -f m >/tmp/i1 2>&1 && { echo "UIPD-INNER-IPERF-TX-OK"; break; }
+		sleep 1
+	done
+	grep -E "sender|receiver|error" /tmp/i1
+	for try in 1 2 3; do
+		iperf3 -c 192.168.33.1 -t 3 -f m -R >/tmp/i2 2>&1 && { echo "UIPD-INNER-IPERF-RX-OK"; break; }
+		sleep 1
+	done
+	grep -E "sender|receiver|error" /tmp/i2
+	grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ /'
+	;;
+esac
 # poweroff without ACPI halts every CPU with interrupts off; uipd sees that
 # and exits 0. reboot (with reboot=k) resets through the i8042.
 case "$(cat /proc/cmdline)" in
@@ -121,9 +199,8 @@ sleep 5
 echo "UIPD-INNER-STILL-RUNNING"
 EOF
 	chmod +x "$d/init"
-	ln -sf busybox "$d/bin/grep"
-	ln -sf busybox "$d/bin/reboot"
 	pack "$d" "$out/inner-initramfs.gz"
+	echo $inner_version >"$out/inner.version"
 	rm -rf "$d"
 fi
 
@@ -131,9 +208,8 @@ fi
 
 d=$(mktemp -d)
 busybox_root "$d"
-ln -sf busybox "$d/bin/tr"
-ln -sf busybox "$d/bin/sed"
 mkdir -p "$d/modules" "$d/guest"
+copy_with_libs "$(command -v iperf3)" "$d"
 for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 	cp "$mods/$m" "$d/modules/"
 done
@@ -163,12 +239,26 @@ for w in $(cat /proc/cmdline); do
 	case "$w" in
 	uipd.args=*) args=$(echo "${w#uipd.args=}" | tr , ' ') ;;
 	uipd.cmdline=*) icmd=$(echo "${w#uipd.cmdline=}" | tr , ' ') ;;
+	uipd.net=*) net=${w#uipd.net=} ;;
 	esac
 done
+if [ "${net:-none}" = user ]; then
+	# Servers for the inner guest, on this guest's own loopback: reached
+	# through uipd's gateway mapping (192.168.33.1 -> 127.0.0.1).
+	ip link set lo up
+	mkdir -p /srv
+	dd if=/dev/urandom of=/srv/blob bs=1M count=16 2>/dev/null
+	echo "UIPD-OUTER-BLOB-SHA $(sha256sum /srv/blob | cut -d' ' -f1)"
+	httpd -p 127.0.0.1:8080 -h /srv
+	# The listener's stdin never ends, so it only stops at the client's EOF.
+	(sleep 100000 | nc -l -p 9000 >/srv/up) &
+	iperf3 -s -B 127.0.0.1 -D
+fi
 echo "UIPD-OUTER: running uipd $args"
 /bin/uipd --kernel /guest/vmlinuz --initrd /guest/initramfs.gz \
-	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net none $args
+	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args
 echo "UIPD-EXIT=$?"
+[ -e /srv/up ] && echo "UIPD-OUTER-UP-SHA $(sha256sum /srv/up | cut -d' ' -f1)"
 poweroff -f
 EOF
 chmod +x "$d/init"

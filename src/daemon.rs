@@ -38,6 +38,9 @@ pub enum Frontend {
     Stream(PathBuf),
     /// Serve a VMM as a vhost-user-net backend on a listening UNIX socket.
     VhostUser(PathBuf),
+    /// Boot a Linux guest in the embedded VMM with a virtio-net NIC of
+    /// this many queue pairs (`uipd --kernel ... -net user`).
+    Vm(Box<crate::vmm::VmConfig>, usize),
 }
 
 /// Everything the daemon needs, from the command line.
@@ -83,6 +86,9 @@ pub enum Error {
     /// The control socket could not be set up.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// The embedded VMM could not start.
+    #[error(transparent)]
+    Vmm(#[from] crate::vmm::Error),
     /// Other I/O.
     #[error("{what}")]
     Io {
@@ -382,6 +388,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
         Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv, publish),
         Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv, publish),
+        Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, watch_resolv, publish),
     }
 }
 
@@ -427,7 +434,7 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
             (taps, Some(s))
         }
         Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
-        Frontend::Stream(_) | Frontend::VhostUser(_) => {
+        Frontend::Stream(_) | Frontend::VhostUser(_) | Frontend::Vm(..) => {
             unreachable!("run() sends the VMM frontends elsewhere")
         }
     };
@@ -615,6 +622,82 @@ fn run_vhost_user(
         c.broken_queues.load(Ordering::Relaxed),
         c.interrupts.load(Ordering::Relaxed)
     );
+    report(cfg, &stats);
+    Ok(code)
+}
+
+/// VMM mode: boot the guest with a virtio-net NIC of `queues` pairs whose
+/// frames go to the workers (hash-steered, as for vhost-user); the daemon
+/// ends when the guest does. See [`crate::vmm::virtio_pci`].
+fn run_vm(
+    cfg: &Config,
+    vm: &crate::vmm::VmConfig,
+    queues: usize,
+    watch_resolv: bool,
+    mut publish: Publish,
+) -> Result<i32, Error> {
+    use crate::vmm::virtio_pci::NetCore;
+    let mut machine = crate::vmm::prepare(vm)?;
+    install_signals(true);
+    let n = cfg.workers.max(1);
+    let inboxes = inboxes(n, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
+    let core = NetCore::new(
+        machine.mem().clone(),
+        queues.max(1),
+        inboxes.clone(),
+        cfg.stack.offload.vnet_hdr,
+    )
+    .map_err(io_err("creating the virtio-net device"))?;
+    machine.add_net(core.clone(), cfg.stack.mtu)?;
+    let ports = (0..n)
+        .map(|i| Port {
+            out: PortOut::Sink(Box::new(core.sink(i))),
+            reader: None,
+            shard: (i, n),
+        })
+        .collect();
+    // Until the guest says which offloads it takes: the header only.
+    let mut wcfg = cfg.clone();
+    wcfg.stack.offload = stack::Offload {
+        vnet_hdr: true,
+        ..stack::Offload::default()
+    };
+    let workers = Workers::start(&wcfg, inboxes, ports)?;
+    core.set_workers(workers.shared.clone());
+    publish.start(&workers);
+    let stopper = machine.stopper()?;
+    let vm_thread = std::thread::Builder::new()
+        .name("uipd-vmm".into())
+        .spawn(move || machine.run())
+        .map_err(io_err("starting the VMM"))?;
+    let mut vm_thread = Some(vm_thread);
+    let mut vm_result: Option<Result<crate::vmm::Exit, crate::vmm::Error>> = None;
+    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
+        if vm_thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let r = vm_thread.take().map(|t| t.join()).and_then(Result::ok);
+            let code = match &r {
+                Some(Ok(exit)) => {
+                    eprintln!("uipd: the VM ended: {exit:?}");
+                    0
+                }
+                Some(Err(e)) => {
+                    eprintln!("uipd: {e}");
+                    1
+                }
+                None => 1,
+            };
+            vm_result = r;
+            return Ok(Some(code));
+        }
+        Ok(None)
+    })?;
+    if let Some(t) = vm_thread.take() {
+        // The control loop ended first (a worker failed, a signal): stop the VM.
+        let _ = stopper.write(1);
+        let _ = t.join();
+    }
+    drop(vm_result);
+    log::info!("virtio-net: {}", core.counters.summary());
     report(cfg, &stats);
     Ok(code)
 }

@@ -191,3 +191,87 @@ fn nested_uipd_reports_a_bad_vcpu_cpu_with_status_1() {
     assert!(has_line(&log, "UIPD-EXIT=1"));
     assert!(!log.contains("UIPD-INNER-INIT-OK"));
 }
+
+/// The value after `key` on the first line that starts with it.
+fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|l| l.trim_end().strip_prefix(key))
+        .map(str::trim)
+}
+
+#[test]
+fn nested_guest_gets_dhcp_moves_16_mib_each_way_and_runs_iperf3_over_virtio_pci() {
+    // -net user: the inner guest loads virtio_pci/virtio_net from its
+    // initramfs; two queue pairs, each queue with its own MSI-X vector.
+    // One vCPU: with two (uipd's MADT brings the second up, and both pairs
+    // then carry traffic with their interrupts on their own CPUs) the inner
+    // guest triple-faulted in 1 of 3 runs under this nested TCG setup, cause
+    // not yet found; the poweroff test covers two vCPUs without the NIC.
+    let Some(log) = boot_outer(
+        "net",
+        "uipd.net=user uipd.args=--queues,2 uipd.cmdline=console=ttyS0,quiet,panic=-1,inner.net",
+    ) else {
+        return;
+    };
+    assert!(
+        log.contains("UIPD-INNER-INIT-OK kernel "),
+        "the inner guest did not reach its init"
+    );
+    assert!(
+        !log.contains("UIPD-INNER: insmod"),
+        "a module failed to load"
+    );
+    assert_eq!(
+        value(&log, "UIPD-INNER-ADDR"),
+        Some("192.168.33.15/24"),
+        "no DHCP lease"
+    );
+    assert!(
+        has_line(&log, "UIPD-INNER-PING-OK"),
+        "no ping reply from the gateway"
+    );
+    let blob = value(&log, "UIPD-OUTER-BLOB-SHA").expect("the outer guest made no blob");
+    assert_eq!(blob.len(), 64);
+    assert_eq!(
+        value(&log, "UIPD-INNER-DOWN-SHA"),
+        Some(blob),
+        "the 16 MiB download differs"
+    );
+    assert!(has_line(&log, "UIPD-INNER-UP-SENT"), "the upload failed");
+    let up = value(&log, "UIPD-INNER-UP-SHA").expect("no upload hash");
+    assert_eq!(
+        value(&log, "UIPD-OUTER-UP-SHA"),
+        Some(up),
+        "the 16 MiB upload differs"
+    );
+    assert!(
+        has_line(&log, "UIPD-INNER-IPERF-TX-OK"),
+        "iperf3 guest -> host failed"
+    );
+    assert!(
+        has_line(&log, "UIPD-INNER-IPERF-RX-OK"),
+        "iperf3 host -> guest failed"
+    );
+    // Per-queue vectors: RX and TX of both pairs, and the config vector.
+    let irqs: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("UIPD-INNER-IRQ "))
+        .collect();
+    for name in [
+        "virtio0-input.0",
+        "virtio0-output.0",
+        "virtio0-input.1",
+        "virtio0-output.1",
+        "virtio0-config",
+    ] {
+        assert_eq!(
+            irqs.iter().filter(|l| l.trim_end().ends_with(name)).count(),
+            1,
+            "no interrupt line of its own for {name} in /proc/interrupts: {irqs:?}"
+        );
+    }
+    assert!(
+        has_line(&log, "UIPD-EXIT=0"),
+        "uipd did not exit 0 after the guest's poweroff"
+    );
+}

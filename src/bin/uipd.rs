@@ -76,6 +76,12 @@ struct Cli {
     #[arg(long, value_name = "LIST", requires = "kernel", value_parser = parse_cpulist)]
     vcpu_cpus: Option<CpuList>,
 
+    /// Queue pairs of the VM's virtio-net NIC (--kernel, -net user), each
+    /// with its own MSI-X vectors [default: the number of workers].
+    #[arg(long, value_name = "N", requires = "kernel",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: Option<u16>,
+
     /// Name of the TAP interface inside the namespace.
     #[arg(long, default_value = "eth0", value_parser = parse_ifname)]
     ifname: String,
@@ -156,8 +162,8 @@ struct Cli {
     pcap: Option<std::path::PathBuf>,
 
     /// Network backend (kvmtool spelling, `-net user` works too). Only
-    /// `user` exists in namespace mode; with --kernel only `none` exists so
-    /// far (the default there until the VM gets its NIC).
+    /// `user` exists in namespace mode; with --kernel, `user` (the default:
+    /// a virtio-net NIC on uipd's stack) or `none` (no NIC).
     #[arg(long = "net", value_enum)]
     net: Option<NetMode>,
 
@@ -314,18 +320,22 @@ fn parse_cpulist(s: &str) -> Result<CpuList, String> {
 
 /// `uipd --kernel`: the embedded VMM.
 fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
-    match cli.net {
-        Some(NetMode::None) => {}
-        None => log::info!("no NIC yet: running with -net none"),
-        Some(n) => {
-            eprintln!(
-                "uipd: -net {} for --kernel is not built yet (issue 5: virtio-net over virtio-pci comes in its next stage); use -net none",
-                format!("{n:?}").to_lowercase()
-            );
-            return ExitCode::from(2);
+    let cfg = vm_config(cli, kernel);
+    match uipd::vmm::run(&cfg) {
+        Ok(exit) => {
+            eprintln!("uipd: the VM ended: {exit:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("uipd: {}", error_chain(&e));
+            ExitCode::from(1)
         }
     }
-    let cfg = uipd::vmm::VmConfig {
+}
+
+/// The VM part of the command line.
+fn vm_config(cli: &Cli, kernel: &std::path::Path) -> uipd::vmm::VmConfig {
+    uipd::vmm::VmConfig {
         kernel: kernel.to_owned(),
         initrd: cli.initrd.clone(),
         cmdline: cli
@@ -335,16 +345,6 @@ fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
         mem_mib: cli.mem.unwrap_or(256),
         vcpus: usize::from(cli.vcpus.unwrap_or(1)),
         vcpu_cpus: cli.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
-    };
-    match uipd::vmm::run(&cfg) {
-        Ok(exit) => {
-            log::info!("VM ended: {exit:?}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("uipd: {}", error_chain(&e));
-            ExitCode::from(1)
-        }
     }
 }
 
@@ -386,22 +386,36 @@ fn main() -> ExitCode {
     let policy = policy(&matches, &cli);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
-    if let Some(kernel) = &cli.kernel {
-        return run_vmm(&cli, kernel);
+    match (&cli.kernel, cli.net) {
+        (Some(kernel), Some(NetMode::None)) => return run_vmm(&cli, kernel),
+        (Some(_), Some(NetMode::Tap)) => {
+            eprintln!("uipd: -net tap for --kernel is not built yet; use -net user or -net none");
+            return ExitCode::from(2);
+        }
+        _ => {}
     }
     // clap lets `requires` pass when the required flag conflicts with a
     // present one (a command, --netns): check the VM options here.
-    if cli.initrd.is_some()
-        || cli.cmdline.is_some()
-        || cli.mem.is_some()
-        || cli.vcpus.is_some()
-        || cli.vcpu_cpus.is_some()
+    if cli.kernel.is_none()
+        && (cli.initrd.is_some()
+            || cli.cmdline.is_some()
+            || cli.mem.is_some()
+            || cli.vcpus.is_some()
+            || cli.vcpu_cpus.is_some()
+            || cli.queues.is_some())
     {
         eprintln!("uipd: --initrd, --cmdline, --mem, --vcpus and --vcpu-cpus go with --kernel");
         return ExitCode::from(2);
     }
 
     let frontend = match (&cli.netns, &cli.socket, cli.command.is_empty()) {
+        _ if cli.kernel.is_some() => Frontend::Vm(
+            Box::new(vm_config(
+                &cli,
+                cli.kernel.as_deref().unwrap_or_else(|| unreachable!()),
+            )),
+            0,
+        ),
         _ if cli.vhost_user.is_some() && cli.command.is_empty() => {
             Frontend::VhostUser(cli.vhost_user.clone().unwrap_or_default())
         }
@@ -416,8 +430,14 @@ fn main() -> ExitCode {
         }
         _ => unreachable!("clap rejects conflicting frontends"),
     };
-    let vm = matches!(frontend, Frontend::Stream(_) | Frontend::VhostUser(_));
-    if let Some(net) = cli.net.filter(|n| *n != NetMode::User) {
+    let vm = matches!(
+        frontend,
+        Frontend::Stream(_) | Frontend::VhostUser(_) | Frontend::Vm(..)
+    );
+    if let Some(net) = cli
+        .net
+        .filter(|n| *n != NetMode::User && cli.kernel.is_none())
+    {
         eprintln!(
             "uipd: -net {} is for a VM (--kernel); a namespace gets `user`",
             format!("{net:?}").to_lowercase()
@@ -467,6 +487,10 @@ fn main() -> ExitCode {
         },
         publish_keep_source: cli.publish_keep_source,
         ..stack::Config::default()
+    };
+    let frontend = match frontend {
+        Frontend::Vm(vm, _) => Frontend::Vm(vm, cli.queues.map_or(workers, usize::from)),
+        f => f,
     };
     let cfg = daemon::Config {
         frontend,

@@ -29,6 +29,15 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use super::boot::{self, Segment};
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KvmIrqRouting, kvm_irq_routing_entry,
+};
+use kvm_ioctls::{IoEventAddress, NoDatamatch};
+use vmm_sys_util::eventfd::EventFd;
+
 /// KVM set-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
@@ -103,8 +112,9 @@ pub fn open_kvm() -> Result<Kvm, KvmError> {
 /// A VM with its memory.
 pub struct Vm {
     /// The VM fd. Declared first: dropped before `mem`, so KVM never holds a
-    /// slot over unmapped memory.
-    pub fd: VmFd,
+    /// slot over unmapped memory. Shared only with [`KvmHooks`], which
+    /// keeps a clone of `mem` for the same reason.
+    pub fd: Arc<VmFd>,
     /// Guest RAM.
     pub mem: GuestMemoryMmap,
     kvm: Kvm,
@@ -169,7 +179,7 @@ impl Vm {
             unsafe { fd.set_user_memory_region(r) }.map_err(ioctl("registering guest memory"))?;
         }
         Ok(Vm {
-            fd,
+            fd: Arc::new(fd),
             mem,
             kvm,
             supported_cpuid,
@@ -377,4 +387,104 @@ fn set_long_mode(vcpu: &VcpuFd, entry: u64, rsi: u64) -> Result<(), KvmError> {
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(ioctl("writing registers"))
+}
+
+/// The device-facing KVM calls ([`super::pci::Hypervisor`]): GSI routes
+/// (the in-kernel irqchip's defaults plus one MSI route per vector),
+/// ioeventfds and irqfds.
+pub struct KvmHooks {
+    /// Declared before `_mem`: the VM fd goes first (see [`Vm::fd`]).
+    fd: Arc<VmFd>,
+    _mem: GuestMemoryMmap,
+    msi: Mutex<BTreeMap<u32, (u64, u32)>>,
+}
+
+/// KVM's routing chip numbers (KVM_IRQCHIP_PIC_MASTER/SLAVE, IOAPIC).
+const CHIP_PIC_MASTER: u32 = 0;
+const CHIP_PIC_SLAVE: u32 = 1;
+const CHIP_IOAPIC: u32 = 2;
+
+impl KvmHooks {
+    /// Hooks for `vm`.
+    pub fn new(vm: &Vm) -> KvmHooks {
+        KvmHooks {
+            fd: vm.fd.clone(),
+            _mem: vm.mem.clone(),
+            msi: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The whole routing table: `KVM_SET_GSI_ROUTING` replaces the one
+    /// `KVM_CREATE_IRQCHIP` installed, so its entries (GSI 0-15 on the PICs
+    /// and the I/O APIC, 16-23 on the I/O APIC) come first, as KVM's own
+    /// `kvm_setup_default_irq_routing` makes them.
+    fn table(msi: &BTreeMap<u32, (u64, u32)>) -> Vec<kvm_irq_routing_entry> {
+        let mut v = Vec::new();
+        let chip = |gsi: u32, irqchip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = irqchip;
+            e.u.irqchip.pin = pin;
+            e
+        };
+        for gsi in 0..24u32 {
+            if gsi < 16 {
+                let pic = if gsi < 8 {
+                    CHIP_PIC_MASTER
+                } else {
+                    CHIP_PIC_SLAVE
+                };
+                v.push(chip(gsi, pic, gsi % 8));
+            }
+            v.push(chip(gsi, CHIP_IOAPIC, gsi));
+        }
+        for (&gsi, &(addr, data)) in msi {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_MSI,
+                ..Default::default()
+            };
+            // Cannot truncate: the low and high halves of a u64.
+            e.u.msi.address_lo = (addr & 0xffff_ffff) as u32;
+            e.u.msi.address_hi = (addr >> 32) as u32;
+            e.u.msi.data = data;
+            v.push(e);
+        }
+        v
+    }
+}
+
+impl super::pci::Hypervisor for KvmHooks {
+    fn set_msi_route(&self, gsi: u32, msg: Option<(u64, u32)>) -> std::io::Result<()> {
+        let mut msi = self.msi.lock().unwrap_or_else(|e| e.into_inner());
+        match msg {
+            Some(m) => msi.insert(gsi, m),
+            None => msi.remove(&gsi),
+        };
+        let entries = Self::table(&msi);
+        let routing = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| std::io::Error::other(format!("routing table: {e:?}")))?;
+        self.fd
+            .set_gsi_routing(&routing)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn ioevent(&self, fd: &EventFd, addr: u64, register: bool) -> std::io::Result<()> {
+        let a = IoEventAddress::Mmio(addr);
+        let r = if register {
+            self.fd.register_ioevent(fd, &a, NoDatamatch)
+        } else {
+            self.fd.unregister_ioevent(fd, &a, NoDatamatch)
+        };
+        r.map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn irqfd(&self, fd: &EventFd, gsi: u32) -> std::io::Result<()> {
+        self.fd
+            .register_irqfd(fd, gsi)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }

@@ -5,8 +5,8 @@
 //!   TX/RX/control queue data path), transport-agnostic.
 //! - [`vhost_user`]: the vhost-user-net backend (`--vhost-user SOCKET`) on
 //!   top of it, with [`vhost_relay`] between the VMM and the vhost crate.
-//! - The VMM below (`uipd --kernel`); its virtio-pci transport will reuse
-//!   [`virtio_net`].
+//! - The VMM below (`uipd --kernel`); its virtio-pci transport
+//!   ([`virtio_pci`]) reuses [`virtio_net`] and [`queue_pair`].
 //!
 //! # Theory of operation
 //!
@@ -36,18 +36,29 @@
 //! `console=ttyS0 reboot=k panic=-1` (reboot through the i8042; a panic
 //! reboots at once, which ends uipd instead of hanging).
 //!
-//! Later stages plug in here: a PCI bus on ports 0xcf8-0xcff and an MMCONFIG
-//! window on the MMIO bus in the MMIO hole ([`boot::MMIO_HOLE_START`]),
-//! virtio-net over virtio-pci with MSI-X, ioeventfd and irqfd.
+//! Devices on PCI ([`pci`]): a host bridge and, with `-net user` (the
+//! default), a virtio-net function over modern virtio-pci
+//! ([`virtio_pci`]) with one MSI-X vector per queue (irqfd + KVM MSI
+//! routes) and ioeventfds on the RX/TX notify addresses; its queue pairs
+//! feed the daemon's stack workers through [`queue_pair`], the data path
+//! it shares with [`vhost_user`]. [`prepare`] loads the guest and returns
+//! a [`Machine`]; the daemon adds the NIC (it needs the guest memory for
+//! the workers' sinks) and runs it. Linux finds the bus by type-1 port
+//! I/O with no command-line option; there is no MMCONFIG (without ACPI's
+//! MCFG Linux would not use it). The stock Debian kernel loads
+//! `virtio_pci` and `virtio_net` as modules from its initramfs.
 
 pub mod acpi;
 pub mod boot;
 pub mod devices;
 pub mod kvm;
+pub mod pci;
+pub mod queue_pair;
 pub mod vcpu;
 pub mod vhost_relay;
 pub mod vhost_user;
 pub mod virtio_net;
+pub mod virtio_pci;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -209,6 +220,26 @@ fn load_kernel(
 /// Boots the guest and runs it until it ends. `Ok` = a clean end (power
 /// off, reset, SIGINT/SIGTERM), exit status 0.
 pub fn run(cfg: &VmConfig) -> Result<Exit, Error> {
+    prepare(cfg)?.run()
+}
+
+/// A VM whose memory is loaded (kernel, initrd, boot tables), before its
+/// devices are wired and its vCPUs run: the daemon adds the NIC here,
+/// once it has the guest memory its workers write into.
+pub struct Machine {
+    vm: kvm::Vm,
+    vcpus: usize,
+    entry: u64,
+    pin: Vec<usize>,
+    pci: pci::PciBus,
+    hooks: Arc<kvm::KvmHooks>,
+    nets: Vec<Arc<virtio_pci::NetCore>>,
+    exit_evt: EventFd,
+}
+
+/// Loads the guest: checks the configuration against the host, creates
+/// the VM, loads kernel and initrd and writes the boot tables.
+pub fn prepare(cfg: &VmConfig) -> Result<Machine, Error> {
     let mem_bytes = cfg.mem_mib.checked_mul(1 << 20).ok_or(Error::MemTooLarge {
         mib: cfg.mem_mib,
         host_mib: host_mem_mib().unwrap_or(0),
@@ -240,10 +271,78 @@ pub fn run(cfg: &VmConfig) -> Result<Exit, Error> {
     params.acpi_rsdp_addr = acpi::write(&vm.mem, cfg.vcpus)?;
     boot::write_boot_params(&vm.mem, &cfg.cmdline, &params)?;
     boot::write_cpu_tables(&vm.mem)?;
-    let out = Box::new(devices::Unbuffered(std::io::stdout()));
     let exit_evt =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Devices(format!("eventfd: {e}")))?;
-    run_vm(vm, cfg.vcpus, entry, &cfg.vcpu_cpus, out, exit_evt)
+    let hooks = Arc::new(kvm::KvmHooks::new(&vm));
+    Ok(Machine {
+        vm,
+        vcpus: cfg.vcpus,
+        entry,
+        pin: cfg.vcpu_cpus.clone(),
+        pci: pci::PciBus::new(),
+        hooks,
+        nets: Vec::new(),
+        exit_evt,
+    })
+}
+
+impl Machine {
+    /// Guest memory.
+    pub fn mem(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.vm.mem
+    }
+
+    /// Writing this event ends the VM ([`Exit::Stopped`]).
+    pub fn stopper(&self) -> Result<EventFd, Error> {
+        self.exit_evt
+            .try_clone()
+            .map_err(|e| Error::Devices(format!("eventfd: {e}")))
+    }
+
+    /// Adds a virtio-net PCI function driven by `core`.
+    pub fn add_net(&mut self, core: Arc<virtio_pci::NetCore>, mtu: u16) -> Result<(), Error> {
+        let slot = self
+            .pci
+            .next_slot()
+            .ok_or_else(|| Error::Devices("no free PCI slot".into()))?;
+        let bar = u32::try_from(pci::PciBus::slot_mmio(slot))
+            .map_err(|_| Error::Devices("BAR above 4 GiB".into()))?;
+        // Each function gets its own GSIs: one per MSI-X vector.
+        let gsi = pci::MSI_GSI_BASE + 256 * u32::try_from(self.nets.len()).unwrap_or(0);
+        let dev = virtio_pci::VirtioNetPci::new(core.clone(), self.hooks.clone(), bar, gsi, mtu)
+            .map_err(|e| Error::Devices(format!("virtio-net: {e}")))?;
+        self.pci.add(Arc::new(Mutex::new(dev)));
+        self.nets.push(core);
+        Ok(())
+    }
+
+    /// Runs the VM until it ends, on the terminal's console.
+    pub fn run(self) -> Result<Exit, Error> {
+        let out = Box::new(devices::Unbuffered(std::io::stdout()));
+        let mut threads = Vec::new();
+        for n in &self.nets {
+            threads.extend(
+                n.start()
+                    .map_err(|e| Error::Devices(format!("starting the queue threads: {e}")))?,
+            );
+        }
+        let r = run_vm(
+            self.vm,
+            self.vcpus,
+            self.entry,
+            &self.pin,
+            out,
+            self.exit_evt,
+            self.pci,
+        );
+        for n in &self.nets {
+            n.stop();
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        r
+    }
 }
 
 fn load_initrd(
@@ -278,6 +377,7 @@ pub fn run_vm(
     pin: &[usize],
     console: Box<dyn std::io::Write + Send>,
     exit_evt: EventFd,
+    pci: pci::PciBus,
 ) -> Result<Exit, Error> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| Error::Devices(format!("{what}: {e}"));
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("eventfd", &e))?;
@@ -312,7 +412,21 @@ pub fn run_vm(
         Arc::new(Mutex::new(Cmos::default())),
     )?;
     ins(&mut pio, 0x80, 1, Arc::new(Mutex::new(Sink)))?;
-    let shared = vcpu::Shared::new(vcpus, pio, Bus::default(), exit_evt, reset_evt);
+    let (pci_io, pci_mmio) = pci.into_bus_devices();
+    ins(
+        &mut pio,
+        pci::CONFIG_PORT,
+        pci::CONFIG_PORT_LEN,
+        Arc::new(Mutex::new(pci_io)),
+    )?;
+    let mut mmio = Bus::default();
+    mmio.insert(
+        pci::PCI_MMIO_START,
+        pci::PCI_MMIO_SIZE,
+        Arc::new(Mutex::new(pci_mmio)),
+    )
+    .map_err(|e| dev_err("MMIO map", &e))?;
+    let shared = vcpu::Shared::new(vcpus, pio, mmio, exit_evt, reset_evt);
     let mut fds = Vec::with_capacity(vcpus);
     for i in 0..vcpus {
         let id = u8::try_from(i).map_err(|_| Error::Vcpus(vcpus, boot::MAX_VCPUS))?;
@@ -373,6 +487,7 @@ mod tests {
             &[],
             Box::new(out.clone()),
             evt,
+            pci::PciBus::new(),
         );
         let s = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
         Some((r, s))
@@ -415,8 +530,17 @@ mod tests {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let stop = evt.try_clone().unwrap();
         let t0 = std::time::Instant::now();
-        let handle =
-            std::thread::spawn(move || run_vm(vm, 1, boot::HIMEM_START, &[], Box::new(out), evt));
+        let handle = std::thread::spawn(move || {
+            run_vm(
+                vm,
+                1,
+                boot::HIMEM_START,
+                &[],
+                Box::new(out),
+                evt,
+                pci::PciBus::new(),
+            )
+        });
         std::thread::sleep(std::time::Duration::from_millis(1200));
         assert!(
             !handle.is_finished(),

@@ -343,6 +343,16 @@ fn vcpu_loop(i: usize, mut vcpu: VcpuFd, sh: &Shared, cpu: Option<usize>) {
 
 /// After a kick: is this vCPU halted with interrupts off, or not started?
 fn record_parked(vcpu: &VcpuFd, state: &AtomicU8) {
+    if log::log_enabled!(log::Level::Trace) {
+        if let (Ok(r), Ok(m)) = (vcpu.get_regs(), vcpu.get_mp_state()) {
+            log::trace!(
+                "vCPU kicked: rip {:#x} rflags {:#x} mp_state {}",
+                r.rip,
+                r.rflags,
+                m.mp_state
+            );
+        }
+    }
     let s = match vcpu.get_mp_state().map(|m| m.mp_state) {
         Ok(KVM_MP_STATE_HALTED) => match vcpu.get_regs() {
             Ok(r) if r.rflags & (1 << 9) == 0 => HALTED_NOIRQ,

@@ -26,8 +26,8 @@
 //! Backpressure, guest → host: a full inbox stops the TX queue (the chain
 //! that did not fit waits, already copied, in `TxState::pending`) and a
 //! timer retries it; nothing is dropped. Host → guest: a sink keeps up to
-//! [`SINK_MAX_BYTES`] of frames while the guest has no RX buffers, then
-//! drops (counted in `port_drops`); TCP retransmits.
+//! [`SINK_MAX_BYTES`] of frames while the guest has no RX buffers, then drops
+//! (counted in `port_drops`); TCP retransmits.
 //!
 //! The backend does not offer CTRL_VQ: QEMU serves the control queue of a
 //! vhost-user-net device itself and tells us the enabled queue pairs with
@@ -40,7 +40,6 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
@@ -52,42 +51,19 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::vhost_relay;
 use super::virtio_net::{
-    self, ChainError, ConfigSpace, Negotiated, Rx, RxRing, Tx, bit, feature, feature_names,
+    self, ChainError, ConfigSpace, Negotiated, Rx, RxRing, bit, feature, feature_names,
 };
-use crate::dataplane::worker::{FrameSink, Shared, WorkerCounters};
-use crate::rings::{Frame, FrameRing};
+use crate::dataplane::worker::{Shared, WorkerCounters};
+use crate::rings::FrameRing;
 use crate::stack::Offload;
-use crate::stack::steer::{self, Steer};
-use crate::stack::wire::vnet_hdr::HEADER_LEN;
 
-/// Bytes of frames a sink keeps while the guest has no RX buffers: more
-/// than a Linux guest's largest default TCP receive window (6 MiB), so TCP
-/// toward a slow guest waits on its window instead of losing segments
-/// here and stalling on retransmission timeouts.
-pub const SINK_MAX_BYTES: usize = 8 << 20;
+pub use super::queue_pair::{Counters, SINK_MAX_BYTES};
+use super::queue_pair::{Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, rx_put, tx_pass};
+
 /// Largest virtqueue the backend accepts.
 const MAX_QUEUE_SIZE: usize = 1024;
-/// TX chains per pass before notifications are re-enabled.
-const TX_BUDGET: usize = 256;
-/// Retry delay for a TX frame that met a full inbox.
-const TX_RETRY: Duration = Duration::from_micros(500);
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
-
-/// Counters of the vhost-user frontend (all connections).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Frames taken from TX queues.
-    pub tx_frames: AtomicU64,
-    /// TX chains dropped (too short or too long).
-    pub tx_drops: AtomicU64,
-    /// Times a worker's inbox was full (TX paused).
-    pub ring_full: AtomicU64,
-    /// Queues stopped for a broken descriptor chain.
-    pub broken_queues: AtomicU64,
-    /// Interrupts signalled.
-    pub interrupts: AtomicU64,
-}
 
 /// The device across connections: the workers' inboxes and controls.
 pub struct Device {
@@ -116,12 +92,6 @@ pub struct Conn {
     /// The exit eventfds handed to vhost-user-backend, which leaks them
     /// (see [`Backend::exit_event`]): fd number and its (device, inode).
     exit_fds: Mutex<Vec<(RawFd, (u64, u64))>>,
-}
-
-#[derive(Default)]
-struct TxState {
-    pending: Option<(usize, Frame)>,
-    broken: bool,
 }
 
 impl Device {
@@ -153,14 +123,7 @@ impl Device {
 
     /// A sink for worker `worker`'s frames toward the guest.
     pub fn sink(self: &Arc<Self>, worker: usize) -> VringSink {
-        VringSink {
-            dev: self.clone(),
-            worker,
-            waiting: VecDeque::new(),
-            waiting_bytes: 0,
-            generation: 0,
-            touched: vec![false; self.pairs],
-        }
+        QueueSink::new(self.clone(), worker)
     }
 
     /// Virtio features offered (plus vhost-user's protocol-features bit).
@@ -365,72 +328,35 @@ impl Conn {
     /// Guest → host: move TX chains of pair `p` to the workers' inboxes.
     fn process_tx(&self, dev: &Device, p: usize) {
         let mut st = self.tx[p].lock().unwrap_or_else(|e| e.into_inner());
-        if st.broken {
-            return;
-        }
-        let workers = dev.inboxes.len();
-        if let Some((w, f)) = st.pending.take() {
-            if let Err(f) = dev.inboxes[w].push(f) {
-                st.pending = Some((w, f));
-                self.arm(p);
-                return;
-            }
-        }
         let Some(vring) = self.vring(2 * p + 1) else {
             return;
         };
         let neg = self.negotiated();
         let mem = self.mem.memory();
-        let home = &dev.inboxes[p % workers];
-        let notify = {
+        let r = {
             let mut g = vring.get_mut();
             if !g.is_enabled() {
                 return;
             }
             let q = g.get_queue_mut();
-            'pass: loop {
-                let _ = q.disable_notification(&*mem);
-                for _ in 0..TX_BUDGET {
-                    let mut buf = home.get_buf();
-                    match virtio_net::tx_pop(q, &*mem, neg, &mut buf) {
-                        Ok(None) => {
-                            home.put_buf(buf);
-                            break;
-                        }
-                        Ok(Some(Tx::Frame(len))) => {
-                            dev.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
-                            let eth = buf.get(HEADER_LEN..len).unwrap_or_default();
-                            let w = match steer::frame_owner(eth, workers) {
-                                Steer::Worker(w) => w.min(workers - 1),
-                                Steer::Any => p % workers,
-                            };
-                            if let Err(f) = dev.inboxes[w].push(Frame { buf, len }) {
-                                dev.counters.ring_full.fetch_add(1, Ordering::Relaxed);
-                                st.pending = Some((w, f));
-                                self.arm(p);
-                                break 'pass;
-                            }
-                        }
-                        Ok(Some(Tx::Dropped(r))) => {
-                            log::debug!("vhost-user: TX frame dropped: {r:?}");
-                            dev.counters.tx_drops.fetch_add(1, Ordering::Relaxed);
-                            home.put_buf(buf);
-                        }
-                        Err(e) => {
-                            log::error!("vhost-user: TX queue {}: {e}; queue stopped", 2 * p + 1);
-                            dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
-                            st.broken = true;
-                            break 'pass;
-                        }
-                    }
-                }
-                // Re-enable kicks; if the guest added chains meanwhile, go on.
-                match q.enable_notification(&*mem) {
-                    Ok(true) => continue,
-                    _ => break,
-                }
+            tx_pass(
+                q,
+                &*mem,
+                neg,
+                &dev.inboxes,
+                p,
+                &mut st,
+                &dev.counters,
+                "vhost-user",
+            )
+        };
+        let notify = match r {
+            TxPass::Done { notify } => notify,
+            TxPass::Full { notify } => {
+                self.arm(p);
+                notify
             }
-            q.needs_notification(&*mem).unwrap_or(true)
+            TxPass::Broken => false,
         };
         if notify && vring.signal_used_queue().is_ok() {
             dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
@@ -463,12 +389,7 @@ impl Conn {
             }
             let q = g.get_queue_mut();
             let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
-            let mut r = rx.put(q, &*mem, neg, frame);
-            if r == Ok(Rx::NoRoom) && matches!(q.enable_notification(&*mem), Ok(true)) {
-                // Buffers arrived while we looked: try once more.
-                r = rx.put(q, &*mem, neg, frame);
-            }
-            return match r {
+            return match rx_put(q, &mut rx, &*mem, neg, frame) {
                 Ok(Rx::Placed(_)) => {
                     touched[p] = true;
                     Placed::Done
@@ -519,64 +440,42 @@ impl Conn {
     }
 }
 
-enum Placed {
-    Done,
-    NoRoom,
-    Dropped,
-}
-
 /// A worker's frames toward the guest: straight into the RX buffers of its
 /// queue pair.
-pub struct VringSink {
-    dev: Arc<Device>,
-    worker: usize,
-    waiting: VecDeque<Vec<u8>>,
-    /// Bytes in `waiting`.
-    waiting_bytes: usize,
-    generation: u64,
-    touched: Vec<bool>,
-}
+pub type VringSink = QueueSink<Device>;
 
-impl FrameSink for VringSink {
-    fn send(&mut self, frames: &mut Vec<Vec<u8>>, counters: &mut WorkerCounters) {
-        for f in frames.drain(..) {
-            if self.waiting_bytes + f.len() > SINK_MAX_BYTES {
-                counters.port_drops += 1;
-            } else {
-                self.waiting_bytes += f.len();
-                self.waiting.push_back(f);
-            }
-        }
-        self.flush(counters);
+impl RxQueues for Device {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
-    fn flush(&mut self, counters: &mut WorkerCounters) -> bool {
-        let generation = self.dev.generation.load(Ordering::SeqCst);
-        if generation != self.generation {
-            // Another guest (or none): frames for the old one are stale.
-            counters.port_drops += self.waiting.len() as u64;
-            self.waiting.clear();
-            self.waiting_bytes = 0;
-            self.generation = generation;
-        }
-        if self.waiting.is_empty() {
-            return false;
-        }
-        let Some(conn) = self.dev.conn() else {
-            return true;
+    fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    fn place_all(
+        &self,
+        worker: usize,
+        waiting: &mut VecDeque<Vec<u8>>,
+        touched: &mut [bool],
+        counters: &mut WorkerCounters,
+    ) -> usize {
+        let Some(conn) = self.conn() else {
+            return 0;
         };
-        while let Some(f) = self.waiting.front() {
-            match conn.place(&self.dev, self.worker, f, &mut self.touched) {
+        let mut taken = 0;
+        while let Some(f) = waiting.front() {
+            match conn.place(self, worker, f, touched) {
                 Placed::Done => counters.port_writes += 1,
                 Placed::Dropped => counters.port_drops += 1,
                 Placed::NoRoom => break,
             }
-            if let Some(f) = self.waiting.pop_front() {
-                self.waiting_bytes -= f.len();
+            if let Some(f) = waiting.pop_front() {
+                taken += f.len();
             }
         }
-        conn.notify(&self.dev, &mut self.touched);
-        !self.waiting.is_empty()
+        conn.notify(self, touched);
+        taken
     }
 }
 
