@@ -120,7 +120,7 @@ for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 done
 
 # The inner initramfs; rebuilt when its layout version changes.
-inner_version=6
+inner_version=7
 if [ ! -s "$out/inner-initramfs.gz" ] || [ "$(cat "$out/inner.version" 2>/dev/null)" != $inner_version ]; then
 	d=$(mktemp -d)
 	busybox_root "$d"
@@ -166,6 +166,12 @@ case "$(cat /proc/cmdline)" in
 	ip link set eth0 up
 	udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1
 	echo "UIPD-INNER-ADDR $(ip -4 -o addr show eth0 | awk '{ print $4 }')"
+	# A server behind uipd's published port 8022 (see the outer init): it
+	# stores one upload and answers PUB-OK.
+	printf '#!/bin/sh\ncat >/tmp/pub\necho PUB-OK\n' >/pubsrv.sh
+	chmod +x /pubsrv.sh
+	timeout 120 nc -l -p 8000 -e /pubsrv.sh &
+	PUBSRV=$!
 	ping -c 3 -W 5 192.168.33.1 >/dev/null && echo "UIPD-INNER-PING-OK"
 	wget -q -O /tmp/blob http://192.168.33.1:8080/blob &&
 		echo "UIPD-INNER-DOWN-SHA $(sha256sum /tmp/blob | cut -d' ' -f1)"
@@ -187,6 +193,8 @@ case "$(cat /proc/cmdline)" in
 	done
 	grep -E "sender|receiver|error" /tmp/i2
 	grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ /'
+	wait $PUBSRV
+	[ -e /tmp/pub ] && echo "UIPD-INNER-PUB-GOT $(sha256sum /tmp/pub | cut -d' ' -f1)"
 	;;
 esac
 # poweroff without ACPI halts every CPU with interrupts off; uipd sees that
@@ -253,6 +261,18 @@ if [ "${net:-none}" = user ]; then
 	# The listener's stdin never ends, so it only stops at the client's EOF.
 	(sleep 100000 | nc -l -p 9000 >/srv/up) &
 	iperf3 -s -B 127.0.0.1 -D
+	# A client of the inner guest's published port (uipd -p
+	# 127.0.0.1:8022:8000): 1 MiB, retried until the guest listens.
+	dd if=/dev/urandom of=/srv/pub bs=1M count=1 2>/dev/null
+	echo "UIPD-OUTER-PUB-SHA $(sha256sum /srv/pub | cut -d' ' -f1)"
+	(for i in $(seq 120); do
+		if nc -w 3 127.0.0.1 8022 </srv/pub >/srv/pub.reply 2>/dev/null &&
+			grep -q PUB-OK /srv/pub.reply; then
+			echo "UIPD-OUTER-PUB-SENT try $i"
+			break
+		fi
+		sleep 1
+	done) &
 fi
 echo "UIPD-OUTER: running uipd $args"
 /bin/uipd --kernel /guest/vmlinuz --initrd /guest/initramfs.gz \

@@ -209,7 +209,7 @@ fn nested_guest_gets_dhcp_moves_16_mib_each_way_and_runs_iperf3_over_virtio_pci(
     // not yet found; the poweroff test covers two vCPUs without the NIC.
     let Some(log) = boot_outer(
         "net",
-        "uipd.net=user uipd.args=--queues,2 uipd.cmdline=console=ttyS0,quiet,panic=-1,inner.net",
+        "uipd.net=user uipd.args=--queues,2,-p,127.0.0.1:8022:8000 uipd.cmdline=console=ttyS0,quiet,panic=-1,inner.net",
     ) else {
         return;
     };
@@ -243,6 +243,18 @@ fn nested_guest_gets_dhcp_moves_16_mib_each_way_and_runs_iperf3_over_virtio_pci(
         value(&log, "UIPD-OUTER-UP-SHA"),
         Some(up),
         "the 16 MiB upload differs"
+    );
+    // The published port: a client on the outer guest's loopback reached
+    // the inner guest's server through `-p 127.0.0.1:8022:8000`.
+    let pub_sha = value(&log, "UIPD-OUTER-PUB-SHA").expect("the outer guest made no upload");
+    assert_eq!(
+        value(&log, "UIPD-INNER-PUB-GOT"),
+        Some(pub_sha),
+        "the published-port upload did not reach the guest whole"
+    );
+    assert!(
+        log.contains("UIPD-OUTER-PUB-SENT"),
+        "the published-port client got no reply"
     );
     assert!(
         has_line(&log, "UIPD-INNER-IPERF-TX-OK"),
