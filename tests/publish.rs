@@ -249,6 +249,34 @@ fn port_in_use_fails_at_startup() {
     o.pass();
 }
 
+/// A privileged port without permission fails at start-up, naming the spec
+/// and the cause: uipd runs as `nobody` (setpriv) in a fresh network
+/// namespace, where ports below 1024 need CAP_NET_BIND_SERVICE.
+#[test]
+fn privileged_port_without_permission_fails_at_startup() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to switch to nobody");
+        return;
+    }
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "2", "20", "unshare", "--net", "--", "setpriv"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_uipd"))
+        .args(["-p", "127.0.0.1:80:80", "--", "sh", "-c", "echo ran"])
+        .output()
+        .expect("run unshare/setpriv/uipd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ran"),
+        "the command must not run"
+    );
+    assert!(
+        err.contains("--publish 127.0.0.1:80:80/tcp") && err.contains("CAP_NET_BIND_SERVICE"),
+        "{err}"
+    );
+}
+
 /// A malformed spec is a usage error that names it.
 #[test]
 fn malformed_spec_is_a_usage_error() {
