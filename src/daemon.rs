@@ -352,6 +352,31 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
+/// Workers for a virtio-net frontend (vhost-user, the VMM's virtio-pci):
+/// one per inbox, hash-steered shards, each writing through `sink(i)`.
+/// Until the guest says which offloads it takes, the stacks use the
+/// virtio-net header only.
+fn start_virtio_workers(
+    cfg: &Config,
+    inboxes: Vec<Arc<FrameRing>>,
+    sink: impl Fn(usize) -> Box<dyn crate::dataplane::worker::FrameSink>,
+) -> Result<Workers, Error> {
+    let n = inboxes.len();
+    let ports = (0..n)
+        .map(|i| Port {
+            out: PortOut::Sink(sink(i)),
+            reader: None,
+            shard: (i, n),
+        })
+        .collect();
+    let mut wcfg = cfg.clone();
+    wcfg.stack.offload = stack::Offload {
+        vnet_hdr: true,
+        ..stack::Offload::default()
+    };
+    Workers::start(&wcfg, inboxes, ports)
+}
+
 /// Inbox rings, one per worker, whose buffers hold `buf_size` bytes.
 fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error> {
     (0..workers)
@@ -577,20 +602,7 @@ fn run_vhost_user(
     let n = cfg.workers.max(1);
     let inboxes = inboxes(n, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
     let dev = Device::new(inboxes.clone(), cfg.stack.mtu, cfg.stack.offload.vnet_hdr);
-    let ports = (0..n)
-        .map(|i| Port {
-            out: PortOut::Sink(Box::new(dev.sink(i))),
-            reader: None,
-            shard: (i, n),
-        })
-        .collect();
-    // Until the guest says which offloads it takes: the header only.
-    let mut wcfg = cfg.clone();
-    wcfg.stack.offload = stack::Offload {
-        vnet_hdr: true,
-        ..stack::Offload::default()
-    };
-    let workers = Workers::start(&wcfg, inboxes, ports)?;
+    let workers = start_virtio_workers(cfg, inboxes, |i| Box::new(dev.sink(i)))?;
     dev.set_workers(workers.shared.clone());
     publish.start(&workers);
     let stop = Arc::new(AtomicBool::new(false));
@@ -649,20 +661,7 @@ fn run_vm(
     )
     .map_err(io_err("creating the virtio-net device"))?;
     machine.add_net(core.clone(), cfg.stack.mtu)?;
-    let ports = (0..n)
-        .map(|i| Port {
-            out: PortOut::Sink(Box::new(core.sink(i))),
-            reader: None,
-            shard: (i, n),
-        })
-        .collect();
-    // Until the guest says which offloads it takes: the header only.
-    let mut wcfg = cfg.clone();
-    wcfg.stack.offload = stack::Offload {
-        vnet_hdr: true,
-        ..stack::Offload::default()
-    };
-    let workers = Workers::start(&wcfg, inboxes, ports)?;
+    let workers = start_virtio_workers(cfg, inboxes, |i| Box::new(core.sink(i)))?;
     core.set_workers(workers.shared.clone());
     publish.start(&workers);
     let stopper = machine.stopper()?;

@@ -197,6 +197,28 @@ pub enum Placed {
     Dropped,
 }
 
+/// Place frames from the front of `waiting` with `place` until one finds
+/// no room; counts writes and drops. Returns the bytes taken from
+/// `waiting` (for [`RxQueues::place_all`]).
+pub fn place_front(
+    waiting: &mut VecDeque<Vec<u8>>,
+    counters: &mut WorkerCounters,
+    mut place: impl FnMut(&[u8]) -> Placed,
+) -> usize {
+    let mut taken = 0;
+    while let Some(f) = waiting.front() {
+        match place(f) {
+            Placed::Done => counters.port_writes += 1,
+            Placed::Dropped => counters.port_drops += 1,
+            Placed::NoRoom => break,
+        }
+        if let Some(f) = waiting.pop_front() {
+            taken += f.len();
+        }
+    }
+    taken
+}
+
 /// A frontend's RX queues, as a worker's [`QueueSink`] sees them.
 pub trait RxQueues: Send + Sync {
     /// Changes when the guest goes away or resets the device: frames kept

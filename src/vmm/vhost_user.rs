@@ -58,7 +58,9 @@ use crate::rings::FrameRing;
 use crate::stack::Offload;
 
 pub use super::queue_pair::{Counters, SINK_MAX_BYTES};
-use super::queue_pair::{Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, rx_put, tx_pass};
+use super::queue_pair::{
+    Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, place_front, rx_put, tx_pass,
+};
 
 /// Largest virtqueue the backend accepts.
 const MAX_QUEUE_SIZE: usize = 1024;
@@ -463,17 +465,7 @@ impl RxQueues for Device {
         let Some(conn) = self.conn() else {
             return 0;
         };
-        let mut taken = 0;
-        while let Some(f) = waiting.front() {
-            match conn.place(self, worker, f, touched) {
-                Placed::Done => counters.port_writes += 1,
-                Placed::Dropped => counters.port_drops += 1,
-                Placed::NoRoom => break,
-            }
-            if let Some(f) = waiting.pop_front() {
-                taken += f.len();
-            }
-        }
+        let taken = place_front(waiting, counters, |f| conn.place(self, worker, f, touched));
         conn.notify(self, touched);
         taken
     }

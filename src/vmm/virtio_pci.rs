@@ -48,7 +48,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::pci::{self, Hypervisor, Msix, MsixVector, PciConfig, PciDevice};
 use super::queue_pair::{
-    Counters, Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, rx_put, tx_pass,
+    Counters, Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, place_front, rx_put, tx_pass,
 };
 use super::virtio_net::{
     self, ChainError, ConfigSpace, CtrlEffect, Negotiated, Rx, RxRing, bit, feature, feature_names,
@@ -452,17 +452,7 @@ impl RxQueues for NetCore {
         touched: &mut [bool],
         counters: &mut WorkerCounters,
     ) -> usize {
-        let mut taken = 0;
-        while let Some(f) = waiting.front() {
-            match self.place(worker, f, touched) {
-                Placed::Done => counters.port_writes += 1,
-                Placed::Dropped => counters.port_drops += 1,
-                Placed::NoRoom => break,
-            }
-            if let Some(f) = waiting.pop_front() {
-                taken += f.len();
-            }
-        }
+        let taken = place_front(waiting, counters, |f| self.place(worker, f, touched));
         for (p, t) in touched.iter_mut().enumerate() {
             if !std::mem::take(t) {
                 continue;
