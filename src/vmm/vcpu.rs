@@ -302,6 +302,7 @@ fn vcpu_loop(i: usize, mut vcpu: VcpuFd, sh: &Shared, cpu: Option<usize>) {
                 sh.mmio.write(addr, data);
             }
             Ok(VcpuExit::Shutdown) => {
+                log_fault_state(i, &vcpu);
                 sh.end(Ok(Exit::Reset("triple fault")));
                 return;
             }
@@ -338,6 +339,51 @@ fn vcpu_loop(i: usize, mut vcpu: VcpuFd, sh: &Shared, cpu: Option<usize>) {
                 return;
             }
         }
+    }
+}
+
+/// A triple fault ends the VM with no word from the guest: leave the
+/// state the CPU faulted in (instruction, fault address, page tables,
+/// descriptor tables, pending event) in the log, so the cause can be found.
+/// KVM on AMD resets the vCPU before it reports the shutdown: then the
+/// registers are the reset state and only the last event (for example a
+/// page fault on an instruction fetch) tells something.
+fn log_fault_state(i: usize, vcpu: &VcpuFd) {
+    if let (Ok(r), Ok(s)) = (vcpu.get_regs(), vcpu.get_sregs()) {
+        if r.rip == 0xfff0 && s.cs.selector == 0xf000 {
+            log::warn!("vCPU {i} triple fault: KVM has already reset the vCPU's registers");
+        } else {
+            log::warn!(
+                "vCPU {i} triple fault: rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}+{:#x} gdt {:#x}+{:#x} tr {:#x}@{:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cs.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.idt.base,
+                s.idt.limit,
+                s.gdt.base,
+                s.gdt.limit,
+                s.tr.selector,
+                s.tr.base
+            );
+        }
+    }
+    if let Ok(e) = vcpu.get_vcpu_events() {
+        log::warn!(
+            "vCPU {i} events: exception injected {} nr {} has_error {} error {:#x}; interrupt injected {} nr {}; nmi injected {}",
+            e.exception.injected,
+            e.exception.nr,
+            e.exception.has_error_code,
+            e.exception.error_code,
+            e.interrupt.injected,
+            e.interrupt.nr,
+            e.nmi.injected
+        );
     }
 }
 
