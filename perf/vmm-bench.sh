@@ -136,6 +136,8 @@ sleep 1
 iperf3 -c "$srv" -t "$len" -P "${par:-1}" -f m -R >/tmp/down 2>&1 || { cat /tmp/down; bye "iperf3 down"; }
 echo "BENCH-SNAP end"
 grep virtio0 /proc/interrupts | sed 's/^/BENCH-IRQ-END /'
+sed 's/^/BENCH-IPERF up /' /tmp/up
+sed 's/^/BENCH-IPERF down /' /tmp/down
 # uipd must outlive the outer /init's CPU snapshot of this line.
 sleep 3
 echo "BENCH-RESULT up $(mbps /tmp/up) down $(mbps /tmp/down)"

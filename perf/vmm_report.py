@@ -45,7 +45,9 @@ def parse_log(text):
             rec["failure"] = f"{m.group(1).lower()}: {m.group(2)}"
         # /proc/interrupts' virtio lines after the affinity was set and at
         # the end (the per-CPU counts show where the interrupts went).
-        for tag, key in (("BENCH-IRQ ", "irqs"), ("BENCH-IRQ-END ", "irqs_end")):
+        # And iperf3's own output, per second.
+        for tag, key in (("BENCH-IRQ ", "irqs"), ("BENCH-IRQ-END ", "irqs_end"),
+                         ("BENCH-IPERF ", "iperf3")):
             if line.startswith(tag):
                 rec.setdefault(key, []).append(" ".join(line.split()[1:]))
     if "triple fault" in text and rec["failure"] is None:
