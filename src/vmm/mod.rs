@@ -54,6 +54,7 @@ pub mod devices;
 pub mod kvm;
 pub mod pci;
 pub mod queue_pair;
+pub mod tap_net;
 pub mod vcpu;
 pub mod vhost_relay;
 pub mod vhost_user;

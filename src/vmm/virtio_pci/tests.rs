@@ -21,7 +21,7 @@ fn setup(pairs: usize) -> (VirtioNetPci, Arc<NetCore>, Arc<FakeHv>, Vec<Arc<Fram
     let inboxes: Vec<_> = (0..2)
         .map(|_| Arc::new(FrameRing::new(16, 2048).unwrap()))
         .collect();
-    let core = NetCore::new(mem, pairs, inboxes.clone(), true).unwrap();
+    let core = NetCore::new(mem, pairs, inboxes.clone(), OfferedOffloads::Stack).unwrap();
     let hv = Arc::new(FakeHv::default());
     let dev = VirtioNetPci::new(core.clone(), hv.clone(), BAR, 24, 1500).unwrap();
     (dev, core, hv, inboxes)
