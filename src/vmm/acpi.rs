@@ -3,8 +3,9 @@
 //! it starts one CPU whatever `--vcpus` says.
 //!
 //! ```text
-//!  zero page acpi_rsdp_addr ─► RSDP (rev 2) ─► XSDT ─► MADT: a local APIC per vCPU, the I/O APIC,
-//!                                                          ISA IRQ overrides (edge, active high)
+//!  zero page acpi_rsdp_addr ─► RSDP (rev 2) ─► XSDT ─┬► MADT: a local APIC per vCPU, the I/O APIC,
+//!                                                   │        ISA IRQ overrides (edge, active high)
+//!                                                   └► MCFG: the PCI ECAM window (segment 0, bus 0)
 //! ```
 //!
 //! There is deliberately no FADT (so no DSDT): the kernel reads the MADT at
@@ -18,13 +19,20 @@
 //! DSDT host bridge. Describing the PCI root bridge (and `_S5` for ACPI
 //! power-off) in a DSDT is the step after this one.
 //!
+//! The MCFG describes the ECAM window ([`super::pci`]), which the E820 map
+//! reserves. Linux reads the MCFG only with ACPI enabled
+//! (`pci_mmcfg_early_init`/`late_init` call `acpi_table_parse`, which
+//! returns at once once "Unable to enable ACPI" has disabled ACPI), so
+//! today the kernel lists the table at boot and keeps using ports
+//! 0xcf8/0xcfc; the window is there for the FADT + DSDT step.
+//!
 //! ISA IRQs keep their identity routing to the I/O APIC, as in the MP
 //! table, with explicit edge/active-high overrides. Everything here is pure
 //! and checked by unit tests (sums, offsets, lengths).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::boot::{Error, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS};
+use super::boot::{Error, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS, PCI_ECAM_SIZE, PCI_ECAM_START};
 
 /// Where the tables go: the E segment, reserved in the E820 map.
 pub const ACPI_START: u64 = 0xe_0000;
@@ -99,6 +107,19 @@ pub fn madt(vcpus: usize) -> Result<Vec<u8>, Error> {
     Ok(table(b"APIC", 4, &b))
 }
 
+/// The MCFG (PCI Firmware 3.2 §4.1.2): one ECAM window of `buses` buses
+/// from bus 0 of segment 0 at `base` (1 MiB per bus).
+pub fn mcfg(base: u64, buses: u16) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 + 16);
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&base.to_le_bytes());
+    // Segment group 0, start bus 0, end bus, 4 reserved bytes.
+    b.extend_from_slice(&0u16.to_le_bytes());
+    let end = u8::try_from(buses.clamp(1, 256) - 1).unwrap_or(u8::MAX);
+    b.extend_from_slice(&[0, end, 0, 0, 0, 0]);
+    table(b"MCFG", 1, &b)
+}
+
 /// The XSDT listing `tables`.
 pub fn xsdt(tables: &[u64]) -> Vec<u8> {
     let b: Vec<u8> = tables.iter().flat_map(|a| a.to_le_bytes()).collect();
@@ -124,16 +145,20 @@ pub fn layout(vcpus: usize) -> Result<Vec<(u64, Vec<u8>)>, Error> {
     let align = |a: u64| (a + 63) & !63;
     let rsdp_at = ACPI_START;
     let xsdt_at = align(rsdp_at + 36);
-    // XSDT: header + one pointer.
-    let madt_at = align(xsdt_at + 36 + 8);
+    // XSDT: header + two pointers.
+    let madt_at = align(xsdt_at + 36 + 2 * 8);
     let madt = madt(vcpus)?;
-    if madt_at + madt.len() as u64 > ACPI_END {
+    let buses = u16::try_from(PCI_ECAM_SIZE >> 20).unwrap_or(1);
+    let mcfg = mcfg(PCI_ECAM_START, buses);
+    let mcfg_at = align(madt_at + madt.len() as u64);
+    if mcfg_at + mcfg.len() as u64 > ACPI_END {
         return Err(Error::TooManyVcpus(vcpus));
     }
     Ok(vec![
         (rsdp_at, rsdp(xsdt_at).to_vec()),
-        (xsdt_at, xsdt(&[madt_at])),
+        (xsdt_at, xsdt(&[madt_at, mcfg_at])),
         (madt_at, madt),
+        (mcfg_at, mcfg),
     ])
 }
 
@@ -182,14 +207,16 @@ mod tests {
     }
 
     #[test]
-    fn pointers_chain_from_the_rsdp_to_the_madt_and_no_fadt() {
+    fn pointers_chain_from_the_rsdp_to_the_madt_and_mcfg_and_no_fadt() {
         let t = layout(2).unwrap();
         let at = |a: u64| t.iter().find(|(x, _)| *x == a).map(|(_, b)| b).unwrap();
         let xsdt = at(u64_at(&t[0].1, 24));
         assert_eq!(&xsdt[..4], b"XSDT");
-        assert_eq!(xsdt.len(), 36 + 8);
+        assert_eq!(xsdt.len(), 36 + 2 * 8);
         let madt = at(u64_at(xsdt, 36));
         assert_eq!(&madt[..4], b"APIC");
+        let mcfg = at(u64_at(xsdt, 44));
+        assert_eq!(&mcfg[..4], b"MCFG");
         // No FADT: the kernel must not start the ACPI interpreter.
         assert!(t.iter().all(|(_, b)| &b[..4] != b"FACP"));
         // Tables stay in the E segment and do not overlap.
@@ -199,6 +226,30 @@ mod tests {
             assert!(w[0].1 <= w[1].0, "{spans:x?}");
         }
         assert!(spans.last().unwrap().1 <= ACPI_END);
+    }
+
+    #[test]
+    fn mcfg_describes_the_ecam_window_of_bus_0() {
+        let m = mcfg(PCI_ECAM_START, 1);
+        // Header (36), 8 reserved bytes, one 16-byte allocation.
+        assert_eq!(m.len(), 36 + 8 + 16);
+        assert_eq!(u32_at(&m, 4) as usize, m.len());
+        assert_eq!(m[8], 1, "revision 1");
+        assert_eq!(sum(&m), 0);
+        assert_eq!(&m[36..44], &[0; 8]);
+        assert_eq!(u64_at(&m, 44), PCI_ECAM_START);
+        assert_eq!(u16::from_le_bytes([m[52], m[53]]), 0, "segment 0");
+        assert_eq!((m[54], m[55]), (0, 0), "buses 0..=0");
+        assert_eq!(&m[56..60], &[0; 4]);
+        // 1 MiB per bus: the window the layout uses is one bus.
+        assert_eq!(PCI_ECAM_SIZE, 1 << 20);
+        assert_eq!(PCI_ECAM_START % (1 << 20), 0);
+        // More buses, and the bounds.
+        assert_eq!(mcfg(0xe000_0000, 256)[55], 255);
+        assert_eq!(mcfg(0xe000_0000, 0)[55], 0);
+        assert_eq!(mcfg(0xe000_0000, 999)[55], 255);
+        let t = layout(1).unwrap();
+        assert!(t.iter().any(|(_, b)| b[..] == mcfg(PCI_ECAM_START, 1)[..]));
     }
 
     #[test]

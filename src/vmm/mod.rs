@@ -413,7 +413,7 @@ pub fn run_vm(
         Arc::new(Mutex::new(Cmos::default())),
     )?;
     ins(&mut pio, 0x80, 1, Arc::new(Mutex::new(Sink)))?;
-    let (pci_io, pci_mmio) = pci.into_bus_devices();
+    let (pci_io, pci_ecam, pci_mmio) = pci.into_bus_devices();
     ins(
         &mut pio,
         pci::CONFIG_PORT,
@@ -427,6 +427,12 @@ pub fn run_vm(
         Arc::new(Mutex::new(pci_mmio)),
     )
     .map_err(|e| dev_err("MMIO map", &e))?;
+    mmio.insert(
+        pci::PCI_ECAM_START,
+        pci::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(pci_ecam)),
+    )
+    .map_err(|e| dev_err("MMIO map (ECAM)", &e))?;
     let shared = vcpu::Shared::new(vcpus, pio, mmio, exit_evt, reset_evt);
     let mut fds = Vec::with_capacity(vcpus);
     for i in 0..vcpus {
