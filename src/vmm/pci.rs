@@ -16,7 +16,8 @@
 //!  device 0: host bridge (class 0x0600)   devices 1..: virtio-pci functions
 //! ```
 //!
-//! Linux without ACPI finds PCI itself: `pci_check_type1` writes
+//! Linux finds the bus through the ACPI root bridge `\_SB.PCI0`; without
+//! ACPI it would find it itself: `pci_check_type1` writes
 //! 0x80000000 to 0xcf8, reads it back, and then wants a host bridge (or a
 //! VGA device) on bus 0 (`pci_sanity_check`); so device 0 is a host bridge
 //! and nothing is needed on the kernel command line (`pci=conf1` only
@@ -27,10 +28,9 @@
 //! extended space: they read as 0 (an extended capability header of 0 at
 //! 0x100 says "none") and ignore writes. The window covers bus 0 only; the
 //! ACPI MCFG table ([`super::acpi`]) describes it and the E820 map
-//! reserves it. A kernel uses it only with ACPI on: Linux reads the MCFG
-//! through `acpi_table_parse`, which does nothing once ACPI is disabled,
-//! and ACPI here stays disabled for want of a FADT (see [`super::acpi`]).
-//! Only bus 0, function 0 exist; anything else reads as all-ones, and an
+//! reserves it; Linux then uses it for every access ("PCI: MMCONFIG for
+//! domain 0000 [bus 00-00]"), and ports 0xcf8/0xcfc stay for early boot
+//! and other kernels. Only bus 0, function 0 exist; anything else reads as all-ones, and an
 //! access of a size other than 1, 2 or 4 bytes, or not naturally aligned,
 //! reads as all-ones and writes nothing, through either path.
 //!
