@@ -407,7 +407,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     } else {
         cfg.resolvers.clone()
     };
-    if cfg.stack.resolvers.is_empty() {
+    let stack = !matches!(cfg.frontend, Frontend::VmTap { .. });
+    if stack && cfg.stack.resolvers.is_empty() {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
