@@ -27,7 +27,7 @@
 //! bus really has. Seen in the nested test (Debian 6.1): "ACPI:
 //! Interpreter enabled", "PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem
 //! 0xe0000000-0xe00fffff]", "... reserved in E820", "ACPI: PCI Root Bridge
-//! [PCI0]", the host bridge's config space 4096 bytes; `poweroff` still
+//! \[PCI0\]", the host bridge's config space 4096 bytes; `poweroff` still
 //! ends in the halt [`super::vcpu`] detects (no `\_S5`, so Linux does not
 //! try an ACPI power-off). There is no `_PRT`: every function here uses
 //! MSI-X and has no INTx pin.

@@ -38,7 +38,8 @@
 //! changes only writable bits, so BAR sizing (write all-ones, read back
 //! `!(size - 1)`) and read-only fields need no special cases. BARs are
 //! assigned by uipd (as firmware would) and Linux keeps them; a guest that
-//! moves a BAR is followed (the device is told, see [`PciDevice::bar_moved`]).
+//! moves a BAR is followed (the device is told through
+//! [`PciDevice::config_write`]; [`PciConfig::write`] says a BAR changed).
 //!
 //! MSI-X: each vector's address and data become a KVM MSI route on its own
 //! GSI, and an irqfd on that GSI is what the data path writes. Masking is
