@@ -317,8 +317,20 @@ if [ "${net:-none}" = user ]; then
 fi
 echo "UIPD-OUTER: running uipd $args"
 /bin/uipd --kernel /guest/vmlinuz --initrd /guest/initramfs.gz \
-	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args
+	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args &
+upid=$!
+# A heartbeat every 30 s, and with a NIC uipd's counters (SIGUSR1; without
+# one uipd has no handler for it): when a run stalls, the log tells a dead
+# outer guest (silence) from a data path that stopped moving (counters).
+(while sleep 30; do
+	kill -0 $upid 2>/dev/null || break
+	echo "UIPD-OUTER-ALIVE $(cut -d' ' -f1 /proc/uptime)"
+	[ "${net:-none}" = none ] || kill -USR1 $upid
+done) &
+hb=$!
+wait $upid
 echo "UIPD-EXIT=$?"
+kill $hb 2>/dev/null
 [ -e /srv/up ] && echo "UIPD-OUTER-UP-SHA $(sha256sum /srv/up | cut -d' ' -f1)"
 poweroff -f
 EOF

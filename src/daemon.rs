@@ -772,7 +772,7 @@ fn run_vm_tap(
             stopping = true;
         }
         if DUMP.swap(false, Ordering::SeqCst) {
-            eprintln!("uipd: -net tap: {}", net.counters.summary());
+            eprintln!("uipd: -net tap counters so far: {}", net.counters.summary());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
