@@ -10,8 +10,10 @@
 #
 #   kernel/               the unpacked linux-image-*-cloud-amd64 package
 #   vmlinuz               its bzImage (outer and inner guest kernel)
-#   inner-initramfs.gz    busybox /init: prints UIPD-INNER-INIT-OK; with inner.net on
-#                         its command line it loads virtio_pci/virtio_net, runs DHCP,
+#   inner-initramfs.gz    busybox /init: prints UIPD-INNER-INIT-OK and the size of each
+#                         PCI function's config space; with inner.net on its command
+#                         line it loads virtio_pci/virtio_net, runs DHCP (inner.tap too:
+#                         192.168.34.2/24 set statically, the peer is 192.168.34.1),
 #                         ping, 16 MiB down and up, iperf3 both ways; then poweroff -f
 #   outer-initramfs.gz    busybox, kvm modules, uipd (+ its libraries), vmlinuz,
 #                         inner-initramfs.gz; /init runs uipd --kernel and prints
@@ -24,7 +26,9 @@
 # The outer /init reads uipd's extra options from the kernel command line
 # (uipd.args=..., commas for spaces) so that a test can vary them;
 # uipd.net=user gives the inner guest a NIC and starts servers on the outer
-# guest's loopback (busybox httpd :8080, nc :9000, iperf3 :5201).
+# guest's loopback (busybox httpd :8080, nc :9000, iperf3 :5201);
+# uipd.net=tap makes TAP uipdtap0 (multi_queue, 192.168.34.1/24) for
+# `-net tap --tap uipdtap0` and starts the same servers on 192.168.34.1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +41,7 @@ log() { echo "vmm-assets: $*" >&2; }
 # Installs the Debian packages that are missing (root only).
 ensure_packages() {
 	local missing=() p
-	for p in qemu-system-x86 cpio busybox-static iperf3; do
+	for p in qemu-system-x86 cpio busybox-static iperf3 iproute2; do
 		if [ "$p" = busybox-static ] && command -v busybox >/dev/null 2>&1; then
 			continue
 		fi
@@ -120,7 +124,7 @@ for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 done
 
 # The inner initramfs; rebuilt when its layout version changes.
-inner_version=7
+inner_version=8
 if [ ! -s "$out/inner-initramfs.gz" ] || [ "$(cat "$out/inner.version" 2>/dev/null)" != $inner_version ]; then
 	d=$(mktemp -d)
 	busybox_root "$d"
@@ -150,6 +154,15 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 echo "UIPD-INNER-INIT-OK kernel $(uname -r) cpus $(grep -c ^processor /proc/cpuinfo)"
+# Config space: 4096 bytes per function only with MMCONFIG (ECAM) in use.
+for f in /sys/bus/pci/devices/*/config; do
+	[ -e "$f" ] && echo "UIPD-INNER-PCI-CFG $(basename "$(dirname "$f")") $(wc -c <"$f")"
+done
+dmesg | grep -i -E "mmconfig|mcfg|ecam" | sed 's/^/UIPD-INNER-DMESG /'
+peer=192.168.33.1
+case "$(cat /proc/cmdline)" in
+*inner.tap*) peer=192.168.34.1 ;;
+esac
 case "$(cat /proc/cmdline)" in
 *inner.net*)
 	for m in failover virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev \
@@ -164,36 +177,43 @@ case "$(cat /proc/cmdline)" in
 	ip link set lo up
 	# udhcpc does not bring the link up itself.
 	ip link set eth0 up
-	udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1
+	PUBSRV=
+	if [ $peer = 192.168.34.1 ]; then
+		# -net tap: no DHCP server on the host's TAP; a static address.
+		ip addr add 192.168.34.2/24 dev eth0
+	else
+		udhcpc -i eth0 -n -q -t 5 -T 2 -s /udhcpc.sh >/dev/null 2>&1
+		# A server behind uipd's published port 8022 (see the outer
+		# init): it stores one upload and answers PUB-OK.
+		printf '#!/bin/sh\ncat >/tmp/pub\necho PUB-OK\n' >/pubsrv.sh
+		chmod +x /pubsrv.sh
+		timeout 120 nc -l -p 8000 -e /pubsrv.sh &
+		PUBSRV=$!
+	fi
 	echo "UIPD-INNER-ADDR $(ip -4 -o addr show eth0 | awk '{ print $4 }')"
-	# A server behind uipd's published port 8022 (see the outer init): it
-	# stores one upload and answers PUB-OK.
-	printf '#!/bin/sh\ncat >/tmp/pub\necho PUB-OK\n' >/pubsrv.sh
-	chmod +x /pubsrv.sh
-	timeout 120 nc -l -p 8000 -e /pubsrv.sh &
-	PUBSRV=$!
-	ping -c 3 -W 5 192.168.33.1 >/dev/null && echo "UIPD-INNER-PING-OK"
-	wget -q -O /tmp/blob http://192.168.33.1:8080/blob &&
+	ping -c 3 -W 5 $peer >/dev/null && echo "UIPD-INNER-PING-OK"
+	wget -q -O /tmp/blob http://$peer:8080/blob &&
 		echo "UIPD-INNER-DOWN-SHA $(sha256sum /tmp/blob | cut -d' ' -f1)"
 	rm -f /tmp/blob
 	dd if=/dev/urandom of=/tmp/up bs=1M count=16 2>/dev/null
 	echo "UIPD-INNER-UP-SHA $(sha256sum /tmp/up | cut -d' ' -f1)"
-	nc 192.168.33.1 9000 </tmp/up && echo "UIPD-INNER-UP-SENT"
+	nc $peer 9000 </tmp/up && echo "UIPD-INNER-UP-SENT"
 	rm -f /tmp/up
 	# iperf3's server refuses a test while it is still ending the
 	# previous one ("server is busy"): retry, bounded.
 	for try in 1 2 3; do
-		iperf3 -c 192.168.33.1 -t 3 -f m >/tmp/i1 2>&1 && { echo "UIPD-INNER-IPERF-TX-OK"; break; }
+		iperf3 -c $peer -t 3 -f m >/tmp/i1 2>&1 && { echo "UIPD-INNER-IPERF-TX-OK"; break; }
 		sleep 1
 	done
 	grep -E "sender|receiver|error" /tmp/i1
 	for try in 1 2 3; do
-		iperf3 -c 192.168.33.1 -t 3 -f m -R >/tmp/i2 2>&1 && { echo "UIPD-INNER-IPERF-RX-OK"; break; }
+		iperf3 -c $peer -t 3 -f m -R >/tmp/i2 2>&1 && { echo "UIPD-INNER-IPERF-RX-OK"; break; }
 		sleep 1
 	done
 	grep -E "sender|receiver|error" /tmp/i2
 	grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ /'
-	wait $PUBSRV
+	echo "UIPD-INNER-FEATURES $(cat /sys/class/net/eth0/device/features)"
+	[ -n "$PUBSRV" ] && wait $PUBSRV
 	[ -e /tmp/pub ] && echo "UIPD-INNER-PUB-GOT $(sha256sum /tmp/pub | cut -d' ' -f1)"
 	;;
 esac
@@ -218,7 +238,13 @@ d=$(mktemp -d)
 busybox_root "$d"
 mkdir -p "$d/modules" "$d/guest"
 copy_with_libs "$(command -v iperf3)" "$d"
-for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
+# iproute2's ip, as ip2, for `ip2 tuntap` (busybox's ip has no tuntap, and
+# busybox's sh runs its own applet for a bare `ip` whatever /bin/ip is).
+rm -f "$d/bin/ip"
+copy_with_libs "$(command -v ip || echo /usr/sbin/ip)" "$d"
+mv "$d/bin/ip" "$d/bin/ip2"
+ln -s busybox "$d/bin/ip"
+for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/net/tun.ko; do
 	cp "$mods/$m" "$d/modules/"
 done
 # Debug info is most of a debug build's size: leave it out of the initramfs.
@@ -239,7 +265,7 @@ cat >"$d/init" <<'EOF'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in irqbypass kvm kvm-amd; do
+for m in irqbypass kvm kvm-amd tun; do
 	insmod /modules/$m.ko || echo "UIPD-OUTER: insmod $m failed"
 done
 args=""
@@ -250,17 +276,32 @@ for w in $(cat /proc/cmdline); do
 	uipd.net=*) net=${w#uipd.net=} ;;
 	esac
 done
-if [ "${net:-none}" = user ]; then
-	# Servers for the inner guest, on this guest's own loopback: reached
+srv=
+case "${net:-none}" in
+user)
+	# Servers for the inner guest on this guest's own loopback: reached
 	# through uipd's gateway mapping (192.168.33.1 -> 127.0.0.1).
+	srv=127.0.0.1
+	;;
+tap)
+	# -net tap --tap uipdtap0: the inner guest is on this TAP's link.
+	ip2 tuntap add dev uipdtap0 mode tap vnet_hdr multi_queue || echo "UIPD-OUTER: no TAP"
+	ip addr add 192.168.34.1/24 dev uipdtap0
+	ip link set uipdtap0 up
+	srv=192.168.34.1
+	;;
+esac
+if [ -n "$srv" ]; then
 	ip link set lo up
 	mkdir -p /srv
 	dd if=/dev/urandom of=/srv/blob bs=1M count=16 2>/dev/null
 	echo "UIPD-OUTER-BLOB-SHA $(sha256sum /srv/blob | cut -d' ' -f1)"
-	httpd -p 127.0.0.1:8080 -h /srv
+	httpd -p $srv:8080 -h /srv
 	# The listener's stdin never ends, so it only stops at the client's EOF.
 	(sleep 100000 | nc -l -p 9000 >/srv/up) &
-	iperf3 -s -B 127.0.0.1 -D
+	iperf3 -s -B $srv -D
+fi
+if [ "${net:-none}" = user ]; then
 	# A client of the inner guest's published port (uipd -p
 	# 127.0.0.1:8022:8000): 1 MiB, retried until the guest listens.
 	dd if=/dev/urandom of=/srv/pub bs=1M count=1 2>/dev/null
@@ -276,8 +317,20 @@ if [ "${net:-none}" = user ]; then
 fi
 echo "UIPD-OUTER: running uipd $args"
 /bin/uipd --kernel /guest/vmlinuz --initrd /guest/initramfs.gz \
-	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args
+	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args &
+upid=$!
+# A heartbeat every 30 s, and with a NIC uipd's counters (SIGUSR1; without
+# one uipd has no handler for it): when a run stalls, the log tells a dead
+# outer guest (silence) from a data path that stopped moving (counters).
+(while sleep 30; do
+	kill -0 $upid 2>/dev/null || break
+	echo "UIPD-OUTER-ALIVE $(cut -d' ' -f1 /proc/uptime)"
+	[ "${net:-none}" = none ] || kill -USR1 $upid
+done) &
+hb=$!
+wait $upid
 echo "UIPD-EXIT=$?"
+kill $hb 2>/dev/null
 [ -e /srv/up ] && echo "UIPD-OUTER-UP-SHA $(sha256sum /srv/up | cut -d' ' -f1)"
 poweroff -f
 EOF

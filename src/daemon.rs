@@ -41,6 +41,16 @@ pub enum Frontend {
     /// Boot a Linux guest in the embedded VMM with a virtio-net NIC of
     /// this many queue pairs (`uipd --kernel ... -net user`).
     Vm(Box<crate::vmm::VmConfig>, usize),
+    /// Boot a Linux guest whose virtio-net NIC of `queues` pairs is a host
+    /// TAP (`uipd --kernel ... -net tap --tap NAME`): no stack, no workers.
+    VmTap {
+        /// The VM.
+        vm: Box<crate::vmm::VmConfig>,
+        /// The TAP's name.
+        tap: String,
+        /// Queue pairs, one TAP queue each.
+        queues: usize,
+    },
 }
 
 /// Everything the daemon needs, from the command line.
@@ -89,6 +99,9 @@ pub enum Error {
     /// The embedded VMM could not start.
     #[error(transparent)]
     Vmm(#[from] crate::vmm::Error),
+    /// The TAP behind the VMM's NIC (`-net tap`) could not be set up.
+    #[error(transparent)]
+    Tap(#[from] crate::vmm::tap_net::Error),
     /// Other I/O.
     #[error("{what}")]
     Io {
@@ -394,7 +407,8 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     } else {
         cfg.resolvers.clone()
     };
-    if cfg.stack.resolvers.is_empty() {
+    let stack = !matches!(cfg.frontend, Frontend::VmTap { .. });
+    if stack && cfg.stack.resolvers.is_empty() {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
@@ -414,6 +428,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv, publish),
         Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv, publish),
         Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, watch_resolv, publish),
+        Frontend::VmTap { vm, tap, queues } => run_vm_tap(&cfg, &vm, &tap, queues),
     }
 }
 
@@ -459,7 +474,10 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
             (taps, Some(s))
         }
         Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
-        Frontend::Stream(_) | Frontend::VhostUser(_) | Frontend::Vm(..) => {
+        Frontend::Stream(_)
+        | Frontend::VhostUser(_)
+        | Frontend::Vm(..)
+        | Frontend::VmTap { .. } => {
             unreachable!("run() sends the VMM frontends elsewhere")
         }
     };
@@ -648,6 +666,7 @@ fn run_vm(
     watch_resolv: bool,
     mut publish: Publish,
 ) -> Result<i32, Error> {
+    use crate::vmm::virtio_net::OfferedOffloads;
     use crate::vmm::virtio_pci::NetCore;
     let mut machine = crate::vmm::prepare(vm)?;
     install_signals(true);
@@ -657,7 +676,11 @@ fn run_vm(
         machine.mem().clone(),
         queues.max(1),
         inboxes.clone(),
-        cfg.stack.offload.vnet_hdr,
+        if cfg.stack.offload.vnet_hdr {
+            OfferedOffloads::Stack
+        } else {
+            OfferedOffloads::None
+        },
     )
     .map_err(io_err("creating the virtio-net device"))?;
     machine.add_net(core.clone(), cfg.stack.mtu)?;
@@ -698,6 +721,80 @@ fn run_vm(
     drop(vm_result);
     log::info!("virtio-net: {}", core.counters.summary());
     report(cfg, &stats);
+    Ok(code)
+}
+
+/// VMM mode with `-net tap`: the guest's NIC on a host TAP, one TAP queue
+/// per queue pair, no stack ([`crate::vmm::tap_net`]); the daemon ends when
+/// the guest does, or on SIGINT/SIGTERM.
+fn run_vm_tap(
+    cfg: &Config,
+    vm: &crate::vmm::VmConfig,
+    tap: &str,
+    queues: usize,
+) -> Result<i32, Error> {
+    use crate::vmm::tap_net::{self, TapNet};
+    use crate::vmm::virtio_net::OfferedOffloads;
+    use crate::vmm::virtio_pci::{MAX_PAIRS, NetCore};
+    let queues = queues.clamp(1, MAX_PAIRS);
+    // The TAP first: a missing privilege is said before KVM is touched.
+    let taps = tap_net::open(tap, queues)?;
+    let mut machine = crate::vmm::prepare(vm)?;
+    install_signals(true);
+    // Guest frames wait here for their TAP queue's thread: up to a TSO
+    // super-frame with its header.
+    let inboxes = inboxes(queues, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
+    let offloads = if cfg.stack.offload.vnet_hdr {
+        OfferedOffloads::Tap
+    } else {
+        OfferedOffloads::None
+    };
+    let core = NetCore::new(machine.mem().clone(), queues, inboxes.clone(), offloads)
+        .map_err(io_err("creating the virtio-net device"))?;
+    machine.add_net(core.clone(), cfg.stack.mtu)?;
+    let net = TapNet::start(core.clone(), taps, &inboxes)?;
+    let stopper = machine.stopper()?;
+    let vm_thread = std::thread::Builder::new()
+        .name("uipd-vmm".into())
+        .spawn(move || machine.run());
+    let vm_thread = match vm_thread {
+        Ok(t) => t,
+        Err(e) => {
+            net.stop();
+            return Err(io_err("starting the VMM")(e));
+        }
+    };
+    // Bounded by the guest: it ends, or a signal ends it.
+    let mut stopping = false;
+    while !vm_thread.is_finished() {
+        if !stopping && STOP.load(Ordering::SeqCst) {
+            let _ = stopper.write(1);
+            stopping = true;
+        }
+        if DUMP.swap(false, Ordering::SeqCst) {
+            eprintln!("uipd: -net tap counters so far: {}", net.counters.summary());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let code = match vm_thread.join() {
+        Ok(Ok(exit)) => {
+            eprintln!("uipd: the VM ended: {exit:?}");
+            0
+        }
+        Ok(Err(e)) => {
+            eprintln!("uipd: {e}");
+            1
+        }
+        Err(_) => 1,
+    };
+    let counters = net.counters.clone();
+    net.stop();
+    log::info!("virtio-net: {}", core.counters.summary());
+    log::info!("-net tap: {}", counters.summary());
+    if cfg.stats {
+        eprintln!("uipd: virtio-net: {}", core.counters.summary());
+        eprintln!("uipd: -net tap: {}", counters.summary());
+    }
     Ok(code)
 }
 

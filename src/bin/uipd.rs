@@ -20,6 +20,8 @@ use uipd::stack;
 ///   uipd ctl --control SOCK list    # talk to a running uipd (see `uipd ctl --help`)
 ///   uipd --kernel bzImage --initrd initrd.img -net none
 ///                                   # boot a Linux VM on KVM, console on the terminal
+///   uipd --kernel bzImage -net tap --tap tap0
+///                                   # the VM's NIC on host TAP tap0 (CAP_NET_ADMIN)
 #[derive(Debug, Parser)]
 #[command(name = "uipd", version, verbatim_doc_comment)]
 struct Cli {
@@ -76,8 +78,10 @@ struct Cli {
     #[arg(long, value_name = "LIST", requires = "kernel", value_parser = parse_cpulist)]
     vcpu_cpus: Option<CpuList>,
 
-    /// Queue pairs of the VM's virtio-net NIC (--kernel, -net user), each
-    /// with its own MSI-X vectors [default: the number of workers].
+    /// Queue pairs of the VM's virtio-net NIC (--kernel), each with its
+    /// own MSI-X vectors [default: the number of workers with -net user,
+    /// 1 with -net tap]. With -net tap, one TAP queue per pair
+    /// (multi_queue when more than one).
     #[arg(long, value_name = "N", requires = "kernel",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: Option<u16>,
@@ -163,9 +167,19 @@ struct Cli {
 
     /// Network backend (kvmtool spelling, `-net user` works too). Only
     /// `user` exists in namespace mode; with --kernel, `user` (the default:
-    /// a virtio-net NIC on uipd's stack) or `none` (no NIC).
+    /// a virtio-net NIC on uipd's stack), `tap` (the NIC on the host TAP
+    /// named by --tap) or `none` (no NIC).
     #[arg(long = "net", value_enum)]
     net: Option<NetMode>,
+
+    /// The host TAP device behind the VM's NIC with -net tap: an existing
+    /// one (ip tuntap add dev NAME mode tap [vnet_hdr] [multi_queue] [user
+    /// USER]) is attached, a missing one is created (and goes away with
+    /// uipd). Needs CAP_NET_ADMIN unless the TAP was made for this user.
+    /// Frames pass with their virtio-net header: the guest's checksum and
+    /// TSO offloads go through to the host.
+    #[arg(long, value_name = "NAME", value_parser = parse_ifname)]
+    tap: Option<String>,
 
     /// Publish a guest port on the host (repeatable):
     /// [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp].
@@ -386,13 +400,36 @@ fn main() -> ExitCode {
     let policy = policy(&matches, &cli);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
+    let tap_mode = cli.kernel.is_some() && cli.net == Some(NetMode::Tap);
     match (&cli.kernel, cli.net) {
         (Some(kernel), Some(NetMode::None)) => return run_vmm(&cli, kernel),
-        (Some(_), Some(NetMode::Tap)) => {
-            eprintln!("uipd: -net tap for --kernel is not built yet; use -net user or -net none");
+        (Some(_), Some(NetMode::Tap)) if cli.tap.is_none() => {
+            eprintln!(
+                "uipd: -net tap needs --tap NAME: the host TAP device for the VM's NIC \
+                 (attached if it exists, created if not)"
+            );
             return ExitCode::from(2);
         }
         _ => {}
+    }
+    if cli.tap.is_some() && !tap_mode {
+        eprintln!("uipd: --tap NAME goes with --kernel and -net tap");
+        return ExitCode::from(2);
+    }
+    if tap_mode
+        && (!cli.publish.is_empty()
+            || cli.control.is_some()
+            || cli.pcap.is_some()
+            || cli.restrict
+            || !cli.allow.is_empty()
+            || !cli.deny.is_empty())
+    {
+        eprintln!(
+            "uipd: --publish, --control, --pcap, --restrict, --allow and --deny are for uipd's \
+             stack (-net user); with -net tap the host's own network set-up decides (tcpdump -i \
+             the TAP to capture)"
+        );
+        return ExitCode::from(2);
     }
     // clap lets `requires` pass when the required flag conflicts with a
     // present one (a command, --netns): check the VM options here.
@@ -489,6 +526,11 @@ fn main() -> ExitCode {
         ..stack::Config::default()
     };
     let frontend = match frontend {
+        Frontend::Vm(vm, _) if tap_mode => Frontend::VmTap {
+            vm,
+            tap: cli.tap.clone().unwrap_or_default(),
+            queues: cli.queues.map_or(1, usize::from),
+        },
         Frontend::Vm(vm, _) => Frontend::Vm(vm, cli.queues.map_or(workers, usize::from)),
         f => f,
     };

@@ -82,13 +82,56 @@ pub fn set_offload(fd: RawFd, csum: bool, tso: bool) -> io::Result<()> {
             "TSO needs checksum offload (TUN_F_CSUM)",
         ));
     }
-    let mut flags: libc::c_uint = 0;
-    if csum {
+    set_tun_offloads(
+        fd,
+        TunOffloads {
+            csum,
+            tso4: tso,
+            tso6: tso,
+            ecn: false,
+        },
+    )
+}
+
+/// The `TUNSETOFFLOAD` flags: what the kernel may hand over through a TAP
+/// (partial checksums, TCP super-frames of each kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunOffloads {
+    /// `TUN_F_CSUM`: partial checksums (`NEEDS_CSUM`).
+    pub csum: bool,
+    /// `TUN_F_TSO4`: TCP over IPv4 super-frames.
+    pub tso4: bool,
+    /// `TUN_F_TSO6`: TCP over IPv6 super-frames.
+    pub tso6: bool,
+    /// `TUN_F_TSO_ECN`: super-frames with ECN (CWR).
+    pub ecn: bool,
+}
+
+impl TunOffloads {
+    /// The flag word; TSO and ECN only with `csum` (the kernel honours
+    /// them only together with `TUN_F_CSUM`), ECN only with some TSO.
+    pub fn flags(self) -> libc::c_uint {
+        let mut flags: libc::c_uint = 0;
+        if !self.csum {
+            return flags;
+        }
         flags |= libc::TUN_F_CSUM;
+        if self.tso4 {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if self.tso6 {
+            flags |= libc::TUN_F_TSO6;
+        }
+        if self.ecn && (self.tso4 || self.tso6) {
+            flags |= libc::TUN_F_TSO_ECN;
+        }
+        flags
     }
-    if tso {
-        flags |= libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
-    }
+}
+
+/// Set a TAP's `TUNSETOFFLOAD` flags from `o` (see [`TunOffloads::flags`]).
+pub fn set_tun_offloads(fd: RawFd, o: TunOffloads) -> io::Result<()> {
+    let flags = o.flags();
     // SAFETY:
     // - TUNSETOFFLOAD takes its argument by value (an unsigned long), not
     //   through a pointer: nothing is read or written in our memory.

@@ -57,6 +57,20 @@ impl EventFd {
     }
 }
 
+impl EventFd {
+    /// Reset the counter to 0 (a reader that polls the fd itself, rather
+    /// than reading it through io_uring, does this after waking).
+    pub fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: the pointer is to a live u64 on our stack and the length
+        // is its size; the fd is non-blocking, so EAGAIN (already 0) is the
+        // only other outcome, and it needs nothing done.
+        unsafe {
+            libc::read(self.0.as_raw_fd(), (&raw mut v).cast(), 8);
+        }
+    }
+}
+
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
@@ -192,6 +206,12 @@ impl FrameRing {
     /// Wake the worker from outside (stop requests, signals).
     pub fn kick(&self) {
         self.wake.signal();
+    }
+
+    /// A consumer that polls [`FrameRing::wake_fd`] itself: clear the
+    /// wake-up it woke for.
+    pub fn clear_wake(&self) {
+        self.wake.clear();
     }
 
     /// The eventfd the worker arms in its io_uring.

@@ -64,6 +64,12 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the MMIO hole (4 GiB).
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
+/// The PCI ECAM (MMCONFIG) window in the MMIO hole: 1 MiB, bus 0 only
+/// (4 KiB of configuration space for each of its 32 devices × 8
+/// functions). Reserved in the E820 map and described by the ACPI MCFG.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+/// Size of the ECAM window (one bus).
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 /// The I/O APIC's MMIO base.
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// The local APIC's MMIO base.
@@ -254,6 +260,13 @@ pub fn e820_map(mem_bytes: u64) -> Vec<boot_e820_entry> {
         // configuration table, as a BIOS would.
         e(super::acpi::ACPI_START, HIMEM_START, E820_RESERVED),
         e(HIMEM_START, low_end, E820_RAM),
+        // Linux accepts an MCFG window only if the firmware reserved it
+        // ("MMCONFIG at ... reserved as E820 entry").
+        e(
+            PCI_ECAM_START,
+            PCI_ECAM_START + PCI_ECAM_SIZE,
+            E820_RESERVED,
+        ),
     ];
     if mem_bytes > MMIO_HOLE_START {
         map.push(e(
@@ -588,6 +601,7 @@ mod tests {
                 (0x9_fc00, 0x400, E820_RESERVED),
                 (0xe_0000, 0x2_0000, E820_RESERVED),
                 (HIMEM_START, 256 * MIB - HIMEM_START, E820_RAM),
+                (PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED),
             ]
         );
         assert_eq!(ram_regions(256 * MIB), vec![(GuestAddress(0), 256 * MIB)]);
@@ -598,7 +612,12 @@ mod tests {
         let mem = 5 * 1024 * MIB;
         let m = e820_map(mem);
         let last = m[m.len() - 1];
-        let low = m[m.len() - 2];
+        let ecam = m[m.len() - 2];
+        let low = m[m.len() - 3];
+        assert_eq!(
+            (ecam.addr, ecam.size, ecam.r#type),
+            (PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED)
+        );
         assert_eq!(
             (low.addr, low.addr + low.size),
             (HIMEM_START, MMIO_HOLE_START)
@@ -609,10 +628,10 @@ mod tests {
         for w in m.windows(2) {
             assert!(w[0].addr + w[0].size <= w[1].addr);
         }
-        assert!(
-            m.iter()
-                .all(|e| e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END)
-        );
+        // RAM stays out of the hole; the ECAM window is the only thing in it.
+        assert!(m.iter().all(|e| e.addr + e.size <= MMIO_HOLE_START
+            || e.addr >= MMIO_HOLE_END
+            || e.r#type == E820_RESERVED && e.addr == PCI_ECAM_START));
         assert_eq!(
             ram_regions(mem),
             vec![
@@ -685,7 +704,7 @@ mod tests {
         assert_eq!({ p.hdr.header }, HDRS_MAGIC);
         assert_eq!({ p.hdr.cmdline_size }, 2047, "the kernel's own limit stays");
         assert_eq!({ p.hdr.init_size }, 0x200_0000);
-        assert_eq!(p.e820_entries, 4);
+        assert_eq!(p.e820_entries, 5);
         assert_eq!({ p.e820_table[3].addr }, HIMEM_START);
         // A vmlinux gets a minimal header.
         let v = KernelInfo {

@@ -13,7 +13,8 @@
 //!  vCPU exit ─► Bus (BTreeMap base → (len, device)) ─► device.read/write(offset, data)
 //!  ports: 0x3f8-0x3ff 16550 (ttyS0, IRQ 4 by irqfd)   0x60-0x64 i8042 (reset)
 //!         0x70-0x71 CMOS/RTC (the host's UTC time)    0x80 POST (ignored)
-//!  later: 0xcf8-0xcff PCI config (type 1) and the MMCONFIG window on the MMIO bus
+//!         0x600-0x605 ACPI PM1 event and control blocks (AcpiPm)
+//!         0xcf8-0xcff PCI config (type 1); MMIO: the ECAM window and the BARs (super::pci)
 //! ```
 //!
 //! The guest is untrusted: an access nobody claims reads as all-ones (a
@@ -205,6 +206,59 @@ impl BusDevice for I8042 {
     }
 }
 
+/// Base port of the ACPI PM1a event block (status 0x600, enable 0x602)
+/// and control block (0x604), named by the FADT.
+pub const ACPI_PM1: u64 = 0x600;
+/// Ports claimed from [`ACPI_PM1`]: 4 event bytes, 2 control bytes.
+pub const ACPI_PM1_LEN: u64 = 6;
+/// The SCI's IRQ (FADT `SCI_INT`); never raised: no fixed event ever fires.
+pub const ACPI_SCI_IRQ: u16 = 9;
+
+/// The ACPI fixed-hardware registers an interpreter needs to come up
+/// (ACPI 6.4 §4.8.3): PM1 status reads 0 (nothing happened; writes clear
+/// nothing), PM1 enable keeps what the OS writes, PM1 control always
+/// reads `SCI_EN` (the machine is in ACPI mode, so no SMI_CMD is needed)
+/// and keeps `SLP_TYP`, and ignores `SLP_EN` (there is no `\_S5`:
+/// power-off stays the halt that [`super::vcpu`] detects).
+#[derive(Default)]
+pub struct AcpiPm {
+    regs: [u8; 6],
+}
+
+/// PM1 control: `SCI_EN`.
+const PM1_SCI_EN: u16 = 1;
+/// PM1 control: the bits the OS may set (`SLP_TYP`, 10..12).
+const PM1_CNT_WRITABLE: u16 = 0b111 << 10;
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        let cnt = (u16::from_le_bytes([self.regs[4], self.regs[5]]) | PM1_SCI_EN).to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = match at.saturating_add(i) {
+                0 | 1 => 0,
+                r @ (2 | 3) => self.regs[r],
+                4 => cnt[0],
+                5 => cnt[1],
+                _ => 0xff,
+            };
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mask = PM1_CNT_WRITABLE.to_le_bytes();
+        for (i, b) in data.iter().enumerate() {
+            match at.saturating_add(i) {
+                r @ (2 | 3) => self.regs[r] = *b,
+                4 => self.regs[4] = *b & mask[0],
+                5 => self.regs[5] = *b & mask[1],
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Base port of the CMOS RTC (index 0x70, data 0x71).
 pub const CMOS: u64 = 0x70;
 
@@ -301,6 +355,37 @@ impl BusDevice for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acpi_pm1_blocks_say_acpi_mode_and_keep_only_writable_bits() {
+        let mut pm = AcpiPm::default();
+        let r16 = |pm: &mut AcpiPm, off: u64| {
+            let mut b = [0u8; 2];
+            pm.read(off, &mut b);
+            u16::from_le_bytes(b)
+        };
+        assert_eq!(r16(&mut pm, 0), 0, "no status bits");
+        assert_eq!(r16(&mut pm, 4), 1, "SCI_EN: in ACPI mode");
+        pm.write(0, &[0xff, 0xff]);
+        assert_eq!(r16(&mut pm, 0), 0, "status never latches");
+        pm.write(2, &0x0120u16.to_le_bytes());
+        assert_eq!(r16(&mut pm, 2), 0x0120, "enable keeps what is written");
+        // SLP_TYP is kept; SLP_EN and SCI_EN writes change nothing.
+        pm.write(4, &((5u16 << 10) | (1 << 13)).to_le_bytes());
+        assert_eq!(r16(&mut pm, 4), (5 << 10) | 1);
+        pm.write(4, &0u16.to_le_bytes());
+        assert_eq!(r16(&mut pm, 4), 1);
+        // Byte and dword accesses, and past the end.
+        let mut b = [0u8; 4];
+        pm.read(2, &mut b);
+        assert_eq!(b, [0x20, 0x01, 1, 0]);
+        let mut b = [0u8; 2];
+        pm.read(5, &mut b);
+        assert_eq!(b, [0, 0xff]);
+        pm.write(u64::MAX, &[1, 2]);
+        pm.read(u64::MAX, &mut b);
+        assert_eq!(b, [0xff, 0xff]);
+    }
 
     struct Reg(Vec<(u64, Vec<u8>)>);
     impl BusDevice for Reg {

@@ -18,10 +18,11 @@
 //!    ([`kvm::Vm::new`]: in-kernel irqchip and PIT, guest RAM);
 //! 2. loads the kernel (bzImage, or ELF vmlinux) with linux-loader, the
 //!    initrd at the top of low RAM, and writes the zero page, command line,
-//!    E820 map, MP table, ACPI RSDP/XSDT/MADT (how a kernel without MP-table
-//!    parsing finds every vCPU, [`acpi`]), GDT and page tables ([`boot`]);
+//!    E820 map, MP table, ACPI tables (the MADT: how a kernel without
+//!    MP-table parsing finds every vCPU; FADT, DSDT with the PCI root
+//!    bridge, MCFG for MMCONFIG: [`acpi`]), GDT and page tables ([`boot`]);
 //! 3. builds the port-I/O bus ([`devices`]): COM1 with its IRQ 4 as an irqfd,
-//!    the i8042 (reset ends the VM), the CMOS clock;
+//!    the i8042 (reset ends the VM), the CMOS clock, the ACPI PM1 registers;
 //! 4. runs one thread per vCPU until the guest powers off or resets, or
 //!    uipd gets SIGINT/SIGTERM ([`vcpu`]); each of those is a clean exit.
 //!
@@ -31,8 +32,8 @@
 //!  in KVM: PIC, I/O APIC, local APICs, PIT; irqfd GSI 4 ◄── serial
 //! ```
 //!
-//! A guest without ACPI cannot ask to be powered off; see [`vcpu`] for how
-//! `poweroff` is detected. Recommended guest command line:
+//! The ACPI tables describe no `\_S5`, so the guest cannot ask ACPI to
+//! power it off; see [`vcpu`] for how `poweroff` is detected. Recommended guest command line:
 //! `console=ttyS0 reboot=k panic=-1` (reboot through the i8042; a panic
 //! reboots at once, which ends uipd instead of hanging).
 //!
@@ -43,9 +44,12 @@
 //! feed the daemon's stack workers through [`queue_pair`], the data path
 //! it shares with [`vhost_user`]. [`prepare`] loads the guest and returns
 //! a [`Machine`]; the daemon adds the NIC (it needs the guest memory for
-//! the workers' sinks) and runs it. Linux finds the bus by type-1 port
-//! I/O with no command-line option; there is no MMCONFIG (without ACPI's
-//! MCFG Linux would not use it). The stock Debian kernel loads
+//! the workers' sinks) and runs it. Linux finds the bus through the ACPI
+//! root bridge and reaches configuration space through the ECAM window
+//! (MMCONFIG, 4 KiB per function) that the MCFG describes; the type-1
+//! ports 0xcf8/0xcfc reach the same registers. With `-net tap` the NIC's
+//! frames go to a host TAP instead of the workers ([`tap_net`]). The stock
+//! Debian kernel loads
 //! `virtio_pci` and `virtio_net` as modules from its initramfs.
 
 pub mod acpi;
@@ -54,6 +58,7 @@ pub mod devices;
 pub mod kvm;
 pub mod pci;
 pub mod queue_pair;
+pub mod tap_net;
 pub mod vcpu;
 pub mod vhost_relay;
 pub mod vhost_user;
@@ -412,7 +417,13 @@ pub fn run_vm(
         Arc::new(Mutex::new(Cmos::default())),
     )?;
     ins(&mut pio, 0x80, 1, Arc::new(Mutex::new(Sink)))?;
-    let (pci_io, pci_mmio) = pci.into_bus_devices();
+    ins(
+        &mut pio,
+        devices::ACPI_PM1,
+        devices::ACPI_PM1_LEN,
+        Arc::new(Mutex::new(devices::AcpiPm::default())),
+    )?;
+    let (pci_io, pci_ecam, pci_mmio) = pci.into_bus_devices();
     ins(
         &mut pio,
         pci::CONFIG_PORT,
@@ -426,6 +437,12 @@ pub fn run_vm(
         Arc::new(Mutex::new(pci_mmio)),
     )
     .map_err(|e| dev_err("MMIO map", &e))?;
+    mmio.insert(
+        pci::PCI_ECAM_START,
+        pci::PCI_ECAM_SIZE,
+        Arc::new(Mutex::new(pci_ecam)),
+    )
+    .map_err(|e| dev_err("MMIO map (ECAM)", &e))?;
     let shared = vcpu::Shared::new(vcpus, pio, mmio, exit_evt, reset_evt);
     let mut fds = Vec::with_capacity(vcpus);
     for i in 0..vcpus {

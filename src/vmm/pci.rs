@@ -1,31 +1,45 @@
 //! The PCI bus of the embedded VMM: configuration space through the
-//! type-1 mechanism (ports 0xcf8/0xcfc), memory BARs in the MMIO hole, and
-//! MSI-X (table, PBA, and the irqfd behind each vector).
+//! type-1 mechanism (ports 0xcf8/0xcfc) and through ECAM (MMCONFIG), memory
+//! BARs in the MMIO hole, and MSI-X (table, PBA, and the irqfd behind each
+//! vector).
 //!
 //! # Theory of operation
 //!
 //! ```text
 //!  port 0xcf8 ◄─ address (enable, bus 0, device, function 0, register)
-//!  port 0xcfc..0xcff ─► PciConfig of that device (256 bytes, write masks)
+//!  port 0xcfc..0xcff ─┐
+//!  ECAM [PCI_ECAM_START, +1 MiB): bus 0 │ dev 5 bits │ fn 3 bits │ reg 12 bits
+//!                     └─► PciBus::config_read/config_write (one decoder: ConfigAddr)
+//!                           ─► PciConfig of that function (256 bytes + zeros to 4 KiB)
 //!  MMIO window [PCI_MMIO_START, +PCI_MMIO_SIZE) ─► the device whose memory BAR
 //!                                                 (memory decoding on) covers it
 //!  device 0: host bridge (class 0x0600)   devices 1..: virtio-pci functions
 //! ```
 //!
-//! Linux without ACPI finds PCI itself: `pci_check_type1` writes
+//! Linux finds the bus through the ACPI root bridge `\_SB.PCI0`; without
+//! ACPI it would find it itself: `pci_check_type1` writes
 //! 0x80000000 to 0xcf8, reads it back, and then wants a host bridge (or a
 //! VGA device) on bus 0 (`pci_sanity_check`); so device 0 is a host bridge
 //! and nothing is needed on the kernel command line (`pci=conf1` only
-//! forbids the other mechanisms). There is no MMCONFIG: without ACPI's
-//! MCFG table Linux would not use it, and everything virtio-pci needs
-//! lives in the first 256 bytes. Only bus 0, function 0 exist; anything
-//! else reads as all-ones.
+//! forbids the other mechanisms).
+//!
+//! ECAM (PCI Express Base 4.0 §7.2.2): the same configuration space,
+//! memory-mapped, 4 KiB per function. Registers 0x100..0xfff are the
+//! extended space: they read as 0 (an extended capability header of 0 at
+//! 0x100 says "none") and ignore writes. The window covers bus 0 only; the
+//! ACPI MCFG table ([`super::acpi`]) describes it and the E820 map
+//! reserves it; Linux then uses it for every access ("PCI: MMCONFIG for
+//! domain 0000 [bus 00-00]"), and ports 0xcf8/0xcfc stay for early boot
+//! and other kernels. Only bus 0, function 0 exist; anything else reads as all-ones, and an
+//! access of a size other than 1, 2 or 4 bytes, or not naturally aligned,
+//! reads as all-ones and writes nothing, through either path.
 //!
 //! Configuration space is bytes plus a write mask per byte: a guest write
 //! changes only writable bits, so BAR sizing (write all-ones, read back
 //! `!(size - 1)`) and read-only fields need no special cases. BARs are
 //! assigned by uipd (as firmware would) and Linux keeps them; a guest that
-//! moves a BAR is followed (the device is told, see [`PciDevice::bar_moved`]).
+//! moves a BAR is followed (the device is told through
+//! [`PciDevice::config_write`]; [`PciConfig::write`] says a BAR changed).
 //!
 //! MSI-X: each vector's address and data become a KVM MSI route on its own
 //! GSI, and an irqfd on that GSI is what the data path writes. Masking is
@@ -53,6 +67,14 @@ pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
 pub const SLOT_MMIO_SIZE: u64 = 0x10_0000;
 /// Devices on bus 0.
 pub const MAX_DEVICES: usize = 32;
+/// The ECAM window (bus 0).
+pub const PCI_ECAM_START: u64 = super::boot::PCI_ECAM_START;
+/// Its size: 1 MiB per bus.
+pub const PCI_ECAM_SIZE: u64 = super::boot::PCI_ECAM_SIZE;
+/// Configuration space of one function as ECAM shows it.
+pub const CONFIG_SPACE_SIZE: usize = 4096;
+/// The part that holds registers (the rest, the extended space, is zeros).
+const LEGACY_CONFIG_SIZE: usize = 256;
 /// First GSI used for MSI routes (0..23 are the PIC and I/O APIC pins).
 pub const MSI_GSI_BASE: u32 = 24;
 /// x86 MSI address window (the local APICs).
@@ -205,21 +227,25 @@ impl PciConfig {
     }
 
     /// A guest read: `data.len()` bytes (1, 2 or 4, naturally aligned) at
-    /// `offset`; anything else reads as all-ones.
+    /// `offset`; the extended space (256 up to [`CONFIG_SPACE_SIZE`]) reads
+    /// as zeros; anything else reads as all-ones.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         let n = data.len();
-        if !matches!(n, 1 | 2 | 4) || offset % n != 0 || offset + n > 256 {
+        if !matches!(n, 1 | 2 | 4) || offset % n != 0 || offset + n > CONFIG_SPACE_SIZE {
             data.fill(0xff);
             return;
         }
-        data.copy_from_slice(&self.bytes[offset..offset + n]);
+        match self.bytes.get(offset..offset + n) {
+            Some(b) => data.copy_from_slice(b),
+            None => data.fill(0),
+        }
     }
 
     /// A guest write: only writable bits change; misaligned or odd-sized
-    /// writes are ignored.
+    /// writes, and writes to the extended space, are ignored.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> ConfigChange {
         let n = data.len();
-        if !matches!(n, 1 | 2 | 4) || offset % n != 0 || offset + n > 256 {
+        if !matches!(n, 1 | 2 | 4) || offset % n != 0 || offset + n > LEGACY_CONFIG_SIZE {
             return ConfigChange::default();
         }
         let before: Vec<_> = (0..6).map(|i| self.bar_addr(i)).collect();
@@ -326,15 +352,55 @@ impl PciBus {
             .map(|(_, d)| d)
     }
 
-    /// Splits into the port-I/O and MMIO faces.
-    pub fn into_bus_devices(self) -> (PciConfigIo, PciMmio) {
+    /// A configuration read at `a`: functions that do not exist read as
+    /// all-ones (so do bad sizes and alignments, see [`PciConfig::read`]).
+    /// Returns false if nothing answered.
+    pub fn config_read(&self, a: ConfigAddr, data: &mut [u8]) -> bool {
+        match self.function(a) {
+            Some(d) => {
+                lock(d).config().read(usize::from(a.reg), data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// A configuration write at `a`; to a function that does not exist it
+    /// goes nowhere. Returns false if nothing took it.
+    pub fn config_write(&self, a: ConfigAddr, data: &[u8]) -> bool {
+        match self.function(a) {
+            Some(d) => {
+                lock(d).config_write(usize::from(a.reg), data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn function(&self, a: ConfigAddr) -> Option<&SharedPciDevice> {
+        if a.bus != 0 || a.func != 0 {
+            return None;
+        }
+        self.device(usize::from(a.dev))
+    }
+
+    /// Splits into the port-I/O, BAR and ECAM faces.
+    pub fn into_bus_devices(self) -> (PciConfigIo, PciEcam, PciMmio) {
         let devs = Arc::new(self.devices);
+        let bus = || PciBus {
+            devices: devs.to_vec(),
+        };
         (
             PciConfigIo {
                 addr: 0,
-                bus: PciBus {
-                    devices: devs.to_vec(),
-                },
+                bus: bus(),
+                ignored: 0,
+            },
+            PciEcam {
+                bus: bus(),
                 ignored: 0,
             },
             PciMmio {
@@ -342,6 +408,55 @@ impl PciBus {
                 unclaimed: 0,
             },
         )
+    }
+}
+
+/// Which function and register a configuration access is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigAddr {
+    /// Bus number.
+    pub bus: u8,
+    /// Device (slot), 0..32.
+    pub dev: u8,
+    /// Function, 0..8.
+    pub func: u8,
+    /// Register offset, 0..4096.
+    pub reg: u16,
+}
+
+impl ConfigAddr {
+    /// The type-1 address register `a` with the data port at `port_off`
+    /// (4..8) selecting the byte; `None` while the enable bit is clear.
+    pub fn from_type1(a: u32, port_off: u64) -> Option<ConfigAddr> {
+        if a & 0x8000_0000 == 0 {
+            return None;
+        }
+        let byte = u16::try_from(port_off.checked_sub(4)?)
+            .ok()
+            .filter(|b| *b < 4)?;
+        // Cannot truncate: each field is masked to its width first.
+        Some(ConfigAddr {
+            bus: ((a >> 16) & 0xff) as u8,
+            dev: ((a >> 11) & 0x1f) as u8,
+            func: ((a >> 8) & 0x7) as u8,
+            reg: (a & 0xfc) as u16 + byte,
+        })
+    }
+
+    /// An offset into the ECAM window (PCIe Base 4.0 §7.2.2: bus in bits
+    /// 27:20, device 19:15, function 14:12, register 11:0); `None` past
+    /// 256 buses.
+    pub fn from_ecam(off: u64) -> Option<ConfigAddr> {
+        if off >= 256 << 20 {
+            return None;
+        }
+        // Cannot truncate: each field is masked to its width first.
+        Some(ConfigAddr {
+            bus: ((off >> 20) & 0xff) as u8,
+            dev: ((off >> 15) & 0x1f) as u8,
+            func: ((off >> 12) & 0x7) as u8,
+            reg: (off & 0xfff) as u16,
+        })
     }
 }
 
@@ -357,25 +472,14 @@ pub struct PciConfigIo {
     pub ignored: u64,
 }
 
-impl PciConfigIo {
-    /// The device and register offset the address register selects.
-    fn target(&self, port_off: u64) -> Option<(&SharedPciDevice, usize)> {
-        let a = self.addr;
-        if a & 0x8000_0000 == 0 || (a >> 16) & 0xff != 0 || (a >> 8) & 0x7 != 0 {
-            return None;
-        }
-        let slot = usize::try_from((a >> 11) & 0x1f).ok()?;
-        let reg = usize::try_from(a & 0xfc).ok()? + usize::try_from(port_off - 4).ok()?;
-        Some((self.bus.device(slot)?, reg))
-    }
-}
-
 impl BusDevice for PciConfigIo {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match offset {
             0 if data.len() == 4 => data.copy_from_slice(&self.addr.to_le_bytes()),
-            4..=7 => match self.target(offset) {
-                Some((d, reg)) => lock(d).config().read(reg, data),
+            4..=7 => match ConfigAddr::from_type1(self.addr, offset) {
+                Some(a) => {
+                    self.bus.config_read(a, data);
+                }
                 None => data.fill(0xff),
             },
             _ => {
@@ -388,13 +492,42 @@ impl BusDevice for PciConfigIo {
     fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data) {
             (0, [a, b, c, d]) => self.addr = u32::from_le_bytes([*a, *b, *c, *d]),
-            (4..=7, _) => match self.target(offset) {
-                Some((d, reg)) => lock(d).config_write(reg, data),
-                None => self.ignored += 1,
-            },
+            (4..=7, _) => {
+                let took = ConfigAddr::from_type1(self.addr, offset)
+                    .is_some_and(|a| self.bus.config_write(a, data));
+                if !took {
+                    self.ignored += 1;
+                }
+            }
             // Byte writes to 0xcf8/0xcfb are the type-2 mechanism's
             // (Linux's probe pokes 0xcfb): ignored.
             _ => self.ignored += 1,
+        }
+    }
+}
+
+/// The ECAM (MMCONFIG) window on the MMIO bus, at [`PCI_ECAM_START`]:
+/// offsets decode to a function and register ([`ConfigAddr::from_ecam`]),
+/// then go where the type-1 ports' accesses go.
+pub struct PciEcam {
+    bus: PciBus,
+    /// Accesses no function took (other buses, functions, empty slots).
+    pub ignored: u64,
+}
+
+impl BusDevice for PciEcam {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let answered = ConfigAddr::from_ecam(offset).is_some_and(|a| self.bus.config_read(a, data));
+        if !answered {
+            data.fill(0xff);
+            self.ignored += 1;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let took = ConfigAddr::from_ecam(offset).is_some_and(|a| self.bus.config_write(a, data));
+        if !took {
+            self.ignored += 1;
         }
     }
 }
@@ -768,7 +901,7 @@ pub(crate) mod tests {
         );
         let dev = Arc::new(Mutex::new(Dev(c, Vec::new())));
         assert_eq!(bus.add(dev.clone()), 1);
-        let (io, mmio) = bus.into_bus_devices();
+        let (io, _, mmio) = bus.into_bus_devices();
         (io, mmio, dev)
     }
 
@@ -867,6 +1000,142 @@ pub(crate) mod tests {
         assert_eq!(b, [0xff; 2]);
         mmio.read(u64::from(new) - PCI_MMIO_START + 5, &mut b);
         assert_eq!(b, [5; 2]);
+    }
+
+    fn bus_with_dev_and_ecam() -> (PciConfigIo, PciEcam, Arc<Mutex<Dev>>) {
+        let mut bus = PciBus::new();
+        let mut c = PciConfig::new(0x1af4, 0x1041, 0x02_0000, 1, (0x1af4, 0x1100));
+        c.set_bar(0, u32::try_from(PciBus::slot_mmio(1)).unwrap(), 0x4000);
+        c.add_capability(CAP_MSIX, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], &[0, 0xc0]);
+        let dev = Arc::new(Mutex::new(Dev(c, Vec::new())));
+        bus.add(dev.clone());
+        let (io, ecam, _) = bus.into_bus_devices();
+        (io, ecam, dev)
+    }
+
+    fn ecam_off(bus: u64, dev: u64, func: u64, reg: u64) -> u64 {
+        (bus << 20) | (dev << 15) | (func << 12) | reg
+    }
+
+    fn ecam_read(e: &mut PciEcam, off: u64, len: usize) -> u32 {
+        let mut b = [0u8; 4];
+        e.read(off, &mut b[..len]);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn ecam_addresses_decode_to_bus_device_function_register() {
+        let a = |bus, dev, func, reg| ConfigAddr {
+            bus,
+            dev,
+            func,
+            reg,
+        };
+        assert_eq!(ConfigAddr::from_ecam(0), Some(a(0, 0, 0, 0)));
+        assert_eq!(
+            ConfigAddr::from_ecam(ecam_off(0, 1, 0, 0x10)),
+            Some(a(0, 1, 0, 0x10))
+        );
+        assert_eq!(
+            ConfigAddr::from_ecam(ecam_off(3, 31, 7, 0xfff)),
+            Some(a(3, 31, 7, 0xfff))
+        );
+        assert_eq!(
+            ConfigAddr::from_ecam(ecam_off(255, 31, 7, 0xffc)),
+            Some(a(255, 31, 7, 0xffc))
+        );
+        assert_eq!(ConfigAddr::from_ecam(256 << 20), None);
+        assert_eq!(ConfigAddr::from_ecam(u64::MAX), None);
+        // Type 1: enable bit, register dword plus the data port's byte.
+        let t1 = 0x8000_0000u32 | (2 << 16) | (5 << 11) | (3 << 8) | 0x44;
+        assert_eq!(ConfigAddr::from_type1(t1, 4), Some(a(2, 5, 3, 0x44)));
+        assert_eq!(ConfigAddr::from_type1(t1, 7), Some(a(2, 5, 3, 0x47)));
+        assert_eq!(ConfigAddr::from_type1(t1 & 0x7fff_ffff, 4), None);
+        assert_eq!(ConfigAddr::from_type1(t1, 3), None);
+        assert_eq!(ConfigAddr::from_type1(t1, 8), None);
+        // The two low bits of the address register are not register bits.
+        assert_eq!(ConfigAddr::from_type1(t1 | 3, 4), Some(a(2, 5, 3, 0x44)));
+    }
+
+    #[test]
+    fn ecam_and_type1_reach_the_same_configuration_space() {
+        let (mut io, mut ecam, _) = bus_with_dev_and_ecam();
+        // Every register of both functions, in every size, reads the same.
+        for slot in 0..2u32 {
+            for reg in 0..256u32 {
+                for len in [1usize, 2, 4] {
+                    if reg as usize % len != 0 {
+                        continue;
+                    }
+                    let off = ecam_off(0, u64::from(slot), 0, u64::from(reg));
+                    assert_eq!(
+                        ecam_read(&mut ecam, off, len),
+                        cfg_read(&mut io, slot, reg, len),
+                        "slot {slot} reg {reg:#x} len {len}"
+                    );
+                }
+            }
+        }
+        // A write through one is read back through the other.
+        let bar = ecam_off(0, 1, 0, 0x10);
+        ecam.write(bar, &[0xff; 4]);
+        assert_eq!(cfg_read(&mut io, 1, 0x10, 4), !(0x4000u32 - 1));
+        cfg_write(&mut io, 1, 0x10, &0xc020_0000u32.to_le_bytes());
+        assert_eq!(ecam_read(&mut ecam, bar, 4), 0xc020_0000);
+        ecam.write(ecam_off(0, 1, 0, 0x04), &CMD_MEMORY.to_le_bytes());
+        assert_eq!(cfg_read(&mut io, 1, 0x04, 2), u32::from(CMD_MEMORY));
+        // Read-only fields stay read-only through ECAM too.
+        ecam.write(ecam_off(0, 1, 0, 0), &[0; 4]);
+        assert_eq!(ecam_read(&mut ecam, ecam_off(0, 1, 0, 0), 4), 0x1041_1af4);
+        assert_eq!(ecam.ignored, 0);
+    }
+
+    #[test]
+    fn ecam_extended_space_reads_zero_and_odd_accesses_are_harmless() {
+        let (mut io, mut ecam, dev) = bus_with_dev_and_ecam();
+        // 0x100..0xfff: zeros (no extended capability), writes ignored.
+        for reg in [0x100u64, 0x104, 0x800, 0xffc] {
+            assert_eq!(ecam_read(&mut ecam, ecam_off(0, 0, 0, reg), 4), 0);
+            assert_eq!(ecam_read(&mut ecam, ecam_off(0, 1, 0, reg), 4), 0);
+        }
+        assert_eq!(ecam_read(&mut ecam, ecam_off(0, 1, 0, 0xfff), 1), 0);
+        let before = *dev.lock().unwrap().0.bytes();
+        ecam.write(ecam_off(0, 1, 0, 0x100), &[0xff; 4]);
+        ecam.write(ecam_off(0, 1, 0, 0xffe), &[0xff; 2]);
+        assert_eq!(ecam_read(&mut ecam, ecam_off(0, 1, 0, 0x100), 4), 0);
+        assert_eq!(*dev.lock().unwrap().0.bytes(), before);
+        // Misaligned and odd-sized accesses: all-ones, nothing written.
+        assert_eq!(
+            ecam_read(&mut ecam, ecam_off(0, 1, 0, 0x11), 2),
+            0xffff,
+            "misaligned"
+        );
+        let mut b3 = [0u8; 3];
+        ecam.read(ecam_off(0, 1, 0, 0), &mut b3);
+        assert_eq!(b3, [0xff; 3]);
+        let mut b8 = [0u8; 8];
+        ecam.read(ecam_off(0, 1, 0, 0), &mut b8);
+        assert_eq!(b8, [0xff; 8]);
+        ecam.write(ecam_off(0, 1, 0, 0x10), &[0; 8]);
+        ecam.write(ecam_off(0, 1, 0, 0x11), &[0, 0]);
+        ecam.write(ecam_off(0, 1, 0, 0x04), &[]);
+        assert_eq!(*dev.lock().unwrap().0.bytes(), before);
+        // Other buses, functions and empty slots float and are counted.
+        for off in [
+            ecam_off(1, 0, 0, 0),
+            ecam_off(0, 1, 1, 0),
+            ecam_off(0, 9, 0, 0),
+            ecam_off(255, 31, 7, 0xffc),
+        ] {
+            assert_eq!(ecam_read(&mut ecam, off, 4), 0xffff_ffff, "{off:#x}");
+            ecam.write(off, &[0; 4]);
+        }
+        assert_eq!(ecam.ignored, 8);
+        // Past the window (the bus would not send it; still harmless).
+        assert_eq!(ecam_read(&mut ecam, 256 << 20, 4), 0xffff_ffff);
+        ecam.write(u64::MAX - 3, &[0; 4]);
+        // Type 1 cannot reach the extended space (registers stop at 0xff).
+        assert_eq!(cfg_read(&mut io, 1, 0xfc, 4), 0);
     }
 
     fn msix(n: u16) -> (Msix, Arc<FakeHv>) {

@@ -8,13 +8,13 @@
 //!
 //! ```text
 //!  uipd-vcpu0 ─ KVM_RUN ─► IoIn/IoOut ─► pio Bus ─► serial, i8042 (reset ─┐)
-//!  uipd-vcpu1 ─ KVM_RUN ─► Mmio ─► mmio Bus (PCI, later)                  │
+//!  uipd-vcpu1 ─ KVM_RUN ─► Mmio ─► mmio Bus (PCI: ECAM, BARs)             │
 //!       │ Shutdown (triple fault), SystemEvent, errors ─► reason ─────────┤
 //!       │                                                                 ▼
 //!  main: poll(exit event, 100 ms) ─ SIGINT/SIGTERM? ─ all vCPUs parked? ─ kick every vCPU
 //! ```
 //!
-//! How a guest without ACPI ends: `reboot` (with `reboot=k`, or by the
+//! How a guest ends without ACPI power-off (the tables describe no `\_S5`): `reboot` (with `reboot=k`, or by the
 //! kernel's fallback order) writes 0xfe to the i8042 → the exit event; a
 //! triple fault → `KVM_EXIT_SHUTDOWN`. `poweroff` and `halt` have no
 //! device to talk to, so Linux halts every CPU with interrupts disabled

@@ -51,7 +51,8 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::vhost_relay;
 use super::virtio_net::{
-    self, ChainError, ConfigSpace, Negotiated, Rx, RxRing, bit, feature, feature_names,
+    self, ChainError, ConfigSpace, Negotiated, OfferedOffloads, Rx, RxRing, bit, feature,
+    feature_names,
 };
 use crate::dataplane::worker::{Shared, WorkerCounters};
 use crate::rings::FrameRing;
@@ -130,19 +131,16 @@ impl Device {
 
     /// Virtio features offered (plus vhost-user's protocol-features bit).
     pub fn features(&self) -> u64 {
-        let mut f = virtio_net::offered(u16::try_from(self.pairs).unwrap_or(u16::MAX), false)
-            | bit(feature::VHOST_USER_PROTOCOL_FEATURES);
-        if !self.allow_offload {
-            for b in [
-                feature::CSUM,
-                feature::GUEST_CSUM,
-                feature::HOST_TSO4,
-                feature::GUEST_TSO4,
-            ] {
-                f &= !bit(b);
-            }
-        }
-        f
+        let offloads = if self.allow_offload {
+            OfferedOffloads::Stack
+        } else {
+            OfferedOffloads::None
+        };
+        virtio_net::offered_with(
+            u16::try_from(self.pairs).unwrap_or(u16::MAX),
+            false,
+            offloads,
+        ) | bit(feature::VHOST_USER_PROTOCOL_FEATURES)
     }
 
     fn conn(&self) -> Option<Arc<Conn>> {

@@ -156,13 +156,44 @@ pub fn feature_names(features: u64) -> Vec<String> {
         .collect()
 }
 
+/// Which checksum and segmentation offloads a device offers: what the
+/// backend behind it can take and make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferedOffloads {
+    /// None (`--no-offload`): full checksums, frames of at most the MTU.
+    None,
+    /// uipd's stack: checksums and TSO over IPv4 both ways. TSO6 is left
+    /// out: the stack has no IPv6 path yet, so offering it would only
+    /// invite frames that are dropped anyway.
+    Stack,
+    /// A host TAP (`-net tap`): the kernel takes and makes TSO over IPv4
+    /// and IPv6, with ECN, so those are offered too.
+    Tap,
+}
+
+/// The checksum and TSO features of `o`.
+fn offload_bits(o: OfferedOffloads) -> u64 {
+    use feature::*;
+    let list: &[u32] = match o {
+        OfferedOffloads::None => &[],
+        OfferedOffloads::Stack => &[CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4],
+        OfferedOffloads::Tap => &[
+            CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6, HOST_ECN, GUEST_ECN,
+        ],
+    };
+    list.iter().fold(0u64, |a, b| a | bit(*b))
+}
+
+/// The features the device offers for `queue_pairs` pairs with the
+/// offloads of uipd's stack; see [`offered_with`].
+pub fn offered(queue_pairs: u16, ctrl_vq: bool) -> u64 {
+    offered_with(queue_pairs, ctrl_vq, OfferedOffloads::Stack)
+}
+
 /// The features the device offers for `queue_pairs` pairs; `ctrl_vq` when
 /// this device model serves the control queue itself (the embedded VMM;
-/// for vhost-user the VMM does).
-///
-/// TSO6 is left out: the stack has no IPv6 path yet, so offering it would
-/// only invite frames that are dropped anyway.
-pub fn offered(queue_pairs: u16, ctrl_vq: bool) -> u64 {
+/// for vhost-user the VMM does); `offloads` by what the backend takes.
+pub fn offered_with(queue_pairs: u16, ctrl_vq: bool, offloads: OfferedOffloads) -> u64 {
     use feature::*;
     let mut f = [
         VERSION_1,
@@ -170,15 +201,12 @@ pub fn offered(queue_pairs: u16, ctrl_vq: bool) -> u64 {
         MTU,
         STATUS,
         MRG_RXBUF,
-        CSUM,
-        GUEST_CSUM,
-        HOST_TSO4,
-        GUEST_TSO4,
         RING_EVENT_IDX,
         RING_INDIRECT_DESC,
     ]
     .iter()
-    .fold(0u64, |a, b| a | bit(*b));
+    .fold(0u64, |a, b| a | bit(*b))
+        | offload_bits(offloads);
     if ctrl_vq {
         f |= bit(CTRL_VQ) | bit(CTRL_RX) | bit(CTRL_MAC_ADDR);
     }
@@ -226,6 +254,37 @@ impl Negotiated {
             tso: csum && self.has(feature::GUEST_TSO4),
         }
     }
+}
+
+/// Toward the guest, a frame whose header was made by someone else (a
+/// host TAP): whether it asks only for what the driver accepted (§5.1.6.4:
+/// `NEEDS_CSUM` needs `GUEST_CSUM`, each GSO type its `GUEST_TSO4`/`TSO6`/
+/// `UFO`, the ECN flag `GUEST_ECN`). `DATA_VALID` is cleared without
+/// `GUEST_CSUM` (the device may set it only then); `RSC_INFO` is always
+/// cleared (never negotiated here). `false`: drop the frame.
+pub fn rx_header_fits(neg: Negotiated, hdr: &mut [u8; HEADER_LEN]) -> bool {
+    use crate::stack::wire::vnet_hdr::{flags, gso};
+    let csum = neg.has(feature::GUEST_CSUM);
+    if hdr[0] & flags::NEEDS_CSUM != 0 && !csum {
+        return false;
+    }
+    if !csum {
+        hdr[0] &= !flags::DATA_VALID;
+    }
+    hdr[0] &= !flags::RSC_INFO;
+    let ty = hdr[1];
+    if ty & gso::ECN != 0 && !neg.has(feature::GUEST_ECN) {
+        return false;
+    }
+    let need = match ty & !gso::ECN {
+        gso::NONE => return ty == gso::NONE,
+        gso::TCPV4 => feature::GUEST_TSO4,
+        gso::TCPV6 => feature::GUEST_TSO6,
+        gso::UDP => feature::GUEST_UFO,
+        _ => return false,
+    };
+    // A GSO frame also needs its checksum left partial (§5.1.6.2).
+    neg.has(need) && csum
 }
 
 /// `struct virtio_net_config` up to `mtu` (§5.1.4), little-endian.

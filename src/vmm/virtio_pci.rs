@@ -51,11 +51,11 @@ use super::queue_pair::{
     Counters, Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, place_front, rx_put, tx_pass,
 };
 use super::virtio_net::{
-    self, ChainError, ConfigSpace, CtrlEffect, Negotiated, Rx, RxRing, bit, feature, feature_names,
+    self, ChainError, ConfigSpace, CtrlEffect, Negotiated, OfferedOffloads, Rx, RxRing, bit,
+    feature, feature_names,
 };
 use crate::dataplane::worker::{Shared, WorkerCounters};
 use crate::rings::FrameRing;
-use crate::stack::Offload;
 
 /// Size of each virtqueue the device offers.
 pub const QUEUE_SIZE: u16 = 256;
@@ -97,7 +97,7 @@ pub struct NetCore {
     mem: GuestMemoryMmap,
     inboxes: Vec<Arc<FrameRing>>,
     shared: OnceLock<Vec<Arc<Shared>>>,
-    allow_offload: bool,
+    offloads: OfferedOffloads,
     queues: Vec<Mutex<Queue>>,
     rx: Vec<Mutex<RxRing>>,
     rx_broken: Vec<AtomicBool>,
@@ -118,12 +118,12 @@ pub struct NetCore {
 
 impl NetCore {
     /// A device core for `pairs` queue pairs over `mem`, feeding `inboxes`
-    /// (one per worker). `allow_offload` false hides checksum and TSO.
+    /// (one per worker, or per TAP queue), offering `offloads`.
     pub fn new(
         mem: GuestMemoryMmap,
         pairs: usize,
         inboxes: Vec<Arc<FrameRing>>,
-        allow_offload: bool,
+        offloads: OfferedOffloads,
     ) -> std::io::Result<Arc<NetCore>> {
         let pairs = pairs.clamp(1, MAX_PAIRS);
         let nq = 2 * pairs + 1;
@@ -137,7 +137,7 @@ impl NetCore {
             mem,
             inboxes,
             shared: OnceLock::new(),
-            allow_offload,
+            offloads,
             queues: (0..nq).map(|_| q()).collect::<std::io::Result<_>>()?,
             rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
             rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
@@ -181,21 +181,12 @@ impl NetCore {
 
     /// The features offered.
     pub fn features(&self) -> u64 {
-        let mut f = virtio_net::offered(u16::try_from(self.pairs).unwrap_or(1), true);
-        if !self.allow_offload {
-            for b in [
-                feature::CSUM,
-                feature::GUEST_CSUM,
-                feature::HOST_TSO4,
-                feature::GUEST_TSO4,
-            ] {
-                f &= !bit(b);
-            }
-        }
-        f
+        virtio_net::offered_with(u16::try_from(self.pairs).unwrap_or(1), true, self.offloads)
     }
 
-    fn negotiated(&self) -> Negotiated {
+    /// What the driver accepted (0 until it sets FEATURES_OK, and after a
+    /// reset).
+    pub fn negotiated(&self) -> Negotiated {
         Negotiated(self.acked.load(Ordering::Acquire))
     }
 
@@ -775,15 +766,9 @@ impl VirtioNetPci {
     fn accept_features(&self, f: u64) {
         log::info!("virtio-net: guest features: {}", feature_names(f).join(" "));
         self.core.acked.store(f, Ordering::Release);
-        let neg = Negotiated(f);
-        let off = if self.core.allow_offload {
-            neg.offload()
-        } else {
-            Offload {
-                vnet_hdr: true,
-                ..Offload::default()
-            }
-        };
+        // Only offered features are accepted (set_status), so without
+        // offloads offered none are on here either.
+        let off = Negotiated(f).offload();
         self.core.workers_each(|s| {
             *s.offload.lock().unwrap_or_else(|e| e.into_inner()) = Some(off);
         });

@@ -555,6 +555,83 @@ fn features_and_config() {
     assert!(cfg.read(u32::MAX, 4).is_empty());
 }
 
+#[test]
+fn offered_offloads_by_backend() {
+    let none = offered_with(1, true, OfferedOffloads::None);
+    let stack = offered_with(1, true, OfferedOffloads::Stack);
+    let tap = offered_with(1, true, OfferedOffloads::Tap);
+    assert_eq!(stack, offered(1, true));
+    for f in [
+        feature::CSUM,
+        feature::GUEST_CSUM,
+        feature::HOST_TSO4,
+        feature::GUEST_TSO4,
+    ] {
+        assert!(none & bit(f) == 0 && stack & bit(f) != 0 && tap & bit(f) != 0);
+    }
+    for f in [
+        feature::HOST_TSO6,
+        feature::GUEST_TSO6,
+        feature::HOST_ECN,
+        feature::GUEST_ECN,
+    ] {
+        assert!(stack & bit(f) == 0 && tap & bit(f) != 0, "{f}");
+    }
+    // Everything else is the same.
+    assert_eq!(none, stack & tap & none);
+    assert_eq!(stack & !tap, 0);
+}
+
+#[test]
+fn rx_headers_ask_only_for_what_the_driver_accepted() {
+    use crate::stack::wire::vnet_hdr::{flags, gso};
+    let h = |f: u8, g: u8| {
+        let mut b = [0u8; HEADER_LEN];
+        b[0] = f;
+        b[1] = g;
+        b
+    };
+    let plain = Negotiated(bit(feature::VERSION_1));
+    let csum = Negotiated(plain.0 | bit(feature::GUEST_CSUM));
+    let tso4 = Negotiated(csum.0 | bit(feature::GUEST_TSO4));
+    let all = Negotiated(tso4.0 | bit(feature::GUEST_TSO6) | bit(feature::GUEST_ECN));
+    let fits = |neg, mut b: [u8; HEADER_LEN]| rx_header_fits(neg, &mut b).then_some(b);
+    // A plain frame fits everyone; DATA_VALID and RSC_INFO are cleared
+    // for a driver without GUEST_CSUM, RSC_INFO for every driver.
+    assert_eq!(fits(plain, h(0, 0)), Some(h(0, 0)));
+    assert_eq!(
+        fits(plain, h(flags::DATA_VALID | flags::RSC_INFO, 0)),
+        Some(h(0, 0))
+    );
+    assert_eq!(
+        fits(csum, h(flags::DATA_VALID | flags::RSC_INFO, 0)),
+        Some(h(flags::DATA_VALID, 0))
+    );
+    // Partial checksums need GUEST_CSUM.
+    assert_eq!(fits(plain, h(flags::NEEDS_CSUM, 0)), None);
+    assert!(fits(csum, h(flags::NEEDS_CSUM, 0)).is_some());
+    // Each GSO type needs its feature (and the checksum).
+    let t4 = h(flags::NEEDS_CSUM, gso::TCPV4);
+    let t6 = h(flags::NEEDS_CSUM, gso::TCPV6);
+    let ecn = h(flags::NEEDS_CSUM, gso::TCPV4 | gso::ECN);
+    assert_eq!(fits(csum, t4), None);
+    assert!(fits(tso4, t4).is_some());
+    assert_eq!(fits(tso4, t6), None);
+    assert_eq!(fits(tso4, ecn), None);
+    assert!(fits(all, t6).is_some() && fits(all, ecn).is_some());
+    assert_eq!(
+        fits(Negotiated(bit(feature::GUEST_TSO4)), t4),
+        None,
+        "TSO without GUEST_CSUM"
+    );
+    // UFO, USO and unknown types are never accepted here; nor is an ECN
+    // flag on a frame that is not GSO.
+    for g in [gso::UDP, gso::UDP_L4, 2, 0x7f] {
+        assert_eq!(fits(all, h(flags::NEEDS_CSUM, g)), None, "{g}");
+    }
+    assert_eq!(fits(all, h(0, gso::ECN)), None);
+}
+
 /// Random descriptor tables (seeded): the device returns frames or errors,
 /// never panics or loops, and never writes outside the buffers it was given.
 #[test]

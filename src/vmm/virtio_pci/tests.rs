@@ -4,7 +4,7 @@
 // Test fixtures use small constants: the casts cannot truncate.
 #![allow(clippy::cast_possible_truncation)]
 
-use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::mock::MockSplitQueue;
@@ -21,7 +21,7 @@ fn setup(pairs: usize) -> (VirtioNetPci, Arc<NetCore>, Arc<FakeHv>, Vec<Arc<Fram
     let inboxes: Vec<_> = (0..2)
         .map(|_| Arc::new(FrameRing::new(16, 2048).unwrap()))
         .collect();
-    let core = NetCore::new(mem, pairs, inboxes.clone(), true).unwrap();
+    let core = NetCore::new(mem, pairs, inboxes.clone(), OfferedOffloads::Stack).unwrap();
     let hv = Arc::new(FakeHv::default());
     let dev = VirtioNetPci::new(core.clone(), hv.clone(), BAR, 24, 1500).unwrap();
     (dev, core, hv, inboxes)
@@ -281,4 +281,135 @@ fn tx_chain_reaches_a_worker_inbox_and_reset_drops_state() {
     mock.avail().idx().store(2);
     core.process_tx(0);
     assert!(inboxes.iter().all(|i| i.pop().is_none()));
+}
+
+/// `-net tap`'s data path ([`crate::vmm::tap_net`]) with a datagram
+/// socket pair standing in for the TAP (one frame per read and write, as a
+/// TAP): a guest TX chain comes out of the "TAP" whole, header included;
+/// a "TAP" frame lands in the guest's RX buffer with `num_buffers` set;
+/// frames asking for offloads the driver did not accept, and runts, are
+/// dropped and counted, and the queue goes on.
+#[test]
+fn tap_backend_moves_frames_both_ways_and_drops_what_the_driver_did_not_accept() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+
+    use crate::dataplane::tap::Tap;
+    use crate::stack::wire::vnet_hdr::flags;
+    use crate::vmm::tap_net::TapNet;
+
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+    let inboxes = vec![Arc::new(FrameRing::new(16, 2048).unwrap())];
+    let core = NetCore::new(mem, 1, inboxes.clone(), OfferedOffloads::Tap).unwrap();
+    let hv = Arc::new(FakeHv::default());
+    let mut d = VirtioNetPci::new(core.clone(), hv, BAR, 24, 1500).unwrap();
+    let rxq = MockSplitQueue::create(&core.mem, GuestAddress(0x10000), 16);
+    let txq = MockSplitQueue::create(&core.mem, GuestAddress(0x30000), 16);
+    // Bring-up: VERSION_1 and MAC only (no GUEST_CSUM), both queues.
+    let f = bit(feature::VERSION_1) | bit(feature::MAC);
+    w(&mut d, 0x14, 1, 1 | 2);
+    w(&mut d, 0x08, 4, 0);
+    w(&mut d, 0x0c, 4, f & 0xffff_ffff);
+    w(&mut d, 0x08, 4, 1);
+    w(&mut d, 0x0c, 4, f >> 32);
+    w(&mut d, 0x14, 1, 1 | 2 | 8);
+    for (q, m) in [(0u64, &rxq), (1, &txq)] {
+        w(&mut d, 0x16, 2, q);
+        w(&mut d, 0x18, 2, 16);
+        w(&mut d, 0x20, 4, m.desc_table_addr().0);
+        w(&mut d, 0x28, 4, m.avail_addr().0);
+        w(&mut d, 0x30, 4, m.used_addr().0);
+        w(&mut d, 0x1c, 2, 1);
+    }
+    w(&mut d, 0x14, 1, 1 | 2 | 8 | 4);
+
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    theirs
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let tap = Tap::from_fd(std::os::fd::OwnedFd::from(ours), "fake0".into());
+    tap.set_nonblocking(true).unwrap();
+    let net = TapNet::start(core.clone(), vec![tap], &inboxes).unwrap();
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !done() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // Guest → TAP: a 12-byte header and a 60-byte frame in two descriptors.
+    let frame: Vec<u8> = (0..72u8).collect();
+    core.mem.write_slice(&frame, GuestAddress(0x20000)).unwrap();
+    for (i, desc) in [
+        SplitDescriptor::new(0x20000, 12, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(0x2000c, 60, 0, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        txq.desc_table()
+            .store(i as u16, RawDescriptor::from(*desc))
+            .unwrap();
+    }
+    txq.avail().ring().ref_at(0).unwrap().store(0);
+    txq.avail().idx().store(1);
+    core.process_tx(0);
+    let mut got = [0u8; 256];
+    let n = theirs.recv(&mut got).unwrap();
+    assert_eq!(&got[..n], &frame[..]);
+    assert_eq!(txq.used().idx().load(), 1);
+
+    // TAP → guest: into the one RX buffer the driver gave.
+    let give_rx = |slot: u16, addr: u64| {
+        rxq.desc_table()
+            .store(
+                slot,
+                RawDescriptor::from(SplitDescriptor::new(
+                    addr,
+                    2048,
+                    VRING_DESC_F_WRITE as u16,
+                    0,
+                )),
+            )
+            .unwrap();
+        rxq.avail()
+            .ring()
+            .ref_at(usize::from(slot))
+            .unwrap()
+            .store(slot);
+        rxq.avail().idx().store(slot + 1);
+    };
+    give_rx(0, 0x40000);
+    let mut from_tap = vec![0u8; 12];
+    from_tap.extend((0..60u8).map(|b| b ^ 0x5a));
+    theirs.send(&from_tap).unwrap();
+    wait("the RX frame", &|| rxq.used().idx().load() == 1);
+    let mut placed = vec![0u8; 72];
+    core.mem
+        .read_slice(&mut placed, GuestAddress(0x40000))
+        .unwrap();
+    assert_eq!(&placed[12..], &from_tap[12..]);
+    assert_eq!(&placed[10..12], &1u16.to_le_bytes(), "num_buffers");
+    assert_eq!(net.counters.rx_frames.load(Ordering::Relaxed), 1);
+
+    // A partial checksum for a driver without GUEST_CSUM, then a runt:
+    // both dropped, the RX buffer still free.
+    give_rx(1, 0x41000);
+    let mut csum = from_tap.clone();
+    csum[0] = flags::NEEDS_CSUM;
+    theirs.send(&csum).unwrap();
+    theirs.send(&[0u8; 5]).unwrap();
+    wait("two drops", &|| {
+        net.counters.rx_drops.load(Ordering::Relaxed) == 2
+    });
+    assert_eq!(rxq.used().idx().load(), 1);
+    // The next good frame still gets through.
+    theirs.send(&from_tap).unwrap();
+    wait("the next RX frame", &|| rxq.used().idx().load() == 2);
+    let counters = net.counters.clone();
+    net.stop();
+    assert_eq!(counters.tx_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.tx_drops.load(Ordering::Relaxed), 0);
+    assert_eq!(counters.rx_frames.load(Ordering::Relaxed), 2);
 }
