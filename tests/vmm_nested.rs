@@ -329,10 +329,12 @@ fn nested_guest_on_a_host_tap_pings_moves_16_mib_each_way_and_runs_iperf3() {
     // it with two queues (two TAP queues). The inner guest sets
     // 192.168.34.2/24 itself (no DHCP on a TAP) and talks to the outer
     // guest's kernel directly: no uipd stack in the path.
-    let Some(log) = boot_outer(
+    // One outer CPU, as for -net user (see boot_outer_smp).
+    let Some(log) = boot_outer_smp(
         "tap",
         "uipd.net=tap uipd.args=--tap,uipdtap0,--queues,2,--stats \
          uipd.cmdline=console=ttyS0,quiet,panic=-1,inner.net,inner.tap",
+        1,
     ) else {
         return;
     };
