@@ -55,6 +55,7 @@ impl Mode {
             vnet_hdr: self != Mode::Off,
             csum: self != Mode::Off,
             tso: self == Mode::Full,
+            tso6: self == Mode::Full,
         }
     }
 }

@@ -623,6 +623,7 @@ fn offload_stack(tso: bool, csum: bool) -> Stack {
         c.offload = Offload {
             vnet_hdr: true,
             tso,
+            tso6: tso,
             csum,
         };
     })
@@ -1025,6 +1026,7 @@ fn every_frame_to_the_guest_gets_a_vnet_header() {
         c.offload = Offload {
             vnet_hdr: false,
             tso: true,
+            tso6: true,
             csum: true,
         }
     });

@@ -224,6 +224,7 @@ impl Negotiated {
             vnet_hdr: true,
             csum,
             tso: csum && self.has(feature::GUEST_TSO4),
+            tso6: csum && self.has(feature::GUEST_TSO6),
         }
     }
 }
