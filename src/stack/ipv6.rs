@@ -202,6 +202,10 @@ impl Stack {
         };
         let repr = match Icmpv6Repr::parse(&pkt, src, dst, verify) {
             Ok(r) => r,
+            // MLD reports and other group traffic uipd does not take part in.
+            Err(wire::Error::Unsupported) if dst.is_multicast() => {
+                return self.drop(DropReason::NotForUs);
+            }
             Err(e) => return self.drop(wire_reason(e)),
         };
         let ndp = matches!(

@@ -230,13 +230,18 @@ fn router_solicitation_gets_an_advertisement_and_the_first_frame_one_unsolicited
     );
     // MLD report from the guest: not for us, but it announces the guest.
     let mut out = Actions::default();
-    let mld = [143u8, 0, 0, 0, 0, 0, 0, 0];
+    let mut mld = [143u8, 0, 0, 0, 0, 0, 0, 0];
+    let ph =
+        wire::checksum::pseudo_header(guest_ll().into(), a("ff02::16").into(), ip_proto::ICMPV6, 8);
+    let c = wire::checksum::finish(wire::checksum::sum(&mld, ph));
+    mld[2..4].copy_from_slice(&c.to_be_bytes());
     s.ingress(
         &frame(guest_ll(), a("ff02::16"), ip_proto::ICMPV6, 1, &mld),
         Instant::ZERO,
         &mut out,
     );
     assert!(out.frames.is_empty());
+    assert_eq!(s.counters().drops_of(DropReason::NotForUs), 1);
     let t = Instant::ZERO + std::time::Duration::from_millis(1);
     assert_eq!(s.next_deadline(), Some(Instant::ZERO));
     s.poll(t, &mut out);
