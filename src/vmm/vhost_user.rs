@@ -137,7 +137,9 @@ impl Device {
                 feature::CSUM,
                 feature::GUEST_CSUM,
                 feature::HOST_TSO4,
+                feature::HOST_TSO6,
                 feature::GUEST_TSO4,
+                feature::GUEST_TSO6,
             ] {
                 f &= !bit(b);
             }

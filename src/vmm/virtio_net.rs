@@ -160,8 +160,10 @@ pub fn feature_names(features: u64) -> Vec<String> {
 /// this device model serves the control queue itself (the embedded VMM;
 /// for vhost-user the VMM does).
 ///
-/// TSO6 is left out: the stack has no IPv6 path yet, so offering it would
-/// only invite frames that are dropped anyway.
+/// TSO for both IPv4 and IPv6 is offered; a guest that accepts
+/// `GUEST_TSO4` but refuses `GUEST_TSO6` (or the other way round) gets
+/// super-frames only for the family it accepted (see
+/// [`Negotiated::offload`]).
 pub fn offered(queue_pairs: u16, ctrl_vq: bool) -> u64 {
     use feature::*;
     let mut f = [
@@ -173,7 +175,9 @@ pub fn offered(queue_pairs: u16, ctrl_vq: bool) -> u64 {
         CSUM,
         GUEST_CSUM,
         HOST_TSO4,
+        HOST_TSO6,
         GUEST_TSO4,
+        GUEST_TSO6,
         RING_EVENT_IDX,
         RING_INDIRECT_DESC,
     ]
@@ -217,7 +221,7 @@ impl Negotiated {
     /// The stack offloads these features allow toward the guest. The stack
     /// always takes the header from the guest (it honours `NEEDS_CSUM` and
     /// TSO super-frames, which the guest sends only if it accepted `CSUM`
-    /// and `HOST_TSO4`).
+    /// and `HOST_TSO4` / `HOST_TSO6`).
     pub fn offload(self) -> Offload {
         let csum = self.has(feature::GUEST_CSUM);
         Offload {

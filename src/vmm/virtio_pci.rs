@@ -187,7 +187,9 @@ impl NetCore {
                 feature::CSUM,
                 feature::GUEST_CSUM,
                 feature::HOST_TSO4,
+                feature::HOST_TSO6,
                 feature::GUEST_TSO4,
+                feature::GUEST_TSO6,
             ] {
                 f &= !bit(b);
             }
