@@ -144,33 +144,31 @@ fn ipv6_tcp_16mib_with_guest_tso_off() {
     o.pass();
 }
 
-/// UDP echo over IPv6 (1, 1400 and 65000 bytes at the default MTU) to a
-/// server on ::1, and DNS to [fd00:33::1]:53 forwarded to the resolver.
-#[test]
-fn ipv6_udp_echo_and_dns() {
-    if skip_unless_uipd("ipv6_udp_echo_and_dns") {
-        return;
-    }
-    let mut sc = Scenario::new("ipv6_udp_echo_and_dns");
+/// UDP echo over IPv6 of `sizes` bytes to a server on ::1, and DNS to
+/// [fd00:33::1]:53 forwarded to the resolver; `args` for uipd.
+fn udp6_and_dns(name: &str, args: &[&str], mtu: &str, sizes: &[&str]) -> common::Outcome {
+    let mut sc = Scenario::new(name);
+    let list = sizes.join(" ");
     sc.timeout(90)
         .server_at("udpecho", "::1", 5000, &[])
         .server("dns", 5353, &[])
         .args(&["--resolver", "127.0.0.1:5353", "--stats"])
+        .args(args)
         .guest(&format!(
             "{WAIT_SLAAC}\n\
-             timeout 30 \"$PY\" - <<'EOF'\n{UDP6_PY}EOF\n\
+             timeout 30 \"$PY\" - {list} <<'EOF'\n{UDP6_PY}EOF\n\
              timeout 20 busybox nslookup test.uipd. fd00:33::1 >\"$D/ns.out\" 2>&1\n\
              echo \"RESULT nslookup rc=$?\"\n\
              cat \"$D/ns.out\""
         ));
     let o = sc.run();
     o.expect_code(0);
-    check_slaac(&o, "65520");
+    check_slaac(&o, mtu);
     let res = o.results("udp6");
-    for size in ["1", "1400", "65000"] {
+    for size in sizes {
         o.check(
             res.iter().any(|r| {
-                r.get("size").map(String::as_str) == Some(size)
+                r.get("size").map(String::as_str) == Some(*size)
                     && r.get("ok").map(String::as_str) == Some("1")
             }),
             &format!("UDP over IPv6: {size}-byte round trip failed"),
@@ -184,6 +182,40 @@ fn ipv6_udp_echo_and_dns() {
         o.lines("Address:").iter().any(|a| a == "10.1.2.3"),
         "nslookup via fd00:33::1 did not return 10.1.2.3",
     );
+    o
+}
+
+/// UDP echo over IPv6 of 1, 1400 and 65000 bytes at the default MTU, and
+/// DNS through [fd00:33::1].
+#[test]
+fn ipv6_udp_echo_and_dns() {
+    if skip_unless_uipd("ipv6_udp_echo_and_dns") {
+        return;
+    }
+    let o = udp6_and_dns(
+        "ipv6_udp_echo_and_dns",
+        &[],
+        "65520",
+        &["1", "1400", "65000"],
+    );
+    o.pass();
+}
+
+/// The same at MTU 1500: 8000- and 65000-byte datagrams travel in IPv6
+/// fragments both ways (the namespace's are reassembled, ours are cut).
+#[test]
+fn ipv6_udp_echo_mtu_1500_fragmented() {
+    if skip_unless_uipd("ipv6_udp_echo_mtu_1500_fragmented") {
+        return;
+    }
+    let o = udp6_and_dns(
+        "ipv6_udp_echo_mtu_1500_fragmented",
+        &["--mtu", "1500"],
+        "1500",
+        &["1", "1400", "8000", "65000"],
+    );
+    o.check(stat(&o, "reassembled") >= 2, "nothing was reassembled");
+    o.check(stat(&o, "fragmented") >= 2, "nothing was fragmented");
     o.pass();
 }
 
@@ -206,12 +238,12 @@ except OSError as e:
 print("RESULT %s r=%s ms=%d" % (sys.argv[1], r, (time.monotonic() - t) * 1000))
 "#;
 
-/// UDP echo over IPv6 through [fd00:33::1]:5000, three sizes, up to three
-/// tries each; prints `RESULT udp6 size=N ok=0|1`.
-const UDP6_PY: &str = r#"import socket
+/// UDP echo over IPv6 through [fd00:33::1]:5000, the sizes in argv, up to
+/// three tries each; prints `RESULT udp6 size=N ok=0|1`.
+const UDP6_PY: &str = r#"import socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.settimeout(2)
-for size in (1, 1400, 65000):
+for size in map(int, sys.argv[1:]):
     data = bytes((i * 7 + size) % 251 for i in range(size))
     ok = 0
     for _ in range(3):

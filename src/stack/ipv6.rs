@@ -27,10 +27,13 @@
 //! hop limit 255 (RFC 4861 §6.1.1, §7.1.1), or they are dropped as
 //! malformed; uipd sends them with 255.
 //!
-//! Limits: IPv6 fragments from the guest are dropped (`drops_unsupported`;
-//! Linux fragments only datagrams over the link MTU, 65520 by default).
-//! Datagrams to the guest larger than the MTU are fragmented (RFC 8200
-//! §4.5). No DHCPv6: the RA's RDNSS option carries the DNS server.
+//! Fragments from the guest are reassembled with the IPv4 fragments' bounds
+//! ([`frag::Reassembler`], one per stack); datagrams to the guest larger
+//! than the MTU are fragmented (RFC 8200 §4.5).
+//!
+//! Limits: no DHCPv6: the RA's RDNSS option carries the DNS server. A
+//! fragmentable part that starts with an extension header (rather than the
+//! upper layer) is not reassembled (it expires, `drops_frag_timeout`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
@@ -120,10 +123,41 @@ impl Stack {
             // The guest is here and speaks IPv6: advertise at once (`poll`).
             self.next_ra = Some(now);
         }
-        if ul.frag.is_some() {
-            return self.drop(DropReason::Unsupported);
-        }
         let l4 = &pkt.payload()[ul.offset..];
+        if let Some(f) = ul.frag {
+            // Linux completes checksums before it fragments: a fragment
+            // has no offload of its own to describe.
+            if hdr.gso_kind() != gso::NONE || hdr.needs_csum() {
+                return self.drop(DropReason::BadVnetHdr);
+            }
+            if dst.is_multicast() || src.is_unspecified() {
+                return self.drop(DropReason::BadAddress);
+            }
+            let key = frag::FragKey {
+                src: src.into(),
+                dst: dst.into(),
+                proto: ul.proto,
+                ident: f.ident,
+            };
+            match self.reasm.push(key, f.offset, f.more, l4, now) {
+                Ok(Some(whole)) => {
+                    self.counters.reassembled += 1;
+                    if let Some(owner) = self.foreign_owner6(src, dst, ul.proto, &whole) {
+                        return self.forward_datagram6(owner, src, dst, ul.proto, &whole, out);
+                    }
+                    // Each fragment's header spoke for that fragment only:
+                    // verify the whole datagram.
+                    let verify = self.cfg.verify_checksums;
+                    let hop = pkt.hop_limit();
+                    self.l4_6(src, dst, ul.proto, hop, &whole, verify, now, out);
+                }
+                Ok(None) => {}
+                Err(frag::FragDrop::Invalid) => self.drop(DropReason::FragInvalid),
+                Err(frag::FragDrop::Overlap) => self.drop(DropReason::FragOverlap),
+                Err(frag::FragDrop::Limit) => self.drop(DropReason::FragLimit),
+            }
+            return;
+        }
         // The virtio-net header must describe this packet: a TCPV6
         // super-frame is TCP over IPv6 with a partial checksum (virtio 1.2
         // §5.1.6.2: GSO needs NEEDS_CSUM), and a partial checksum sits
@@ -146,23 +180,109 @@ impl Stack {
             return self.drop(DropReason::BadVnetHdr);
         }
         let verify = self.cfg.verify_checksums && !(hdr.needs_csum() || hdr.data_valid());
+        self.l4_6(src, dst, ul.proto, pkt.hop_limit(), l4, verify, now, out);
+    }
+
+    /// The upper layer of an IPv6 packet (or reassembled datagram) from
+    /// the guest: `proto` with message `l4`, `verify` its checksum.
+    #[allow(clippy::too_many_arguments)]
+    fn l4_6(
+        &mut self,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        proto: u8,
+        hop_limit: u8,
+        l4: &[u8],
+        verify: bool,
+        now: Instant,
+        out: &mut Actions,
+    ) {
         if dst.is_multicast() {
             // Only neighbour discovery is for us; MLD reports and the like
             // are not.
-            if ul.proto == ip_proto::ICMPV6 {
-                return self.icmp6(src, dst, pkt.hop_limit(), l4, verify, now, out);
+            if proto == ip_proto::ICMPV6 {
+                return self.icmp6(src, dst, hop_limit, l4, verify, now, out);
             }
             return self.drop(DropReason::NotForUs);
         }
-        if src.is_unspecified() && ul.proto != ip_proto::ICMPV6 {
+        if src.is_unspecified() && proto != ip_proto::ICMPV6 {
             return self.drop(DropReason::BadAddress);
         }
         let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
-        match ul.proto {
+        match proto {
             ip_proto::TCP => self.tcp(s, d, l4, verify, now, out),
             ip_proto::UDP => self.udp(s, d, l4, verify, now, out),
-            _ => self.icmp6(src, dst, pkt.hop_limit(), l4, verify, now, out),
+            ip_proto::ICMPV6 => self.icmp6(src, dst, hop_limit, l4, verify, now, out),
+            // What followed a fragment header was not an upper layer.
+            _ => self.drop(DropReason::Unsupported),
         }
+    }
+
+    /// The worker that owns the flow of a reassembled datagram, if not this one.
+    fn foreign_owner6(&self, src: Ipv6Addr, dst: Ipv6Addr, proto: u8, l4: &[u8]) -> Option<usize> {
+        if self.cfg.workers <= 1 {
+            return None;
+        }
+        let head = &l4[..l4.len().min(8)];
+        let mut frame = vec![0u8; L4_START6 + head.len()];
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: head.len(),
+            hop_limit: 64,
+        };
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        ip.emit(&mut Ipv6Packet::new_unchecked(&mut frame[14..]));
+        frame[L4_START6..].copy_from_slice(head);
+        match super::steer::frame_owner(&frame, self.cfg.workers) {
+            super::steer::Steer::Worker(w) if w != self.cfg.worker => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Hand a reassembled datagram to the worker that owns its flow, as one
+    /// unfragmented frame in the form `ingress` takes (a zero virtio-net
+    /// header first when the link has one: verify everything).
+    fn forward_datagram6(
+        &mut self,
+        owner: usize,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        proto: u8,
+        l4: &[u8],
+        out: &mut Actions,
+    ) {
+        // The inboxes hold up to 65535 bytes of IP packet.
+        if ip6::HEADER_LEN + l4.len() > usize::from(u16::MAX) {
+            return self.drop(DropReason::FragLimit);
+        }
+        let hr = if self.cfg.offload.vnet_hdr {
+            wire::vnet_hdr::HEADER_LEN
+        } else {
+            0
+        };
+        let mut buf = vec![0u8; hr + L4_START6 + l4.len()];
+        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
+        EthernetRepr {
+            src_addr: self
+                .guest_mac
+                .unwrap_or(EthernetAddress([2, 0, 0, 0, 0, 1])),
+            dst_addr: self.cfg.gateway_mac,
+            ethertype: EtherType::Ipv6,
+        }
+        .emit(&mut f);
+        let mut p = Ipv6Packet::new_unchecked(f.payload_mut());
+        Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: proto,
+            payload_len: l4.len(),
+            hop_limit: 64,
+        }
+        .emit(&mut p);
+        p.payload_mut().copy_from_slice(l4);
+        out.forward.push((owner, buf));
     }
 
     /// A destination no IPv6 flow may go to: unspecified, multicast,

@@ -754,10 +754,10 @@ impl Stack {
         }
         if pkt.is_fragment() {
             let key = frag::FragKey {
-                src,
-                dst,
+                src: src.into(),
+                dst: dst.into(),
                 proto: repr.next_header,
-                ident: pkt.ident(),
+                ident: pkt.ident().into(),
             };
             match self
                 .reasm

@@ -430,10 +430,10 @@ fn big_host_datagram_is_fragmented_to_the_mtu_and_reassembles() {
         assert!(f.len() <= 1514, "frame within MTU");
         let (_, p) = ip_of(f);
         let key = frag::FragKey {
-            src: p.src_addr(),
-            dst: p.dst_addr(),
+            src: p.src_addr().into(),
+            dst: p.dst_addr().into(),
             proto: p.next_header(),
-            ident: p.ident(),
+            ident: p.ident().into(),
         };
         if let Some(w) = r
             .push(

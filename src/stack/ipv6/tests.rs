@@ -880,3 +880,69 @@ fn tso6_super_frames_from_the_guest_are_consumed_and_hostile_headers_dropped() {
     assert_eq!(s.counters().drops_of(DropReason::BadVnetHdr), 8);
     let _ = IpAddr::V6(gw());
 }
+
+#[test]
+fn fragments_from_the_guest_are_reassembled() {
+    let mut s = stack_with(|c| c.mtu = 1500);
+    let far = a("2001:db8::1");
+    let data: Vec<u8> = (0..4000u32)
+        .map(|i| u8::try_from(i % 241).unwrap())
+        .collect();
+    let l4 = udp(g(5000), SocketAddr::from((far, 7)), &data);
+    // Three fragments, the last first: 1448 + 1448 + 1112 bytes.
+    let piece = |off: usize, len: usize, more: bool| {
+        let mut body = vec![0u8; 8 + len];
+        wire::ipv6::emit_frag_header(
+            &mut body,
+            ip_proto::UDP,
+            u16::try_from(off).unwrap(),
+            more,
+            0x5eed,
+        );
+        body[8..].copy_from_slice(&l4[off..off + len]);
+        frame(guest(), far, wire::ipv6::ext::FRAGMENT, 64, &body)
+    };
+    let mut out = Actions::default();
+    s.ingress(
+        &piece(2896, l4.len() - 2896, false),
+        Instant::ZERO,
+        &mut out,
+    );
+    s.ingress(&piece(0, 1448, true), Instant::ZERO, &mut out);
+    assert!(out.ops.is_empty(), "not whole yet");
+    s.ingress(&piece(1448, 1448, true), Instant::ZERO, &mut out);
+    let [SockOp::Open { flow, dst, .. }] = out.ops[..] else {
+        panic!("{:?}", out.ops)
+    };
+    assert_eq!(dst, SocketAddr::from((far, 7)));
+    assert_eq!(s.counters().reassembled, 1);
+    let mut out = Actions::default();
+    s.host_event(
+        HostEvent::Connected {
+            flow,
+            result: Ok(()),
+        },
+        Instant::ZERO,
+        &mut out,
+    );
+    let SockOp::Send { data: sent, .. } = &out.ops[0] else {
+        panic!("{:?}", out.ops)
+    };
+    assert_eq!(sent, &data);
+    // A fragment that claims a GSO header is refused; an overlapping one counted.
+    let mut v = vec![0u8; 12];
+    v[1] = gso::TCPV6;
+    v[4] = 1;
+    v.extend_from_slice(&piece(0, 1448, true));
+    let mut s = offload_stack(true);
+    s.ingress(&v, Instant::ZERO, &mut Actions::default());
+    assert_eq!(s.counters().drops_of(DropReason::BadVnetHdr), 1);
+    let mut s = stack_with(|c| c.mtu = 1500);
+    s.ingress(&piece(0, 1448, true), Instant::ZERO, &mut out);
+    // Overlapping bytes that disagree (RFC 5722: discard the datagram).
+    let mut evil = piece(8, 1448, true);
+    let last = evil.len() - 1;
+    evil[last - 1000] ^= 0xff;
+    s.ingress(&evil, Instant::ZERO, &mut out);
+    assert_eq!(s.counters().drops_of(DropReason::FragOverlap), 1);
+}
