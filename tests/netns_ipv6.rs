@@ -299,3 +299,42 @@ fn ipv6_deny_allow_and_no_host_loopback() {
         o.pass();
     }
 }
+
+/// Print-only measurement (DESIGN.md: benchmarks, not timed tests): iperf3
+/// single stream, 3 s, IPv4 through 192.168.33.1 and IPv6 through
+/// [fd00:33::1], both directions, interleaved in one run, at the default
+/// MTU and at 1500 (TSO/TSO6). Run with
+/// `cargo test --test netns_ipv6 -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: ~1 min; run with --ignored --nocapture"]
+fn ipv6_vs_ipv4_iperf3() {
+    let script = "for round in 1 2; do for fam in 4 6; do for dir in up down; do\n\
+         if [ $fam = 4 ]; then host=$GW; else host=fd00:33::1; fi\n\
+         r=''; [ $dir = down ] && r=-R\n\
+         for try in 1 2 3; do\n\
+           timeout 20 iperf3 -c $host -p 5201 -t 3 $r -J >\"$D/r.json\"\n\
+           grep -q 'server is busy' \"$D/r.json\" || break; sleep 1\n\
+         done\n\
+         echo \"RESULT iperf fam=$fam dir=$dir bps=$(\"$PY\" -c 'import json,sys; print(int(json.load(open(sys.argv[1]))[\"end\"][\"sum_received\"][\"bits_per_second\"]))' \"$D/r.json\")\"\n\
+       done; done; done";
+    for (name, args) in [
+        ("iperf_mtu65520", &[][..]),
+        ("iperf_mtu1500", &["--mtu", "1500"][..]),
+    ] {
+        let mut sc = Scenario::new(name);
+        sc.timeout(120)
+            .raw_server("iperf3", 5201, "iperf3 -s -p 5201")
+            .args(args)
+            .guest(&format!("{WAIT_SLAAC}\n{script}"));
+        let o = sc.run();
+        o.expect_code(0);
+        for r in o.results("iperf") {
+            let mbit = r["bps"].parse::<f64>().unwrap_or(0.0) / 1e6;
+            eprintln!(
+                "{name}: IPv{} {:>4}: {mbit:>8.0} Mbit/s",
+                r["fam"], r["dir"]
+            );
+        }
+        o.pass();
+    }
+}

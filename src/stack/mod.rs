@@ -23,6 +23,11 @@
 //! answered as a filtering router would (TCP: RST; UDP and ICMP echo: ICMP
 //! unreachable, "administratively prohibited") and counted.
 //!
+//! IPv6 works the same way (see the `ipv6` module): the gateway is also
+//! fd00:33::1 and fe80::1 on a /64 it advertises for SLAAC, it answers
+//! neighbour and router solicitations, and IPv6 flows go to `AF_INET6` host
+//! sockets, the gateway mapping to ::1.
+//!
 //! Malformed input is dropped and counted by [`DropReason`]; nothing a guest
 //! sends can panic the stack or make it hold unbounded memory: flows are
 //! capped (`max_flows`), per-flow queues are capped (see [`tcp::conn`]),

@@ -946,3 +946,40 @@ fn fragments_from_the_guest_are_reassembled() {
     s.ingress(&evil, Instant::ZERO, &mut out);
     assert_eq!(s.counters().drops_of(DropReason::FragOverlap), 1);
 }
+
+#[test]
+fn the_flow_cap_applies_to_ipv6() {
+    let mut s = stack_with(|c| c.max_flows = 1);
+    let far = a("2001:db8::1");
+    let mut out = Actions::default();
+    for port in [5000, 5001] {
+        let l4 = udp(g(port), SocketAddr::from((far, 7)), b"x");
+        s.ingress(
+            &frame(guest(), far, ip_proto::UDP, 64, &l4),
+            Instant::ZERO,
+            &mut out,
+        );
+    }
+    assert_eq!(out.ops.len(), 1, "one flow opened");
+    assert_eq!(s.counters().drops_of(DropReason::FlowLimit), 1);
+    let (_, p) = ip_of(out.frames.last().unwrap());
+    assert!(matches!(
+        icmp_of(&p),
+        Icmpv6Repr::DstUnreachable {
+            code: icmpv6::unreachable::ADMIN_PROHIBITED,
+            ..
+        }
+    ));
+    // TCP beyond the cap: RST.
+    let l4 = tcp(g(40000), SocketAddr::from((far, 80)), syn());
+    let mut out = Actions::default();
+    s.ingress(
+        &frame(guest(), far, ip_proto::TCP, 64, &l4),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.ops.is_empty());
+    let (_, p) = ip_of(&out.frames[0]);
+    assert!(TcpPacket::new_checked(p.payload()).unwrap().flags().rst);
+    assert_eq!(s.counters().drops_of(DropReason::FlowLimit), 2);
+}
