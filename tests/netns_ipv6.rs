@@ -144,8 +144,9 @@ fn ipv6_tcp_16mib_with_guest_tso_off() {
     o.pass();
 }
 
-/// UDP echo over IPv6 of `sizes` bytes to a server on ::1, and DNS to
-/// [fd00:33::1]:53 forwarded to the resolver; `args` for uipd.
+/// UDP echo over IPv6 of `sizes` bytes to a server on ::1, DNS to
+/// [fd00:33::1]:53 forwarded to the resolver, and stateless DHCPv6 naming
+/// that DNS server; `args` for uipd.
 fn udp6_and_dns(name: &str, args: &[&str], mtu: &str, sizes: &[&str]) -> common::Outcome {
     let mut sc = Scenario::new(name);
     let list = sizes.join(" ");
@@ -159,11 +160,16 @@ fn udp6_and_dns(name: &str, args: &[&str], mtu: &str, sizes: &[&str]) -> common:
              timeout 30 \"$PY\" - {list} <<'EOF'\n{UDP6_PY}EOF\n\
              timeout 20 busybox nslookup test.uipd. fd00:33::1 >\"$D/ns.out\" 2>&1\n\
              echo \"RESULT nslookup rc=$?\"\n\
-             cat \"$D/ns.out\""
+             cat \"$D/ns.out\"\n\
+             timeout 20 \"$PY\" - $IFNAME <<'EOF'\n{DHCPV6_PY}EOF"
         ));
     let o = sc.run();
     o.expect_code(0);
     check_slaac(&o, mtu);
+    o.check(
+        o.value("dhcpv6", "dns") == "fd00:33::1",
+        "stateless DHCPv6 did not name fd00:33::1",
+    );
     let res = o.results("udp6");
     for size in sizes {
         o.check(
@@ -236,6 +242,35 @@ try:
 except OSError as e:
     r = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "timeout"
 print("RESULT %s r=%s ms=%d" % (sys.argv[1], r, (time.monotonic() - t) * 1000))
+"#;
+
+/// A stateless DHCPv6 client on interface argv[1]: an Information-request
+/// to ff02::1:2 asking for DNS servers; prints `RESULT dhcpv6 dns=A[,B]`.
+const DHCPV6_PY: &str = r#"import socket, struct, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 546))
+s.settimeout(2)
+ifindex = socket.if_nametoindex(sys.argv[1])
+req = bytes([11, 0xab, 0xcd, 0xef]) + struct.pack("!HHH", 6, 2, 23)
+dns = "none"
+for _ in range(3):
+    s.sendto(req, ("ff02::1:2", 547, 0, ifindex))
+    try:
+        data, peer = s.recvfrom(2000)
+    except socket.timeout:
+        continue
+    if data[:4] != bytes([7, 0xab, 0xcd, 0xef]):
+        continue
+    o = data[4:]
+    while len(o) >= 4:
+        code, ln = struct.unpack("!HH", o[:4])
+        body, o = o[4:4 + ln], o[4 + ln:]
+        if code == 23:
+            dns = ",".join(socket.inet_ntop(socket.AF_INET6, body[i:i + 16])
+                           for i in range(0, len(body), 16))
+    break
+print("RESULT dhcpv6 dns=%s" % dns, flush=True)
 "#;
 
 /// UDP echo over IPv6 through [fd00:33::1]:5000, the sizes in argv, up to

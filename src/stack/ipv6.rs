@@ -14,7 +14,8 @@
 //!
 //! ```text
 //!  guest ─ NS fe80::1 / fd00:33::1 ──► NA (R, S, O; gateway MAC)
-//!        ─ RS ───────────────────────► RA: prefix fd00:33::/64 (L, A), MTU, RDNSS fd00:33::1
+//!        ─ RS ───────────────────────► RA: prefix fd00:33::/64 (L, A), O, MTU, RDNSS fd00:33::1
+//!        ─ DHCPv6 Information-request ► Reply: DNS fd00:33::1
 //!        ─ echo to the gateway ──────► echo reply
 //!        ─ TCP/UDP/echo elsewhere ───► flows, as for IPv4 (mod.rs): the
 //!                                      gateway maps to the host's ::1,
@@ -31,8 +32,11 @@
 //! ([`frag::Reassembler`], one per stack); datagrams to the guest larger
 //! than the MTU are fragmented (RFC 8200 §4.5).
 //!
-//! Limits: no DHCPv6: the RA's RDNSS option carries the DNS server. A
-//! fragmentable part that starts with an extension header (rather than the
+//! DNS: the RA's RDNSS option, and stateless DHCPv6 (the RA's O flag; an
+//! Information-request to ff02::1:2 gets `fd00:33::1` as DNS server, see
+//! [`dhcpv6`]). No stateful DHCPv6: addresses come by SLAAC only.
+//!
+//! Limits: a fragmentable part that starts with an extension header (rather than the
 //! upper layer) is not reassembled (it expires, `drops_frag_timeout`).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -47,7 +51,7 @@ use super::wire::{
 };
 use super::{
     Actions, DropReason, FlowKey, Instant, L2, Proto, Stack, TCP_CSUM_OFFSET, TxCsum,
-    UDP_CSUM_OFFSET, frag, partial_csum_hdr_at, wire, wire_reason,
+    UDP_CSUM_OFFSET, dhcpv6, frag, partial_csum_hdr_at, wire, wire_reason,
 };
 
 /// Offset of the L4 header in an IPv6 frame to the guest (no extension headers).
@@ -198,8 +202,11 @@ impl Stack {
         out: &mut Actions,
     ) {
         if dst.is_multicast() {
-            // Only neighbour discovery is for us; MLD reports and the like
-            // are not.
+            // Only neighbour discovery and DHCPv6 are for us; MLD reports
+            // and the like are not.
+            if proto == ip_proto::UDP && dst == dhcpv6::ALL_SERVERS {
+                return self.dhcpv6(src, l4, verify, out);
+            }
             if proto == ip_proto::ICMPV6 {
                 return self.icmp6(src, dst, hop_limit, l4, verify, now, out);
             }
@@ -405,12 +412,45 @@ impl Stack {
         }
     }
 
+    /// A DHCPv6 message to all servers: an Information-request gets the
+    /// DNS server ([`dhcpv6`]), from `[fe80::1]:547` to the client.
+    fn dhcpv6(&mut self, src: Ipv6Addr, l4: &[u8], verify: bool, out: &mut Actions) {
+        let pkt = match UdpPacket::new_checked(l4) {
+            Ok(p) => p,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        let dst = IpAddr::V6(dhcpv6::ALL_SERVERS);
+        let repr = match UdpRepr::parse(&pkt, IpAddr::V6(src), dst, verify) {
+            Ok(r) => r,
+            Err(e) => return self.drop(wire_reason(e)),
+        };
+        if repr.dst_port != dhcpv6::SERVER_PORT {
+            return self.drop(DropReason::NotForUs);
+        }
+        if src.is_unspecified() {
+            return self.drop(DropReason::BadAddress);
+        }
+        let dns = [self.cfg.gateway6];
+        match dhcpv6::handle(pkt.payload(), self.cfg.gateway_mac.0, &dns) {
+            Ok(reply) => {
+                let l2 = self.l2();
+                let from = SocketAddrV6::new(self.cfg.gateway6_ll, dhcpv6::SERVER_PORT, 0, 0);
+                let to = SocketAddrV6::new(src, repr.src_port, 0, 0);
+                self.udp_to_guest6(l2, from, to, &reply, out);
+            }
+            Err(dhcpv6::Ignored::NoReply) => {}
+            Err(dhcpv6::Ignored::Malformed) => self.drop(DropReason::Dhcp),
+        }
+    }
+
     /// Send a router advertisement to `to` (the guest's address, or all nodes).
     fn send_ra(&mut self, to: Ipv6Addr, out: &mut Actions) {
         let ra = Icmpv6Repr::RouterAdvert(RouterAdvert {
             hop_limit: 64,
             managed: false,
-            other: false,
+            // Stateless DHCPv6 has the DNS server too (for guests that
+            // ignore RDNSS).
+            other: true,
             router_lifetime: ROUTER_LIFETIME,
             reachable_time: 0,
             retrans_time: 0,

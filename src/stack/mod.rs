@@ -39,6 +39,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod dns;
 pub mod flow;
 pub mod frag;

@@ -213,6 +213,17 @@ fn expect_ra(msg: Icmpv6Repr<'_>, mtu: u32) {
         panic!("not a full RA: {msg:?}");
     };
     assert!(router_lifetime > 0, "a default router");
+    assert!(
+        matches!(
+            msg,
+            Icmpv6Repr::RouterAdvert(RouterAdvert {
+                other: true,
+                managed: false,
+                ..
+            })
+        ),
+        "O: stateless DHCPv6"
+    );
     assert_eq!(lladdr, Some(gw_mac().0));
     assert_eq!(got_mtu, mtu);
     assert_eq!((p.prefix, p.prefix_len), (a("fd00:33::"), 64));
@@ -982,4 +993,46 @@ fn the_flow_cap_applies_to_ipv6() {
     let (_, p) = ip_of(&out.frames[0]);
     assert!(TcpPacket::new_checked(p.payload()).unwrap().flags().rst);
     assert_eq!(s.counters().drops_of(DropReason::FlowLimit), 2);
+}
+
+#[test]
+fn dhcpv6_information_request_gets_the_dns_server() {
+    let mut s = stack_with(|_| {});
+    let mut req = vec![11u8, 1, 2, 3];
+    req.extend_from_slice(&[0, 1, 0, 10, 0, 3, 0, 1]);
+    req.extend_from_slice(&GUEST_MAC.0);
+    let l4 = udp(
+        SocketAddr::from((guest_ll(), 546)),
+        SocketAddr::from((dhcpv6::ALL_SERVERS, 547)),
+        &req,
+    );
+    let mut out = Actions::default();
+    s.ingress(
+        &frame(guest_ll(), dhcpv6::ALL_SERVERS, ip_proto::UDP, 1, &l4),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.ops.is_empty());
+    assert_eq!(out.frames.len(), 1);
+    let (e, p) = ip_of(&out.frames[0]);
+    assert_eq!(e.dst_addr, GUEST_MAC);
+    assert_eq!((p.src_addr(), p.dst_addr()), (gw_ll(), guest_ll()));
+    let u = UdpPacket::new_checked(p.payload()).unwrap();
+    assert!(u.verify_checksum(gw_ll().into(), guest_ll().into()));
+    assert_eq!((u.src_port(), u.dst_port()), (547, 546));
+    let r = u.payload();
+    assert_eq!(&r[..4], &[7, 1, 2, 3]);
+    assert!(r.ends_with(&gw().octets()), "DNS server option last");
+    // Malformed: counted.
+    let l4 = udp(
+        SocketAddr::from((guest_ll(), 546)),
+        SocketAddr::from((dhcpv6::ALL_SERVERS, 547)),
+        &[11, 1],
+    );
+    s.ingress(
+        &frame(guest_ll(), dhcpv6::ALL_SERVERS, ip_proto::UDP, 1, &l4),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert_eq!(s.counters().drops_of(DropReason::Dhcp), 1);
 }
