@@ -4,14 +4,15 @@
 #   scripts/setup.sh            install missing packages and Rust components
 #
 # Packages: the end-to-end tests drive uipd with busybox applets, python3,
-# iperf3 and iproute2 inside network namespaces (util-linux: unshare, nsenter);
+# iperf3 and iproute2 inside network namespaces (util-linux: unshare, nsenter;
+# ethtool: the IPv6 test that turns the namespace's TSO off);
 # slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis.
 # No cargo build here: `cargo test` builds what it tests (scripts/test.sh).
 set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
-	procps coreutils ca-certificates
+	procps coreutils ca-certificates ethtool
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -8,6 +8,7 @@
 //!   └─ guest thread ─ unshare(CLONE_NEWNET): "inner" netns
 //!        eth0 = TAP (vnet hdr), 192.168.33.15/24, MTU 1500
 //!        TcpStream → 192.168.33.1:P  (the stack maps the gateway to 127.0.0.1)
+//!        IPv6 runs: fd00:33::15/64 (no DAD), TcpStream → [fd00:33::1]:P (→ [::1]:P)
 //! ```
 //!
 //! Namespaces are per thread here: `unshare(CLONE_NEWNET)` moves only the
@@ -55,6 +56,7 @@ impl Mode {
             vnet_hdr: self != Mode::Off,
             csum: self != Mode::Off,
             tso: self == Mode::Full,
+            tso6: self == Mode::Full,
         }
     }
 }
@@ -247,6 +249,7 @@ fn port_reader(
 /// The guest side, in its own namespace: a TAP, an address, one connection.
 fn guest(
     mode: Mode,
+    v6: bool,
     job: Job,
     port: u16,
     tap_tx: mpsc::Sender<Tap>,
@@ -257,11 +260,26 @@ fn guest(
     ip(&["link", "set", "lo", "up"]);
     ip(&["link", "set", "eth0", "mtu", "1500", "up"]);
     ip(&["addr", "add", "192.168.33.15/24", "dev", "eth0"]);
+    if v6 {
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:33::15/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+    }
     tap_tx.send(tap).unwrap();
     ready.recv_timeout(STEP).expect("the stack starts");
     let before = tcp_errors();
     let pat = pattern();
-    let gw = SocketAddr::from(([192, 168, 33, 1], port));
+    let gw = if v6 {
+        SocketAddr::from(([0xfd00, 0x33, 0, 0, 0, 0, 0, 1], port))
+    } else {
+        SocketAddr::from(([192, 168, 33, 1], port))
+    };
     let mut s = TcpStream::connect_timeout(&gw, STEP).expect("connect through uipd");
     s.set_read_timeout(Some(STEP)).unwrap();
     s.set_write_timeout(Some(STEP)).unwrap();
@@ -271,20 +289,25 @@ fn guest(
 }
 
 fn run(mode: Mode, job: Job) -> Outcome {
-    std::thread::spawn(move || run_in_outer_netns(mode, job))
+    run_family(mode, false, job)
+}
+
+/// [`run`] over IPv6 when `v6`.
+fn run_family(mode: Mode, v6: bool, job: Job) -> Outcome {
+    std::thread::spawn(move || run_in_outer_netns(mode, v6, job))
         .join()
         .expect("test thread")
 }
 
-fn run_in_outer_netns(mode: Mode, job: Job) -> Outcome {
+fn run_in_outer_netns(mode: Mode, v6: bool, job: Job) -> Outcome {
     unshare_net();
     ip(&["link", "set", "lo", "up"]);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" }).unwrap();
     let port = listener.local_addr().unwrap().port();
 
     let (tap_tx, tap_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let guest = std::thread::spawn(move || guest(mode, job, port, tap_tx, ready_rx));
+    let guest = std::thread::spawn(move || guest(mode, v6, job, port, tap_tx, ready_rx));
     let tap = tap_rx.recv_timeout(STEP).expect("the guest's TAP");
 
     let vnet = mode != Mode::Off;
@@ -423,6 +446,26 @@ fn tso_and_gso_32mib_each_way_byte_exact() {
     assert!(
         o.stack.tx_gso_frames > 0,
         "we sent TSO super-frames and the transfer still worked"
+    );
+}
+
+#[test]
+fn tso6_32mib_each_way_byte_exact() {
+    if !can_run() {
+        return;
+    }
+    let total = 32 * MIB;
+    let o = run_family(Mode::Full, true, Job::Exact(total));
+    check_exact(Mode::Full, &o, total);
+    assert_eq!(o.stack.tcp_opened, 1);
+    assert!(
+        o.rx_gso_seen > 0 && o.stack.rx_gso_frames > 0,
+        "the namespace sent TSO6 super-frames"
+    );
+    assert!(o.rx_max_len > 12 + 1514, "frames over the MTU came in");
+    assert!(
+        o.stack.tx_gso_frames > 0,
+        "we sent TSO6 super-frames and the transfer still worked"
     );
 }
 

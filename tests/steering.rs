@@ -132,3 +132,141 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
     );
     drop(port);
 }
+
+/// A TCP ACK over IPv6 from [fd00:33::15]:`sport` to [fd00:33::1]:80 that
+/// matches no flow (the owner answers it with RST: no host socket), with
+/// `seq` in its sequence number.
+fn tcp6_ack(sport: u16, seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 40 + 20];
+    f[0..6].copy_from_slice(&Config::default().gateway_mac.0);
+    f[6..12].copy_from_slice(&[0x52, 0x54, 0, 1, 2, 3]);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    f[14] = 0x60;
+    f[14 + 4..14 + 6].copy_from_slice(&20u16.to_be_bytes());
+    f[14 + 6] = 6;
+    f[14 + 7] = 64;
+    let g: std::net::Ipv6Addr = "fd00:33::15".parse().unwrap();
+    let r: std::net::Ipv6Addr = "fd00:33::1".parse().unwrap();
+    f[22..38].copy_from_slice(&g.octets());
+    f[38..54].copy_from_slice(&r.octets());
+    let t = &mut f[54..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&80u16.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x10; // ACK
+    t[14..16].copy_from_slice(&1000u16.to_be_bytes());
+    // Checksum over the pseudo-header (RFC 8200 §8.1).
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&g.octets());
+    add(&r.octets());
+    add(&[0, 0, 0, 20, 0, 0, 0, 6]);
+    add(&f[54..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let c = !u16::try_from(sum).unwrap();
+    f[54 + 16..54 + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// With hash steering over two workers, every IPv6 frame of a flow reaches
+/// the worker that owns its 5-tuple: worker 0 forwards worker 1's frames
+/// (all of them, in order) and processes only its own.
+#[test]
+fn ipv6_flows_are_steered_to_their_owner() {
+    let owned = |w: usize| -> Vec<u16> {
+        (40000..50000)
+            .filter(|&p| steer::frame_owner(&tcp6_ack(p, 0), 2) == Steer::Worker(w))
+            .take(8)
+            .collect()
+    };
+    let (mine, theirs_ports) = (owned(0), owned(1));
+    assert_eq!((mine.len(), theirs_ports.len()), (8, 8));
+    let (ours, theirs) = seqpacket_pair();
+    let port = Tap::from_fd(ours, "sp0".into());
+    let reader = port.try_clone().unwrap();
+    reader.set_nonblocking(true).unwrap();
+    let guest = Tap::from_fd(theirs, "sp1".into());
+    let inbox0 = Arc::new(FrameRing::new(64, 2048).unwrap());
+    let inbox1 = Arc::new(FrameRing::new(256, 2048).unwrap());
+    let shared = Arc::new(Shared::default());
+    let worker = Worker {
+        index: 0,
+        stack: Stack::new(Config {
+            worker: 0,
+            workers: 2,
+            ..Config::default()
+        }),
+        inboxes: vec![inbox0.clone(), inbox1.clone()],
+        port_out: PortOut::Tap(port.as_raw_fd()),
+        port_reader: Some(reader),
+        shared: shared.clone(),
+        cpu: None,
+        poll_us: 0,
+        hash_steer: true,
+    };
+    let handle = std::thread::spawn(move || worker.run());
+    const N: u32 = 64;
+    for i in 0..N {
+        let idx = (i as usize / 2) % 8;
+        let p = if i % 2 == 0 {
+            mine[idx]
+        } else {
+            theirs_ports[idx]
+        };
+        let f = tcp6_ack(p, i);
+        assert_eq!(guest.write_frame(&f).unwrap(), f.len());
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < N as usize / 2 && Instant::now() < deadline {
+        match inbox1.pop() {
+            Some(f) => {
+                let b = f.bytes();
+                let sport = u16::from_be_bytes([b[54], b[55]]);
+                assert!(
+                    theirs_ports.contains(&sport),
+                    "port {sport} is not worker 1's"
+                );
+                got.push(u32::from_be_bytes([b[58], b[59], b[60], b[61]]));
+                inbox1.put_buf(f.buf);
+            }
+            None => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+    let want: Vec<u32> = (0..N).filter(|i| i % 2 == 1).collect();
+    assert_eq!(got, want, "worker 1's frames, all, in order");
+    // Worker 0 answered each of its own with an RST (no such flow).
+    let mut rsts = 0;
+    let mut buf = vec![0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    guest.set_nonblocking(true).unwrap();
+    while rsts < N / 2 && Instant::now() < deadline {
+        match guest.read_frame(&mut buf) {
+            Ok(n) if n >= 14 + 40 + 20 && buf[12..14] == [0x86, 0xdd] && buf[14 + 6] == 6 => {
+                assert_eq!(buf[14 + 40 + 13] & 0x04, 0x04, "an RST");
+                let dport = u16::from_be_bytes([buf[56], buf[57]]);
+                assert!(
+                    mine.contains(&dport),
+                    "RST for port {dport}, not worker 0's"
+                );
+                rsts += 1;
+            }
+            Ok(_) => {} // an RA
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    assert_eq!(rsts, N / 2, "worker 0 answered its own frames");
+    shared.stop.store(true, Ordering::SeqCst);
+    inbox0.kick();
+    let stats = handle.join().unwrap().unwrap();
+    assert_eq!(stats.worker.forwarded, u64::from(N / 2));
+    assert_eq!(stats.stack.rx_frames, u64::from(N / 2));
+    drop(port);
+}

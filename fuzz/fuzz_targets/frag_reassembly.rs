@@ -52,10 +52,10 @@ fuzz_target!(|data: &[u8]| {
             .map(|at| pattern(ident, at) ^ u8::from(corrupt))
             .collect();
         let key = FragKey {
-            src: Ipv4Addr::new(10, 0, 0, 2),
-            dst: Ipv4Addr::new(10, 0, 0, 1),
+            src: Ipv4Addr::new(10, 0, 0, 2).into(),
+            dst: Ipv4Addr::new(10, 0, 0, 1).into(),
             proto: 17,
-            ident,
+            ident: ident.into(),
         };
         if let Ok(Some(whole)) = r.push(key, offset, more, &payload, now) {
             assert!(whole.len() <= MAX_PAYLOAD);

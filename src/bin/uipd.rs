@@ -520,6 +520,7 @@ fn main() -> ExitCode {
         offload: stack::Offload {
             vnet_hdr: offload,
             tso: offload,
+            tso6: offload,
             csum: offload,
         },
         publish_keep_source: cli.publish_keep_source,

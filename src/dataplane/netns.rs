@@ -75,7 +75,13 @@
 //! opened before. The TAP stays in the target namespace: a tun device belongs to
 //! the namespace that was current when `/dev/net/tun` was opened.
 //!
-//! Limits: IPv4 only (no IPv6 address or route yet); `attach` joins only the
+//! IPv6: the TAP's address and default route come from uipd's router
+//! advertisements (SLAAC in the stack's `fd00:33::/64`, via `fe80::1`);
+//! [`configure_link`] only turns off duplicate address detection and the
+//! router solicitation delay on the TAP, so both are usable at once rather
+//! than after a second or two (nothing else is on that link to clash with).
+//!
+//! Limits: `attach` joins only the
 //! network namespace, so entering a namespace owned by another user namespace
 //! needs `CAP_SYS_ADMIN` over that user namespace (run uipd inside it).
 
@@ -534,6 +540,9 @@ fn configure_link(cfg: &NetConfig, tap: &Tap, with_lo: bool) -> Result<(), Netns
     if with_lo {
         sock.set_up("lo").map_err(step("bring lo up".into()))?;
     }
+    if cfg.configure {
+        quick_ipv6(name);
+    }
     sock.set_up(name)
         .map_err(step(format!("bring {name} up")))?;
     if cfg.configure {
@@ -549,6 +558,20 @@ fn configure_link(cfg: &NetConfig, tap: &Tap, with_lo: bool) -> Result<(), Netns
             )))?;
     }
     Ok(())
+}
+
+/// Before `name` comes up: no duplicate address detection (uipd is the only
+/// other node on the link and never claims the guest's addresses) and no
+/// random delay before the first router solicitation (RFC 4861 §6.3.7 asks
+/// for it against storms of hosts booting together, not an issue here).
+/// Best effort: a kernel without IPv6 has no such files, and that is fine.
+fn quick_ipv6(name: &str) {
+    for (knob, value) in [("accept_dad", "0"), ("router_solicitation_delay", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/{knob}");
+        if let Err(e) = fs::write(&path, value) {
+            log::debug!("netns: cannot write {value} to {path}: {e}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@
 //! first fragment: later fragments do not extend it (as in Linux).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::Range;
 
 use super::time::Instant;
@@ -53,17 +53,19 @@ pub const MAX_PAYLOAD: usize = 65535 - 20;
 /// and its heap allocation's bookkeeping.
 pub const PIECE_OVERHEAD: usize = 64;
 
-/// Identifies one datagram being reassembled (RFC 791).
+/// Identifies one datagram being reassembled (RFC 791; RFC 8200 §4.5 for
+/// IPv6, whose identification is 32 bits and whose `proto` is the next
+/// header after the fragment header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FragKey {
     /// Source address.
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination address.
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// Protocol.
     pub proto: u8,
     /// Identification.
-    pub ident: u16,
+    pub ident: u32,
 }
 
 /// Reassembly bounds.
@@ -439,10 +441,10 @@ mod tests {
 
     fn key(ident: u16) -> FragKey {
         FragKey {
-            src: Ipv4Addr::new(192, 168, 33, 15),
-            dst: Ipv4Addr::new(10, 0, 0, 1),
+            src: IpAddr::from([192, 168, 33, 15]),
+            dst: IpAddr::from([10, 0, 0, 1]),
             proto: 17,
-            ident,
+            ident: u32::from(ident),
         }
     }
 

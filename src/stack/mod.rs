@@ -23,6 +23,11 @@
 //! answered as a filtering router would (TCP: RST; UDP and ICMP echo: ICMP
 //! unreachable, "administratively prohibited") and counted.
 //!
+//! IPv6 works the same way (see the `ipv6` module): the gateway is also
+//! fd00:33::1 and fe80::1 on a /64 it advertises for SLAAC, it answers
+//! neighbour and router solicitations, and IPv6 flows go to `AF_INET6` host
+//! sockets, the gateway mapping to ::1.
+//!
 //! Malformed input is dropped and counted by [`DropReason`]; nothing a guest
 //! sends can panic the stack or make it hold unbounded memory: flows are
 //! capped (`max_flows`), per-flow queues are capped (see [`tcp::conn`]),
@@ -34,9 +39,11 @@
 #![forbid(unsafe_code)]
 
 pub mod dhcp;
+pub mod dhcpv6;
 pub mod dns;
 pub mod flow;
 pub mod frag;
+mod ipv6;
 pub mod ops;
 pub mod policy;
 pub mod steer;
@@ -45,7 +52,7 @@ pub mod time;
 pub mod wire;
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 pub use flow::{FlowId, FlowKey};
@@ -84,20 +91,32 @@ pub struct Offload {
     /// [`TSO_MAX_FRAME`] bytes that the guest cuts at its MSS
     /// (virtio `GUEST_TSO4`). Super-frames always carry a partial checksum.
     pub tso: bool,
+    /// The same for TCP over IPv6 (`gso_type` TCPV6, virtio `GUEST_TSO6`).
+    pub tso6: bool,
     /// We may send TCP and UDP with `NEEDS_CSUM` and a partial checksum
     /// instead of computing it (virtio `GUEST_CSUM`).
     pub csum: bool,
 }
 
 /// Largest IPv4 datagram of a TCP super-frame toward the guest (the IPv4
-/// total length field's limit).
+/// total length field's limit). IPv6 super-frames keep their whole packet,
+/// fixed header included, within the same bound.
 pub const TSO_MAX_FRAME: usize = 65535;
 
 /// The largest TCP payload of a super-frame for a guest MSS of `mss`: a whole
 /// number of segments that, with 20 bytes of IPv4 and 20 of TCP header (our
 /// data segments carry no options), fits [`TSO_MAX_FRAME`].
 pub fn tso_max_payload(mss: usize) -> usize {
-    let room = TSO_MAX_FRAME - wire::ipv4::HEADER_LEN - wire::tcp::HEADER_LEN;
+    tso_payload_within(mss, wire::ipv4::HEADER_LEN)
+}
+
+/// [`tso_max_payload`] for TCP over IPv6 (a 40-byte IP header).
+pub fn tso6_max_payload(mss: usize) -> usize {
+    tso_payload_within(mss, wire::ipv6::HEADER_LEN)
+}
+
+fn tso_payload_within(mss: usize, ip_header: usize) -> usize {
+    let room = TSO_MAX_FRAME - ip_header - wire::tcp::HEADER_LEN;
     let mss = mss.max(1);
     (room / mss * mss).max(mss)
 }
@@ -115,6 +134,17 @@ pub struct Config {
     pub prefix_len: u8,
     /// Link MTU toward the guest.
     pub mtu: u16,
+    /// Serve IPv6 on the guest link: router advertisements, neighbour
+    /// discovery, and IPv6 flows NAT'ed onto `AF_INET6` host sockets. Off:
+    /// every IPv6 frame is dropped (`drops_ipv6`).
+    pub ipv6: bool,
+    /// The guest network's /64 prefix, advertised for SLAAC.
+    pub prefix6: Ipv6Addr,
+    /// The gateway's address in `prefix6` (DNS too; maps to the host's ::1).
+    pub gateway6: Ipv6Addr,
+    /// The gateway's link-local address: the source of router
+    /// advertisements, so the guest's default route points to it.
+    pub gateway6_ll: Ipv6Addr,
     /// Map the gateway address to the host's loopback.
     pub host_loopback: bool,
     /// Host resolvers for DNS sent to `gateway:53`.
@@ -173,6 +203,10 @@ impl Default for Config {
             guest_ip: Ipv4Addr::new(192, 168, 33, 15),
             prefix_len: 24,
             mtu: 65520,
+            ipv6: true,
+            prefix6: Ipv6Addr::new(0xfd00, 0x33, 0, 0, 0, 0, 0, 0),
+            gateway6: Ipv6Addr::new(0xfd00, 0x33, 0, 0, 0, 0, 0, 1),
+            gateway6_ll: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
             host_loopback: true,
             resolvers: Vec::new(),
             lease_secs: 86400,
@@ -429,6 +463,41 @@ impl L2 {
         ip.emit(&mut Ipv4Packet::new_unchecked(f.payload_mut()));
         (buf, hr + L4_START)
     }
+
+    /// [`L2::ipv4_frame`] or [`L2::ipv6_frame`] for `src` → `dst` (hop
+    /// limit 64); `None` for mixed families.
+    fn ip_frame(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        payload_len: usize,
+        hdr: &VnetHdrRepr,
+    ) -> Option<(Vec<u8>, usize)> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let ip = Ipv4Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: proto,
+                    payload_len,
+                    hop_limit: 64,
+                };
+                Some(self.ipv4_frame(&ip, hdr))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let ip = wire::Ipv6Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: proto,
+                    payload_len,
+                    hop_limit: 64,
+                };
+                Some(self.ipv6_frame(&ip, hdr))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How the L4 checksum of a frame to the guest was filled in.
@@ -461,6 +530,9 @@ pub struct Stack {
     /// expired are replaced on use and pruned when the map outgrows the
     /// flow table.
     pub_udp: std::collections::HashMap<(u16, SocketAddr), FlowId>,
+    /// When the next unsolicited router advertisement is due; `None` until
+    /// the guest first sends IPv6 (then one goes out at once).
+    next_ra: Option<Instant>,
 }
 
 /// Source ports for inbound flows shown from the gateway (the Linux
@@ -491,6 +563,7 @@ impl Stack {
                 + u16::try_from(isn_state % u64::from(PUB_PORTS.end() - PUB_PORTS.start()))
                     .unwrap_or(0),
             pub_udp: std::collections::HashMap::new(),
+            next_ra: None,
         }
     }
 
@@ -584,7 +657,7 @@ impl Stack {
     pub fn ingress(&mut self, frame: &[u8], now: Instant, out: &mut Actions) {
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += frame.len() as u64;
-        let (frame, csum_trusted) = if self.cfg.offload.vnet_hdr {
+        let (frame, hdr) = if self.cfg.offload.vnet_hdr {
             let hdr = match VnetHdrPacket::new_checked(frame).and_then(|p| VnetHdrRepr::parse(&p)) {
                 Ok(h) => h,
                 Err(_) => return self.drop(DropReason::BadVnetHdr),
@@ -594,20 +667,22 @@ impl Stack {
                 gso::TCPV4 | gso::TCPV6 | gso::UDP => self.counters.rx_gso_frames += 1,
                 _ => return self.drop(DropReason::BadVnetHdr),
             }
-            (
-                &frame[vnet_hdr::HEADER_LEN..],
-                hdr.needs_csum() || hdr.data_valid(),
-            )
+            (&frame[vnet_hdr::HEADER_LEN..], hdr)
         } else {
-            (frame, false)
+            (frame, VnetHdrRepr::PLAIN)
         };
+        let csum_trusted = hdr.needs_csum() || hdr.data_valid();
         let eth = match EthernetFrame::new_checked(frame) {
             Ok(f) => f,
             Err(e) => return self.drop(wire_reason(e)),
         };
         let src = eth.src_addr();
         let dst = eth.dst_addr();
-        if !(dst == self.cfg.gateway_mac || dst.is_broadcast()) {
+        // IPv6 multicast (RFC 2464 §7): router and neighbour solicitations,
+        // MLD reports; `ipv6` sorts out which concern us.
+        let v6_multicast = dst.0[0] == 0x33 && dst.0[1] == 0x33;
+        let v6_multicast = v6_multicast && eth.ethertype() == EtherType::Ipv6;
+        if !(dst == self.cfg.gateway_mac || dst.is_broadcast() || v6_multicast) {
             return self.drop(DropReason::NotForUs);
         }
         if src.is_multicast() || src == self.cfg.gateway_mac {
@@ -615,11 +690,17 @@ impl Stack {
         }
         match eth.ethertype() {
             EtherType::Arp => self.arp(eth.payload(), src, out),
+            // A TCPV6 super-frame must carry IPv6 (and TCPV4, IPv4).
+            EtherType::Ipv4 if hdr.gso_kind() == gso::TCPV6 => self.drop(DropReason::BadVnetHdr),
             EtherType::Ipv4 => {
                 self.guest_mac = Some(src);
                 self.ipv4(eth.payload(), csum_trusted, now, out)
             }
-            EtherType::Ipv6 => self.drop(DropReason::Ipv6),
+            EtherType::Ipv6 if !self.cfg.ipv6 => self.drop(DropReason::Ipv6),
+            EtherType::Ipv6 => {
+                self.guest_mac = Some(src);
+                self.ipv6(eth.payload(), &hdr, now, out)
+            }
             EtherType::Unknown(_) => self.drop(DropReason::Unsupported),
         }
     }
@@ -679,10 +760,10 @@ impl Stack {
         }
         if pkt.is_fragment() {
             let key = frag::FragKey {
-                src,
-                dst,
+                src: src.into(),
+                dst: dst.into(),
                 proto: repr.next_header,
-                ident: pkt.ident(),
+                ident: pkt.ident().into(),
             };
             match self
                 .reasm
@@ -815,9 +896,10 @@ impl Stack {
         out: &mut Actions,
     ) {
         let verify = self.cfg.verify_checksums && !csum_trusted;
+        let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
         match proto {
-            ip_proto::TCP => self.tcp(src, dst, payload, verify, now, out),
-            ip_proto::UDP => self.udp(src, dst, payload, verify, now, out),
+            ip_proto::TCP => self.tcp(s, d, payload, verify, now, out),
+            ip_proto::UDP => self.udp(s, d, payload, verify, now, out),
             ip_proto::ICMP => self.icmp(src, dst, payload, verify, now, out),
             _ => self.drop(DropReason::Unsupported),
         }
@@ -828,9 +910,8 @@ impl Stack {
     /// `host_loopback` off) or [`DropReason::Denied`] (the outbound
     /// [`policy`], judged on the host address; DNS to the gateway is
     /// exempt).
-    fn map_remote(&self, proto: Proto, remote: SocketAddrV4) -> Result<SocketAddr, DropReason> {
-        let ip = *remote.ip();
-        let host = if ip == self.cfg.gateway {
+    fn map_remote(&self, proto: Proto, remote: SocketAddr) -> Result<SocketAddr, DropReason> {
+        let host = if self.is_gateway(remote.ip()) {
             if remote.port() == 53 && proto != Proto::Icmp {
                 return self
                     .cfg
@@ -842,14 +923,34 @@ impl Stack {
             if !self.cfg.host_loopback {
                 return Err(DropReason::Refused);
             }
-            SocketAddr::from((Ipv4Addr::LOCALHOST, remote.port()))
+            let lo = match remote {
+                SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            SocketAddr::new(lo, remote.port())
         } else {
-            SocketAddr::V4(remote)
+            remote
         };
         if !self.cfg.policy.allows(host.ip()) {
             return Err(DropReason::Denied);
         }
         Ok(host)
+    }
+
+    /// One of the gateway's addresses (IPv4, or IPv6 global or link-local).
+    fn is_gateway(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => a == self.cfg.gateway,
+            IpAddr::V6(a) => a == self.cfg.gateway6 || a == self.cfg.gateway6_ll,
+        }
+    }
+
+    /// A destination no flow may go to, of either family.
+    fn is_bad_dst(&self, dst: IpAddr) -> bool {
+        match dst {
+            IpAddr::V4(a) => self.is_bad_destination(a),
+            IpAddr::V6(a) => self.is_bad_destination6(a),
+        }
     }
 
     fn is_bad_destination(&self, dst: Ipv4Addr) -> bool {
@@ -868,8 +969,8 @@ impl Stack {
 
     fn tcp(
         &mut self,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         payload: &[u8],
         verify: bool,
         now: Instant,
@@ -879,7 +980,7 @@ impl Stack {
             Ok(p) => p,
             Err(e) => return self.drop(wire_reason(e)),
         };
-        let seg = match TcpRepr::parse(&pkt, src.into(), dst.into(), verify) {
+        let seg = match TcpRepr::parse(&pkt, src, dst, verify) {
             Ok(r) => r,
             Err(e) => return self.drop(wire_reason(e)),
         };
@@ -905,10 +1006,10 @@ impl Stack {
                 );
                 if was == tcp::conn::State::SynSent
                     && conn.state() == tcp::conn::State::Established
-                    && self.cfg.offload.tso
+                    && let Some(max) = tso_payload(self.cfg.offload, &key, conn.mss())
                 {
                     // Inbound: the guest's MSS is known only now.
-                    conn.set_max_segment(tso_max_payload(conn.mss()));
+                    conn.set_max_segment(max);
                 }
                 let pending = conn.ack_pending();
                 (v, frames, pending)
@@ -927,9 +1028,13 @@ impl Stack {
         }
         // No flow: only a bare SYN opens one.
         let bare_syn = seg.flags.syn && seg.ack_number.is_none() && !seg.flags.fin;
-        if !bare_syn && let Some(w) = self.inbound_elsewhere() {
-            // Perhaps a published flow of the owner's (see `inbound_owner`).
-            return self.forward_l4(w, src, dst, ip_proto::TCP, payload, !verify, out);
+        if !bare_syn
+            && let Some(w) = self.inbound_elsewhere()
+            && let (IpAddr::V4(s4), IpAddr::V4(d4)) = (src, dst)
+        {
+            // Perhaps a published flow of the owner's (see `inbound_owner`;
+            // published ports are IPv4 only).
+            return self.forward_l4(w, s4, d4, ip_proto::TCP, payload, !verify, out);
         }
         if seg.flags.rst {
             return;
@@ -938,10 +1043,10 @@ impl Stack {
             self.drop(DropReason::NoFlow);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         }
-        if self.is_bad_destination(dst) {
+        if self.is_bad_dst(dst) {
             return self.drop(DropReason::BadAddress);
         }
-        let host_dst = match self.map_remote(Proto::Tcp, SocketAddrV4::new(dst, seg.dst_port)) {
+        let host_dst = match self.map_remote(Proto::Tcp, SocketAddr::new(dst, seg.dst_port)) {
             Ok(a) => a,
             Err(reason) => {
                 log::debug!("tcp {:?} -> {:?}: {}", key.guest, key.remote, reason.name());
@@ -950,12 +1055,17 @@ impl Stack {
             }
         };
         let iss = self.next_isn();
-        let mtu = usize::from(self.cfg.mtu);
-        let tso = self.cfg.offload.tso;
+        // Conn takes 40 bytes of IPv4 + TCP headers off the MTU; IPv6's
+        // header is 20 bytes longer.
+        let mtu = match dst {
+            IpAddr::V4(_) => usize::from(self.cfg.mtu),
+            IpAddr::V6(_) => usize::from(self.cfg.mtu).saturating_sub(20),
+        };
+        let offload = self.cfg.offload;
         let Some(id) = self.flows.insert_with(key, |id| {
             let mut conn = Conn::new(id, &seg, iss, mtu);
-            if tso {
-                conn.set_max_segment(tso_max_payload(conn.mss()));
+            if let Some(max) = tso_payload(offload, &key, conn.mss()) {
+                conn.set_max_segment(max);
             }
             FlowState::Tcp(Box::new(conn))
         }) else {
@@ -1213,8 +1323,8 @@ impl Stack {
 
     fn udp(
         &mut self,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         payload: &[u8],
         verify: bool,
         now: Instant,
@@ -1224,15 +1334,18 @@ impl Stack {
             Ok(p) => p,
             Err(e) => return self.drop(wire_reason(e)),
         };
-        let repr = match UdpRepr::parse(&pkt, src.into(), dst.into(), verify) {
+        let repr = match UdpRepr::parse(&pkt, src, dst, verify) {
             Ok(r) => r,
             Err(e) => return self.drop(wire_reason(e)),
         };
         let data = pkt.payload();
-        if repr.dst_port == dhcp::SERVER_PORT && (dst.is_broadcast() || dst == self.cfg.gateway) {
+        if let IpAddr::V4(d4) = dst
+            && repr.dst_port == dhcp::SERVER_PORT
+            && (d4.is_broadcast() || d4 == self.cfg.gateway)
+        {
             return self.dhcp(data, out);
         }
-        if self.is_bad_destination(dst) {
+        if self.is_bad_dst(dst) {
             return self.drop(DropReason::BadAddress);
         }
         let key = FlowKey {
@@ -1240,13 +1353,14 @@ impl Stack {
             guest: SocketAddr::from((src, repr.src_port)),
             remote: SocketAddr::from((dst, repr.dst_port)),
         };
-        if dst == self.cfg.gateway
+        if let (IpAddr::V4(s4), IpAddr::V4(d4)) = (src, dst)
+            && d4 == self.cfg.gateway
             && PUB_PORTS.contains(&repr.dst_port)
             && self.flows.lookup(&key).is_none()
             && let Some(w) = self.inbound_elsewhere()
         {
             // A reply on a published UDP flow of the owner's.
-            return self.forward_l4(w, src, dst, ip_proto::UDP, payload, !verify, out);
+            return self.forward_l4(w, s4, d4, ip_proto::UDP, payload, !verify, out);
         }
         self.dgram_out(key, data.to_vec(), now, out);
     }
@@ -1257,9 +1371,7 @@ impl Stack {
         let id = match self.flows.lookup(&key) {
             Some(id) => id,
             None => {
-                let SocketAddr::V4(remote) = key.remote else {
-                    return self.drop(DropReason::Ipv6);
-                };
+                let remote = key.remote;
                 let host_dst = match self.map_remote(key.proto, remote) {
                     Ok(a) => a,
                     Err(reason) => {
@@ -1507,7 +1619,7 @@ impl Stack {
     /// for UDP `data` is the datagram's payload, for ICMP the echo message.
     fn icmp_unreachable(&mut self, key: &FlowKey, code: u8, data: &[u8], out: &mut Actions) {
         let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
-            return;
+            return self.icmp6_unreachable(key, ipv6::unreachable_code(code), data, out);
         };
         // The offending datagram: its IP header and the first 8 bytes
         // (plus some payload) of its L4 message (RFC 792).
@@ -1661,7 +1773,7 @@ impl Stack {
 
     fn dgram_to_guest(&mut self, key: &FlowKey, data: &[u8], out: &mut Actions) {
         let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
-            return;
+            return self.dgram_to_guest6(key, data, out);
         };
         let l2 = self.l2();
         match key.proto {
@@ -1713,6 +1825,7 @@ impl Stack {
             }
         }
         self.ack_list = acks;
+        self.ra_timer(now, out);
 
         if now >= self.next_scan {
             self.next_scan = now + TIMER_SCAN;
@@ -1762,9 +1875,12 @@ impl Stack {
             return Some(Instant::ZERO);
         }
         if self.flows.is_empty() && self.reasm.held_bytes() == 0 {
-            return None;
+            return self.next_ra;
         }
-        Some(self.next_scan)
+        Some(
+            self.next_ra
+                .map_or(self.next_scan, |t| t.min(self.next_scan)),
+        )
     }
 
     /// Reset every flow (the guest went away): RST the host peers.
@@ -1824,12 +1940,27 @@ const TCP_CSUM_OFFSET: u16 = 16;
 /// The virtio-net header of a whole IPv4 datagram whose L4 checksum is
 /// partial, the field `csum_offset` bytes into the L4 header.
 fn partial_csum_hdr(csum_offset: u16) -> VnetHdrRepr {
+    partial_csum_hdr_at(L4_START, csum_offset)
+}
+
+/// [`partial_csum_hdr`] for an L4 header `l4_start` bytes into the frame.
+fn partial_csum_hdr_at(l4_start: usize, csum_offset: u16) -> VnetHdrRepr {
     VnetHdrRepr {
         flags: vnet_flags::NEEDS_CSUM,
-        // Cannot fail: 34.
-        csum_start: u16::try_from(L4_START).unwrap_or(34),
+        // Cannot fail: 34 or 54.
+        csum_start: u16::try_from(l4_start).unwrap_or(u16::MAX),
         csum_offset,
         ..VnetHdrRepr::PLAIN
+    }
+}
+
+/// The largest segment payload of a TCP flow `key` whose guest MSS is
+/// `mss`, when the guest takes TSO super-frames of its family.
+fn tso_payload(offload: Offload, key: &FlowKey, mss: usize) -> Option<usize> {
+    match key.guest {
+        SocketAddr::V4(_) if offload.tso => Some(tso_max_payload(mss)),
+        SocketAddr::V6(_) if offload.tso6 => Some(tso6_max_payload(mss)),
+        _ => None,
     }
 }
 
@@ -1853,18 +1984,13 @@ fn tcp_emitter<'a>(
 ) -> impl FnMut(&TcpRepr<'_>) + 'a {
     let key = *key;
     move |repr: &TcpRepr<'_>| {
-        let (SocketAddr::V4(guest), SocketAddr::V4(remote)) = (key.guest, key.remote) else {
-            return;
-        };
+        let (guest, remote) = (key.guest, key.remote);
         let mut r = *repr;
         r.src_port = remote.port();
         r.dst_port = guest.port();
-        let ip = Ipv4Repr {
-            src_addr: *remote.ip(),
-            dst_addr: *guest.ip(),
-            next_header: ip_proto::TCP,
-            payload_len: r.buffer_len(),
-            hop_limit: 64,
+        let (l4_start, gso_type) = match remote {
+            SocketAddr::V4(_) => (L4_START, gso::TCPV4),
+            SocketAddr::V6(_) => (ipv6::L4_START6, gso::TCPV6),
         };
         let gso = l2.offload.vnet_hdr && mss > 0 && r.payload.len() > mss;
         let partial = gso || (l2.offload.vnet_hdr && l2.offload.csum);
@@ -1872,28 +1998,31 @@ fn tcp_emitter<'a>(
             VnetHdrRepr::PLAIN
         } else if gso {
             VnetHdrRepr {
-                gso_type: gso::TCPV4,
-                // Cannot fail: at most 14 + 20 + 60.
-                hdr_len: u16::try_from(L4_START + r.header_len()).unwrap_or(u16::MAX),
+                gso_type,
+                // Cannot fail: at most 14 + 40 + 60.
+                hdr_len: u16::try_from(l4_start + r.header_len()).unwrap_or(u16::MAX),
                 // Cannot fail: the MSS came from a 16-bit option.
                 gso_size: u16::try_from(mss).unwrap_or(u16::MAX),
-                ..partial_csum_hdr(TCP_CSUM_OFFSET)
+                ..partial_csum_hdr_at(l4_start, TCP_CSUM_OFFSET)
             }
         } else if partial {
-            partial_csum_hdr(TCP_CSUM_OFFSET)
+            partial_csum_hdr_at(l4_start, TCP_CSUM_OFFSET)
         } else {
             VnetHdrRepr {
                 flags: vnet_flags::DATA_VALID,
                 ..VnetHdrRepr::PLAIN
             }
         };
-        let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr);
+        let Some((mut buf, l4_at)) =
+            l2.ip_frame(remote.ip(), guest.ip(), ip_proto::TCP, r.buffer_len(), &hdr)
+        else {
+            return;
+        };
         let mut t = TcpPacket::new_unchecked(&mut buf[l4_at..]);
-        let (s, d) = (IpAddr::V4(*remote.ip()), IpAddr::V4(*guest.ip()));
         if partial {
-            r.emit_partial(&mut t, s, d);
+            r.emit_partial(&mut t, remote.ip(), guest.ip());
         } else {
-            r.emit(&mut t, s, d);
+            r.emit(&mut t, remote.ip(), guest.ip());
         }
         frames.push(buf);
     }

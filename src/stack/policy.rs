@@ -13,7 +13,8 @@
 //!
 //! Rules match the address uipd's host socket would connect to, *after*
 //! the gateway mapping: a flow to the gateway (192.168.33.1) is judged as
-//! 127.0.0.1, because that is what it reaches on the host. This is the
+//! 127.0.0.1, because that is what it reaches on the host (and one to the
+//! IPv6 gateway, fd00:33::1 or fe80::1, as ::1). This is the
 //! honest question for isolation ("what may this guest touch on the
 //! host?"), and it makes `--no-host-loopback` and a `--deny 127.0.0.0/8`
 //! say the same thing.

@@ -27,11 +27,16 @@
 //!                              ├─ TCP/UDP ─► hash(proto, guest ip:port, remote ip:port)
 //!                              ├─ ICMP echo ─► hash(ICMP, guest ip:ident, remote ip:0)
 //!                              └─ else (ARP, DHCP, …) ─► any worker (stateless)
+//!        ─► IPv6 ─► multicast destination (NDP, MLD) ─► any worker
+//!                 ─► extension headers walked ([`wire::ipv6`]) ─► fragment?
+//!                      ─ yes ─► hash(src, dst, proto, ident folded to 16 bits)
+//!                      ─ no ─► TCP/UDP/echo request (128) as above, else any
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::ops::Proto;
+use super::wire::{self, Ipv6Packet};
 
 /// Where a frame should be processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +109,9 @@ pub fn frame_owner(frame: &[u8], workers: usize) -> Steer {
     let Some(ip) = frame.get(14..) else {
         return Steer::Any;
     };
+    if frame[12..14] == [0x86, 0xdd] {
+        return frame_owner6(ip, workers);
+    }
     if frame[12..14] != [0x08, 0x00] || ip.len() < 20 || ip[0] >> 4 != 4 {
         return Steer::Any;
     }
@@ -150,9 +158,125 @@ pub fn frame_owner(frame: &[u8], workers: usize) -> Steer {
     Steer::Worker(flow_owner(flow.0, flow.1, flow.2, workers))
 }
 
+/// [`frame_owner`] for an IPv6 packet `ip`.
+fn frame_owner6(ip: &[u8], workers: usize) -> Steer {
+    let Ok(pkt) = Ipv6Packet::new_checked(ip) else {
+        return Steer::Any;
+    };
+    let (src, dst) = (IpAddr::V6(pkt.src_addr()), IpAddr::V6(pkt.dst_addr()));
+    if pkt.dst_addr().is_multicast() {
+        return Steer::Any;
+    }
+    let Ok(ul) = pkt.upper_layer() else {
+        return Steer::Any;
+    };
+    if let Some(f) = ul.frag {
+        // Cannot fail: masked to 16 bits.
+        let ident = u16::try_from((f.ident ^ (f.ident >> 16)) & 0xffff).unwrap_or(0);
+        return Steer::Worker(fragment_owner(src, dst, ul.proto, ident, workers));
+    }
+    let l4 = &pkt.payload()[ul.offset..];
+    let port = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let flow = match ul.proto {
+        wire::ip_proto::TCP | wire::ip_proto::UDP => {
+            let (Some(sp), Some(dp)) = (port(0), port(2)) else {
+                return Steer::Any;
+            };
+            let p = if ul.proto == wire::ip_proto::TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            (p, SocketAddr::new(src, sp), SocketAddr::new(dst, dp))
+        }
+        wire::ip_proto::ICMPV6 => {
+            // Echo request: type 128, identifier at bytes 4..6; the rest
+            // (NDP to a unicast address, errors) is stateless.
+            let (Some(&128), Some(ident)) = (l4.first(), port(4)) else {
+                return Steer::Any;
+            };
+            (
+                Proto::Icmp,
+                SocketAddr::new(src, ident),
+                SocketAddr::new(dst, 0),
+            )
+        }
+        _ => return Steer::Any,
+    };
+    Steer::Worker(flow_owner(flow.0, flow.1, flow.2, workers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tcp6_frame(sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 20];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[14 + 5] = 20; // payload length
+        f[14 + 6] = 6;
+        f[14 + 7] = 64;
+        let g: std::net::Ipv6Addr = "fd00:33::15".parse().unwrap();
+        let r: std::net::Ipv6Addr = "fd00:33::1".parse().unwrap();
+        f[22..38].copy_from_slice(&g.octets());
+        f[38..54].copy_from_slice(&r.octets());
+        f[54..56].copy_from_slice(&sport.to_be_bytes());
+        f[56..58].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn ipv6_frames_and_flows_agree() {
+        let g: IpAddr = "fd00:33::15".parse().unwrap();
+        let r: IpAddr = "fd00:33::1".parse().unwrap();
+        let mut seen = [false; 4];
+        for n in 1..=4 {
+            for sport in 40000..40100 {
+                let owner = flow_owner(
+                    Proto::Tcp,
+                    SocketAddr::new(g, sport),
+                    SocketAddr::new(r, 80),
+                    n,
+                );
+                seen[owner] = true;
+                assert_eq!(frame_owner(&tcp6_frame(sport, 80), n), Steer::Worker(owner));
+            }
+        }
+        assert!(seen.iter().all(|s| *s), "flows spread over every worker");
+        // Multicast (NDP, MLD), truncated and unknown: any worker.
+        let mut ns = tcp6_frame(1, 2);
+        ns[38] = 0xff;
+        assert_eq!(frame_owner(&ns, 4), Steer::Any);
+        let f = tcp6_frame(1, 2);
+        assert_eq!(frame_owner(&f[..50], 4), Steer::Any);
+        let mut sctp = tcp6_frame(1, 2);
+        sctp[14 + 6] = 132;
+        assert_eq!(frame_owner(&sctp, 4), Steer::Any);
+        // Behind a destination-options header, the same flow, the same worker.
+        let mut ext = tcp6_frame(40000, 80);
+        ext[14 + 5] = 28;
+        ext[14 + 6] = 60;
+        ext.splice(54..54, [6u8, 0, 1, 4, 0, 0, 0, 0]);
+        assert_eq!(frame_owner(&ext, 4), frame_owner(&tcp6_frame(40000, 80), 4));
+        // Fragments of one datagram stay together.
+        let frag = |offset: u16, more: bool| {
+            let mut f = tcp6_frame(1, 2);
+            f[14 + 5] = 28;
+            f[14 + 6] = 44;
+            let word = offset | u16::from(more);
+            let mut h = vec![17u8, 0];
+            h.extend_from_slice(&word.to_be_bytes());
+            h.extend_from_slice(&0xabcd_1234u32.to_be_bytes());
+            f.splice(54..54, h);
+            f
+        };
+        assert!(matches!(frame_owner(&frag(0, true), 4), Steer::Worker(_)));
+        assert_eq!(
+            frame_owner(&frag(0, true), 4),
+            frame_owner(&frag(1448, false), 4)
+        );
+    }
 
     fn tcp_frame(sport: u16, dport: u16) -> Vec<u8> {
         let mut f = vec![0u8; 14 + 20 + 20];

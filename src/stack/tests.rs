@@ -430,10 +430,10 @@ fn big_host_datagram_is_fragmented_to_the_mtu_and_reassembles() {
         assert!(f.len() <= 1514, "frame within MTU");
         let (_, p) = ip_of(f);
         let key = frag::FragKey {
-            src: p.src_addr(),
-            dst: p.dst_addr(),
+            src: p.src_addr().into(),
+            dst: p.dst_addr().into(),
             proto: p.next_header(),
-            ident: p.ident(),
+            ident: p.ident().into(),
         };
         if let Some(w) = r
             .push(
@@ -623,6 +623,7 @@ fn offload_stack(tso: bool, csum: bool) -> Stack {
         c.offload = Offload {
             vnet_hdr: true,
             tso,
+            tso6: tso,
             csum,
         };
     })
@@ -1025,6 +1026,7 @@ fn every_frame_to_the_guest_gets_a_vnet_header() {
         c.offload = Offload {
             vnet_hdr: false,
             tso: true,
+            tso6: true,
             csum: true,
         }
     });

@@ -162,9 +162,10 @@ pub fn feature_names(features: u64) -> Vec<String> {
 pub enum OfferedOffloads {
     /// None (`--no-offload`): full checksums, frames of at most the MTU.
     None,
-    /// uipd's stack: checksums and TSO over IPv4 both ways. TSO6 is left
-    /// out: the stack has no IPv6 path yet, so offering it would only
-    /// invite frames that are dropped anyway.
+    /// uipd's stack: checksums and TSO over IPv4 and IPv6 both ways; a
+    /// guest that accepts `GUEST_TSO4` but refuses `GUEST_TSO6` (or the
+    /// other way round) gets super-frames only for the family it accepted
+    /// (see [`Negotiated::offload`]).
     Stack,
     /// A host TAP (`-net tap`): the kernel takes and makes TSO over IPv4
     /// and IPv6, with ECN, so those are offered too.
@@ -176,7 +177,9 @@ fn offload_bits(o: OfferedOffloads) -> u64 {
     use feature::*;
     let list: &[u32] = match o {
         OfferedOffloads::None => &[],
-        OfferedOffloads::Stack => &[CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4],
+        OfferedOffloads::Stack => &[
+            CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6,
+        ],
         OfferedOffloads::Tap => &[
             CSUM, GUEST_CSUM, HOST_TSO4, GUEST_TSO4, HOST_TSO6, GUEST_TSO6, HOST_ECN, GUEST_ECN,
         ],
@@ -245,13 +248,14 @@ impl Negotiated {
     /// The stack offloads these features allow toward the guest. The stack
     /// always takes the header from the guest (it honours `NEEDS_CSUM` and
     /// TSO super-frames, which the guest sends only if it accepted `CSUM`
-    /// and `HOST_TSO4`).
+    /// and `HOST_TSO4` / `HOST_TSO6`).
     pub fn offload(self) -> Offload {
         let csum = self.has(feature::GUEST_CSUM);
         Offload {
             vnet_hdr: true,
             csum,
             tso: csum && self.has(feature::GUEST_TSO4),
+            tso6: csum && self.has(feature::GUEST_TSO6),
         }
     }
 }

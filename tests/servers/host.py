@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Host-side test servers for the uipd end-to-end tests.
 
-Each server binds 127.0.0.1 (or `--bind ADDR`) inside the test's
+Each server binds 127.0.0.1 (or `--bind ADDR`, IPv6 too, e.g. ::1) inside the test's
 loopback-only outer network namespace, writes its `--ready` file once it listens, and exits by itself after
 `--timeout` seconds (a bounded lifetime even if the harness dies).
 
@@ -79,6 +79,11 @@ class Threaded(socketserver.ThreadingTCPServer):
     request_queue_size = 1024
 
 
+def family(addr):
+    """The socket family of a --bind address."""
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def tcp_server(args, handle):
     class H(socketserver.BaseRequestHandler):
         def handle(self):
@@ -87,7 +92,10 @@ def tcp_server(args, handle):
             except OSError as e:
                 log("connection error:", repr(e))
 
-    return Threaded((args.bind, args.port), H)
+    class S(Threaded):
+        address_family = family(args.bind)
+
+    return S((args.bind, args.port), H)
 
 
 def h_sink(conn, args):
@@ -252,7 +260,10 @@ def main():
             def __init__(self, *a, **k):
                 super().__init__(*a, directory=d, **k)
 
-        servers.append(http.server.ThreadingHTTPServer((args.bind, args.port), H))
+        class HS(http.server.ThreadingHTTPServer):
+            address_family = family(args.bind)
+
+        servers.append(HS((args.bind, args.port), H))
     elif args.kind in ("sink", "echo", "rawecho", "halfclose", "reset"):
         handle = {
             "sink": h_sink,
@@ -263,11 +274,11 @@ def main():
         }
         servers.append(tcp_server(args, handle[args.kind]))
     elif args.kind == "udpecho":
-        udp = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM), lambda d: d)
+        udp = (socket.socket(family(args.bind), socket.SOCK_DGRAM), lambda d: d)
     elif args.kind == "dns":
         servers.append(tcp_server(args, h_dns_tcp))
         udp = (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+            socket.socket(family(args.bind), socket.SOCK_DGRAM),
             lambda d: dns_answer(d, args.answer),
         )
     else:

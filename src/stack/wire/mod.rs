@@ -10,7 +10,9 @@ pub mod arp;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmpv4;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vnet_hdr;
@@ -20,7 +22,9 @@ pub use ethernet::{
     Address as EthernetAddress, EtherType, Frame as EthernetFrame, Repr as EthernetRepr,
 };
 pub use icmpv4::{Packet as Icmpv4Packet, Repr as Icmpv4Repr};
+pub use icmpv6::{Packet as Icmpv6Packet, Repr as Icmpv6Repr};
 pub use ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
+pub use ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr};
 pub use tcp::{Packet as TcpPacket, Repr as TcpRepr, SeqNumber};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use vnet_hdr::{Packet as VnetHdrPacket, Repr as VnetHdrRepr};
