@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{Bytes, GuestMemory};
 
 use super::virtio_net::{self, ChainError, Negotiated, Rx, RxRing, Tx};
 use crate::dataplane::worker::{FrameSink, WorkerCounters};
@@ -169,9 +169,16 @@ pub fn tx_pass<M: GuestMemory>(
     }
 }
 
-/// Host → guest: [`RxRing::put`], and when the queue has no room, enable
-/// notifications and look once more (buffers may have arrived meanwhile;
+/// Host → guest: [`RxRing::put`], and when the queue has no room, ask for
+/// a kick and look once more (buffers may have arrived meanwhile;
 /// otherwise the guest's next refill kicks).
+///
+/// With EVENT_IDX the kick must be asked for at the guest's *current*
+/// avail index, not at ours: with MRG_RXBUF a frame that needs more
+/// buffers than are posted leaves our index behind the guest's, and an
+/// `avail_event` there is one the guest has already passed, so its next
+/// refill would not kick and RX would stall until something else woke the
+/// queue.
 pub fn rx_put<M: GuestMemory>(
     q: &mut Queue,
     rx: &mut RxRing,
@@ -180,10 +187,38 @@ pub fn rx_put<M: GuestMemory>(
     frame: &[u8],
 ) -> Result<Rx, ChainError> {
     let mut r = rx.put(q, mem, neg, frame);
-    if r == Ok(Rx::NoRoom) && matches!(q.enable_notification(mem), Ok(true)) {
+    if r != Ok(Rx::NoRoom) {
+        return r;
+    }
+    if matches!(q.enable_notification(mem), Ok(true)) {
+        r = rx.put(q, mem, neg, frame);
+    }
+    if r == Ok(Rx::NoRoom) && q.event_idx_enabled() && kick_on_next_refill(q, mem) {
         r = rx.put(q, mem, neg, frame);
     }
     r
+}
+
+/// Sets `avail_event` to the guest's avail index, so that any buffer it
+/// adds next kicks; true when the index moved meanwhile (look again).
+fn kick_on_next_refill<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
+    let Ok(seen) = q.avail_idx(mem, Ordering::Acquire) else {
+        return false;
+    };
+    // §2.7.10: avail_event follows the used ring's `size` elements.
+    let at = q
+        .used_ring()
+        .checked_add(4 + 8 * u64::from(q.size()))
+        .map(vm_memory::GuestAddress);
+    let Some(at) = at else {
+        return false;
+    };
+    if mem.store(seen.0.to_le(), at, Ordering::Release).is_err() {
+        return false;
+    }
+    std::sync::atomic::fence(Ordering::SeqCst);
+    q.avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|now| now != seen)
 }
 
 /// The outcome of placing one frame.

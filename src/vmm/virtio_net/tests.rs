@@ -532,6 +532,36 @@ fn rx_event_idx_suppresses_notifications() {
     assert_eq!(rx.needs_notification(&q, &m), Ok(true));
 }
 
+#[test]
+fn rx_no_room_with_event_idx_asks_for_a_kick_at_the_guests_index() {
+    // MRG_RXBUF, two 2 KiB buffers posted, a 6000-byte frame: no room.
+    // The guest's next refill (avail 2 -> 3) must kick: avail_event = 2.
+    let m = mem();
+    let mut d = Drv::new(&m);
+    for k in 0..2u64 {
+        d.chain(&[(0x10_0000 + k * 0x1000, 2048)], true);
+    }
+    let mut q = d.queue();
+    q.set_event_idx(true);
+    let mut rx = RxRing::default();
+    let neg = Negotiated(offered(1, false) | bit(feature::RING_EVENT_IDX));
+    let big = frame(6000);
+    assert_eq!(
+        crate::vmm::queue_pair::rx_put(&mut q, &mut rx, &m, neg, &big),
+        Ok(Rx::NoRoom)
+    );
+    let avail_event = d.mock.used_addr().unchecked_add(4 + 8 * u64::from(QSIZE));
+    let ev: u16 = m.read_obj(avail_event).unwrap();
+    assert_eq!(u16::from_le(ev), 2, "avail_event behind the guest's index");
+    // The refill: now it fits, in three buffers.
+    d.chain(&[(0x10_2000, 2048)], true);
+    assert_eq!(
+        crate::vmm::queue_pair::rx_put(&mut q, &mut rx, &m, neg, &big),
+        Ok(Rx::Placed(3))
+    );
+    assert_eq!(d.used_idx(), 3);
+}
+
 fn ctrl_cmd(d: &mut Drv<'_>, at: u64, cmd: &[u8]) -> u64 {
     d.write(at, cmd);
     d.write(at + 0x800, &[0xff]);
