@@ -88,6 +88,8 @@ fn run_checklist(name: &str, pairs: u32) {
         "CSUM",
         "GUEST_TSO4",
         "HOST_TSO4",
+        "GUEST_TSO6",
+        "HOST_TSO6",
     ] {
         o.check(
             features.iter().any(|x| x == f),
