@@ -291,3 +291,87 @@ fn vhost_user_offloads_off_publish_pcap() {
     );
     o.pass();
 }
+
+/// IPv6 through a real guest: the kernel's SLAAC takes uipd's router
+/// advertisement (fd00:33::/64), then 16 MiB each way byte-exact between
+/// the guest and servers on the host's ::1, reached as [fd00:33::1]. The
+/// guest acked HOST_TSO6 and GUEST_TSO6, and uipd's counters show TSO
+/// super-frames both ways (the only TCP in this boot is over IPv6).
+#[test]
+fn vhost_user_ipv6_slaac_and_16_mib_each_way_with_tso6() {
+    let name = "qemu_vhost_user_ipv6";
+    if skip_unless_uipd(name) || Guest::skip(name) {
+        return;
+    }
+    if common::Backend::current() != common::Backend::Uipd {
+        eprintln!("{name}: skipped: IPv6 defaults are uipd's");
+        return;
+    }
+    let net = common::Backend::current().net();
+    // Only DHCP from the checklist: it brings the link up.
+    let checks = NetChecks {
+        dns_port: None,
+        ping: false,
+        iperf_secs: 0,
+        bulk: 0,
+        ..NetChecks::full(net.gw, net.dhcp_ip)
+    };
+    let (mut g, _) = vhost_guest(name, &checks, 1, &[]);
+    let dir = g.dir().display().to_string();
+    let sink = g.dir().join("sink6.txt").display().to_string();
+    let sum = random_file(&g.dir().join("down6.bin"), 16 << 20);
+    g.scenario()
+        .server_at("http", "::1", 8081, &["--dir", &dir])
+        .server_at("sink", "::1", 9001, &["--out", &sink]);
+    g.script(
+        "dhcp || exit 1\n\
+         i=0\n\
+         while [ $i -lt 200 ] && ! ip -6 addr show dev eth0 scope global | grep -q 'fd00:33:'; do sleep 0.1; i=$((i + 1)); done\n\
+         result v6 addr=$(ip -6 addr show dev eth0 scope global | awk '/inet6/ {print $2; exit}')\n\
+         i=0\n\
+         while [ $i -lt 100 ] && ip -6 addr show dev eth0 scope global | grep -q tentative; do sleep 0.1; i=$((i + 1)); done\n\
+         timeout 10 ping -c 1 -W 5 fd00:33::1 >/dev/null 2>&1\n\
+         result ping6 rc=$?\n\
+         timeout 120 wget -q -O /tmp/down6.bin 'http://[fd00:33::1]:8081/down6.bin'\n\
+         rc=$?\n\
+         result down6 rc=$rc size=$(stat -c %s /tmp/down6.bin) sha=$(sha256sum /tmp/down6.bin | cut -d' ' -f1)\n\
+         timeout 120 nc fd00:33::1 9001 </tmp/down6.bin >/tmp/nc6.out\n\
+         rc=$?\n\
+         result up6 rc=$rc bytes=$(cut -d' ' -f1 /tmp/nc6.out) sha=$(cut -d' ' -f2 /tmp/nc6.out)",
+    );
+    let o = g.run();
+    let features = acked(&o);
+    eprintln!("{name}: guest features: {}", features.join(" "));
+    for f in ["GUEST_TSO6", "HOST_TSO6"] {
+        o.check(
+            features.iter().any(|x| x == f),
+            &format!("the guest did not ack {f}: {features:?}"),
+        );
+    }
+    o.check(
+        o.value("v6", "addr").starts_with("fd00:33:"),
+        "no SLAAC address in fd00:33::/64",
+    );
+    o.check(
+        o.value("ping6", "rc") == "0",
+        "no echo reply from fd00:33::1",
+    );
+    o.check(o.value("down6", "rc") == "0", "the IPv6 download failed");
+    o.check(
+        o.value("down6", "sha") == sum,
+        "the IPv6 download differs (sha256)",
+    );
+    o.check(o.value("up6", "rc") == "0", "the IPv6 upload failed");
+    o.check(
+        o.value("up6", "bytes") == (16u64 << 20).to_string() && o.value("up6", "sha") == sum,
+        "the IPv6 upload differs",
+    );
+    let (rx, tx) = (
+        o.stat("rx_gso_frames").unwrap_or(0),
+        o.stat("tx_gso_frames").unwrap_or(0),
+    );
+    eprintln!("{name}: rx_gso_frames {rx} tx_gso_frames {tx}");
+    o.check(rx > 0, "the guest sent no TSO6 super-frames");
+    o.check(tx > 0, "uipd sent the guest no TSO6 super-frames");
+    o.pass();
+}

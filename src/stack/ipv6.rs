@@ -9,8 +9,9 @@
 //! the IPv4 gateway, and sends router advertisements from `fe80::1`: the
 //! prefix with the A flag (the guest configures its own address by SLAAC),
 //! the link MTU, and RDNSS = `fd00:33::1` (RFC 8106). One goes out as soon
-//! as the guest sends any IPv6 frame, another in answer to each router
-//! solicitation, and one every [`RA_INTERVAL`] after that.
+//! as the guest sends any IPv6 frame (and two more, 2 s apart), another in
+//! answer to each router solicitation, and one every [`RA_INTERVAL`] after
+//! that.
 //!
 //! ```text
 //!  guest ─ NS fe80::1 / fd00:33::1 ──► NA (R, S, O; gateway MAC)
@@ -60,6 +61,16 @@ pub(super) const L4_START6: usize = wire::ethernet::HEADER_LEN + ip6::HEADER_LEN
 /// How often unsolicited router advertisements go out (RFC 4861 §6.2.1's
 /// default MaxRtrAdvInterval).
 pub const RA_INTERVAL: Duration = Duration::from_secs(600);
+/// The first unsolicited advertisements (RFC 4861 §6.2.4:
+/// MAX_INITIAL_RTR_ADVERTISEMENTS, at most MAX_INITIAL_RTR_ADVERT_INTERVAL
+/// = 16 s apart) go out this often. A Linux guest that gets the very first
+/// one while its link-local address is still tentative (uipd answers its
+/// first IPv6 frame, the DAD probe) ignores it and, having "received an
+/// RA", sends no solicitation; without a second one it never gets an
+/// address (seen with a QEMU guest).
+pub const INITIAL_RA_INTERVAL: Duration = Duration::from_secs(2);
+/// How many unsolicited advertisements go out at [`INITIAL_RA_INTERVAL`].
+pub const INITIAL_RAS: u8 = 3;
 /// Router lifetime in the RA (3 × [`RA_INTERVAL`], RFC 4861 §6.2.1).
 const ROUTER_LIFETIME: u16 = 1800;
 /// RDNSS lifetime (RFC 8106 §5.1: at least 3 × MaxRtrAdvInterval).
@@ -472,13 +483,20 @@ impl Stack {
     }
 
     /// Unsolicited router advertisements: the first as soon as the guest
-    /// has sent IPv6, then every [`RA_INTERVAL`].
+    /// has sent IPv6, [`INITIAL_RAS`] in all [`INITIAL_RA_INTERVAL`] apart,
+    /// then every [`RA_INTERVAL`].
     pub(super) fn ra_timer(&mut self, now: Instant, out: &mut Actions) {
         if let Some(t) = self.next_ra
             && now >= t
         {
             self.send_ra(ALL_NODES, out);
-            self.next_ra = Some(now + RA_INTERVAL);
+            self.initial_ras = self.initial_ras.saturating_add(1);
+            let wait = if self.initial_ras < INITIAL_RAS {
+                INITIAL_RA_INTERVAL
+            } else {
+                RA_INTERVAL
+            };
+            self.next_ra = Some(now + wait);
         }
     }
 

@@ -533,6 +533,8 @@ pub struct Stack {
     /// When the next unsolicited router advertisement is due; `None` until
     /// the guest first sends IPv6 (then one goes out at once).
     next_ra: Option<Instant>,
+    /// Unsolicited RAs sent so far (the first few go out faster).
+    initial_ras: u8,
 }
 
 /// Source ports for inbound flows shown from the gateway (the Linux
@@ -564,6 +566,7 @@ impl Stack {
                     .unwrap_or(0),
             pub_udp: std::collections::HashMap::new(),
             next_ra: None,
+            initial_ras: 0,
         }
     }
 

@@ -264,7 +264,16 @@ fn router_solicitation_gets_an_advertisement_and_the_first_frame_one_unsolicited
         (gw_ll(), a("ff02::1"), 255)
     );
     expect_ra(icmp_of(&p), 1500);
-    // The next one is due much later.
+    // Two more follow, INITIAL_RA_INTERVAL apart; then much later.
+    let mut t = t;
+    for _ in 1..super::INITIAL_RAS {
+        let next = s.next_deadline().unwrap();
+        assert_eq!(next, t + super::INITIAL_RA_INTERVAL);
+        t = next;
+        let mut o = Actions::default();
+        s.poll(t, &mut o);
+        assert_eq!(o.frames.len(), 1, "initial unsolicited RA");
+    }
     let next = s.next_deadline().unwrap();
     assert!(next >= t + super::RA_INTERVAL);
 
