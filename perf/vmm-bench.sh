@@ -166,12 +166,13 @@ cat >"$TMP/outer/init" <<'EOF'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in irqbypass kvm kvm-amd; do insmod /modules/$m.ko || echo "BENCH-OUTER-FAIL insmod $m"; done
+for m in irqbypass kvm kvm-amd tun; do insmod /modules/$m.ko || echo "BENCH-OUTER-FAIL insmod $m"; done
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^bench\.$1=//p" | tail -1 | tr , ' '; }
 ip link set lo up
 net=$(arg net)
 if [ "$net" = tap ]; then
-	ip tuntap add dev uipdtap0 mode tap vnet_hdr
+	# busybox's ip has no tuntap: iproute2's, as ip2 (scripts/vmm-assets.sh).
+	ip2 tuntap add dev uipdtap0 mode tap vnet_hdr || echo "BENCH-OUTER-FAIL no TAP"
 	ip addr add 192.168.34.1/24 dev uipdtap0
 	ip link set uipdtap0 up
 	srv=192.168.34.1 icmd="bench.ip=192.168.34.2"
