@@ -98,17 +98,9 @@ impl L2 {
     /// `ip.payload_len` bytes. Returns the buffer and the offset of the
     /// IPv6 payload.
     pub(super) fn ipv6_frame(&self, ip: &Ipv6Repr, hdr: &VnetHdrRepr) -> (Vec<u8>, usize) {
-        let (mut buf, hr) = self.alloc(L4_START6 + ip.payload_len);
-        self.put_vnet_hdr(&mut buf, hdr);
-        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
-        EthernetRepr {
-            src_addr: self.gateway,
-            dst_addr: self.guest,
-            ethertype: EtherType::Ipv6,
-        }
-        .emit(&mut f);
-        ip.emit(&mut Ipv6Packet::new_unchecked(f.payload_mut()));
-        (buf, hr + L4_START6)
+        let (mut buf, l3) = self.eth_frame(EtherType::Ipv6, ip6::HEADER_LEN + ip.payload_len, hdr);
+        ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[l3..]));
+        (buf, l3 + ip6::HEADER_LEN)
     }
 }
 

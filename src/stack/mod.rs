@@ -451,17 +451,30 @@ impl L2 {
     /// with room for `ip.payload_len` bytes of payload. Returns the buffer
     /// and the offset of the IPv4 payload (the L4 header).
     fn ipv4_frame(&self, ip: &Ipv4Repr, hdr: &VnetHdrRepr) -> (Vec<u8>, usize) {
-        let (mut buf, hr) = self.alloc(L4_START + ip.payload_len);
+        let ip_hdr = L4_START - wire::ethernet::HEADER_LEN;
+        let (mut buf, l3) = self.eth_frame(EtherType::Ipv4, ip_hdr + ip.payload_len, hdr);
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[l3..]));
+        (buf, l3 + ip_hdr)
+    }
+
+    /// A frame from the gateway to the guest with `hdr` and the Ethernet
+    /// header written and room for `l3_len` bytes of `ethertype` after it;
+    /// returns the buffer and the offset of the L3 header.
+    fn eth_frame(
+        &self,
+        ethertype: EtherType,
+        l3_len: usize,
+        hdr: &VnetHdrRepr,
+    ) -> (Vec<u8>, usize) {
+        let (mut buf, hr) = self.alloc(wire::ethernet::HEADER_LEN + l3_len);
         self.put_vnet_hdr(&mut buf, hdr);
-        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
         EthernetRepr {
             src_addr: self.gateway,
             dst_addr: self.guest,
-            ethertype: EtherType::Ipv4,
+            ethertype,
         }
-        .emit(&mut f);
-        ip.emit(&mut Ipv4Packet::new_unchecked(f.payload_mut()));
-        (buf, hr + L4_START)
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[hr..]));
+        (buf, hr + wire::ethernet::HEADER_LEN)
     }
 
     /// [`L2::ipv4_frame`] or [`L2::ipv6_frame`] for `src` → `dst` (hop
