@@ -47,8 +47,8 @@ use super::wire::icmpv6::{self, PrefixInfo, RouterAdvert};
 use super::wire::ipv6 as ip6;
 use super::wire::vnet_hdr::{flags as vnet_flags, gso};
 use super::wire::{
-    EtherType, EthernetAddress, EthernetFrame, EthernetRepr, Icmpv6Packet, Icmpv6Repr, Ipv6Packet,
-    Ipv6Repr, UdpPacket, UdpRepr, VnetHdrRepr, ip_proto,
+    EtherType, EthernetAddress, Icmpv6Packet, Icmpv6Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+    VnetHdrRepr, ip_proto,
 };
 use super::{
     Actions, DropReason, FlowKey, Instant, L2, Proto, Stack, TCP_CSUM_OFFSET, TxCsum,
@@ -267,22 +267,8 @@ impl Stack {
         if ip6::HEADER_LEN + l4.len() > usize::from(u16::MAX) {
             return self.drop(DropReason::FragLimit);
         }
-        let hr = if self.cfg.offload.vnet_hdr {
-            wire::vnet_hdr::HEADER_LEN
-        } else {
-            0
-        };
-        let mut buf = vec![0u8; hr + L4_START6 + l4.len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
-        EthernetRepr {
-            src_addr: self
-                .guest_mac
-                .unwrap_or(EthernetAddress([2, 0, 0, 0, 0, 1])),
-            dst_addr: self.cfg.gateway_mac,
-            ethertype: EtherType::Ipv6,
-        }
-        .emit(&mut f);
-        let mut p = Ipv6Packet::new_unchecked(f.payload_mut());
+        let (mut buf, l3) = self.guest_frame(EtherType::Ipv6, ip6::HEADER_LEN + l4.len());
+        let mut p = Ipv6Packet::new_unchecked(&mut buf[l3..]);
         Ipv6Repr {
             src_addr: src,
             dst_addr: dst,

@@ -877,27 +877,34 @@ impl Stack {
             payload_len: l4.len(),
             ..repr
         };
-        // In the form `ingress` takes: with a (zero: verify everything)
-        // virtio-net header first when the link carries one.
+        let (mut buf, l3) = self.guest_frame(EtherType::Ipv4, ip.buffer_len() + l4.len());
+        let mut p = Ipv4Packet::new_unchecked(&mut buf[l3..]);
+        ip.emit(&mut p);
+        p.payload_mut().copy_from_slice(l4);
+        out.forward.push((owner, buf));
+    }
+
+    /// A reassembled datagram's frame for its owner worker, in the form
+    /// `ingress` takes: a (zero: verify everything) virtio-net header first
+    /// when the link carries one, then Ethernet from the guest to the
+    /// gateway, with room for `l3_len` bytes of `ethertype`. Returns the
+    /// buffer and the offset of the L3 header.
+    pub(super) fn guest_frame(&self, ethertype: EtherType, l3_len: usize) -> (Vec<u8>, usize) {
         let hdr = if self.cfg.offload.vnet_hdr {
             wire::vnet_hdr::HEADER_LEN
         } else {
             0
         };
-        let mut buf = vec![0u8; hdr + wire::ethernet::HEADER_LEN + ip.buffer_len() + l4.len()];
-        let mut f = EthernetFrame::new_unchecked(&mut buf[hdr..]);
+        let mut buf = vec![0u8; hdr + wire::ethernet::HEADER_LEN + l3_len];
         EthernetRepr {
             src_addr: self
                 .guest_mac
                 .unwrap_or(EthernetAddress([2, 0, 0, 0, 0, 1])),
             dst_addr: self.cfg.gateway_mac,
-            ethertype: EtherType::Ipv4,
+            ethertype,
         }
-        .emit(&mut f);
-        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
-        ip.emit(&mut p);
-        p.payload_mut().copy_from_slice(l4);
-        out.forward.push((owner, buf));
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[hdr..]));
+        (buf, hdr + wire::ethernet::HEADER_LEN)
     }
 
     #[allow(clippy::too_many_arguments)]
