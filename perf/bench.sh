@@ -4,13 +4,14 @@
 # upper limit), with the same client, server, duration and MTU for each.
 #
 #   perf/bench.sh [-l SECONDS] [-r RUNS] [-m "1500 65520"] [-b BACKENDS]
-#                 [-t TESTS] [-c CPULIST] [-o OUT.json] [-N]
+#                 [-t TESTS] [-c CPULIST] [-u "UIPD ARGS"] [-o OUT.json] [-N]
 #
 #   -l  seconds per test (default 5)         -r  runs; medians reported (3)
 #   -m  MTUs (default "1500 65520")          -o  output JSON (the PNG chart
 #   -b  backends (default "uipd slirp4netns      goes next to it, .png)
 #       pasta veth")                          -c  uipd --cpus (default: none)
 #   -t  tests (default "TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3")
+#   -u  more uipd options, e.g. "--poll-us 0" (default: none)
 #   -N  do not run `cargo build --release --bins` first
 #
 # Quick smoke run:  perf/bench.sh -l 2 -r 1 -m 1500 -t "TCP_STREAM TCP_RR"
@@ -44,11 +45,11 @@ set -euo pipefail
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
 LEN=5 RUNS=3 MTUS="1500 65520" BACKENDS="uipd slirp4netns pasta veth"
-TESTS="TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3" CPUS="" OUT="" BUILD=1
-while getopts "l:r:m:b:t:c:o:Nh" o; do
+TESTS="TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3" CPUS="" UARGS="" OUT="" BUILD=1
+while getopts "l:r:m:b:t:c:u:o:Nh" o; do
   case $o in
     l) LEN=$OPTARG ;; r) RUNS=$OPTARG ;; m) MTUS=$OPTARG ;; b) BACKENDS=$OPTARG ;;
-    t) TESTS=$OPTARG ;; c) CPUS=$OPTARG ;; o) OUT=$OPTARG ;; N) BUILD=0 ;; *) usage ;;
+    t) TESTS=$OPTARG ;; c) CPUS=$OPTARG ;; u) UARGS=$OPTARG ;; o) OUT=$OPTARG ;; N) BUILD=0 ;; *) usage ;;
   esac
 done
 [[ $LEN =~ ^[1-9][0-9]*$ && $LEN -le 600 ]] || { echo "-l: 1..600 seconds" >&2; exit 2; }
@@ -91,6 +92,7 @@ if [[ ${UIPD_BENCH_INNER:-} != 1 ]]; then
   mkdir -p "$(dirname "$OUT")"
   args=(-l "$LEN" -r "$RUNS" -m "$MTUS" -b "$BACKENDS" -t "$TESTS" -o "$OUT" -N)
   [[ -z $CPUS ]] || args+=(-c "$CPUS")
+  [[ -z $UARGS ]] || args+=(-u "$UARGS")
   exec unshare --net --mount -- "$0" "${args[@]}"
 fi
 
@@ -175,7 +177,8 @@ run_uipd() {
   # Then wait (bounded) for the go-ahead, so uipd's CPU time is read while
   # it still runs, after the traffic.
   cmd+="; i=0; while [ ! -e $D/go ] && [ \$i -lt 100 ]; do sleep 0.05; i=\$((i+1)); done"
-  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
+  # shellcheck disable=SC2086 # UARGS: options, split on spaces
+  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} $UARGS -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
   pid=$!
   track $pid
   wait_for $((LEN + 45)) uipd_done $pid || echo "uipd: client did not finish" >&2
@@ -287,7 +290,7 @@ done
 stop $SERVER
 
 python3 perf/report.py bench "$RAW" "$OUT" --rev "$REV" --len "$LEN" --runs "$RUNS" \
-  --mtus "$MTUS" --backends "$BACKENDS" --tests "$TESTS" --cpus "$CPUS"
+  --mtus "$MTUS" --backends "$BACKENDS" --tests "$TESTS" --cpus "$CPUS" --uipd-args "$UARGS"
 if [[ -n ${PLOT_PY:-} ]]; then
   "$PLOT_PY" perf/report.py chart "$OUT" "${OUT%.json}.png" || echo "warning: chart failed" >&2
 fi

@@ -207,6 +207,7 @@ def cmd_bench(a):
         "backends": backends, "tests": a.tests.split(),
         "queues": 1,
         "uipd_workers_seen": uipd_workers,
+        "uipd_args": a.uipd_args or None,
         "pinning": {"uipd_cpus": a.cpus or None,
                     "clients_servers": "none (scheduler's choice)"},
         "paths": {
@@ -747,6 +748,7 @@ def main():
         s.add_argument("--backends", default="")
         s.add_argument("--tests", default="")
         s.add_argument("--cpus", default="")
+        s.add_argument("--uipd-args", default="")
         s.add_argument("--multi", default="")
         s.add_argument("--note", default="")
     c = sub.add_parser("chart")

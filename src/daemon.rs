@@ -193,6 +193,8 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         ("pcap_frames", sum(|w| w.pcap_frames)),
         ("pcap_drops", sum(|w| w.pcap_drops)),
         ("port_drops", sum(|w| w.port_drops)),
+        ("sleeps", sum(|w| w.sleeps)),
+        ("poll_hits", sum(|w| w.poll_hits)),
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
     }

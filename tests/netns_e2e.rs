@@ -1128,3 +1128,53 @@ fn idle_uipd_uses_under_one_percent_cpu() {
     );
     o.pass();
 }
+
+/// Adaptive busy-polling (`--poll-us`, default 50): 1-byte request/response
+/// traffic (uipd-perf TCP_RR, 2 s) keeps its worker's poll window open, so
+/// most requests and responses are found by polling, not by a sleep and a
+/// wake-up; with `--poll-us 0` the workers always sleep.
+#[test]
+fn request_response_is_answered_by_polling_unless_poll_us_is_0() {
+    if skip_unless_uipd("request_response_is_answered_by_polling_unless_poll_us_is_0") {
+        return;
+    }
+    let perf = env!("CARGO_BIN_EXE_uipd-perf");
+    for poll in ["50", "0"] {
+        let name = format!("rr_poll_{poll}");
+        let mut sc = Scenario::new(&name);
+        sc.timeout(60)
+            .raw_server("perf", 12865, &format!("{perf} -s -B 127.0.0.1 -p 12865"))
+            .args(&["--workers", "1", "--poll-us", poll, "--stats"])
+            .guest(&format!(
+                "timeout 30 {perf} -H \"$GW\" -p 12865 -t TCP_RR -l 2 --json >\"$D/rr.json\"\n\
+                 echo \"RESULT rr rc=$? trans=$(sed 's/.*\"transactions\":\\([0-9]*\\).*/\\1/' \"$D/rr.json\")\""
+            ));
+        let o = sc.run();
+        o.expect_code(0);
+        o.check(o.value("rr", "rc") == "0", "the TCP_RR client failed");
+        let trans: u64 = o.value("rr", "trans").parse().unwrap_or(0);
+        o.check(trans >= 200, &format!("only {trans} transactions in 2 s"));
+        let h = o
+            .stat("poll_hits")
+            .unwrap_or_else(|| o.fail("no poll_hits in --stats"));
+        let sleeps = o
+            .stat("sleeps")
+            .unwrap_or_else(|| o.fail("no sleeps in --stats"));
+        eprintln!("--poll-us {poll}: {trans} transactions, {h} poll hits, {sleeps} sleeps");
+        if poll == "0" {
+            o.check(h == 0, &format!("--poll-us 0 polled ({h} hits)"));
+            o.check(
+                sleeps >= trans,
+                &format!("--poll-us 0: {sleeps} sleeps for {trans} transactions"),
+            );
+        } else {
+            // Each transaction is one request in and one response back:
+            // at least one of the two per transaction should be a hit.
+            o.check(
+                h >= trans / 2,
+                &format!("--poll-us {poll}: only {h} poll hits for {trans} transactions"),
+            );
+        }
+        o.pass();
+    }
+}

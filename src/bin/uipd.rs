@@ -145,9 +145,11 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256), conflicts_with = "cpus")]
     workers: Option<u16>,
 
-    /// Busy-poll this many microseconds before an idle worker sleeps
-    /// (trades CPU for latency; 0 = sleep at once).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Longest busy-poll before an idle worker sleeps, in microseconds.
+    /// The window adapts below it: it opens while work keeps coming within
+    /// it (request/response traffic is then answered without a sleep and a
+    /// wake-up) and closes when the worker idles. 0 = always sleep at once.
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
 
     /// Turn off TAP offloads (virtio-net header, checksum offload, TSO in

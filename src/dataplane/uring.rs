@@ -671,6 +671,20 @@ impl Uring {
         }
     }
 
+    /// Whether a wait would return at once: completions are ready, or the
+    /// kernel has task work for this thread (a socket or the TAP became
+    /// ready; `IORING_SQ_TASKRUN`, which the next `io_uring_enter` runs).
+    /// Reads shared ring memory only, no system call: what a busy-polling
+    /// worker checks between its spins.
+    pub fn work_pending(&mut self) -> bool {
+        !self.ready.is_empty() || !self.ring.completion().is_empty() || {
+            // Without IORING_SETUP_TASKRUN_FLAG (the plain-ring fallback)
+            // this bit is never set, and task work waits for the window's
+            // end: slower, never lost.
+            self.ring.submission().taskrun()
+        }
+    }
+
     /// Flows opened and not yet closed.
     pub fn open_flows(&self) -> usize {
         self.live_flows

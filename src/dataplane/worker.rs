@@ -15,8 +15,11 @@
 //! timers), queue the resulting writes and socket ops, then one
 //! `io_uring_enter` submits everything and sleeps until a completion, an
 //! inbox wake-up (the eventfd, written only when the worker announced it
-//! sleeps), or the stack's next deadline. With `poll_us`, an idle worker
-//! first spins that long (submitting without sleeping) before it sleeps.
+//! sleeps), or the stack's next deadline. Before it sleeps, an idle worker
+//! busy-polls the ring and the inbox for a window that adapts to how soon
+//! work has been coming ([`PollWindow`], at most `poll_us`): a
+//! request/response flow is answered without a sleep and a wake-up per
+//! packet, while an idle worker's window closes and it sleeps at once.
 //!
 //! A full inbox is backpressure, never silent loss: the frame waits in the
 //! sender's bounded backlog and the sender stops reading its TAP queue
@@ -57,6 +60,55 @@ const SINK_RETRY: Duration = Duration::from_millis(1);
 /// Most frames waiting for room in other workers' inboxes.
 const BACKLOG_MAX: usize = 1024;
 
+/// The smallest non-zero busy-poll window.
+const POLL_START: Duration = Duration::from_micros(10);
+
+/// How long an idle worker busy-polls before it sleeps: adaptive, the way
+/// KVM sizes its halt polling. Sleeping and being woken costs a context
+/// switch each way and, on a VM whose CPU went idle, an IPI and a halt
+/// exit: tens of microseconds, a request/response transaction's worth.
+/// Polling pays only when work comes soon, so the window follows how long
+/// the worker's sleeps last: a sleep that polling up to `max` would have
+/// caught doubles the window (from [`POLL_START`]); a longer one halves it
+/// (below [`POLL_START`] it is off). A busy request/response flow keeps
+/// the window open, an idle worker's sleeps (100 ms ticks) close it at
+/// once, so an idle uipd does not spin. `max` zero: never poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollWindow {
+    max: Duration,
+    cur: Duration,
+}
+
+impl PollWindow {
+    /// A window that grows up to `max` (closed at first).
+    pub fn new(max: Duration) -> PollWindow {
+        PollWindow {
+            max,
+            cur: Duration::ZERO,
+        }
+    }
+
+    /// How long to poll before the next sleep.
+    pub fn window(&self) -> Duration {
+        self.cur
+    }
+
+    /// The worker slept `slept` (polling, if any, found nothing first).
+    pub fn slept(&mut self, slept: Duration) {
+        if self.max.is_zero() {
+            return;
+        }
+        if slept <= self.max {
+            self.cur = (self.cur * 2).max(POLL_START).min(self.max);
+        } else {
+            self.cur /= 2;
+            if self.cur < POLL_START {
+                self.cur = Duration::ZERO;
+            }
+        }
+    }
+}
+
 /// Provided buffers for the TAP queue's multishot read: about 4 MiB of
 /// frames, between 16 and 256 of them.
 fn port_ring_entries(frame_max: usize) -> u16 {
@@ -88,6 +140,11 @@ pub struct WorkerCounters {
     pub completions: u64,
     /// Loop wake-ups.
     pub wakeups: u64,
+    /// Sleeps in `io_uring_enter` (the worker had nothing to do).
+    pub sleeps: u64,
+    /// Busy-polls that found work before their window ran out (each one
+    /// a sleep and a wake-up saved).
+    pub poll_hits: u64,
     /// Frames queued for the pcap file (`--pcap`), both directions.
     pub pcap_frames: u64,
     /// Frames left out of the pcap file because its writer fell behind.
@@ -230,7 +287,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// CPU to pin to.
     pub cpu: Option<usize>,
-    /// Busy-poll this long before sleeping (0: sleep at once).
+    /// Longest busy-poll before sleeping, in microseconds; the window
+    /// adapts below it ([`PollWindow`]). 0: sleep at once.
     pub poll_us: u64,
     /// Steer frames read from `port_reader` by [`steer::frame_owner`] and
     /// forward foreign ones. Off for a multiqueue TAP: there the kernel
@@ -241,6 +299,27 @@ pub struct Worker {
 impl Worker {
     fn inbox(&self) -> &FrameRing {
         &self.inboxes[self.index]
+    }
+
+    /// Spins up to `window` until there is work: a completion or task work
+    /// on the ring, a frame in the inbox, or a stop. No system calls: the
+    /// ring's and the inbox's shared memory are read.
+    fn poll_for_work(&self, uring: &mut Uring, window: Duration) -> bool {
+        let end = std::time::Instant::now() + window;
+        loop {
+            for _ in 0..64 {
+                if uring.work_pending()
+                    || !self.inbox().is_empty()
+                    || self.shared.stop.load(Ordering::Relaxed)
+                {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+        }
     }
 
     /// Run until `shared.stop`; returns the final stats.
@@ -288,7 +367,7 @@ impl Worker {
         let mut events = Vec::new();
         let mut backlog: VecDeque<(usize, Frame)> = VecDeque::new();
         let mut spare: Option<Vec<u8>> = None;
-        let mut idle_since: Option<std::time::Instant> = None;
+        let mut poll = PollWindow::new(Duration::from_micros(self.poll_us));
         let workers = self.inboxes.len();
         // Published ports this worker serves: listener id -> guest port.
         let mut published: HashMap<u32, u16> = HashMap::new();
@@ -589,19 +668,25 @@ impl Worker {
                 || !backlog.is_empty()
                 || (port_ready && self.port_reader.is_some())
                 || !held.is_empty();
-            let spinning = self.poll_us > 0 && {
-                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
-                since.elapsed() < Duration::from_micros(self.poll_us)
-            };
-            if frames_in > 0 {
-                idle_since = None;
-            }
-            if busy || spinning {
+            if busy {
                 uring.submit_and_wait(0, None)?;
-            } else if self.inboxes[self.index].prepare_sleep() {
+                continue;
+            }
+            // Idle: poll a while (submitting first), then sleep.
+            let window = poll.window().min(timeout.unwrap_or(IDLE_TICK));
+            if !window.is_zero() {
+                uring.submit_and_wait(0, None)?;
+                if self.poll_for_work(&mut uring, window) {
+                    stats.worker.poll_hits += 1;
+                    continue;
+                }
+            }
+            if self.inboxes[self.index].prepare_sleep() {
+                let slept = std::time::Instant::now();
                 uring.submit_and_wait(1, timeout)?;
                 self.inboxes[self.index].awake();
-                idle_since = None;
+                stats.worker.sleeps += 1;
+                poll.slept(slept.elapsed());
             } else {
                 uring.submit_and_wait(0, None)?;
             }
@@ -620,5 +705,63 @@ impl Worker {
         stats.stack = self.stack.counters().clone();
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn poll_window_opens_on_short_sleeps_up_to_its_max() {
+        let mut p = PollWindow::new(50 * US);
+        assert_eq!(p.window(), Duration::ZERO, "closed at first");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            p.slept(30 * US);
+            seen.push(p.window());
+        }
+        assert_eq!(seen, [10 * US, 20 * US, 40 * US, 50 * US, 50 * US]);
+        // A sleep of exactly the maximum would have been caught.
+        p.slept(50 * US);
+        assert_eq!(p.window(), 50 * US);
+    }
+
+    #[test]
+    fn poll_window_halves_on_long_sleeps_and_closes_when_idle() {
+        let mut p = PollWindow::new(80 * US);
+        for _ in 0..4 {
+            p.slept(5 * US);
+        }
+        assert_eq!(p.window(), 80 * US);
+        p.slept(81 * US);
+        assert_eq!(p.window(), 40 * US);
+        p.slept(Duration::from_millis(100));
+        assert_eq!(p.window(), 20 * US);
+        p.slept(Duration::from_millis(100));
+        assert_eq!(p.window(), 10 * US);
+        // Below the smallest window it is off: an idle worker sleeps at once.
+        p.slept(Duration::from_millis(100));
+        assert_eq!(p.window(), Duration::ZERO);
+        p.slept(Duration::from_millis(100));
+        assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn poll_window_with_max_zero_never_polls() {
+        let mut p = PollWindow::new(Duration::ZERO);
+        for _ in 0..10 {
+            p.slept(US);
+        }
+        assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn poll_window_below_the_smallest_step_is_its_max() {
+        let mut p = PollWindow::new(3 * US);
+        p.slept(US);
+        assert_eq!(p.window(), 3 * US);
     }
 }
