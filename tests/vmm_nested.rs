@@ -181,6 +181,12 @@ fn nested_guest_boots_to_init_and_poweroff_ends_uipd_with_status_0() {
         !log.contains("UIPD-INNER-STILL-RUNNING"),
         "poweroff -f did not stop the guest"
     );
+    // The kernel found the DSDT's \_S5 and powered off through the PM1
+    // control block, not by halting.
+    assert!(
+        log.contains("uipd: the VM ended: PowerOff(\"ACPI S5\")"),
+        "the guest did not power off through ACPI S5"
+    );
     assert!(
         has_line(&log, "UIPD-EXIT=0"),
         "uipd did not exit 0 after the guest's poweroff"

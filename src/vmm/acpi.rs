@@ -27,9 +27,10 @@
 //! bus really has. Seen in the nested test (Debian 6.1): "ACPI:
 //! Interpreter enabled", "PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem
 //! 0xe0000000-0xe00fffff]", "... reserved in E820", "ACPI: PCI Root Bridge
-//! \[PCI0\]", the host bridge's config space 4096 bytes; `poweroff` still
-//! ends in the halt [`super::vcpu`] detects (no `\_S5`, so Linux does not
-//! try an ACPI power-off). There is no `_PRT`: every function here uses
+//! \[PCI0\]", the host bridge's config space 4096 bytes. The DSDT's
+//! `\_S5` lets Linux power off the ACPI way (`SLP_EN` in PM1 control);
+//! a kernel without ACPI still ends in the halt [`super::vcpu`] detects.
+//! There is no `_PRT`: every function here uses
 //! MSI-X and has no INTx pin.
 //!
 //! ISA IRQs keep their identity routing to the I/O APIC, as in the MP
@@ -39,7 +40,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::boot::{Error, IOAPIC_ADDR, LAPIC_ADDR, MAX_VCPUS, PCI_ECAM_SIZE, PCI_ECAM_START};
-use super::devices::{ACPI_PM1, ACPI_SCI_IRQ};
+use super::devices::{ACPI_PM1, ACPI_SCI_IRQ, S5_SLP_TYP};
 
 /// Where the tables go: the E segment, reserved in the E820 map.
 pub const ACPI_START: u64 = 0xe_0000;
@@ -176,6 +177,8 @@ mod aml {
     pub const SCOPE: u8 = 0x10;
     pub const BUFFER: u8 = 0x11;
     pub const WORD: u8 = 0x0b;
+    pub const BYTE: u8 = 0x0a;
+    pub const PACKAGE: u8 = 0x12;
     pub const EXT: u8 = 0x5b;
     pub const DEVICE: u8 = 0x82;
     pub const ROOT: u8 = b'\\';
@@ -241,6 +244,22 @@ mod aml {
         b
     }
 
+    /// `Name(\seg, Package() { bytes... })`, at the namespace root.
+    pub fn name_root_byte_package(seg: &[u8; 4], bytes: &[u8]) -> Vec<u8> {
+        let mut body = vec![u8::try_from(bytes.len()).unwrap_or(0)];
+        for &v in bytes {
+            if v == 0 {
+                body.push(ZERO);
+            } else {
+                body.extend_from_slice(&[BYTE, v]);
+            }
+        }
+        let mut b = vec![NAME, ROOT];
+        b.extend_from_slice(seg);
+        b.extend(package(&[PACKAGE], &body));
+        b
+    }
+
     /// A compressed EISA ID: "PNP0A03" → 0x030ad041 (§19.6.35).
     pub fn eisa_id(id: &[u8; 7]) -> u32 {
         let c = |x: u8| u32::from(x.wrapping_sub(b'@') & 0x1f);
@@ -289,8 +308,11 @@ fn root_bridge_crs() -> Vec<u8> {
 }
 
 /// The DSDT: `\_SB.PCI0`, the PCI Express root bridge of segment 0, bus 0
-/// (`PNP0A08`, compatible `PNP0A03`), with its resources. With ACPI up,
-/// Linux scans PCI only below root bridges the DSDT names.
+/// (`PNP0A08`, compatible `PNP0A03`), with its resources (with ACPI up,
+/// Linux scans PCI only below root bridges the DSDT names); and `\_S5`,
+/// the soft-off sleep state, `SLP_TYP` [`S5_SLP_TYP`] for PM1a and PM1b
+/// (ACPI 6.4 §7.4.2): with it Linux powers off through the PM1 control
+/// block, which [`super::devices::AcpiPm`] turns into the VM's end.
 pub fn dsdt() -> Vec<u8> {
     use aml::*;
     let mut dev = b"PCI0".to_vec();
@@ -303,7 +325,10 @@ pub fn dsdt() -> Vec<u8> {
     let mut sb = vec![ROOT];
     sb.extend_from_slice(b"_SB_");
     sb.extend(package(&[EXT, DEVICE], &dev));
-    table(b"DSDT", 2, &package(&[SCOPE], &sb))
+    let mut aml = package(&[SCOPE], &sb);
+    let typ = u8::try_from(S5_SLP_TYP).unwrap_or(0);
+    aml.extend(name_root_byte_package(b"_S5_", &[typ, typ, 0, 0]));
+    table(b"DSDT", 2, &aml)
 }
 
 /// The XSDT listing `tables`.
@@ -501,9 +526,15 @@ mod tests {
                 n => panic!("unexpected PkgLength size {n}"),
             }
         };
+        // After the scope: Name(\_S5_, Package(4) { 5, 5, 0, 0 }).
+        let s5: &[u8] = &[
+            0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 8, 4, 0x0a, 5, 0x0a, 5, 0, 0,
+        ];
+        assert!(aml.ends_with(s5), "no \\_S5 at the end: {aml:02x?}");
+        let aml = &aml[..aml.len() - s5.len()];
         assert_eq!(aml[0], 0x10, "ScopeOp");
         let (len, n) = pkg(&aml[1..]);
-        assert_eq!(1 + len, aml.len(), "the scope spans the table");
+        assert_eq!(1 + len, aml.len(), "the scope spans the rest");
         let body = &aml[1 + n..];
         assert_eq!(&body[..5], b"\\_SB_");
         let dev = &body[5..];

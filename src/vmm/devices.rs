@@ -214,21 +214,39 @@ pub const ACPI_PM1_LEN: u64 = 6;
 /// The SCI's IRQ (FADT `SCI_INT`); never raised: no fixed event ever fires.
 pub const ACPI_SCI_IRQ: u16 = 9;
 
+/// The sleep type the DSDT's `\_S5` names (soft off), written to PM1
+/// control's `SLP_TYP` with `SLP_EN` to power off.
+pub const S5_SLP_TYP: u16 = 5;
+
 /// The ACPI fixed-hardware registers an interpreter needs to come up
 /// (ACPI 6.4 §4.8.3): PM1 status reads 0 (nothing happened; writes clear
 /// nothing), PM1 enable keeps what the OS writes, PM1 control always
 /// reads `SCI_EN` (the machine is in ACPI mode, so no SMI_CMD is needed)
-/// and keeps `SLP_TYP`, and ignores `SLP_EN` (there is no `\_S5`:
-/// power-off stays the halt that [`super::vcpu`] detects).
-#[derive(Default)]
+/// and keeps `SLP_TYP`. Setting `SLP_EN` with `SLP_TYP` =
+/// [`S5_SLP_TYP`] is the power-off (ACPI 6.4 §7.4.2, §4.8.3.2.1): it
+/// signals `poweroff` once; `SLP_EN` with any other type (uipd names no
+/// other sleep state) does nothing.
 pub struct AcpiPm {
     regs: [u8; 6],
+    poweroff: EventFd,
+}
+
+impl AcpiPm {
+    /// The registers, signalling `poweroff` on an S5 entry.
+    pub fn new(poweroff: EventFd) -> AcpiPm {
+        AcpiPm {
+            regs: [0; 6],
+            poweroff,
+        }
+    }
 }
 
 /// PM1 control: `SCI_EN`.
 const PM1_SCI_EN: u16 = 1;
 /// PM1 control: the bits the OS may set (`SLP_TYP`, 10..12).
 const PM1_CNT_WRITABLE: u16 = 0b111 << 10;
+/// PM1 control: `SLP_EN` (write-only: enter the sleep state `SLP_TYP`).
+const PM1_SLP_EN: u16 = 1 << 13;
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -248,13 +266,22 @@ impl BusDevice for AcpiPm {
     fn write(&mut self, offset: u64, data: &[u8]) {
         let at = usize::try_from(offset).unwrap_or(usize::MAX);
         let mask = PM1_CNT_WRITABLE.to_le_bytes();
+        let mut slp_en = false;
         for (i, b) in data.iter().enumerate() {
             match at.saturating_add(i) {
                 r @ (2 | 3) => self.regs[r] = *b,
                 4 => self.regs[4] = *b & mask[0],
-                5 => self.regs[5] = *b & mask[1],
+                5 => {
+                    self.regs[5] = *b & mask[1];
+                    slp_en = u16::from(*b) << 8 & PM1_SLP_EN != 0;
+                }
                 _ => {}
             }
+        }
+        let typ = (u16::from_le_bytes([self.regs[4], self.regs[5]]) & PM1_CNT_WRITABLE) >> 10;
+        if slp_en && typ == S5_SLP_TYP {
+            // Fails only when the counter would overflow: already signalled.
+            let _ = self.poweroff.write(1);
         }
     }
 }
@@ -358,7 +385,8 @@ mod tests {
 
     #[test]
     fn acpi_pm1_blocks_say_acpi_mode_and_keep_only_writable_bits() {
-        let mut pm = AcpiPm::default();
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut pm = AcpiPm::new(evt.try_clone().unwrap());
         let r16 = |pm: &mut AcpiPm, off: u64| {
             let mut b = [0u8; 2];
             pm.read(off, &mut b);
@@ -370,11 +398,24 @@ mod tests {
         assert_eq!(r16(&mut pm, 0), 0, "status never latches");
         pm.write(2, &0x0120u16.to_le_bytes());
         assert_eq!(r16(&mut pm, 2), 0x0120, "enable keeps what is written");
-        // SLP_TYP is kept; SLP_EN and SCI_EN writes change nothing.
+        // SLP_TYP is kept; SLP_EN and SCI_EN never read back. SLP_EN with
+        // a type other than S5's does nothing.
+        pm.write(4, &((3u16 << 10) | (1 << 13)).to_le_bytes());
+        assert_eq!(r16(&mut pm, 4), (3 << 10) | 1);
+        assert!(evt.read().is_err(), "SLP_EN in S3 powered off");
+        // Linux's order: SLP_TYP alone, then SLP_TYP | SLP_EN.
+        pm.write(4, &(5u16 << 10).to_le_bytes());
+        assert!(evt.read().is_err(), "SLP_TYP alone powered off");
         pm.write(4, &((5u16 << 10) | (1 << 13)).to_le_bytes());
         assert_eq!(r16(&mut pm, 4), (5 << 10) | 1);
+        assert_eq!(evt.read().unwrap(), 1, "S5 entry did not power off");
         pm.write(4, &0u16.to_le_bytes());
         assert_eq!(r16(&mut pm, 4), 1);
+        // A byte write of the high half counts too.
+        pm.write(4, &[0]);
+        pm.write(5, &[(5 << 2) | (1 << 5)]);
+        assert_eq!(evt.read().unwrap(), 1, "a byte write of S5 | SLP_EN");
+        pm.write(5, &[0]);
         // Byte and dword accesses, and past the end.
         let mut b = [0u8; 4];
         pm.read(2, &mut b);

@@ -392,6 +392,10 @@ pub fn run_vm(
     let mut pio = Bus::default();
     let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("eventfd", &e))?;
     let reset = reset_evt.try_clone().map_err(|e| dev_err("eventfd", &e))?;
+    let poweroff_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| dev_err("eventfd", &e))?;
+    let poweroff = poweroff_evt
+        .try_clone()
+        .map_err(|e| dev_err("eventfd", &e))?;
     let ins = |bus: &mut Bus, base, len, d: Arc<Mutex<dyn devices::BusDevice>>| {
         bus.insert(base, len, d)
             .map_err(|e| dev_err("port map", &e))
@@ -421,7 +425,7 @@ pub fn run_vm(
         &mut pio,
         devices::ACPI_PM1,
         devices::ACPI_PM1_LEN,
-        Arc::new(Mutex::new(devices::AcpiPm::default())),
+        Arc::new(Mutex::new(devices::AcpiPm::new(poweroff))),
     )?;
     let (pci_io, pci_ecam, pci_mmio) = pci.into_bus_devices();
     ins(
@@ -443,7 +447,7 @@ pub fn run_vm(
         Arc::new(Mutex::new(pci_ecam)),
     )
     .map_err(|e| dev_err("MMIO map (ECAM)", &e))?;
-    let shared = vcpu::Shared::new(vcpus, pio, mmio, exit_evt, reset_evt);
+    let shared = vcpu::Shared::new(vcpus, pio, mmio, exit_evt, reset_evt, poweroff_evt);
     let mut fds = Vec::with_capacity(vcpus);
     for i in 0..vcpus {
         let id = u8::try_from(i).map_err(|_| Error::Vcpus(vcpus, boot::MAX_VCPUS))?;
@@ -517,7 +521,27 @@ mod tests {
         let Some((r, out)) = run_tiny(&code, 2) else {
             return;
         };
-        assert_eq!(r.unwrap(), Exit::PowerOff);
+        assert_eq!(r.unwrap(), Exit::PowerOff("all vCPUs halted"));
+        assert_eq!(out, "OK");
+    }
+
+    #[test]
+    fn slp_en_with_the_s5_sleep_type_powers_off_the_vm() {
+        // PRINT_OK; mov dx, 0x604; mov ax, SLP_TYP 5 | SLP_EN; out dx, ax;
+        // sti; hlt; jmp back: ACPI's S5 entry (the guest then idles with
+        // interrupts on, so only the PM1 write can end it).
+        let s5 = (5u16 << 10) | (1 << 13);
+        let [lo, hi] = s5.to_le_bytes();
+        let code = [
+            PRINT_OK,
+            &[0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, lo, hi, 0x66, 0xef],
+            &[0xfb, 0xf4, 0xeb, 0xfd],
+        ]
+        .concat();
+        let Some((r, out)) = run_tiny(&code, 1) else {
+            return;
+        };
+        assert_eq!(r.unwrap(), Exit::PowerOff("ACPI S5"));
         assert_eq!(out, "OK");
     }
 

@@ -46,9 +46,10 @@ use super::devices::Bus;
 /// Why the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
-    /// Every vCPU halted with interrupts off (`poweroff`, `halt`), or
-    /// KVM reported a shutdown system event.
-    PowerOff,
+    /// The guest powered off: how uipd saw it ("ACPI S5" when it wrote
+    /// `SLP_EN` with the `\_S5` sleep type, "all vCPUs halted" for a
+    /// kernel without ACPI power-off, "shutdown event" from KVM).
+    PowerOff(&'static str),
     /// The guest reset the machine (i8042 reset, triple fault, reset event).
     Reset(&'static str),
     /// SIGINT or SIGTERM.
@@ -93,6 +94,8 @@ pub struct Shared {
     exit_evt: EventFd,
     /// The i8042's reset line.
     reset_evt: EventFd,
+    /// The ACPI PM1 control block's power-off (`SLP_EN` in S5).
+    poweroff_evt: EventFd,
     /// The reason, when a vCPU thread ended the VM.
     reason: Mutex<Option<Result<Exit, RunError>>>,
     state: Vec<AtomicU8>,
@@ -104,12 +107,20 @@ pub struct Shared {
 
 impl Shared {
     /// Shared state for `vcpus` vCPUs with these buses, ending on
-    /// `exit_evt` or `reset_evt`.
-    pub fn new(vcpus: usize, pio: Bus, mmio: Bus, exit_evt: EventFd, reset_evt: EventFd) -> Shared {
+    /// `exit_evt`, `reset_evt` or `poweroff_evt`.
+    pub fn new(
+        vcpus: usize,
+        pio: Bus,
+        mmio: Bus,
+        exit_evt: EventFd,
+        reset_evt: EventFd,
+        poweroff_evt: EventFd,
+    ) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
             exit_evt,
             reset_evt,
+            poweroff_evt,
             reason: Mutex::new(None),
             state: (0..vcpus).map(|_| AtomicU8::new(RUNNING)).collect(),
             pio,
@@ -209,14 +220,19 @@ pub fn run(vcpus: Vec<VcpuFd>, shared: Arc<Shared>, pin: &[usize]) -> Result<Exi
 fn wait(threads: &[JoinHandle<()>], shared: &Shared) -> Result<Exit, RunError> {
     let mut parked_rounds = 0;
     loop {
-        let mut pfd =
-            [shared.exit_evt.as_raw_fd(), shared.reset_evt.as_raw_fd()].map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        // SAFETY: `pfd` is an array of two valid pollfds on the stack; nfds = 2.
-        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, 100) };
+        let mut pfd = [
+            shared.exit_evt.as_raw_fd(),
+            shared.reset_evt.as_raw_fd(),
+            shared.poweroff_evt.as_raw_fd(),
+        ]
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `pfd` is an array of three valid pollfds on the stack;
+        // nfds = 3 is its length.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 3, 100) };
         if n > 0 && pfd[0].revents != 0 {
             let r = shared
                 .reason
@@ -228,6 +244,9 @@ fn wait(threads: &[JoinHandle<()>], shared: &Shared) -> Result<Exit, RunError> {
         if n > 0 && pfd[1].revents != 0 {
             return Ok(Exit::Reset("i8042 reset"));
         }
+        if n > 0 && pfd[2].revents != 0 {
+            return Ok(Exit::PowerOff("ACPI S5"));
+        }
         let sig = STOP_SIGNAL.load(Ordering::SeqCst);
         if sig != 0 {
             return Ok(Exit::Signal(sig));
@@ -235,7 +254,7 @@ fn wait(threads: &[JoinHandle<()>], shared: &Shared) -> Result<Exit, RunError> {
         if shared.all_parked() {
             parked_rounds += 1;
             if parked_rounds >= 2 {
-                return Ok(Exit::PowerOff);
+                return Ok(Exit::PowerOff("all vCPUs halted"));
             }
         } else {
             parked_rounds = 0;
@@ -308,7 +327,7 @@ fn vcpu_loop(i: usize, mut vcpu: VcpuFd, sh: &Shared, cpu: Option<usize>) {
             }
             Ok(VcpuExit::SystemEvent(t, _)) => {
                 match t {
-                    KVM_SYSTEM_EVENT_SHUTDOWN => sh.end(Ok(Exit::PowerOff)),
+                    KVM_SYSTEM_EVENT_SHUTDOWN => sh.end(Ok(Exit::PowerOff("shutdown event"))),
                     KVM_SYSTEM_EVENT_RESET => sh.end(Ok(Exit::Reset("reset event"))),
                     KVM_SYSTEM_EVENT_CRASH => fail("the guest crashed".into()),
                     other => fail(format!("unexpected system event {other}")),
