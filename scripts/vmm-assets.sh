@@ -124,7 +124,7 @@ for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 done
 
 # The inner initramfs; rebuilt when its layout version changes.
-inner_version=8
+inner_version=10
 if [ ! -s "$out/inner-initramfs.gz" ] || [ "$(cat "$out/inner.version" 2>/dev/null)" != $inner_version ]; then
 	d=$(mktemp -d)
 	busybox_root "$d"
@@ -192,33 +192,63 @@ case "$(cat /proc/cmdline)" in
 	fi
 	echo "UIPD-INNER-ADDR $(ip -4 -o addr show eth0 | awk '{ print $4 }')"
 	ping -c 3 -W 5 $peer >/dev/null && echo "UIPD-INNER-PING-OK"
-	wget -q -O /tmp/blob http://$peer:8080/blob &&
-		echo "UIPD-INNER-DOWN-SHA $(sha256sum /tmp/blob | cut -d' ' -f1)"
-	rm -f /tmp/blob
-	dd if=/dev/urandom of=/tmp/up bs=1M count=16 2>/dev/null
-	echo "UIPD-INNER-UP-SHA $(sha256sum /tmp/up | cut -d' ' -f1)"
-	nc $peer 9000 </tmp/up && echo "UIPD-INNER-UP-SENT"
-	rm -f /tmp/up
-	# iperf3's server refuses a test while it is still ending the
-	# previous one ("server is busy"): retry, bounded.
-	for try in 1 2 3; do
-		iperf3 -c $peer -t 3 -f m >/tmp/i1 2>&1 && { echo "UIPD-INNER-IPERF-TX-OK"; break; }
-		sleep 1
-	done
-	grep -E "sender|receiver|error" /tmp/i1
-	for try in 1 2 3; do
-		iperf3 -c $peer -t 3 -f m -R >/tmp/i2 2>&1 && { echo "UIPD-INNER-IPERF-RX-OK"; break; }
-		sleep 1
-	done
-	grep -E "sender|receiver|error" /tmp/i2
+	case "$(cat /proc/cmdline)" in
+	*inner.mq*)
+		# --vcpus 2 --queues 2: each pair's interrupts on its own CPU
+		# (pair q on CPU q), then eight parallel 1 MiB downloads, which
+		# uipd's flow hash spreads over both pairs (all on one: 1 in 128).
+		for q in 0 1; do
+			for dir in input output; do
+				n=virtio0-$dir.$q
+				irq=$(grep -E " $n[[:space:]]*\$" /proc/interrupts | cut -d: -f1 | tr -d ' ')
+				[ -n "$irq" ] && echo $((1 << q)) >/proc/irq/$irq/smp_affinity &&
+					echo "UIPD-INNER-AFFINITY $n $(cat /proc/irq/$irq/effective_affinity)"
+			done
+		done
+		grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ0 /'
+		pids=
+		for i in 1 2 3 4 5 6 7 8; do
+			(wget -q -O - http://$peer:8080/blob | head -c 1048576 | wc -c >/tmp/mq$i) &
+			pids="$pids $!"
+		done
+		wait $pids
+		# One short line (uipd's own output shares the console).
+		echo "UIPD-INNER-MQ-GOT $(cat /tmp/mq? | grep -c '^1048576$')"
+		# No published port in this run: stop its server.
+		[ -n "$PUBSRV" ] && kill $PUBSRV
+		PUBSRV=
+		;;
+	*)
+		wget -q -O /tmp/blob http://$peer:8080/blob &&
+			echo "UIPD-INNER-DOWN-SHA $(sha256sum /tmp/blob | cut -d' ' -f1)"
+		rm -f /tmp/blob
+		dd if=/dev/urandom of=/tmp/up bs=1M count=16 2>/dev/null
+		echo "UIPD-INNER-UP-SHA $(sha256sum /tmp/up | cut -d' ' -f1)"
+		nc $peer 9000 </tmp/up && echo "UIPD-INNER-UP-SENT"
+		rm -f /tmp/up
+		# iperf3's server refuses a test while it is still ending the
+		# previous one ("server is busy"): retry, bounded.
+		for try in 1 2 3; do
+			iperf3 -c $peer -t 3 -f m >/tmp/i1 2>&1 && { echo "UIPD-INNER-IPERF-TX-OK"; break; }
+			sleep 1
+		done
+		grep -E "sender|receiver|error" /tmp/i1
+		for try in 1 2 3; do
+			iperf3 -c $peer -t 3 -f m -R >/tmp/i2 2>&1 && { echo "UIPD-INNER-IPERF-RX-OK"; break; }
+			sleep 1
+		done
+		grep -E "sender|receiver|error" /tmp/i2
+		;;
+	esac
 	grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ /'
 	echo "UIPD-INNER-FEATURES $(cat /sys/class/net/eth0/device/features)"
 	[ -n "$PUBSRV" ] && wait $PUBSRV
 	[ -e /tmp/pub ] && echo "UIPD-INNER-PUB-GOT $(sha256sum /tmp/pub | cut -d' ' -f1)"
 	;;
 esac
-# poweroff without ACPI halts every CPU with interrupts off; uipd sees that
-# and exits 0. reboot (with reboot=k) resets through the i8042.
+# poweroff enters ACPI S5 (uipd's DSDT names it; without ACPI every CPU
+# halts with interrupts off); uipd sees either and exits 0. reboot (with
+# reboot=k) resets through the i8042.
 case "$(cat /proc/cmdline)" in
 *inner.reboot*) reboot -f ;;
 *) poweroff -f ;;

@@ -328,6 +328,84 @@ fn nested_guest_gets_dhcp_moves_16_mib_each_way_and_runs_iperf3_over_virtio_pci(
     );
 }
 
+/// The per-CPU counts of the `/proc/interrupts` line for `name` among the
+/// log lines that start with `prefix`.
+fn irq_counts(log: &str, prefix: &str, name: &str) -> Vec<u64> {
+    let line = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .find(|l| l.trim_end().ends_with(name))
+        .unwrap_or_else(|| panic!("no {prefix}line for {name}"));
+    // "  24:   310   0  PCI-MSIX-0000:00:01.0   0-edge   virtio0-input.0"
+    line.split_whitespace()
+        .skip(1)
+        .map_while(|w| w.parse().ok())
+        .collect()
+}
+
+#[test]
+fn nested_guest_with_2_vcpus_and_2_queue_pairs_takes_each_pairs_interrupts_on_its_own_cpu() {
+    // --vcpus 2 --queues 2: the guest puts pair q's interrupts on CPU q
+    // (smp_affinity), then eight parallel downloads spread over both
+    // pairs. Light traffic, so the outer guest keeps 2 CPUs (see
+    // boot_outer_smp for why the heavy tests use one).
+    let Some(log) = boot_outer(
+        "mq",
+        "uipd.net=user uipd.args=--vcpus,2,--queues,2 \
+         uipd.cmdline=console=ttyS0,quiet,panic=-1,inner.net,inner.mq",
+    ) else {
+        return;
+    };
+    assert!(
+        log.contains("UIPD-INNER-INIT-OK kernel ") && log.contains(" cpus 2"),
+        "the inner guest did not see 2 CPUs"
+    );
+    assert_eq!(
+        value(&log, "UIPD-INNER-ADDR"),
+        Some("192.168.33.15/24"),
+        "no address"
+    );
+    // Every queue has its own vector, and each one took its CPU.
+    for (name, mask) in [
+        ("virtio0-input.0", "1"),
+        ("virtio0-output.0", "1"),
+        ("virtio0-input.1", "2"),
+        ("virtio0-output.1", "2"),
+    ] {
+        assert_eq!(
+            value(&log, &format!("UIPD-INNER-AFFINITY {name}")),
+            Some(mask),
+            "{name}: smp_affinity not taken"
+        );
+    }
+    assert_eq!(
+        value(&log, "UIPD-INNER-MQ-GOT"),
+        Some("8"),
+        "not all eight downloads got their 1 MiB"
+    );
+    // The downloads' receive interrupts: both pairs had some, each on
+    // its own CPU (a move can leave one in flight on the old CPU).
+    for q in 0..2 {
+        let name = format!("virtio0-input.{q}");
+        let before = irq_counts(&log, "UIPD-INNER-IRQ0 ", &name);
+        let after = irq_counts(&log, "UIPD-INNER-IRQ ", &name);
+        assert_eq!(
+            (before.len(), after.len()),
+            (2, 2),
+            "{name}: two CPU columns"
+        );
+        let delta: Vec<u64> = (0..2).map(|c| after[c] - before[c]).collect();
+        assert!(
+            delta[q] >= 3 && delta[1 - q] <= 2,
+            "{name}: interrupts per CPU during the downloads {delta:?} (before {before:?}, after {after:?})"
+        );
+    }
+    assert!(
+        log.contains("uipd: the VM ended: PowerOff(\"ACPI S5\")") && has_line(&log, "UIPD-EXIT=0"),
+        "uipd did not exit 0 after the guest's poweroff"
+    );
+}
+
 #[test]
 fn nested_guest_on_a_host_tap_pings_moves_16_mib_each_way_and_runs_iperf3() {
     // -net tap: the outer /init makes TAP uipdtap0 (vnet_hdr, multi_queue,
