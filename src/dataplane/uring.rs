@@ -319,6 +319,11 @@ enum OpRes {
     None,
     Addr(Box<SockAddr>),
     Buf(Vec<u8>),
+    /// A stream `Send`'s bytes and how many the socket took so far.
+    Sending {
+        buf: Vec<u8>,
+        done: usize,
+    },
     Word(Box<[u8; 8]>),
     Time(Box<types::Timespec>),
 }
@@ -403,6 +408,11 @@ pub struct Uring {
     fallback_timeout: Option<u32>,
     /// Published-port sockets by listener id: (`socks` slot, protocol).
     listeners: std::collections::HashMap<u32, (u32, Proto)>,
+    /// Stream sends the socket took only part of, restarted for the rest.
+    short_sends: u64,
+    /// `MSG_WAITALL` on stream sends (off in a test of the restart path,
+    /// which is what a kernel before 5.18 needs).
+    send_waitall: bool,
 }
 
 impl Uring {
@@ -438,6 +448,8 @@ impl Uring {
             recv_ring: None,
             deadline: None,
             fallback_timeout: None,
+            short_sends: 0,
+            send_waitall: true,
             listeners: std::collections::HashMap::new(),
         })
     }
@@ -683,6 +695,12 @@ impl Uring {
             // end: slower, never lost.
             self.ring.submission().taskrun()
         }
+    }
+
+    /// Stream sends the socket took only part of and that were restarted
+    /// for the rest (with `MSG_WAITALL` the kernel does that itself).
+    pub fn short_sends(&self) -> u64 {
+        self.short_sends
     }
 
     /// Flows opened and not yet closed.
@@ -1006,16 +1024,10 @@ impl Uring {
                     flow: Some(id),
                     sock: Some(s),
                     listener: None,
-                    res: OpRes::Buf(data),
+                    res: OpRes::Sending { buf: data, done: 0 },
                 };
-                self.start(op, |res| {
-                    let OpRes::Buf(buf) = res else {
-                        unreachable!("send owns a buffer")
-                    };
-                    opcode::Send::new(types::Fd(fd), buf.as_ptr(), clamp_u32(buf.len()))
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                });
+                let waitall = self.send_waitall;
+                self.start(op, |res| send_entry(fd, res, waitall));
             }
             SockOp::Recv { max, .. } => {
                 let max = max.min(MAX_RECV);
@@ -1229,13 +1241,39 @@ impl Uring {
             return 0;
         };
         debug_assert_eq!(op.kind, kind, "token kind matches the op slot");
-        if let Some(s) = op.sock {
+        // (A Send's socket is released below, after a possible restart.)
+        if let Some(s) = op.sock.filter(|_| op.kind != OpKind::Send) {
             self.sock_op_done(s, slot);
         }
         let res = if result < 0 { Err(-result) } else { Ok(result) };
         match op.kind {
             OpKind::Connect => self.on_connect(op.flow, res, out),
             OpKind::Send => {
+                // A stream socket that took part of a Send (its buffer was
+                // full, a signal): the rest goes out from where it stopped,
+                // and the flow hears once, with the whole count. The stack
+                // hands over its bytes without keeping a copy, so a short
+                // count must not reach it as a success.
+                let mut op = op;
+                let mut res = res;
+                if let (Ok(n), OpRes::Sending { buf, done }, Some(id), Some(s)) =
+                    (res, &mut op.res, op.flow, op.sock)
+                {
+                    *done += usize::try_from(n).unwrap_or(0);
+                    let total = i32::try_from(*done).unwrap_or(i32::MAX);
+                    if n > 0 && *done < buf.len() && self.flow_mut(id).is_some() {
+                        self.sock_op_done(s, slot);
+                        self.short_sends += 1;
+                        let fd = self.sock_fd(s);
+                        let waitall = self.send_waitall;
+                        self.start(op, |res| send_entry(fd, res, waitall));
+                        return 0;
+                    }
+                    res = Ok(total);
+                }
+                if let Some(s) = op.sock {
+                    self.sock_op_done(s, slot);
+                }
                 self.reclaim(op.res);
                 self.on_send(op.flow, res, out)
             }
@@ -1645,7 +1683,7 @@ impl Uring {
     /// Give an op's resources back (its CQE arrived or it never left the
     /// backlog).
     fn reclaim(&mut self, res: OpRes) {
-        if let OpRes::Buf(buf) = res {
+        if let OpRes::Buf(buf) | OpRes::Sending { buf, .. } = res {
             self.recycle(buf);
         }
     }
@@ -1899,6 +1937,19 @@ fn send_to(fd: RawFd, data: &[u8], peer: &SocketAddr) -> Result<usize, Errno> {
         return Err(last_errno());
     }
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// The SQE of a stream `Send` (`OpRes::Sending`): the bytes from `done`
+/// on. `MSG_WAITALL` lets the kernel itself retry a short send (5.18+);
+/// [`Uring::complete`] restarts what an older kernel returns short.
+fn send_entry(fd: RawFd, res: &mut OpRes, waitall: bool) -> squeue::Entry {
+    let OpRes::Sending { buf, done } = res else {
+        unreachable!("a stream send owns a buffer")
+    };
+    let rest = buf.get(*done..).unwrap_or_default();
+    opcode::Send::new(types::Fd(fd), rest.as_ptr(), clamp_u32(rest.len()))
+        .flags(libc::MSG_NOSIGNAL | if waitall { libc::MSG_WAITALL } else { 0 })
+        .build()
 }
 
 fn clamp_u32(n: usize) -> u32 {
@@ -2221,16 +2272,19 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn tcp_large_send_is_partial_and_tail_resubmits_byte_exact() {
+    /// A Send larger than the socket buffers toward a peer that does not
+    /// read yet: no answer until the socket took all of it, then one
+    /// `Sent` with the whole count, byte-exact at the peer. With
+    /// `MSG_WAITALL` the kernel finishes it; without (a kernel before
+    /// 5.18), `Uring` restarts the rest itself.
+    fn large_send_completes_whole(waitall: bool) {
         const LEN: usize = 8 << 20;
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         let peer = thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            // Do not read until told: the sender's first write fills the
-            // socket buffers.
+            // Do not read until told: the send fills the socket buffers.
             go_rx.recv_timeout(LONG).unwrap();
             s.set_read_timeout(Some(LONG)).unwrap();
             let mut all = Vec::new();
@@ -2239,6 +2293,7 @@ mod tests {
         });
         let data = pattern(LEN);
         let mut u = Uring::new(8).unwrap();
+        u.send_waitall = waitall;
         let f = fid(9);
         open(&mut u, f, Proto::Tcp, addr);
         connected(&mut u, f);
@@ -2246,28 +2301,33 @@ mod tests {
             flow: f,
             data: data.clone(),
         });
-        let first = sent(&mut u, f);
-        assert!(first > 0 && first <= LEN, "first send took {first}");
-        eprintln!("first send of {LEN} bytes took {first}");
+        assert!(
+            quiet_for(&mut u, Duration::from_millis(300)).is_empty(),
+            "a Send answered before the socket took all of it"
+        );
         go_tx.send(()).unwrap();
-        let mut off = first;
-        while off < LEN {
-            u.push(SockOp::Send {
-                flow: f,
-                data: data[off..].to_vec(),
-            });
-            let n = sent(&mut u, f);
-            assert!(n > 0 && n <= LEN - off);
-            off += n;
-        }
+        assert_eq!(sent(&mut u, f), LEN, "one Sent, the whole count");
         u.push(SockOp::ShutdownWrite { flow: f });
         let got = peer.join().unwrap();
         assert_eq!(got.len(), LEN);
         assert!(got == data, "peer got different bytes");
+        if !waitall {
+            assert!(u.short_sends() > 0, "the restart path was not taken");
+        }
         u.push(SockOp::Close {
             flow: f,
             reset: false,
         });
+    }
+
+    #[test]
+    fn tcp_send_larger_than_the_socket_buffers_completes_whole_with_waitall() {
+        large_send_completes_whole(true);
+    }
+
+    #[test]
+    fn tcp_send_larger_than_the_socket_buffers_completes_whole_by_restarts() {
+        large_send_completes_whole(false);
     }
 
     #[test]
