@@ -10,14 +10,16 @@
 #
 #   kernel/               the unpacked linux-image-*-cloud-amd64 package
 #   vmlinuz               its bzImage (outer and inner guest kernel)
+#   vmlinux, vmlinux.gz   the same kernel as an uncompressed ELF vmlinux, taken out of the
+#                         bzImage by scripts/extract-vmlinux.sh (it has the PVH note)
 #   inner-initramfs.gz    busybox /init: prints UIPD-INNER-INIT-OK and the size of each
 #                         PCI function's config space; with inner.net on its command
 #                         line it loads virtio_pci/virtio_net, runs DHCP (inner.tap too:
 #                         192.168.34.2/24 set statically, the peer is 192.168.34.1),
 #                         ping, 16 MiB down and up, iperf3 both ways; then poweroff -f
 #   outer-initramfs.gz    busybox, kvm modules, uipd (+ its libraries), vmlinuz,
-#                         inner-initramfs.gz; /init runs uipd --kernel and prints
-#                         "UIPD-EXIT=<status>", then powers off
+#                         vmlinux.gz, inner-initramfs.gz; /init runs uipd --kernel and
+#                         prints "UIPD-EXIT=<status>", then powers off
 #
 # Outer guest, run by the test (QEMU TCG with an emulated AMD SVM):
 #   qemu-system-x86_64 -accel tcg,thread=multi -cpu EPYC,+svm -smp 2 -m 2048 \
@@ -28,7 +30,9 @@
 # uipd.net=user gives the inner guest a NIC and starts servers on the outer
 # guest's loopback (busybox httpd :8080, nc :9000, iperf3 :5201);
 # uipd.net=tap makes TAP uipdtap0 (multi_queue, 192.168.34.1/24) for
-# `-net tap --tap uipdtap0` and starts the same servers on 192.168.34.1.
+# `-net tap --tap uipdtap0` and starts the same servers on 192.168.34.1;
+# uipd.kernel=vmlinux boots the inner guest from the ELF vmlinux (gunzipped
+# at that moment: most runs do not need its 50 MB) instead of vmlinuz.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +45,9 @@ log() { echo "vmm-assets: $*" >&2; }
 # Installs the Debian packages that are missing (root only).
 ensure_packages() {
 	local missing=() p
-	for p in qemu-system-x86 cpio busybox-static iperf3 iproute2; do
+	# lz4: Debian 12's kernels are lz4-compressed (for the vmlinux);
+	# binutils: readelf, to check the vmlinux's PVH note.
+	for p in qemu-system-x86 cpio busybox-static iperf3 iproute2 lz4 binutils; do
 		if [ "$p" = busybox-static ] && command -v busybox >/dev/null 2>&1; then
 			continue
 		fi
@@ -118,6 +124,13 @@ ensure_packages
 fetch_cloud_kernel "$out/kernel"
 kver=$(basename "$(ls -d "$out"/kernel/lib/modules/*)")
 cp -f "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinuz"
+# The ELF vmlinux inside it, for the PVH boot test; redone when the kernel
+# package is newer.
+if [ ! -s "$out/vmlinux.gz" ] || [ "$out/kernel/boot/vmlinuz-$kver" -nt "$out/vmlinux.gz" ]; then
+	"$root/scripts/extract-vmlinux.sh" "$out/kernel/boot/vmlinuz-$kver" "$out/vmlinux"
+	gzip -1 -c "$out/vmlinux" >"$out/vmlinux.gz.tmp"
+	mv "$out/vmlinux.gz.tmp" "$out/vmlinux.gz"
+fi
 mods="$out/kernel/lib/modules/$kver/kernel"
 for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 	[ -e "$mods/$m" ] || { log "$kver has no module $m (KVM must be modular)"; exit 1; }
@@ -289,6 +302,7 @@ ldd "$uipd_bin" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }' | whil
 	cp -L "$lib" "$d$lib"
 done
 cp "$out/vmlinuz" "$d/guest/vmlinuz"
+cp "$out/vmlinux.gz" "$d/guest/vmlinux.gz"
 cp "$out/inner-initramfs.gz" "$d/guest/initramfs.gz"
 cat >"$d/init" <<'EOF'
 #!/bin/sh
@@ -304,8 +318,13 @@ for w in $(cat /proc/cmdline); do
 	uipd.args=*) args=$(echo "${w#uipd.args=}" | tr , ' ') ;;
 	uipd.cmdline=*) icmd=$(echo "${w#uipd.cmdline=}" | tr , ' ') ;;
 	uipd.net=*) net=${w#uipd.net=} ;;
+	uipd.kernel=*) kname=${w#uipd.kernel=} ;;
 	esac
 done
+kernel=/guest/${kname:-vmlinuz}
+if [ ! -e "$kernel" ] && [ -e "$kernel.gz" ]; then
+	gunzip -c "$kernel.gz" >"$kernel" || echo "UIPD-OUTER: gunzip $kernel.gz failed"
+fi
 srv=
 case "${net:-none}" in
 user)
@@ -345,8 +364,8 @@ if [ "${net:-none}" = user ]; then
 		sleep 1
 	done) &
 fi
-echo "UIPD-OUTER: running uipd $args"
-/bin/uipd --kernel /guest/vmlinuz --initrd /guest/initramfs.gz \
+echo "UIPD-OUTER: running uipd $args (kernel $kernel)"
+/bin/uipd --kernel "$kernel" --initrd /guest/initramfs.gz \
 	--cmdline "${icmd:-console=ttyS0 quiet panic=-1}" --mem 256 -net "${net:-none}" $args &
 upid=$!
 # A heartbeat every 30 s, and with a NIC uipd's counters (SIGUSR1; without

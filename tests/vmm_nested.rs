@@ -4,15 +4,16 @@
 //!
 //! ```text
 //!  host: qemu-system-x86_64 -accel tcg -cpu EPYC,+svm   (outer guest: Debian cloud kernel)
-//!         └ /init: insmod irqbypass kvm kvm-amd; uipd --kernel vmlinuz --initrd inner.gz ...
+//!         └ /init: insmod irqbypass kvm kvm-amd; uipd --kernel vmlinuz|vmlinux --initrd inner.gz ...
 //!              └ inner guest (same kernel) /init: prints UIPD-INNER-INIT-OK, poweroff -f / reboot -f
 //!           /init prints UIPD-EXIT=<uipd's status> and powers the outer guest off
 //! ```
 //!
 //! scripts/vmm-assets.sh builds the kernel, the inner initramfs and the outer
 //! initramfs around the uipd binary under test. The outer /init takes uipd's
-//! extra options and the inner command line from its own command line
-//! (`uipd.args=`, `uipd.cmdline=`, commas for spaces). Each QEMU run is
+//! extra options, the inner command line and kernel from its own command
+//! line (`uipd.args=`, `uipd.cmdline=`, commas for spaces; `uipd.kernel=vmlinux`
+//! for the ELF vmlinux, booted through PVH). Each QEMU run is
 //! bounded by `timeout`; runs are serialised (two TCG guests on two cores
 //! would only slow each other down).
 //!
@@ -186,6 +187,74 @@ fn nested_guest_boots_to_init_and_poweroff_ends_uipd_with_status_0() {
     assert!(
         log.contains("uipd: the VM ended: PowerOff(\"ACPI S5\")"),
         "the guest did not power off through ACPI S5"
+    );
+    assert!(
+        has_line(&log, "UIPD-EXIT=0"),
+        "uipd did not exit 0 after the guest's poweroff"
+    );
+}
+
+#[test]
+fn nested_guest_boots_from_an_elf_vmlinux_through_pvh_with_2_vcpus_and_poweroff_ends_uipd() {
+    // The same Debian kernel as an ELF vmlinux (scripts/extract-vmlinux.sh).
+    // It has the PVH note, so uipd enters it in 32-bit protected mode with
+    // %ebx = hvm_start_info instead of a zero page. What the guest shows is
+    // what start_info carried: its console on ttyS0 (the command line), its
+    // /init (the initrd as module 0), both CPUs and MMCONFIG (the ACPI
+    // RSDP: the MADT and the MCFG), and RAM to run in (the memory map).
+    // The second vCPU comes up by INIT/SIPI, as with a bzImage.
+    let Some(log) = boot_outer("pvh", "uipd.kernel=vmlinux uipd.args=--vcpus,2") else {
+        return;
+    };
+    assert!(
+        log.contains("UIPD-OUTER: running uipd") && log.contains("(kernel /guest/vmlinux)"),
+        "outer /init did not run uipd on the vmlinux"
+    );
+    assert!(
+        log.contains("uipd: kernel /guest/vmlinux: ELF vmlinux, PVH entry at 0x"),
+        "uipd did not say it used the PVH entry"
+    );
+    let init =
+        value(&log, "UIPD-INNER-INIT-OK kernel ").expect("the inner guest did not reach its init");
+    assert!(
+        init.ends_with(" cpus 2"),
+        "the inner guest did not see 2 CPUs: {init}"
+    );
+    assert!(
+        log.contains("PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem 0xe0000000-0xe00fffff]"),
+        "the inner kernel did not find the ACPI tables (MCFG) through rsdp_paddr"
+    );
+    assert!(
+        log.contains("uipd: the VM ended: PowerOff(\"ACPI S5\")"),
+        "the PVH-booted guest did not power off through ACPI S5"
+    );
+    assert!(
+        !log.contains("UIPD-INNER-STILL-RUNNING"),
+        "poweroff -f did not stop the guest"
+    );
+    assert!(
+        has_line(&log, "UIPD-EXIT=0"),
+        "uipd did not exit 0 after the guest's poweroff"
+    );
+}
+
+#[test]
+fn nested_guest_boots_the_same_vmlinux_at_its_64_bit_elf_entry_with_boot_linux64() {
+    // --boot linux64: the PVH note is there but ignored; the vmlinux is
+    // entered at its ELF entry (startup_64) in long mode with a zero page,
+    // the path an ELF kernel without the note takes.
+    let Some(log) = boot_outer("linux64", "uipd.kernel=vmlinux uipd.args=--boot,linux64") else {
+        return;
+    };
+    assert!(
+        log.contains(
+            "uipd: kernel /guest/vmlinux: ELF vmlinux, 64-bit entry at 0x1000000 (--boot linux64"
+        ),
+        "uipd did not say it used the 64-bit entry"
+    );
+    assert!(
+        log.contains("UIPD-INNER-INIT-OK kernel "),
+        "the inner guest did not reach its init"
     );
     assert!(
         has_line(&log, "UIPD-EXIT=0"),

@@ -22,6 +22,7 @@ use uipd::stack;
 ///                                   # boot a Linux VM on KVM, console on the terminal
 ///   uipd --kernel bzImage -net tap --tap tap0
 ///                                   # the VM's NIC on host TAP tap0 (CAP_NET_ADMIN)
+///   uipd --kernel vmlinux -net none # an ELF vmlinux: PVH entry when it has one
 #[derive(Debug, Parser)]
 #[command(name = "uipd", version, verbatim_doc_comment)]
 struct Cli {
@@ -72,6 +73,14 @@ struct Cli {
     #[arg(long, value_name = "N", requires = "kernel",
           value_parser = clap::value_parser!(u16).range(1..=254))]
     vcpus: Option<u16>,
+
+    /// How to enter an ELF vmlinux (--kernel): `pvh` through its PVH entry
+    /// (32-bit, `hvm_start_info`; needs the XEN_ELFNOTE_PHYS32_ENTRY note,
+    /// CONFIG_PVH), `linux64` at its ELF entry in 64-bit mode with a zero
+    /// page, `auto` = `pvh` when the note is there. A bzImage always boots
+    /// through its 64-bit entry [default: auto].
+    #[arg(long, value_name = "MODE", value_enum, requires = "kernel")]
+    boot: Option<BootMode>,
 
     /// Host CPUs for the vCPU threads (cpulist syntax): vCPU i runs on the
     /// i-th CPU of the list (wrapping around).
@@ -212,6 +221,13 @@ enum NetMode {
     User,
     Tap,
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BootMode {
+    Auto,
+    Pvh,
+    Linux64,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +377,11 @@ fn vm_config(cli: &Cli, kernel: &std::path::Path) -> uipd::vmm::VmConfig {
         mem_mib: cli.mem.unwrap_or(256),
         vcpus: usize::from(cli.vcpus.unwrap_or(1)),
         vcpu_cpus: cli.vcpu_cpus.clone().map(|c| c.0).unwrap_or_default(),
+        boot: match cli.boot {
+            None | Some(BootMode::Auto) => uipd::vmm::BootMode::Auto,
+            Some(BootMode::Pvh) => uipd::vmm::BootMode::Pvh,
+            Some(BootMode::Linux64) => uipd::vmm::BootMode::Linux64,
+        },
     }
 }
 
@@ -441,9 +462,12 @@ fn main() -> ExitCode {
             || cli.mem.is_some()
             || cli.vcpus.is_some()
             || cli.vcpu_cpus.is_some()
-            || cli.queues.is_some())
+            || cli.queues.is_some()
+            || cli.boot.is_some())
     {
-        eprintln!("uipd: --initrd, --cmdline, --mem, --vcpus and --vcpu-cpus go with --kernel");
+        eprintln!(
+            "uipd: --initrd, --cmdline, --mem, --vcpus, --vcpu-cpus, --queues and --boot go with --kernel"
+        );
         return ExitCode::from(2);
     }
 

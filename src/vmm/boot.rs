@@ -1,29 +1,45 @@
-//! Guest physical memory layout and the Linux x86 64-bit boot protocol.
+//! Guest physical memory layout and the two ways uipd enters a Linux
+//! kernel: the x86 64-bit boot protocol and PVH.
 //!
 //! # Theory of operation
 //!
-//! uipd enters the kernel the way the boot protocol's "64-bit BOOT PROTOCOL"
-//! section describes (Documentation/arch/x86/boot.rst): the CPU is already in
-//! long mode with an identity map, a GDT holds flat segments at selectors
-//! `0x10` (code) and `0x18` (data), interrupts are off and `%rsi` points at
-//! the zero page (`struct boot_params`). A bzImage is entered at its
+//! **64-bit boot protocol** ([`Entry::Linux64`]: a bzImage, or an ELF
+//! vmlinux without a PVH note), as its "64-bit BOOT PROTOCOL" section
+//! describes (Documentation/arch/x86/boot.rst): the CPU is already in long
+//! mode with an identity map, a GDT holds flat segments at selectors `0x10`
+//! (code) and `0x18` (data), interrupts are off and `%rsi` points at the
+//! zero page (`struct boot_params`). A bzImage is entered at its
 //! protected-mode part + 0x200 (`startup_64` of the decompressor); an ELF
-//! vmlinux at its ELF entry. No firmware runs: this module writes everything
-//! firmware would have left behind: the E820 map, the zero page, the command
-//! line, the MP table that names the CPUs and the I/O APIC, the GDT and the
-//! page tables.
+//! vmlinux at its ELF entry.
+//!
+//! **PVH** ([`Entry::Pvh`]: an ELF vmlinux with the
+//! `XEN_ELFNOTE_PHYS32_ENTRY` note, Linux's `CONFIG_PVH`): Xen's "HVM
+//! direct boot ABI" (xen/include/public/arch-x86/hvm/start_info.h). The CPU
+//! is in 32-bit protected mode with paging off, flat 4 GiB code (`0x28`)
+//! and data (`0x18`) segments, a 32-bit TSS (`0x30`), interrupts off, and
+//! `%ebx` holds the address of `struct hvm_start_info`, which points at the
+//! command line, the memory map and the initrd ([`super::pvh`]). The kernel
+//! builds its own page tables and GDT; no zero page is needed.
+//!
+//! No firmware runs: this module writes everything firmware would have left
+//! behind: the E820 map, the zero page, the command line, the MP table that
+//! names the CPUs and the I/O APIC, the GDT and the page tables.
 //!
 //! Everything here is pure (no KVM): it computes and writes into a
 //! [`GuestMemoryMmap`], so the layout is unit-tested byte for byte.
 //!
 //! ```text
-//!  0x0000_0500  GDT: null, null, code64 (0x10), data (0x18), TSS (0x20)
+//!  0x0000_0500  GDT: null, null, code64 (0x10), data (0x18), TSS64 (0x20), code32 (0x28), TSS32 (0x30)
 //!  0x0000_0540  IDT (empty: the kernel loads its own before enabling interrupts)
-//!  0x0000_7000  zero page (boot_params)
+//!  0x0000_6000  PVH: hvm_start_info (56 bytes)
+//!  0x0000_6040  PVH: module list (the initrd, 32 bytes)
+//!  0x0000_6080  PVH: memory map (24 bytes per E820 entry, up to 0x7000)
+//!  0x0000_7000  zero page (boot_params; 64-bit boot protocol only)
 //!  0x0000_8ff0  initial stack top
 //!  0x0000_9000  PML4 ─► 0xa000 PDPT ─► 0xb000..0xefff four PDs: 4 GiB identity, 2 MiB pages
 //!  0x0002_0000  kernel command line (NUL-terminated)
 //!  0x0009_fc00  MP floating pointer (E820 reserved up to 0xa0000)
+//!  0x000e_0000  ACPI tables, RSDP first (E820 reserved)
 //!  0x000f_0000  MP configuration table (E820 reserved up to 1 MiB)
 //!  0x0010_0000  kernel (bzImage protected-mode part / vmlinux), decompresses from here
 //!      ...      RAM ... initrd at the top of low RAM, page-aligned
@@ -31,6 +47,10 @@
 //!  0xfec0_0000  │ the I/O APIC, 0xfee0_0000 the local APICs
 //!  0x1_0000_0000┘ RAM beyond 3 GiB continues here
 //! ```
+//!
+//! Everything below 1 MiB stays where the kernel expects firmware data:
+//! Linux copies the zero page or `hvm_start_info` and the tables they
+//! point at early, and since 5.13 reserves the whole first MiB anyway.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -39,6 +59,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 pub const GDT_ADDR: u64 = 0x500;
 /// The (empty) IDT's guest address.
 pub const IDT_ADDR: u64 = 0x540;
+/// PVH: `struct hvm_start_info`, whose address the boot vCPU gets in `%ebx`.
+pub const PVH_START_INFO: u64 = 0x6000;
+/// PVH: the module list (one entry: the initrd).
+pub const PVH_MODLIST: u64 = 0x6040;
+/// PVH: the memory map (`hvm_memmap_table_entry`s), up to [`ZERO_PAGE`].
+pub const PVH_MEMMAP: u64 = 0x6080;
 /// The zero page (`boot_params`).
 pub const ZERO_PAGE: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU.
@@ -98,13 +124,18 @@ const DEFAULT_CMDLINE_MAX: usize = 255;
 const PAGE: u64 = 0x1000;
 
 /// GDT entries, in the order of their selectors: index 2 = 0x10 = `__BOOT_CS`,
-/// index 3 = 0x18 = `__BOOT_DS`, index 4 = 0x20 = the TSS KVM needs in TR.
-pub const GDT: [u64; 5] = [
+/// index 3 = 0x18 = `__BOOT_DS` (also PVH's data segment), index 4 = 0x20 =
+/// the TSS KVM needs in TR; for PVH, index 5 = 0x28 = a 32-bit code segment
+/// and index 6 = 0x30 = a 32-bit TSS (base 0, limit 0x67, as the PVH ABI
+/// asks).
+pub const GDT: [u64; 7] = [
     0,
     0,
     gdt_entry(0xa09b, 0, 0xfffff), // code: present, DPL 0, exec/read, L=1, G=1
     gdt_entry(0xc093, 0, 0xfffff), // data: present, DPL 0, read/write, D/B=1, G=1
     gdt_entry(0x808b, 0, 0xfffff), // TSS: present, busy 64-bit TSS, G=1
+    gdt_entry(0xc09b, 0, 0xfffff), // code32: present, DPL 0, exec/read, D/B=1, G=1
+    gdt_entry(0x008b, 0, 0x67),    // TSS32: present, busy 32-bit TSS, 104 bytes
 ];
 /// Selector of the boot code segment.
 pub const BOOT_CS: u16 = 0x10;
@@ -112,6 +143,21 @@ pub const BOOT_CS: u16 = 0x10;
 pub const BOOT_DS: u16 = 0x18;
 /// Selector of the TSS.
 pub const BOOT_TSS: u16 = 0x20;
+/// Selector of the PVH entry's 32-bit code segment.
+pub const PVH_CS: u16 = 0x28;
+/// Selector of the PVH entry's 32-bit TSS.
+pub const PVH_TSS: u16 = 0x30;
+
+/// How the boot vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The 64-bit boot protocol: long mode at this address, `%rsi` =
+    /// [`ZERO_PAGE`].
+    Linux64(u64),
+    /// PVH: 32-bit protected mode, paging off, at this address; `%ebx` =
+    /// [`PVH_START_INFO`].
+    Pvh(u32),
+}
 
 /// Layout errors.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +188,9 @@ pub enum Error {
         /// The end of the kernel's footprint.
         kernel_end: u64,
     },
+    /// The PVH memory map does not fit its place.
+    #[error("{0} memory map entries do not fit the PVH memory map's place")]
+    PvhMemmapTooLong(usize),
     /// Too many vCPUs for the MP table.
     #[error("{0} vCPUs: the MP table names at most {MAX_VCPUS}")]
     TooManyVcpus(usize),
@@ -162,6 +211,10 @@ pub enum Error {
 const _: () = assert!(PD_ADDR + PD_COUNT * PAGE <= CMDLINE_ADDR);
 const _: () = assert!(ZERO_PAGE + 4096 <= BOOT_STACK + 0x10);
 const _: () = assert!(GDT_ADDR + 8 * GDT.len() as u64 <= IDT_ADDR);
+const _: () = assert!(IDT_ADDR + 8 <= PVH_START_INFO);
+const _: () = assert!(PVH_START_INFO + 56 <= PVH_MODLIST);
+const _: () = assert!(PVH_MODLIST + 32 <= PVH_MEMMAP);
+const _: () = assert!(PVH_MEMMAP < ZERO_PAGE);
 
 /// Smallest guest memory accepted: room for the low structures, a kernel's
 /// decompression and an initrd.
@@ -395,7 +448,7 @@ pub fn boot_params(
     p
 }
 
-fn write<T: vm_memory::ByteValued>(
+pub(super) fn write<T: vm_memory::ByteValued>(
     mem: &GuestMemoryMmap,
     what: &'static str,
     addr: u64,
@@ -426,12 +479,9 @@ pub fn write_cpu_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
     Ok(())
 }
 
-/// Writes the command line (NUL-terminated) and the zero page.
-pub fn write_boot_params(
-    mem: &GuestMemoryMmap,
-    cmdline: &str,
-    params: &boot_params,
-) -> Result<(), Error> {
+/// Writes the command line, NUL-terminated, at [`CMDLINE_ADDR`] (both
+/// entries use it).
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), Error> {
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
     mem.write_slice(&bytes, GuestAddress(CMDLINE_ADDR))
@@ -439,7 +489,16 @@ pub fn write_boot_params(
             what: "the command line",
             addr: CMDLINE_ADDR,
             source,
-        })?;
+        })
+}
+
+/// Writes the command line (NUL-terminated) and the zero page.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    cmdline: &str,
+    params: &boot_params,
+) -> Result<(), Error> {
+    write_cmdline(mem, cmdline)?;
     write(mem, "the zero page", ZERO_PAGE, *params)
 }
 

@@ -13,8 +13,10 @@
 //! ID patched in), the MSRs Linux relies on at boot (notably MTRRs on, default
 //! write-back: without it every access is uncached) and LINT0 = ExtINT,
 //! LINT1 = NMI on its local APIC, as a BIOS leaves them. The boot vCPU also
-//! gets long mode: the GDT, page tables and registers of the boot protocol
-//! ([`super::boot`]). The other vCPUs wait for the guest's INIT/SIPI in KVM.
+//! gets the entry state ([`boot_state`]): long mode with the GDT, page
+//! tables and registers of the 64-bit boot protocol, or 32-bit protected
+//! mode for PVH ([`super::boot::Entry`]). The other vCPUs wait for the
+//! guest's INIT/SIPI in KVM.
 //!
 //! Unsafe code: registering guest memory with KVM (the host mapping must
 //! stay valid while the VM lives: [`Vm`] owns both, and drops the VM fd
@@ -22,7 +24,7 @@
 
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_fpu, kvm_msr_entry,
-    kvm_pit_config, kvm_regs, kvm_segment, kvm_userspace_memory_region,
+    kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -191,13 +193,15 @@ impl Vm {
         self.kvm.get_max_vcpus()
     }
 
-    /// Creates vCPU `id` of `count`. `boot` = entry point and `%rsi` for the
-    /// boot vCPU; the others wait for INIT/SIPI.
+    /// Creates vCPU `id` of `count`. `boot` = how the boot vCPU enters the
+    /// kernel; the others (`None`) wait for the guest's INIT/SIPI, whatever
+    /// the entry: the kernel brings them up through its own real-mode
+    /// trampoline.
     pub fn create_vcpu(
         &self,
         id: u8,
         count: usize,
-        boot: Option<(u64, u64)>,
+        boot: Option<boot::Entry>,
     ) -> Result<VcpuFd, KvmError> {
         if count > self.max_vcpus().min(boot::MAX_VCPUS) {
             return Err(KvmError::TooManyVcpus(
@@ -214,8 +218,8 @@ impl Vm {
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("setting CPUID"))?;
         set_boot_msrs(&vcpu)?;
         set_lint(&vcpu)?;
-        if let Some((entry, rsi)) = boot {
-            set_long_mode(&vcpu, entry, rsi)?;
+        if let Some(entry) = boot {
+            set_boot_state(&vcpu, entry)?;
         }
         Ok(vcpu)
     }
@@ -348,29 +352,70 @@ const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
-/// The boot protocol's 64-bit entry state: long mode with paging on the
-/// identity map, flat `__BOOT_CS`/`__BOOT_DS`, interrupts off, `%rsi` =
-/// the zero page. The caller has written the tables
-/// ([`boot::write_cpu_tables`]).
-fn set_long_mode(vcpu: &VcpuFd, entry: u64, rsi: u64) -> Result<(), KvmError> {
-    let mut sregs = vcpu.get_sregs().map_err(ioctl("reading sregs"))?;
-    let code = kvm_seg(Segment::from_gdt(boot::BOOT_CS / 8));
-    let data = kvm_seg(Segment::from_gdt(boot::BOOT_DS / 8));
-    sregs.cs = code;
+/// The boot vCPU's registers for `entry`, on top of `base` (KVM's reset
+/// state: the APIC base, the LDT and the rest stay as they are). Pure, so
+/// that both entries' states are unit-tested. The caller has written the
+/// tables ([`boot::write_cpu_tables`]).
+///
+/// - [`boot::Entry::Linux64`], the boot protocol's 64-bit entry state:
+///   long mode with paging on the identity map, flat
+///   `__BOOT_CS`/`__BOOT_DS`, `%rsi` = the zero page.
+/// - [`boot::Entry::Pvh`], the PVH ABI's (Xen docs/misc/pvh.pandoc):
+///   protected mode (CR0.PE; ET reads as 1 on every CPU KVM runs on),
+///   paging, PAE and long mode off, CR4 0, a flat 32-bit execute/read
+///   CS, flat read/write DS/ES/SS, a 32-bit TSS of base 0 and limit
+///   0x67, `%ebx` = `hvm_start_info`.
+///
+/// Both: interrupts off (RFLAGS = only the reserved bit 1), a stack below
+/// the zero page (PVH leaves `%esp` unspecified; the kernel sets its own).
+pub fn boot_state(entry: boot::Entry, base: &kvm_sregs) -> (kvm_regs, kvm_sregs) {
+    let seg = |selector: u16| kvm_seg(Segment::from_gdt(selector / 8));
+    let mut sregs = *base;
+    let data = seg(boot::BOOT_DS);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = kvm_seg(Segment::from_gdt(boot::BOOT_TSS / 8));
     sregs.gdt.base = boot::GDT_ADDR;
     sregs.gdt.limit = u16::try_from(8 * boot::GDT.len() - 1).unwrap_or(u16::MAX);
     sregs.idt.base = boot::IDT_ADDR;
     sregs.idt.limit = 7;
-    sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
-    sregs.cr3 = boot::PML4_ADDR;
-    sregs.cr4 = CR4_PAE;
-    sregs.efer = EFER_LME | EFER_LMA;
+    let mut regs = kvm_regs {
+        rflags: 0x2, // reserved bit 1; IF clear
+        rsp: boot::BOOT_STACK,
+        rbp: boot::BOOT_STACK,
+        ..Default::default()
+    };
+    match entry {
+        boot::Entry::Linux64(rip) => {
+            sregs.cs = seg(boot::BOOT_CS);
+            sregs.tr = seg(boot::BOOT_TSS);
+            sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+            sregs.cr3 = boot::PML4_ADDR;
+            sregs.cr4 = CR4_PAE;
+            sregs.efer = EFER_LME | EFER_LMA;
+            regs.rip = rip;
+            regs.rsi = boot::ZERO_PAGE;
+        }
+        boot::Entry::Pvh(eip) => {
+            sregs.cs = seg(boot::PVH_CS);
+            sregs.tr = seg(boot::PVH_TSS);
+            sregs.cr0 = CR0_PE | CR0_ET;
+            sregs.cr3 = 0;
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            regs.rip = u64::from(eip);
+            regs.rbx = boot::PVH_START_INFO;
+        }
+    }
+    (regs, sregs)
+}
+
+/// Puts the boot vCPU in [`boot_state`] for `entry`, with a reset FPU.
+fn set_boot_state(vcpu: &VcpuFd, entry: boot::Entry) -> Result<(), KvmError> {
+    let base = vcpu.get_sregs().map_err(ioctl("reading sregs"))?;
+    let (regs, sregs) = boot_state(entry, &base);
     vcpu.set_sregs(&sregs).map_err(ioctl("writing sregs"))?;
     let fpu = kvm_fpu {
         fcw: 0x37f,
@@ -378,14 +423,6 @@ fn set_long_mode(vcpu: &VcpuFd, entry: u64, rsi: u64) -> Result<(), KvmError> {
         ..Default::default()
     };
     vcpu.set_fpu(&fpu).map_err(ioctl("writing the FPU state"))?;
-    let regs = kvm_regs {
-        rflags: 0x2, // reserved bit 1; IF clear
-        rip: entry,
-        rsp: boot::BOOT_STACK,
-        rbp: boot::BOOT_STACK,
-        rsi,
-        ..Default::default()
-    };
     vcpu.set_regs(&regs).map_err(ioctl("writing registers"))
 }
 
@@ -486,5 +523,91 @@ impl super::pci::Hypervisor for KvmHooks {
         self.fd
             .register_irqfd(fd, gsi)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What KVM's reset state leaves that the entry must keep.
+    fn base() -> kvm_sregs {
+        kvm_sregs {
+            apic_base: 0xfee0_0900,
+            cr8: 0,
+            ..Default::default()
+        }
+    }
+
+    fn flat(s: &kvm_segment) -> (u64, u32, u8, u8) {
+        (s.base, s.limit, s.present, s.g)
+    }
+
+    #[test]
+    fn pvh_entry_is_flat_32_bit_protected_mode_with_ebx_at_start_info() {
+        let (regs, sregs) = boot_state(boot::Entry::Pvh(0x100_0850), &base());
+        assert_eq!(regs.rip, 0x100_0850);
+        assert_eq!(regs.rbx, boot::PVH_START_INFO);
+        assert_eq!(regs.rflags, 0x2, "only the reserved bit: IF, TF, VM clear");
+        // CR0: PE (and the fixed ET); no paging, no PAE, no long mode.
+        assert_eq!(sregs.cr0 & CR0_PE, CR0_PE);
+        assert_eq!(
+            sregs.cr0 & !CR0_ET,
+            CR0_PE,
+            "every other writable bit clear"
+        );
+        assert_eq!((sregs.cr3, sregs.cr4, sregs.efer), (0, 0, 0));
+        // CS: 32-bit execute/read, base 0, limit 4 GiB.
+        let cs = sregs.cs;
+        assert_eq!(flat(&cs), (0, 0xffff_ffff, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.type_, cs.s, cs.db, cs.l),
+            (boot::PVH_CS, 0xb, 1, 1, 0)
+        );
+        assert_eq!(cs.type_ & 0xa, 0xa, "code, readable");
+        // DS, ES, SS: 32-bit read/write, base 0, limit 4 GiB.
+        for d in [sregs.ds, sregs.es, sregs.ss] {
+            assert_eq!(flat(&d), (0, 0xffff_ffff, 1, 1));
+            assert_eq!((d.selector, d.s, d.db, d.l), (boot::BOOT_DS, 1, 1, 0));
+            assert_eq!(d.type_ & 0xa, 0x2, "data, writable");
+        }
+        // TR: an active (busy) 32-bit TSS, base 0, limit 0x67.
+        let tr = sregs.tr;
+        assert_eq!(
+            (
+                tr.selector,
+                tr.base,
+                tr.limit,
+                tr.type_,
+                tr.s,
+                tr.present,
+                tr.g
+            ),
+            (boot::PVH_TSS, 0, 0x67, 0xb, 0, 1, 0)
+        );
+        // The GDT holds the descriptors the selectors name.
+        assert_eq!(sregs.gdt.base, boot::GDT_ADDR);
+        assert!(usize::from(sregs.gdt.limit) >= usize::from(boot::PVH_TSS) + 7);
+        assert_eq!(sregs.apic_base, 0xfee0_0900, "the reset state is kept");
+    }
+
+    #[test]
+    fn linux64_entry_is_long_mode_with_rsi_at_the_zero_page() {
+        let (regs, sregs) = boot_state(boot::Entry::Linux64(0x100_0200), &base());
+        assert_eq!(
+            (regs.rip, regs.rsi, regs.rbx),
+            (0x100_0200, boot::ZERO_PAGE, 0)
+        );
+        assert_eq!(regs.rflags, 0x2);
+        assert_eq!(sregs.cr0, CR0_PE | CR0_ET | CR0_PG);
+        assert_eq!((sregs.cr3, sregs.cr4), (boot::PML4_ADDR, CR4_PAE));
+        assert_eq!(sregs.efer, EFER_LME | EFER_LMA);
+        assert_eq!(
+            (sregs.cs.selector, sregs.cs.l, sregs.cs.db),
+            (boot::BOOT_CS, 1, 0)
+        );
+        assert_eq!(sregs.ds.selector, boot::BOOT_DS);
+        assert_eq!(sregs.tr.selector, boot::BOOT_TSS);
+        assert_eq!(sregs.gdt.limit, 8 * 7 - 1);
     }
 }
