@@ -1241,8 +1241,7 @@ impl Uring {
             return 0;
         };
         debug_assert_eq!(op.kind, kind, "token kind matches the op slot");
-        // (A Send's socket is released below, after a possible restart.)
-        if let Some(s) = op.sock.filter(|_| op.kind != OpKind::Send) {
+        if let Some(s) = op.sock {
             self.sock_op_done(s, slot);
         }
         let res = if result < 0 { Err(-result) } else { Ok(result) };
@@ -1261,8 +1260,9 @@ impl Uring {
                 {
                     *done += usize::try_from(n).unwrap_or(0);
                     let total = i32::try_from(*done).unwrap_or(i32::MAX);
+                    // A live flow's socket is not closing: the release
+                    // above left its fd open for the restart.
                     if n > 0 && *done < buf.len() && self.flow_mut(id).is_some() {
-                        self.sock_op_done(s, slot);
                         self.short_sends += 1;
                         let fd = self.sock_fd(s);
                         let waitall = self.send_waitall;
@@ -1270,9 +1270,6 @@ impl Uring {
                         return 0;
                     }
                     res = Ok(total);
-                }
-                if let Some(s) = op.sock {
-                    self.sock_op_done(s, slot);
                 }
                 self.reclaim(op.res);
                 self.on_send(op.flow, res, out)

@@ -140,7 +140,8 @@ pub struct WorkerCounters {
     pub completions: u64,
     /// Loop wake-ups.
     pub wakeups: u64,
-    /// Sleeps in `io_uring_enter` (the worker had nothing to do).
+    /// Waits in `io_uring_enter` (the worker had nothing to do; a wait
+    /// returns at once when completions are already there).
     pub sleeps: u64,
     /// Busy-polls that found work before their window ran out (each one
     /// a sleep and a wake-up saved).

@@ -39,6 +39,8 @@ pub const START_INFO_VERSION: u32 = 1;
 
 /// Size of one memory map entry in guest memory.
 const MEMMAP_ENTRY: u64 = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
+/// Size of one module list entry in guest memory.
+const MODLIST_ENTRY: u64 = std::mem::size_of::<hvm_modlist_entry>() as u64;
 
 /// Most memory map entries that fit between [`PVH_MEMMAP`] and the zero
 /// page. The map uipd builds has at most six.
@@ -107,7 +109,7 @@ pub fn write_start_info(
     }
     let mods = modlist(initrd);
     for (i, m) in mods.iter().enumerate() {
-        let addr = PVH_MODLIST + 32 * i as u64;
+        let addr = PVH_MODLIST + MODLIST_ENTRY * i as u64;
         write(mem, "the PVH module list", addr, *m)?;
     }
     for (i, e) in map.iter().enumerate() {

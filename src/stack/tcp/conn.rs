@@ -414,7 +414,7 @@ impl Conn {
             let room = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
                 let cap = if self.sending > 0 {
-                    SEND_CHUNK.max(bytes.len().min(SEND_CHUNK))
+                    SEND_CHUNK
                 } else {
                     bytes.len().min(SEND_CHUNK)
                 };
