@@ -166,8 +166,8 @@ fn render_stats(stats: &[WorkerStats]) -> String {
         let w = &st.worker;
         let h = &st.latency_ns;
         s.push_str(&format!(
-            "uipd worker {i}: port_reads {} port_writes {} inbox {} forwarded {} ring_full {} batches {} completions {} port_errors {} port_drops {}\n",
-            w.port_reads, w.port_writes, w.inbox_frames, w.forwarded, w.ring_full, w.batches, w.completions, w.port_errors, w.port_drops
+            "uipd worker {i}: port_reads {} port_writes {} inbox {} forwarded {} foreign_flow_frames {} ring_full {} batches {} completions {} port_errors {} port_drops {}\n",
+            w.port_reads, w.port_writes, w.inbox_frames, w.forwarded, st.stack.foreign_flow_frames, w.ring_full, w.batches, w.completions, w.port_errors, w.port_drops
         ));
         if !h.is_empty() {
             s.push_str(&format!(
@@ -268,6 +268,7 @@ impl Workers {
         };
         let mut shared = Vec::new();
         let mut handles = Vec::new();
+        let directory = (n > 1).then(|| Arc::new(stack::Directory::new()));
         for (i, port) in ports.into_iter().enumerate() {
             let sh = Arc::new(Shared {
                 pcap: pcap.as_ref().map(|p| p.capture(i)),
@@ -276,23 +277,19 @@ impl Workers {
             shared.push(sh.clone());
             let (worker, workers) = port.shard;
             // With the kernel steering (a multiqueue TAP: `workers` 1), the
-            // guest's frames of a published flow may come in on another
-            // queue than worker 0's, which serves the published ports: the
-            // other stacks hand frames they have no flow for to it, and
-            // `worker` names each stack for that. Hash-steered stacks
-            // (stream, vhost-user) need no owner: worker 0 picks source
-            // ports for inbound flows that hash to itself.
-            let (worker, inbound_owner) = if workers == 1 {
-                (i, (n > 1).then_some(0))
-            } else {
-                (worker, None)
-            };
+            // guest's frames of a flow may come in on another queue than
+            // its owner's (a published flow's are the accepting worker's
+            // from the start): the stacks share a directory of flow owners
+            // and hand such frames over; `worker` names each stack there.
+            // Hash-steered stacks (stream, vhost-user) share it too, for
+            // the guest's MAC and any flow whose frames do not hash to it.
+            let worker = if workers == 1 { i } else { worker };
             let worker = Worker {
                 index: i,
                 stack: Stack::new(stack::Config {
                     worker,
                     workers,
-                    inbound_owner,
+                    directory: directory.clone(),
                     // `--max-flows` is per guest: each worker gets a share.
                     max_flows: stack::flow_share(cfg.stack.max_flows, i, n),
                     isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),

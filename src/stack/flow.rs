@@ -8,10 +8,17 @@
 //! make uipd allocate without bound).
 //!
 //! Keys are address-family generic (`IpAddr`), so IPv6 shares the table.
+//!
+//! A table of one of several workers' stacks records its keys in the
+//! guest's [`Directory`] ([`FlowTable::shared`]): an insert claims the key
+//! (and fails when another worker holds it), a remove releases it, so the
+//! directory names every flow's owner for the stacks that miss it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use super::directory::Directory;
 use super::ops::Proto;
 
 /// Handle to a flow slot: index plus generation.
@@ -55,6 +62,9 @@ pub struct FlowTable<T> {
     free: Vec<u32>,
     index: HashMap<FlowKey, FlowId>,
     capacity: usize,
+    /// The guest's directory and this table's worker, when flows are
+    /// shared out among several stacks.
+    claims: Option<(Arc<Directory>, usize)>,
 }
 
 impl<T> FlowTable<T> {
@@ -65,7 +75,16 @@ impl<T> FlowTable<T> {
             free: Vec::new(),
             index: HashMap::new(),
             capacity,
+            claims: None,
         }
+    }
+
+    /// A table that holds at most `capacity` flows and records them in
+    /// `directory` as worker `worker`'s.
+    pub fn shared(capacity: usize, directory: Arc<Directory>, worker: usize) -> Self {
+        let mut t = FlowTable::new(capacity);
+        t.claims = Some((directory, worker));
+        t
     }
 
     /// Number of live flows.
@@ -89,9 +108,15 @@ impl<T> FlowTable<T> {
     }
 
     /// Insert a new flow whose state needs its own id; `None` if the key
-    /// exists or the table is full (then `make` is not called).
+    /// exists (here, or in the directory as another worker's) or the table
+    /// is full (then `make` is not called).
     pub fn insert_with(&mut self, key: FlowKey, make: impl FnOnce(FlowId) -> T) -> Option<FlowId> {
         if self.index.contains_key(&key) || self.index.len() >= self.capacity {
+            return None;
+        }
+        if let Some((dir, worker)) = &self.claims
+            && !dir.claim(&key, *worker)
+        {
             return None;
         }
         let idx = match self.free.pop() {
@@ -143,12 +168,27 @@ impl<T> FlowTable<T> {
         slot.gen_ = slot.gen_.wrapping_add(1);
         self.free.push(id.idx);
         self.index.remove(&key);
+        if let Some((dir, worker)) = &self.claims {
+            dir.release(&key, *worker);
+        }
         Some((key, value))
     }
 
     /// Ids of all live flows (for timers and teardown).
     pub fn ids(&self) -> Vec<FlowId> {
         self.index.values().copied().collect()
+    }
+}
+
+impl<T> Drop for FlowTable<T> {
+    /// A stack that goes away (its worker stopped) leaves no claims that
+    /// would send other workers' frames to it.
+    fn drop(&mut self) {
+        if let Some((dir, worker)) = &self.claims {
+            for key in self.index.keys() {
+                dir.release(key, *worker);
+            }
+        }
     }
 }
 
@@ -173,6 +213,29 @@ mod tests {
         assert_eq!(a.idx, b.idx, "slot is reused");
         assert!(t.get(a).is_none(), "old generation must not resolve");
         assert_eq!(*t.get(b).unwrap().1, "b");
+    }
+
+    #[test]
+    fn shared_tables_hold_each_key_once_and_release_it() {
+        let dir = Arc::new(Directory::new());
+        let mut a = FlowTable::shared(4, dir.clone(), 0);
+        let mut b = FlowTable::shared(4, dir.clone(), 1);
+        let id = a.insert(key(1), ()).unwrap();
+        assert_eq!(dir.owner(&key(1)), Some(0));
+        assert!(b.insert(key(1), ()).is_none(), "worker 0 holds the key");
+        assert!(b.is_empty());
+        a.remove(id).unwrap();
+        assert_eq!(dir.owner(&key(1)), None);
+        assert!(b.insert(key(1), ()).is_some(), "free again");
+        assert_eq!(dir.owner(&key(1)), Some(1));
+        a.insert(key(2), ()).unwrap();
+        drop(a);
+        assert_eq!(
+            dir.owner(&key(2)),
+            None,
+            "a dropped table releases its keys"
+        );
+        assert_eq!(dir.owner(&key(1)), Some(1));
     }
 
     #[test]

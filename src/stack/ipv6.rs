@@ -254,7 +254,7 @@ impl Stack {
     /// Hand a reassembled datagram to the worker that owns its flow, as one
     /// unfragmented frame in the form `ingress` takes (a zero virtio-net
     /// header first when the link has one: verify everything).
-    fn forward_datagram6(
+    pub(super) fn forward_datagram6(
         &mut self,
         owner: usize,
         src: Ipv6Addr,
@@ -360,6 +360,10 @@ impl Stack {
                     guest: SocketAddr::from((src, ident)),
                     remote: SocketAddr::from((dst, 0)),
                 };
+                if let Some(w) = self.held_elsewhere(&key) {
+                    let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
+                    return self.forward_l4(w, s, d, ip_proto::ICMPV6, l4, !verify, out);
+                }
                 self.dgram_out(key, l4.to_vec(), now, out);
             }
             Icmpv6Repr::RouterSolicit { .. } => {

@@ -40,6 +40,7 @@
 
 pub mod dhcp;
 pub mod dhcpv6;
+pub mod directory;
 pub mod dns;
 pub mod flow;
 pub mod frag;
@@ -53,7 +54,10 @@ pub mod wire;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use directory::Directory;
 
 pub use flow::{FlowId, FlowKey};
 pub use ops::{Errno, HostEvent, Proto, SockOp};
@@ -184,14 +188,12 @@ pub struct Config {
     /// guest can answer: not loopback, not in the guest's network), rather
     /// than the gateway's.
     pub publish_keep_source: bool,
-    /// The worker whose stack owns the published ports' flows, when the
-    /// guest's frames of a flow may reach another worker (a multiqueue
-    /// TAP, whose kernel queue choice does not always follow the queue we
-    /// wrote the flow's SYN to). A segment that matches no flow here, and
-    /// would be answered with RST, goes to that worker instead; so does a
-    /// UDP datagram to a gateway source port of published flows. `None`
-    /// when this stack sees every frame of its flows.
-    pub inbound_owner: Option<usize>,
+    /// The guest's [`Directory`], shared by its stacks when there are
+    /// several (`worker` is this one's index there): who owns each flow,
+    /// and the guest's MAC. A guest frame of a flow that another stack
+    /// holds goes to that stack ([`Actions::forward`]), whatever queue it
+    /// came in on. `None` for a guest with one stack.
+    pub directory: Option<Arc<Directory>>,
 }
 
 impl Default for Config {
@@ -221,7 +223,7 @@ impl Default for Config {
             workers: 1,
             offload: Offload::default(),
             publish_keep_source: false,
-            inbound_owner: None,
+            directory: None,
         }
     }
 }
@@ -245,8 +247,9 @@ pub struct Actions {
     /// Host socket operations, in order.
     pub ops: Vec<SockOp>,
     /// Guest frames that belong to another worker's flows, as
-    /// `(worker, frame)` (a datagram reassembled here whose flow lives
-    /// elsewhere). The frame is in the form `ingress` takes.
+    /// `(worker, frame)`: a datagram reassembled here whose flow hashes
+    /// elsewhere, or a frame of a flow the [`Directory`] says another
+    /// worker holds. The frame is in the form `ingress` takes.
     pub forward: Vec<(usize, Vec<u8>)>,
 }
 
@@ -332,6 +335,9 @@ pub struct Counters {
     pub published_tcp: u64,
     /// Inbound UDP flows from published ports.
     pub published_udp: u64,
+    /// Guest frames of flows that another worker holds, handed to it (they
+    /// came in on this worker's queue: see [`directory`]).
+    pub foreign_flow_frames: u64,
     /// Drops, indexed by [`DropReason`].
     pub drops: [u64; 32],
 }
@@ -363,6 +369,7 @@ impl Counters {
             ("tx_gso_frames", self.tx_gso_frames),
             ("published_tcp", self.published_tcp),
             ("published_udp", self.published_udp),
+            ("foreign_flow_frames", self.foreign_flow_frames),
         ]
         .into_iter()
         .chain(
@@ -387,6 +394,7 @@ impl Counters {
         self.tx_gso_frames += o.tx_gso_frames;
         self.published_tcp += o.published_tcp;
         self.published_udp += o.published_udp;
+        self.foreign_flow_frames += o.foreign_flow_frames;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -564,10 +572,14 @@ impl Stack {
         }
         let max_flows = cfg.max_flows;
         let isn_state = cfg.isn_seed | 1;
+        let flows = match &cfg.directory {
+            Some(d) => FlowTable::shared(max_flows, d.clone(), cfg.worker),
+            None => FlowTable::new(max_flows),
+        };
         Stack {
             cfg,
             guest_mac: None,
-            flows: FlowTable::new(max_flows),
+            flows,
             reasm: frag::Reassembler::new(frag::Limits::default()),
             counters: Counters::default(),
             ip_ident: 1,
@@ -613,15 +625,28 @@ impl Stack {
         };
     }
 
-    /// The guest's MAC, once seen.
+    /// The guest's MAC, once seen (by any of the guest's stacks).
     pub fn guest_mac(&self) -> Option<EthernetAddress> {
-        self.guest_mac
+        match &self.cfg.directory {
+            Some(d) => d.guest_mac(),
+            None => self.guest_mac,
+        }
+    }
+
+    /// A frame from `mac` came from the guest.
+    fn learn_guest_mac(&mut self, mac: EthernetAddress) {
+        match &self.cfg.directory {
+            // Written only when it changes: every worker reads this line.
+            Some(d) if d.guest_mac() != Some(mac) => d.set_guest_mac(mac),
+            Some(_) => {}
+            None => self.guest_mac = Some(mac),
+        }
     }
 
     fn l2(&self) -> L2 {
         L2 {
             gateway: self.cfg.gateway_mac,
-            guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
+            guest: self.guest_mac().unwrap_or(EthernetAddress::BROADCAST),
             offload: self.cfg.offload,
         }
     }
@@ -709,12 +734,12 @@ impl Stack {
             // A TCPV6 super-frame must carry IPv6 (and TCPV4, IPv4).
             EtherType::Ipv4 if hdr.gso_kind() == gso::TCPV6 => self.drop(DropReason::BadVnetHdr),
             EtherType::Ipv4 => {
-                self.guest_mac = Some(src);
+                self.learn_guest_mac(src);
                 self.ipv4(eth.payload(), csum_trusted, now, out)
             }
             EtherType::Ipv6 if !self.cfg.ipv6 => self.drop(DropReason::Ipv6),
             EtherType::Ipv6 => {
-                self.guest_mac = Some(src);
+                self.learn_guest_mac(src);
                 self.ipv6(eth.payload(), &hdr, now, out)
             }
             EtherType::Unknown(_) => self.drop(DropReason::Unsupported),
@@ -729,7 +754,7 @@ impl Stack {
         if repr.source_hardware_addr != src_mac {
             return self.drop(DropReason::BadAddress);
         }
-        self.guest_mac = Some(src_mac);
+        self.learn_guest_mac(src_mac);
         if repr.operation != ArpOperation::Request || repr.target_protocol_addr != self.cfg.gateway
         {
             // Gratuitous ARP, probes for the guest's own address, replies:
@@ -831,33 +856,56 @@ impl Stack {
         }
     }
 
-    /// The worker that owns published flows, if not this one.
-    fn inbound_elsewhere(&self) -> Option<usize> {
-        self.cfg.inbound_owner.filter(|&w| w != self.cfg.worker)
+    /// The worker that holds flow `key`, when this stack does not (see
+    /// [`directory`]): the guest's frame of it came in on the wrong queue.
+    fn held_elsewhere(&self, key: &FlowKey) -> Option<usize> {
+        let dir = self.cfg.directory.as_ref()?;
+        if self.flows.lookup(key).is_some() {
+            return None;
+        }
+        dir.owner(key).filter(|&w| w != self.cfg.worker)
     }
 
-    /// Hand a guest datagram (its L4 part `l4`) to worker `owner`.
-    /// `trusted`: its L4 checksum was vouched for (it may be partial), so
-    /// the copy says so in its virtio-net header.
+    /// A key no stack of the guest holds (for a new inbound flow).
+    fn key_free(&self, key: &FlowKey) -> bool {
+        self.flows.lookup(key).is_none()
+            && self
+                .cfg
+                .directory
+                .as_ref()
+                .is_none_or(|d| d.owner(key).is_none())
+    }
+
+    /// Hand a guest datagram (its L4 part `l4`, from `src` to `dst`) to
+    /// worker `owner`, which holds its flow. `trusted`: its L4 checksum
+    /// was vouched for (it may be partial), so the copy says so in its
+    /// virtio-net header.
     #[allow(clippy::too_many_arguments)]
     fn forward_l4(
         &mut self,
         owner: usize,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         proto: u8,
         l4: &[u8],
         trusted: bool,
         out: &mut Actions,
     ) {
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len: l4.len(),
-            hop_limit: 64,
-        };
-        self.forward_datagram(owner, ip, l4, out);
+        self.counters.foreign_flow_frames += 1;
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let ip = Ipv4Repr {
+                    src_addr: s,
+                    dst_addr: d,
+                    next_header: proto,
+                    payload_len: l4.len(),
+                    hop_limit: 64,
+                };
+                self.forward_datagram(owner, ip, l4, out);
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.forward_datagram6(owner, s, d, proto, l4, out),
+            _ => return,
+        }
         if trusted
             && self.cfg.offload.vnet_hdr
             && let Some((_, frame)) = out.forward.last_mut()
@@ -898,7 +946,7 @@ impl Stack {
         let mut buf = vec![0u8; hdr + wire::ethernet::HEADER_LEN + l3_len];
         EthernetRepr {
             src_addr: self
-                .guest_mac
+                .guest_mac()
                 .unwrap_or(EthernetAddress([2, 0, 0, 0, 0, 1])),
             dst_addr: self.cfg.gateway_mac,
             ethertype,
@@ -1049,16 +1097,13 @@ impl Stack {
             }
             return;
         }
+        // Not here: perhaps another worker's (a published flow, or one
+        // whose frames changed queue). Even a bare SYN: a retransmission.
+        if let Some(w) = self.held_elsewhere(&key) {
+            return self.forward_l4(w, src, dst, ip_proto::TCP, payload, !verify, out);
+        }
         // No flow: only a bare SYN opens one.
         let bare_syn = seg.flags.syn && seg.ack_number.is_none() && !seg.flags.fin;
-        if !bare_syn
-            && let Some(w) = self.inbound_elsewhere()
-            && let (IpAddr::V4(s4), IpAddr::V4(d4)) = (src, dst)
-        {
-            // Perhaps a published flow of the owner's (see `inbound_owner`;
-            // published ports are IPv4 only).
-            return self.forward_l4(w, s4, d4, ip_proto::TCP, payload, !verify, out);
-        }
         if seg.flags.rst {
             return;
         }
@@ -1169,7 +1214,7 @@ impl Stack {
             let here = self
                 .foreign_owner(self.cfg.guest_ip, *p.ip(), proto_number(proto), &l4)
                 .is_none();
-            if here && self.flows.lookup(&key).is_none() {
+            if here && self.key_free(&key) {
                 return Some(key);
             }
         }
@@ -1187,7 +1232,7 @@ impl Stack {
                 guest,
                 remote: SocketAddr::from((self.cfg.gateway, port)),
             };
-            if self.flows.lookup(&key).is_some() {
+            if !self.key_free(&key) {
                 continue;
             }
             // With hash steering, the guest's frames of this flow must hash
@@ -1217,7 +1262,7 @@ impl Stack {
     /// inbound SYN is answered only once the reply taught us the MAC (the
     /// SYN's retransmission then carries it).
     fn solicit_guest_mac(&mut self, out: &mut Actions) {
-        if self.guest_mac.is_some() {
+        if self.guest_mac().is_some() {
             return;
         }
         let req = ArpRepr {
@@ -1376,14 +1421,10 @@ impl Stack {
             guest: SocketAddr::from((src, repr.src_port)),
             remote: SocketAddr::from((dst, repr.dst_port)),
         };
-        if let (IpAddr::V4(s4), IpAddr::V4(d4)) = (src, dst)
-            && d4 == self.cfg.gateway
-            && PUB_PORTS.contains(&repr.dst_port)
-            && self.flows.lookup(&key).is_none()
-            && let Some(w) = self.inbound_elsewhere()
-        {
-            // A reply on a published UDP flow of the owner's.
-            return self.forward_l4(w, s4, d4, ip_proto::UDP, payload, !verify, out);
+        if let Some(w) = self.held_elsewhere(&key) {
+            // Another worker's flow (published, or the guest's own that
+            // changed queue): not a second host socket here.
+            return self.forward_l4(w, src, dst, ip_proto::UDP, payload, !verify, out);
         }
         self.dgram_out(key, data.to_vec(), now, out);
     }
@@ -1635,6 +1676,10 @@ impl Stack {
             guest: SocketAddr::from((src, ident)),
             remote: SocketAddr::from((dst, 0)),
         };
+        if let Some(w) = self.held_elsewhere(&key) {
+            let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
+            return self.forward_l4(w, s, d, ip_proto::ICMP, payload, !verify, out);
+        }
         self.dgram_out(key, payload.to_vec(), now, out);
     }
 
@@ -1683,6 +1728,7 @@ impl Stack {
     /// Process a completion from the host.
     pub fn host_event(&mut self, ev: HostEvent, now: Instant, out: &mut Actions) {
         let id = ev.flow();
+        let l2 = self.l2();
         let Some((key, state)) = self.flows.get_mut(id) else {
             // A completion for a flow that is gone (generation moved on).
             return;
@@ -1690,11 +1736,6 @@ impl Stack {
         let key = *key;
         match state {
             FlowState::Tcp(conn) => {
-                let l2 = L2 {
-                    gateway: self.cfg.gateway_mac,
-                    guest: self.guest_mac.unwrap_or(EthernetAddress::BROADCAST),
-                    offload: self.cfg.offload,
-                };
                 let mut frames = Vec::new();
                 let mut emit = tcp_emitter(l2, &key, conn.mss(), &mut frames);
                 if let HostEvent::Connected { result: Err(e), .. } = ev {

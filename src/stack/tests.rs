@@ -1574,65 +1574,136 @@ fn published_udp_flow_per_peer_and_replies_go_back_on_it() {
 }
 
 #[test]
-fn unknown_segments_go_to_the_owner_of_published_flows() {
-    // Worker 1 of a multiqueue TAP; worker 0 owns the published flows.
-    let mut s = stack_with(|c| {
-        c.worker = 1;
-        c.inbound_owner = Some(0);
+fn frames_of_another_workers_flows_go_to_it() {
+    // Two stacks of one guest behind a multiqueue TAP (the kernel steers):
+    // worker 0 accepted a published connection, worker 1 gets the guest's
+    // frames of it. Worker 1 hands them over and answers nothing itself.
+    let dir = Arc::new(Directory::new());
+    let mut w0 = stack_with(|c| {
+        c.worker = 0;
+        c.directory = Some(dir.clone());
     });
-    let g = SocketAddr::from((GUEST, 80));
-    let r = SocketAddr::from((GW, 40000));
+    let mut w1 = stack_with(|c| {
+        c.worker = 1;
+        c.directory = Some(dir.clone());
+    });
+    // Only worker 1 has seen a guest frame (its ARP request for the
+    // gateway); worker 0's SYN must still go to the guest's MAC, not to
+    // broadcast, which Linux TCP would drop.
+    let req = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: GUEST,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: GW,
+    };
+    let mut a = vec![0u8; 28];
+    req.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
+    let mut out = Actions::default();
+    w1.ingress(
+        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert_eq!(w0.guest_mac(), Some(GUEST_MAC));
+    let peer = SocketAddr::from(([127, 0, 0, 1], 45678));
+    let mut out = Actions::default();
+    w0.accept_tcp(peer, 80, Instant::ZERO, &mut out).unwrap();
+    assert_eq!(out.frames.len(), 1, "no ARP: the MAC is known");
+    assert_eq!(&out.frames[0][0..6], &GUEST_MAC.0, "SYN to the guest's MAC");
+    let (src, dst, syn) = tcp_to_guest(&out.frames[0]);
     let synack = guest_seg(
-        g,
-        r,
+        dst,
+        src,
         TcpRepr {
             flags: wire::tcp::Flags {
                 syn: true,
                 ..Default::default()
             },
-            ack_number: Some(SeqNumber(77)),
+            ack_number: Some(syn.seq_number + 1usize),
+            max_seg_size: Some(1460),
             ..BARE
         },
     );
     let mut out = Actions::default();
-    s.ingress(&synack, Instant::ZERO, &mut out);
+    w1.ingress(&synack, Instant::ZERO, &mut out);
     assert!(
-        out.frames.is_empty(),
-        "no RST from a worker that is not the owner"
+        out.frames.is_empty() && out.ops.is_empty(),
+        "no RST, no flow"
     );
     assert_eq!(out.forward.len(), 1);
     assert_eq!(out.forward[0].0, 0);
     assert_eq!(out.forward[0].1, synack, "the same frame, for the owner");
-    // A UDP reply to a gateway source port of published flows, too.
+    assert_eq!(w1.counters().foreign_flow_frames, 1);
+    // The owner takes it as its own: the handshake completes.
     let mut out = Actions::default();
-    let reply = ip_frame(
-        GW,
-        ip_proto::UDP,
-        &udp(g, SocketAddr::from((GW, 40001)), b"x"),
+    w0.ingress(&synack, Instant::ZERO, &mut out);
+    w0.poll(Instant::ZERO, &mut out);
+    assert!(out.forward.is_empty());
+    let (_, _, ack) = tcp_to_guest(out.frames.last().unwrap());
+    assert!(ack.ack_number.is_some() && !ack.flags.rst && !ack.flags.syn);
+    // A UDP reply on a published flow of worker 0's, too.
+    let upeer = SocketAddr::from(([127, 0, 0, 1], 5353));
+    let mut out = Actions::default();
+    w0.inbound_udp(upeer, 53, b"q", Instant::ZERO, &mut out)
+        .unwrap();
+    let (_, p) = ip_of(out.frames.last().unwrap());
+    let from = UdpPacket::new_checked(p.payload()).unwrap().src_port();
+    let reply = udp(
+        SocketAddr::from((GUEST, 53)),
+        SocketAddr::from((GW, from)),
+        b"a",
     );
-    s.ingress(&reply, Instant::ZERO, &mut out);
-    assert_eq!(out.forward.len(), 1);
-    assert!(out.ops.is_empty(), "no NAT flow to the host's loopback");
-    // A bare SYN is the guest's own new connection: handled here.
     let mut out = Actions::default();
-    s.ingress(
-        &ip_frame(
-            GW,
-            ip_proto::TCP,
-            &tcp_syn(SocketAddr::from((GUEST, 5000)), r),
-        ),
+    w1.ingress(
+        &ip_frame(GW, ip_proto::UDP, &reply),
         Instant::ZERO,
         &mut out,
     );
-    assert!(out.forward.is_empty());
-    assert!(matches!(out.ops[0], SockOp::Open { .. }));
-    // The owner itself answers unknown segments with RST as usual.
-    let mut owner = stack_with(|c| c.inbound_owner = Some(0));
+    assert_eq!(out.forward.len(), 1);
+    assert!(out.ops.is_empty(), "no second host socket on worker 1");
+    // The guest's own flow, opened on worker 1, whose frames then come in
+    // on worker 0's queue (tun's flow entry aged out): worker 0 hands
+    // them back rather than resetting the connection.
+    let g = SocketAddr::from((GUEST, 5000));
+    let r = SocketAddr::from((GW, 8080));
     let mut out = Actions::default();
-    owner.ingress(&synack, Instant::ZERO, &mut out);
+    w1.ingress(
+        &ip_frame(GW, ip_proto::TCP, &tcp_syn(g, r)),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(matches!(out.ops[0], SockOp::Open { .. }));
+    let data = guest_seg(
+        g,
+        r,
+        TcpRepr {
+            ack_number: Some(SeqNumber(1)),
+            payload: b"late",
+            ..BARE
+        },
+    );
+    let mut out = Actions::default();
+    w0.ingress(&data, Instant::ZERO, &mut out);
+    assert!(out.frames.is_empty(), "no RST from worker 0");
+    assert_eq!(out.forward, vec![(1, data)]);
+    // A flow nobody holds is answered as ever: RST.
+    let stray = guest_seg(SocketAddr::from((GUEST, 5001)), r, BARE);
+    let mut out = Actions::default();
+    w0.ingress(&stray, Instant::ZERO, &mut out);
     assert!(out.forward.is_empty());
     let (_, _, rst) = tcp_to_guest(&out.frames[0]);
     assert!(rst.flags.rst);
+    // A stack that goes away leaves no claims behind.
+    drop(w1);
+    assert_eq!(
+        dir.owner(&FlowKey {
+            proto: Proto::Tcp,
+            guest: g,
+            remote: r
+        }),
+        None
+    );
 }
 
 // ─────────────── published ports with isolation and steering ───────────────
