@@ -82,6 +82,8 @@ pub struct Config {
     pub publish: Vec<crate::publish::PublishSpec>,
     /// Control socket path (`--control`).
     pub control: Option<PathBuf>,
+    /// The guest interface's MAC (namespace mode), `None` for the kernel's.
+    pub guest_mac: Option<[u8; 6]>,
 }
 
 /// Start-up errors.
@@ -456,8 +458,8 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
         guest_ip: cfg.stack.guest_ip,
         prefix_len: cfg.stack.prefix_len,
         gateway: cfg.stack.gateway,
-        dns: cfg.stack.gateway,
-        guest_mac: None,
+        dns: cfg.stack.dns.unwrap_or(cfg.stack.gateway),
+        guest_mac: cfg.guest_mac,
         queues: cfg.workers.max(1),
         vnet_hdr: cfg.stack.offload.vnet_hdr,
     };

@@ -53,6 +53,7 @@
 //! datagram belongs to another worker's flow.
 #![warn(missing_docs)]
 
+pub mod addressing;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

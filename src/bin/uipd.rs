@@ -108,6 +108,40 @@ struct Cli {
     #[arg(long)]
     no_config_net: bool,
 
+    /// The guest link's IPv4 network: the gateway is its host .1, the
+    /// guest .15 (by DHCP and config-net), the DNS server the gateway,
+    /// unless given below [default: 192.168.33.0/24].
+    #[arg(long, value_name = "A.B.C.D/N", value_parser = uipd::addressing::parse_cidr4)]
+    cidr: Option<(std::net::Ipv4Addr, u8)>,
+
+    /// uipd's own (the gateway's) address on the guest link.
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<std::net::Ipv4Addr>,
+
+    /// The guest's address (offered by DHCP, assigned by config-net).
+    #[arg(long, value_name = "ADDR")]
+    guest_ip: Option<std::net::Ipv4Addr>,
+
+    /// The DNS server address the guest is given (port 53 there goes to
+    /// the resolvers; it answers ARP and ping, nothing else unless it is
+    /// the gateway); `none` for no DNS service [default: the gateway].
+    #[arg(long, value_name = "ADDR|none", value_parser = parse_dns)]
+    dns: Option<DnsAddr>,
+
+    /// The guest interface's MAC address (namespace mode; default: the
+    /// kernel's random one).
+    #[arg(long, value_name = "MAC", value_parser = uipd::addressing::parse_mac)]
+    mac: Option<[u8; 6]>,
+
+    /// The IPv6 /64 advertised for SLAAC; the gateway is its ::1 (and the
+    /// DNS server, like IPv4's) [default: fd00:33::/64].
+    #[arg(long, value_name = "PREFIX", value_parser = uipd::addressing::parse_prefix6)]
+    ipv6_prefix: Option<std::net::Ipv6Addr>,
+
+    /// No IPv6 on the guest link (no RA, NDP, DHCPv6; IPv6 frames dropped).
+    #[arg(long, conflicts_with = "ipv6_prefix")]
+    no_ipv6: bool,
+
     /// DNS resolver for queries to the gateway (repeatable; default: the
     /// host's /etc/resolv.conf, re-read when it changes).
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_resolver)]
@@ -247,6 +281,19 @@ fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
     s.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, 53))
         .map_err(|_| format!("'{s}' is not ADDR or ADDR:PORT (IPv6 with a port: [ADDR]:PORT)"))
+}
+
+/// `--dns`: an address, or none.
+#[derive(Debug, Clone, Copy)]
+struct DnsAddr(Option<std::net::Ipv4Addr>);
+
+fn parse_dns(s: &str) -> Result<DnsAddr, String> {
+    if s == "none" {
+        return Ok(DnsAddr(None));
+    }
+    s.parse()
+        .map(|a| DnsAddr(Some(a)))
+        .map_err(|_| format!("'{s}' is not an IPv4 address or 'none'"))
 }
 
 fn parse_cidr(s: &str) -> Result<stack::policy::Cidr, String> {
@@ -538,7 +585,25 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let stack = stack::Config {
+    let request = uipd::addressing::Request {
+        cidr: cli.cidr,
+        gateway: cli.gateway,
+        guest: cli.guest_ip,
+        dns: cli.dns.map(|d| d.0),
+        prefix6: cli.ipv6_prefix,
+    };
+    let plan = match uipd::addressing::Plan::resolve(
+        &request,
+        uipd::addressing::Layout::UIPD,
+        (std::net::Ipv4Addr::new(192, 168, 33, 0), 24),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("uipd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut stack = stack::Config {
         policy,
         max_flows,
         mtu,
@@ -550,8 +615,10 @@ fn main() -> ExitCode {
             csum: offload,
         },
         publish_keep_source: cli.publish_keep_source,
+        ipv6: !cli.no_ipv6,
         ..stack::Config::default()
     };
+    plan.apply(&mut stack);
     let frontend = match frontend {
         Frontend::Vm(vm, _) if tap_mode => Frontend::VmTap {
             vm,
@@ -575,6 +642,7 @@ fn main() -> ExitCode {
         stack,
         publish: cli.publish,
         control: cli.control,
+        guest_mac: cli.mac,
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

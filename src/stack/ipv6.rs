@@ -287,7 +287,7 @@ impl Stack {
     /// guest's own on-link prefix (nothing but the guest and the gateway
     /// lives there). The gateway's addresses are fine (they map to ::1).
     pub(super) fn is_bad_destination6(&self, dst: Ipv6Addr) -> bool {
-        if dst == self.cfg.gateway6 || dst == self.cfg.gateway6_ll {
+        if self.is_local(IpAddr::V6(dst)) {
             return false;
         }
         let o = dst.octets();
@@ -344,7 +344,7 @@ impl Stack {
                 seq_no,
                 data,
             } => {
-                if self.is_gateway(IpAddr::V6(dst)) {
+                if self.is_local(IpAddr::V6(dst)) {
                     let reply = Icmpv6Repr::EchoReply {
                         ident,
                         seq_no,
@@ -374,7 +374,7 @@ impl Stack {
                 self.next_ra = Some(now + RA_INTERVAL);
             }
             Icmpv6Repr::NeighborSolicit { target, .. } => {
-                if !self.is_gateway(IpAddr::V6(target)) {
+                if !self.is_local(IpAddr::V6(target)) {
                     // The guest's duplicate address detection, or a
                     // neighbour on the link that uipd does not stand for.
                     return self.drop(DropReason::NotForUs);
@@ -423,7 +423,7 @@ impl Stack {
         if src.is_unspecified() {
             return self.drop(DropReason::BadAddress);
         }
-        let dns = [self.cfg.gateway6];
+        let dns: Vec<Ipv6Addr> = self.cfg.dns6.into_iter().collect();
         match dhcpv6::handle(pkt.payload(), self.cfg.gateway_mac.0, &dns) {
             Ok(reply) => {
                 let l2 = self.l2();
@@ -458,7 +458,7 @@ impl Stack {
                 preferred_lifetime: u32::MAX,
                 prefix: self.cfg.prefix6,
             }),
-            rdnss: Some((RDNSS_LIFETIME, self.cfg.gateway6)),
+            rdnss: self.cfg.dns6.map(|a| (RDNSS_LIFETIME, a)),
         });
         let from = self.cfg.gateway6_ll;
         self.icmp6_to_guest(from, to, &ra, 255, out);

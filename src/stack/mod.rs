@@ -151,8 +151,16 @@ pub struct Config {
     pub gateway6_ll: Ipv6Addr,
     /// Map the gateway address to the host's loopback.
     pub host_loopback: bool,
-    /// Host resolvers for DNS sent to `gateway:53`.
+    /// Host resolvers for DNS sent to `dns:53`.
     pub resolvers: Vec<SocketAddr>,
+    /// The guest's DNS server address: port 53 there (UDP and TCP) goes to
+    /// the `resolvers`; DHCP offers it. uipd's default is the gateway
+    /// itself; slirp4netns's is a separate address (10.0.2.3), which
+    /// answers ARP and echo like the gateway and nothing but DNS. `None`:
+    /// no DNS service (`--disable-dns`).
+    pub dns: Option<Ipv4Addr>,
+    /// The IPv6 DNS server address (RDNSS and DHCPv6 name it), as `dns`.
+    pub dns6: Option<Ipv6Addr>,
     /// DHCP lease time in seconds.
     pub lease_secs: u32,
     /// Most flows at once, in this stack. A guest served by several
@@ -211,6 +219,8 @@ impl Default for Config {
             gateway6_ll: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
             host_loopback: true,
             resolvers: Vec::new(),
+            dns: Some(Ipv4Addr::new(192, 168, 33, 1)),
+            dns6: Some(Ipv6Addr::new(0xfd00, 0x33, 0, 0, 0, 0, 0, 1)),
             lease_secs: 86400,
             max_flows: 65536,
             policy: policy::Policy::default(),
@@ -755,8 +765,9 @@ impl Stack {
             return self.drop(DropReason::BadAddress);
         }
         self.learn_guest_mac(src_mac);
-        if repr.operation != ArpOperation::Request || repr.target_protocol_addr != self.cfg.gateway
-        {
+        let ours = repr.target_protocol_addr == self.cfg.gateway
+            || self.is_dns(IpAddr::V4(repr.target_protocol_addr));
+        if repr.operation != ArpOperation::Request || !ours {
             // Gratuitous ARP, probes for the guest's own address, replies:
             // nothing to answer (an answer to a DAD probe would make the
             // guest think its address is taken).
@@ -765,7 +776,7 @@ impl Stack {
         let reply = ArpRepr {
             operation: ArpOperation::Reply,
             source_hardware_addr: self.cfg.gateway_mac,
-            source_protocol_addr: self.cfg.gateway,
+            source_protocol_addr: repr.target_protocol_addr,
             target_hardware_addr: repr.source_hardware_addr,
             target_protocol_addr: repr.source_protocol_addr,
         };
@@ -977,12 +988,12 @@ impl Stack {
     }
 
     /// Where a new guest flow to `remote` goes on the host, or why it is
-    /// refused: [`DropReason::Refused`] (no resolver, or the gateway with
+    /// refused: [`DropReason::Refused`] (no resolver, a port other than 53
+    /// of a DNS address that is not the gateway, or the gateway with
     /// `host_loopback` off) or [`DropReason::Denied`] (the outbound
-    /// [`policy`], judged on the host address; DNS to the gateway is
-    /// exempt).
+    /// [`policy`], judged on the host address; DNS is exempt).
     fn map_remote(&self, proto: Proto, remote: SocketAddr) -> Result<SocketAddr, DropReason> {
-        let host = if self.is_gateway(remote.ip()) {
+        if self.is_dns(remote.ip()) {
             if remote.port() == 53 && proto != Proto::Icmp {
                 return self
                     .cfg
@@ -991,6 +1002,11 @@ impl Stack {
                     .copied()
                     .ok_or(DropReason::Refused);
             }
+            if !self.is_gateway(remote.ip()) {
+                return Err(DropReason::Refused);
+            }
+        }
+        let host = if self.is_gateway(remote.ip()) {
             if !self.cfg.host_loopback {
                 return Err(DropReason::Refused);
             }
@@ -1014,6 +1030,20 @@ impl Stack {
             IpAddr::V4(a) => a == self.cfg.gateway,
             IpAddr::V6(a) => a == self.cfg.gateway6 || a == self.cfg.gateway6_ll,
         }
+    }
+
+    /// The DNS server address of either family.
+    fn is_dns(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.cfg.dns == Some(a),
+            IpAddr::V6(a) => self.cfg.dns6 == Some(a),
+        }
+    }
+
+    /// An address uipd answers echo and neighbour queries for: the
+    /// gateway's or the DNS server's.
+    fn is_local(&self, ip: IpAddr) -> bool {
+        self.is_gateway(ip) || self.is_dns(ip)
     }
 
     /// A destination no flow may go to, of either family.
@@ -1501,7 +1531,7 @@ impl Stack {
             offered: self.cfg.guest_ip,
             prefix_len: mask_bits,
             router: self.cfg.gateway,
-            dns: vec![self.cfg.gateway],
+            dns: self.cfg.dns.into_iter().collect(),
             lease_secs: self.cfg.lease_secs,
             mtu: self.cfg.mtu,
         };
@@ -1657,7 +1687,7 @@ impl Stack {
             // Errors from the guest about our traffic: nothing to relay.
             return self.drop(DropReason::Unsupported);
         };
-        if dst == self.cfg.gateway {
+        if self.is_local(IpAddr::V4(dst)) {
             let reply = Icmpv4Repr::EchoReply {
                 ident,
                 seq_no,

@@ -1818,3 +1818,105 @@ fn published_keep_source_under_hash_steering_stays_on_this_worker() {
     }
     assert!(kept > 0 && gateway > 0, "kept {kept} gateway {gateway}");
 }
+
+#[test]
+fn a_separate_dns_address_serves_dns_and_nothing_else() {
+    // slirp4netns's layout: gateway .2, DNS .3, guest .100.
+    let gw = Ipv4Addr::new(10, 0, 2, 2);
+    let dns = Ipv4Addr::new(10, 0, 2, 3);
+    let mut s = stack_with(|c| {
+        c.gateway = gw;
+        c.dns = Some(dns);
+        c.guest_ip = Ipv4Addr::new(10, 0, 2, 100);
+    });
+    let guest = Ipv4Addr::new(10, 0, 2, 100);
+    // ARP for the DNS address is answered with the gateway's MAC.
+    let req = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: guest,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: dns,
+    };
+    let mut a = vec![0u8; 28];
+    req.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
+    let mut out = Actions::default();
+    s.ingress(
+        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
+        Instant::ZERO,
+        &mut out,
+    );
+    let f = EthernetFrame::new_checked(&out.frames[0][..]).unwrap();
+    let r = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
+    assert_eq!(r.source_protocol_addr, dns);
+    assert_eq!(r.source_hardware_addr, gw_mac());
+    let frame = |dst: Ipv4Addr, proto, l4: &[u8]| {
+        let mut f = eth(gw_mac(), EtherType::Ipv4, &ipv4(guest, dst, proto, l4));
+        f.truncate(14 + 20 + l4.len());
+        f
+    };
+    // Port 53 (UDP and TCP) goes to the resolver.
+    let mut out = Actions::default();
+    let q = udp(
+        SocketAddr::from((guest, 4000)),
+        SocketAddr::from((dns, 53)),
+        b"q",
+    );
+    s.ingress(&frame(dns, ip_proto::UDP, &q), Instant::ZERO, &mut out);
+    assert!(
+        matches!(out.ops[..], [SockOp::Open { proto: Proto::Udp, dst, .. }] if dst == SocketAddr::from(([127, 0, 0, 53], 53))),
+        "{:?}",
+        out.ops
+    );
+    let mut out = Actions::default();
+    let syn = tcp_syn(SocketAddr::from((guest, 4001)), SocketAddr::from((dns, 53)));
+    s.ingress(&frame(dns, ip_proto::TCP, &syn), Instant::ZERO, &mut out);
+    assert!(matches!(
+        out.ops[..],
+        [SockOp::Open {
+            proto: Proto::Tcp,
+            ..
+        }]
+    ));
+    // Any other port of it is refused (RST), not the host's loopback.
+    let mut out = Actions::default();
+    let syn = tcp_syn(SocketAddr::from((guest, 4002)), SocketAddr::from((dns, 80)));
+    s.ingress(&frame(dns, ip_proto::TCP, &syn), Instant::ZERO, &mut out);
+    assert!(out.ops.is_empty());
+    let (_, _, rst) = tcp_to_guest(&out.frames[0]);
+    assert!(rst.flags.rst);
+    // The gateway's port 53 is the host's loopback, like any other port.
+    let mut out = Actions::default();
+    let syn = tcp_syn(SocketAddr::from((guest, 4003)), SocketAddr::from((gw, 53)));
+    s.ingress(&frame(gw, ip_proto::TCP, &syn), Instant::ZERO, &mut out);
+    assert!(
+        matches!(out.ops[..], [SockOp::Open { dst, .. }] if dst == SocketAddr::from(([127, 0, 0, 1], 53)))
+    );
+    // Echo to it is answered locally.
+    let echo = Icmpv4Repr::EchoRequest {
+        ident: 9,
+        seq_no: 1,
+        data: b"x",
+    };
+    let mut l4 = vec![0u8; echo.buffer_len()];
+    echo.emit(&mut Icmpv4Packet::new_unchecked(&mut l4[..]));
+    let mut out = Actions::default();
+    s.ingress(&frame(dns, ip_proto::ICMP, &l4), Instant::ZERO, &mut out);
+    assert!(out.ops.is_empty());
+    let (_, p) = ip_of(&out.frames[0]);
+    assert_eq!(p.src_addr(), dns);
+    // No DNS service at all: the address is nobody's (no ARP answer), and
+    // the gateway offers no DNS server by DHCP.
+    let mut s = stack_with(|c| {
+        c.gateway = gw;
+        c.dns = None;
+        c.guest_ip = guest;
+    });
+    let mut out = Actions::default();
+    s.ingress(
+        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
+        Instant::ZERO,
+        &mut out,
+    );
+    assert!(out.frames.is_empty());
+}
