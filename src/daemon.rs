@@ -84,6 +84,16 @@ pub struct Config {
     pub control: Option<PathBuf>,
     /// The guest interface's MAC (namespace mode), `None` for the kernel's.
     pub guest_mac: Option<[u8; 6]>,
+    /// Write "1" to this inherited fd once the guest is served, then close
+    /// it (slirp4netns's `-r FD`).
+    pub ready_fd: Option<std::os::fd::RawFd>,
+    /// Exit when this inherited fd becomes readable or is closed
+    /// (slirp4netns's `-e FD`).
+    pub exit_fd: Option<std::os::fd::RawFd>,
+    /// Serve slirp4netns's JSON API on this socket (published ports).
+    pub api_socket: Option<PathBuf>,
+    /// Source addresses for outbound sockets (IPv4, IPv6).
+    pub outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
 }
 
 /// Start-up errors.
@@ -302,6 +312,7 @@ impl Workers {
                 port_reader: port.reader,
                 shared: sh,
                 cpu: cfg.cpus.get(i).copied(),
+                outbound: cfg.outbound,
                 poll_us: cfg.poll_us,
                 hash_steer: false,
             };
@@ -423,7 +434,20 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         Some(path) => Some(crate::control::Control::bind(path)?),
         None => None,
     };
-    let publish = Publish { forwards, control };
+    let api = match &cfg.api_socket {
+        Some(path) => Some(
+            crate::compat::slirp4netns::Api::bind(path, cfg.stack.guest_ip).map_err(io_err(
+                &format!("listening on the API socket {}", path.display()),
+            ))?,
+        ),
+        None => None,
+    };
+    let publish = Publish {
+        forwards,
+        control,
+        api,
+        exit_fd: cfg.exit_fd,
+    };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
         Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv, publish),
@@ -440,6 +464,10 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
 struct Publish {
     forwards: crate::control::Forwards,
     control: Option<crate::control::Control>,
+    /// slirp4netns's API socket.
+    api: Option<crate::compat::slirp4netns::Api>,
+    /// Exit when this fd is readable or closed (slirp4netns's `-e`).
+    exit_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Publish {
@@ -523,6 +551,9 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
     publish.start(&workers);
     if let Some(c) = child.as_mut() {
         c.start()?;
+    }
+    if let Some(fd) = cfg.ready_fd {
+        crate::compat::slirp4netns::signal_ready(fd);
     }
     let (code, stats) = control_loop(workers, publish, watch_resolv, || match child.as_mut() {
         Some(c) => {
@@ -838,6 +869,16 @@ fn control_loop(
         }
         if let Some(c) = publish.control.as_mut() {
             c.poll(&mut publish.forwards, &workers.shared, &workers.inboxes);
+        }
+        if let Some(a) = publish.api.as_mut() {
+            a.poll(&mut publish.forwards, &workers.shared, &workers.inboxes);
+        }
+        if publish
+            .exit_fd
+            .is_some_and(crate::compat::slirp4netns::exit_requested)
+        {
+            log::info!("the exit fd is readable or closed: stopping");
+            break 0;
         }
         std::thread::sleep(Duration::from_millis(20));
     };

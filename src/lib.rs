@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 pub mod addressing;
+pub mod compat;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;

@@ -4,8 +4,10 @@
 //!
 //! A spec `[ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp]`
 //! names one or more *forwards*: host port `HOSTPORT + i` on `ADDR`
-//! (default 127.0.0.1; `0.0.0.0` only when written) goes to the guest's
-//! port `GUESTPORT + i`. A range on one side needs a range of the same
+//! (default 127.0.0.1; `0.0.0.0` only when written; an IPv6 address in
+//! brackets, `[::1]` or `[::]`) goes to the guest's port `GUESTPORT + i`
+//! (on its IPv4 address, whichever family the host side has: an IPv6
+//! listener is `IPV6_V6ONLY`, so `[::]` and `0.0.0.0` can both be served). A range on one side needs a range of the same
 //! length on the other; a single guest port with a host range is refused
 //! (several host ports into one guest port would be legal but is almost
 //! always a typo).
@@ -25,8 +27,8 @@
 //! ```
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Transport of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,7 +52,7 @@ impl fmt::Display for PubProto {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishSpec {
     /// Host address to listen on.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// First host port.
     pub host_port: u16,
     /// First guest port.
@@ -76,8 +78,8 @@ pub enum SpecError {
     /// Host and guest ranges of different lengths.
     #[error("'{0}': the host range has {1} ports, the guest range {2}")]
     Mismatch(String, u32, u32),
-    /// An address that is not IPv4.
-    #[error("'{0}': '{1}' is not an IPv4 address")]
+    /// An address that is not IPv4, nor IPv6 in brackets.
+    #[error("'{0}': '{1}' is not an IPv4 address or an IPv6 one in brackets")]
     Addr(String, String),
     /// A protocol other than tcp or udp.
     #[error("'{0}': unknown protocol '{1}' (tcp or udp)")]
@@ -114,14 +116,25 @@ impl PublishSpec {
             Some((b, "udp")) => (b, PubProto::Udp),
             Some((_, p)) => return Err(SpecError::Proto(spec.into(), p.into())),
         };
+        // `[v6]:` first: the brackets keep the address's colons apart.
+        let (v6, body) = match body.strip_prefix('[').and_then(|b| b.split_once("]:")) {
+            Some((a, rest)) => {
+                let ip = a
+                    .parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| SpecError::Addr(spec.into(), format!("[{a}]")))?;
+                (Some(IpAddr::V6(ip)), rest)
+            }
+            None => (None, body),
+        };
         let parts: Vec<&str> = body.split(':').collect();
-        let (addr, host, guest) = match parts.as_slice() {
-            [h, g] => (Ipv4Addr::LOCALHOST, *h, *g),
-            [a, h, g] => {
+        let (addr, host, guest) = match (v6, parts.as_slice()) {
+            (Some(ip), [h, g]) => (ip, *h, *g),
+            (None, [h, g]) => (IpAddr::V4(Ipv4Addr::LOCALHOST), *h, *g),
+            (None, [a, h, g]) => {
                 let ip = a
                     .parse::<Ipv4Addr>()
                     .map_err(|_| SpecError::Addr(spec.into(), (*a).into()))?;
-                (ip, *h, *g)
+                (IpAddr::V4(ip), *h, *g)
             }
             _ => return Err(SpecError::Syntax(spec.into())),
         };
@@ -144,10 +157,10 @@ impl PublishSpec {
     }
 
     /// Each forward of the spec: (host address, guest port).
-    pub fn forwards(&self) -> impl Iterator<Item = (SocketAddrV4, u16)> + '_ {
+    pub fn forwards(&self) -> impl Iterator<Item = (SocketAddr, u16)> + '_ {
         (0..self.count).map(move |i| {
             (
-                SocketAddrV4::new(self.addr, self.host_port + i),
+                SocketAddr::new(self.addr, self.host_port + i),
                 self.guest_port + i,
             )
         })
@@ -164,10 +177,14 @@ impl fmt::Display for PublishSpec {
                 format!("{p}-{}", p + (self.count - 1))
             }
         };
+        let addr = match self.addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
         write!(
             f,
             "{}:{}:{}/{}",
-            self.addr,
+            addr,
             range(self.host_port),
             range(self.guest_port),
             self.proto
@@ -196,7 +213,7 @@ pub struct BindError {
 #[derive(Debug)]
 pub struct Bound {
     /// The host address.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// The guest port it forwards to.
     pub guest_port: u16,
     /// Transport.
@@ -211,13 +228,14 @@ pub struct Bound {
 pub fn bind(spec: &PublishSpec, text: &str) -> Result<Vec<Bound>, BindError> {
     let mut out = Vec::new();
     for (addr, guest_port) in spec.forwards() {
-        let fd: std::io::Result<OwnedFd> = match spec.proto {
-            PubProto::Tcp => TcpListener::bind(addr).map(OwnedFd::from),
-            PubProto::Udp => UdpSocket::bind(addr).map(OwnedFd::from),
+        let fd: std::io::Result<OwnedFd> = match (spec.proto, addr) {
+            (proto, SocketAddr::V6(_)) => bind_v6only(proto, addr),
+            (PubProto::Tcp, _) => TcpListener::bind(addr).map(OwnedFd::from),
+            (PubProto::Udp, _) => UdpSocket::bind(addr).map(OwnedFd::from),
         };
         let fd = fd.map_err(|source| BindError {
             spec: text.into(),
-            addr: addr.into(),
+            addr,
             proto: spec.proto,
             hint: match source.kind() {
                 std::io::ErrorKind::AddrInUse => " (the port is in use)",
@@ -239,6 +257,75 @@ pub fn bind(spec: &PublishSpec, text: &str) -> Result<Vec<Bound>, BindError> {
     Ok(out)
 }
 
+/// Turn on the boolean socket option `opt` at `level`.
+fn set_flag(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: `one` is a live c_int and `len` its size; the kernel only
+    // reads it during the call; `fd` is an open socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            std::ptr::from_ref(&one).cast(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An IPv6 socket bound to `addr` with `IPV6_V6ONLY` (listening, for TCP),
+/// so that it does not take the IPv4 port too (std binds dual-stack).
+fn bind_v6only(proto: PubProto, addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    let ty = match proto {
+        PubProto::Tcp => libc::SOCK_STREAM,
+        PubProto::Udp => libc::SOCK_DGRAM,
+    };
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns.
+    let raw = unsafe { libc::socket(libc::AF_INET6, ty | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by no one else (above).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_flag(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
+    if proto == PubProto::Tcp {
+        // As std's TcpListener: a port in TIME_WAIT can be bound again.
+        set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    }
+    let SocketAddr::V6(a) = addr else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let sa = libc::sockaddr_in6 {
+        sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10),
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    };
+    let salen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in6>()).unwrap_or(28);
+    // SAFETY: `sa` is a live sockaddr_in6 and `salen` its size; the kernel
+    // only reads it during the call.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&sa).cast(), salen) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if proto == PubProto::Tcp {
+        // SAFETY: listen(2) on a descriptor we own; no pointers.
+        if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +344,29 @@ mod tests {
         assert_eq!(p.addr, Ipv4Addr::UNSPECIFIED);
         assert_eq!(p.proto, PubProto::Udp);
         assert_eq!(ok("1:2/tcp").to_string(), "127.0.0.1:1:2/tcp");
+        let p = ok("[::]:8080:80/udp");
+        assert_eq!(p.addr, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        assert_eq!(p.to_string(), "[::]:8080:80/udp");
+        assert_eq!(ok(&p.to_string()), p, "the canonical spelling parses back");
+    }
+
+    #[test]
+    fn ipv6_listeners_leave_the_ipv4_port_free() {
+        // A port that is free now (the probe closes again).
+        let port = TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = format!("[::1]:{port}:80");
+        let _b = bind(&ok(&text), &text).unwrap();
+        let v4 = TcpListener::bind(("127.0.0.1", port));
+        assert!(v4.is_ok(), "IPV6_V6ONLY: the IPv4 port stays free");
+        let c = std::net::TcpStream::connect(("::1", port));
+        assert!(c.is_ok(), "the IPv6 listener accepts");
+        let text = format!("[::1]:{port}:53/udp");
+        let u = bind(&ok(&text), &text).unwrap();
+        assert_eq!(u[0].proto, PubProto::Udp);
     }
 
     #[test]
@@ -286,6 +396,8 @@ mod tests {
             ("80:9000-9001", "host range has 1 ports, the guest range 2"),
             ("localhost:80:80", "not an IPv4 address"),
             ("::1:80:80", "is not [ADDR:]"),
+            ("[::1]:80", "is not [ADDR:]"),
+            ("[x]:80:80", "'[x]' is not an IPv4 address or an IPv6"),
             ("80:80/sctp", "unknown protocol 'sctp'"),
             ("80:80/", "unknown protocol ''"),
         ];

@@ -333,6 +333,7 @@ fn run_in_outer_netns(mode: Mode, v6: bool, job: Job) -> Outcome {
         port_reader: None,
         shared: shared.clone(),
         cpu: None,
+        outbound: (None, None),
         poll_us: 0,
         hash_steer: false,
     };

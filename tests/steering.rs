@@ -81,6 +81,7 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
         port_reader: Some(reader),
         shared: shared.clone(),
         cpu: None,
+        outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
     };
@@ -208,6 +209,7 @@ fn ipv6_flows_are_steered_to_their_owner() {
         port_reader: Some(reader),
         shared: shared.clone(),
         cpu: None,
+        outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
     };

@@ -391,6 +391,45 @@ fn ctl_main(args: &[OsString]) -> ExitCode {
     }
 }
 
+/// uipd as slirp4netns (see [`uipd::compat::slirp4netns`]).
+fn slirp4netns_main(args: &[OsString]) -> ExitCode {
+    use uipd::compat::slirp4netns::{self, Args};
+    let argv = std::iter::once(OsString::from("slirp4netns")).chain(args.iter().cloned());
+    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if a.version {
+        print!("{}", slirp4netns::version());
+        return ExitCode::SUCCESS;
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let workers = uipd::dataplane::cpus::usable_cpus().len();
+    let inv = match a.invocation(workers) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("slirp4netns (uipd): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if a.enable_sandbox || a.enable_seccomp {
+        log::info!(
+            "--enable-sandbox/--enable-seccomp: accepted; uipd has no sandbox of its own yet"
+        );
+    }
+    // Before any thread: setns(CLONE_NEWUSER) needs a single-threaded process.
+    if let Some(path) = &inv.userns
+        && let Err(e) = uipd::dataplane::netns::join_userns(path)
+    {
+        eprintln!("slirp4netns (uipd): {}", error_chain(&e));
+        return ExitCode::from(1);
+    }
+    match daemon::run(inv.config) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("slirp4netns (uipd): {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
     uipd::dataplane::cpus::parse_cpulist(s)
         .map(CpuList)
@@ -455,6 +494,20 @@ fn main() -> ExitCode {
     }
     if args.get(1).is_some_and(|a| a == "ctl") {
         return ctl_main(&args[1..]);
+    }
+    // Personalities: invoked as `slirp4netns` (a link to uipd), or
+    // `uipd slirp4netns ARGS`.
+    let name = args
+        .first()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "slirp4netns" {
+        return slirp4netns_main(&args[1..]);
+    }
+    if args.get(1).is_some_and(|a| a == "slirp4netns") {
+        return slirp4netns_main(&args[2..]);
     }
     // kvmtool spells it `-net`: accept that before the `--`.
     for a in args.iter_mut().skip(1) {
@@ -643,6 +696,10 @@ fn main() -> ExitCode {
         publish: cli.publish,
         control: cli.control,
         guest_mac: cli.mac,
+        ready_fd: None,
+        exit_fd: None,
+        api_socket: None,
+        outbound: (None, None),
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

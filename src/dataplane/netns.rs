@@ -1546,6 +1546,31 @@ fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Join the user namespace at `path` (slirp4netns's `--userns-path`), so
+/// that entering a rootless container's network namespace is allowed.
+/// Only a single-threaded process may do this: call it before any thread
+/// starts.
+pub fn join_userns(path: &Path) -> Result<(), NetnsError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| NetnsError::Setup {
+            step: format!("open the user namespace {}", path.display()),
+            source,
+        })?;
+    // SAFETY: `file` is an open fd for the call; CLONE_NEWUSER makes the
+    // kernel check it is a user namespace. It changes this (single-
+    // threaded) process's user namespace and nothing else.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
+        return Err(NetnsError::Setup {
+            step: format!("join the user namespace {}", path.display()),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
 /// The path of a `--netns` target: a bare PID means `/proc/PID/ns/net`.
 pub fn netns_path(target: &str) -> PathBuf {
     if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
@@ -1619,7 +1644,26 @@ pub fn attach_queues(target: &str, cfg: &NetConfig) -> Result<Vec<Tap>, NetnsErr
             source,
         }
     })?;
-    let result = cfg.open_taps().map_err(NetnsError::from).and_then(|taps| {
+    // A TAP that exists already (rootlesskit makes `tap0` with `ip tuntap
+    // add` before it starts slirp4netns) is attached; when it is not
+    // multiqueue, tun refuses IFF_MULTI_QUEUE with EINVAL: one queue then.
+    let opened = match cfg.open_taps() {
+        Err(TapError::SetIff { source, .. })
+            if cfg.queues > 1 && source.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            log::info!(
+                "netns: TAP {} exists without multiqueue: serving it with one queue",
+                cfg.ifname
+            );
+            NetConfig {
+                queues: 1,
+                ..cfg.clone()
+            }
+            .open_taps()
+        }
+        r => r,
+    };
+    let result = opened.map_err(NetnsError::from).and_then(|taps| {
         if let Some(tap) = taps.first() {
             configure_link(cfg, tap, false)?;
         }

@@ -413,9 +413,18 @@ pub struct Uring {
     /// `MSG_WAITALL` on stream sends (off in a test of the restart path,
     /// which is what a kernel before 5.18 needs).
     send_waitall: bool,
+    /// Source addresses to bind outbound sockets to (IPv4, IPv6), except
+    /// those to loopback (slirp4netns's `--outbound-addr`).
+    outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
 }
 
 impl Uring {
+    /// Bind outbound sockets of each family to this source address
+    /// (connections to loopback keep the kernel's choice).
+    pub fn set_outbound(&mut self, v4: Option<std::net::Ipv4Addr>, v6: Option<std::net::Ipv6Addr>) {
+        self.outbound = (v4, v6);
+    }
+
     /// A ring with `entries` SQ entries (and a CQ four times as large).
     pub fn new(entries: u32) -> io::Result<Uring> {
         let cq = entries.saturating_mul(4);
@@ -450,6 +459,7 @@ impl Uring {
             fallback_timeout: None,
             short_sends: 0,
             send_waitall: true,
+            outbound: (None, None),
             listeners: std::collections::HashMap::new(),
         })
     }
@@ -941,7 +951,12 @@ impl Uring {
             warn!("uring: Open for {id:?} while {old:?} is live without Close; aborting it");
             self.close(old, true);
         }
-        let (sock, phase) = match new_socket(proto, &dst, mss) {
+        let src = match dst {
+            _ if dst.ip().is_loopback() => None,
+            SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
+            SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
+        };
+        let (sock, phase) = match new_socket(proto, &dst, mss, src) {
             Ok(fd) => (
                 Some(self.alloc_sock(fd)),
                 Phase::Connecting {
@@ -1954,8 +1969,14 @@ fn clamp_u32(n: usize) -> u32 {
 }
 
 /// Create the socket for an `Open`: blocking, close-on-exec; TCP gets
-/// `TCP_NODELAY` and `TCP_MAXSEG` (failures of either are logged only).
-fn new_socket(proto: Proto, dst: &SocketAddr, mss: Option<u16>) -> Result<OwnedFd, Errno> {
+/// `TCP_NODELAY` and `TCP_MAXSEG` (failures of either are logged only);
+/// bound to `src` (port 0) when given.
+fn new_socket(
+    proto: Proto,
+    dst: &SocketAddr,
+    mss: Option<u16>,
+    src: Option<std::net::IpAddr>,
+) -> Result<OwnedFd, Errno> {
     let v4 = dst.is_ipv4();
     let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
     let (ty, protocol) = match proto {
@@ -1981,6 +2002,14 @@ fn new_socket(proto: Proto, dst: &SocketAddr, mss: Option<u16>) -> Result<OwnedF
             if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, &mss) {
                 trace!("uring: TCP_MAXSEG {mss} failed: errno {e}");
             }
+        }
+    }
+    if let Some(ip) = src {
+        let sa = SockAddr::new(&SocketAddr::new(ip, 0));
+        // SAFETY: `sa` is a live sockaddr of `sa.len()` bytes that the
+        // kernel only reads during the call; `fd` is the socket made above.
+        if unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len()) } < 0 {
+            return Err(last_errno());
         }
     }
     Ok(fd)

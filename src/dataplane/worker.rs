@@ -288,6 +288,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// CPU to pin to.
     pub cpu: Option<usize>,
+    /// Source addresses for outbound sockets (IPv4, IPv6), if set.
+    pub outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
     /// Longest busy-poll before sleeping, in microseconds; the window
     /// adapts below it ([`PollWindow`]). 0: sleep at once.
     pub poll_us: u64,
@@ -331,6 +333,7 @@ impl Worker {
             }
         }
         let mut uring = Uring::new(2048)?;
+        uring.set_outbound(self.outbound.0, self.outbound.1);
         uring.arm_wake(self.inbox().wake_fd());
         let vnet_hdr = if self.stack.config().offload.vnet_hdr {
             crate::stack::wire::vnet_hdr::HEADER_LEN
