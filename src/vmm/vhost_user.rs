@@ -64,7 +64,11 @@ use super::queue_pair::{
 };
 
 /// Largest virtqueue the backend accepts.
-const MAX_QUEUE_SIZE: usize = 1024;
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Log lines per call site and [`INTERVAL`](crate::ratelimit::INTERVAL)
+/// for per-connection events: a front-end may reconnect in a loop, but a
+/// test suite's worth of connections still shows in full.
+const CONN_BURST: u32 = 50;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
@@ -201,18 +205,22 @@ impl Device {
             daemon
                 .start(&mut vl)
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
-            log::info!("vhost-user: VMM connected");
+            crate::log_limited!(log::Level::Info, burst CONN_BURST, "vhost-user: VMM connected");
             let relayed = vhost_relay::relay(&vmm, &handler_side, stop);
             let _ = vmm.shutdown(std::net::Shutdown::Both);
             let _ = handler_side.shutdown(std::net::Shutdown::Both);
             let handled = daemon.wait();
             match (relayed, handled) {
-                (Ok(st), Err(e)) if st.handler_closed.is_some() => log::error!(
+                (Ok(st), Err(e)) if st.handler_closed.is_some() => crate::log_limited!(
+                    log::Level::Error,
+                    burst CONN_BURST,
                     "vhost-user: connection closed: {} refused: {e}",
                     vhost_relay::describe(st.handler_closed.unwrap_or(0))
                 ),
                 (Ok(st), handled) => {
-                    log::info!(
+                    crate::log_limited!(
+                        log::Level::Info,
+                        burst CONN_BURST,
                         "vhost-user: the VMM disconnected ({} messages in, {} out, {} early ring enables held, {} replayed)",
                         st.from_vmm,
                         st.to_vmm,
@@ -220,10 +228,14 @@ impl Device {
                         st.replayed
                     );
                     if let Err(e) = handled {
-                        log::warn!("vhost-user: {e}");
+                        crate::log_limited!(log::Level::Warn, burst CONN_BURST, "vhost-user: {e}");
                     }
                 }
-                (Err(e), _) => log::error!("vhost-user: connection closed: {e}"),
+                (Err(e), _) => crate::log_limited!(
+                    log::Level::Error,
+                    burst CONN_BURST,
+                    "vhost-user: connection closed: {e}"
+                ),
             }
             for h in daemon.get_epoll_handlers() {
                 h.send_exit_event();
@@ -375,11 +387,13 @@ impl Conn {
         let neg = self.negotiated();
         let mem = self.mem.memory();
         let pairs = dev.pairs;
+        let mut all_broken = true;
         for k in 0..pairs {
             let p = (worker + k) % pairs;
             if self.rx_broken[p].load(Ordering::Relaxed) {
                 continue;
             }
+            all_broken = false;
             let Some(vring) = self.vring(2 * p) else {
                 continue;
             };
@@ -402,11 +416,21 @@ impl Conn {
                 }
             };
         }
-        Placed::NoRoom
+        if all_broken {
+            // No queue will ever take it: keeping it would only make the
+            // worker retry every millisecond for nothing.
+            Placed::Dropped
+        } else {
+            Placed::NoRoom
+        }
     }
 
     fn stop_rx(&self, dev: &Device, p: usize, e: ChainError) {
-        log::error!("vhost-user: RX queue {}: {e}; queue stopped", 2 * p);
+        crate::log_limited!(
+            log::Level::Error,
+            "vhost-user: RX queue {}: {e}; queue stopped",
+            2 * p
+        );
         dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
         self.rx_broken[p].store(true, Ordering::Relaxed);
     }
@@ -494,7 +518,9 @@ impl VhostUserBackend for Backend {
 
     fn acked_features(&self, features: u64) {
         self.conn.acked.store(features, Ordering::Release);
-        log::info!(
+        crate::log_limited!(
+            log::Level::Info,
+            burst CONN_BURST,
             "vhost-user: guest features: {}",
             feature_names(features).join(" ")
         );
