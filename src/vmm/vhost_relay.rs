@@ -32,6 +32,8 @@
 //!   guest-physical ranges, but with a message that names neither region;
 //!   the VMM-address overlap it does not see at all (the crate's address
 //!   translation would pick whichever region comes first);
+//! - a `SET_VRING_NUM` that is not a power of two up to
+//!   [`MAX_QUEUE_SIZE`](super::vhost_user::MAX_QUEUE_SIZE);
 //! - a `SET_VRING_ADDR` whose descriptor table, available or used ring
 //!   (sized from the last `SET_VRING_NUM`) is not wholly inside one region.
 //!
@@ -91,6 +93,9 @@ const MAX_FDS: usize = 32;
 const POLL_MS: libc::c_int = 200;
 /// How long the rest of a message may take once its first byte arrived.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Debug lines per message-log call site and rate-limit window: a QEMU
+/// session's setup (a few hundred messages) shows in full.
+const MSG_BURST: u32 = 500;
 /// Most memory regions in one `SET_MEM_TABLE` (`VHOST_MEMORY_BASELINE_NREGIONS`).
 const MAX_REGIONS: usize = 8;
 
@@ -439,6 +444,15 @@ impl Negotiation {
             SET_MEM_TABLE => self.regions = Some(check_mem_table(m)?),
             SET_VRING_NUM => {
                 if let (Some(i), Some(num)) = (u32_at(&m.body, 0), u32_at(&m.body, 4)) {
+                    // virtio-queue ignores a size that is not a power of
+                    // two with an error line per message and no error: a
+                    // front-end could fill the log without being stopped.
+                    let max = u32::try_from(super::vhost_user::MAX_QUEUE_SIZE).unwrap_or(u32::MAX);
+                    if !num.is_power_of_two() || num > max {
+                        return Err(invalid(format!(
+                            "vring {i}: SET_VRING_NUM {num} (a power of two up to {max})"
+                        )));
+                    }
                     self.ring_num.insert(i, num);
                 }
             }
@@ -583,7 +597,9 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
                 return Ok(st);
             };
             st.from_vmm += 1;
-            log::debug!(
+            crate::log_limited!(
+                log::Level::Debug,
+                burst MSG_BURST,
                 "vhost-user: VMM request {} flags {:#x} body {} bytes, {} fds",
                 m.request,
                 m.flags,
@@ -596,7 +612,10 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
             if neg.premature(&m) {
                 st.swallowed += 1;
                 neg.hold(&m);
-                log::debug!("vhost-user: early SET_VRING_ENABLE (before SET_FEATURES) held");
+                crate::log_limited!(
+                    log::Level::Debug,
+                    "vhost-user: early SET_VRING_ENABLE (before SET_FEATURES) held"
+                );
                 if m.flags & FLAG_NEED_REPLY != 0 && neg.protocol & PROTOCOL_F_REPLY_ACK != 0 {
                     let ack = Message {
                         request: m.request,
@@ -623,7 +642,9 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
                 return Ok(st);
             };
             st.to_vmm += 1;
-            log::debug!(
+            crate::log_limited!(
+                log::Level::Debug,
+                burst MSG_BURST,
                 "vhost-user: reply {} flags {:#x} body {:02x?}",
                 m.request,
                 m.flags,
@@ -733,6 +754,24 @@ mod tests {
         assert_eq!(st.swallowed, 1);
         assert_eq!(st.replayed, 1);
         assert_eq!(st.from_vmm, 6);
+    }
+
+    #[test]
+    fn a_vring_num_that_is_not_a_power_of_two_is_refused() {
+        let mut neg = Negotiation {
+            owner: true,
+            ..Negotiation::default()
+        };
+        let num = |i: u32, n: u32| {
+            let mut b = i.to_le_bytes().to_vec();
+            b.extend_from_slice(&n.to_le_bytes());
+            msg(SET_VRING_NUM, VERSION, &b)
+        };
+        assert!(neg.check(&num(0, 256)).is_ok());
+        for bad in [0, 3, 2048] {
+            let e = neg.check(&num(1, bad)).unwrap_err();
+            assert!(e.to_string().contains("power of two"), "{bad}: {e}");
+        }
     }
 
     #[test]
