@@ -656,6 +656,81 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
     Ok(st)
 }
 
+/// In-process driver for the fuzz targets (`fuzz/fuzz_targets/`); not an
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Memory files for `SET_MEM_TABLE` messages: memfds of 1 MiB, made
+    /// once per process.
+    fn pool() -> &'static [OwnedFd] {
+        static POOL: OnceLock<Vec<OwnedFd>> = OnceLock::new();
+        POOL.get_or_init(|| {
+            (0..MAX_REGIONS)
+                .filter_map(|_| {
+                    // SAFETY: memfd_create takes a NUL-terminated name
+                    // (a static C string) and flags; it returns a new fd
+                    // or -1.
+                    let fd =
+                        unsafe { libc::memfd_create(c"uipd-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+                    if fd < 0 {
+                        return None;
+                    }
+                    // SAFETY: `fd` was just created for this process and
+                    // nothing else owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let f = std::fs::File::from(fd);
+                    f.set_len(1 << 20).ok()?;
+                    Some(OwnedFd::from(f))
+                })
+                .collect()
+        })
+    }
+
+    /// Feeds a stream of messages to the relay's checks, as [`relay`]
+    /// does with a front-end's: each is a 12-byte header (request, flags,
+    /// body size, the size taken modulo what is left of the input), one
+    /// byte saying how many memory fds come with it (modulo 9), and the
+    /// body. Stops at the first message the relay refuses (it would close
+    /// the connection). Returns how many messages passed.
+    pub fn check_messages(mut data: &[u8]) -> usize {
+        let mut neg = Negotiation::default();
+        let mut passed = 0;
+        while let Some((hdr, rest)) = data.split_first_chunk::<13>() {
+            let field = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+            let size = usize::try_from(field(8)).unwrap_or(0) % (rest.len() + 1);
+            let (body, rest) = rest.split_at(size);
+            data = rest;
+            let nfds = usize::from(hdr[12] % 9);
+            let fds = pool()
+                .iter()
+                .take(nfds)
+                .filter_map(|f| f.try_clone().ok())
+                .collect();
+            let m = Message {
+                request: field(0),
+                flags: field(4),
+                body: body.to_vec(),
+                fds,
+            };
+            if m.body.len() > MAX_BODY || neg.check(&m).is_err() {
+                break;
+            }
+            neg.note(&m);
+            if neg.premature(&m) {
+                neg.hold(&m);
+            } else if m.request == SET_FEATURES {
+                let _ = neg.replay();
+            }
+            passed += 1;
+        }
+        passed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
