@@ -539,7 +539,7 @@ impl Frontend {
             .into_iter()
             .enumerate()
         {
-            let q32 = q as u32;
+            let q32 = u32::try_from(q).unwrap();
             req(&s, SET_VRING_NUM, &state(q32, u32::from(QN)), &[]);
             req(
                 &s,
@@ -634,7 +634,15 @@ fn arp_request() -> Vec<u8> {
 fn offer_arp(f: &std::fs::File) {
     let frame = arp_request();
     put(f, TX_BUF, &frame);
-    desc(f, TX_DESC, 0, TX_BUF, frame.len() as u32, 0, 0);
+    desc(
+        f,
+        TX_DESC,
+        0,
+        TX_BUF,
+        u32::try_from(frame.len()).unwrap(),
+        0,
+        0,
+    );
     avail(f, TX_AVAIL, &[0], 1);
 }
 
