@@ -48,6 +48,9 @@
 //!   (`uipd --kernel`: boot protocol, vCPU threads, serial console, clean
 //!   power-off).
 //!
+//! - [`ratelimit`] keeps log lines a guest or a front-end can trigger
+//!   from flooding the log ([`log_limited!`]).
+//!
 //! A flow lives on exactly one worker; frames cross workers only when the
 //! kernel delivers a flow's first frame to another queue, or a reassembled
 //! datagram belongs to another worker's flow.
@@ -59,6 +62,7 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod publish;
+pub mod ratelimit;
 pub mod rings;
 pub mod stack;
 pub mod vmm;

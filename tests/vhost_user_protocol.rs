@@ -11,9 +11,13 @@
 //! VERSION_1, MRG_RXBUF and PROTOCOL_FEATURES). A last test connects and
 //! disconnects five times and asserts uipd's open fds do not grow.
 //!
-//! No frames move: no vring is ever started, so uipd sends nothing. Memory
-//! regions are regular files in the test's directory (mmap'ed shared by
-//! uipd as a memfd would be).
+//! Those tests move no frames. `hostile_rings_stop_the_queue_once` does:
+//! a raw front-end sets up an RX and a TX vring in a memory file (written
+//! with `pwrite`, seen by uipd through its shared mapping), then offers
+//! rings that break the rules one connection at a time, and finally moves
+//! an ARP request and its reply byte-exact. Memory regions are regular
+//! files in the test's directory (mmap'ed shared by uipd as a memfd would
+//! be).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,11 +32,14 @@ const VERSION: u32 = 1;
 const FLAG_REPLY: u32 = 1 << 2;
 
 const GET_FEATURES: u32 = 1;
+const SET_FEATURES: u32 = 2;
 const SET_OWNER: u32 = 3;
 const SET_MEM_TABLE: u32 = 5;
 const SET_VRING_NUM: u32 = 8;
 const SET_VRING_ADDR: u32 = 9;
+const SET_VRING_BASE: u32 = 10;
 const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
 
 const F_MRG_RXBUF: u64 = 1 << 15;
 const F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -47,6 +54,12 @@ struct Uipd {
 
 impl Uipd {
     fn start(name: &str) -> Uipd {
+        Uipd::start_with_log(name, "uipd=info")
+    }
+
+    /// With `RUST_LOG=rust_log` (the hostile test wants virtio-queue's
+    /// own lines too).
+    fn start_with_log(name: &str, rust_log: &str) -> Uipd {
         let dir = std::env::temp_dir().join(format!("uipd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -57,7 +70,7 @@ impl Uipd {
         let child = Command::new(bin)
             .arg("--vhost-user")
             .arg(&sock)
-            .env("RUST_LOG", "uipd=info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -460,4 +473,355 @@ fn connections_do_not_leak_fds() {
         "uipd's open fds grew from {before} to {after} over 5 connections"
     );
     good_client(&u);
+}
+
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
+/// Ring size of both test vrings.
+const QN: u16 = 256;
+/// Guest-physical layout of the memory file (region 0 at gpa 0).
+const RX_DESC: u64 = 0x0000;
+const RX_AVAIL: u64 = 0x1000;
+const RX_USED: u64 = 0x2000;
+const TX_DESC: u64 = 0x4000;
+const TX_AVAIL: u64 = 0x5000;
+const TX_USED: u64 = 0x6000;
+const TX_BUF: u64 = 0x10000;
+const RX_BUF: u64 = 0x20000;
+const RX_BUF_LEN: u32 = 2048;
+const RX_BUFS: u16 = 16;
+
+const GUEST_MAC: [u8; 6] = [0x00, 0x15, 0x15, 0x15, 0x15, 0x15];
+const GUEST_IP: [u8; 4] = [192, 168, 33, 15];
+const GW_IP: [u8; 4] = [192, 168, 33, 1];
+
+/// A raw front-end with guest memory in a file, one queue pair (RX 0,
+/// TX 1) and their kick eventfds.
+struct Frontend {
+    /// The connection, held open for the front-end's lifetime.
+    _conn: UnixStream,
+    mem: std::fs::File,
+    kicks: [vmm_sys_util::eventfd::EventFd; 2],
+    _calls: [vmm_sys_util::eventfd::EventFd; 2],
+}
+
+impl Frontend {
+    /// Connects and sets up memory and both vrings (features: VERSION_1
+    /// only, so rings are enabled at once and the header is 12 bytes).
+    /// `prepare` writes the rings before the kick fds start them.
+    fn connect(u: &Uipd, name: &str, prepare: impl FnOnce(&std::fs::File)) -> Frontend {
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let mem = mem_file(&u.dir, name, MIB);
+        prepare(&mem);
+        let s = u.connect();
+        req(&s, SET_OWNER, &[], &[]);
+        req(&s, GET_FEATURES, &[], &[]);
+        let (_, _, body) = reply(&s);
+        let offered = u64::from_le_bytes(body[..8].try_into().unwrap());
+        assert_ne!(offered & F_VERSION_1, 0);
+        req(&s, SET_FEATURES, &F_VERSION_1.to_le_bytes(), &[]);
+        req(
+            &s,
+            SET_MEM_TABLE,
+            &mem_table(&[(0, MIB, VMM_BASE, 0)], 1),
+            &[mem.as_raw_fd()],
+        );
+        let kicks = [
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        let calls = [
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ];
+        for (q, (desc, avail, used)) in [(RX_DESC, RX_AVAIL, RX_USED), (TX_DESC, TX_AVAIL, TX_USED)]
+            .into_iter()
+            .enumerate()
+        {
+            let q32 = u32::try_from(q).unwrap();
+            req(&s, SET_VRING_NUM, &state(q32, u32::from(QN)), &[]);
+            req(
+                &s,
+                SET_VRING_ADDR,
+                &vring_addr(q32, VMM_BASE + desc, VMM_BASE + used, VMM_BASE + avail),
+                &[],
+            );
+            req(&s, SET_VRING_BASE, &state(q32, 0), &[]);
+            req(
+                &s,
+                SET_VRING_CALL,
+                &(q as u64).to_le_bytes(),
+                &[calls[q].as_raw_fd()],
+            );
+            req(
+                &s,
+                SET_VRING_KICK,
+                &(q as u64).to_le_bytes(),
+                &[kicks[q].as_raw_fd()],
+            );
+        }
+        Frontend {
+            _conn: s,
+            mem,
+            kicks,
+            _calls: calls,
+        }
+    }
+
+    fn kick(&self, q: usize) {
+        self.kicks[q].write(1).unwrap();
+    }
+
+    fn used_idx(&self, used: u64) -> u16 {
+        let mut b = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(&self.mem, &mut b, used + 2).unwrap();
+        u16::from_le_bytes(b)
+    }
+}
+
+fn put(f: &std::fs::File, at: u64, bytes: &[u8]) {
+    std::os::unix::fs::FileExt::write_all_at(f, bytes, at).unwrap();
+}
+
+fn get(f: &std::fs::File, at: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut v, at).unwrap();
+    v
+}
+
+fn desc(f: &std::fs::File, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    let mut b = addr.to_le_bytes().to_vec();
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&flags.to_le_bytes());
+    b.extend_from_slice(&next.to_le_bytes());
+    put(f, table + 16 * u64::from(i), &b);
+}
+
+/// The avail ring: `heads` in ring order, then the index `idx`.
+fn avail(f: &std::fs::File, ring: u64, heads: &[u16], idx: u16) {
+    for (k, h) in heads.iter().enumerate() {
+        put(f, ring + 4 + 2 * k as u64, &h.to_le_bytes());
+    }
+    put(f, ring + 2, &idx.to_le_bytes());
+}
+
+/// RX: `RX_BUFS` writable 2 KiB buffers, posted.
+fn post_rx(f: &std::fs::File) {
+    let heads: Vec<u16> = (0..RX_BUFS).collect();
+    for i in 0..RX_BUFS {
+        let a = RX_BUF + u64::from(i) * u64::from(RX_BUF_LEN);
+        desc(f, RX_DESC, i, a, RX_BUF_LEN, VRING_DESC_F_WRITE, 0);
+    }
+    avail(f, RX_AVAIL, &heads, RX_BUFS);
+}
+
+/// An ARP request from the guest for the gateway, with a 12-byte
+/// virtio-net header (all zero: no offload).
+fn arp_request() -> Vec<u8> {
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&GUEST_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&GW_IP);
+    f
+}
+
+/// TX: the ARP request in chain 0, published.
+fn offer_arp(f: &std::fs::File) {
+    let frame = arp_request();
+    put(f, TX_BUF, &frame);
+    desc(
+        f,
+        TX_DESC,
+        0,
+        TX_BUF,
+        u32::try_from(frame.len()).unwrap(),
+        0,
+        0,
+    );
+    avail(f, TX_AVAIL, &[0], 1);
+}
+
+/// utime + stime of `pid`, in clock ticks (/proc/PID/stat fields 14, 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.lines().filter(|l| l.contains(what)).count()
+}
+
+/// Rings that break the rules, one connection each: an avail index
+/// beyond the queue size (issue 16: uipd spun and logged 215,802 lines in
+/// 10 s), a descriptor outside memory, a loop, a chain longer than the
+/// queue, a bad indirect table, and an RX avail index beyond the queue
+/// size. Each stops its queue once, logged once however often it is
+/// kicked; uipd then uses no CPU, and a well-behaved front-end afterwards
+/// gets its ARP request answered, byte-exact.
+#[test]
+fn hostile_rings_stop_the_queue_once() {
+    let mut u = Uipd::start_with_log("vhost-proto-hostile", "info");
+    type Case<'a> = (&'a str, Box<dyn Fn(&std::fs::File)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "avail index beyond the queue size",
+            Box::new(|f| {
+                offer_arp(f);
+                avail(f, TX_AVAIL, &[0], QN + 44);
+            }),
+            "more than the queue size 256 ahead",
+        ),
+        (
+            "a descriptor outside memory",
+            Box::new(|f| {
+                desc(f, TX_DESC, 0, 0x40_0000_0000, 64, 0, 0);
+                avail(f, TX_AVAIL, &[0], 1);
+            }),
+            "points outside guest memory",
+        ),
+        (
+            "a descriptor loop",
+            Box::new(|f| {
+                desc(f, TX_DESC, 0, TX_BUF, 8, VRING_DESC_F_NEXT, 1);
+                desc(f, TX_DESC, 1, TX_BUF, 8, VRING_DESC_F_NEXT, 0);
+                avail(f, TX_AVAIL, &[0], 1);
+            }),
+            "does not end",
+        ),
+        (
+            "a chain longer than the queue",
+            Box::new(|f| {
+                // Every descriptor says NEXT: the chain outlives the
+                // queue's 256 entries (virtio-queue's TTL cuts it).
+                for i in 0..QN {
+                    desc(f, TX_DESC, i, TX_BUF, 8, VRING_DESC_F_NEXT, (i + 1) % QN);
+                }
+                avail(f, TX_AVAIL, &[0], 1);
+            }),
+            "does not end",
+        ),
+        (
+            "a bad indirect table",
+            Box::new(|f| {
+                // 15 bytes: not a whole number of descriptors.
+                desc(f, TX_DESC, 0, TX_BUF, 15, VRING_DESC_F_INDIRECT, 0);
+                avail(f, TX_AVAIL, &[0], 1);
+            }),
+            "indirect table is invalid",
+        ),
+    ];
+    let mut conns = 0;
+    let mut stopped_ticks = Vec::new();
+    for (i, (what, prepare, expect)) in cases.iter().enumerate() {
+        let fe = Frontend::connect(&u, &format!("hostile{i}"), |f| prepare(f));
+        conns += 1;
+        // Kicked again and again: the queue is stopped after the first.
+        for _ in 0..100 {
+            fe.kick(1);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let line = u.expect_log("TX queue of pair 0:", i + 1);
+        assert!(line.contains(expect), "{what}: {line}");
+        assert!(line.contains("queue stopped"), "{what}: {line}");
+        assert_eq!(fe.used_idx(TX_USED), 0, "{what}: a broken chain was used");
+        // Idle with the queue stopped: no CPU.
+        let t0 = cpu_ticks(u.pid());
+        std::thread::sleep(Duration::from_secs(2));
+        let ticks = cpu_ticks(u.pid()) - t0;
+        stopped_ticks.push(ticks);
+        assert!(ticks < 20, "{what}: uipd used {ticks} ticks in 2 s idle");
+        let log = u.log();
+        assert_eq!(count(&log, "TX queue of pair 0:"), i + 1, "{what}:\n{log}");
+        u.assert_running();
+        drop(fe);
+        u.expect_log("the VMM disconnected", conns);
+        eprintln!("{what}: {line} ({ticks} ticks in 2 s stopped)");
+    }
+
+    // RX: a good ARP request on TX, an RX avail index beyond the queue
+    // size: the reply cannot be placed, the RX queue stops once.
+    let fe = Frontend::connect(&u, "hostile-rx", |f| {
+        post_rx(f);
+        avail(f, RX_AVAIL, &[], QN + 1);
+        offer_arp(f);
+    });
+    conns += 1;
+    for _ in 0..20 {
+        fe.kick(1);
+        fe.kick(0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let line = u.expect_log("RX queue 0:", 1);
+    assert!(
+        line.contains("more than the queue size 256 ahead"),
+        "{line}"
+    );
+    assert_eq!(fe.used_idx(TX_USED), 1, "the good TX chain was used");
+    assert_eq!(fe.used_idx(RX_USED), 0);
+    let t0 = cpu_ticks(u.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let rx_ticks = cpu_ticks(u.pid()) - t0;
+    assert!(rx_ticks < 20, "RX stopped: {rx_ticks} ticks in 2 s idle");
+    drop(fe);
+    u.expect_log("the VMM disconnected", conns);
+    eprintln!("RX avail index beyond the queue size: {line} ({rx_ticks} ticks in 2 s)");
+
+    // A well-behaved front-end: the ARP reply arrives byte-exact.
+    let fe = Frontend::connect(&u, "good", |f| {
+        post_rx(f);
+        offer_arp(f);
+    });
+    fe.kick(0);
+    fe.kick(1);
+    let t = Instant::now();
+    while fe.used_idx(RX_USED) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no ARP reply:\n{}",
+            u.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fe.used_idx(TX_USED), 1);
+    let elem = get(&fe.mem, RX_USED + 4, 8);
+    let id = u32::from_le_bytes(elem[..4].try_into().unwrap());
+    let len = u32::from_le_bytes(elem[4..].try_into().unwrap()) as usize;
+    assert_eq!(id, 0, "the first posted buffer");
+    assert!(len >= 12 + 42, "reply of {len} bytes");
+    let got = get(&fe.mem, RX_BUF, len);
+    let gw_mac: [u8; 6] = got[12 + 6..12 + 12].try_into().unwrap();
+    let mut want = vec![0u8; 12];
+    // num_buffers = 1 (§5.1.6.4), the rest of the header plain.
+    want[10] = 1;
+    want.extend_from_slice(&GUEST_MAC);
+    want.extend_from_slice(&gw_mac);
+    want.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    want.extend_from_slice(&gw_mac);
+    want.extend_from_slice(&GW_IP);
+    want.extend_from_slice(&GUEST_MAC);
+    want.extend_from_slice(&GUEST_IP);
+    want.resize(len, 0);
+    assert_eq!(got, want, "ARP reply");
+    assert_ne!(gw_mac, [0; 6]);
+    drop(fe);
+
+    u.assert_running();
+    let log = u.log();
+    let lines = log.lines().count();
+    eprintln!(
+        "log: {lines} lines; stopped: {stopped_ticks:?} ticks per 2 s; {} 'queue stopped'",
+        count(&log, "queue stopped")
+    );
+    assert_eq!(count(&log, "Iterator error"), 0, "{log}");
+    assert_eq!(count(&log, "Failed to read from memory"), 0, "{log}");
+    assert_eq!(count(&log, "queue stopped"), cases.len() + 1, "{log}");
+    assert!(lines < 200, "{lines} log lines:\n{log}");
 }

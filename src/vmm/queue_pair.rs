@@ -107,7 +107,9 @@ pub fn tx_pass<M: GuestMemory>(
     c: &Counters,
     what: &str,
 ) -> TxPass {
-    if st.broken {
+    // A not-ready queue pops nothing, but `enable_notification` could
+    // still see a moving avail index: never loop on it.
+    if st.broken || !q.ready() {
         return TxPass::Done { notify: false };
     }
     let workers = inboxes.len();
@@ -143,12 +145,15 @@ pub fn tx_pass<M: GuestMemory>(
                     }
                 }
                 Ok(Some(Tx::Dropped(r))) => {
-                    log::debug!("{what}: TX frame dropped: {r:?}");
+                    crate::log_limited!(log::Level::Debug, "{what}: TX frame dropped: {r:?}");
                     c.tx_drops.fetch_add(1, Ordering::Relaxed);
                     home.put_buf(buf);
                 }
                 Err(e) => {
-                    log::error!("{what}: TX queue of pair {pair}: {e}; queue stopped");
+                    crate::log_limited!(
+                        log::Level::Error,
+                        "{what}: TX queue of pair {pair}: {e}; queue stopped"
+                    );
                     c.broken_queues.fetch_add(1, Ordering::Relaxed);
                     st.broken = true;
                     return TxPass::Broken;

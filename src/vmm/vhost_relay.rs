@@ -32,6 +32,8 @@
 //!   guest-physical ranges, but with a message that names neither region;
 //!   the VMM-address overlap it does not see at all (the crate's address
 //!   translation would pick whichever region comes first);
+//! - a `SET_VRING_NUM` that is not a power of two up to
+//!   [`MAX_QUEUE_SIZE`](super::vhost_user::MAX_QUEUE_SIZE);
 //! - a `SET_VRING_ADDR` whose descriptor table, available or used ring
 //!   (sized from the last `SET_VRING_NUM`) is not wholly inside one region.
 //!
@@ -91,6 +93,9 @@ const MAX_FDS: usize = 32;
 const POLL_MS: libc::c_int = 200;
 /// How long the rest of a message may take once its first byte arrived.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Debug lines per message-log call site and rate-limit window: a QEMU
+/// session's setup (a few hundred messages) shows in full.
+const MSG_BURST: u32 = 500;
 /// Most memory regions in one `SET_MEM_TABLE` (`VHOST_MEMORY_BASELINE_NREGIONS`).
 const MAX_REGIONS: usize = 8;
 
@@ -439,6 +444,15 @@ impl Negotiation {
             SET_MEM_TABLE => self.regions = Some(check_mem_table(m)?),
             SET_VRING_NUM => {
                 if let (Some(i), Some(num)) = (u32_at(&m.body, 0), u32_at(&m.body, 4)) {
+                    // virtio-queue ignores a size that is not a power of
+                    // two with an error line per message and no error: a
+                    // front-end could fill the log without being stopped.
+                    let max = u32::try_from(super::vhost_user::MAX_QUEUE_SIZE).unwrap_or(u32::MAX);
+                    if !num.is_power_of_two() || num > max {
+                        return Err(invalid(format!(
+                            "vring {i}: SET_VRING_NUM {num} (a power of two up to {max})"
+                        )));
+                    }
                     self.ring_num.insert(i, num);
                 }
             }
@@ -583,7 +597,9 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
                 return Ok(st);
             };
             st.from_vmm += 1;
-            log::debug!(
+            crate::log_limited!(
+                log::Level::Debug,
+                burst MSG_BURST,
                 "vhost-user: VMM request {} flags {:#x} body {} bytes, {} fds",
                 m.request,
                 m.flags,
@@ -596,7 +612,10 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
             if neg.premature(&m) {
                 st.swallowed += 1;
                 neg.hold(&m);
-                log::debug!("vhost-user: early SET_VRING_ENABLE (before SET_FEATURES) held");
+                crate::log_limited!(
+                    log::Level::Debug,
+                    "vhost-user: early SET_VRING_ENABLE (before SET_FEATURES) held"
+                );
                 if m.flags & FLAG_NEED_REPLY != 0 && neg.protocol & PROTOCOL_F_REPLY_ACK != 0 {
                     let ack = Message {
                         request: m.request,
@@ -623,7 +642,9 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
                 return Ok(st);
             };
             st.to_vmm += 1;
-            log::debug!(
+            crate::log_limited!(
+                log::Level::Debug,
+                burst MSG_BURST,
                 "vhost-user: reply {} flags {:#x} body {:02x?}",
                 m.request,
                 m.flags,
@@ -633,6 +654,81 @@ pub fn relay(vmm: &UnixStream, handler: &UnixStream, stop: &AtomicBool) -> io::R
         }
     }
     Ok(st)
+}
+
+/// In-process driver for the fuzz targets (`fuzz/fuzz_targets/`); not an
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Memory files for `SET_MEM_TABLE` messages: memfds of 1 MiB, made
+    /// once per process.
+    fn pool() -> &'static [OwnedFd] {
+        static POOL: OnceLock<Vec<OwnedFd>> = OnceLock::new();
+        POOL.get_or_init(|| {
+            (0..MAX_REGIONS)
+                .filter_map(|_| {
+                    // SAFETY: memfd_create takes a NUL-terminated name
+                    // (a static C string) and flags; it returns a new fd
+                    // or -1.
+                    let fd =
+                        unsafe { libc::memfd_create(c"uipd-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+                    if fd < 0 {
+                        return None;
+                    }
+                    // SAFETY: `fd` was just created for this process and
+                    // nothing else owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    let f = std::fs::File::from(fd);
+                    f.set_len(1 << 20).ok()?;
+                    Some(OwnedFd::from(f))
+                })
+                .collect()
+        })
+    }
+
+    /// Feeds a stream of messages to the relay's checks, as [`relay`]
+    /// does with a front-end's: each is a 12-byte header (request, flags,
+    /// body size, the size taken modulo what is left of the input), one
+    /// byte saying how many memory fds come with it (modulo 9), and the
+    /// body. Stops at the first message the relay refuses (it would close
+    /// the connection). Returns how many messages passed.
+    pub fn check_messages(mut data: &[u8]) -> usize {
+        let mut neg = Negotiation::default();
+        let mut passed = 0;
+        while let Some((hdr, rest)) = data.split_first_chunk::<13>() {
+            let field = |i: usize| u32::from_le_bytes([hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]]);
+            let size = usize::try_from(field(8)).unwrap_or(0) % (rest.len() + 1);
+            let (body, rest) = rest.split_at(size);
+            data = rest;
+            let nfds = usize::from(hdr[12] % 9);
+            let fds = pool()
+                .iter()
+                .take(nfds)
+                .filter_map(|f| f.try_clone().ok())
+                .collect();
+            let m = Message {
+                request: field(0),
+                flags: field(4),
+                body: body.to_vec(),
+                fds,
+            };
+            if m.body.len() > MAX_BODY || neg.check(&m).is_err() {
+                break;
+            }
+            neg.note(&m);
+            if neg.premature(&m) {
+                neg.hold(&m);
+            } else if m.request == SET_FEATURES {
+                let _ = neg.replay();
+            }
+            passed += 1;
+        }
+        passed
+    }
 }
 
 #[cfg(test)]
@@ -733,6 +829,24 @@ mod tests {
         assert_eq!(st.swallowed, 1);
         assert_eq!(st.replayed, 1);
         assert_eq!(st.from_vmm, 6);
+    }
+
+    #[test]
+    fn a_vring_num_that_is_not_a_power_of_two_is_refused() {
+        let mut neg = Negotiation {
+            owner: true,
+            ..Negotiation::default()
+        };
+        let num = |i: u32, n: u32| {
+            let mut b = i.to_le_bytes().to_vec();
+            b.extend_from_slice(&n.to_le_bytes());
+            msg(SET_VRING_NUM, VERSION, &b)
+        };
+        assert!(neg.check(&num(0, 256)).is_ok());
+        for bad in [0, 3, 2048] {
+            let e = neg.check(&num(1, bad)).unwrap_err();
+            assert!(e.to_string().contains("power of two"), "{bad}: {e}");
+        }
     }
 
     #[test]

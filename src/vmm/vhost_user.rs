@@ -64,7 +64,11 @@ use super::queue_pair::{
 };
 
 /// Largest virtqueue the backend accepts.
-const MAX_QUEUE_SIZE: usize = 1024;
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Log lines per call site and [`INTERVAL`](crate::ratelimit::INTERVAL)
+/// for per-connection events: a front-end may reconnect in a loop, but a
+/// test suite's worth of connections still shows in full.
+const CONN_BURST: u32 = 50;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
@@ -201,18 +205,22 @@ impl Device {
             daemon
                 .start(&mut vl)
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
-            log::info!("vhost-user: VMM connected");
+            crate::log_limited!(log::Level::Info, burst CONN_BURST, "vhost-user: VMM connected");
             let relayed = vhost_relay::relay(&vmm, &handler_side, stop);
             let _ = vmm.shutdown(std::net::Shutdown::Both);
             let _ = handler_side.shutdown(std::net::Shutdown::Both);
             let handled = daemon.wait();
             match (relayed, handled) {
-                (Ok(st), Err(e)) if st.handler_closed.is_some() => log::error!(
+                (Ok(st), Err(e)) if st.handler_closed.is_some() => crate::log_limited!(
+                    log::Level::Error,
+                    burst CONN_BURST,
                     "vhost-user: connection closed: {} refused: {e}",
                     vhost_relay::describe(st.handler_closed.unwrap_or(0))
                 ),
                 (Ok(st), handled) => {
-                    log::info!(
+                    crate::log_limited!(
+                        log::Level::Info,
+                        burst CONN_BURST,
                         "vhost-user: the VMM disconnected ({} messages in, {} out, {} early ring enables held, {} replayed)",
                         st.from_vmm,
                         st.to_vmm,
@@ -220,10 +228,14 @@ impl Device {
                         st.replayed
                     );
                     if let Err(e) = handled {
-                        log::warn!("vhost-user: {e}");
+                        crate::log_limited!(log::Level::Warn, burst CONN_BURST, "vhost-user: {e}");
                     }
                 }
-                (Err(e), _) => log::error!("vhost-user: connection closed: {e}"),
+                (Err(e), _) => crate::log_limited!(
+                    log::Level::Error,
+                    burst CONN_BURST,
+                    "vhost-user: connection closed: {e}"
+                ),
             }
             for h in daemon.get_epoll_handlers() {
                 h.send_exit_event();
@@ -269,8 +281,12 @@ fn accept(listener: &UnixListener, stop: &AtomicBool) -> std::io::Result<Option<
 
 impl Conn {
     fn new(pairs: usize) -> std::io::Result<Conn> {
+        Conn::with_memory(pairs, GuestMemoryMmap::new())
+    }
+
+    fn with_memory(pairs: usize, mem: GuestMemoryMmap<()>) -> std::io::Result<Conn> {
         Ok(Conn {
-            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            mem: GuestMemoryAtomic::new(mem),
             acked: AtomicU64::new(0),
             vrings: (0..pairs).map(|_| OnceLock::new()).collect(),
             rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
@@ -375,11 +391,13 @@ impl Conn {
         let neg = self.negotiated();
         let mem = self.mem.memory();
         let pairs = dev.pairs;
+        let mut all_broken = true;
         for k in 0..pairs {
             let p = (worker + k) % pairs;
             if self.rx_broken[p].load(Ordering::Relaxed) {
                 continue;
             }
+            all_broken = false;
             let Some(vring) = self.vring(2 * p) else {
                 continue;
             };
@@ -402,11 +420,21 @@ impl Conn {
                 }
             };
         }
-        Placed::NoRoom
+        if all_broken {
+            // No queue will ever take it: keeping it would only make the
+            // worker retry every millisecond for nothing.
+            Placed::Dropped
+        } else {
+            Placed::NoRoom
+        }
     }
 
     fn stop_rx(&self, dev: &Device, p: usize, e: ChainError) {
-        log::error!("vhost-user: RX queue {}: {e}; queue stopped", 2 * p);
+        crate::log_limited!(
+            log::Level::Error,
+            "vhost-user: RX queue {}: {e}; queue stopped",
+            2 * p
+        );
         dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
         self.rx_broken[p].store(true, Ordering::Relaxed);
     }
@@ -494,7 +522,9 @@ impl VhostUserBackend for Backend {
 
     fn acked_features(&self, features: u64) {
         self.conn.acked.store(features, Ordering::Release);
-        log::info!(
+        crate::log_limited!(
+            log::Level::Info,
+            burst CONN_BURST,
             "vhost-user: guest features: {}",
             feature_names(features).join(" ")
         );
@@ -583,5 +613,133 @@ impl VhostUserBackend for Backend {
             self.conn.process_tx(&self.dev, p);
         }
         Ok(())
+    }
+}
+
+/// In-process drivers for the fuzz targets (`fuzz/fuzz_targets/`); not an
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// One vring as a front-end sets it up: size, guest addresses of the
+    /// descriptor table, avail and used rings, and the first avail index
+    /// (`SET_VRING_BASE`).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Ring {
+        /// Entries (a power of two up to [`MAX_QUEUE_SIZE`], else refused).
+        pub size: u16,
+        /// Descriptor table.
+        pub desc: u64,
+        /// Available ring.
+        pub avail: u64,
+        /// Used ring.
+        pub used: u64,
+        /// `SET_VRING_BASE`.
+        pub base: u16,
+    }
+
+    /// Runs the backend's queue processing of one connection over `mem`
+    /// with `features` acked: `kicks` TX kicks of pair 0 (each a
+    /// [`Conn::process_tx`], the inbox drained in between), then `frames`
+    /// (12-byte header + Ethernet) placed toward the guest through
+    /// [`RxQueues::place_all`], as a worker does. Returns the counter
+    /// summary. `None` if the rings cannot be set up (the handler would
+    /// refuse them).
+    pub fn run_queues(
+        mem: GuestMemoryMmap<()>,
+        features: u64,
+        rings: [Ring; 2],
+        kicks: usize,
+        frames: &[Vec<u8>],
+    ) -> Option<String> {
+        let inbox = Arc::new(FrameRing::new(64, 65_536 + 64).ok()?);
+        let dev = Device::new(vec![inbox.clone()], 1500, true);
+        let conn = Arc::new(Conn::with_memory(1, mem).ok()?);
+        conn.acked.store(features, Ordering::Release);
+        let mut vrings = Vec::new();
+        for r in rings {
+            let max = u16::try_from(MAX_QUEUE_SIZE).unwrap_or(u16::MAX);
+            if r.size == 0 || r.size > max || !r.size.is_power_of_two() {
+                return None;
+            }
+            let v = VringRwLock::new(conn.mem.clone(), max).ok()?;
+            v.set_queue_size(r.size);
+            v.set_queue_info(r.desc, r.avail, r.used).ok()?;
+            v.set_queue_next_avail(r.base);
+            v.set_queue_event_idx(Negotiated(features).has(feature::RING_EVENT_IDX));
+            v.set_queue_ready(true);
+            v.set_enabled(true);
+            vrings.push(v);
+        }
+        let _ = conn.vrings[0].set(vrings);
+        *dev.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        for _ in 0..kicks {
+            conn.process_tx(&dev, 0);
+            while let Some(f) = inbox.pop() {
+                inbox.put_buf(f.buf);
+            }
+        }
+        let mut waiting: VecDeque<Vec<u8>> = frames.iter().cloned().collect();
+        let mut touched = vec![false; 1];
+        let mut wc = WorkerCounters::default();
+        // As a worker's sink: retry while frames wait (bounded, as the
+        // guest may never post buffers).
+        for _ in 0..4 {
+            if waiting.is_empty() {
+                break;
+            }
+            dev.place_all(0, &mut waiting, &mut touched, &mut wc);
+        }
+        Some(dev.counters.summary())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::fuzzing::{Ring, run_queues};
+    use super::*;
+
+    /// The fuzz driver really runs the backend's TX path: one good chain
+    /// is a frame; an avail index beyond the queue size stops the queue
+    /// once, however often it is kicked.
+    #[test]
+    fn fuzz_driver_moves_a_frame_and_stops_a_bad_queue_once() {
+        let run = |avail_idx: u16| {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2_0000)]).unwrap();
+            let frame = [0u8; 12 + 60];
+            mem.write_slice(&frame, GuestAddress(0x10000)).unwrap();
+            // Descriptor 0: the frame, readable, alone.
+            let mut d = 0x10000u64.to_le_bytes().to_vec();
+            d.extend_from_slice(&72u32.to_le_bytes());
+            d.extend_from_slice(&[0; 4]);
+            mem.write_slice(&d, GuestAddress(0x8000)).unwrap();
+            mem.write_obj(avail_idx.to_le(), GuestAddress(0xa002))
+                .unwrap();
+            let ring = |desc, avail, used| Ring {
+                size: 256,
+                desc,
+                avail,
+                used,
+                base: 0,
+            };
+            let features = virtio_net::offered(1, false);
+            run_queues(
+                mem,
+                features,
+                [ring(0, 0x2000, 0x3000), ring(0x8000, 0xa000, 0xb000)],
+                3,
+                &[],
+            )
+            .unwrap()
+        };
+        let good = run(1);
+        assert!(good.contains("tx_frames 1 "), "{good}");
+        assert!(good.contains("broken_queues 0 "), "{good}");
+        let bad = run(300);
+        assert!(bad.contains("tx_frames 0 "), "{bad}");
+        assert!(bad.contains("broken_queues 1 "), "{bad}");
     }
 }

@@ -25,7 +25,9 @@
 //! an error, never a fault), a chain must end (a loop or a chain longer
 //! than the queue is cut by virtio-queue's TTL; we notice because the last
 //! descriptor still says `NEXT`), and its descriptors must all point the
-//! right way. A chain that breaks these rules is a [`ChainError`]: the
+//! right way. The avail ring itself is checked too ([`pop_chain`]: an index
+//! more than a queue ahead, a ring outside memory). A chain or ring that
+//! breaks these rules is a [`ChainError`]: the
 //! caller reports it and stops that queue (virtio 1.2 §2.1.2, the device
 //! may set `DEVICE_NEEDS_RESET`). A frame that is merely too long for uipd's
 //! buffers is a counted drop and the queue goes on.
@@ -46,7 +48,7 @@
 use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::stack::Offload;
@@ -365,6 +367,19 @@ pub enum ChainError {
     /// The used ring or the avail ring is outside guest memory.
     #[error("the queue's rings are outside guest memory")]
     Rings,
+    /// The driver's available index is more than a queue ahead of the
+    /// device's (virtio 1.2 §2.7.6: it offers at most `size` chains).
+    #[error(
+        "the available ring index {avail} is more than the queue size {size} ahead of the device's {next}"
+    )]
+    AvailIndex {
+        /// The driver's available index.
+        avail: u16,
+        /// The device's next available index.
+        next: u16,
+        /// Queue size.
+        size: u16,
+    },
 }
 
 /// Why a frame was dropped without stopping the queue.
@@ -418,6 +433,54 @@ where
     }
 }
 
+/// Pop the next available chain of `q`: `Ok(None)` when the queue is
+/// empty or not ready, an error when the avail ring breaks the rules.
+///
+/// Why not `QueueT::pop_descriptor_chain`: it logs an error of
+/// `QueueT::iter` (an avail index more than a queue ahead, an avail ring
+/// outside memory) and returns `None`, the same as an empty queue, so a
+/// caller that loops until the queue looks empty after re-enabling
+/// notifications (`enable_notification` still sees the bad index) spins
+/// and logs forever. Here every such state is a [`ChainError`], and the
+/// caller stops the queue once. The avail ring element is checked before
+/// the iterator reads it, so virtio-queue's own "Failed to read from
+/// memory" line cannot be triggered either.
+pub fn pop_chain<'m, M: GuestMemory>(
+    q: &mut Queue,
+    mem: &'m M,
+) -> Result<Option<DescriptorChain<&'m M>>, ChainError> {
+    if !q.ready() {
+        return Ok(None);
+    }
+    let (next, size) = (q.next_avail(), q.size());
+    let avail = q
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|_| ChainError::Rings)?
+        .0;
+    if avail == next {
+        return Ok(None);
+    }
+    if avail.wrapping_sub(next) > size {
+        return Err(ChainError::AvailIndex { avail, next, size });
+    }
+    // §2.7.6: ring[next % size] follows the 4-byte flags and idx.
+    let slot = next.checked_rem(size).ok_or(ChainError::Rings)?;
+    let elem = GuestAddress(q.avail_ring())
+        .checked_add(RING_HEADER + 2 * u64::from(slot))
+        .ok_or(ChainError::Rings)?;
+    if !mem.check_range(elem, 2, Permissions::Read) {
+        return Err(ChainError::Rings);
+    }
+    // `iter` reads the index again: a guest that moved it meanwhile gets
+    // the same checks (and an avail ring at address 0, which virtio-queue
+    // refuses as "not ready" although the queue is, is broken for good).
+    let mut it = q.iter(mem).map_err(|e| match e {
+        virtio_queue::Error::InvalidAvailRingIndex => ChainError::AvailIndex { avail, next, size },
+        _ => ChainError::Rings,
+    })?;
+    Ok(it.next())
+}
+
 /// Check that a descriptor lies inside guest memory (readable for a TX
 /// descriptor, writable for an RX one).
 fn check<M: GuestMemory>(mem: &M, head: u16, d: &Descriptor) -> Result<usize, ChainError> {
@@ -447,7 +510,7 @@ pub fn tx_pop<M: GuestMemory>(
     neg: Negotiated,
     buf: &mut [u8],
 ) -> Result<Option<Tx>, ChainError> {
-    let Some(chain) = q.pop_descriptor_chain(mem) else {
+    let Some(chain) = pop_chain(q, mem)? else {
         return Ok(None);
     };
     let head = chain.head_index();
@@ -536,7 +599,7 @@ impl RxRing {
         self.segs.clear();
         let mut cap = 0usize;
         while cap < total {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(chain) = pop_chain(q, mem)? else {
                 q.set_next_avail(start);
                 return Ok(Rx::NoRoom);
             };
@@ -721,7 +784,7 @@ pub fn ctrl_process<M: GuestMemory>(
     effects: &mut Vec<CtrlEffect>,
 ) -> Result<bool, ChainError> {
     let mut any = false;
-    while let Some(chain) = q.pop_descriptor_chain(mem) {
+    while let Some(chain) = pop_chain(q, mem)? {
         let head = chain.head_index();
         let mut cmd = Vec::new();
         let mut ack: Option<GuestAddress> = None;

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -259,11 +259,13 @@ impl NetCore {
             .active_pairs
             .load(Ordering::Acquire)
             .clamp(1, self.pairs);
+        let mut all_broken = true;
         for k in 0..active {
             let p = (worker + k) % active;
             if self.rx_broken[p].load(Ordering::Relaxed) {
                 continue;
             }
+            all_broken = false;
             let mut q = self.lock_queue(2 * p);
             if !q.ready() {
                 continue;
@@ -282,11 +284,20 @@ impl NetCore {
                 }
             };
         }
-        Placed::NoRoom
+        if all_broken {
+            // No queue will take it until a reset: do not keep it.
+            Placed::Dropped
+        } else {
+            Placed::NoRoom
+        }
     }
 
     fn stop_rx(&self, p: usize, e: ChainError) {
-        log::error!("virtio-net: RX queue {}: {e}; queue stopped", 2 * p);
+        crate::log_limited!(
+            log::Level::Error,
+            "virtio-net: RX queue {}: {e}; queue stopped",
+            2 * p
+        );
         self.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
         self.rx_broken[p].store(true, Ordering::Relaxed);
     }
@@ -306,7 +317,10 @@ impl NetCore {
                 match virtio_net::ctrl_process(&mut q, &self.mem, max, &mut effects) {
                     Ok(any) => used |= any,
                     Err(e) => {
-                        log::error!("virtio-net: control queue: {e}; queue stopped");
+                        crate::log_limited!(
+                            log::Level::Error,
+                            "virtio-net: control queue: {e}; queue stopped"
+                        );
                         self.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
                         q.set_ready(false);
                         return;
@@ -325,7 +339,10 @@ impl NetCore {
         for e in effects {
             match e {
                 CtrlEffect::QueuePairs(n) => {
-                    log::info!("virtio-net: the guest uses {n} queue pairs");
+                    crate::log_limited!(
+                        log::Level::Info,
+                        "virtio-net: the guest uses {n} queue pairs"
+                    );
                     self.active_pairs.store(usize::from(n), Ordering::Release);
                 }
             }
@@ -463,6 +480,21 @@ impl RxQueues for NetCore {
     }
 }
 
+/// Whether `q`'s descriptor table, avail and used rings lie inside `mem`
+/// (virtio 1.2 §2.7: 16 bytes per descriptor, 6 + 2 per avail entry, 6 + 8
+/// per used entry). `QueueT::is_valid` checks the same but logs each
+/// failure, and the guest chooses how often it enables a queue.
+fn rings_inside(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    let n = usize::from(q.size());
+    [
+        (q.desc_table(), 16 * n, Permissions::Read),
+        (q.avail_ring(), 6 + 2 * n, Permissions::Read),
+        (q.used_ring(), 6 + 8 * n, Permissions::Write),
+    ]
+    .into_iter()
+    .all(|(a, len, access)| mem.check_range(GuestAddress(a), len, access))
+}
+
 /// The PCI function: configuration space, BAR 0 registers, MSI-X.
 pub struct VirtioNetPci {
     cfg: PciConfig,
@@ -559,7 +591,10 @@ impl VirtioNetPci {
             for (q, k) in kicks.iter().enumerate() {
                 let addr = base + NOTIFY + u64::from(NOTIFY_MULT) * q as u64;
                 if let Err(e) = self.hv.ioevent(k, addr, reg) {
-                    log::warn!("virtio-net: ioeventfd at {addr:#x}: {e}");
+                    crate::log_limited!(
+                        log::Level::Warn,
+                        "virtio-net: ioeventfd at {addr:#x}: {e}"
+                    );
                 }
             }
         }
@@ -694,42 +729,44 @@ impl VirtioNetPci {
                 }
                 q.set_event_idx(Negotiated(self.driver_features).has(feature::RING_EVENT_IDX));
                 q.set_ready(true);
-                log::debug!(
+                crate::log_limited!(
+                    log::Level::Debug,
+                    burst 256,
                     "virtio-net: queue {qi} enabled: size {} vector {}",
                     q.size(),
                     core.queue_vector[qi].load(Ordering::Relaxed)
                 );
-                if !q.is_valid(&core.mem) {
-                    log::warn!(
+                if !rings_inside(&q, &core.mem) {
+                    crate::log_limited!(
+                        log::Level::Warn,
                         "virtio-net: queue {qi} has rings outside guest memory: left disabled"
                     );
                     q.set_ready(false);
                     self.bad += 1;
                 }
             }
-            (0x20 | 0x24, 4) => {
-                let (lo, hi) = if off == 0x20 {
-                    (Some(v32), None)
-                } else {
-                    (None, Some(v32))
+            (0x20..=0x37, 4) => {
+                // One half of a ring address (low word at the 8-aligned
+                // offset). `try_set_*`, not `set_*`: a misaligned address
+                // is counted here; the latter would log it on every write.
+                let cur = match off {
+                    0x20 | 0x24 => q.desc_table(),
+                    0x28 | 0x2c => q.avail_ring(),
+                    _ => q.used_ring(),
                 };
-                q.set_desc_table_address(lo, hi);
-            }
-            (0x28 | 0x2c, 4) => {
-                let (lo, hi) = if off == 0x28 {
-                    (Some(v32), None)
+                let a = if off % 8 == 0 {
+                    (cur & !0xffff_ffff) | u64::from(v32)
                 } else {
-                    (None, Some(v32))
+                    (cur & 0xffff_ffff) | (u64::from(v32) << 32)
                 };
-                q.set_avail_ring_address(lo, hi);
-            }
-            (0x30 | 0x34, 4) => {
-                let (lo, hi) = if off == 0x30 {
-                    (Some(v32), None)
-                } else {
-                    (None, Some(v32))
+                let r = match off {
+                    0x20 | 0x24 => q.try_set_desc_table_address(GuestAddress(a)),
+                    0x28 | 0x2c => q.try_set_avail_ring_address(GuestAddress(a)),
+                    _ => q.try_set_used_ring_address(GuestAddress(a)),
                 };
-                q.set_used_ring_address(lo, hi);
+                if r.is_err() {
+                    self.bad += 1;
+                }
             }
             _ => self.bad += 1,
         }
@@ -746,7 +783,8 @@ impl VirtioNetPci {
             let offered = self.core.features();
             let f = self.driver_features;
             if f & !offered != 0 || f & bit(feature::VERSION_1) == 0 {
-                log::warn!(
+                crate::log_limited!(
+                    log::Level::Warn,
                     "virtio-net: the driver asked for features {:#x} (offered {offered:#x}): refused",
                     f
                 );
@@ -758,13 +796,17 @@ impl VirtioNetPci {
         }
         if newly & status::DRIVER_OK != 0 && s & status::FEATURES_OK != 0 {
             self.core.live.store(true, Ordering::Release);
-            log::info!("virtio-net: driver ready");
+            crate::log_limited!(log::Level::Info, "virtio-net: driver ready");
         }
         self.status = s & !status::NEEDS_RESET;
     }
 
     fn accept_features(&self, f: u64) {
-        log::info!("virtio-net: guest features: {}", feature_names(f).join(" "));
+        crate::log_limited!(
+            log::Level::Info,
+            "virtio-net: guest features: {}",
+            feature_names(f).join(" ")
+        );
         self.core.acked.store(f, Ordering::Release);
         // Only offered features are accepted (set_status), so without
         // offloads offered none are on here either.

@@ -718,6 +718,80 @@ fn rx_headers_ask_only_for_what_the_driver_accepted() {
     assert_eq!(fits(all, h(0, gso::ECN)), None);
 }
 
+/// An avail index more than a queue ahead is an error from every pop,
+/// not "empty" (virtio-queue's `pop_descriptor_chain` said `None`, and
+/// the TX loop spun on it).
+#[test]
+fn avail_index_beyond_queue_size_is_an_error_not_none() {
+    let m = mem();
+    let mut d = Drv::new(&m);
+    d.chain(&[(0x10_0000, 100)], false);
+    d.mock.avail().idx().store(QSIZE + 1);
+    let want = Some(ChainError::AvailIndex {
+        avail: QSIZE + 1,
+        next: 0,
+        size: QSIZE,
+    });
+    let mut q = d.queue();
+    assert_eq!(pop_chain(&mut q, &m).err(), want);
+    // Nothing was consumed.
+    assert_eq!(q.next_avail(), 0);
+    let mut buf = vec![0u8; BUF];
+    assert_eq!(tx_pop(&mut q, &m, v1(), &mut buf).err(), want);
+    let mut rx = RxRing::default();
+    assert_eq!(rx.put(&mut q, &m, v1(), &frame(60)).err(), want);
+    assert_eq!(ctrl_process(&mut q, &m, 4, &mut Vec::new()).err(), want);
+    // Exactly a queue ahead is still legal (a full ring).
+    d.mock.avail().idx().store(QSIZE);
+    assert!(matches!(pop_chain(&mut q, &m), Ok(Some(_))));
+    // And wrapping: next 65530, avail 5 is 11 ahead.
+    let mut q = d.queue();
+    q.set_next_avail(65530);
+    d.mock.avail().idx().store(5);
+    assert!(matches!(pop_chain(&mut q, &m), Ok(Some(_))));
+    q.set_next_avail(65530);
+    d.mock.avail().idx().store(65530u16.wrapping_add(QSIZE + 1));
+    assert!(matches!(
+        pop_chain(&mut q, &m),
+        Err(ChainError::AvailIndex { .. })
+    ));
+}
+
+#[test]
+fn pop_chain_empty_and_not_ready_are_none() {
+    let m = mem();
+    let mut d = Drv::new(&m);
+    let mut q = d.queue();
+    assert!(matches!(pop_chain(&mut q, &m), Ok(None)));
+    d.chain(&[(0x10_0000, 100)], false);
+    q.set_ready(false);
+    assert!(matches!(pop_chain(&mut q, &m), Ok(None)));
+    q.set_ready(true);
+    let c = pop_chain(&mut q, &m).unwrap().unwrap();
+    assert_eq!(c.head_index(), 0);
+    assert!(matches!(pop_chain(&mut q, &m), Ok(None)));
+}
+
+/// An avail ring whose index is readable but whose element is not (the
+/// ring ends at the end of memory): an error, and virtio-queue's own
+/// iterator is never asked to read it.
+#[test]
+fn pop_chain_avail_element_outside_memory_is_an_error() {
+    let small = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let d = Drv::new(&small);
+    let mut q = d.queue();
+    // Flags and idx are the last 4 bytes of memory; ring[0] is past it.
+    q.try_set_avail_ring_address(GuestAddress(0x10000 - 4))
+        .unwrap();
+    small
+        .write_obj(1u16.to_le(), GuestAddress(0x10000 - 2))
+        .unwrap();
+    assert_eq!(pop_chain(&mut q, &small).err(), Some(ChainError::Rings));
+    // The index itself outside memory: the same.
+    q.try_set_avail_ring_address(GuestAddress(0x20000)).unwrap();
+    assert_eq!(pop_chain(&mut q, &small).err(), Some(ChainError::Rings));
+}
+
 /// Random descriptor tables (seeded): the device returns frames or errors,
 /// never panics or loops, and never writes outside the buffers it was given.
 #[test]
