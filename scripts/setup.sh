@@ -12,7 +12,7 @@ set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
-	procps coreutils ca-certificates ethtool
+	procps coreutils ca-certificates ethtool rootlesskit uidmap
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -1,0 +1,117 @@
+//! uipd under the programs that launch slirp4netns, run unchanged: here
+//! rootlesskit 1.1 (what Docker rootless and `rootlesskit --net=slirp4netns`
+//! use), with uipd as its `--slirp4netns-binary` (a link named
+//! slirp4netns to the binary under test).
+//!
+//! rootlesskit makes a user namespace and a network namespace for its child,
+//! creates a persistent single-queue `tap0` there, starts slirp4netns as
+//! `--mtu 65520 -r 3 [--disable-host-loopback] --api-socket PATH PID tap0`,
+//! waits for the ready fd, configures 10.0.2.100/24 via 10.0.2.2 in the
+//! child itself, and publishes `-p` ports through the API socket
+//! (`--port-driver=slirp4netns`). As root it needs subordinate ids for
+//! root: the test bind-mounts its own /etc/subuid and /etc/subgid inside
+//! the harness's private mount namespace, so the machine's files are never
+//! touched.
+//!
+//! ```text
+//!  outer netns (lo only): host.py http on 127.0.0.1:8000, client of 127.0.0.1:18080
+//!   └─ rootlesskit ─► uipd-as-slirp4netns (API socket) ─► tap0 in the child netns
+//!        └─ child: wget http://10.0.2.2:8000/up.bin, httpd on :80 serving down.bin
+//! ```
+
+mod common;
+
+use common::{Scenario, random_file, skip_unless_uipd};
+
+const MIB: u64 = 1024 * 1024;
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// rootlesskit with `--port-driver=slirp4netns`: the child downloads 16 MiB
+/// from the host's loopback through the gateway (outbound TCP), and a host
+/// client downloads 16 MiB from the child's httpd through the published
+/// port; both byte-exact. When rootlesskit ends, so does uipd.
+#[test]
+fn rootlesskit_runs_uipd_as_slirp4netns() {
+    if skip_unless_uipd("rootlesskit_runs_uipd_as_slirp4netns") {
+        return;
+    }
+    if !have("rootlesskit") {
+        panic!("rootlesskit is missing (scripts/setup.sh installs it)");
+    }
+    let mut sc = Scenario::new("rootlesskit");
+    let up = random_file(&sc.dir().join("up.bin"), 16 * MIB);
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    let dir = sc.dir().display().to_string();
+    sc.timeout(120).server("http", 8000, &["--dir", &dir]);
+    // The child: fetch from the host, then serve until the client is done.
+    std::fs::write(
+        sc.dir().join("child.sh"),
+        "D=\"$1\"\n\
+         ip -o -4 addr show tap0 | awk '{print \"RESULT addr ip=\" $4}'\n\
+         busybox wget -q -O \"$D/got-up.bin\" http://10.0.2.2:8000/up.bin\n\
+         echo \"RESULT child_get sha=$(sha256sum <\"$D/got-up.bin\" | cut -d' ' -f1)\"\n\
+         busybox httpd -f -p 80 -h \"$D\" & H=$!\n\
+         touch \"$D/child.ready\"\n\
+         for _ in $(seq 600); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H\n",
+    )
+    .expect("child.sh");
+    // One list_hostfwd request on the API socket rootlesskit made.
+    let query = "import json,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+                 s.sendall(b'{\\\"execute\\\": \\\"list_hostfwd\\\"}'); s.shutdown(socket.SHUT_WR); \
+                 r=json.loads(s.makefile().read()); print('RESULT api list=' + json.dumps(r, separators=(',', ':')))";
+    sc.invocation(&format!(
+        "API_QUERY=\"{query}\"\n\
+         ln -sf \"$UIPD\" \"$D/slirp4netns\"\n\
+         echo 'root:100000:65536' >\"$D/subid\"\n\
+         mount --bind \"$D/subid\" /etc/subuid && mount --bind \"$D/subid\" /etc/subgid || exit 93\n\
+         timeout -k 5 100 rootlesskit --net=slirp4netns --slirp4netns-binary=\"$D/slirp4netns\" \
+           --port-driver=slirp4netns -p 127.0.0.1:18080:80/tcp --state-dir=\"$D/rk\" \
+           -- sh \"$D/child.sh\" \"$D\" >\"$D/guest.out\" 2>\"$D/uipd.err\" </dev/null &\n\
+         RK=$!\n\
+         for _ in $(seq 300); do [ -e \"$D/child.ready\" ] && break; kill -0 $RK 2>/dev/null || break; sleep 0.1; done\n\
+         if [ -e \"$D/child.ready\" ]; then \
+           busybox wget -q -O \"$D/got-down.bin\" http://127.0.0.1:18080/down.bin; \
+           echo \"RESULT host_get sha=$(sha256sum <\"$D/got-down.bin\" | cut -d' ' -f1)\" >\"$D/client.out\"; \
+           timeout 5 {py} -c \"$API_QUERY\" \"$D/rk/.s4nn.sock\" >>\"$D/client.out\" 2>&1; \
+         fi\n\
+         touch \"$D/done\"\n\
+         wait $RK; rc=$?\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\" 2>/dev/null\n\
+         left=0; for p in /proc/[0-9]*; do \
+           tr '\\0' ' ' <$p/cmdline 2>/dev/null | grep -q \"^$D/slirp4netns \" && left=$((left+1)); done\n\
+         echo \"RESULT after left=$left\" >>\"$D/guest.out\"\n\
+         (exit $rc)",
+        py = common::python(),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(
+        o.value("addr", "ip") == "10.0.2.100/24",
+        "the child's address",
+    );
+    o.check(
+        o.value("child_get", "sha") == up,
+        "the child's download through 10.0.2.2 differs",
+    );
+    o.check(
+        o.value("host_get", "sha") == down,
+        "the download through the published port differs",
+    );
+    let list = o.value("api", "list");
+    o.check(
+        list.contains("\"host_port\":18080") && list.contains("\"guest_port\":80"),
+        "list_hostfwd names rootlesskit's forward",
+    );
+    o.check(
+        o.value("after", "left") == "0",
+        "uipd-as-slirp4netns ended with rootlesskit",
+    );
+    o.pass();
+}
