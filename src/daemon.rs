@@ -36,6 +36,9 @@ pub enum Frontend {
     Attach(String),
     /// Serve QEMU's `-netdev stream` protocol on a listening UNIX socket.
     Stream(PathBuf),
+    /// Serve the stream protocol on this inherited, connected stream
+    /// socket (passt's `--fd N`); uipd ends with the connection.
+    StreamFd(std::os::fd::RawFd),
     /// Serve a VMM as a vhost-user-net backend on a listening UNIX socket.
     VhostUser(PathBuf),
     /// Boot a Linux guest in the embedded VMM with a virtio-net NIC of
@@ -94,6 +97,12 @@ pub struct Config {
     pub api_socket: Option<PathBuf>,
     /// Source addresses for outbound sockets (IPv4, IPv6).
     pub outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    /// Serve only the first VMM connection, then end (passt's `--one-off`).
+    pub one_off: bool,
+    /// Once the guest is served (after `ready_fd`), point stdin and stdout
+    /// at /dev/null and stderr at this file (or /dev/null), as a daemon
+    /// does: whoever started uipd may wait for them to close.
+    pub detach_stdio: Option<Option<PathBuf>>,
 }
 
 /// Start-up errors.
@@ -372,6 +381,60 @@ impl Workers {
     }
 }
 
+/// The guest is served: tell whoever waits (`ready_fd`), and detach from
+/// the terminal or pipes we were started with (`detach_stdio`).
+fn ready(cfg: &Config) {
+    if let Some(fd) = cfg.ready_fd {
+        crate::compat::slirp4netns::signal_ready(fd);
+    }
+    if let Some(log) = &cfg.detach_stdio
+        && let Err(e) = crate::compat::detach_stdio(log.as_deref())
+    {
+        log::warn!("detaching from stdin/stdout/stderr: {e}");
+    }
+}
+
+/// Take over the inherited, connected stream socket `fd` (passt's `--fd`).
+fn inherited_stream(fd: std::os::fd::RawFd) -> Result<std::os::unix::net::UnixStream, Error> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    let bad = |what: &str| Error::Io {
+        what: format!("--fd {fd}: {what}"),
+        source: std::io::Error::from_raw_os_error(libc::EBADF),
+    };
+    // SAFETY: fcntl(F_GETFD) only asks whether `fd` is open; no memory.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(bad("not an open file descriptor"));
+    }
+    // SAFETY: `fd` is open (checked above) and only borrowed for the check.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let kind = socket_type(borrowed);
+    if kind != Some(libc::SOCK_STREAM) {
+        return Err(bad("not a stream socket"));
+    }
+    // SAFETY: the parent handed `fd` to uipd for exactly this; nothing else
+    // in uipd uses or closes it, and the UnixStream owns it from here on.
+    Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+}
+
+/// `SO_TYPE` of a socket, `None` if `fd` is not one.
+fn socket_type(fd: std::os::fd::BorrowedFd<'_>) -> Option<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut ty: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).ok()?;
+    // SAFETY: `ty` and `len` are live for the call and `len` says how
+    // many bytes `ty` has; the kernel writes at most that many.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            std::ptr::from_mut(&mut ty).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(ty)
+}
+
 fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.to_string();
     move |source| Error::Io { what, source }
@@ -450,7 +513,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
-        Frontend::Stream(path) => run_stream(&cfg, &path, watch_resolv, publish),
+        Frontend::Stream(_) | Frontend::StreamFd(_) => run_stream(&cfg, watch_resolv, publish),
         Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv, publish),
         Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, watch_resolv, publish),
         Frontend::VmTap { vm, tap, queues } => run_vm_tap(&cfg, &vm, &tap, queues),
@@ -504,6 +567,7 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
         }
         Frontend::Attach(target) => (netns::attach_queues(target, &net)?, None),
         Frontend::Stream(_)
+        | Frontend::StreamFd(_)
         | Frontend::VhostUser(_)
         | Frontend::Vm(..)
         | Frontend::VmTap { .. } => {
@@ -552,9 +616,7 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
-    if let Some(fd) = cfg.ready_fd {
-        crate::compat::slirp4netns::signal_ready(fd);
-    }
+    ready(cfg);
     let (code, stats) = control_loop(workers, publish, watch_resolv, || match child.as_mut() {
         Some(c) => {
             if STOP.load(Ordering::SeqCst) {
@@ -573,17 +635,29 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
 
 /// Stream mode: a reader thread steers frames to the workers' inboxes by
 /// hash; every worker writes to the shared connection.
-fn run_stream(
-    cfg: &Config,
-    path: &std::path::Path,
-    watch_resolv: bool,
-    mut publish: Publish,
-) -> Result<i32, Error> {
-    use crate::dataplane::stream::{self, StreamOut, StreamPort, StreamSink};
-    let listener = stream::bind(path).map_err(io_err(&format!(
-        "listening on the stream socket {}",
-        path.display()
-    )))?;
+fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32, Error> {
+    use crate::dataplane::stream::{self, Source, StreamOut, StreamPort, StreamSink};
+    let (source, ends) = match &cfg.frontend {
+        Frontend::Stream(path) => {
+            let listener = stream::bind(path).map_err(io_err(&format!(
+                "listening on the stream socket {}",
+                path.display()
+            )))?;
+            log::info!("serving QEMU stream connections on {}", path.display());
+            let one_off = cfg.one_off;
+            let path = path.clone();
+            (
+                Source::Listener {
+                    listener,
+                    path,
+                    one_off,
+                },
+                one_off,
+            )
+        }
+        Frontend::StreamFd(fd) => (Source::Connected(inherited_stream(*fd)?), true),
+        _ => unreachable!("run() sends only stream frontends here"),
+    };
     install_signals(true);
     let n = cfg.workers.max(1);
     let inboxes = inboxes(n, stream::MAX_FRAME)?;
@@ -600,8 +674,7 @@ fn run_stream(
     let stop = Arc::new(AtomicBool::new(false));
     let disconnected = Arc::new(AtomicBool::new(false));
     let port = StreamPort {
-        listener,
-        path: path.to_path_buf(),
+        source,
         inboxes,
         out,
         vnet_hdr: 0,
@@ -613,7 +686,7 @@ fn run_stream(
         .name("uipd-stream".into())
         .spawn(move || port.run())
         .map_err(io_err("starting the stream reader"))?;
-    log::info!("serving QEMU stream connections on {}", path.display());
+    ready(cfg);
     let shared = workers.shared.clone();
     let inboxes = workers.inboxes.clone();
     let (code, stats) = control_loop(workers, publish, watch_resolv, || {
@@ -624,6 +697,10 @@ fn run_stream(
             inboxes.iter().for_each(|r| r.kick());
         }
         if reader.is_finished() {
+            if ends {
+                log::info!("the VMM's connection ended: stopping");
+                return Ok(Some(0));
+            }
             log::error!("the stream reader stopped");
             return Ok(Some(1));
         }
@@ -663,6 +740,7 @@ fn run_vhost_user(
             .spawn(move || dev.serve(&listener, &stop))
             .map_err(io_err("starting the vhost-user server"))?
     };
+    ready(cfg);
     let (code, stats) = control_loop(workers, publish, watch_resolv, || {
         if server.is_finished() {
             log::error!("the vhost-user server stopped");

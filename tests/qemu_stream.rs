@@ -107,3 +107,44 @@ fn stream_offloads_off() {
     checks.check(&o, sum.as_deref());
     o.pass();
 }
+
+/// QEMU joined to `uipd passt --fd 10` by a socketpair, as QEMU >= 10.1
+/// starts passt (`-netdev stream,addr.type=fd`): DHCP, ping, 16 MiB each
+/// way byte-exact; when QEMU exits, uipd sees the end of its connection
+/// and exits 0 by itself (tests/common/fdpair.py records its status).
+#[test]
+fn passt_fd_socketpair() {
+    if Guest::skip("passt_fd_socketpair") || Backend::current() != Backend::Uipd {
+        return;
+    }
+    let checks = NetChecks {
+        // The personality reads the host's resolv.conf: no test resolver.
+        dns_port: None,
+        bulk: 16 << 20,
+        iperf_secs: 0,
+        ..checks()
+    };
+    let mut g = Guest::new("qemu_passt_fd");
+    let sum = checks.install(&mut g);
+    let pair = tests_dir().join("common/fdpair.py").display().to_string();
+    g.timeout(180)
+        .qemu_prefix(&format!(
+            "{} {} \"$D\" $UIPD passt --fd 10 --foreground --quiet ---",
+            sh_quote(&common::python()),
+            sh_quote(&pair)
+        ))
+        .qemu(&[
+            "-netdev",
+            "stream,id=n0,server=off,addr.type=fd,addr.str=11",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+    let o = g.run();
+    checks.check(&o, sum.as_deref());
+    let rc = std::fs::read_to_string(o.dir.join("daemon.rc")).unwrap_or_default();
+    o.check(
+        rc.trim() == "0",
+        &format!("uipd did not end by itself with exit 0 when QEMU closed the pair: {rc:?}"),
+    );
+    o.pass();
+}

@@ -430,6 +430,73 @@ fn slirp4netns_main(args: &[OsString]) -> ExitCode {
     }
 }
 
+/// uipd as passt (see [`uipd::compat::passt`]).
+fn passt_main(args: &[OsString]) -> ExitCode {
+    use uipd::compat::passt::{self, Args};
+    let argv = std::iter::once(OsString::from("passt")).chain(args.iter().cloned());
+    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if a.version {
+        println!(
+            "passt (uipd {}): user-mode networking",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if a.print_capabilities {
+        print!("{}", passt::CAPABILITIES);
+        return ExitCode::SUCCESS;
+    }
+    let workers = uipd::dataplane::cpus::usable_cpus().len();
+    let mut inv = match a.invocation(workers) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("passt (uipd): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(path) = &inv.socket {
+        println!("UNIX domain socket bound at {}", path.display());
+    }
+    if inv.background {
+        // Before any thread: fork(2) copies only the calling thread.
+        match uipd::compat::background() {
+            Ok(uipd::compat::Forked::Parent { child, ready }) => {
+                // The child says "1" once it serves; until then its errors
+                // reach our stderr. The PID file exists before we exit.
+                if !ready {
+                    eprintln!("passt (uipd): the background process did not start");
+                    return ExitCode::from(1);
+                }
+                if let Some(p) = &inv.pid_file
+                    && let Err(e) = std::fs::write(p, format!("{child}\n"))
+                {
+                    eprintln!("passt (uipd): writing the PID file {}: {e}", p.display());
+                    return ExitCode::from(1);
+                }
+                return ExitCode::SUCCESS;
+            }
+            Ok(uipd::compat::Forked::Child { ready_fd }) => inv.config.ready_fd = Some(ready_fd),
+            Err(e) => {
+                eprintln!("passt (uipd): going to the background: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else if let Some(p) = &inv.pid_file
+        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
+    {
+        eprintln!("passt (uipd): writing the PID file {}: {e}", p.display());
+        return ExitCode::from(1);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match daemon::run(inv.config) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("passt (uipd): {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
     uipd::dataplane::cpus::parse_cpulist(s)
         .map(CpuList)
@@ -508,6 +575,12 @@ fn main() -> ExitCode {
     }
     if args.get(1).is_some_and(|a| a == "slirp4netns") {
         return slirp4netns_main(&args[2..]);
+    }
+    if name == "passt" {
+        return passt_main(&args[1..]);
+    }
+    if args.get(1).is_some_and(|a| a == "passt") {
+        return passt_main(&args[2..]);
     }
     // kvmtool spells it `-net`: accept that before the `--`.
     for a in args.iter_mut().skip(1) {
@@ -595,7 +668,7 @@ fn main() -> ExitCode {
     };
     let vm = matches!(
         frontend,
-        Frontend::Stream(_) | Frontend::VhostUser(_) | Frontend::Vm(..)
+        Frontend::Stream(_) | Frontend::StreamFd(_) | Frontend::VhostUser(_) | Frontend::Vm(..)
     );
     if let Some(net) = cli
         .net
@@ -629,7 +702,8 @@ fn main() -> ExitCode {
     let mtu = cli.mtu.unwrap_or(if vm { 1500 } else { 65520 });
     // The stream protocol carries bare Ethernet frames: no virtio-net
     // header, so no offloads (QEMU does not offer them to the guest then).
-    let offload = !cli.no_offload && !matches!(frontend, Frontend::Stream(_));
+    let offload =
+        !cli.no_offload && !matches!(frontend, Frontend::Stream(_) | Frontend::StreamFd(_));
     let max_flows = usize::try_from(cli.max_flows).unwrap_or(usize::MAX);
     if max_flows < workers {
         eprintln!(
@@ -700,6 +774,8 @@ fn main() -> ExitCode {
         exit_fd: None,
         api_socket: None,
         outbound: (None, None),
+        one_off: false,
+        detach_stdio: None,
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

@@ -3,12 +3,101 @@
 //! that launch it (podman, rootlesskit, libvirt, QEMU) need no change.
 //!
 //! ```text
-//!  argv[0] = slirp4netns, or `uipd slirp4netns ARGS` ─► slirp4netns::main_args
+//!  argv[0] = slirp4netns, or `uipd slirp4netns ARGS` ─► slirp4netns::Args
 //!      ─► daemon::Config (Frontend::Attach, slirp4netns's addressing) + ready/exit fds + API socket
+//!  argv[0] = passt, or `uipd passt ARGS` ─► passt::Args
+//!      ─► daemon::Config (Frontend::Stream, StreamFd or VhostUser) + fork/pid file/one-off
 //! ```
 //!
 //! Each personality parses exactly the options its integrators pass and
 //! refuses an unknown one with an error naming it; options uipd accepts
 //! without acting on are listed as such in its `--help`.
 
+pub mod passt;
 pub mod slirp4netns;
+
+/// Point stdin and stdout at /dev/null and stderr at `log` (appended) or
+/// /dev/null: what a daemon does once it is set up, so that a parent that
+/// reads our output (libvirt, a shell's `$(...)`) sees it end.
+pub fn detach_stdio(log: Option<&std::path::Path>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let err = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
+        None => null.try_clone()?,
+    };
+    for (from, to) in [(&null, 0), (&null, 1), (&err, 2)] {
+        // SAFETY: dup2(2) on two open descriptors: `from` lives across the
+        // call and `to` is one of the standard ones, which it replaces.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Which side of [`background`] we are on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The original process: `child` is the background process's PID;
+    /// `ready` says whether it reported that it serves.
+    Parent {
+        /// The background process.
+        child: libc::pid_t,
+        /// It wrote "1" to the readiness pipe.
+        ready: bool,
+    },
+    /// The background process (a new session): write "1" to `ready_fd`
+    /// once serving (the daemon's `ready_fd`).
+    Child {
+        /// The pipe's write end.
+        ready_fd: std::os::fd::RawFd,
+    },
+}
+
+/// Fork into the background, passt's way: the parent waits until the
+/// child reports (through a pipe) that it serves, or dies. Call it before
+/// any thread starts: fork(2) copies only the calling thread.
+pub fn background() -> std::io::Result<Forked> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2(2) writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the process has one thread here (the caller's contract), so
+    // the child's copy of the address space has no lock held by a thread
+    // that does not exist in it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        // SAFETY: fds[1] is the write end made above; we close our copy so
+        // that EOF arrives when the child's copy closes.
+        unsafe { libc::close(fds[1]) };
+        // SAFETY: fds[0] is the read end made above, owned only here.
+        let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        let mut b = [0u8; 1];
+        let ready = matches!(r.read(&mut b), Ok(1)) && b[0] == b'1';
+        if !ready {
+            let mut status = 0;
+            // SAFETY: reaps our own child; `status` is a live c_int.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+        return Ok(Forked::Parent { child: pid, ready });
+    }
+    // SAFETY: the child closes its copy of the read end, which it never uses.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: setsid(2) takes no arguments; in a fresh child it cannot be a
+    // process group leader, so it succeeds.
+    unsafe { libc::setsid() };
+    Ok(Forked::Child { ready_fd: fds[1] })
+}

@@ -217,6 +217,8 @@ impl Args {
             exit_fd: self.exit_fd,
             api_socket: self.api_socket.clone(),
             outbound: (self.outbound_addr, self.outbound_addr6),
+            one_off: false,
+            detach_stdio: None,
         };
         Ok(Invocation {
             config,

@@ -5,7 +5,9 @@
 //! `-netdev stream,id=n0,server=off,addr.type=unix,addr.path=SOCKET`
 //! works). uipd listens; one VMM is served at a time, and when it goes away
 //! every host socket of its guest is reset and the next connection is
-//! accepted.
+//! accepted (or, one-off, uipd ends). It can also serve one connection it
+//! was handed, already connected (passt's `--fd N`, the other end of a
+//! socketpair QEMU holds), and ends with it.
 //!
 //! ```text
 //!  VMM ──socket──► reader thread ──steer by 5-tuple──► worker k inbox ──► Stack k
@@ -291,12 +293,26 @@ pub struct ReaderCounters {
     pub ring_full: AtomicU64,
 }
 
+/// Where the VMM's connections come from.
+pub enum Source {
+    /// A listening socket at `path` (removed at the end); with `one_off`,
+    /// only its first connection is served.
+    Listener {
+        /// The socket.
+        listener: UnixListener,
+        /// Its path.
+        path: PathBuf,
+        /// Serve one connection, then end.
+        one_off: bool,
+    },
+    /// One connection, already made.
+    Connected(UnixStream),
+}
+
 /// The accepting and reading side: runs on its own thread.
 pub struct StreamPort {
-    /// The listening socket.
-    pub listener: UnixListener,
-    /// Its path (removed at the end).
-    pub path: PathBuf,
+    /// Where connections come from.
+    pub source: Source,
     /// The workers' inboxes.
     pub inboxes: Vec<Arc<FrameRing>>,
     /// The shared sending side.
@@ -336,14 +352,61 @@ fn wait_readable(fd: std::os::fd::RawFd) -> io::Result<bool> {
 }
 
 impl StreamPort {
-    /// Serve VMM connections, one at a time, until the stop flag.
+    /// Serve VMM connections, one at a time, until the stop flag (or the
+    /// end of a one-off or handed-over connection: then the thread ends).
     pub fn run(self) {
-        if let Err(e) = self.listener.set_nonblocking(true) {
+        let StreamPort {
+            source,
+            inboxes,
+            out,
+            vnet_hdr,
+            stop,
+            disconnected,
+            counters,
+        } = self;
+        let port = Reader {
+            inboxes,
+            out,
+            vnet_hdr,
+            stop,
+            disconnected,
+            counters,
+        };
+        port.run(source);
+    }
+}
+
+/// A [`StreamPort`] without its source: reads connections.
+struct Reader {
+    inboxes: Vec<Arc<FrameRing>>,
+    out: Arc<StreamOut>,
+    vnet_hdr: usize,
+    stop: Arc<AtomicBool>,
+    disconnected: Arc<AtomicBool>,
+    counters: Arc<ReaderCounters>,
+}
+
+impl Reader {
+    fn run(&self, source: Source) {
+        let (listener, path, one_off) = match source {
+            Source::Connected(conn) => {
+                self.counters.connections.fetch_add(1, Ordering::Relaxed);
+                log::info!("stream: serving the connection handed over");
+                self.serve_one(conn);
+                return;
+            }
+            Source::Listener {
+                listener,
+                path,
+                one_off,
+            } => (listener, path, one_off),
+        };
+        if let Err(e) = listener.set_nonblocking(true) {
             log::error!("stream: {e}");
             return;
         }
         while !self.stop.load(Ordering::Relaxed) {
-            match wait_readable(self.listener.as_raw_fd()) {
+            match wait_readable(listener.as_raw_fd()) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -351,7 +414,7 @@ impl StreamPort {
                     break;
                 }
             }
-            let conn = match self.listener.accept() {
+            let conn = match listener.accept() {
                 Ok((c, _)) => c,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
@@ -361,16 +424,25 @@ impl StreamPort {
                 }
             };
             self.counters.connections.fetch_add(1, Ordering::Relaxed);
-            log::info!("stream: VMM connected to {}", self.path.display());
-            match self.serve(conn) {
-                Ok(()) => log::info!("stream: VMM disconnected"),
-                Err(e) => log::warn!("stream: connection closed: {e}"),
+            log::info!("stream: VMM connected to {}", path.display());
+            self.serve_one(conn);
+            if one_off {
+                log::info!("stream: one-off: done after the first VMM");
+                break;
             }
-            self.out.disconnect();
-            self.disconnected.store(true, Ordering::SeqCst);
-            self.inboxes.iter().for_each(|r| r.kick());
         }
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Serve `conn` to its end; then the guest's flows are reset.
+    fn serve_one(&self, conn: UnixStream) {
+        match self.serve(conn) {
+            Ok(()) => log::info!("stream: VMM disconnected"),
+            Err(e) => log::warn!("stream: connection closed: {e}"),
+        }
+        self.out.disconnect();
+        self.disconnected.store(true, Ordering::SeqCst);
+        self.inboxes.iter().for_each(|r| r.kick());
     }
 
     fn serve(&self, conn: UnixStream) -> io::Result<()> {

@@ -156,6 +156,9 @@ pub struct Guest {
     binaries: Vec<String>,
     daemon: Option<(String, Vec<String>, String)>,
     host_client: Option<String>,
+    /// Shell words run in front of the QEMU command (a launcher that
+    /// execs or runs it).
+    qemu_prefix: Option<String>,
     memfd: bool,
     smp: u32,
     mem_mib: u32,
@@ -224,6 +227,7 @@ impl Guest {
             binaries: vec!["busybox".into(), "iperf3".into()],
             daemon: None,
             host_client: None,
+            qemu_prefix: None,
             memfd: false,
             smp: 2,
             mem_mib: 512,
@@ -288,6 +292,14 @@ impl Guest {
             args.iter().map(|s| s.to_string()).collect(),
             socket.into(),
         ));
+        self
+    }
+
+    /// Start QEMU through `prefix` (shell words that end with the launcher's
+    /// own separator): e.g. tests/common/fdpair.py, which runs a backend
+    /// and QEMU joined by a socketpair. `$UIPD` and `$D` may appear in it.
+    pub fn qemu_prefix(&mut self, prefix: &str) -> &mut Self {
+        self.qemu_prefix = Some(prefix.into());
         self
     }
 
@@ -467,8 +479,9 @@ impl Guest {
     pub fn run(&mut self) -> Outcome {
         let initrd = self.build_initramfs();
         let qemu = format!(
-            "timeout -k 5 {} {} </dev/null >\"$D/qemu.log\" 2>&1",
+            "timeout -k 5 {} {} {} </dev/null >\"$D/qemu.log\" 2>&1",
             self.qemu_secs,
+            self.qemu_prefix.as_deref().unwrap_or(""),
             self.qemu_command(&initrd)
         );
         let snippet = match &self.daemon {

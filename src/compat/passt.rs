@@ -1,0 +1,549 @@
+//! The passt personality: `passt [OPTIONS]`, a VMM's network backend on a
+//! UNIX socket (QEMU's `-netdev stream`), an inherited connected socket
+//! (`--fd N`) or vhost-user (`--vhost-user`).
+//!
+//! # Contract (passt 2023 and later, as libvirt and QEMU start it)
+//!
+//! - `-s/--socket PATH` (default: the first free `/tmp/passt_N.socket`),
+//!   `-F/--fd N` (an already connected stream socket: uipd ends with it),
+//!   `--vhost-user` (the socket speaks vhost-user instead).
+//! - It goes to the background once the socket is bound (unless
+//!   `-f/--foreground`): the parent exits 0 only after the child is
+//!   serving, and `-P/--pid FILE` holds the child's PID by then (libvirt
+//!   and QEMU read it as soon as the parent exits). stdout and stderr are
+//!   then closed, or stderr goes to `-l/--log-file`.
+//! - `-1/--one-off`: end after the first VMM disconnects.
+//! - Addresses: uipd's layout unless `-a` (guest address), `-n` (netmask
+//!   or prefix length), `-g` (gateway), `-D` (DNS server the guest is
+//!   given, `none` for none), `--dns-forward ADDR` (the address whose port
+//!   53 goes to the host's resolvers); `--no-map-gw`: the gateway is not
+//!   the host's loopback; `--map-host-loopback ADDR` must then name the
+//!   gateway (uipd maps only it). `-M/--mac-addr` is uipd's own MAC.
+//! - `-t/-u SPEC` publish TCP/UDP ports ([`parse_ports`]).
+//! - `--print-capabilities` prints the vhost-user backend's capabilities
+//!   (`{"type": "net"}`) and exits.
+//!
+//! Options uipd accepts without acting on: `-q/--quiet`, `-d/--debug`,
+//! `-S/--search` (no DHCP search list yet); they are listed in `--help`.
+//! Anything else is an error naming it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::addressing::{Layout, Plan, Request};
+use crate::daemon::{Config, Frontend};
+use crate::publish::{PubProto, PublishSpec};
+use crate::stack;
+
+/// The command line (passt's options that VMM managers use).
+#[derive(Debug, Parser)]
+#[command(
+    name = "passt",
+    about = "uipd as passt: user-mode networking for a VMM (stream socket, fd or vhost-user)",
+    long_about = "uipd as passt: user-mode networking for a VMM: QEMU's -netdev stream on a \
+        UNIX socket, an inherited connected socket (--fd), or vhost-user (--vhost-user).\n\n\
+        Accepted and not acted on: -q/--quiet, -d/--debug, -S/--search.",
+    disable_version_flag = true
+)]
+pub struct Args {
+    /// UNIX socket to listen on [default: the first free /tmp/passt_N.socket].
+    #[arg(
+        short = 's',
+        long = "socket",
+        value_name = "PATH",
+        conflicts_with = "fd"
+    )]
+    pub socket: Option<PathBuf>,
+    /// Serve this inherited, connected stream socket; end with it.
+    #[arg(short = 'F', long = "fd", value_name = "FD")]
+    pub fd: Option<RawFd>,
+    /// Speak vhost-user on the socket (not the stream protocol).
+    #[arg(long, conflicts_with = "fd")]
+    pub vhost_user: bool,
+    /// Print the vhost-user backend's capabilities (JSON) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// End after the first VMM disconnects.
+    #[arg(short = '1', long)]
+    pub one_off: bool,
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Write the PID (of the process that serves) to FILE.
+    #[arg(short = 'P', long = "pid", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Log to FILE once in the background.
+    #[arg(short = 'l', long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted; use RUST_LOG=debug.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+    /// uipd's own MAC address toward the guest.
+    #[arg(short = 'M', long, value_name = "MAC", value_parser = crate::addressing::parse_mac)]
+    pub mac_addr: Option<[u8; 6]>,
+    /// The guest's IPv4 address (DHCP offers it).
+    #[arg(short = 'a', long, value_name = "ADDR")]
+    pub address: Option<Ipv4Addr>,
+    /// The guest network's netmask (dotted, or a prefix length).
+    #[arg(short = 'n', long, value_name = "MASK", value_parser = parse_netmask)]
+    pub netmask: Option<u8>,
+    /// The gateway (uipd's own address).
+    #[arg(short = 'g', long, value_name = "ADDR")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The DNS server the guest is given (`none`: none).
+    #[arg(short = 'D', long, value_name = "ADDR|none")]
+    pub dns: Option<String>,
+    /// The address whose port 53 goes to the host's resolvers.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_forward: Option<Ipv4Addr>,
+    /// Accepted; uipd's DHCP has no search list yet.
+    #[arg(short = 'S', long, value_name = "LIST")]
+    pub search: Option<String>,
+    /// The gateway is not the host's loopback.
+    #[arg(long)]
+    pub no_map_gw: bool,
+    /// The address that is the host's loopback (uipd: only the gateway).
+    #[arg(long, value_name = "ADDR")]
+    pub map_host_loopback: Option<IpAddr>,
+    /// Not supported by uipd (an error).
+    #[arg(long, value_name = "ADDR")]
+    pub map_guest_addr: Option<IpAddr>,
+    /// MTU offered to the guest (68..65520).
+    #[arg(short = 'm', long, value_parser = clap::value_parser!(u16).range(68..=65520))]
+    pub mtu: Option<u16>,
+    /// Publish TCP ports: none, or PORTS (see the manual: 22, 22:23,
+    /// 22-80, 22-80:32-90, ADDR/22, ~25 exclusions, comma-separated).
+    #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
+    pub tcp: Vec<String>,
+    /// Publish UDP ports (as -t).
+    #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
+    pub udp: Vec<String>,
+    /// Print the version.
+    #[arg(long)]
+    pub version: bool,
+}
+
+fn parse_netmask(s: &str) -> Result<u8, String> {
+    if let Ok(n) = s.parse::<u8>() {
+        return if n <= 32 {
+            Ok(n)
+        } else {
+            Err(format!("'{s}' is not a prefix length (0-32)"))
+        };
+    }
+    let m: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a netmask or a prefix length"))?;
+    let bits = u32::from(m);
+    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+        return Err(format!("'{s}' is not a contiguous netmask"));
+    }
+    // Cannot fail: at most 32.
+    Ok(u8::try_from(bits.leading_ones()).unwrap_or(32))
+}
+
+/// One port spec of `-t`/`-u`, as published forwards (for `proto`).
+///
+/// `none` is no forward. Otherwise an optional `ADDR/` (the host address to
+/// listen on; all addresses of both families without it), then a
+/// comma-separated list of `P`, `P-Q`, `P:G`, `P-Q:G-H` (host ports to
+/// guest ports, ranges of equal length) and exclusions `~P` or `~P-Q`
+/// taken out of them. `all` and a list of only exclusions (passt: every
+/// free port) are refused: uipd publishes what it is told.
+pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, String> {
+    let err = |m: &str| {
+        format!(
+            "-{} '{spec}': {m}",
+            if proto == PubProto::Tcp { 't' } else { 'u' }
+        )
+    };
+    if spec == "none" {
+        return Ok(Vec::new());
+    }
+    if spec == "all" || spec == "auto" {
+        return Err(err(
+            "'all' and 'auto' are not supported by uipd: name the ports",
+        ));
+    }
+    let (addrs, list) = match spec.split_once('/') {
+        Some((a, rest)) => {
+            if a.contains('%') {
+                return Err(err("binding to an interface (%IFACE) is not supported"));
+            }
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| err(&format!("'{a}' is not an address")))?;
+            (vec![ip], rest)
+        }
+        None => (
+            vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            ],
+            spec,
+        ),
+    };
+    let port = |s: &str| -> Result<u16, String> {
+        s.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && !s.starts_with('+'))
+            .ok_or_else(|| err(&format!("'{s}' is not a port (1-65535)")))
+    };
+    let range = |s: &str| -> Result<(u16, u16), String> {
+        match s.split_once('-') {
+            None => port(s).map(|p| (p, p)),
+            Some((a, b)) => {
+                let (a, b) = (port(a)?, port(b)?);
+                if b < a {
+                    return Err(err(&format!("the range {s} ends before it starts")));
+                }
+                Ok((a, b))
+            }
+        }
+    };
+    // (first host port, last host port, first guest port), then exclusions.
+    let mut includes: Vec<(u16, u16, u16)> = Vec::new();
+    let mut excludes: Vec<(u16, u16)> = Vec::new();
+    for item in list.split(',') {
+        if item.is_empty() {
+            return Err(err("an empty item"));
+        }
+        if let Some(x) = item.strip_prefix('~') {
+            excludes.push(range(x)?);
+            continue;
+        }
+        let (h, g) = match item.split_once(':') {
+            Some((h, g)) => (range(h)?, Some(range(g)?)),
+            None => (range(item)?, None),
+        };
+        let g = g.unwrap_or(h);
+        if h.1 - h.0 != g.1 - g.0 {
+            return Err(err(&format!(
+                "'{item}': the host range has {} ports, the guest range {}",
+                u32::from(h.1 - h.0) + 1,
+                u32::from(g.1 - g.0) + 1
+            )));
+        }
+        includes.push((h.0, h.1, g.0));
+    }
+    if includes.is_empty() {
+        return Err(err(
+            "only exclusions (passt's 'every free port') are not supported by uipd",
+        ));
+    }
+    // Split each included range around the excluded ports.
+    let excluded = |p: u16| excludes.iter().any(|&(a, b)| (a..=b).contains(&p));
+    let mut ranges = Vec::new();
+    for (lo, hi, g) in includes {
+        let mut run: Option<u16> = None;
+        for p in lo..=hi {
+            match (excluded(p), run) {
+                (false, None) => run = Some(p),
+                (true, Some(start)) => {
+                    ranges.push((start, p - 1, g + (start - lo)));
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run {
+            ranges.push((start, hi, g + (start - lo)));
+        }
+    }
+    if ranges.is_empty() {
+        return Err(err("the exclusions leave no port"));
+    }
+    let mut out = Vec::new();
+    for addr in addrs {
+        for &(lo, hi, g) in &ranges {
+            out.push(PublishSpec {
+                addr,
+                host_port: lo,
+                guest_port: g,
+                count: hi - lo + 1,
+                proto,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The first `/tmp/passt_N.socket` (N from 1) that does not exist.
+pub fn default_socket() -> Result<PathBuf, String> {
+    (1..=100)
+        .map(|n| PathBuf::from(format!("/tmp/passt_{n}.socket")))
+        .find(|p| !p.exists())
+        .ok_or_else(|| "no free /tmp/passt_N.socket (N up to 100): give --socket".to_string())
+}
+
+/// What `main` does with the parsed command line.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The daemon's configuration.
+    pub config: Config,
+    /// Go to the background (fork) before serving.
+    pub background: bool,
+    /// Where to write the serving process's PID.
+    pub pid_file: Option<PathBuf>,
+    /// The socket path, when listening (for the start-up message).
+    pub socket: Option<PathBuf>,
+}
+
+impl Args {
+    /// The daemon configuration for these arguments, on `workers` workers.
+    pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
+        if let Some(a) = self.map_guest_addr {
+            return Err(format!(
+                "--map-guest-addr {a}: not supported by uipd (the guest reaches the host's \
+                 loopback through the gateway)"
+            ));
+        }
+        let cidr = match (self.address, self.netmask) {
+            (Some(a), n) => Some((a, n.unwrap_or(24))),
+            (None, Some(n)) => Some((Ipv4Addr::new(192, 168, 33, 0), n)),
+            (None, None) => None,
+        };
+        let dns = match self.dns.as_deref() {
+            None => self.dns_forward.map(Some),
+            Some("none") => Some(None),
+            Some(d) => {
+                Some(Some(d.parse::<Ipv4Addr>().map_err(|_| {
+                    format!("-D '{d}' is not an IPv4 address or 'none'")
+                })?))
+            }
+        };
+        let plan = Plan::resolve(
+            &Request {
+                cidr: cidr
+                    .map(|(a, n)| crate::addressing::parse_cidr4(&format!("{a}/{n}")))
+                    .transpose()?,
+                gateway: self.gateway,
+                guest: self.address,
+                dns,
+                prefix6: None,
+            },
+            Layout::UIPD,
+            (Ipv4Addr::new(192, 168, 33, 0), 24),
+        )?;
+        if let Some(a) = self.map_host_loopback
+            && a != IpAddr::V4(plan.gateway)
+        {
+            return Err(format!(
+                "--map-host-loopback {a}: uipd maps only the gateway ({}) to the host's loopback",
+                plan.gateway
+            ));
+        }
+        let mut publish = Vec::new();
+        for s in &self.tcp {
+            publish.extend(parse_ports(s, PubProto::Tcp)?);
+        }
+        for s in &self.udp {
+            publish.extend(parse_ports(s, PubProto::Udp)?);
+        }
+        let socket = match (&self.socket, self.fd) {
+            (_, Some(_)) => None,
+            (Some(p), None) => Some(p.clone()),
+            (None, None) => Some(default_socket()?),
+        };
+        let frontend = match (self.fd, self.vhost_user, &socket) {
+            (Some(fd), _, _) => Frontend::StreamFd(fd),
+            (None, true, Some(p)) => Frontend::VhostUser(p.clone()),
+            (None, false, Some(p)) => Frontend::Stream(p.clone()),
+            (None, _, None) => unreachable!("a socket path when there is no fd"),
+        };
+        // As uipd's own VMM frontends: vhost-user negotiates offloads with
+        // the guest; the stream protocol carries bare frames.
+        let offload = self.vhost_user;
+        let mut stack = stack::Config {
+            mtu: self.mtu.unwrap_or(1500),
+            host_loopback: !self.no_map_gw,
+            offload: stack::Offload {
+                vnet_hdr: offload,
+                tso: offload,
+                tso6: offload,
+                csum: offload,
+            },
+            ..stack::Config::default()
+        };
+        if let Some(mac) = self.mac_addr {
+            stack.gateway_mac = stack::wire::EthernetAddress(mac);
+        }
+        plan.apply(&mut stack);
+        let background = !self.foreground;
+        let config = Config {
+            frontend,
+            ifname: "eth0".into(),
+            config_net: false,
+            resolvers: Vec::new(),
+            stats: false,
+            cpus: Vec::new(),
+            workers: workers.clamp(1, 4),
+            poll_us: 50,
+            stats_json: None,
+            pcap: None,
+            stack,
+            publish,
+            control: None,
+            guest_mac: None,
+            ready_fd: None,
+            exit_fd: None,
+            api_socket: None,
+            outbound: (None, None),
+            one_off: self.one_off,
+            detach_stdio: background.then(|| self.log_file.clone()),
+        };
+        Ok(Invocation {
+            config,
+            background,
+            pid_file: self.pid_file.clone(),
+            socket,
+        })
+    }
+}
+
+/// The vhost-user backend capabilities `--print-capabilities` prints
+/// (vhost-user.rst, "Backend program conventions").
+pub const CAPABILITIES: &str = "{\n  \"type\": \"net\"\n}\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &str) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("passt").chain(args.split_whitespace()))
+    }
+
+    fn specs(s: &str) -> Vec<String> {
+        parse_ports(s, PubProto::Tcp)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_port_spec_form() {
+        assert!(specs("none").is_empty());
+        assert_eq!(specs("22"), ["0.0.0.0:22:22/tcp", "[::]:22:22/tcp"]);
+        assert_eq!(specs("127.0.0.1/8080:80"), ["127.0.0.1:8080:80/tcp"]);
+        assert_eq!(specs("::1/8080"), ["[::1]:8080:8080/tcp"]);
+        assert_eq!(
+            specs("127.0.0.1/22,25"),
+            ["127.0.0.1:22:22/tcp", "127.0.0.1:25:25/tcp"]
+        );
+        assert_eq!(
+            specs("127.0.0.1/22-80:32-90"),
+            ["127.0.0.1:22-80:32-90/tcp"]
+        );
+        assert_eq!(
+            specs("127.0.0.1/2000-2010,~2003-2005,~2010"),
+            [
+                "127.0.0.1:2000-2002:2000-2002/tcp",
+                "127.0.0.1:2006-2009:2006-2009/tcp"
+            ]
+        );
+        assert_eq!(
+            specs("127.0.0.1/100-104:200-204,~100"),
+            ["127.0.0.1:101-104:201-204/tcp"]
+        );
+        let u = parse_ports("127.0.0.1/53", PubProto::Udp).unwrap();
+        assert_eq!(u[0].to_string(), "127.0.0.1:53:53/udp");
+    }
+
+    #[test]
+    fn bad_port_specs_say_why() {
+        for (spec, want) in [
+            ("all", "not supported"),
+            ("auto", "not supported"),
+            ("~25", "only exclusions"),
+            ("0", "not a port"),
+            ("70000", "not a port"),
+            ("22-10", "ends before"),
+            ("22-25:30", "host range has 4 ports"),
+            ("x/22", "not an address"),
+            ("10.0.0.1%eth0/22", "interface"),
+            ("22,", "empty item"),
+            ("+22", "not a port"),
+        ] {
+            let e = parse_ports(spec, PubProto::Tcp).expect_err(spec);
+            assert!(e.contains(want) && e.contains(spec), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_integrators_argv_lines_parse() {
+        // libvirt 9.0, <interface type='user'><backend type='passt'/> with a port forward.
+        let a = parse(
+            "--one-off --socket /run/libvirt/qemu/passt/1-vm-net0.socket \
+             --mac-addr 52:54:00:12:34:56 --pid /run/libvirt/qemu/passt/1-vm-net0-passt.pid \
+             --tcp-ports 127.0.0.1/2222:22",
+        )
+        .unwrap();
+        let inv = a.invocation(2).unwrap();
+        assert!(inv.background && inv.config.one_off);
+        assert!(matches!(&inv.config.frontend, Frontend::Stream(p)
+            if p.to_str() == Some("/run/libvirt/qemu/passt/1-vm-net0.socket")));
+        assert_eq!(inv.config.publish[0].to_string(), "127.0.0.1:2222:22/tcp");
+        assert_eq!(
+            inv.pid_file.as_deref(),
+            Some(std::path::Path::new(
+                "/run/libvirt/qemu/passt/1-vm-net0-passt.pid"
+            ))
+        );
+        assert_eq!(inv.config.detach_stdio, Some(None));
+        // QEMU >= 10.1 (-netdev passt / stream with addr.type=fd).
+        let inv = parse("--fd 3 -f -q").unwrap().invocation(1).unwrap();
+        assert!(matches!(inv.config.frontend, Frontend::StreamFd(3)));
+        assert!(!inv.background && inv.config.detach_stdio.is_none());
+        // vhost-user, addresses, DNS.
+        let inv = parse(
+            "--vhost-user -s /tmp/vu.sock -a 10.0.0.5 -n 255.255.255.0 -g 10.0.0.1 \
+             --dns-forward 10.0.0.53 --no-map-gw -m 9000 -u 127.0.0.1/5353",
+        )
+        .unwrap()
+        .invocation(1)
+        .unwrap();
+        assert!(matches!(&inv.config.frontend, Frontend::VhostUser(_)));
+        let s = &inv.config.stack;
+        assert_eq!(
+            (s.guest_ip, s.gateway, s.prefix_len),
+            (Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 1), 24)
+        );
+        assert_eq!(s.dns, Some(Ipv4Addr::new(10, 0, 0, 53)));
+        assert!(!s.host_loopback && s.offload.vnet_hdr);
+        assert_eq!(s.mtu, 9000);
+        assert_eq!(parse_netmask("255.255.0.0"), Ok(16));
+        assert!(parse_netmask("255.0.255.0").is_err());
+    }
+
+    #[test]
+    fn bad_argv_is_a_clear_error() {
+        for (line, want) in [
+            ("--no-such-option", "--no-such-option"),
+            ("--fd 3 --socket /x", "cannot be used with"),
+            ("-m 70000", "70000"),
+            ("-M 01:00:00:00:00:00", "multicast"),
+        ] {
+            let e = parse(line).expect_err(line).to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
+        let e = parse("--map-guest-addr 10.0.0.9 -f")
+            .unwrap()
+            .invocation(1)
+            .unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        let e = parse("--map-host-loopback 10.9.9.9 -f")
+            .unwrap()
+            .invocation(1)
+            .unwrap_err();
+        assert!(e.contains("only the gateway"), "{e}");
+        let e = parse("-D x -f").unwrap().invocation(1).unwrap_err();
+        assert!(e.contains("-D 'x'"), "{e}");
+    }
+}
