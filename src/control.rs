@@ -182,14 +182,22 @@ impl Control {
         workers: &[Arc<Shared>],
         inboxes: &[Arc<FrameRing>],
     ) {
-        for _ in 0..8 {
-            let Ok((conn, _)) = self.listener.accept() else {
-                return;
-            };
+        accept_waiting(&self.listener, |conn| {
             if let Err(e) = serve(conn, forwards, workers, inboxes) {
                 log::debug!("control: client: {e}");
             }
-        }
+        });
+    }
+}
+
+/// Hand each client waiting on the non-blocking `listener` to `serve`, a
+/// few at most (the control loop comes back soon), without blocking.
+pub fn accept_waiting(listener: &UnixListener, mut serve: impl FnMut(UnixStream)) {
+    for _ in 0..8 {
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        serve(conn);
     }
 }
 

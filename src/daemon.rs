@@ -675,12 +675,14 @@ fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<
     let disconnected = Arc::new(AtomicBool::new(false));
     let port = StreamPort {
         source,
-        inboxes,
-        out,
-        vnet_hdr: 0,
-        stop: stop.clone(),
-        disconnected: disconnected.clone(),
-        counters: Arc::default(),
+        reader: stream::Reader {
+            inboxes,
+            out,
+            vnet_hdr: 0,
+            stop: stop.clone(),
+            disconnected: disconnected.clone(),
+            counters: Arc::default(),
+        },
     };
     let reader = std::thread::Builder::new()
         .name("uipd-stream".into())

@@ -336,6 +336,11 @@ pub fn error_reply(desc: &str) -> Value {
 pub struct Api {
     listener: UnixListener,
     path: PathBuf,
+    fwds: HostFwds,
+}
+
+/// The forwards added through the API.
+struct HostFwds {
     guest: Ipv4Addr,
     /// (id, spec) in the order added; ids count from 1.
     entries: Vec<(u64, PublishSpec)>,
@@ -354,9 +359,11 @@ impl Api {
         Ok(Api {
             listener,
             path: path.into(),
-            guest,
-            entries: Vec::new(),
-            next_id: 1,
+            fwds: HostFwds {
+                guest,
+                entries: Vec::new(),
+                next_id: 1,
+            },
         })
     }
 
@@ -367,16 +374,27 @@ impl Api {
         workers: &[Arc<Shared>],
         inboxes: &[Arc<FrameRing>],
     ) {
-        for _ in 0..8 {
-            let Ok((conn, _)) = self.listener.accept() else {
-                return;
-            };
-            if let Err(e) = self.serve(conn, forwards, workers, inboxes) {
+        let fwds = &mut self.fwds;
+        crate::control::accept_waiting(&self.listener, |conn| {
+            if let Err(e) = fwds.serve(conn, forwards, workers, inboxes) {
                 log::debug!("slirp4netns API: client: {e}");
             }
-        }
+        });
     }
 
+    /// Carry out `req` on `forwards` (handed to worker 0 and waited for).
+    pub fn execute(
+        &mut self,
+        req: ApiRequest,
+        forwards: &mut Forwards,
+        workers: &[Arc<Shared>],
+        inboxes: &[Arc<FrameRing>],
+    ) -> Value {
+        self.fwds.execute(req, forwards, workers, inboxes)
+    }
+}
+
+impl HostFwds {
     fn serve(
         &mut self,
         mut conn: UnixStream,
@@ -394,8 +412,7 @@ impl Api {
         conn.write_all(format!("{reply}\n").as_bytes())
     }
 
-    /// Carry out `req` on `forwards` (handed to worker 0 and waited for).
-    pub fn execute(
+    fn execute(
         &mut self,
         req: ApiRequest,
         forwards: &mut Forwards,

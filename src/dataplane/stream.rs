@@ -313,6 +313,12 @@ pub enum Source {
 pub struct StreamPort {
     /// Where connections come from.
     pub source: Source,
+    /// What reads them.
+    pub reader: Reader,
+}
+
+/// Reads a VMM's connection into the workers' inboxes.
+pub struct Reader {
     /// The workers' inboxes.
     pub inboxes: Vec<Arc<FrameRing>>,
     /// The shared sending side.
@@ -355,35 +361,8 @@ impl StreamPort {
     /// Serve VMM connections, one at a time, until the stop flag (or the
     /// end of a one-off or handed-over connection: then the thread ends).
     pub fn run(self) {
-        let StreamPort {
-            source,
-            inboxes,
-            out,
-            vnet_hdr,
-            stop,
-            disconnected,
-            counters,
-        } = self;
-        let port = Reader {
-            inboxes,
-            out,
-            vnet_hdr,
-            stop,
-            disconnected,
-            counters,
-        };
-        port.run(source);
+        self.reader.run(self.source);
     }
-}
-
-/// A [`StreamPort`] without its source: reads connections.
-struct Reader {
-    inboxes: Vec<Arc<FrameRing>>,
-    out: Arc<StreamOut>,
-    vnet_hdr: usize,
-    stop: Arc<AtomicBool>,
-    disconnected: Arc<AtomicBool>,
-    counters: Arc<ReaderCounters>,
 }
 
 impl Reader {

@@ -1167,6 +1167,11 @@ impl Stack {
             }
             FlowState::Tcp(Box::new(conn))
         }) else {
+            // Another worker claimed the key since the lookup above (the
+            // guest's SYN and its retransmission on two queues at once).
+            if let Some(w) = self.held_elsewhere(&key) {
+                return self.forward_l4(w, src, dst, ip_proto::TCP, payload, !verify, out);
+            }
             self.drop(DropReason::FlowLimit);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         };
@@ -1492,6 +1497,12 @@ impl Stack {
                     timeout,
                 };
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
+                    if self.held_elsewhere(&key).is_some() {
+                        // Another worker opened the flow an instant ago
+                        // (the same datagram flow on two queues at once):
+                        // this one datagram is lost, as on a busy link.
+                        return self.drop(DropReason::NoFlow);
+                    }
                     // Refused, and said so: a guest that retries (DNS, a
                     // ping) learns at once instead of timing out.
                     self.drop(DropReason::FlowLimit);

@@ -104,6 +104,20 @@ fn ip_of(frame: &[u8]) -> (EthernetRepr, Ipv4Packet<&[u8]>) {
     (e, p)
 }
 
+/// The guest's (broadcast) ARP request from `from` for `target`.
+fn arp_request(from: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let req = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: GUEST_MAC,
+        source_protocol_addr: from,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: target,
+    };
+    let mut a = vec![0u8; 28];
+    req.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
+    eth(EthernetAddress::BROADCAST, EtherType::Arp, &a)
+}
+
 #[test]
 fn arp_for_the_gateway_is_answered() {
     let mut s = stack_with(|_| {});
@@ -1590,21 +1604,8 @@ fn frames_of_another_workers_flows_go_to_it() {
     // Only worker 1 has seen a guest frame (its ARP request for the
     // gateway); worker 0's SYN must still go to the guest's MAC, not to
     // broadcast, which Linux TCP would drop.
-    let req = ArpRepr {
-        operation: ArpOperation::Request,
-        source_hardware_addr: GUEST_MAC,
-        source_protocol_addr: GUEST,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: GW,
-    };
-    let mut a = vec![0u8; 28];
-    req.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
     let mut out = Actions::default();
-    w1.ingress(
-        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
-        Instant::ZERO,
-        &mut out,
-    );
+    w1.ingress(&arp_request(GUEST, GW), Instant::ZERO, &mut out);
     assert_eq!(w0.guest_mac(), Some(GUEST_MAC));
     let peer = SocketAddr::from(([127, 0, 0, 1], 45678));
     let mut out = Actions::default();
@@ -1831,21 +1832,8 @@ fn a_separate_dns_address_serves_dns_and_nothing_else() {
     });
     let guest = Ipv4Addr::new(10, 0, 2, 100);
     // ARP for the DNS address is answered with the gateway's MAC.
-    let req = ArpRepr {
-        operation: ArpOperation::Request,
-        source_hardware_addr: GUEST_MAC,
-        source_protocol_addr: guest,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: dns,
-    };
-    let mut a = vec![0u8; 28];
-    req.emit(&mut ArpPacket::new_unchecked(&mut a[..]));
     let mut out = Actions::default();
-    s.ingress(
-        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
-        Instant::ZERO,
-        &mut out,
-    );
+    s.ingress(&arp_request(guest, dns), Instant::ZERO, &mut out);
     let f = EthernetFrame::new_checked(&out.frames[0][..]).unwrap();
     let r = ArpRepr::parse(&ArpPacket::new_checked(f.payload()).unwrap()).unwrap();
     assert_eq!(r.source_protocol_addr, dns);
@@ -1913,10 +1901,6 @@ fn a_separate_dns_address_serves_dns_and_nothing_else() {
         c.guest_ip = guest;
     });
     let mut out = Actions::default();
-    s.ingress(
-        &eth(EthernetAddress::BROADCAST, EtherType::Arp, &a),
-        Instant::ZERO,
-        &mut out,
-    );
+    s.ingress(&arp_request(guest, dns), Instant::ZERO, &mut out);
     assert!(out.frames.is_empty());
 }
