@@ -103,6 +103,9 @@ pub struct Config {
     /// at /dev/null and stderr at this file (or /dev/null), as a daemon
     /// does: whoever started uipd may wait for them to close.
     pub detach_stdio: Option<Option<PathBuf>>,
+    /// End when this file (a namespace's) no longer exists (pasta quits
+    /// when the namespace it serves is deleted, or its process exits).
+    pub watch_netns: Option<PathBuf>,
 }
 
 /// Start-up errors.
@@ -510,6 +513,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         control,
         api,
         exit_fd: cfg.exit_fd,
+        watch_netns: cfg.watch_netns.clone(),
     };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
@@ -531,6 +535,8 @@ struct Publish {
     api: Option<crate::compat::slirp4netns::Api>,
     /// Exit when this fd is readable or closed (slirp4netns's `-e`).
     exit_fd: Option<std::os::fd::RawFd>,
+    /// Exit when this file is gone (pasta's namespace file).
+    watch_netns: Option<PathBuf>,
 }
 
 impl Publish {
@@ -958,6 +964,12 @@ fn control_loop(
             .is_some_and(crate::compat::slirp4netns::exit_requested)
         {
             log::info!("the exit fd is readable or closed: stopping");
+            break 0;
+        }
+        if let Some(p) = &publish.watch_netns
+            && !p.exists()
+        {
+            log::info!("{} is gone: stopping", p.display());
             break 0;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -115,3 +115,75 @@ fn rootlesskit_runs_uipd_as_slirp4netns() {
     );
     o.pass();
 }
+
+/// `pasta [OPTIONS] PID`, as podman's pasta network mode starts it: uipd
+/// joins the process's namespace, configures `eth0` (`--config-net`),
+/// goes to the background (the parent exits 0 with the serving PID in the
+/// `-P` file) and publishes `-t` ports; the namespace reaches the host's
+/// loopback through the gateway. When the namespace's process exits,
+/// uipd quits by itself.
+#[test]
+fn pasta_backgrounds_serves_a_pid_and_quits_with_it() {
+    if skip_unless_uipd("pasta_backgrounds_serves_a_pid_and_quits_with_it") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_pid");
+    let up = random_file(&sc.dir().join("up.bin"), 16 * MIB);
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    let dir = sc.dir().display().to_string();
+    sc.timeout(90).server("http", 8000, &["--dir", &dir]);
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"\n\
+         for _ in $(seq 100); do ip -o -4 addr show eth0 2>/dev/null | grep -q inet && break; sleep 0.1; done\n\
+         ip -o -4 addr show eth0 | awk '{print \"RESULT addr ip=\" $4}'\n\
+         busybox wget -q -O \"$D/got-up.bin\" http://192.168.33.1:8000/up.bin\n\
+         echo \"RESULT ns_get sha=$(sha256sum <\"$D/got-up.bin\" | cut -d' ' -f1)\"\n\
+         busybox httpd -f -p 80 -h \"$D\" & H=$!\n\
+         touch \"$D/ns.ready\"\n\
+         for _ in $(seq 600); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H\n",
+    )
+    .expect("ns.sh");
+    sc.invocation(
+        "unshare --net sh \"$D/ns.sh\" \"$D\" >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         timeout -k 2 20 $UIPD pasta --config-net -t 127.0.0.1/18081:80 -P \"$D/pasta.pid\" $NS \
+           >\"$D/pasta.out\" 2>\"$D/uipd.err\" </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         kill -0 \"$P\" 2>/dev/null && echo \"RESULT serving alive=1\" >>\"$D/client.out\"\n\
+         for _ in $(seq 300); do [ -e \"$D/ns.ready\" ] && break; sleep 0.1; done\n\
+         busybox wget -q -O \"$D/got-down.bin\" http://127.0.0.1:18081/down.bin\n\
+         echo \"RESULT host_get sha=$(sha256sum <\"$D/got-down.bin\" | cut -d' ' -f1)\" >>\"$D/client.out\"\n\
+         touch \"$D/done\"\n\
+         wait $NS\n\
+         gone=0; for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || { gone=1; break; }; sleep 0.1; done\n\
+         echo \"RESULT after gone=$gone\" >>\"$D/client.out\"\n\
+         [ $gone = 1 ] || kill \"$P\" 2>/dev/null\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+    );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    o.check(
+        o.value("serving", "alive") == "1",
+        "the PID file names the serving process",
+    );
+    o.check(o.value("addr", "ip") == "192.168.33.15/24", "--config-net");
+    o.check(
+        o.value("ns_get", "sha") == up,
+        "the namespace's download through the gateway differs",
+    );
+    o.check(
+        o.value("host_get", "sha") == down,
+        "the download through -t 127.0.0.1/18081:80 differs",
+    );
+    o.check(
+        o.value("after", "gone") == "1",
+        "uipd quits when the namespace's process exits",
+    );
+    o.pass();
+}

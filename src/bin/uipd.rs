@@ -447,7 +447,7 @@ fn passt_main(args: &[OsString]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let workers = uipd::dataplane::cpus::usable_cpus().len();
-    let mut inv = match a.invocation(workers) {
+    let inv = match a.invocation(workers) {
         Ok(i) => i,
         Err(e) => {
             eprintln!("passt (uipd): {e}");
@@ -457,41 +457,84 @@ fn passt_main(args: &[OsString]) -> ExitCode {
     if let Some(path) = &inv.socket {
         println!("UNIX domain socket bound at {}", path.display());
     }
-    if inv.background {
+    serve_daemon("passt", inv.config, inv.background, inv.pid_file.as_deref())
+}
+
+/// uipd as pasta (see [`uipd::compat::pasta`]).
+fn pasta_main(args: &[OsString]) -> ExitCode {
+    use uipd::compat::pasta::Args;
+    let argv = std::iter::once(OsString::from("pasta")).chain(args.iter().cloned());
+    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    if a.version {
+        println!(
+            "pasta (uipd {}): user-mode networking",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let workers = uipd::dataplane::cpus::usable_cpus().len();
+    let inv = match a.invocation(workers) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pasta (uipd): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Before any thread: setns(CLONE_NEWUSER) needs a single-threaded process.
+    if let Some(path) = &inv.userns
+        && let Err(e) = uipd::dataplane::netns::join_userns(path)
+    {
+        eprintln!("pasta (uipd): {}", error_chain(&e));
+        return ExitCode::from(1);
+    }
+    serve_daemon("pasta", inv.config, inv.background, inv.pid_file.as_deref())
+}
+
+/// Run a personality's daemon, in the background passt's way when asked:
+/// the parent forks before any thread and exits 0 only once the child
+/// serves, the child's PID in `pid_file` by then; else in the foreground,
+/// our own PID in `pid_file`.
+fn serve_daemon(
+    name: &str,
+    mut config: daemon::Config,
+    background: bool,
+    pid_file: Option<&std::path::Path>,
+) -> ExitCode {
+    let write_pid = |pid: String| match pid_file {
+        Some(p) => std::fs::write(p, format!("{pid}\n")).map_err(|e| {
+            eprintln!("{name} (uipd): writing the PID file {}: {e}", p.display());
+        }),
+        None => Ok(()),
+    };
+    if background {
         // Before any thread: fork(2) copies only the calling thread.
         match uipd::compat::background() {
             Ok(uipd::compat::Forked::Parent { child, ready }) => {
                 // The child says "1" once it serves; until then its errors
                 // reach our stderr. The PID file exists before we exit.
                 if !ready {
-                    eprintln!("passt (uipd): the background process did not start");
+                    eprintln!("{name} (uipd): the background process did not start");
                     return ExitCode::from(1);
                 }
-                if let Some(p) = &inv.pid_file
-                    && let Err(e) = std::fs::write(p, format!("{child}\n"))
-                {
-                    eprintln!("passt (uipd): writing the PID file {}: {e}", p.display());
-                    return ExitCode::from(1);
-                }
-                return ExitCode::SUCCESS;
+                return match write_pid(child.to_string()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(()) => ExitCode::from(1),
+                };
             }
-            Ok(uipd::compat::Forked::Child { ready_fd }) => inv.config.ready_fd = Some(ready_fd),
+            Ok(uipd::compat::Forked::Child { ready_fd }) => config.ready_fd = Some(ready_fd),
             Err(e) => {
-                eprintln!("passt (uipd): going to the background: {e}");
+                eprintln!("{name} (uipd): going to the background: {e}");
                 return ExitCode::from(1);
             }
         }
-    } else if let Some(p) = &inv.pid_file
-        && let Err(e) = std::fs::write(p, format!("{}\n", std::process::id()))
-    {
-        eprintln!("passt (uipd): writing the PID file {}: {e}", p.display());
+    } else if write_pid(std::process::id().to_string()).is_err() {
         return ExitCode::from(1);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match daemon::run(inv.config) {
+    match daemon::run(config) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
-            eprintln!("passt (uipd): {}", error_chain(&e));
+            eprintln!("{name} (uipd): {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -578,6 +621,12 @@ fn main() -> ExitCode {
     }
     if name == "passt" {
         return passt_main(&args[1..]);
+    }
+    if name == "pasta" {
+        return pasta_main(&args[1..]);
+    }
+    if args.get(1).is_some_and(|a| a == "pasta") {
+        return pasta_main(&args[2..]);
     }
     if args.get(1).is_some_and(|a| a == "passt") {
         return passt_main(&args[2..]);
@@ -776,6 +825,7 @@ fn main() -> ExitCode {
         outbound: (None, None),
         one_off: false,
         detach_stdio: None,
+        watch_netns: None,
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),

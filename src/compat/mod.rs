@@ -5,6 +5,8 @@
 //! ```text
 //!  argv[0] = slirp4netns, or `uipd slirp4netns ARGS` ─► slirp4netns::Args
 //!      ─► daemon::Config (Frontend::Attach, slirp4netns's addressing) + ready/exit fds + API socket
+//!  argv[0] = pasta, or `uipd pasta ARGS` ─► pasta::Args
+//!      ─► daemon::Config (Frontend::Attach or Spawn) + fork/pid file, quits with the namespace
 //!  argv[0] = passt, or `uipd passt ARGS` ─► passt::Args
 //!      ─► daemon::Config (Frontend::Stream, StreamFd or VhostUser) + fork/pid file/one-off
 //! ```
@@ -14,6 +16,7 @@
 //! without acting on are listed as such in its `--help`.
 
 pub mod passt;
+pub mod pasta;
 pub mod slirp4netns;
 
 /// Point stdin and stdout at /dev/null and stderr at `log` (appended) or

@@ -129,7 +129,8 @@ pub struct Args {
     pub version: bool,
 }
 
-fn parse_netmask(s: &str) -> Result<u8, String> {
+/// A netmask, dotted (`255.255.255.0`) or as a prefix length (`24`).
+pub fn parse_netmask(s: &str) -> Result<u8, String> {
     if let Ok(n) = s.parse::<u8>() {
         return if n <= 32 {
             Ok(n)
@@ -397,6 +398,7 @@ impl Args {
             outbound: (None, None),
             one_off: self.one_off,
             detach_stdio: background.then(|| self.log_file.clone()),
+            watch_netns: None,
         };
         Ok(Invocation {
             config,

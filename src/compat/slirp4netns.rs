@@ -219,6 +219,7 @@ impl Args {
             outbound: (self.outbound_addr, self.outbound_addr6),
             one_off: false,
             detach_stdio: None,
+            watch_netns: None,
         };
         Ok(Invocation {
             config,
