@@ -6,6 +6,8 @@ records, summary JSON, tables on stdout and PNG charts.
       one test's result (DIR/out, DIR/err, DIR/rc) appended to RAW.jsonl
   report.py bench RAW.jsonl OUT.json [--rev R --len S --runs N ...]
       medians, ratios, machine description -> OUT.json; table on stdout
+  report.py integrators RAW.jsonl OUT.json [--rev R ...]
+      the same for perf/integrators-bench.sh (podman: uipd vs slirp4netns)
   report.py affinity RAW.jsonl OUT.json [--rev R ...]
       the same for perf/affinity.sh (one row per configuration)
   report.py guest-record RAW.jsonl BACKEND RUN DIR
@@ -228,6 +230,8 @@ def cmd_bench(a):
         "summary": summary,
         "raw": rows,
     })
+    if a.cmd == "integrators":
+        integrators_doc(doc)
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
 
@@ -242,13 +246,15 @@ def cmd_bench(a):
         line += "".join(f"{fmt(r.get(b)):>12}" for b in backends)
         line += "".join(f"{fmt(r.get('uipd_over_' + o), 2):>12}" for o in others)
         print(line)
-    print("\nTCP_RR / TCP_CRR latency p50 / p99 (us)")
+    if any(r["test"] in ("TCP_RR", "TCP_CRR") for r in ratios):
+        print("\nTCP_RR / TCP_CRR latency p50 / p99 (us)")
     for r in ratios:
         if r["test"] in ("TCP_RR", "TCP_CRR"):
             print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
                 f"{fmt(r.get(b + '_p50_us')) + '/' + fmt(r.get(b + '_p99_us')):>12}"
                 for b in backends))
-    print("\nUDP_STREAM loss %")
+    if any(r["test"] == "UDP_STREAM" for r in ratios):
+        print("\nUDP_STREAM loss %")
     for r in ratios:
         if r["test"] == "UDP_STREAM":
             print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
@@ -261,6 +267,24 @@ def cmd_bench(a):
     if failed:
         print(f"\n{len(failed)} failed test(s); see 'raw' in the JSON")
     print(f"\nwritten: {a.out}")
+
+
+def integrators_doc(doc):
+    """perf/integrators-bench.sh: the same figures, podman in front."""
+    doc["kind"] = "integrators-podman"
+    for k in ("uipd-perf", "pasta"):
+        doc["versions"].pop(k, None)
+    doc["versions"]["podman"] = os.environ.get("PODMAN_VERSION")
+    doc["queues"] = "uipd: one TAP queue per CPU (at most 4); slirp4netns: 1"
+    doc["paths"] = {
+        "uipd": "podman run --network slirp4netns:allow_host_loopback=true,mtu=M with "
+                "network_cmd_path = a symlink named slirp4netns to target/release/uipd; "
+                "container -> 10.0.2.2 -> 127.0.0.1",
+        "slirp4netns": "the same, the symlink to /usr/bin/slirp4netns",
+    }
+    doc["metrics"]["backend_cpu_s"] = ("utime+stime of the backend process, all threads, "
+                                       "sampled every 0.2 s until the container exits "
+                                       "(covers setup + one test)")
 
 
 def cmd_affinity(a):
@@ -736,7 +760,7 @@ def main():
     g = sub.add_parser("guest-record")
     for name in ("raw", "backend", "run", "dir"):
         g.add_argument(name)
-    for name in ("bench", "affinity", "guest"):
+    for name in ("bench", "integrators", "affinity", "guest"):
         s = sub.add_parser(name)
         s.add_argument("raw")
         s.add_argument("out")
@@ -755,7 +779,7 @@ def main():
     c.add_argument("json")
     c.add_argument("png")
     a = p.parse_args()
-    {"record": cmd_record, "bench": cmd_bench, "affinity": cmd_affinity,
+    {"record": cmd_record, "bench": cmd_bench, "integrators": cmd_bench, "affinity": cmd_affinity,
      "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest}[a.cmd](a)
 
 

@@ -6,13 +6,16 @@
 # Packages: the end-to-end tests drive uipd with busybox applets, python3,
 # iperf3 and iproute2 inside network namespaces (util-linux: unshare, nsenter;
 # ethtool: the IPv6 test that turns the namespace's TSO off);
-# slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis.
+# slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis;
+# podman (with crun and conmon) runs containers on uipd as its slirp4netns
+# (tests/integrators_podman.rs, perf/integrators-bench.sh).
 # No cargo build here: `cargo test` builds what it tests (scripts/test.sh).
 set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
 	procps coreutils ca-certificates ethtool rootlesskit uidmap
+	podman crun conmon
 )
 
 if [ "$(id -u)" != 0 ]; then

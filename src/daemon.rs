@@ -65,6 +65,8 @@ pub struct Config {
     pub ifname: String,
     /// Configure address, route and resolv.conf in the namespace.
     pub config_net: bool,
+    /// Attach: bring the target namespace's `lo` up too (slirp4netns `-c`).
+    pub loopback_up: bool,
     /// Resolvers given on the command line (else resolv.conf's).
     pub resolvers: Vec<SocketAddr>,
     /// Print counters at exit.
@@ -559,6 +561,7 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
         guest_mac: cfg.guest_mac,
         queues: cfg.workers.max(1),
         vnet_hdr: cfg.stack.offload.vnet_hdr,
+        loopback: cfg.loopback_up,
     };
     let (taps, mut child) = match &cfg.frontend {
         Frontend::Spawn(argv) => {

@@ -684,6 +684,32 @@ fn attach_creates_the_tap_in_a_named_netns() {
     assert!(!out.status.success(), "TAP outlived its fd");
 }
 
+/// `lo` of an attached namespace: left down unless `loopback` (slirp4netns
+/// `-c` brings it up, and podman's containers have no other way to get it).
+#[test]
+fn attach_brings_lo_up_only_when_asked() {
+    if !can_run() {
+        return;
+    }
+    let lo_up = |ns: &NamedNetns| {
+        let out = ns.exec(&["ip", "-o", "link", "show", "lo"]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).contains(",UP")
+    };
+    for loopback in [false, true] {
+        let ns = NamedNetns::new(if loopback { "lo1" } else { "lo0" });
+        assert!(!lo_up(&ns), "a new namespace's lo is down");
+        let cfg = NetConfig {
+            ifname: "uipdt0".into(),
+            loopback,
+            ..NetConfig::default()
+        };
+        let tap = netns::attach(&ns.path(), &cfg).expect("attach");
+        assert_eq!(lo_up(&ns), loopback, "loopback: {loopback}");
+        drop(tap);
+    }
+}
+
 #[test]
 fn attach_queues_opens_every_queue_in_a_named_netns() {
     if !can_run() {

@@ -808,6 +808,7 @@ fn main() -> ExitCode {
         frontend,
         ifname: cli.ifname,
         config_net: !cli.no_config_net,
+        loopback_up: false,
         resolvers: cli.resolver,
         stats: cli.stats,
         cpus,

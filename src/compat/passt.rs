@@ -399,6 +399,7 @@ impl Args {
             one_off: self.one_off,
             detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: None,
+            loopback_up: false,
         };
         Ok(Invocation {
             config,

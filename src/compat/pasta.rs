@@ -263,6 +263,8 @@ impl Args {
             one_off: false,
             detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: watch,
+            // pasta brings the namespace's lo up, as slirp4netns -c does.
+            loopback_up: true,
         };
         Ok(Invocation {
             config,

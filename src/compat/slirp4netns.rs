@@ -8,8 +8,9 @@
 //! - TAPNAME (default `tap0`) is created in it, or attached when it exists
 //!   (rootlesskit makes a persistent single-queue `tap0` itself; uipd then
 //!   serves it with one worker).
-//! - `-c/--configure` brings the TAP up with the guest address (network
-//!   base + 100/24 by default, 10.0.2.100), the default route via base + 2;
+//! - `-c/--configure` brings `lo` up, and the TAP with the guest address
+//!   (network base + 100/24 by default, 10.0.2.100), the default route via
+//!   base + 2;
 //!   without it the caller configures the namespace (rootlesskit does).
 //!   DNS is base + 3; with `--enable-ipv6` the guest link also has fd00::/64
 //!   with gateway ::2 and DNS ::3.
@@ -202,6 +203,9 @@ impl Args {
             frontend: Frontend::Attach(target),
             ifname: self.tapname.clone(),
             config_net: self.configure,
+            // slirp4netns's configure_network() brings `lo` up first; podman
+            // counts on it (the container's `lo` is down otherwise).
+            loopback_up: self.configure,
             resolvers: Vec::new(),
             stats: false,
             cpus: Vec::new(),
@@ -566,6 +570,7 @@ mod tests {
         assert!(a.disable_host_loopback);
         assert_eq!(a.target.as_deref(), Some("20160"));
         let inv = a.invocation(2).unwrap();
+        assert!(!inv.config.loopback_up, "without -c the caller sets up lo");
         assert!(matches!(&inv.config.frontend, Frontend::Attach(t) if t == "20160"));
         assert_eq!(inv.config.ifname, "tap0");
         assert!(!inv.config.stack.host_loopback);
@@ -582,6 +587,10 @@ mod tests {
         assert!(a.configure && a.enable_ipv6 && a.enable_sandbox && a.enable_seccomp);
         assert_eq!((a.ready_fd, a.exit_fd), (Some(3), Some(4)));
         let inv = a.invocation(2).unwrap();
+        assert!(
+            inv.config.loopback_up,
+            "-c brings lo up, as slirp4netns does"
+        );
         assert!(matches!(
             &inv.config.frontend,
             Frontend::Attach(t) if t == "/run/user/1000/netns/netns-1234"
@@ -591,6 +600,33 @@ mod tests {
             "fd00::2".parse::<std::net::Ipv6Addr>().unwrap()
         );
         assert_eq!(inv.config.stack.dns6, Some("fd00::3".parse().unwrap()));
+        // podman 4.3 as root, as seen (tests/integrators_podman.rs):
+        // `--network slirp4netns:allow_host_loopback=true`, then
+        // `--network slirp4netns:port_handler=slirp4netns` (after a `--help`
+        // that podman greps for the flags).
+        let a = parse(
+            "--mtu=65520 --enable-sandbox --enable-seccomp --enable-ipv6 -c -e 3 -r 4 \
+             --netns-type=path /run/netns/netns-4c859acc-a013-add9-5eb4-1ec80e43411d tap0",
+        )
+        .unwrap();
+        let inv = a.invocation(2).unwrap();
+        assert!(inv.config.stack.host_loopback && inv.config.config_net);
+        assert_eq!(
+            (inv.config.exit_fd, inv.config.ready_fd),
+            (Some(3), Some(4))
+        );
+        let a = parse(
+            "--disable-host-loopback --mtu=65520 --enable-sandbox --enable-seccomp --enable-ipv6 \
+             -c -e 3 -r 4 --api-socket /tmp/pm/tmp/d62750a35ba5.net \
+             --netns-type=path /run/netns/netns-1ca2697a-2e0c-e895-9e27-b974d80beaf4 tap0",
+        )
+        .unwrap();
+        let inv = a.invocation(2).unwrap();
+        assert!(!inv.config.stack.host_loopback);
+        assert_eq!(
+            inv.config.api_socket.as_deref(),
+            Some(Path::new("/tmp/pm/tmp/d62750a35ba5.net"))
+        );
         // --cidr, --macaddress, --disable-dns, --userns-path, TAPNAME default.
         let a = parse(
             "--cidr 10.99.0.0/24 --macaddress 02:00:00:00:00:99 --disable-dns \

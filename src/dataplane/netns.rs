@@ -136,6 +136,10 @@ pub struct NetConfig {
     /// Open every queue with `IFF_VNET_HDR`: frames on the fds carry a virtio-net
     /// header (10 bytes, the kernel's default size) before the Ethernet header.
     pub vnet_hdr: bool,
+    /// [`attach`]: bring the target's `lo` up as well (slirp4netns `-c`
+    /// does, and podman relies on it: nothing else brings a container's
+    /// `lo` up). [`spawn`] always does: its namespace is new.
+    pub loopback: bool,
 }
 
 impl Default for NetConfig {
@@ -152,6 +156,7 @@ impl Default for NetConfig {
             guest_mac: None,
             queues: 1,
             vnet_hdr: false,
+            loopback: false,
         }
     }
 }
@@ -356,6 +361,8 @@ impl NetConfig {
                 "0" => false,
                 v => return Err(err("vnet_hdr flag", v)),
             },
+            // The helper's namespace is new: it always brings `lo` up.
+            loopback: true,
         };
         Ok(cfg)
     }
@@ -1585,8 +1592,9 @@ pub fn netns_path(target: &str) -> PathBuf {
 ///
 /// Only the calling thread enters the target (`setns`), creates the TAP, gives it its
 /// MAC and MTU, brings it up and, if `cfg.configure`, assigns the address and default
-/// route; it then returns to its own namespace. `lo` and `/etc/resolv.conf` of the
-/// target are left alone. Other threads are never affected.
+/// route, and brings `lo` up if `cfg.loopback`; it then returns to its own
+/// namespace. The target's `/etc/resolv.conf` is left alone (and `lo` unless
+/// asked). Other threads are never affected.
 ///
 /// Returns queue 0 only: with `cfg.queues > 1` the TAP is created multiqueue and the
 /// other queues are closed again (use [`attach_queues`] to keep them).
@@ -1665,7 +1673,7 @@ pub fn attach_queues(target: &str, cfg: &NetConfig) -> Result<Vec<Tap>, NetnsErr
     };
     let result = opened.map_err(NetnsError::from).and_then(|taps| {
         if let Some(tap) = taps.first() {
-            configure_link(cfg, tap, false)?;
+            configure_link(cfg, tap, cfg.loopback)?;
         }
         Ok(taps)
     });
