@@ -6,13 +6,16 @@
 # Packages: the end-to-end tests drive uipd with busybox applets, python3,
 # iperf3 and iproute2 inside network namespaces (util-linux: unshare, nsenter;
 # ethtool: the IPv6 test that turns the namespace's TSO off);
-# slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis.
+# slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis;
+# libvirt runs uipd as its passt (tests/integrators_libvirt.rs, with
+# scripts/libvirt-passt.sh where the system's libvirt has passt disabled).
 # No cargo build here: `cargo test` builds what it tests (scripts/test.sh).
 set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
 	procps coreutils ca-certificates ethtool rootlesskit uidmap
+	libvirt-daemon-system libvirt-clients
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -57,6 +60,12 @@ fi
 # (tests/common/guest.rs); a cache under target/ (or $UIPD_GUEST_ASSETS).
 if [ "$(id -u)" = 0 ]; then
 	bash "$(dirname "$0")/guest-assets.sh" || echo "setup.sh: warning: guest assets not ready (QEMU tests will fail)" >&2
+fi
+
+# A libvirt with the passt backend (Debian 12's has it disabled), unpacked
+# under target/ (or $UIPD_LIBVIRT_ROOT), never installed.
+if [ "$(id -u)" = 0 ]; then
+	bash "$(dirname "$0")/libvirt-passt.sh" || echo "setup.sh: warning: no libvirt with passt (the libvirt test will fail)" >&2
 fi
 
 # Sanity checks the tests rely on.
