@@ -8,14 +8,17 @@
 # ethtool: the IPv6 test that turns the namespace's TSO off);
 # slirp4netns is the stand-in/peer backend; tcpdump is for diagnosis;
 # podman (with crun and conmon) runs containers on uipd as its slirp4netns
-# (tests/integrators_podman.rs, perf/integrators-bench.sh).
+# (tests/integrators_podman.rs, perf/integrators-bench.sh); rootlesskit and
+# uidmap for tests/integrators.rs; libvirt runs uipd as its passt
+# (tests/integrators_libvirt.rs, with scripts/libvirt-passt.sh where the
+# system's libvirt has passt disabled).
 # No cargo build here: `cargo test` builds what it tests (scripts/test.sh).
 set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
 	procps coreutils ca-certificates ethtool rootlesskit uidmap
-	podman crun conmon
+	podman crun conmon libvirt-daemon-system libvirt-clients
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -60,6 +63,12 @@ fi
 # (tests/common/guest.rs); a cache under target/ (or $UIPD_GUEST_ASSETS).
 if [ "$(id -u)" = 0 ]; then
 	bash "$(dirname "$0")/guest-assets.sh" || echo "setup.sh: warning: guest assets not ready (QEMU tests will fail)" >&2
+fi
+
+# A libvirt with the passt backend (Debian 12's has it disabled), unpacked
+# under target/ (or $UIPD_LIBVIRT_ROOT), never installed.
+if [ "$(id -u)" = 0 ]; then
+	bash "$(dirname "$0")/libvirt-passt.sh" || echo "setup.sh: warning: no libvirt with passt (the libvirt test will fail)" >&2
 fi
 
 # Sanity checks the tests rely on.

@@ -18,7 +18,8 @@
 //!   given, `none` for none), `--dns-forward ADDR` (the address whose port
 //!   53 goes to the host's resolvers); `--no-map-gw`: the gateway is not
 //!   the host's loopback; `--map-host-loopback ADDR` must then name the
-//!   gateway (uipd maps only it). `-M/--mac-addr` is uipd's own MAC.
+//!   gateway (uipd maps only it). `-M/--mac-addr` is uipd's own MAC,
+//!   except a 52:54:00 one: libvirt 9.x passes the guest's MAC there.
 //! - `-t/-u SPEC` publish TCP/UDP ports ([`parse_ports`]).
 //! - `--print-capabilities` prints the vhost-user backend's capabilities
 //!   (`{"type": "net"}`) and exits.
@@ -84,7 +85,8 @@ pub struct Args {
     /// Accepted; use RUST_LOG=debug.
     #[arg(short = 'd', long)]
     pub debug: bool,
-    /// uipd's own MAC address toward the guest.
+    /// uipd's own MAC address toward the guest (a 52:54:00 one is taken
+    /// for the guest's, as libvirt 9.x passes it, and leaves uipd's own).
     #[arg(short = 'M', long, value_name = "MAC", value_parser = crate::addressing::parse_mac)]
     pub mac_addr: Option<[u8; 6]>,
     /// The guest's IPv4 address (DHCP offers it).
@@ -275,6 +277,21 @@ pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, Stri
     Ok(out)
 }
 
+/// The prefix QEMU and libvirt give guest NICs (52:54:00, locally administered).
+const VMM_GUEST_PREFIX: [u8; 3] = [0x52, 0x54, 0x00];
+
+/// Whether a `-M` value is the guest's MAC, not one meant for uipd.
+///
+/// passt's `-M` is the backend's own MAC, but libvirt 9.0 to 9.x passes the
+/// *guest's* MAC there (`qemuPasstStart`: `--mac-addr` with the domain's
+/// `<mac address>`, 52:54:00:xx:xx:xx unless the domain names another). A
+/// gateway with the guest's own MAC would make uipd drop every guest frame
+/// (a source equal to the gateway's MAC is a reflection) and make the guest
+/// see its own address as the peer's; so such a value keeps uipd's own MAC.
+fn is_libvirt_guest_mac(mac: [u8; 6]) -> bool {
+    mac[..3] == VMM_GUEST_PREFIX
+}
+
 /// The first `/tmp/passt_N.socket` (N from 1) that does not exist.
 pub fn default_socket() -> Result<PathBuf, String> {
     (1..=100)
@@ -372,7 +389,9 @@ impl Args {
             },
             ..stack::Config::default()
         };
-        if let Some(mac) = self.mac_addr {
+        if let Some(mac) = self.mac_addr
+            && !is_libvirt_guest_mac(mac)
+        {
             stack.gateway_mac = stack::wire::EthernetAddress(mac);
         }
         plan.apply(&mut stack);
@@ -481,10 +500,11 @@ mod tests {
 
     #[test]
     fn the_integrators_argv_lines_parse() {
-        // libvirt 9.0, <interface type='user'><backend type='passt'/> with a port forward.
+        // libvirt 11.3, <interface type='user'><backend type='passt'/> with a
+        // port forward (as tests/integrators_libvirt.rs saw it).
         let a = parse(
             "--one-off --socket /run/libvirt/qemu/passt/1-vm-net0.socket \
-             --mac-addr 52:54:00:12:34:56 --pid /run/libvirt/qemu/passt/1-vm-net0-passt.pid \
+             --pid /run/libvirt/qemu/passt/1-vm-net0-passt.pid \
              --tcp-ports 127.0.0.1/2222:22",
         )
         .unwrap();
@@ -523,6 +543,29 @@ mod tests {
         assert_eq!(s.mtu, 9000);
         assert_eq!(parse_netmask("255.255.0.0"), Ok(16));
         assert!(parse_netmask("255.0.255.0").is_err());
+    }
+
+    #[test]
+    fn libvirts_guest_mac_is_not_the_gateways() {
+        let default = stack::Config::default().gateway_mac;
+        // libvirt 9.0 (upstream; Debian 12 builds it without passt): no
+        // --pid (libvirt writes the PID file), the guest's MAC as -M.
+        let inv = parse(
+            "--one-off --socket /run/libvirt/qemu/passt/1-vm-net0.socket \
+             --mac-addr 52:54:00:12:34:56 --tcp-ports 127.0.0.1/2222:22",
+        )
+        .unwrap()
+        .invocation(1)
+        .unwrap();
+        assert_eq!(inv.config.stack.gateway_mac, default);
+        assert_ne!(default.0[..3], VMM_GUEST_PREFIX);
+        assert!(inv.pid_file.is_none() && inv.background);
+        // Any other -M is uipd's own, as passt's manual says.
+        let inv = parse("-f -M 02:00:00:00:00:07")
+            .unwrap()
+            .invocation(1)
+            .unwrap();
+        assert_eq!(inv.config.stack.gateway_mac.0, [2, 0, 0, 0, 0, 7]);
     }
 
     #[test]

@@ -360,8 +360,9 @@ impl Guest {
         s
     }
 
-    /// Builds root/ and initramfs.gz in the work directory.
-    fn build_initramfs(&self) -> PathBuf {
+    /// Builds root/ and initramfs.gz in the work directory and returns the
+    /// image's path (for a test that boots it through another launcher).
+    pub fn build_initramfs(&self) -> PathBuf {
         let dir = self.dir().to_path_buf();
         let root = dir.join("root");
         let _ = std::fs::remove_dir_all(&root);
