@@ -36,8 +36,8 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
 # The machine's own Debian archive (the first non-security URI in its apt
 # sources), for bookworm-backports.
-uri=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-	grep -hs '^deb ' /etc/apt/sources.list | awk '{print $2}') | grep -v security | head -n 1)
+uri=$( (grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources || true
+	grep -hs '^deb ' /etc/apt/sources.list || true) | awk '{print $2}' | grep -v security | head -n 1 || true)
 if [ -z "$uri" ]; then
 	echo "libvirt-passt.sh: no Debian archive in the apt sources" >&2
 	exit 1
