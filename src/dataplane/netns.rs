@@ -361,8 +361,9 @@ impl NetConfig {
                 "0" => false,
                 v => return Err(err("vnet_hdr flag", v)),
             },
-            // The helper's namespace is new: it always brings `lo` up.
-            loopback: true,
+            // Only `attach` reads it: the helper's namespace is new, and it
+            // always brings `lo` up.
+            loopback: false,
         };
         Ok(cfg)
     }
