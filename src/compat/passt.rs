@@ -17,8 +17,12 @@
 //!   or prefix length), `-g` (gateway), `-D` (DNS server the guest is
 //!   given, `none` for none), `--dns-forward ADDR` (the address whose port
 //!   53 goes to the host's resolvers); `--no-map-gw`: the gateway is not
-//!   the host's loopback; `--map-host-loopback ADDR` must then name the
-//!   gateway (uipd maps only it). `-M/--mac-addr` is uipd's own MAC,
+//!   the host's loopback; `--map-host-loopback ADDR` and
+//!   `--map-guest-addr ADDR` add an off-link address that stands for the
+//!   host's loopback (passt maps the latter to the host's own address,
+//!   which in passt is the guest's; uipd's guest has its own, so the host
+//!   is reached at its loopback, as podman's host.containers.internal
+//!   expects). `-M/--mac-addr` is uipd's own MAC,
 //!   except a 52:54:00 one: libvirt 9.x passes the guest's MAC there.
 //! - `-t/-u SPEC` publish TCP/UDP ports ([`parse_ports`]).
 //! - `--print-capabilities` prints the vhost-user backend's capabilities
@@ -110,10 +114,12 @@ pub struct Args {
     /// The gateway is not the host's loopback.
     #[arg(long)]
     pub no_map_gw: bool,
-    /// The address that is the host's loopback (uipd: only the gateway).
+    /// An address that stands for the host's loopback (besides the
+    /// gateway, unless --no-map-gw).
     #[arg(long, value_name = "ADDR")]
     pub map_host_loopback: Option<IpAddr>,
-    /// Not supported by uipd (an error).
+    /// An address that stands for the host (passt: the host's address the
+    /// guest was given; uipd: the host's loopback, as --map-host-loopback).
     #[arg(long, value_name = "ADDR")]
     pub map_guest_addr: Option<IpAddr>,
     /// MTU offered to the guest (68..65520).
@@ -316,12 +322,6 @@ pub struct Invocation {
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
-        if let Some(a) = self.map_guest_addr {
-            return Err(format!(
-                "--map-guest-addr {a}: not supported by uipd (the guest reaches the host's \
-                 loopback through the gateway)"
-            ));
-        }
         let cidr = match (self.address, self.netmask) {
             (Some(a), n) => Some((a, n.unwrap_or(24))),
             (None, Some(n)) => Some((Ipv4Addr::new(192, 168, 33, 0), n)),
@@ -349,14 +349,7 @@ impl Args {
             Layout::UIPD,
             (Ipv4Addr::new(192, 168, 33, 0), 24),
         )?;
-        if let Some(a) = self.map_host_loopback
-            && a != IpAddr::V4(plan.gateway)
-        {
-            return Err(format!(
-                "--map-host-loopback {a}: uipd maps only the gateway ({}) to the host's loopback",
-                plan.gateway
-            ));
-        }
+        let aliases = loopback_aliases(&plan, [self.map_host_loopback, self.map_guest_addr])?;
         let mut publish = Vec::new();
         for s in &self.tcp {
             publish.extend(parse_ports(s, PubProto::Tcp)?);
@@ -395,6 +388,7 @@ impl Args {
             stack.gateway_mac = stack::wire::EthernetAddress(mac);
         }
         plan.apply(&mut stack);
+        stack.loopback_aliases = aliases;
         let background = !self.foreground;
         let config = Config {
             frontend,
@@ -427,6 +421,34 @@ impl Args {
             socket,
         })
     }
+}
+
+/// The addresses of `--map-host-loopback` and `--map-guest-addr` that the
+/// stack must map to the host's loopback (the gateway needs no alias); one
+/// on the guest's own link, or not unicast, cannot stand for the host.
+pub fn loopback_aliases(plan: &Plan, given: [Option<IpAddr>; 2]) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for a in given.into_iter().flatten() {
+        if a == IpAddr::V4(plan.gateway) {
+            continue;
+        }
+        let on_link = match a {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(plan.prefix_len))
+                    .unwrap_or(0);
+                u32::from(v4) & mask == u32::from(plan.gateway) & mask
+            }
+            IpAddr::V6(v6) => v6.octets()[..8] == plan.prefix6.octets()[..8],
+        };
+        if on_link || a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+            return Err(format!(
+                "{a} cannot stand for the host: it is on the guest's link, or not a unicast address"
+            ));
+        }
+        out.push(a);
+    }
+    Ok(out)
 }
 
 /// The vhost-user backend capabilities `--print-capabilities` prints
@@ -579,16 +601,25 @@ mod tests {
             let e = parse(line).expect_err(line).to_string();
             assert!(e.contains(want), "{line}: {e}");
         }
-        let e = parse("--map-guest-addr 10.0.0.9 -f")
+        let inv = parse("--map-guest-addr 169.254.1.2 --map-host-loopback 192.168.33.1 -f")
             .unwrap()
             .invocation(1)
-            .unwrap_err();
-        assert!(e.contains("not supported"), "{e}");
-        let e = parse("--map-host-loopback 10.9.9.9 -f")
-            .unwrap()
-            .invocation(1)
-            .unwrap_err();
-        assert!(e.contains("only the gateway"), "{e}");
+            .unwrap();
+        assert_eq!(
+            inv.config.stack.loopback_aliases,
+            vec![IpAddr::V4(Ipv4Addr::new(169, 254, 1, 2))],
+            "the gateway needs no alias"
+        );
+        for bad in [
+            "--map-host-loopback 192.168.33.7",
+            "--map-guest-addr 0.0.0.0",
+        ] {
+            let e = parse(&format!("{bad} -f"))
+                .unwrap()
+                .invocation(1)
+                .unwrap_err();
+            assert!(e.contains("cannot stand for the host"), "{bad}: {e}");
+        }
         let e = parse("-D x -f").unwrap().invocation(1).unwrap_err();
         assert!(e.contains("-D 'x'"), "{e}");
     }

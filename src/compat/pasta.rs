@@ -91,6 +91,12 @@ pub struct Args {
     /// The gateway is not the host's loopback.
     #[arg(long)]
     pub no_map_gw: bool,
+    /// An address that stands for the host's loopback (see passt's).
+    #[arg(long, value_name = "ADDR")]
+    pub map_host_loopback: Option<std::net::IpAddr>,
+    /// An address that stands for the host (uipd: its loopback).
+    #[arg(long, value_name = "ADDR")]
+    pub map_guest_addr: Option<std::net::IpAddr>,
     /// Publish host TCP ports into the namespace (see passt's -t).
     #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
     pub tcp: Vec<String>,
@@ -234,6 +240,8 @@ impl Args {
             stack.gateway_mac = stack::wire::EthernetAddress(mac);
         }
         plan.apply(&mut stack);
+        stack.loopback_aliases =
+            super::passt::loopback_aliases(&plan, [self.map_host_loopback, self.map_guest_addr])?;
         let background = target.is_some() && !self.foreground;
         // Quit with the namespace: its file (a PID's is /proc/PID/ns/net,
         // gone when the process is).
@@ -320,10 +328,15 @@ mod tests {
             (inv.config.ifname.as_str(), inv.config.watch_netns.as_ref()),
             ("tap9", None)
         );
-        let inv = parse("--config-net -- sh -c true")
+        // podman 5 names host.containers.internal with --map-guest-addr.
+        let inv = parse("--config-net --map-guest-addr 169.254.1.2 -- sh -c true")
             .unwrap()
             .invocation(1)
             .unwrap();
+        assert_eq!(
+            inv.config.stack.loopback_aliases,
+            vec![std::net::IpAddr::V4(Ipv4Addr::new(169, 254, 1, 2))]
+        );
         assert!(matches!(&inv.config.frontend, Frontend::Spawn(c) if c.len() == 3 && c[0] == "sh"));
         assert!(!inv.background);
         let inv = parse("-a 10.1.0.9 -n 16 -g 10.1.0.1 --ns-mac-addr 02:00:00:00:00:09 1")

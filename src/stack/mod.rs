@@ -161,6 +161,12 @@ pub struct Config {
     pub dns: Option<Ipv4Addr>,
     /// The IPv6 DNS server address (RDNSS and DHCPv6 name it), as `dns`.
     pub dns6: Option<Ipv6Addr>,
+    /// More addresses (beyond the gateway) that stand for the host's
+    /// loopback, whatever `host_loopback` says (passt's and pasta's
+    /// `--map-host-loopback` and `--map-guest-addr`, e.g. podman's
+    /// host.containers.internal). They are off-link: the guest reaches them
+    /// through the gateway.
+    pub loopback_aliases: Vec<IpAddr>,
     /// DHCP lease time in seconds.
     pub lease_secs: u32,
     /// Most flows at once, in this stack. A guest served by several
@@ -221,6 +227,7 @@ impl Default for Config {
             resolvers: Vec::new(),
             dns: Some(Ipv4Addr::new(192, 168, 33, 1)),
             dns6: Some(Ipv6Addr::new(0xfd00, 0x33, 0, 0, 0, 0, 0, 1)),
+            loopback_aliases: Vec::new(),
             lease_secs: 86400,
             max_flows: 65536,
             policy: policy::Policy::default(),
@@ -1006,8 +1013,9 @@ impl Stack {
                 return Err(DropReason::Refused);
             }
         }
-        let host = if self.is_gateway(remote.ip()) {
-            if !self.cfg.host_loopback {
+        let alias = self.cfg.loopback_aliases.contains(&remote.ip());
+        let host = if self.is_gateway(remote.ip()) || alias {
+            if !self.cfg.host_loopback && !alias {
                 return Err(DropReason::Refused);
             }
             let lo = match remote {

@@ -1904,3 +1904,21 @@ fn a_separate_dns_address_serves_dns_and_nothing_else() {
     s.ingress(&arp_request(guest, dns), Instant::ZERO, &mut out);
     assert!(out.frames.is_empty());
 }
+
+#[test]
+fn loopback_aliases_stand_for_the_host_even_without_host_loopback() {
+    let alias = Ipv4Addr::new(169, 254, 1, 2);
+    let mut s = stack_with(|c| {
+        c.loopback_aliases = vec![alias.into()];
+        c.host_loopback = false;
+    });
+    let out = syn_to(&mut s, 40000, alias, 8080);
+    assert!(
+        matches!(out.ops[..], [SockOp::Open { dst, .. }] if dst == SocketAddr::from(([127, 0, 0, 1], 8080))),
+        "{:?}",
+        out.ops
+    );
+    // The gateway itself is still refused (--no-map-gw).
+    let out = syn_to(&mut s, 40001, GW, 8080);
+    assert_rst(&out, GW);
+}
