@@ -110,6 +110,39 @@ pub struct Config {
     pub watch_netns: Option<PathBuf>,
 }
 
+impl Config {
+    /// `frontend` on `stack` with `workers` unpinned workers (at most 4),
+    /// and every other option as uipd's command line leaves it: no stats,
+    /// pcap, published ports, control socket or handshake fds, the
+    /// interface `eth0`, configured. The personalities start from this.
+    pub fn with_defaults(frontend: Frontend, stack: stack::Config, workers: usize) -> Config {
+        Config {
+            frontend,
+            ifname: "eth0".into(),
+            config_net: true,
+            resolvers: Vec::new(),
+            stats: false,
+            cpus: Vec::new(),
+            workers: workers.clamp(1, 4),
+            poll_us: 50,
+            stats_json: None,
+            pcap: None,
+            stack,
+            publish: Vec::new(),
+            control: None,
+            guest_mac: None,
+            ready_fd: None,
+            exit_fd: None,
+            api_socket: None,
+            outbound: (None, None),
+            one_off: false,
+            detach_stdio: None,
+            watch_netns: None,
+            loopback_up: false,
+        }
+    }
+}
+
 /// Start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -89,6 +89,27 @@ pub struct Args {
     /// Accepted; use RUST_LOG=debug.
     #[arg(short = 'd', long)]
     pub debug: bool,
+    /// Accepted; uipd's DHCP has no search list yet.
+    #[arg(short = 'S', long, value_name = "LIST")]
+    pub search: Option<String>,
+    /// Addresses, DNS and loopback mapping.
+    #[command(flatten)]
+    pub net: AddrArgs,
+    /// Publish TCP ports: none, or PORTS (see the manual: 22, 22:23,
+    /// 22-80, 22-80:32-90, ADDR/22, ~25 exclusions, comma-separated).
+    #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
+    pub tcp: Vec<String>,
+    /// Publish UDP ports (as -t).
+    #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
+    pub udp: Vec<String>,
+    /// Print the version.
+    #[arg(long)]
+    pub version: bool,
+}
+
+/// The address options passt and pasta share.
+#[derive(Debug, clap::Args)]
+pub struct AddrArgs {
     /// uipd's own MAC address toward the guest (a 52:54:00 one is taken
     /// for the guest's, as libvirt 9.x passes it, and leaves uipd's own).
     #[arg(short = 'M', long, value_name = "MAC", value_parser = crate::addressing::parse_mac)]
@@ -108,9 +129,6 @@ pub struct Args {
     /// The address whose port 53 goes to the host's resolvers.
     #[arg(long, value_name = "ADDR")]
     pub dns_forward: Option<Ipv4Addr>,
-    /// Accepted; uipd's DHCP has no search list yet.
-    #[arg(short = 'S', long, value_name = "LIST")]
-    pub search: Option<String>,
     /// The gateway is not the host's loopback.
     #[arg(long)]
     pub no_map_gw: bool,
@@ -125,16 +143,73 @@ pub struct Args {
     /// MTU offered to the guest (68..65520).
     #[arg(short = 'm', long, value_parser = clap::value_parser!(u16).range(68..=65520))]
     pub mtu: Option<u16>,
-    /// Publish TCP ports: none, or PORTS (see the manual: 22, 22:23,
-    /// 22-80, 22-80:32-90, ADDR/22, ~25 exclusions, comma-separated).
-    #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
-    pub tcp: Vec<String>,
-    /// Publish UDP ports (as -t).
-    #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
-    pub udp: Vec<String>,
-    /// Print the version.
-    #[arg(long)]
-    pub version: bool,
+}
+
+impl AddrArgs {
+    /// A stack configuration with these addresses on uipd's layout (and
+    /// `mtu` unless `-m`), offloads as `offload` says.
+    pub fn stack(&self, mtu: u16, offload: bool) -> Result<(stack::Config, Plan), String> {
+        let cidr = match (self.address, self.netmask) {
+            (Some(a), n) => Some(crate::addressing::parse_cidr4(&format!(
+                "{a}/{}",
+                n.unwrap_or(24)
+            ))?),
+            (None, Some(n)) => Some((Ipv4Addr::new(192, 168, 33, 0), n)),
+            (None, None) => None,
+        };
+        let dns = match self.dns.as_deref() {
+            None => self.dns_forward.map(Some),
+            Some("none") | Some("") => Some(None),
+            Some(d) => {
+                Some(Some(d.parse::<Ipv4Addr>().map_err(|_| {
+                    format!("-D '{d}' is not an IPv4 address or 'none'")
+                })?))
+            }
+        };
+        let plan = Plan::resolve(
+            &Request {
+                cidr,
+                gateway: self.gateway,
+                guest: self.address,
+                dns,
+                prefix6: None,
+            },
+            Layout::UIPD,
+            (Ipv4Addr::new(192, 168, 33, 0), 24),
+        )?;
+        let mut stack = stack::Config {
+            mtu: self.mtu.unwrap_or(mtu),
+            host_loopback: !self.no_map_gw,
+            offload: stack::Offload {
+                vnet_hdr: offload,
+                tso: offload,
+                tso6: offload,
+                csum: offload,
+            },
+            ..stack::Config::default()
+        };
+        if let Some(mac) = self.mac_addr
+            && !is_libvirt_guest_mac(mac)
+        {
+            stack.gateway_mac = stack::wire::EthernetAddress(mac);
+        }
+        plan.apply(&mut stack);
+        stack.loopback_aliases =
+            loopback_aliases(&plan, [self.map_host_loopback, self.map_guest_addr])?;
+        Ok((stack, plan))
+    }
+}
+
+/// Each `-t`/`-u` spec of `tcp` and `udp`, as forwards.
+pub fn publish_specs(tcp: &[String], udp: &[String]) -> Result<Vec<PublishSpec>, String> {
+    let mut publish = Vec::new();
+    for s in tcp {
+        publish.extend(parse_ports(s, PubProto::Tcp)?);
+    }
+    for s in udp {
+        publish.extend(parse_ports(s, PubProto::Udp)?);
+    }
+    Ok(publish)
 }
 
 /// A netmask, dotted (`255.255.255.0`) or as a prefix length (`24`).
@@ -322,41 +397,7 @@ pub struct Invocation {
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
-        let cidr = match (self.address, self.netmask) {
-            (Some(a), n) => Some((a, n.unwrap_or(24))),
-            (None, Some(n)) => Some((Ipv4Addr::new(192, 168, 33, 0), n)),
-            (None, None) => None,
-        };
-        let dns = match self.dns.as_deref() {
-            None => self.dns_forward.map(Some),
-            Some("none") => Some(None),
-            Some(d) => {
-                Some(Some(d.parse::<Ipv4Addr>().map_err(|_| {
-                    format!("-D '{d}' is not an IPv4 address or 'none'")
-                })?))
-            }
-        };
-        let plan = Plan::resolve(
-            &Request {
-                cidr: cidr
-                    .map(|(a, n)| crate::addressing::parse_cidr4(&format!("{a}/{n}")))
-                    .transpose()?,
-                gateway: self.gateway,
-                guest: self.address,
-                dns,
-                prefix6: None,
-            },
-            Layout::UIPD,
-            (Ipv4Addr::new(192, 168, 33, 0), 24),
-        )?;
-        let aliases = loopback_aliases(&plan, [self.map_host_loopback, self.map_guest_addr])?;
-        let mut publish = Vec::new();
-        for s in &self.tcp {
-            publish.extend(parse_ports(s, PubProto::Tcp)?);
-        }
-        for s in &self.udp {
-            publish.extend(parse_ports(s, PubProto::Udp)?);
-        }
+        let publish = publish_specs(&self.tcp, &self.udp)?;
         let socket = match (&self.socket, self.fd) {
             (_, Some(_)) => None,
             (Some(p), None) => Some(p.clone()),
@@ -370,49 +411,13 @@ impl Args {
         };
         // As uipd's own VMM frontends: vhost-user negotiates offloads with
         // the guest; the stream protocol carries bare frames.
-        let offload = self.vhost_user;
-        let mut stack = stack::Config {
-            mtu: self.mtu.unwrap_or(1500),
-            host_loopback: !self.no_map_gw,
-            offload: stack::Offload {
-                vnet_hdr: offload,
-                tso: offload,
-                tso6: offload,
-                csum: offload,
-            },
-            ..stack::Config::default()
-        };
-        if let Some(mac) = self.mac_addr
-            && !is_libvirt_guest_mac(mac)
-        {
-            stack.gateway_mac = stack::wire::EthernetAddress(mac);
-        }
-        plan.apply(&mut stack);
-        stack.loopback_aliases = aliases;
+        let (stack, _) = self.net.stack(1500, self.vhost_user)?;
         let background = !self.foreground;
         let config = Config {
-            frontend,
-            ifname: "eth0".into(),
-            config_net: false,
-            resolvers: Vec::new(),
-            stats: false,
-            cpus: Vec::new(),
-            workers: workers.clamp(1, 4),
-            poll_us: 50,
-            stats_json: None,
-            pcap: None,
-            stack,
             publish,
-            control: None,
-            guest_mac: None,
-            ready_fd: None,
-            exit_fd: None,
-            api_socket: None,
-            outbound: (None, None),
             one_off: self.one_off,
             detach_stdio: background.then(|| self.log_file.clone()),
-            watch_netns: None,
-            loopback_up: false,
+            ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
             config,

@@ -24,16 +24,12 @@
 //!   TAP's). `-q`, `-d`, `-e/--stderr`, `--trace` are accepted.
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::passt::parse_ports;
-use crate::addressing::{Layout, Plan, Request};
+use super::passt::{AddrArgs, publish_specs};
 use crate::daemon::{Config, Frontend};
-use crate::publish::PubProto;
-use crate::stack;
 
 /// The command line (pasta's options that podman and users pass).
 #[derive(Debug, Parser)]
@@ -67,36 +63,9 @@ pub struct Args {
     /// MAC address of the interface in the namespace.
     #[arg(long, value_name = "MAC", value_parser = crate::addressing::parse_mac)]
     pub ns_mac_addr: Option<[u8; 6]>,
-    /// uipd's own MAC toward the namespace.
-    #[arg(short = 'M', long, value_name = "MAC", value_parser = crate::addressing::parse_mac)]
-    pub mac_addr: Option<[u8; 6]>,
-    /// MTU of the interface (68..65520) [default: 65520].
-    #[arg(short = 'm', long, value_parser = clap::value_parser!(u16).range(68..=65520))]
-    pub mtu: Option<u16>,
-    /// The namespace's IPv4 address.
-    #[arg(short = 'a', long, value_name = "ADDR")]
-    pub address: Option<Ipv4Addr>,
-    /// Its netmask (dotted, or a prefix length).
-    #[arg(short = 'n', long, value_name = "MASK", value_parser = super::passt::parse_netmask)]
-    pub netmask: Option<u8>,
-    /// The gateway (uipd's own address).
-    #[arg(short = 'g', long, value_name = "ADDR")]
-    pub gateway: Option<Ipv4Addr>,
-    /// The DNS server the namespace is given (`none`: none).
-    #[arg(short = 'D', long, value_name = "ADDR|none")]
-    pub dns: Option<String>,
-    /// The address whose port 53 goes to the host's resolvers.
-    #[arg(long, value_name = "ADDR")]
-    pub dns_forward: Option<Ipv4Addr>,
-    /// The gateway is not the host's loopback.
-    #[arg(long)]
-    pub no_map_gw: bool,
-    /// An address that stands for the host's loopback (see passt's).
-    #[arg(long, value_name = "ADDR")]
-    pub map_host_loopback: Option<std::net::IpAddr>,
-    /// An address that stands for the host (uipd: its loopback).
-    #[arg(long, value_name = "ADDR")]
-    pub map_guest_addr: Option<std::net::IpAddr>,
+    /// Addresses, DNS and loopback mapping (as passt's).
+    #[command(flatten)]
+    pub net: AddrArgs,
     /// Publish host TCP ports into the namespace (see passt's -t).
     #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
     pub tcp: Vec<String>,
@@ -182,41 +151,7 @@ impl Args {
             (None, Some(p)) => Some(p.clone()),
             (None, None) => None,
         };
-        let dns = match self.dns.as_deref() {
-            None => self.dns_forward.map(Some),
-            Some("none") | Some("") => Some(None),
-            Some(d) => {
-                Some(Some(d.parse::<Ipv4Addr>().map_err(|_| {
-                    format!("-D '{d}' is not an IPv4 address or 'none'")
-                })?))
-            }
-        };
-        let cidr = match (self.address, self.netmask) {
-            (Some(a), n) => Some(crate::addressing::parse_cidr4(&format!(
-                "{a}/{}",
-                n.unwrap_or(24)
-            ))?),
-            (None, Some(n)) => Some((Ipv4Addr::new(192, 168, 33, 0), n)),
-            (None, None) => None,
-        };
-        let plan = Plan::resolve(
-            &Request {
-                cidr,
-                gateway: self.gateway,
-                guest: self.address,
-                dns,
-                prefix6: None,
-            },
-            Layout::UIPD,
-            (Ipv4Addr::new(192, 168, 33, 0), 24),
-        )?;
-        let mut publish = Vec::new();
-        for s in &self.tcp {
-            publish.extend(parse_ports(s, PubProto::Tcp)?);
-        }
-        for s in &self.udp {
-            publish.extend(parse_ports(s, PubProto::Udp)?);
-        }
+        let publish = publish_specs(&self.tcp, &self.udp)?;
         let frontend = match &target {
             Some(t) => Frontend::Attach(t.clone()),
             None if self.rest.is_empty() => {
@@ -225,23 +160,7 @@ impl Args {
             }
             None => Frontend::Spawn(self.rest.clone()),
         };
-        let mut stack = stack::Config {
-            mtu: self.mtu.unwrap_or(65520),
-            host_loopback: !self.no_map_gw,
-            offload: stack::Offload {
-                vnet_hdr: true,
-                tso: true,
-                tso6: true,
-                csum: true,
-            },
-            ..stack::Config::default()
-        };
-        if let Some(mac) = self.mac_addr {
-            stack.gateway_mac = stack::wire::EthernetAddress(mac);
-        }
-        plan.apply(&mut stack);
-        stack.loopback_aliases =
-            super::passt::loopback_aliases(&plan, [self.map_host_loopback, self.map_guest_addr])?;
+        let (stack, _) = self.net.stack(65520, true)?;
         let background = target.is_some() && !self.foreground;
         // Quit with the namespace: its file (a PID's is /proc/PID/ns/net,
         // gone when the process is).
@@ -250,29 +169,15 @@ impl Args {
             _ => None,
         };
         let config = Config {
-            frontend,
             ifname: self.ns_ifname.clone().unwrap_or_else(|| "eth0".into()),
             config_net: self.config_net,
-            resolvers: Vec::new(),
-            stats: false,
-            cpus: Vec::new(),
-            workers: workers.clamp(1, 4),
-            poll_us: 50,
-            stats_json: None,
-            pcap: None,
-            stack,
             publish,
-            control: None,
             guest_mac: self.ns_mac_addr,
-            ready_fd: None,
-            exit_fd: None,
-            api_socket: None,
-            outbound: (None, None),
-            one_off: false,
             detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: watch,
             // pasta brings the namespace's lo up, as slirp4netns -c does.
             loopback_up: true,
+            ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
             config,
@@ -285,6 +190,8 @@ impl Args {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn parse(args: &str) -> Result<Args, clap::Error> {

@@ -200,30 +200,17 @@ impl Args {
         };
         plan.apply(&mut stack);
         let config = Config {
-            frontend: Frontend::Attach(target),
             ifname: self.tapname.clone(),
             config_net: self.configure,
             // slirp4netns's configure_network() brings `lo` up first; podman
             // counts on it (the container's `lo` is down otherwise).
             loopback_up: self.configure,
-            resolvers: Vec::new(),
-            stats: false,
-            cpus: Vec::new(),
-            workers: workers.clamp(1, MAX_WORKERS),
-            poll_us: 50,
-            stats_json: None,
-            pcap: None,
-            stack,
-            publish: Vec::new(),
-            control: None,
             guest_mac: self.macaddress,
             ready_fd: self.ready_fd,
             exit_fd: self.exit_fd,
             api_socket: self.api_socket.clone(),
             outbound: (self.outbound_addr, self.outbound_addr6),
-            one_off: false,
-            detach_stdio: None,
-            watch_netns: None,
+            ..Config::with_defaults(Frontend::Attach(target), stack, workers.min(MAX_WORKERS))
         };
         Ok(Invocation {
             config,
