@@ -255,14 +255,43 @@ fn text_output_has_header_and_result() {
     assert!(st.success());
 }
 
+/// A TCP socket bound to 127.0.0.1 on a port of the kernel's choice, not
+/// listening, and that port.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new fd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits");
+    sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
+        .expect("sockaddr_in size fits");
+    // SAFETY: `sa` is a live sockaddr_in of `len` bytes, read by bind(2)
+    // and written by getsockname(2) (at most `len` bytes) during the calls.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&sa).cast(), len),
+            0
+        );
+        assert_eq!(
+            libc::getsockname(fd.as_raw_fd(), std::ptr::from_mut(&mut sa).cast(), &mut len),
+            0
+        );
+    }
+    (fd, u16::from_be(sa.sin_port))
+}
+
 #[test]
 fn closed_port_fails_fast() {
-    // Bind and drop to find a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-        .to_string();
+    // A TCP socket bound to a port but not listening keeps the port for
+    // the test (a port merely found free could be taken by a server of a
+    // test running beside this one), and connections to it are refused.
+    let (_reserved, port) = bound_not_listening();
+    let port = port.to_string();
     let o = run(
         &["-H", "127.0.0.1", "-p", &port, "-t", "TCP_RR", "-l", "1"],
         Duration::from_secs(10),
