@@ -804,11 +804,11 @@ fn main() -> ExitCode {
         Frontend::Vm(vm, _) => Frontend::Vm(vm, cli.queues.map_or(workers, usize::from)),
         f => f,
     };
+    // Everything uipd's own command line sets; the personalities' options
+    // (handshake fds, API socket, one-off, ...) stay at their defaults.
     let cfg = daemon::Config {
-        frontend,
         ifname: cli.ifname,
         config_net: !cli.no_config_net,
-        loopback_up: false,
         resolvers: cli.resolver,
         stats: cli.stats,
         cpus,
@@ -816,17 +816,10 @@ fn main() -> ExitCode {
         poll_us: cli.poll_us,
         stats_json: cli.stats_json,
         pcap: cli.pcap,
-        stack,
         publish: cli.publish,
         control: cli.control,
         guest_mac: cli.mac,
-        ready_fd: None,
-        exit_fd: None,
-        api_socket: None,
-        outbound: (None, None),
-        one_off: false,
-        detach_stdio: None,
-        watch_netns: None,
+        ..daemon::Config::with_defaults(frontend, stack, workers)
     };
     match daemon::run(cfg) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
