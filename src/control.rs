@@ -153,7 +153,8 @@ pub struct ControlError {
 /// The control socket, served from the daemon's control thread.
 pub struct Control {
     listener: UnixListener,
-    path: PathBuf,
+    /// The socket file, removed at the end (from inside the sandbox).
+    file: crate::sandbox::Anchor,
 }
 
 impl Control {
@@ -169,10 +170,8 @@ impl Control {
         }
         let listener = UnixListener::bind(path).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
-        Ok(Control {
-            listener,
-            path: path.into(),
-        })
+        let file = crate::sandbox::Anchor::new(path).map_err(err)?;
+        Ok(Control { listener, file })
     }
 
     /// Serve the clients waiting now (without blocking when there are none).
@@ -203,7 +202,7 @@ pub fn accept_waiting(listener: &UnixListener, mut serve: impl FnMut(UnixStream)
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.remove();
     }
 }
 

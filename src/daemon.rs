@@ -25,6 +25,7 @@ use crate::dataplane::pcap::{self, Pcap};
 use crate::dataplane::tap::Tap;
 use crate::dataplane::worker::{PortOut, Shared, Worker, WorkerCounters, WorkerStats};
 use crate::rings::FrameRing;
+use crate::sandbox::Anchor;
 use crate::stack::{self, Counters, Stack};
 
 /// Where the guest is.
@@ -108,6 +109,8 @@ pub struct Config {
     /// End when this file (a namespace's) no longer exists (pasta quits
     /// when the namespace it serves is deleted, or its process exits).
     pub watch_netns: Option<PathBuf>,
+    /// The sandbox entered once set-up is done ([`crate::sandbox`]).
+    pub sandbox: crate::sandbox::Options,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
             detach_stdio: None,
             watch_netns: None,
             loopback_up: false,
+            sandbox: crate::sandbox::Options::default(),
         }
     }
 }
@@ -161,6 +165,9 @@ pub enum Error {
     /// The TAP behind the VMM's NIC (`-net tap`) could not be set up.
     #[error(transparent)]
     Tap(#[from] crate::vmm::tap_net::Error),
+    /// The sandbox could not be entered.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
     /// Other I/O.
     #[error("{what}")]
     Io {
@@ -210,9 +217,10 @@ fn install_signals(stop_on_int: bool) {
 }
 
 /// Read the host's resolvers.
-pub fn host_resolvers(path: &std::path::Path) -> Vec<SocketAddr> {
-    std::fs::read_to_string(path)
-        .map(|t| stack::dns::parse_resolv_conf(&t))
+pub fn host_resolvers(resolv: &Anchor) -> Vec<SocketAddr> {
+    resolv
+        .read()
+        .map(|t| stack::dns::parse_resolv_conf(&String::from_utf8_lossy(&t)))
         .unwrap_or_default()
 }
 
@@ -318,11 +326,20 @@ impl Workers {
         ports: Vec<Port>,
     ) -> Result<Workers, Error> {
         let n = ports.len();
-        let pcap = match &cfg.pcap {
-            Some(path) => Some(Pcap::start(path, n, pcap::DEPTH).map_err(io_err(&format!(
+        let pcap_file = match &cfg.pcap {
+            Some(path) => Some(std::fs::File::create(path).map_err(io_err(&format!(
                 "creating the pcap file {}",
                 path.display()
             )))?),
+            None => None,
+        };
+        // Set-up is done: everything below runs in the sandbox, and every
+        // thread starts from here on.
+        crate::sandbox::enter(cfg.sandbox)?;
+        let pcap = match pcap_file {
+            Some(f) => {
+                Some(Pcap::start(f, n, pcap::DEPTH).map_err(io_err("starting the pcap writer"))?)
+            }
             None => None,
         };
         let mut shared = Vec::new();
@@ -421,12 +438,12 @@ impl Workers {
 
 /// The guest is served: tell whoever waits (`ready_fd`), and detach from
 /// the terminal or pipes we were started with (`detach_stdio`).
-fn ready(cfg: &Config) {
+fn ready(cfg: &Config, publish: &Publish) {
     if let Some(fd) = cfg.ready_fd {
         crate::compat::slirp4netns::signal_ready(fd);
     }
-    if let Some(log) = &cfg.detach_stdio
-        && let Err(e) = crate::compat::detach_stdio(log.as_deref())
+    if let Some(d) = &publish.detached
+        && let Err(e) = crate::compat::detach_stdio(d)
     {
         log::warn!("detaching from stdin/stdout/stderr: {e}");
     }
@@ -514,11 +531,23 @@ fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error
 /// Run the daemon; returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32, Error> {
     let resolv_path = PathBuf::from("/etc/resolv.conf");
-    let watch_resolv = cfg.resolvers.is_empty();
-    cfg.stack.resolvers = if watch_resolv {
-        host_resolvers(&resolv_path)
+    // resolv.conf is re-read when it changes: through an anchor, which
+    // works in the sandbox too.
+    let resolv = if cfg.resolvers.is_empty() {
+        match Anchor::new(&resolv_path) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::warn!("{}: {e}; not watching it", resolv_path.display());
+                None
+            }
+        }
     } else {
-        cfg.resolvers.clone()
+        None
+    };
+    cfg.stack.resolvers = match &resolv {
+        Some(a) => host_resolvers(a),
+        None if cfg.resolvers.is_empty() => Vec::new(),
+        None => cfg.resolvers.clone(),
     };
     let stack = !matches!(cfg.frontend, Frontend::VmTap { .. });
     if stack && cfg.stack.resolvers.is_empty() {
@@ -543,18 +572,39 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         ),
         None => None,
     };
+    // Files written or watched later are opened now, before the sandbox.
+    let watch_netns = match &cfg.watch_netns {
+        Some(p) => Some(Anchor::new(p).map_err(io_err(&format!("watching {}", p.display())))?),
+        None => None,
+    };
+    let detached = match &cfg.detach_stdio {
+        Some(log) => Some(
+            crate::compat::open_detached(log.as_deref())
+                .map_err(io_err("opening /dev/null and the log file"))?,
+        ),
+        None => None,
+    };
+    let stats_file = match &cfg.stats_json {
+        Some(p) => {
+            Some(std::fs::File::create(p).map_err(io_err(&format!("creating {}", p.display())))?)
+        }
+        None => None,
+    };
     let publish = Publish {
         forwards,
         control,
         api,
         exit_fd: cfg.exit_fd,
-        watch_netns: cfg.watch_netns.clone(),
+        watch_netns,
+        detached,
+        stats_file,
+        resolv,
     };
     match cfg.frontend.clone() {
-        Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, watch_resolv, publish),
-        Frontend::Stream(_) | Frontend::StreamFd(_) => run_stream(&cfg, watch_resolv, publish),
-        Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, watch_resolv, publish),
-        Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, watch_resolv, publish),
+        Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, publish),
+        Frontend::Stream(_) | Frontend::StreamFd(_) => run_stream(&cfg, publish),
+        Frontend::VhostUser(path) => run_vhost_user(&cfg, &path, publish),
+        Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, publish),
         Frontend::VmTap { vm, tap, queues } => run_vm_tap(&cfg, &vm, &tap, queues),
     }
 }
@@ -571,7 +621,14 @@ struct Publish {
     /// Exit when this fd is readable or closed (slirp4netns's `-e`).
     exit_fd: Option<std::os::fd::RawFd>,
     /// Exit when this file is gone (pasta's namespace file).
-    watch_netns: Option<PathBuf>,
+    watch_netns: Option<Anchor>,
+    /// Where the standard descriptors go once uipd serves.
+    detached: Option<crate::compat::Detached>,
+    /// `--stats-json`, written at the end.
+    stats_file: Option<std::fs::File>,
+    /// The host's resolv.conf, re-read when it changes (none when the
+    /// resolvers were given).
+    resolv: Option<Anchor>,
 }
 
 impl Publish {
@@ -582,7 +639,7 @@ impl Publish {
 }
 
 /// Namespace mode: one worker per TAP queue; the kernel steers flows.
-fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32, Error> {
+fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     let net = NetConfig {
         ifname: cfg.ifname.clone(),
         mtu: cfg.stack.mtu,
@@ -658,8 +715,8 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
-    ready(cfg);
-    let (code, stats) = control_loop(workers, publish, watch_resolv, || match child.as_mut() {
+    ready(cfg, &publish);
+    let (code, stats, stats_file) = control_loop(workers, publish, || match child.as_mut() {
         Some(c) => {
             if STOP.load(Ordering::SeqCst) {
                 // SIGTERM to uipd: pass it on, then wait for the command.
@@ -671,13 +728,13 @@ fn run_tap(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32
         None => Ok(None),
     })?;
     drop(taps);
-    report(cfg, &stats);
+    report(cfg, &stats, stats_file);
     Ok(code)
 }
 
 /// Stream mode: a reader thread steers frames to the workers' inboxes by
 /// hash; every worker writes to the shared connection.
-fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<i32, Error> {
+fn run_stream(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     use crate::dataplane::stream::{self, Source, StreamOut, StreamPort, StreamSink};
     let (source, ends) = match &cfg.frontend {
         Frontend::Stream(path) => {
@@ -728,12 +785,18 @@ fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<
     };
     let reader = std::thread::Builder::new()
         .name("uipd-stream".into())
-        .spawn(move || port.run())
+        .spawn(move || {
+            if let Err(e) = crate::sandbox::confine(crate::sandbox::Role::Stream) {
+                log::error!("{e}");
+                return;
+            }
+            port.run()
+        })
         .map_err(io_err("starting the stream reader"))?;
-    ready(cfg);
+    ready(cfg, &publish);
     let shared = workers.shared.clone();
     let inboxes = workers.inboxes.clone();
-    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
+    let (code, stats, stats_file) = control_loop(workers, publish, || {
         if disconnected.swap(false, Ordering::SeqCst) {
             shared
                 .iter()
@@ -751,7 +814,7 @@ fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<
         Ok(None)
     })?;
     stop.store(true, Ordering::SeqCst);
-    report(cfg, &stats);
+    report(cfg, &stats, stats_file);
     Ok(code)
 }
 
@@ -760,7 +823,6 @@ fn run_stream(cfg: &Config, watch_resolv: bool, mut publish: Publish) -> Result<
 fn run_vhost_user(
     cfg: &Config,
     path: &std::path::Path,
-    watch_resolv: bool,
     mut publish: Publish,
 ) -> Result<i32, Error> {
     use crate::vmm::vhost_user::Device;
@@ -769,6 +831,9 @@ fn run_vhost_user(
         "listening on the vhost-user socket {}",
         path.display()
     )))?;
+    // Removed at the end, from inside the sandbox.
+    let socket_file =
+        Anchor::new(path).map_err(io_err(&format!("anchoring {}", path.display())))?;
     install_signals(true);
     let n = cfg.workers.max(1);
     let inboxes = inboxes(n, stack::wire::vnet_hdr::HEADER_LEN + 14 + 65535)?;
@@ -781,11 +846,15 @@ fn run_vhost_user(
         let (dev, stop) = (dev.clone(), stop.clone());
         std::thread::Builder::new()
             .name("uipd-vhost".into())
-            .spawn(move || dev.serve(&listener, &stop))
+            .spawn(move || {
+                crate::sandbox::confine(crate::sandbox::Role::Vhost)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                dev.serve(&listener, &stop)
+            })
             .map_err(io_err("starting the vhost-user server"))?
     };
-    ready(cfg);
-    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
+    ready(cfg, &publish);
+    let (code, stats, stats_file) = control_loop(workers, publish, || {
         if server.is_finished() {
             log::error!("the vhost-user server stopped");
             return Ok(Some(1));
@@ -796,7 +865,7 @@ fn run_vhost_user(
     if server.join().is_err() {
         log::error!("the vhost-user server panicked");
     }
-    let _ = std::fs::remove_file(path);
+    let _ = socket_file.remove();
     let c = &dev.counters;
     log::info!(
         "vhost-user: tx_frames {} tx_drops {} ring_full {} broken_queues {} interrupts {}",
@@ -806,7 +875,7 @@ fn run_vhost_user(
         c.broken_queues.load(Ordering::Relaxed),
         c.interrupts.load(Ordering::Relaxed)
     );
-    report(cfg, &stats);
+    report(cfg, &stats, stats_file);
     Ok(code)
 }
 
@@ -817,7 +886,6 @@ fn run_vm(
     cfg: &Config,
     vm: &crate::vmm::VmConfig,
     queues: usize,
-    watch_resolv: bool,
     mut publish: Publish,
 ) -> Result<i32, Error> {
     use crate::vmm::virtio_net::OfferedOffloads;
@@ -844,11 +912,15 @@ fn run_vm(
     let stopper = machine.stopper()?;
     let vm_thread = std::thread::Builder::new()
         .name("uipd-vmm".into())
-        .spawn(move || machine.run())
+        .spawn(move || {
+            crate::sandbox::confine(crate::sandbox::Role::Vmm)
+                .map_err(|e| crate::vmm::Error::Sandbox(e.to_string()))?;
+            machine.run()
+        })
         .map_err(io_err("starting the VMM"))?;
     let mut vm_thread = Some(vm_thread);
     let mut vm_result: Option<Result<crate::vmm::Exit, crate::vmm::Error>> = None;
-    let (code, stats) = control_loop(workers, publish, watch_resolv, || {
+    let (code, stats, stats_file) = control_loop(workers, publish, || {
         if vm_thread.as_ref().is_some_and(|t| t.is_finished()) {
             let r = vm_thread.take().map(|t| t.join()).and_then(Result::ok);
             let code = match &r {
@@ -874,7 +946,7 @@ fn run_vm(
     }
     drop(vm_result);
     log::info!("virtio-net: {}", core.counters.summary());
-    report(cfg, &stats);
+    report(cfg, &stats, stats_file);
     Ok(code)
 }
 
@@ -906,11 +978,17 @@ fn run_vm_tap(
     let core = NetCore::new(machine.mem().clone(), queues, inboxes.clone(), offloads)
         .map_err(io_err("creating the virtio-net device"))?;
     machine.add_net(core.clone(), cfg.stack.mtu)?;
-    let net = TapNet::start(core.clone(), taps, &inboxes)?;
     let stopper = machine.stopper()?;
+    // Set-up is done: the queue threads and the VMM start in the sandbox.
+    crate::sandbox::enter(cfg.sandbox)?;
+    let net = TapNet::start(core.clone(), taps, &inboxes)?;
     let vm_thread = std::thread::Builder::new()
         .name("uipd-vmm".into())
-        .spawn(move || machine.run());
+        .spawn(move || {
+            crate::sandbox::confine(crate::sandbox::Role::Vmm)
+                .map_err(|e| crate::vmm::Error::Sandbox(e.to_string()))?;
+            machine.run()
+        });
     let vm_thread = match vm_thread {
         Ok(t) => t,
         Err(e) => {
@@ -918,6 +996,11 @@ fn run_vm_tap(
             return Err(io_err("starting the VMM")(e));
         }
     };
+    if let Err(e) = crate::sandbox::confine(crate::sandbox::Role::Control) {
+        let _ = stopper.write(1);
+        net.stop();
+        return Err(e.into());
+    }
     // Bounded by the guest: it ends, or a signal ends it.
     let mut stopping = false;
     while !vm_thread.is_finished() {
@@ -958,11 +1041,11 @@ fn run_vm_tap(
 fn control_loop(
     workers: Workers,
     mut publish: Publish,
-    watch_resolv: bool,
     mut frontend: impl FnMut() -> Result<Option<i32>, Error>,
-) -> Result<(i32, Vec<WorkerStats>), Error> {
-    let resolv_path = PathBuf::from("/etc/resolv.conf");
-    let mut resolv_mtime = mtime(&resolv_path);
+) -> Result<(i32, Vec<WorkerStats>, Option<std::fs::File>), Error> {
+    // Every thread has started: the main thread is held to its own list.
+    crate::sandbox::confine(crate::sandbox::Role::Control)?;
+    let mut resolv_version = publish.resolv.as_ref().and_then(Anchor::version);
     let mut last_check = std::time::Instant::now();
     let code = loop {
         if let Some(code) = frontend()? {
@@ -978,12 +1061,14 @@ fn control_loop(
         if DUMP.swap(false, Ordering::SeqCst) {
             eprint!("{}", render_stats(&workers.snapshot()));
         }
-        if watch_resolv && last_check.elapsed() >= Duration::from_secs(1) {
+        if let Some(resolv) = &publish.resolv
+            && last_check.elapsed() >= Duration::from_secs(1)
+        {
             last_check = std::time::Instant::now();
-            let m = mtime(&resolv_path);
-            if m != resolv_mtime {
-                resolv_mtime = m;
-                let list = host_resolvers(&resolv_path);
+            let v = resolv.version();
+            if v != resolv_version {
+                resolv_version = v;
+                let list = host_resolvers(resolv);
                 workers.each(|s| {
                     *s.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
                 });
@@ -1005,29 +1090,26 @@ fn control_loop(
         if let Some(p) = &publish.watch_netns
             && !p.exists()
         {
-            log::info!("{} is gone: stopping", p.display());
+            log::info!("{} is gone: stopping", p.path().display());
             break 0;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Ok((code, workers.stop()))
+    Ok((code, workers.stop(), publish.stats_file.take()))
 }
 
 /// Final stats: to stderr with `--stats`, to a file with `--stats-json`.
-fn report(cfg: &Config, stats: &[WorkerStats]) {
+fn report(cfg: &Config, stats: &[WorkerStats], file: Option<std::fs::File>) {
     if cfg.stats {
         eprint!("{}", render_stats(stats));
     }
-    if let Some(path) = &cfg.stats_json {
+    if let (Some(mut f), Some(path)) = (file, &cfg.stats_json) {
+        use std::io::Write;
         let doc = stats_json(stats);
-        if let Err(e) = std::fs::write(path, format!("{doc:#}\n")) {
+        if let Err(e) = f.write_all(format!("{doc:#}\n").as_bytes()) {
             log::error!("writing {}: {e}", path.display());
         }
     }
-}
-
-fn mtime(p: &std::path::Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 fn random_seed() -> u64 {

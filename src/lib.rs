@@ -64,5 +64,6 @@ pub mod dataplane;
 pub mod publish;
 pub mod ratelimit;
 pub mod rings;
+pub mod sandbox;
 pub mod stack;
 pub mod vmm;

@@ -204,6 +204,18 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<std::path::PathBuf>,
 
+    /// Run without the sandbox. By default, once set up, uipd gives up
+    /// every capability, sees only an empty read-only root, and holds each
+    /// thread to a seccomp allow-list of the calls its role makes.
+    #[arg(long)]
+    no_sandbox: bool,
+
+    /// A system call outside the sandbox's lists is logged (call and
+    /// thread named) before the process ends of SIGSYS, instead of the
+    /// kernel killing it silently. Always on in debug builds.
+    #[arg(long, conflicts_with = "no_sandbox")]
+    seccomp_log: bool,
+
     /// Write every frame between the guest and uipd to FILE, in pcap format
     /// (nanosecond timestamps, Ethernet) for tcpdump -r or Wireshark. Frames
     /// the writer cannot keep up with are left out and counted (pcap_drops).
@@ -409,11 +421,6 @@ fn slirp4netns_main(args: &[OsString]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if a.enable_sandbox || a.enable_seccomp {
-        log::info!(
-            "--enable-sandbox/--enable-seccomp: accepted; uipd has no sandbox of its own yet"
-        );
-    }
     // Before any thread: setns(CLONE_NEWUSER) needs a single-threaded process.
     if let Some(path) = &inv.userns
         && let Err(e) = uipd::dataplane::netns::join_userns(path)
@@ -819,6 +826,10 @@ fn main() -> ExitCode {
         publish: cli.publish,
         control: cli.control,
         guest_mac: cli.mac,
+        sandbox: uipd::sandbox::Options {
+            enabled: !cli.no_sandbox,
+            log: cli.seccomp_log,
+        },
         ..daemon::Config::with_defaults(frontend, stack, workers)
     };
     match daemon::run(cfg) {

@@ -19,11 +19,10 @@ pub mod passt;
 pub mod pasta;
 pub mod slirp4netns;
 
-/// Point stdin and stdout at /dev/null and stderr at `log` (appended) or
-/// /dev/null: what a daemon does once it is set up, so that a parent that
-/// reads our output (libvirt, a shell's `$(...)`) sees it end.
-pub fn detach_stdio(log: Option<&std::path::Path>) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+/// Open what [`detach_stdio`] points the standard descriptors at:
+/// /dev/null, and `log` (appended) or /dev/null for stderr. Opened at
+/// start, before the sandbox hides the file system.
+pub fn open_detached(log: Option<&std::path::Path>) -> std::io::Result<Detached> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -35,7 +34,24 @@ pub fn detach_stdio(log: Option<&std::path::Path>) -> std::io::Result<()> {
             .open(p)?,
         None => null.try_clone()?,
     };
-    for (from, to) in [(&null, 0), (&null, 1), (&err, 2)] {
+    Ok(Detached { null, err })
+}
+
+/// What the standard descriptors become once uipd serves: opened by
+/// [`open_detached`] before the sandbox, applied by [`detach_stdio`].
+#[derive(Debug)]
+pub struct Detached {
+    null: std::fs::File,
+    err: std::fs::File,
+}
+
+/// Point stdin and stdout at /dev/null and stderr at the log (or
+/// /dev/null), as [`open_detached`] prepared them: what a daemon does once
+/// it is set up, so that a parent that reads our output (libvirt, a
+/// shell's `$(...)`) sees it end.
+pub fn detach_stdio(d: &Detached) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    for (from, to) in [(&d.null, 0), (&d.null, 1), (&d.err, 2)] {
         // SAFETY: dup2(2) on two open descriptors: `from` lives across the
         // call and `to` is one of the standard ones, which it replaces.
         if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {

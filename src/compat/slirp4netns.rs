@@ -18,8 +18,10 @@
 //!   closed. `-e FD`: uipd exits when FD becomes readable or is closed.
 //! - `-a/--api-socket PATH`: a UNIX socket taking one JSON request per
 //!   connection ([`Api`]): `add_hostfwd`, `list_hostfwd`, `remove_hostfwd`.
-//! - `--enable-sandbox` and `--enable-seccomp` are accepted; uipd has no
-//!   sandbox of its own yet, so they change nothing (said once at start).
+//! - `--enable-sandbox` and `--enable-seccomp` ask for what uipd always
+//!   does ([`crate::sandbox`]: empty read-only root, no capabilities, a
+//!   seccomp list per thread), so they change nothing; without them uipd
+//!   is sandboxed all the same, as passt always is.
 //!
 //! Everything else is the namespace frontend (`--netns`) with slirp4netns's
 //! addresses: the gateway (10.0.2.2) is the host's loopback unless
@@ -58,8 +60,9 @@ const MAX_WORKERS: usize = 4;
     about = "uipd as slirp4netns: user-mode networking for a network namespace",
     long_about = "uipd as slirp4netns: user-mode networking for a network namespace.\n\n\
         Usage: slirp4netns [OPTIONS] PID|PATH [TAPNAME]\n\n\
-        --enable-sandbox and --enable-seccomp are accepted and do nothing yet \
-        (uipd has no sandbox of its own so far).",
+        uipd always runs sandboxed (empty read-only root, no capabilities, \
+        per-thread seccomp lists): --enable-sandbox and --enable-seccomp are \
+        accepted and change nothing.",
     disable_version_flag = true
 )]
 pub struct Args {
@@ -107,10 +110,10 @@ pub struct Args {
     /// Source address for outbound IPv6 connections.
     #[arg(long, value_name = "ADDR")]
     pub outbound_addr6: Option<std::net::Ipv6Addr>,
-    /// Accepted; does nothing yet.
+    /// Accepted: the sandbox (mount namespace, no capabilities) is always on.
     #[arg(long)]
     pub enable_sandbox: bool,
-    /// Accepted; does nothing yet.
+    /// Accepted: per-thread seccomp lists are always on.
     #[arg(long)]
     pub enable_seccomp: bool,
     /// Print the version.
@@ -327,7 +330,8 @@ pub fn error_reply(desc: &str) -> Value {
 /// The API socket and the forwards added through it.
 pub struct Api {
     listener: UnixListener,
-    path: PathBuf,
+    /// The socket file, removed at the end (from inside the sandbox).
+    file: crate::sandbox::Anchor,
     fwds: HostFwds,
 }
 
@@ -350,7 +354,7 @@ impl Api {
         listener.set_nonblocking(true)?;
         Ok(Api {
             listener,
-            path: path.into(),
+            file: crate::sandbox::Anchor::new(path)?,
             fwds: HostFwds {
                 guest,
                 entries: Vec::new(),
@@ -472,7 +476,7 @@ impl HostFwds {
 
 impl Drop for Api {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.remove();
     }
 }
 

@@ -47,7 +47,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{JoinHandle, Thread};
@@ -191,10 +190,11 @@ pub struct Pcap {
 }
 
 impl Pcap {
-    /// Create `path` (truncating it), write the header, and start the
-    /// writer for `workers` queues of `depth` frames.
-    pub fn start(path: &Path, workers: usize, depth: usize) -> io::Result<Pcap> {
-        let mut out = BufWriter::with_capacity(FILE_BUF, File::create(path)?);
+    /// Write the header to `file` (created by the caller before the
+    /// sandbox) and start the writer for `workers` queues of `depth`
+    /// frames.
+    pub fn start(file: File, workers: usize, depth: usize) -> io::Result<Pcap> {
+        let mut out = BufWriter::with_capacity(FILE_BUF, file);
         write_header(&mut out)?;
         out.flush()?;
         let captures: Vec<Arc<Capture>> = (0..workers.max(1))
@@ -204,7 +204,12 @@ impl Pcap {
         let (caps, st) = (captures.clone(), stop.clone());
         let handle = std::thread::Builder::new()
             .name("uipd-pcap".into())
-            .spawn(move || writer(&caps, &st, out))?;
+            .spawn(move || {
+                if let Err(e) = crate::sandbox::confine(crate::sandbox::Role::Pcap) {
+                    return Err(io::Error::other(e.to_string()));
+                }
+                writer(&caps, &st, out)
+            })?;
         for c in &captures {
             let _ = c.writer.set(handle.thread().clone());
         }
@@ -341,7 +346,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("uipd-pcap-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.pcap");
-        let p = Pcap::start(&path, 2, 16).unwrap();
+        let p = Pcap::start(File::create(&path).unwrap(), 2, 16).unwrap();
         let big = vec![7u8; 65_000];
         assert!(
             p.capture(0)

@@ -358,6 +358,10 @@ impl Worker {
                 ),
             }
         }
+        // The worker's own set-up is done: from here it is held to its
+        // allow-list.
+        crate::sandbox::confine(crate::sandbox::Role::Worker)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut port_ready = self.port_reader.is_some() && !multishot;
         let mut poll_armed = false;
         let mut read_armed = false;

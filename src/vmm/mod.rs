@@ -126,6 +126,9 @@ pub enum Error {
     /// Memory layout.
     #[error(transparent)]
     Boot(#[from] boot::Error),
+    /// The VMM thread could not be confined.
+    #[error("{0}")]
+    Sandbox(String),
     /// More memory than the host has.
     #[error("--mem {mib} MiB is more than this host's memory ({host_mib} MiB)")]
     MemTooLarge {

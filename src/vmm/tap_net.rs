@@ -285,7 +285,13 @@ impl TapNet {
             };
             let t = std::thread::Builder::new()
                 .name(format!("uipd-tap{k}"))
-                .spawn(move || q.run())
+                .spawn(move || {
+                    if let Err(e) = crate::sandbox::confine(crate::sandbox::Role::TapNet) {
+                        log::error!("{e}");
+                        return;
+                    }
+                    q.run()
+                })
                 .map_err(io_err("starting a TAP queue thread"));
             match t {
                 Ok(t) => threads.push(t),
