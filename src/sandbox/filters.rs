@@ -135,7 +135,8 @@ const EVENTS: &[i64] = &[
 const THREADS: &[i64] = &[libc::SYS_clone3, libc::SYS_clone];
 
 /// What each role adds to [`BASE`], and whether it may use any ioctl (the
-/// VMM's KVM calls) instead of [`SOCKET_IOCTLS`] only.
+/// VMM's KVM calls) instead of [`SOCKET_IOCTLS`] (and, for `-net tap`'s
+/// queues, `TUNSETOFFLOAD` as the guest's driver changes its offloads).
 fn extra(role: Role) -> (Vec<i64>, bool) {
     let mut v = Vec::new();
     let mut any_ioctl = false;
@@ -226,10 +227,16 @@ fn rules(
     if any_ioctl {
         m.insert(libc::SYS_ioctl, Vec::new());
     } else {
+        let tun: &[u64] = if role == Role::TapNet {
+            &[libc::TUNSETOFFLOAD]
+        } else {
+            &[]
+        };
         m.insert(
             libc::SYS_ioctl,
             SOCKET_IOCTLS
                 .iter()
+                .chain(tun)
                 .map(|&r| eq(1, r))
                 .collect::<Result<_, _>>()?,
         );
