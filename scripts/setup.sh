@@ -11,14 +11,16 @@
 # (tests/integrators_podman.rs, perf/integrators-bench.sh); rootlesskit and
 # uidmap for tests/integrators.rs; libvirt runs uipd as its passt
 # (tests/integrators_libvirt.rs, with scripts/libvirt-passt.sh where the
-# system's libvirt has passt disabled).
+# system's libvirt has passt disabled; the passt package gives the binary
+# path libvirt runs, which the test bind-mounts uipd over, and the peer
+# perf/bench.sh measures as pasta).
 # No cargo build here: `cargo test` builds what it tests (scripts/test.sh).
 set -euo pipefail
 
 packages=(
 	busybox-static iperf3 slirp4netns tcpdump python3 iproute2 util-linux
 	procps coreutils ca-certificates ethtool rootlesskit uidmap
-	podman crun conmon libvirt-daemon-system libvirt-clients
+	podman crun conmon libvirt-daemon-system libvirt-clients passt
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -574,7 +574,9 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     };
     // Files written or watched later are opened now, before the sandbox.
     let watch_netns = match &cfg.watch_netns {
-        Some(p) => Some(Anchor::new(p).map_err(io_err(&format!("watching {}", p.display())))?),
+        Some(p) => {
+            Some(crate::watch::Gone::new(p).map_err(io_err(&format!("watching {}", p.display())))?)
+        }
         None => None,
     };
     let detached = match &cfg.detach_stdio {
@@ -621,7 +623,7 @@ struct Publish {
     /// Exit when this fd is readable or closed (slirp4netns's `-e`).
     exit_fd: Option<std::os::fd::RawFd>,
     /// Exit when this file is gone (pasta's namespace file).
-    watch_netns: Option<Anchor>,
+    watch_netns: Option<crate::watch::Gone>,
     /// Where the standard descriptors go once uipd serves.
     detached: Option<crate::compat::Detached>,
     /// `--stats-json`, written at the end.
@@ -1088,7 +1090,7 @@ fn control_loop(
             break 0;
         }
         if let Some(p) = &publish.watch_netns
-            && !p.exists()
+            && p.gone()
         {
             log::info!("{} is gone: stopping", p.path().display());
             break 0;

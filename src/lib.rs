@@ -67,3 +67,4 @@ pub mod rings;
 pub mod sandbox;
 pub mod stack;
 pub mod vmm;
+pub mod watch;

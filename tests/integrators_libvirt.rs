@@ -120,16 +120,17 @@ fn domain_xml(dir: &Path, initrd: &Path) -> String {
     )
 }
 
-/// Prints `RESULT NAME n=N pids=..` for the processes named passt
-/// in this mount namespace (the outer script's), reading /proc read-only.
+/// Prints `RESULT NAME n=N pids=..` for the processes named passt in this
+/// network namespace (the outer script's: uipd, sandboxed, has a mount
+/// namespace of its own), reading /proc read-only.
 const SCAN_PASST: &str = r#"scan_passt() {
   n=0; pids=''; argv=''
-  me=$(readlink /proc/self/ns/mnt)
+  me=$(readlink /proc/self/ns/net)
   for c in /proc/[0-9]*/cmdline; do
     p=${c#/proc/}; p=${p%/cmdline}
     a0=$(tr '\0' '\n' <"$c" 2>/dev/null | head -n1)
     [ "$(basename -- "${a0:-x}")" = passt ] || continue
-    [ "$(readlink /proc/$p/ns/mnt 2>/dev/null)" = "$me" ] || continue
+    [ "$(readlink /proc/$p/ns/net 2>/dev/null)" = "$me" ] || continue
     n=$((n + 1)); pids="$pids,$p"
     argv=$(tr '\0' ' ' <"$c")
     tr '\0' '\n' <"$c" >"$D/passt-argv-$1.txt"

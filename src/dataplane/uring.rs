@@ -110,6 +110,57 @@ pub const SPARE_MAX_CAPACITY: usize = 1 << 20;
 /// their buffers instead of freeing memory the kernel may still write.
 const DROP_DRAIN: Duration = Duration::from_secs(2);
 
+/// The only operations a ring of ours accepts (`IORING_REGISTER_RESTRICTIONS`):
+/// io_uring ops do not pass through seccomp, so the ring itself refuses
+/// everything else (opening or removing files, spawning, ...) with EACCES.
+pub const ALLOWED_OPS: &[u8] = &[
+    opcode::Accept::CODE,
+    opcode::AsyncCancel::CODE,
+    opcode::Connect::CODE,
+    opcode::PollAdd::CODE,
+    opcode::Read::CODE,
+    opcode::ReadMulti::CODE,
+    opcode::Recv::CODE,
+    opcode::RecvMulti::CODE,
+    opcode::Send::CODE,
+    opcode::Timeout::CODE,
+    opcode::TimeoutRemove::CODE,
+    opcode::Write::CODE,
+];
+
+/// `io_uring_register` operations a ring of ours may make once enabled:
+/// the provided-buffer rings (`bufring`).
+const ALLOWED_REGISTER_OPS: &[u8] = &[
+    22, // IORING_REGISTER_PBUF_RING
+    23, // IORING_UNREGISTER_PBUF_RING
+];
+
+/// A ring created disabled, given its restrictions, then enabled.
+fn restricted_ring(entries: u32, cq: u32) -> io::Result<IoUring> {
+    use io_uring::register::Restriction;
+    let ring = IoUring::builder()
+        .setup_cqsize(cq)
+        .setup_submit_all()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_r_disabled()
+        .build(entries)?;
+    let mut res: Vec<Restriction> = ALLOWED_OPS
+        .iter()
+        .map(|&op| Restriction::sqe_op(op))
+        .chain(
+            ALLOWED_REGISTER_OPS
+                .iter()
+                .map(|&op| Restriction::register_op(op)),
+        )
+        // Flags change how an allowed op runs, not what it may do.
+        .chain(std::iter::once(Restriction::sqe_flags_allowed(0xff)))
+        .collect();
+    ring.submitter().register_restrictions(&mut res)?;
+    ring.submitter().register_enable_rings()?;
+    Ok(ring)
+}
+
 /// One thing [`Uring::drain`] reports.
 #[derive(Debug)]
 pub enum Completion {
@@ -425,19 +476,18 @@ impl Uring {
         self.outbound = (v4, v6);
     }
 
-    /// A ring with `entries` SQ entries (and a CQ four times as large).
+    /// A ring with `entries` SQ entries (and a CQ four times as large),
+    /// restricted to [`ALLOWED_OPS`] where the kernel can (5.10 and later).
     pub fn new(entries: u32) -> io::Result<Uring> {
         let cq = entries.saturating_mul(4);
-        let ring = IoUring::builder()
-            .setup_cqsize(cq)
-            .setup_submit_all()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-            .or_else(|e| {
-                debug!("uring: full setup failed ({e}); trying a plain ring");
-                IoUring::new(entries)
-            })?;
+        let ring = restricted_ring(entries, cq).or_else(|e| {
+            debug!("uring: restricted setup failed ({e}); trying a plain ring");
+            IoUring::builder()
+                .setup_cqsize(cq)
+                .setup_submit_all()
+                .build(entries)
+                .or_else(|_| IoUring::new(entries))
+        })?;
         let ext_arg = ring.params().is_feature_ext_arg();
         Ok(Uring {
             ring,
@@ -2059,6 +2109,29 @@ mod tests {
             dst,
             mss: Some(1460),
         });
+    }
+
+    /// The ring refuses what is not on [`ALLOWED_OPS`]: an `openat`
+    /// submitted by hand completes with EACCES, so a compromised worker
+    /// cannot open files through io_uring, which seccomp does not see.
+    #[test]
+    fn the_ring_refuses_ops_off_its_list() {
+        let mut u = Uring::new(8).unwrap();
+        let path = c"/etc/passwd";
+        let sqe = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .flags(libc::O_RDONLY)
+            .build()
+            .user_data(0xdead);
+        // SAFETY: `path` is a static literal, alive for the whole op.
+        unsafe { u.ring.submission().push(&sqe).unwrap() };
+        u.ring.submit_and_wait(1).unwrap();
+        let cqe = u.ring.completion().next().unwrap();
+        assert_eq!(cqe.user_data(), 0xdead);
+        assert_eq!(
+            cqe.result(),
+            -libc::EACCES,
+            "openat through the ring was not refused"
+        );
     }
 
     /// Pump the ring until `n` host events arrived (panics after [`LONG`]).
