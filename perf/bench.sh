@@ -9,7 +9,8 @@
 #   -l  seconds per test (default 5)         -r  runs; medians reported (3)
 #   -m  MTUs (default "1500 65520")          -o  output JSON (the PNG chart
 #   -b  backends (default "uipd slirp4netns      goes next to it, .png)
-#       pasta veth")                          -c  uipd --cpus (default: none)
+#       pasta veth"; add uipd-epoll to        -c  uipd --cpus (default: none)
+#       compare uipd's epoll engine)
 #   -t  tests (default "TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3")
 #   -u  more uipd options, e.g. "--poll-us 0" (default: none)
 #   -N  do not run `cargo build --release --bins` first
@@ -32,6 +33,8 @@
 #
 # Backends and the address that reaches the outer namespace's 127.0.0.1:
 #   uipd         target/release/uipd --mtu M -- CMD; gateway 192.168.33.1
+#   uipd-epoll   the same with --io epoll (opt-in: the engine uipd falls
+#                back to where io_uring is refused); reported as uipd/epoll
 #   slirp4netns  --configure --mtu=M PID tap0; 10.0.2.2
 #   pasta        --config-net --netns NS -m M -t/-u/-T/-U none; the gateway
 #                192.0.2.2 of a veth (pa0, both ends in the outer namespace)
@@ -58,7 +61,7 @@ for m in $MTUS; do
   [[ $m =~ ^[0-9]+$ && $m -ge 576 && $m -le 65520 ]] || { echo "-m: MTU $m not in 576..65520" >&2; exit 2; }
 done
 for b in $BACKENDS; do
-  case $b in uipd | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
+  case $b in uipd | uipd-epoll | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
 done
 for t in $TESTS; do
   case $t in TCP_STREAM | TCP_MAERTS | UDP_STREAM | TCP_RR | TCP_CRR | iperf3) ;;
@@ -170,7 +173,9 @@ client() {
 
 uipd_done() { [[ -e $D/rc ]] || ! kill -0 "$1" 2>/dev/null; }
 
-run_uipd() {
+run_uipd() { # [BACKEND_NAME [UIPD_OPTIONS...]]
+  local name=${1:-uipd}
+  (($# == 0)) || shift
   iperf_server 127.0.0.1
   local cmd pid cpu workers
   cmd="$(client_cmd "$TEST" 192.168.33.1 12865) >$D/out 2>$D/err; echo \$? >$D/rc"
@@ -178,7 +183,7 @@ run_uipd() {
   # it still runs, after the traffic.
   cmd+="; i=0; while [ ! -e $D/go ] && [ \$i -lt 100 ]; do sleep 0.05; i=\$((i+1)); done"
   # shellcheck disable=SC2086 # UARGS: options, split on spaces
-  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} $UARGS -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
+  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} $UARGS "$@" -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
   pid=$!
   track $pid
   wait_for $((LEN + 45)) uipd_done $pid || echo "uipd: client did not finish" >&2
@@ -188,8 +193,11 @@ run_uipd() {
   wait $pid 2>/dev/null || true
   untrack $pid
   stop $IPERF_SRV
-  record uipd "$cpu" "{\"workers\":$workers}"
+  record "$name" "$cpu" "{\"workers\":$workers}"
 }
+
+# uipd on its epoll engine, in the same run: its ratio to io_uring.
+run_uipd_epoll() { run_uipd uipd-epoll --io epoll; }
 
 run_slirp4netns() {
   iperf_server 127.0.0.1
@@ -281,7 +289,7 @@ for RUN in $(seq 1 "$RUNS"); do
           D=$TMP/t$n
           mkdir -p "$D"
           echo "run $RUN/$RUNS  mtu $MTU  $TEST  $B" >&2
-          "run_$B"
+          "run_${B//-/_}"
         done
       done
     done

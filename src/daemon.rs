@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use crate::dataplane::io::IoEngine;
 use crate::dataplane::netns::{self, NetConfig};
 use crate::dataplane::offload;
 use crate::dataplane::pcap::{self, Pcap};
@@ -78,6 +79,9 @@ pub struct Config {
     pub workers: usize,
     /// Busy-poll this many microseconds before a worker sleeps.
     pub poll_us: u64,
+    /// Host I/O engine of the workers (`--io`): io_uring, epoll, or auto
+    /// (io_uring when the host allows it, else epoll, said once).
+    pub io: IoEngine,
     /// Write the final counters as JSON to this file.
     pub stats_json: Option<PathBuf>,
     /// Write every frame between guest and uipd to this pcap file.
@@ -128,6 +132,7 @@ impl Config {
             cpus: Vec::new(),
             workers: workers.clamp(1, 4),
             poll_us: 50,
+            io: IoEngine::Auto,
             stats_json: None,
             pcap: None,
             stack,
@@ -246,6 +251,9 @@ fn render_stats(stats: &[WorkerStats]) -> String {
             ));
         }
     }
+    if let Some(io) = stats.iter().map(|st| st.io).find(|io| !io.is_empty()) {
+        s.push_str(&format!("uipd io: {io}\n"));
+    }
     s.push_str(&format!("uipd counters ({} workers):\n", stats.len()));
     for (name, v) in total.iter() {
         if v != 0 || !name.starts_with("drops_") {
@@ -284,6 +292,7 @@ pub fn stats_json(stats: &[WorkerStats]) -> serde_json::Value {
             serde_json::json!({
                 "stack": counters,
                 "worker": st.worker,
+                "io": st.io,
                 "frame_to_submit_ns": {
                     "count": h.len(),
                     "p50": h.value_at_quantile(0.5),
@@ -379,6 +388,7 @@ impl Workers {
                 outbound: cfg.outbound,
                 poll_us: cfg.poll_us,
                 hash_steer: false,
+                io: cfg.io,
             };
             let h = std::thread::Builder::new()
                 .name(format!("uipd-w{i}"))
@@ -554,6 +564,13 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         log::warn!("no DNS resolver: DNS queries to the gateway will be refused");
     }
     cfg.stack.isn_seed = random_seed();
+    // One probe for the whole daemon, before anything is bound: `--io
+    // uring` fails here, `auto` says once that it runs on epoll.
+    if stack {
+        cfg.io = crate::dataplane::io::select(cfg.io).map_err(io_err(
+            "--io uring: io_uring_setup failed (--io auto falls back to epoll)",
+        ))?;
+    }
     // Published ports and the control socket first: a port in use is an
     // error before any namespace or thread exists.
     let mut forwards = crate::control::Forwards::new();

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use uipd::daemon::{self, Frontend};
+use uipd::dataplane::io::IoEngine;
 use uipd::stack;
 
 /// User-mode networking for network namespaces and VMs: guest Ethernet
@@ -194,6 +195,14 @@ struct Cli {
     /// wake-up) and closes when the worker idles. 0 = always sleep at once.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
+
+    /// Host I/O engine of the workers: `uring` (io_uring; fails at start
+    /// when the host refuses it), `epoll` (a readiness loop on
+    /// non-blocking sockets, with batched recvmmsg/sendmmsg), or `auto`:
+    /// io_uring, falling back to epoll with one warning where it is refused
+    /// (container seccomp profiles, kernel.io_uring_disabled).
+    #[arg(long = "io", value_name = "ENGINE", value_enum, default_value_t = IoEngine::Auto)]
+    io: IoEngine,
 
     /// Turn off TAP offloads (virtio-net header, checksum offload, TSO in
     /// both directions), which are on by default.
@@ -821,6 +830,7 @@ fn main() -> ExitCode {
         cpus,
         workers,
         poll_us: cli.poll_us,
+        io: cli.io,
         stats_json: cli.stats_json,
         pcap: cli.pcap,
         publish: cli.publish,

@@ -304,13 +304,13 @@ impl Token {
 }
 
 /// A socket address in the form the kernel reads.
-enum SockAddr {
+pub(super) enum SockAddr {
     V4(libc::sockaddr_in),
     V6(libc::sockaddr_in6),
 }
 
 impl SockAddr {
-    fn new(addr: &SocketAddr) -> SockAddr {
+    pub(super) fn new(addr: &SocketAddr) -> SockAddr {
         match addr {
             SocketAddr::V4(a) => SockAddr::V4(libc::sockaddr_in {
                 sin_family: family(libc::AF_INET),
@@ -332,14 +332,14 @@ impl SockAddr {
         }
     }
 
-    fn as_ptr(&self) -> *const libc::sockaddr {
+    pub(super) fn as_ptr(&self) -> *const libc::sockaddr {
         match self {
             SockAddr::V4(a) => std::ptr::from_ref(a).cast(),
             SockAddr::V6(a) => std::ptr::from_ref(a).cast(),
         }
     }
 
-    fn len(&self) -> libc::socklen_t {
+    pub(super) fn len(&self) -> libc::socklen_t {
         match self {
             SockAddr::V4(_) => socklen_of::<libc::sockaddr_in>(),
             SockAddr::V6(_) => socklen_of::<libc::sockaddr_in6>(),
@@ -352,12 +352,12 @@ fn family(af: libc::c_int) -> libc::sa_family_t {
     libc::sa_family_t::try_from(af).expect("address family fits sa_family_t")
 }
 
-fn socklen_of<T>() -> libc::socklen_t {
+pub(super) fn socklen_of<T>() -> libc::socklen_t {
     // Cannot fail: only socket structures of at most 128 bytes are passed.
     libc::socklen_t::try_from(std::mem::size_of::<T>()).expect("socket struct size fits socklen_t")
 }
 
-fn last_errno() -> Errno {
+pub(super) fn last_errno() -> Errno {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
@@ -1006,7 +1006,7 @@ impl Uring {
             SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
             SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
         };
-        let (sock, phase) = match new_socket(proto, &dst, mss, src) {
+        let (sock, phase) = match new_socket(proto, &dst, mss, src, false) {
             Ok(fd) => (
                 Some(self.alloc_sock(fd)),
                 Phase::Connecting {
@@ -1906,7 +1906,7 @@ pub fn abort_socket(fd: OwnedFd) {
 const DGRAM_BATCH: usize = 64;
 
 /// A kernel socket address as a [`SocketAddr`].
-fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+pub(super) fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match libc::c_int::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in; the
@@ -1929,7 +1929,7 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+pub(super) fn peer_addr(fd: &OwnedFd) -> Option<SocketAddr> {
     // SAFETY: all-zero is a valid sockaddr_storage.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = socklen_of::<libc::sockaddr_storage>();
@@ -1981,7 +1981,7 @@ fn recv_from(fd: RawFd, buf: &mut Vec<u8>) -> Result<SocketAddr, Errno> {
 }
 
 /// One non-blocking `sendto` of `data` to `peer` on `fd`.
-fn send_to(fd: RawFd, data: &[u8], peer: &SocketAddr) -> Result<usize, Errno> {
+pub(super) fn send_to(fd: RawFd, data: &[u8], peer: &SocketAddr) -> Result<usize, Errno> {
     let addr = SockAddr::new(peer);
     // SAFETY: `fd` is an open socket for the call; `data` and `addr` are
     // live and the lengths passed are theirs; the kernel only reads them.
@@ -2018,14 +2018,16 @@ fn clamp_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Create the socket for an `Open`: blocking, close-on-exec; TCP gets
-/// `TCP_NODELAY` and `TCP_MAXSEG` (failures of either are logged only);
-/// bound to `src` (port 0) when given.
-fn new_socket(
+/// Create the socket for an `Open`: close-on-exec, blocking unless
+/// `nonblock` (the epoll executor's); TCP gets `TCP_NODELAY` and
+/// `TCP_MAXSEG` (failures of either are logged only); bound to `src`
+/// (port 0) when given.
+pub(super) fn new_socket(
     proto: Proto,
     dst: &SocketAddr,
     mss: Option<u16>,
     src: Option<std::net::IpAddr>,
+    nonblock: bool,
 ) -> Result<OwnedFd, Errno> {
     let v4 = dst.is_ipv4();
     let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
@@ -2035,8 +2037,9 @@ fn new_socket(
         Proto::Icmp if v4 => (libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
         Proto::Icmp => (libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
     };
+    let nb = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket(2) takes no pointers.
-    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC | nb, protocol) };
     if fd < 0 {
         return Err(last_errno());
     }
@@ -2065,7 +2068,7 @@ fn new_socket(
     Ok(fd)
 }
 
-fn setsockopt<T>(
+pub(super) fn setsockopt<T>(
     fd: &OwnedFd,
     level: libc::c_int,
     name: libc::c_int,

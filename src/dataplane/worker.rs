@@ -1,6 +1,7 @@
 //! A stack worker: one thread, optionally pinned, that owns a [`Stack`]
-//! (its shard of the guest's flows), an io_uring ([`Uring`]), its own TAP
-//! queue, and an inbox [`FrameRing`] for frames other threads hand it.
+//! (its shard of the guest's flows), a host I/O executor ([`Io`]: io_uring,
+//! or epoll where io_uring is refused), its own TAP queue, and an inbox
+//! [`FrameRing`] for frames other threads hand it.
 //!
 //! ```text
 //!  TAP queue k ──io_uring reads──► worker k ──steer──► own flow? ─ yes ─► Stack::ingress
@@ -9,6 +10,11 @@
 //!  Stack ──► frames: io_uring writes to TAP queue k;  SockOps: io_uring;  forward: inboxes
 //!  io_uring CQEs ──► HostEvent ──► Stack::host_event
 //! ```
+//!
+//! On the epoll engine the same loop runs: "submit" tries the queued
+//! socket ops with non-blocking syscalls, the one wait is an
+//! `epoll_wait`, and the TAP is read with poll + read (there is no
+//! multishot read); see [`crate::dataplane::epoll`].
 //!
 //! The loop: drain completions (host events, frames read), process the
 //! inbox, run the stack's end-of-batch work ([`Stack::poll`]: delayed ACKs,
@@ -42,9 +48,9 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::dataplane::io::{Completion, Io, IoEngine};
 use crate::dataplane::pcap::Capture;
 use crate::dataplane::tap::Tap;
-use crate::dataplane::uring::{Completion, Uring};
 use crate::rings::{Frame, FrameRing};
 use crate::stack::steer::{self, Steer};
 use crate::stack::{Actions, Counters, Instant, Proto, Stack};
@@ -161,6 +167,9 @@ pub struct WorkerStats {
     pub worker: WorkerCounters,
     /// Live flows of the worker's stack (at the last publication).
     pub flows: u64,
+    /// The I/O engine the worker runs on (`uring` or `epoll`; empty before
+    /// it started).
+    pub io: &'static str,
     /// Frame-in to socket-submit latency, in nanoseconds: from the moment a
     /// batch's frames were taken in to the `io_uring_enter` that submitted
     /// what they caused (recorded once per frame).
@@ -173,6 +182,7 @@ impl Default for WorkerStats {
             stack: Counters::default(),
             worker: WorkerCounters::default(),
             flows: 0,
+            io: "",
             // Cannot fail: 3 significant figures is within hdrhistogram's 0..=5.
             latency_ns: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
         }
@@ -297,6 +307,9 @@ pub struct Worker {
     /// forward foreign ones. Off for a multiqueue TAP: there the kernel
     /// steers (see below), and the worker that reads a frame owns its flow.
     pub hash_steer: bool,
+    /// The host I/O engine (resolved by [`crate::dataplane::io::select`];
+    /// `Auto` here tries io_uring, then epoll).
+    pub io: IoEngine,
 }
 
 impl Worker {
@@ -307,7 +320,7 @@ impl Worker {
     /// Spins up to `window` until there is work: a completion or task work
     /// on the ring, a frame in the inbox, or a stop. No system calls: the
     /// ring's and the inbox's shared memory are read.
-    fn poll_for_work(&self, uring: &mut Uring, window: Duration) -> bool {
+    fn poll_for_work(&self, uring: &mut Io, window: Duration) -> bool {
         let end = std::time::Instant::now() + window;
         loop {
             for _ in 0..64 {
@@ -332,7 +345,7 @@ impl Worker {
                 log::warn!("could not pin worker {} to CPU {cpu}", self.index);
             }
         }
-        let mut uring = Uring::new(2048)?;
+        let mut uring = Io::new(self.io)?;
         uring.set_outbound(self.outbound.0, self.outbound.1);
         uring.arm_wake(self.inbox().wake_fd());
         let vnet_hdr = if self.stack.config().offload.vnet_hdr {
@@ -344,7 +357,7 @@ impl Worker {
         // provided buffers (a batch of frames per wake-up, no syscall per
         // frame); on kernels without it, dry reads after a one-shot poll.
         let mut multishot = false;
-        if self.port_reader.is_some() {
+        if self.port_reader.is_some() && uring.engine() == IoEngine::Uring {
             let frame_max = if vnet_hdr > 0 {
                 vnet_hdr + 14 + 65535
             } else {
@@ -371,7 +384,10 @@ impl Worker {
         let now =
             || Instant::from_micros(u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX));
         let mut out = Actions::default();
-        let mut stats = WorkerStats::default();
+        let mut stats = WorkerStats {
+            io: uring.engine().name(),
+            ..WorkerStats::default()
+        };
         let mut events = Vec::new();
         let mut backlog: VecDeque<(usize, Frame)> = VecDeque::new();
         let mut spare: Option<Vec<u8>> = None;
