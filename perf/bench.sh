@@ -35,6 +35,8 @@
 #   uipd         target/release/uipd --mtu M -- CMD; gateway 192.168.33.1
 #   uipd-epoll   the same with --io epoll (opt-in: the engine uipd falls
 #                back to where io_uring is refused); reported as uipd/epoll
+#   uipd-nosandbox  the same with --no-sandbox (opt-in): the sandbox's cost,
+#                reported as uipd/nosan (sandboxed over unsandboxed)
 #   slirp4netns  --configure --mtu=M PID tap0; 10.0.2.2
 #   pasta        --config-net --netns NS -m M -t/-u/-T/-U none; the gateway
 #                192.0.2.2 of a veth (pa0, both ends in the outer namespace)
@@ -61,7 +63,7 @@ for m in $MTUS; do
   [[ $m =~ ^[0-9]+$ && $m -ge 576 && $m -le 65520 ]] || { echo "-m: MTU $m not in 576..65520" >&2; exit 2; }
 done
 for b in $BACKENDS; do
-  case $b in uipd | uipd-epoll | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
+  case $b in uipd | uipd-epoll | uipd-nosandbox | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
 done
 for t in $TESTS; do
   case $t in TCP_STREAM | TCP_MAERTS | UDP_STREAM | TCP_RR | TCP_CRR | iperf3) ;;
@@ -198,6 +200,9 @@ run_uipd() { # [BACKEND_NAME [UIPD_OPTIONS...]]
 
 # uipd on its epoll engine, in the same run: its ratio to io_uring.
 run_uipd_epoll() { run_uipd uipd-epoll --io epoll; }
+
+# uipd without its sandbox, in the same run: what the sandbox costs.
+run_uipd_nosandbox() { run_uipd uipd-nosandbox --no-sandbox; }
 
 run_slirp4netns() {
   iperf_server 127.0.0.1

@@ -29,7 +29,7 @@ import statistics
 import subprocess
 import sys
 
-BACKENDS = ["uipd", "uipd-epoll", "slirp4netns", "pasta", "veth"]
+BACKENDS = ["uipd", "uipd-epoll", "uipd-nosandbox", "slirp4netns", "pasta", "veth"]
 TEST_ORDER = ["TCP_STREAM", "TCP_MAERTS", "UDP_STREAM", "IPERF3_STREAM", "IPERF3_MAERTS",
               "TCP_RR", "TCP_CRR"]
 # The headline figure of each test, its unit, and whether more is better.
@@ -184,7 +184,7 @@ def cmd_bench(a):
         for b in backends:
             r[b] = val(b, test, mtu, metric)
         u = r.get("uipd")
-        for other in ("uipd-epoll", "slirp4netns", "pasta", "veth"):
+        for other in ("uipd-epoll", "uipd-nosandbox", "slirp4netns", "pasta", "veth"):
             o = r.get(other)
             if other in backends:
                 r[f"uipd_over_{other}"] = round(u / o, 3) if u and o else None
@@ -202,7 +202,7 @@ def cmd_bench(a):
 
     doc = machine(a)
     uipd_workers = sorted({r.get("workers") for r in rows
-                           if r["backend"] in ("uipd", "uipd-epoll")} - {None})
+                           if r["backend"] in ("uipd", "uipd-epoll", "uipd-nosandbox")} - {None})
     doc.update({
         "kind": "bench",
         "duration_s": a.len, "runs": a.runs,
@@ -216,6 +216,7 @@ def cmd_bench(a):
         "paths": {
             "uipd": "uipd --mtu M -- CMD; guest -> 192.168.33.1 (host loopback) -> 127.0.0.1",
             "uipd-epoll": "the same with --io epoll (the engine where io_uring is refused)",
+            "uipd-nosandbox": "the same with --no-sandbox (uipd/nosandbox: the sandbox's cost)",
             "slirp4netns": "slirp4netns --configure --mtu=M; guest -> 10.0.2.2 -> 127.0.0.1",
             "pasta": "pasta --config-net -m M -t none -u none -T none -U none --netns NS "
                      "(--runas 0); guest -> gateway 192.0.2.2 -> --map-gw -> 127.0.0.1; "
@@ -240,7 +241,7 @@ def cmd_bench(a):
     print(f"\n{doc['cpu_model']}, {doc['nproc']} CPUs, kernel {doc['kernel']}, "
           f"rev {a.rev}, {a.len} s x {a.runs} runs (medians)")
     head = f"{'test':<14}{'MTU':>6} {'unit':<12}" + "".join(f"{b:>12}" for b in backends)
-    others = [o for o in ("uipd-epoll", "slirp4netns", "pasta", "veth")
+    others = [o for o in ("uipd-epoll", "uipd-nosandbox", "slirp4netns", "pasta", "veth")
               if o in backends and "uipd" in backends]
     head += "".join(f"{'uipd/' + o.removeprefix('uipd-')[:5]:>12}" for o in others)
     print(head)
@@ -334,7 +335,7 @@ def cmd_affinity(a):
     print(f"\nwritten: {a.out}")
 
 
-COLORS = {"uipd": "#1f77b4", "uipd-epoll": "#9467bd", "slirp4netns": "#ff7f0e", "pasta": "#2ca02c", "veth": "#7f7f7f"}
+COLORS = {"uipd": "#1f77b4", "uipd-epoll": "#9467bd", "uipd-nosandbox": "#17becf", "slirp4netns": "#ff7f0e", "pasta": "#2ca02c", "veth": "#7f7f7f"}
 
 
 def human(v):
