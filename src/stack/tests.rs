@@ -1420,7 +1420,7 @@ fn published_tcp_opens_toward_the_guest_from_the_gateway() {
     assert_eq!(ack.ack_number, Some(SeqNumber(501)));
     assert!(out.ops.contains(&SockOp::Recv {
         flow,
-        max: super::tcp::conn::RECV_CHUNK
+        max: super::tcp::conn::RECV_INIT
     }));
     // Host data reaches the guest on that connection.
     let mut out = Actions::default();
@@ -1737,7 +1737,7 @@ fn restrict_leaves_published_flows_alone() {
     assert!(!ack.flags.rst && !ack.flags.syn);
     assert!(out.ops.contains(&SockOp::Recv {
         flow,
-        max: super::tcp::conn::RECV_CHUNK
+        max: super::tcp::conn::RECV_INIT
     }));
     // A published UDP flow: the guest's reply goes back to the host peer.
     let mut out = Actions::default();
