@@ -274,6 +274,9 @@ fn list(forwards: &Forwards, workers: &[Arc<Shared>], inboxes: &[Arc<FrameRing>]
             s.push_str(&format!("counter {name} {v}\n"));
         }
     }
+    for (name, v) in crate::daemon::memory_stats(&stats).iter() {
+        s.push_str(&format!("counter {name} {v}\n"));
+    }
     s
 }
 

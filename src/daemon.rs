@@ -88,6 +88,10 @@ pub struct Config {
     pub pcap: Option<PathBuf>,
     /// Stack configuration.
     pub stack: stack::Config,
+    /// The memory budget of all flow buffers, in bytes (`--max-memory`):
+    /// one [`stack::MemBudget`] shared by every worker's stack (its
+    /// `stack.memory` is replaced by it). Default: [`default_max_memory`].
+    pub max_memory: usize,
     /// Published ports (`--publish`), bound before anything starts.
     pub publish: Vec<crate::publish::PublishSpec>,
     /// Control socket path (`--control`).
@@ -136,6 +140,7 @@ impl Config {
             stats_json: None,
             pcap: None,
             stack,
+            max_memory: default_max_memory(),
             publish: Vec::new(),
             control: None,
             guest_mac: None,
@@ -229,6 +234,29 @@ pub fn host_resolvers(resolv: &Anchor) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
+/// The default `--max-memory`: a quarter of the machine's physical memory
+/// (`MemTotal` in /proc/meminfo), at least 64 MiB; 1 GiB if it cannot be read.
+pub fn default_max_memory() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        });
+    match total_kib {
+        Some(kib) => (kib.saturating_mul(1024) / 4).max(64 << 20),
+        None => 1 << 30,
+    }
+}
+
+/// The memory budget's figures, from the workers' snapshots of it.
+pub fn memory_stats(stats: &[WorkerStats]) -> stack::MemStats {
+    stats
+        .iter()
+        .fold(stack::MemStats::default(), |a, s| a.max(s.memory))
+}
+
 /// Render counters of every worker, then the total.
 fn render_stats(stats: &[WorkerStats]) -> String {
     let mut s = String::new();
@@ -273,6 +301,9 @@ fn render_stats(stats: &[WorkerStats]) -> String {
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
     }
+    for (name, v) in memory_stats(stats).iter() {
+        s.push_str(&format!("  {name:<28} {v}\n"));
+    }
     s
 }
 
@@ -307,7 +338,8 @@ pub fn stats_json(stats: &[WorkerStats]) -> serde_json::Value {
         .iter()
         .map(|(k, v)| (k.to_string(), v.into()))
         .collect();
-    serde_json::json!({ "workers": workers, "total": total })
+    let memory = memory_stats(stats);
+    serde_json::json!({ "workers": workers, "total": total, "memory": memory })
 }
 
 /// The running workers, as the control loop sees them.
@@ -354,6 +386,8 @@ impl Workers {
         let mut shared = Vec::new();
         let mut handles = Vec::new();
         let directory = (n > 1).then(|| Arc::new(stack::Directory::new()));
+        // One budget for every worker's flows (`--max-memory`).
+        let memory = Arc::new(stack::MemBudget::new(cfg.max_memory));
         for (i, port) in ports.into_iter().enumerate() {
             let sh = Arc::new(Shared {
                 pcap: pcap.as_ref().map(|p| p.capture(i)),
@@ -375,6 +409,7 @@ impl Workers {
                     worker,
                     workers,
                     directory: directory.clone(),
+                    memory: memory.clone(),
                     // `--max-flows` is per guest: each worker gets a share.
                     max_flows: stack::flow_share(cfg.stack.max_flows, i, n),
                     isn_seed: cfg.stack.isn_seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),

@@ -174,6 +174,15 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     max_flows: u32,
 
+    /// Most memory for flow buffers (TCP data queued either way, host
+    /// reads, queued datagrams), shared by all flows and workers: SIZE in
+    /// bytes with an optional K, M, G suffix (e.g. 256M, 2G). Past it, TCP
+    /// windows to the guest close and host reads wait (backpressure) and
+    /// datagrams are dropped, instead of memory growing. Default: a quarter
+    /// of physical memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory)]
+    max_memory: Option<usize>,
+
     /// Print counters to stderr at exit (also on SIGUSR1).
     #[arg(long)]
     stats: bool,
@@ -315,6 +324,16 @@ fn parse_dns(s: &str) -> Result<DnsAddr, String> {
     s.parse()
         .map(|a| DnsAddr(Some(a)))
         .map_err(|_| format!("'{s}' is not an IPv4 address or 'none'"))
+}
+
+/// `--max-memory`: a size with K/M/G suffix, at least 1 MiB (less would
+/// leave no room for even one connection's reads).
+fn parse_max_memory(s: &str) -> Result<usize, String> {
+    let n = stack::mem::parse_size(s)?;
+    if n < 1 << 20 {
+        return Err(format!("'{s}' is less than the smallest budget, 1M"));
+    }
+    Ok(n)
 }
 
 fn parse_cidr(s: &str) -> Result<stack::policy::Cidr, String> {
@@ -840,6 +859,7 @@ fn main() -> ExitCode {
             enabled: !cli.no_sandbox,
             log: cli.seccomp_log,
         },
+        max_memory: cli.max_memory.unwrap_or_else(daemon::default_max_memory),
         ..daemon::Config::with_defaults(frontend, stack, workers)
     };
     match daemon::run(cfg) {

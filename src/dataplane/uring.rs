@@ -67,7 +67,8 @@
 //! # Limits
 //! - A `Recv` reads at most [`MAX_RECV`] bytes, a `Send` writes at most
 //!   `u32::MAX` bytes per op (a partial send, allowed for TCP).
-//! - The spare-buffer free list keeps at most [`SPARE_MAX`] buffers of at most
+//! - The spare-buffer free list keeps at most [`SPARE_MAX_BYTES`] bytes (a
+//!   fixed overhead outside the stack's memory budget), and at most [`SPARE_MAX`] buffers of at most
 //!   [`SPARE_MAX_CAPACITY`] bytes each.
 //! - Sockets are blocking: io_uring tries each op without blocking first and
 //!   otherwise arms a poll, so no io-wq thread blocks on them.
@@ -104,6 +105,8 @@ const RECV_RING_ENTRIES: u16 = 64;
 const DGRAM_MAX: usize = 65535;
 /// Most buffers kept on the spare list.
 pub const SPARE_MAX: usize = 256;
+/// Most bytes (capacities) kept on the spare list in all.
+pub const SPARE_MAX_BYTES: usize = 8 << 20;
 /// Largest buffer capacity kept on the spare list.
 pub const SPARE_MAX_CAPACITY: usize = 1 << 20;
 /// How long dropping a [`Uring`] waits for cancelled ops before leaking
@@ -446,6 +449,8 @@ pub struct Uring {
     /// flow), delivered by the next drain.
     ready: VecDeque<HostEvent>,
     spare: Vec<Vec<u8>>,
+    /// Sum of the capacities on `spare`.
+    spare_bytes: usize,
     /// Reused CQE snapshot: user data, result, flags.
     cqes: Vec<(u64, i32, u32)>,
     /// Provided buffers of the frame port's multishot read.
@@ -502,6 +507,7 @@ impl Uring {
             in_flight: 0,
             ready: VecDeque::new(),
             spare: Vec::new(),
+            spare_bytes: 0,
             cqes: Vec::new(),
             port_ring: None,
             recv_ring: None,
@@ -641,7 +647,9 @@ impl Uring {
 
     /// A cleared buffer from completed sends and frame writes, for reuse.
     pub fn take_spare_buffer(&mut self) -> Option<Vec<u8>> {
-        self.spare.pop()
+        let b = self.spare.pop()?;
+        self.spare_bytes -= b.capacity();
+        Some(b)
     }
 
     /// Read 8 bytes from `eventfd`; its completion is [`Completion::Wake`].
@@ -1751,17 +1759,29 @@ impl Uring {
     }
 
     fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_MAX && buf.capacity() <= SPARE_MAX_CAPACITY {
+        if self.spare.len() < SPARE_MAX
+            && buf.capacity() <= SPARE_MAX_CAPACITY
+            && self.spare_bytes + buf.capacity() <= SPARE_MAX_BYTES
+        {
             buf.clear();
+            self.spare_bytes += buf.capacity();
             self.spare.push(buf);
         }
     }
 
+    /// A buffer for a read of `max` bytes. A spare one is used only when
+    /// its capacity is within a quarter above `max`: the stack accounts a
+    /// read by the `max` it asked for (its memory budget), so a small read
+    /// must not hold a large buffer while it waits on an idle socket.
     fn recv_buffer(&mut self, max: usize) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.reserve(max);
-        buf
+        let fits = |b: &Vec<u8>| b.capacity() >= max && b.capacity() <= max + max / 4;
+        if self.spare.last().is_some_and(fits)
+            && let Some(mut buf) = self.take_spare_buffer()
+        {
+            buf.clear();
+            return buf;
+        }
+        Vec::with_capacity(max)
     }
 
     // ---- submission ----

@@ -170,6 +170,9 @@ pub struct WorkerStats {
     /// The I/O engine the worker runs on (`uring` or `epoll`; empty before
     /// it started).
     pub io: &'static str,
+    /// The flows' memory budget (shared by all workers) at the last
+    /// publication.
+    pub memory: crate::stack::MemStats,
     /// Frame-in to socket-submit latency, in nanoseconds: from the moment a
     /// batch's frames were taken in to the `io_uring_enter` that submitted
     /// what they caused (recorded once per frame).
@@ -183,6 +186,7 @@ impl Default for WorkerStats {
             worker: WorkerCounters::default(),
             flows: 0,
             io: "",
+            memory: crate::stack::MemStats::default(),
             // Cannot fail: 3 significant figures is within hdrhistogram's 0..=5.
             latency_ns: Histogram::new(3).unwrap_or_else(|_| unreachable!()),
         }
@@ -667,6 +671,7 @@ impl Worker {
             if self.shared.dump.swap(false, Ordering::Relaxed) {
                 stats.stack = self.stack.counters().clone();
                 stats.flows = self.stack.flow_count() as u64;
+                stats.memory = self.stack.memory().stats();
                 *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
             }
             // Everything the batch caused is queued; the next io_uring_enter
@@ -727,6 +732,7 @@ impl Worker {
         uring.submit_and_wait(0, None)?;
         uring.close_all();
         stats.stack = self.stack.counters().clone();
+        stats.memory = self.stack.memory().stats();
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
         Ok(stats)
     }

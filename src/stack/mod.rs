@@ -31,7 +31,10 @@
 //! Malformed input is dropped and counted by [`DropReason`]; nothing a guest
 //! sends can panic the stack or make it hold unbounded memory: flows are
 //! capped (`max_flows`), per-flow queues are capped (see [`tcp::conn`]),
-//! reassembly is capped ([`frag::Limits`]).
+//! reassembly is capped ([`frag::Limits`]), and all flow buffers together
+//! are held within one memory budget shared by every worker
+//! ([`Config::memory`], see [`mem`]): past it, TCP windows close, host
+//! reads wait and datagrams are dropped, instead of memory growing.
 //!
 //! The caller batches: feed a burst of frames to [`Stack::ingress`], then
 //! call [`Stack::poll`] once, which sends the ACKs the burst left pending
@@ -45,6 +48,7 @@ pub mod dns;
 pub mod flow;
 pub mod frag;
 mod ipv6;
+pub mod mem;
 pub mod ops;
 pub mod policy;
 pub mod steer;
@@ -58,6 +62,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use directory::Directory;
+pub use mem::{MemBudget, MemStats};
 
 pub use flow::{FlowId, FlowKey};
 pub use ops::{Errno, HostEvent, Proto, SockOp};
@@ -208,6 +213,9 @@ pub struct Config {
     /// holds goes to that stack ([`Actions::forward`]), whatever queue it
     /// came in on. `None` for a guest with one stack.
     pub directory: Option<Arc<Directory>>,
+    /// The memory budget of flow buffers (`--max-memory`), one for all of
+    /// a daemon's stacks. The default has no limit.
+    pub memory: Arc<MemBudget>,
 }
 
 impl Default for Config {
@@ -241,6 +249,7 @@ impl Default for Config {
             offload: Offload::default(),
             publish_keep_source: false,
             directory: None,
+            memory: Arc::new(MemBudget::default()),
         }
     }
 }
@@ -316,6 +325,7 @@ drop_reasons! {
     HostError => "drops_host_error",
     BadVnetHdr => "drops_bad_vnet_hdr",
     Denied => "drops_denied",
+    MemoryBudget => "drops_mem_budget",
 }
 
 const _: () = assert!(
@@ -430,6 +440,68 @@ struct DgramFlow {
     pending: VecDeque<Vec<u8>>,
     last_active: Instant,
     timeout: Duration,
+    /// Budget held by each datagram in a `Send`, oldest first (a `Sent`
+    /// gives back the oldest: the sum is exact once all are answered).
+    in_flight: VecDeque<usize>,
+    /// Budget held by `pending` and `in_flight`.
+    held: usize,
+    mem: Arc<MemBudget>,
+}
+
+impl DgramFlow {
+    fn new(mem: Arc<MemBudget>, now: Instant, timeout: Duration, connected: bool) -> DgramFlow {
+        DgramFlow {
+            connected,
+            pending: VecDeque::new(),
+            last_active: now,
+            timeout,
+            in_flight: VecDeque::new(),
+            held: 0,
+            mem,
+        }
+    }
+
+    /// What a datagram costs the budget.
+    fn cost(data: &[u8]) -> usize {
+        data.len() + mem::CHUNK_OVERHEAD
+    }
+
+    /// Reserve `data`'s cost; false when the budget is spent.
+    fn reserve(&mut self, data: &[u8]) -> bool {
+        let c = Self::cost(data);
+        if !self.mem.try_reserve(c) {
+            return false;
+        }
+        self.held += c;
+        true
+    }
+
+    /// A reserved datagram goes into a `Send`.
+    fn sending(&mut self, data: &[u8]) {
+        self.in_flight.push_back(Self::cost(data));
+    }
+
+    /// A `Send` was answered.
+    fn sent(&mut self) {
+        if let Some(c) = self.in_flight.pop_front() {
+            self.held -= c;
+            self.mem.release(c);
+        }
+    }
+
+    /// A queued datagram is given up (the socket failed).
+    fn discard(&mut self, data: &[u8]) {
+        let c = Self::cost(data);
+        self.held -= c;
+        self.mem.release(c);
+    }
+}
+
+impl Drop for DgramFlow {
+    /// A flow gone gives back what its queue and its `Send`s held.
+    fn drop(&mut self) {
+        self.mem.release(self.held);
+    }
 }
 
 #[derive(Debug)]
@@ -573,7 +645,17 @@ pub struct Stack {
     next_ra: Option<Instant>,
     /// Unsolicited RAs sent so far (the first few go out faster).
     initial_ras: u8,
+    /// TCP flows the memory budget held back (a window kept small, a
+    /// `Recv` not posted): [`Stack::poll`] re-drives them once memory is
+    /// free.
+    mem_wait: Vec<FlowId>,
+    /// Where the next wake-up of `mem_wait` starts.
+    mem_rotor: usize,
 }
+
+/// Free budget at which [`Stack::poll`] wakes the flows waiting for memory
+/// (less would only wake them to wait again).
+const MEM_WAKE: usize = 64 << 10;
 
 /// Source ports for inbound flows shown from the gateway (the Linux
 /// ephemeral range: unlikely to be a port the guest connects to).
@@ -609,7 +691,28 @@ impl Stack {
             pub_udp: std::collections::HashMap::new(),
             next_ra: None,
             initial_ras: 0,
+            mem_wait: Vec::new(),
+            mem_rotor: 0,
         }
+    }
+
+    /// The memory budget this stack's flows draw on.
+    pub fn memory(&self) -> &Arc<MemBudget> {
+        &self.cfg.memory
+    }
+
+    /// Bytes of the memory budget this stack's flows hold now (the sum the
+    /// flows account; the budget itself is shared with other stacks).
+    pub fn held_memory(&self) -> usize {
+        self.flows
+            .ids()
+            .into_iter()
+            .filter_map(|id| match self.flows.get(id) {
+                Some((_, FlowState::Tcp(c))) => Some(c.held_memory()),
+                Some((_, FlowState::Dgram(f))) => Some(f.held),
+                None => None,
+            })
+            .sum()
     }
 
     /// The configuration.
@@ -1121,14 +1224,17 @@ impl Stack {
                     conn.set_max_segment(max);
                 }
                 let pending = conn.ack_pending();
-                (v, frames, pending)
+                (v, frames, pending, conn.take_mem_wait())
             };
-            let (v, frames, pending) = verdict;
+            let (v, frames, pending, wait) = verdict;
             for f in frames {
                 self.push_frame(out, f);
             }
             if pending {
                 self.ack_list.push(id);
+            }
+            if wait {
+                self.mem_wait.push(id);
             }
             if v == Verdict::Remove {
                 self.flows.remove(id);
@@ -1168,8 +1274,9 @@ impl Stack {
             IpAddr::V6(_) => usize::from(self.cfg.mtu).saturating_sub(20),
         };
         let offload = self.cfg.offload;
+        let mem = self.cfg.memory.clone();
         let Some(id) = self.flows.insert_with(key, |id| {
-            let mut conn = Conn::new(id, &seg, iss, mtu);
+            let mut conn = Conn::new(id, &seg, iss, mtu, mem);
             if let Some(max) = tso_payload(offload, &key, conn.mss()) {
                 conn.set_max_segment(max);
             }
@@ -1358,9 +1465,12 @@ impl Stack {
         let mtu = usize::from(self.cfg.mtu);
         let l2 = self.l2();
         let mut frames = Vec::new();
+        let mem = self.cfg.memory.clone();
         let id = self.flows.insert_with(key, |id| {
             let mut emit = tcp_emitter(l2, &key, 0, &mut frames);
-            FlowState::Tcp(Box::new(Conn::new_to_guest(id, iss, mtu, now, &mut emit)))
+            FlowState::Tcp(Box::new(Conn::new_to_guest(
+                id, iss, mtu, now, mem, &mut emit,
+            )))
         });
         let Some(id) = id else {
             self.drop(DropReason::FlowLimit);
@@ -1401,12 +1511,8 @@ impl Stack {
                     return None;
                 };
                 self.solicit_guest_mac(out);
-                let flow = DgramFlow {
-                    connected: true,
-                    pending: VecDeque::new(),
-                    last_active: now,
-                    timeout: self.cfg.udp_timeout,
-                };
+                let flow =
+                    DgramFlow::new(self.cfg.memory.clone(), now, self.cfg.udp_timeout, true);
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
                     self.drop(DropReason::FlowLimit);
                     return None;
@@ -1498,12 +1604,7 @@ impl Stack {
                     _ if remote.port() == 53 => self.cfg.dns_timeout,
                     _ => self.cfg.udp_timeout,
                 };
-                let flow = DgramFlow {
-                    connected: false,
-                    pending: VecDeque::new(),
-                    last_active: now,
-                    timeout,
-                };
+                let flow = DgramFlow::new(self.cfg.memory.clone(), now, timeout, false);
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
                     if self.held_elsewhere(&key).is_some() {
                         // Another worker opened the flow an instant ago
@@ -1534,12 +1635,19 @@ impl Stack {
             return;
         };
         f.last_active = now;
+        if !f.connected && f.pending.len() >= DGRAM_QUEUE {
+            return self.drop(DropReason::UdpQueueFull);
+        }
+        if !f.reserve(&data) {
+            // Over the memory budget: dropped, as by a full queue.
+            f.mem.note_udp_drop();
+            return self.drop(DropReason::MemoryBudget);
+        }
         if f.connected {
+            f.sending(&data);
             out.ops.push(SockOp::Send { flow: id, data });
-        } else if f.pending.len() < DGRAM_QUEUE {
-            f.pending.push_back(data);
         } else {
-            self.drop(DropReason::UdpQueueFull);
+            f.pending.push_back(data);
         }
     }
 
@@ -1807,6 +1915,9 @@ impl Stack {
                 };
                 drop(emit);
                 let pending = conn.ack_pending();
+                if conn.take_mem_wait() {
+                    self.mem_wait.push(id);
+                }
                 for f in frames {
                     self.push_frame(out, f);
                 }
@@ -1835,7 +1946,8 @@ impl Stack {
         match ev {
             HostEvent::Connected { result: Ok(()), .. } => {
                 f.connected = true;
-                for data in f.pending.drain(..) {
+                while let Some(data) = f.pending.pop_front() {
+                    f.sending(&data);
                     out.ops.push(SockOp::Send { flow: id, data });
                 }
                 out.ops.push(SockOp::Recv {
@@ -1845,6 +1957,9 @@ impl Stack {
             }
             HostEvent::Connected { result: Err(e), .. } => {
                 let pending: Vec<Vec<u8>> = f.pending.drain(..).collect();
+                for d in &pending {
+                    f.discard(d);
+                }
                 out.ops.push(SockOp::Close {
                     flow: id,
                     reset: false,
@@ -1862,6 +1977,7 @@ impl Stack {
                 }
             }
             HostEvent::Sent { result, .. } => {
+                f.sent();
                 if let Err(e) = result {
                     log::trace!("udp send error {e}");
                     if e == libc_errno::ECONNREFUSED {
@@ -1938,6 +2054,7 @@ impl Stack {
             }
         }
         self.ack_list = acks;
+        self.wake_mem_waiters(out);
         self.ra_timer(now, out);
 
         if now >= self.next_scan {
@@ -1959,6 +2076,9 @@ impl Stack {
                                 &mut tcp_emitter(l2, &key, mss, &mut frames),
                                 &mut out.ops,
                             );
+                            if conn.take_mem_wait() {
+                                self.mem_wait.push(id);
+                            }
                             for f in frames {
                                 self.push_frame(out, f);
                             }
@@ -1980,6 +2100,39 @@ impl Stack {
             }
         }
         self.next_deadline()
+    }
+
+    /// Re-drive the flows the budget held back, once it has room again
+    /// (memory released here or by another worker's flows): each re-posts
+    /// its `Recv` and sends a window update if its window reopened. A flow
+    /// still short goes back on the list. The list starts at a rotating
+    /// place, so no flow is always served last.
+    fn wake_mem_waiters(&mut self, out: &mut Actions) {
+        if self.mem_wait.is_empty() || self.cfg.memory.available() < MEM_WAKE {
+            return;
+        }
+        let l2 = self.l2();
+        let mut waiting = std::mem::take(&mut self.mem_wait);
+        waiting.sort_unstable();
+        waiting.dedup();
+        self.mem_rotor = self.mem_rotor.wrapping_add(1);
+        let start = self.mem_rotor % waiting.len();
+        waiting.rotate_left(start);
+        for id in waiting {
+            let Some((key, FlowState::Tcp(conn))) = self.flows.get_mut(id) else {
+                continue;
+            };
+            let key = *key;
+            let mss = conn.mss();
+            let mut frames = Vec::new();
+            conn.on_memory(&mut tcp_emitter(l2, &key, mss, &mut frames), &mut out.ops);
+            if conn.take_mem_wait() {
+                self.mem_wait.push(id);
+            }
+            for f in frames {
+                self.push_frame(out, f);
+            }
+        }
     }
 
     /// When [`Stack::poll`] next has work, if ever.

@@ -57,9 +57,11 @@
 //! with RST, so the host client sees the refusal.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::stack::flow::FlowId;
+use crate::stack::mem::{CHUNK_OVERHEAD, MemBudget};
 use crate::stack::ops::{Errno, SockOp};
 use crate::stack::time::Instant;
 use crate::stack::wire::tcp::{Flags, Repr as TcpRepr, SeqNumber};
@@ -70,6 +72,17 @@ pub const TO_HOST_CAP: usize = 4 << 20;
 pub const TO_GUEST_CAP: usize = 4 << 20;
 /// Largest single host read.
 pub const RECV_CHUNK: usize = 256 << 10;
+/// First host read of a connection: reads grow (doubling up to
+/// [`RECV_CHUNK`]) while they come back full and shrink when they come back
+/// mostly empty, so an idle connection holds a small buffer in its `Recv`
+/// and a bulk one a large one.
+pub const RECV_INIT: usize = 16 << 10;
+/// Smallest host read worth posting when the memory budget is short.
+pub const RECV_MIN: usize = 4 << 10;
+/// Host reads shorter than this are appended to the previous short chunk
+/// of `to_guest` (a trickle of tiny reads would otherwise hold one
+/// allocation per byte or two).
+const SMALL_CHUNK: usize = 2 << 10;
 /// Largest chunk of `to_host`, so the largest single host write. Bytes that
 /// arrive while a `Send` is in flight fill chunks of this capacity (a bulk
 /// upload); a segment that arrives with none in flight gets a chunk of its
@@ -134,8 +147,13 @@ pub struct Conn {
     to_host: VecDeque<Vec<u8>>,
     /// Bytes in `to_host` and in the `Send` in flight: what uipd holds.
     to_host_len: usize,
+    /// Budget reserved for `to_host` and the `Send` in flight (chunk
+    /// capacities plus [`CHUNK_OVERHEAD`] each).
+    to_host_mem: usize,
     /// Bytes in the `Send` in flight (0 = none in flight).
     sending: usize,
+    /// Budget held by the `Send` in flight (part of `to_host_mem`).
+    sending_mem: usize,
     /// The guest sent FIN (counted in `rcv_nxt`).
     guest_fin: bool,
     /// `shutdown(SHUT_WR)` was issued.
@@ -154,8 +172,19 @@ pub struct Conn {
     snd_una: SeqNumber,
     /// Next byte to send.
     snd_nxt: SeqNumber,
-    /// Bytes read from the host, from `snd_una` on.
-    to_guest: VecDeque<u8>,
+    /// Bytes read from the host, from `snd_una` on: the `Recv` buffers
+    /// themselves (no copy), the first one from `to_guest_head` on.
+    to_guest: VecDeque<Vec<u8>>,
+    /// Bytes in `to_guest` from `to_guest_head` on.
+    to_guest_len: usize,
+    /// Bytes of the first chunk of `to_guest` the guest already ACKed.
+    to_guest_head: usize,
+    /// Budget reserved for `to_guest` (capacities plus overhead).
+    to_guest_mem: usize,
+    /// Size of the next `Recv` (adapts; see [`RECV_INIT`]).
+    recv_size: usize,
+    /// Budget reserved for the `Recv` in flight.
+    recv_mem: usize,
     /// Guest's advertised window in bytes (scaled).
     snd_wnd: usize,
     /// Shift to apply to the guest's window field.
@@ -169,7 +198,7 @@ pub struct Conn {
     receiving: bool,
     /// The host socket reached end of stream.
     host_eof: bool,
-    /// Our FIN has been sent (it occupies `snd_una + to_guest.len()`).
+    /// Our FIN has been sent (it occupies `snd_una + to_guest_len`).
     fin_sent: bool,
     /// The guest acknowledged our FIN.
     fin_acked: bool,
@@ -181,12 +210,33 @@ pub struct Conn {
     rto: Duration,
     /// Retransmissions without progress.
     retries: u32,
+
+    /// The flows' shared memory budget.
+    mem: Arc<MemBudget>,
+    /// The budget refused this connection something (a window, a `Recv`,
+    /// bytes): the stack calls [`Conn::on_memory`] once memory is free.
+    mem_wait: bool,
+}
+
+impl Drop for Conn {
+    /// A connection gone (closed, reset, the flow table torn down) gives
+    /// back everything it reserved.
+    fn drop(&mut self) {
+        self.mem
+            .release(self.to_host_mem + self.to_guest_mem + self.recv_mem);
+    }
 }
 
 impl Conn {
     /// A connection for a guest SYN: `syn` is the parsed SYN, `iss` our ISN,
     /// `mtu` the guest link MTU. The caller issues the host `Open`.
-    pub fn new(flow: FlowId, syn: &TcpRepr<'_>, iss: SeqNumber, mtu: usize) -> Conn {
+    pub fn new(
+        flow: FlowId,
+        syn: &TcpRepr<'_>,
+        iss: SeqNumber,
+        mtu: usize,
+        mem: Arc<MemBudget>,
+    ) -> Conn {
         let link_mss = mtu.saturating_sub(40).max(64);
         let mss = usize::from(syn.max_seg_size.unwrap_or(DEFAULT_MSS)).clamp(64, link_mss);
         let (our_wscale, snd_wscale) = match syn.window_scale {
@@ -200,7 +250,9 @@ impl Conn {
             rcv_nxt,
             to_host: VecDeque::new(),
             to_host_len: 0,
+            to_host_mem: 0,
             sending: 0,
+            sending_mem: 0,
             guest_fin: false,
             host_shut: false,
             our_wscale,
@@ -210,6 +262,11 @@ impl Conn {
             snd_una: iss,
             snd_nxt: iss,
             to_guest: VecDeque::new(),
+            to_guest_len: 0,
+            to_guest_head: 0,
+            to_guest_mem: 0,
+            recv_size: RECV_INIT,
+            recv_mem: 0,
             snd_wnd: usize::from(syn.window_len),
             snd_wscale,
             mss,
@@ -222,6 +279,8 @@ impl Conn {
             rto_deadline: None,
             rto: RTO_MIN,
             retries: 0,
+            mem,
+            mem_wait: false,
         }
     }
 
@@ -233,6 +292,7 @@ impl Conn {
         iss: SeqNumber,
         mtu: usize,
         now: Instant,
+        mem: Arc<MemBudget>,
         emit: &mut Emit<'_>,
     ) -> Conn {
         let link_mss = mtu.saturating_sub(40).max(64);
@@ -242,7 +302,9 @@ impl Conn {
             rcv_nxt: SeqNumber(0),
             to_host: VecDeque::new(),
             to_host_len: 0,
+            to_host_mem: 0,
             sending: 0,
+            sending_mem: 0,
             guest_fin: false,
             host_shut: false,
             our_wscale: OUR_WSCALE,
@@ -252,6 +314,11 @@ impl Conn {
             snd_una: iss,
             snd_nxt: iss + 1usize,
             to_guest: VecDeque::new(),
+            to_guest_len: 0,
+            to_guest_head: 0,
+            to_guest_mem: 0,
+            recv_size: RECV_INIT,
+            recv_mem: 0,
             snd_wnd: 0,
             snd_wscale: 0,
             mss: link_mss,
@@ -264,6 +331,8 @@ impl Conn {
             rto_deadline: None,
             rto: RTO_MIN,
             retries: 0,
+            mem,
+            mem_wait: false,
         };
         c.send_syn(emit);
         c.arm_rto(now);
@@ -389,7 +458,18 @@ impl Conn {
 
     /// Bytes read from the host and not yet acknowledged by the guest.
     pub fn unacked_to_guest(&self) -> usize {
-        self.to_guest.len()
+        self.to_guest_len
+    }
+
+    /// Bytes of the memory budget this connection holds.
+    pub fn held_memory(&self) -> usize {
+        self.to_host_mem + self.to_guest_mem + self.recv_mem
+    }
+
+    /// True once if the budget refused this connection something since the
+    /// last call: the stack then keeps it on its list of waiters.
+    pub fn take_mem_wait(&mut self) -> bool {
+        std::mem::take(&mut self.mem_wait)
     }
 
     /// Earliest timer of this connection.
@@ -402,22 +482,53 @@ impl Conn {
         self.ack_pending
     }
 
-    /// Free space of `to_host`: the window we advertise.
-    fn rcv_wnd(&self) -> usize {
+    /// Free space of `to_host` (the queue's cap), ignoring the budget.
+    fn queue_wnd(&self) -> usize {
         TO_HOST_CAP.saturating_sub(self.to_host_len)
     }
 
+    /// The window we advertise: the queue's free space, as far as the
+    /// memory budget (and the room left in the last chunk, already
+    /// reserved) can hold it.
+    fn rcv_wnd(&self) -> usize {
+        let spare = self
+            .to_host
+            .back()
+            .map_or(0, |c| c.capacity() - c.len());
+        self.queue_wnd()
+            .min(spare.saturating_add(self.mem.available()))
+    }
+
     /// Queue guest bytes for the host (the one copy they get in uipd).
-    fn push_to_host(&mut self, mut bytes: &[u8]) {
-        self.to_host_len += bytes.len();
+    /// Each new chunk is reserved from the budget first; returns how many
+    /// bytes were taken: fewer than `bytes.len()` when the budget is spent.
+    fn push_to_host(&mut self, mut bytes: &[u8]) -> usize {
+        let mut taken = 0;
         while !bytes.is_empty() {
             let room = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
-                let cap = if self.sending > 0 {
+                let want = if self.sending > 0 {
                     SEND_CHUNK
                 } else {
                     bytes.len().min(SEND_CHUNK)
                 };
+                let need = bytes.len().min(want);
+                // The chunk's capacity, reserved with its bookkeeping: the
+                // full chunk, else just what this segment needs, else what
+                // the budget has left.
+                let cap = if self.mem.try_reserve(want + CHUNK_OVERHEAD) {
+                    want
+                } else if need < want && self.mem.try_reserve(need + CHUNK_OVERHEAD) {
+                    need
+                } else {
+                    let got = self.mem.reserve_up_to(need + CHUNK_OVERHEAD);
+                    if got <= CHUNK_OVERHEAD {
+                        self.mem.release(got);
+                        break;
+                    }
+                    got - CHUNK_OVERHEAD
+                };
+                self.to_host_mem += cap + CHUNK_OVERHEAD;
                 self.to_host.push_back(Vec::with_capacity(cap));
                 continue;
             }
@@ -426,7 +537,10 @@ impl Conn {
                 c.extend_from_slice(&bytes[..n]);
             }
             bytes = &bytes[n..];
+            taken += n;
         }
+        self.to_host_len += taken;
+        taken
     }
 
     /// Window field for our segments (scaled down, clamped to 16 bits).
@@ -460,7 +574,16 @@ impl Conn {
     }
 
     fn note_advertised(&mut self) {
-        self.adv_right_edge = self.rcv_nxt + (usize::from(self.window_field()) << self.our_wscale);
+        let wnd = usize::from(self.window_field()) << self.our_wscale;
+        self.adv_right_edge = self.rcv_nxt + wnd;
+        if self.rcv_wnd() < self.queue_wnd() && !self.guest_fin {
+            // The budget, not the queue, set this window: reopen it with a
+            // window update once memory is free.
+            if !self.mem_wait {
+                self.mem.note_window_limited();
+            }
+            self.mem_wait = true;
+        }
     }
 
     fn send_syn_ack(&mut self, emit: &mut Emit<'_>) {
@@ -636,12 +759,18 @@ impl Conn {
                     self.ack_pending = true;
                 } else {
                     let fresh = &seg.payload[skip..];
-                    let take = fresh.len().min(self.rcv_wnd());
+                    let fit = fresh.len().min(self.queue_wnd());
+                    // What the budget cannot hold is dropped unACKed, like
+                    // bytes beyond the window: the guest sends them again.
+                    let take = self.push_to_host(&fresh[..fit]);
+                    if take < fit {
+                        self.mem.note_tcp_dropped(fit - take);
+                        self.mem_wait = true;
+                    }
                     if take < fresh.len() {
                         // Beyond our window: the rest is dropped, and so is a FIN behind it.
                         fin = false;
                     }
-                    self.push_to_host(&fresh[..take]);
                     self.rcv_nxt = self.rcv_nxt + take;
                     if fin {
                         self.rcv_nxt = self.rcv_nxt + 1usize;
@@ -666,7 +795,7 @@ impl Conn {
             // reading: it is alive, so persist without ever giving up.
             self.retries = 0;
         }
-        let fin_seq = self.snd_una + self.to_guest.len();
+        let fin_seq = self.snd_una + self.to_guest_len;
         let max_ack = if self.fin_sent {
             fin_seq + 1usize
         } else {
@@ -679,8 +808,8 @@ impl Conn {
         }
         if ack > self.snd_una {
             let acked = usize::try_from(ack - self.snd_una).unwrap_or(0);
-            let data_acked = acked.min(self.to_guest.len());
-            self.to_guest.drain(..data_acked);
+            let data_acked = acked.min(self.to_guest_len);
+            self.consume_to_guest(data_acked);
             if self.fin_sent && ack == fin_seq + 1usize {
                 self.fin_acked = true;
             }
@@ -711,6 +840,41 @@ impl Conn {
         }
     }
 
+    /// Forget the first `n` bytes of `to_guest` (the guest ACKed them),
+    /// giving back each chunk that is wholly acknowledged.
+    fn consume_to_guest(&mut self, mut n: usize) {
+        self.to_guest_len -= n;
+        while n > 0 {
+            let Some(front) = self.to_guest.front() else {
+                break;
+            };
+            let left = front.len() - self.to_guest_head;
+            if n < left {
+                self.to_guest_head += n;
+                break;
+            }
+            n -= left;
+            let cost = front.capacity() + CHUNK_OVERHEAD;
+            self.to_guest.pop_front();
+            self.to_guest_head = 0;
+            self.to_guest_mem -= cost;
+            self.mem.release(cost);
+        }
+    }
+
+    /// The bytes of `to_guest` from `off` (relative to `snd_una`) to the
+    /// end of the chunk holding `off`; empty at or past the end.
+    fn to_guest_at(&self, off: usize) -> &[u8] {
+        let mut off = off + self.to_guest_head;
+        for c in &self.to_guest {
+            if off < c.len() {
+                return &c[off..];
+            }
+            off -= c.len();
+        }
+        &[]
+    }
+
     /// Go back to the oldest unacknowledged byte (fast retransmit or RTO).
     fn rewind(&mut self) {
         self.snd_nxt = self.snd_una;
@@ -737,6 +901,7 @@ impl Conn {
             return;
         };
         self.sending = data.len();
+        self.sending_mem = data.capacity() + CHUNK_OVERHEAD;
         ops.push(SockOp::Send {
             flow: self.flow,
             data,
@@ -748,15 +913,52 @@ impl Conn {
         if self.receiving || self.host_eof || self.state == State::Closed {
             return;
         }
-        let room = TO_GUEST_CAP.saturating_sub(self.to_guest.len());
+        let room = TO_GUEST_CAP.saturating_sub(self.to_guest_len);
         if room < self.mss.min(TO_GUEST_CAP / 4) {
             return;
         }
+        // The read's buffer is reserved before it is posted; short of
+        // budget the read shrinks, and below RECV_MIN it waits (the host
+        // socket's buffer fills and the peer's window closes).
+        let want = room.min(self.recv_size).min(RECV_CHUNK);
+        let max = if self.mem.try_reserve(want) {
+            want
+        } else {
+            self.mem.note_recv_deferred();
+            let got = self.mem.reserve_up_to(want);
+            if got < want.min(RECV_MIN) {
+                self.mem.release(got);
+                self.mem_wait = true;
+                return;
+            }
+            got
+        };
+        self.recv_mem = max;
         self.receiving = true;
         ops.push(SockOp::Recv {
             flow: self.flow,
-            max: room.min(RECV_CHUNK),
+            max,
         });
+    }
+
+    /// Memory was released somewhere: re-post a `Recv` the budget held
+    /// back, and tell the guest of a window the budget had kept closed.
+    /// Sets the wait flag again if the budget still falls short.
+    pub fn on_memory(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.maybe_recv(ops);
+        if matches!(self.state, State::Established | State::SynAckSent) && !self.guest_fin {
+            let believed =
+                usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
+            let now_wnd = usize::from(self.window_field()) << self.our_wscale;
+            if now_wnd > believed {
+                self.send_ack(emit);
+            } else if self.rcv_wnd() < self.queue_wnd() {
+                self.mem_wait = true;
+            }
+        }
     }
 
     /// The host socket took `result` bytes of the `Send` in flight.
@@ -778,6 +980,9 @@ impl Conn {
         }
         self.to_host_len -= self.sending;
         self.sending = 0;
+        self.to_host_mem -= self.sending_mem;
+        self.mem.release(self.sending_mem);
+        self.sending_mem = 0;
         // Window update when the window reopens noticeably (RFC 9293
         // §3.8.6.2.2): from zero, or by two segments while the guest believes
         // it has less than half of the largest window.
@@ -806,9 +1011,20 @@ impl Conn {
             return Verdict::Remove;
         }
         self.receiving = false;
+        let posted = std::mem::take(&mut self.recv_mem);
+        self.mem.release(posted);
         match result {
             Ok(data) if data.is_empty() => self.host_eof = true,
-            Ok(data) => self.to_guest.extend(&data),
+            Ok(data) => {
+                // Reads that fill their buffer grow the next one; reads
+                // that come back mostly empty shrink it.
+                if data.len() >= posted {
+                    self.recv_size = (self.recv_size * 2).min(RECV_CHUNK);
+                } else if data.len() < self.recv_size / 4 {
+                    self.recv_size = (self.recv_size / 2).max(RECV_MIN);
+                }
+                self.push_to_guest(data);
+            }
             Err(_) => return self.abort(emit, ops),
         }
         self.transmit(now, emit);
@@ -816,24 +1032,49 @@ impl Conn {
         self.check_done(emit, ops)
     }
 
+    /// Keep a host read's buffer in `to_guest`, accounted by its capacity
+    /// (trimmed to its length first: an in-place shrink). The budget
+    /// reserved for the read covered it; this is the same memory, so the
+    /// reservation is forced (it only differs by the bookkeeping overhead).
+    fn push_to_guest(&mut self, mut data: Vec<u8>) {
+        self.to_guest_len += data.len();
+        if data.len() < SMALL_CHUNK
+            && let Some(back) = self.to_guest.back_mut()
+            && back.len() < SMALL_CHUNK
+        {
+            let before = back.capacity();
+            back.reserve_exact(data.len());
+            back.extend_from_slice(&data);
+            let grown = back.capacity() - before;
+            self.to_guest_mem += grown;
+            self.mem.force_reserve(grown);
+            return;
+        }
+        if data.capacity() > data.len() {
+            data.shrink_to_fit();
+        }
+        let cost = data.capacity() + CHUNK_OVERHEAD;
+        self.to_guest_mem += cost;
+        self.mem.force_reserve(cost);
+        self.to_guest.push_back(data);
+    }
+
     /// Send what the guest's window allows, then FIN if the host is done.
     fn transmit(&mut self, now: Instant, emit: &mut Emit<'_>) {
         if self.state != State::Established {
             return;
         }
-        let end = self.snd_una + self.to_guest.len();
+        let end = self.snd_una + self.to_guest_len;
         let wnd_edge = self.snd_una + self.snd_wnd;
         let mut sent_any = false;
         while self.snd_nxt < end && self.snd_nxt < wnd_edge {
             let off = usize::try_from(self.snd_nxt - self.snd_una).unwrap_or(0);
             let avail = usize::try_from(end - self.snd_nxt).unwrap_or(0);
             let wnd_left = usize::try_from(wnd_edge - self.snd_nxt).unwrap_or(0);
-            let (a, b) = self.to_guest.as_slices();
-            let slice = if off < a.len() {
-                &a[off..]
-            } else {
-                &b[off - a.len()..]
-            };
+            let slice = self.to_guest_at(off);
+            if slice.is_empty() {
+                break;
+            }
             let len = self.max_seg.min(avail).min(wnd_left).min(slice.len());
             let last = len == avail;
             let seq = self.snd_nxt;
@@ -934,7 +1175,7 @@ impl Conn {
             }
             State::Established => {
                 self.rewind();
-                if self.snd_wnd == 0 && !self.to_guest.is_empty() {
+                if self.snd_wnd == 0 && self.to_guest_len > 0 {
                     // Zero-window probe (RFC 9293 §3.8.6.1): one byte past the window.
                     self.snd_wnd = 1;
                     self.transmit(now, emit);
@@ -1025,6 +1266,10 @@ mod tests {
 
     impl Harness {
         fn new(wscale: Option<u8>, mss: u16) -> Harness {
+            Harness::with_budget(wscale, mss, Arc::new(MemBudget::default()))
+        }
+
+        fn with_budget(wscale: Option<u8>, mss: u16, mem: Arc<MemBudget>) -> Harness {
             let syn = TcpRepr {
                 flags: Flags {
                     syn: true,
@@ -1036,7 +1281,7 @@ mod tests {
                 ..TEMPL
             };
             Harness {
-                conn: Conn::new(FLOW, &syn, ISS, 65520),
+                conn: Conn::new(FLOW, &syn, ISS, 65520, mem),
                 now: Instant::ZERO,
                 segs: Vec::new(),
                 ops: Vec::new(),
@@ -1099,7 +1344,7 @@ mod tests {
                 self.take_ops(),
                 vec![SockOp::Recv {
                     flow: FLOW,
-                    max: RECV_CHUNK
+                    max: RECV_INIT
                 }]
             );
             self.seg(TcpRepr {
@@ -1627,6 +1872,7 @@ mod tests {
             ISS,
             1500,
             Instant::ZERO,
+            Arc::new(MemBudget::default()),
             &mut Harness::sink(&mut segs),
         );
         let mut h = Harness {
@@ -1679,7 +1925,7 @@ mod tests {
             h.take_ops(),
             vec![SockOp::Recv {
                 flow: FLOW,
-                max: RECV_CHUNK
+                max: RECV_INIT
             }],
             "host data is read once the guest is there"
         );
