@@ -84,6 +84,7 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
         outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
+        io: uipd::dataplane::io::IoEngine::default(),
     };
     let handle = std::thread::spawn(move || worker.run());
 
@@ -212,6 +213,7 @@ fn ipv6_flows_are_steered_to_their_owner() {
         outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
+        io: uipd::dataplane::io::IoEngine::default(),
     };
     let handle = std::thread::spawn(move || worker.run());
     const N: u32 = 64;

@@ -1511,8 +1511,7 @@ impl Stack {
                     return None;
                 };
                 self.solicit_guest_mac(out);
-                let flow =
-                    DgramFlow::new(self.cfg.memory.clone(), now, self.cfg.udp_timeout, true);
+                let flow = DgramFlow::new(self.cfg.memory.clone(), now, self.cfg.udp_timeout, true);
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
                     self.drop(DropReason::FlowLimit);
                     return None;

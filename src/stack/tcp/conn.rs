@@ -491,10 +491,7 @@ impl Conn {
     /// memory budget (and the room left in the last chunk, already
     /// reserved) can hold it.
     fn rcv_wnd(&self) -> usize {
-        let spare = self
-            .to_host
-            .back()
-            .map_or(0, |c| c.capacity() - c.len());
+        let spare = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
         self.queue_wnd()
             .min(spare.saturating_add(self.mem.available()))
     }
