@@ -224,13 +224,11 @@ pub fn host_resolvers(path: &std::path::Path) -> Vec<SocketAddr> {
 /// The default `--max-memory`: a quarter of the machine's physical memory
 /// (`MemTotal` in /proc/meminfo), at least 64 MiB; 1 GiB if it cannot be read.
 pub fn default_max_memory() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-        });
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
     match total_kib {
         Some(kib) => (kib.saturating_mul(1024) / 4).max(64 << 20),
         None => 1 << 30,

@@ -161,6 +161,9 @@ fn max_memory_holds_with_a_thousand_stalled_uploads() {
         o.stat("mem_window_limited").is_some_and(|n| n > 0),
         "the budget closed windows",
     );
-    o.check(hwm <= bound, "uipd's peak RSS stays under the budget plus the margin");
+    o.check(
+        hwm <= bound,
+        "uipd's peak RSS stays under the budget plus the margin",
+    );
     o.pass();
 }

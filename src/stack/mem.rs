@@ -184,10 +184,12 @@ impl MemBudget {
             let Some(n) = amount(self.limit.saturating_sub(cur)).filter(|&n| n > 0) else {
                 return 0;
             };
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + n, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.used.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     self.peak.fetch_max(cur + n, Ordering::Relaxed);
                     return n;
@@ -260,7 +262,11 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        other => return Err(format!("'{s}': unknown size suffix '{other}' (K, M, G or T)")),
+        other => {
+            return Err(format!(
+                "'{s}': unknown size suffix '{other}' (K, M, G or T)"
+            ));
+        }
     };
     n.checked_mul(1usize << shift)
         .ok_or_else(|| format!("'{s}' is too large"))

@@ -1514,8 +1514,7 @@ impl Stack {
                     return None;
                 };
                 self.solicit_guest_mac(out);
-                let flow =
-                    DgramFlow::new(self.cfg.memory.clone(), now, self.cfg.udp_timeout, true);
+                let flow = DgramFlow::new(self.cfg.memory.clone(), now, self.cfg.udp_timeout, true);
                 let Some(id) = self.flows.insert(key, FlowState::Dgram(flow)) else {
                     self.drop(DropReason::FlowLimit);
                     return None;
@@ -2115,7 +2114,8 @@ impl Stack {
     /// place, so no flow is always served last.
     fn wake_mem_waiters(&mut self, out: &mut Actions) {
         let mem = &self.cfg.memory;
-        if self.mem_wait.is_empty() || mem.available() < MEM_WAKE.max(mem.conns() * MEM_WAKE_PER_CONN)
+        if self.mem_wait.is_empty()
+            || mem.available() < MEM_WAKE.max(mem.conns() * MEM_WAKE_PER_CONN)
         {
             return;
         }

@@ -1991,7 +1991,11 @@ fn spent_budget_closes_the_guest_window_and_release_reopens_it() {
         "nothing was queued"
     );
     let ack = last_tcp_to_guest(&out);
-    assert_eq!(ack.ack_number, Some(SeqNumber(2)), "the bytes are not ACKed");
+    assert_eq!(
+        ack.ack_number,
+        Some(SeqNumber(2)),
+        "the bytes are not ACKed"
+    );
     assert_eq!(ack.window_len, 0, "the window is closed");
     let st = mem.stats();
     assert_eq!(st.tcp_dropped_bytes, 1000);
@@ -2052,7 +2056,11 @@ fn spent_budget_closes_the_guest_window_and_release_reopens_it() {
         GW.into(),
     );
     let mut out = Actions::default();
-    s.ingress(&ip_frame(GW, ip_proto::TCP, &l4), Instant::from_millis(4), &mut out);
+    s.ingress(
+        &ip_frame(GW, ip_proto::TCP, &l4),
+        Instant::from_millis(4),
+        &mut out,
+    );
     assert_eq!(s.flow_count(), 0);
     assert_eq!(mem.used(), 0, "a removed flow gives back all it held");
 }
@@ -2133,5 +2141,9 @@ fn udp_over_the_memory_budget_is_dropped_and_counted() {
     assert_eq!(out.ops.len(), 1);
     let mut out = Actions::default();
     s.reset_all(&mut out);
-    assert_eq!(mem.used(), 0, "a removed flow gives back its datagrams in flight");
+    assert_eq!(
+        mem.used(),
+        0,
+        "a removed flow gives back its datagrams in flight"
+    );
 }

@@ -497,12 +497,13 @@ impl Conn {
     /// (receiver silly window avoidance, RFC 9293 §3.8.6.2.2).
     fn rcv_wnd(&self) -> usize {
         let queue = self.queue_wnd();
-        let spare = self
-            .to_host
-            .back()
-            .map_or(0, |c| c.capacity() - c.len());
+        let spare = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
         let wnd = queue.min(spare.saturating_add(self.mem.share()));
-        if wnd < queue && wnd < self.mss { 0 } else { wnd }
+        if wnd < queue && wnd < self.mss {
+            0
+        } else {
+            wnd
+        }
     }
 
     /// Queue guest bytes for the host (the one copy they get in uipd).
