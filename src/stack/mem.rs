@@ -49,6 +49,8 @@ pub struct MemBudget {
     limit: usize,
     used: AtomicUsize,
     peak: AtomicUsize,
+    /// TCP connections drawing on the budget (for [`MemBudget::share`]).
+    conns: AtomicUsize,
     window_limited: AtomicU64,
     recv_deferred: AtomicU64,
     tcp_dropped_bytes: AtomicU64,
@@ -120,6 +122,7 @@ impl MemBudget {
             limit,
             used: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            conns: AtomicUsize::new(0),
             window_limited: AtomicU64::new(0),
             recv_deferred: AtomicU64::new(0),
             tcp_dropped_bytes: AtomicU64::new(0),
@@ -140,6 +143,29 @@ impl MemBudget {
     /// Bytes that may still be reserved.
     pub fn available(&self) -> usize {
         self.limit.saturating_sub(self.used())
+    }
+
+    /// A TCP connection starts drawing on the budget.
+    pub fn register(&self) {
+        self.conns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TCP connection is gone.
+    pub fn unregister(&self) {
+        self.conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// TCP connections drawing on the budget.
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::Relaxed)
+    }
+
+    /// One connection's fair share of what is free: the most window a
+    /// connection advertises beyond the room it already holds, so that the
+    /// windows of all connections together stay within the budget and
+    /// guests rarely send what must then be dropped.
+    pub fn share(&self) -> usize {
+        self.available() / self.conns().max(1)
     }
 
     /// Reserve exactly `n` bytes, or nothing (false).

@@ -656,6 +656,9 @@ pub struct Stack {
 /// Free budget at which [`Stack::poll`] wakes the flows waiting for memory
 /// (less would only wake them to wait again).
 const MEM_WAKE: usize = 64 << 10;
+/// ... and at least this much per connection sharing the budget (each
+/// connection's window is its share of what is free).
+const MEM_WAKE_PER_CONN: usize = 2 << 10;
 
 /// Source ports for inbound flows shown from the gateway (the Linux
 /// ephemeral range: unlikely to be a port the guest connects to).
@@ -2048,6 +2051,9 @@ impl Stack {
             let mut frames = Vec::new();
             let mss = conn.mss();
             conn.flush_ack(&mut tcp_emitter(l2, &key, mss, &mut frames));
+            if conn.take_mem_wait() {
+                self.mem_wait.push(id);
+            }
             for f in frames {
                 self.push_frame(out, f);
             }
@@ -2107,7 +2113,10 @@ impl Stack {
     /// still short goes back on the list. The list starts at a rotating
     /// place, so no flow is always served last.
     fn wake_mem_waiters(&mut self, out: &mut Actions) {
-        if self.mem_wait.is_empty() || self.cfg.memory.available() < MEM_WAKE {
+        let mem = &self.cfg.memory;
+        if self.mem_wait.is_empty()
+            || mem.available() < MEM_WAKE.max(mem.conns() * MEM_WAKE_PER_CONN)
+        {
             return;
         }
         let l2 = self.l2();

@@ -224,6 +224,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         self.mem
             .release(self.to_host_mem + self.to_guest_mem + self.recv_mem);
+        self.mem.unregister();
     }
 }
 
@@ -244,6 +245,7 @@ impl Conn {
             None => (0, 0),
         };
         let rcv_nxt = syn.seq_number + 1usize;
+        mem.register();
         Conn {
             flow,
             state: State::Connecting,
@@ -296,6 +298,7 @@ impl Conn {
         emit: &mut Emit<'_>,
     ) -> Conn {
         let link_mss = mtu.saturating_sub(40).max(64);
+        mem.register();
         let mut c = Conn {
             flow,
             state: State::SynSent,
@@ -488,12 +491,19 @@ impl Conn {
     }
 
     /// The window we advertise: the queue's free space, as far as the
-    /// memory budget (and the room left in the last chunk, already
-    /// reserved) can hold it.
+    /// room left in the last chunk (already reserved) and this
+    /// connection's share of the free budget ([`MemBudget::share`]) hold
+    /// it. A budget-limited window under one MSS is advertised as zero
+    /// (receiver silly window avoidance, RFC 9293 §3.8.6.2.2).
     fn rcv_wnd(&self) -> usize {
+        let queue = self.queue_wnd();
         let spare = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
-        self.queue_wnd()
-            .min(spare.saturating_add(self.mem.available()))
+        let wnd = queue.min(spare.saturating_add(self.mem.share()));
+        if wnd < queue && wnd < self.mss {
+            0
+        } else {
+            wnd
+        }
     }
 
     /// Queue guest bytes for the host (the one copy they get in uipd).
@@ -504,8 +514,14 @@ impl Conn {
         while !bytes.is_empty() {
             let room = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
+                // With a Send in flight a chunk fills from several
+                // segments, but never past what the guest may still send
+                // (the advertised window): an empty 256 KiB chunk per
+                // connection would spend the budget on nothing.
+                let expect =
+                    usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
                 let want = if self.sending > 0 {
-                    SEND_CHUNK
+                    SEND_CHUNK.min(expect.max(bytes.len()))
                 } else {
                     bytes.len().min(SEND_CHUNK)
                 };
@@ -950,7 +966,8 @@ impl Conn {
             let believed =
                 usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
             let now_wnd = usize::from(self.window_field()) << self.our_wscale;
-            if now_wnd > believed {
+            // Update only for a useful window (silly window avoidance).
+            if now_wnd > believed && (believed == 0 || now_wnd - believed >= 2 * self.mss) {
                 self.send_ack(emit);
             } else if self.rcv_wnd() < self.queue_wnd() {
                 self.mem_wait = true;
