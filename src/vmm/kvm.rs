@@ -150,7 +150,16 @@ impl Vm {
             .collect();
         let mem = GuestMemoryMmap::from_ranges(&ranges)
             .map_err(|source| KvmError::Memory { mib, source })?;
-        let fd = kvm.create_vm().map_err(ioctl("creating the VM"))?;
+        // KVM_CREATE_VM may be interrupted by a signal (seen on nested
+        // SVM under load: EINTR); it has no side effect then, so retry a
+        // bounded number of times.
+        let mut tries = 0;
+        let fd = loop {
+            match kvm.create_vm() {
+                Err(e) if e.errno() == libc::EINTR && tries < 8 => tries += 1,
+                r => break r.map_err(ioctl("creating the VM"))?,
+            }
+        };
         fd.set_identity_map_address(IDENTITY_MAP_ADDR)
             .map_err(ioctl("setting the identity map address"))?;
         fd.set_tss_address(TSS_ADDR)
