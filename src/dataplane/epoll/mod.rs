@@ -78,8 +78,10 @@
 //!
 //! # Limits
 //! - A `Recv` reads at most [`MAX_RECV`] bytes.
-//! - Wait timeouts have millisecond granularity (`epoll_wait`), rounded up
-//!   so that a wait never ends before its deadline.
+//! - Timed waits use `epoll_pwait2` (nanoseconds: the stack's sub-ms
+//!   timers, delayed ACKs among them, fire on time); where it is missing
+//!   (before 5.11) or refused, `epoll_wait`'s milliseconds, rounded up so
+//!   that a wait never ends before its deadline.
 //! - [`Epoll::work_pending`] costs one `epoll_wait(0)` when nothing is
 //!   known to be ready: busy-polling is a syscall per check here.
 
@@ -237,6 +239,8 @@ pub struct Epoll {
     deadline: Option<Instant>,
     short_sends: u64,
     outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    /// Timed waits use `epoll_pwait2` (nanoseconds) until it is refused.
+    pwait2: bool,
 }
 
 impl Epoll {
@@ -259,6 +263,7 @@ impl Epoll {
             deadline: None,
             short_sends: 0,
             outbound: (None, None),
+            pwait2: true,
         })
     }
 
@@ -373,6 +378,15 @@ impl Epoll {
             _ if busy => 0,
             Some(t) => {
                 self.deadline = Instant::now().checked_add(t);
+                if self.pwait2 {
+                    match sys::epoll_pwait2(&self.ep, &mut self.events, t) {
+                        Err(e @ (libc::ENOSYS | libc::EPERM)) => {
+                            debug!("epoll: no epoll_pwait2 (errno {e}); millisecond waits");
+                            self.pwait2 = false;
+                        }
+                        r => return r.map_err(io::Error::from_raw_os_error),
+                    }
+                }
                 // Rounded up: a wait never ends before its deadline.
                 let ms = t.as_nanos().div_ceil(1_000_000);
                 libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
