@@ -15,7 +15,8 @@
 //!   queue 0           queue 1             queue N-1
 //!   worker uipd-w0    worker uipd-w1      worker uipd-wN-1     (one per CPU, pinned)
 //!   ├ Stack shard     ├ Stack shard       ├ Stack shard        stack::Stack: no I/O
-//!   ├ io_uring        ├ io_uring          ├ io_uring           dataplane::uring
+//!   ├ io_uring        ├ io_uring          ├ io_uring           dataplane::uring (or
+//!   │                 │                   │                    dataplane::epoll, --io)
 //!   └ inbox ring ◄────┴── frames of flows that arrived on a foreign queue (rings)
 //!                          │
 //!                   host sockets (TCP, connected UDP, ping sockets)
@@ -32,7 +33,9 @@
 //!   between threads.
 //! - [`dataplane`] runs the stack: pinned [`dataplane::worker`]s, each
 //!   owning one TAP queue, one io_uring ([`dataplane::uring`]) for every
-//!   host socket operation and TAP write, and one shard of the flows;
+//!   host socket operation and TAP write (or, where io_uring is refused,
+//!   an epoll loop on non-blocking sockets, [`dataplane::epoll`], behind
+//!   the same [`dataplane::io::Io`]), and one shard of the flows;
 //!   [`stack::steer`] maps a flow to its worker. The namespace frontend
 //!   ([`dataplane::netns`], [`dataplane::tap`]) creates or joins the
 //!   namespace and its TAP; [`dataplane::offload`] turns on the

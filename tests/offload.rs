@@ -336,7 +336,7 @@ fn run_in_outer_netns(mode: Mode, v6: bool, job: Job) -> Outcome {
         outbound: (None, None),
         poll_us: 0,
         hash_steer: false,
-        io: uipd::dataplane::io::IoEngine::default(),
+        io: uipd::dataplane::io::IoEngine::Auto,
     };
     let worker = std::thread::Builder::new()
         .name("uipd-w0".into())

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use uipd::dataplane::io::IoEngine;
 use uipd::dataplane::tap::Tap;
 use uipd::dataplane::worker::{PortOut, Shared, Worker};
 use uipd::rings::FrameRing;
@@ -55,6 +56,17 @@ fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
 
 #[test]
 fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
+    full_inbox(IoEngine::Uring);
+}
+
+/// The same on the epoll engine: its TAP reads (poll + read) stop and
+/// resume with the backlog as the multishot read does.
+#[test]
+fn a_full_inbox_is_counted_backpressure_and_loses_nothing_on_epoll() {
+    full_inbox(IoEngine::Epoll);
+}
+
+fn full_inbox(io: IoEngine) {
     // Source ports whose flows worker 1 owns (of 2).
     let ports: Vec<u16> = (40000..50000)
         .filter(|&p| steer::frame_owner(&udp_frame(p, 0), 2) == Steer::Worker(1))
@@ -84,7 +96,7 @@ fn a_full_inbox_is_counted_backpressure_and_loses_nothing() {
         outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
-        io: uipd::dataplane::io::IoEngine::default(),
+        io,
     };
     let handle = std::thread::spawn(move || worker.run());
 
@@ -182,6 +194,15 @@ fn tcp6_ack(sport: u16, seq: u32) -> Vec<u8> {
 /// (all of them, in order) and processes only its own.
 #[test]
 fn ipv6_flows_are_steered_to_their_owner() {
+    ipv6_steering(IoEngine::Uring);
+}
+
+#[test]
+fn ipv6_flows_are_steered_to_their_owner_on_epoll() {
+    ipv6_steering(IoEngine::Epoll);
+}
+
+fn ipv6_steering(io: IoEngine) {
     let owned = |w: usize| -> Vec<u16> {
         (40000..50000)
             .filter(|&p| steer::frame_owner(&tcp6_ack(p, 0), 2) == Steer::Worker(w))
@@ -213,7 +234,7 @@ fn ipv6_flows_are_steered_to_their_owner() {
         outbound: (None, None),
         poll_us: 0,
         hash_steer: true,
-        io: uipd::dataplane::io::IoEngine::default(),
+        io,
     };
     let handle = std::thread::spawn(move || worker.run());
     const N: u32 = 64;

@@ -78,11 +78,15 @@
 //!
 //! # Limits
 //! - A `Recv` reads at most [`MAX_RECV`] bytes.
-//! - Wait timeouts have millisecond granularity (`epoll_wait`), rounded up
-//!   so that a wait never ends before its deadline.
+//! - Timed waits use `epoll_pwait2` (nanoseconds: the stack's sub-ms
+//!   timers, delayed ACKs among them, fire on time); where it is missing
+//!   (before 5.11) or refused, `epoll_wait`'s milliseconds, rounded up so
+//!   that a wait never ends before its deadline.
 //! - [`Epoll::work_pending`] costs one `epoll_wait(0)` when nothing is
 //!   known to be ready: busy-polling is a syscall per check here.
 
+mod flow_io;
+mod ports;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -96,7 +100,7 @@ use std::time::{Duration, Instant};
 use log::{debug, trace, warn};
 
 use crate::dataplane::uring::{
-    Completion, MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY, new_socket, peer_addr, send_to, setsockopt,
+    Completion, MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY, new_socket, send_to, setsockopt,
 };
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
@@ -237,6 +241,8 @@ pub struct Epoll {
     deadline: Option<Instant>,
     short_sends: u64,
     outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
+    /// Timed waits use `epoll_pwait2` (nanoseconds) until it is refused.
+    pwait2: bool,
 }
 
 impl Epoll {
@@ -259,6 +265,7 @@ impl Epoll {
             deadline: None,
             short_sends: 0,
             outbound: (None, None),
+            pwait2: true,
         })
     }
 
@@ -373,6 +380,15 @@ impl Epoll {
             _ if busy => 0,
             Some(t) => {
                 self.deadline = Instant::now().checked_add(t);
+                if self.pwait2 {
+                    match sys::epoll_pwait2(&self.ep, &mut self.events, t) {
+                        Err(e @ (libc::ENOSYS | libc::EPERM)) => {
+                            debug!("epoll: no epoll_pwait2 (errno {e}); millisecond waits");
+                            self.pwait2 = false;
+                        }
+                        r => return r.map_err(io::Error::from_raw_os_error),
+                    }
+                }
                 // Rounded up: a wait never ends before its deadline.
                 let ms = t.as_nanos().div_ceil(1_000_000);
                 libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
@@ -476,90 +492,6 @@ impl Epoll {
         for id in ids {
             self.close(id, true);
         }
-    }
-
-    // ---- published ports ----
-
-    /// Serve published port `id`: `fd` is a listening TCP socket or a bound
-    /// UDP socket (takes ownership; made non-blocking). Connections come
-    /// as [`Completion::Accepted`], datagrams as [`Completion::Datagram`].
-    /// An `id` already in use replaces the old listener.
-    pub fn add_listener(&mut self, id: u32, proto: Proto, fd: OwnedFd) {
-        self.remove_listener(id);
-        if let Err(e) = sys::set_nonblocking(fd.as_raw_fd()) {
-            warn!("epoll: published port {id}: O_NONBLOCK failed: errno {e}");
-            return;
-        }
-        let token = Token::Listener { id }.pack();
-        if let Err(e) = sys::epoll_ctl(
-            &self.ep,
-            libc::EPOLL_CTL_ADD,
-            fd.as_raw_fd(),
-            IN_EVENTS,
-            token,
-        ) {
-            warn!("epoll: published port {id}: epoll_ctl failed: errno {e}");
-            return;
-        }
-        self.listeners.insert(id, Listener { fd, proto });
-        // Whatever is already queued is served at the next submit.
-        self.dirty_listeners.push(id);
-    }
-
-    /// Stop serving published port `id`: the socket is shut down (a TCP
-    /// port refuses new clients at once) and closed. Flows attached to a
-    /// UDP listener fail their later sends with `EBADF`.
-    pub fn remove_listener(&mut self, id: u32) {
-        let Some(l) = self.listeners.remove(&id) else {
-            return;
-        };
-        if let Err(e) = sys::shutdown(l.fd.as_raw_fd(), libc::SHUT_RDWR) {
-            trace!("epoll: shutdown of published port {id}: errno {e}");
-        }
-        for f in self.flows.iter_mut().flatten() {
-            if f.published.is_some_and(|(l, _)| l == id) {
-                f.phase = Phase::Failed(libc::EBADF);
-            }
-        }
-        // Dropping `l` closes the fd, which leaves the epoll set.
-    }
-
-    /// Ids of the published ports served.
-    pub fn listener_ids(&self) -> Vec<u32> {
-        self.listeners.keys().copied().collect()
-    }
-
-    /// Take an accepted connection as the host socket of `flow`, already
-    /// connected: no `Connected` event follows.
-    pub fn attach_tcp(&mut self, id: FlowId, fd: OwnedFd) {
-        let one: libc::c_int = 1;
-        if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one) {
-            debug!("epoll: TCP_NODELAY failed: errno {e}");
-        }
-        let phase = match sys::set_nonblocking(fd.as_raw_fd()) {
-            Ok(()) => Phase::Connected,
-            Err(e) => Phase::Failed(e),
-        };
-        self.insert_flow(id, Some(fd), None, phase, false);
-        if let Err(e) = self.register(id) {
-            if let Some(f) = self.flow_mut(id) {
-                f.phase = Phase::Failed(e);
-            }
-        }
-    }
-
-    /// Make `flow` a flow of published UDP port `listener`: its sends go
-    /// to `peer` from the listener's socket. No `Recv` may be pushed for
-    /// it (the listener's datagrams come as [`Completion::Datagram`]).
-    pub fn attach_udp(&mut self, id: FlowId, listener: u32, peer: SocketAddr) {
-        let phase = match self.listeners.get(&listener) {
-            Some(l) if l.proto == Proto::Udp => Phase::Connected,
-            _ => {
-                debug!("epoll: attach to UDP listener {listener}, which is gone");
-                Phase::Failed(libc::EBADF)
-            }
-        };
-        self.insert_flow(id, None, Some((listener, peer)), phase, false);
     }
 
     // ---- flows ----
@@ -847,150 +779,6 @@ impl Epoll {
         }
     }
 
-    fn send_stream(&mut self, id: FlowId, fd: RawFd) {
-        let mut done = Vec::new();
-        let mut short = 0;
-        let Some(f) = self.flow_mut(id) else { return };
-        while let Some(buf) = f.sends.front() {
-            let rest = buf.get(f.sent..).unwrap_or_default();
-            let r = if rest.is_empty() {
-                Ok(0)
-            } else {
-                sys::send(fd, rest)
-            };
-            match r {
-                Ok(n) if f.sent + n < buf.len() => {
-                    // A short write: the rest waits for EPOLLOUT (or goes
-                    // at once if there is room again).
-                    f.sent += n;
-                    short += 1;
-                }
-                Ok(_) => {
-                    f.sent = 0;
-                    let buf = f.sends.pop_front().unwrap_or_default();
-                    done.push((Ok(buf.len()), buf));
-                }
-                Err(libc::EAGAIN) => break,
-                Err(libc::EINTR) => {}
-                Err(e) => {
-                    f.sent = 0;
-                    let buf = f.sends.pop_front().unwrap_or_default();
-                    done.push((Err(e), buf));
-                }
-            }
-        }
-        if f.sends.is_empty() && std::mem::take(&mut f.shutdown_pending) {
-            shutdown_write(f);
-        }
-        self.short_sends += short;
-        for (result, buf) in done {
-            self.recycle(buf);
-            self.ready
-                .push_back(Completion::Host(HostEvent::Sent { flow: id, result }));
-        }
-    }
-
-    fn recv_stream(&mut self, id: FlowId, fd: RawFd) {
-        let Some(max) = self.flow_mut(id).and_then(|f| f.recv) else {
-            return;
-        };
-        let mut buf = self.spare.pop().unwrap_or_default();
-        let result = loop {
-            match sys::recv(fd, &mut buf, max) {
-                Err(libc::EINTR) => {}
-                Err(libc::EAGAIN) => {
-                    self.recycle(buf);
-                    return;
-                }
-                Ok(_) => break Ok(buf),
-                Err(e) => {
-                    self.recycle(buf);
-                    break Err(e);
-                }
-            }
-        };
-        if let Some(f) = self.flow_mut(id) {
-            f.recv = None;
-        }
-        self.ready
-            .push_back(Completion::Host(HostEvent::Received { flow: id, result }));
-    }
-
-    fn send_datagrams(&mut self, id: FlowId, fd: RawFd) {
-        let mut done: Vec<(Result<usize, Errno>, Vec<u8>)> = Vec::new();
-        let Some(f) = self.flow_mut(id) else { return };
-        while !f.sends.is_empty() {
-            match sys::send_batch(fd, f.sends.iter().map(Vec::as_slice)) {
-                Ok(n) => {
-                    for buf in f.sends.drain(..n.min(f.sends.len())) {
-                        done.push((Ok(buf.len()), buf));
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                }
-                Err(libc::EAGAIN) => break,
-                Err(libc::EINTR) => {}
-                Err(e) => {
-                    // This datagram fails; the next ones are tried.
-                    let buf = f.sends.pop_front().unwrap_or_default();
-                    done.push((Err(e), buf));
-                }
-            }
-        }
-        for (result, buf) in done {
-            self.recycle(buf);
-            self.ready
-                .push_back(Completion::Host(HostEvent::Sent { flow: id, result }));
-        }
-    }
-
-    fn recv_datagrams(&mut self, id: FlowId, fd: RawFd) {
-        if !self.flow_mut(id).is_some_and(|f| f.receiving) {
-            return;
-        }
-        self.ensure_dgram_bufs();
-        for _ in 0..DGRAM_ROUNDS {
-            let mut bufs = std::mem::take(&mut self.dgram_bufs);
-            let r = sys::recv_batch(fd, &mut bufs, None);
-            let full = matches!(r, Ok(n) if n == bufs.len());
-            match r {
-                Ok(n) => {
-                    for b in &bufs[..n] {
-                        let data = self.copy_out(b);
-                        self.ready.push_back(Completion::Host(HostEvent::Received {
-                            flow: id,
-                            result: Ok(data),
-                        }));
-                    }
-                }
-                Err(libc::EAGAIN) => {}
-                Err(libc::EINTR) => {}
-                Err(e) => {
-                    // ECONNREFUSED: the host's ICMP port unreachable; the
-                    // flow goes on. Anything else ends its receiving.
-                    self.ready.push_back(Completion::Host(HostEvent::Received {
-                        flow: id,
-                        result: Err(e),
-                    }));
-                    if e != libc::ECONNREFUSED
-                        && let Some(f) = self.flow_mut(id)
-                    {
-                        f.receiving = false;
-                    }
-                }
-            }
-            self.dgram_bufs = bufs;
-            match r {
-                Ok(_) if full => {}
-                Err(libc::ECONNREFUSED | libc::EINTR) => {}
-                _ => return,
-            }
-        }
-        // More may be queued: go on before the next wait.
-        self.mark_dirty(id);
-    }
-
     /// Try every dirty flow and listener once.
     fn run_dirty(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
@@ -1002,83 +790,6 @@ impl Epoll {
         for id in std::mem::take(&mut self.dirty_listeners) {
             self.run_listener(id);
         }
-    }
-
-    /// Accept or read published port `id` dry (bounded; the rest next turn).
-    fn run_listener(&mut self, id: u32) {
-        let Some(l) = self.listeners.get(&id) else {
-            return;
-        };
-        let (fd, proto) = (l.fd.as_raw_fd(), l.proto);
-        let more = if proto == Proto::Udp {
-            self.listener_datagrams(id, fd)
-        } else {
-            self.listener_accepts(id, fd)
-        };
-        if more && !self.dirty_listeners.contains(&id) {
-            self.dirty_listeners.push(id);
-        }
-    }
-
-    fn listener_accepts(&mut self, id: u32, fd: RawFd) -> bool {
-        for _ in 0..ACCEPT_BATCH {
-            match sys::accept(fd) {
-                Ok((c, peer)) => {
-                    let Some(peer) = peer.or_else(|| peer_addr(&c)) else {
-                        debug!("epoll: no peer address for a connection on published port {id}");
-                        continue;
-                    };
-                    self.ready.push_back(Completion::Accepted {
-                        listener: id,
-                        fd: c,
-                        peer,
-                    });
-                }
-                Err(libc::EAGAIN) => return false,
-                Err(libc::EINTR | libc::ECONNABORTED) => {}
-                Err(e) => {
-                    debug!("epoll: accept on published port {id}: errno {e}");
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    fn listener_datagrams(&mut self, id: u32, fd: RawFd) -> bool {
-        self.ensure_dgram_bufs();
-        for _ in 0..DGRAM_ROUNDS {
-            let mut bufs = std::mem::take(&mut self.dgram_bufs);
-            let mut peers = std::mem::take(&mut self.peers);
-            peers.clear();
-            peers.resize(bufs.len(), None);
-            let r = sys::recv_batch(fd, &mut bufs, Some(&mut peers));
-            if let Ok(n) = r {
-                for (b, peer) in bufs[..n].iter().zip(&peers) {
-                    let data = self.copy_out(b);
-                    if let Some(peer) = *peer {
-                        self.ready.push_back(Completion::Datagram {
-                            listener: id,
-                            peer,
-                            data,
-                        });
-                    }
-                }
-            }
-            let full = matches!(r, Ok(n) if n == bufs.len());
-            self.dgram_bufs = bufs;
-            self.peers = peers;
-            match r {
-                Ok(_) if full => {}
-                Err(libc::EINTR) => {}
-                Ok(_) | Err(libc::EAGAIN) => return false,
-                Err(e) => {
-                    debug!("epoll: recvmmsg on published port {id}: errno {e}");
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     fn ensure_dgram_bufs(&mut self) {

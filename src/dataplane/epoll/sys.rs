@@ -74,6 +74,49 @@ pub(super) fn epoll_wait(
     Ok(())
 }
 
+/// `epoll_pwait2`: wait up to `timeout` (nanosecond resolution) for
+/// events into `buf`'s whole capacity, as [`epoll_wait`] does. Called as a
+/// raw system call (glibc has a wrapper only since 2.35); `ENOSYS` (a
+/// kernel before 5.11) or `EPERM` (a seccomp profile that lacks it) tell
+/// the caller to use [`epoll_wait`].
+pub(super) fn epoll_pwait2(
+    ep: &OwnedFd,
+    buf: &mut Vec<libc::epoll_event>,
+    timeout: std::time::Duration,
+) -> Result<(), Errno> {
+    buf.clear();
+    let cap = libc::c_int::try_from(buf.capacity()).unwrap_or(libc::c_int::MAX);
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos().min(999_999_999)),
+    };
+    // SAFETY:
+    // - `ep` is an open epoll fd, borrowed for the call;
+    // - the kernel writes at most `cap` (the capacity) events at the start
+    //   of `buf`'s live, unaliased allocation, and only reads `ts`;
+    // - a null signal mask means none (its size is then not read).
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait2,
+            ep.as_raw_fd(),
+            buf.as_mut_ptr(),
+            cap,
+            &raw const ts,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
+        )
+    };
+    if n < 0 {
+        let e = last_errno();
+        return if e == libc::EINTR { Ok(()) } else { Err(e) };
+    }
+    let n = usize::try_from(n).unwrap_or(0).min(buf.capacity());
+    // SAFETY: the kernel initialised the first `n` events (at most the
+    // capacity); epoll_event is plain data.
+    unsafe { buf.set_len(n) };
+    Ok(())
+}
+
 /// Non-blocking `connect` of `fd` to `dst`: `Ok` when connected at once,
 /// `Err(EINPROGRESS)` while a stream connect goes on.
 pub(super) fn connect(fd: &OwnedFd, dst: &SocketAddr) -> Result<(), Errno> {
