@@ -3,9 +3,10 @@
 //!
 //! # Theory of operation
 //!
-//! uipd gives a guest (today a network namespace behind a TAP device;
-//! virtio-net guests come next) TCP/UDP/IPv4 access with no privileges and
-//! no host configuration: the guest's Ethernet frames become ordinary host
+//! uipd gives a guest (a network namespace behind a TAP device, or a virtual
+//! machine's virtio-net device: in uipd's own KVM VMM, over vhost-user or over
+//! a QEMU stream socket) TCP/UDP/IPv4/IPv6 access with no privileges and no
+//! host configuration: the guest's Ethernet frames become ordinary host
 //! sockets, opened by uipd in user space.
 //!
 //! ```text

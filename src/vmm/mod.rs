@@ -36,8 +36,10 @@
 //!  in KVM: PIC, I/O APIC, local APICs, PIT; irqfd GSI 4 ◄── serial
 //! ```
 //!
-//! The ACPI tables describe no `\_S5`, so the guest cannot ask ACPI to
-//! power it off; see [`vcpu`] for how `poweroff` is detected. Recommended guest command line:
+//! The DSDT names `\_S5`, so the guest powers off the ACPI way (a write of
+//! `SLP_EN` with sleep type 5 to PM1 control, see [`devices`]); a kernel
+//! without ACPI halts every vCPU instead, see [`vcpu`] for how both are
+//! detected. Recommended guest command line:
 //! `console=ttyS0 reboot=k panic=-1` (reboot through the i8042; a panic
 //! reboots at once, which ends uipd instead of hanging).
 //!
