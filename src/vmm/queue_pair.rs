@@ -1,24 +1,34 @@
 //! The queue-pair data path both virtio-net frontends share: the
 //! vhost-user backend ([`super::vhost_user`]) and the embedded VMM's
-//! virtio-pci device ([`super::virtio_pci`]). They differ only in where the
-//! queues live (vhost-user-backend's `VringRwLock`s, or `Mutex<Queue>`s
-//! over the VM's own memory) and how an interrupt is raised (a call
-//! eventfd, or an MSI-X vector's irqfd).
+//! virtio-pci device ([`super::virtio_pci`]). [`Pairs`] owns the state of
+//! every queue pair (RX writers, TX states, stopped queues, TX retry
+//! timers) and runs both directions; a frontend supplies only a
+//! [`Transport`]: where its queues live (vhost-user-backend's
+//! `VringRwLock`s, or `Mutex<Queue>`s over the VM's own memory), which pairs
+//! the guest uses, and how an interrupt is raised (a call eventfd, or an
+//! MSI-X vector's irqfd).
 //!
 //! ```text
-//!  TX kick ─► tx_pass: tx_pop chains ─► steer::frame_owner ─► worker k inbox
-//!             (a full inbox parks the frame in TxState::pending: retry later)
-//!  worker k ─► QueueSink::send/flush ─► RxQueues::place_all ─► rx_put into an
-//!             RX queue ─► one notification decision per touched queue per batch
+//!  TX kick ─► Pairs::process_tx ─► tx_pass: tx_pop chains ─► steer::frame_owner
+//!             ─► worker k inbox (a full inbox parks the frame in
+//!             TxState::pending and arms the pair's retry timer)
+//!  worker k ─► QueueSink::send/flush ─► RxQueues::place_all ─► Pairs::place_all
+//!             ─► rx_put into an RX queue ─► one notification decision per
+//!             touched queue per batch
 //! ```
+//!
+//! Locks, always in this order: a pair's TX state → a queue (the
+//! transport's) → a pair's RX writer.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::virtio_net::{self, ChainError, Negotiated, Rx, RxRing, Tx};
 use crate::dataplane::worker::{FrameSink, WorkerCounters};
@@ -35,7 +45,7 @@ pub const SINK_MAX_BYTES: usize = 8 << 20;
 /// TX chains per pass before notifications are re-enabled.
 pub const TX_BUDGET: usize = 256;
 /// Retry delay for a TX frame that met a full inbox.
-pub const TX_RETRY: Duration = Duration::from_micros(500);
+const TX_RETRY: Duration = Duration::from_micros(500);
 
 /// Counters of a virtio-net frontend.
 #[derive(Debug, Default)]
@@ -68,16 +78,16 @@ impl Counters {
 
 /// A TX queue's state between passes.
 #[derive(Default)]
-pub struct TxState {
+struct TxState {
     /// A frame already taken from the queue that met a full inbox: (owner, frame).
-    pub pending: Option<(usize, Frame)>,
+    pending: Option<(usize, Frame)>,
     /// The queue broke the virtqueue rules and is stopped.
-    pub broken: bool,
+    broken: bool,
 }
 
 /// What a TX pass ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxPass {
+enum TxPass {
     /// The queue is empty (notifications re-enabled); `notify` if the
     /// guest wants an interrupt for the chains used.
     Done {
@@ -97,7 +107,7 @@ pub enum TxPass {
 /// workers' inboxes, steered by flow; the frame that met a full inbox
 /// waits in `st.pending` (retried first on the next pass).
 #[allow(clippy::too_many_arguments)]
-pub fn tx_pass<M: GuestMemory>(
+fn tx_pass<M: GuestMemory>(
     q: &mut Queue,
     mem: &M,
     neg: Negotiated,
@@ -184,7 +194,7 @@ pub fn tx_pass<M: GuestMemory>(
 /// `avail_event` there is one the guest has already passed, so its next
 /// refill would not kick and RX would stall until something else woke the
 /// queue.
-pub fn rx_put<M: GuestMemory>(
+pub(super) fn rx_put<M: GuestMemory>(
     q: &mut Queue,
     rx: &mut RxRing,
     mem: &M,
@@ -228,7 +238,7 @@ fn kick_on_next_refill<M: GuestMemory>(q: &Queue, mem: &M) -> bool {
 
 /// The outcome of placing one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placed {
+enum Placed {
     /// Written into an RX queue.
     Done,
     /// No RX buffers now: keep it.
@@ -240,7 +250,7 @@ pub enum Placed {
 /// Place frames from the front of `waiting` with `place` until one finds
 /// no room; counts writes and drops. Returns the bytes taken from
 /// `waiting` (for [`RxQueues::place_all`]).
-pub fn place_front(
+fn place_front(
     waiting: &mut VecDeque<Vec<u8>>,
     counters: &mut WorkerCounters,
     mut place: impl FnMut(&[u8]) -> Placed,
@@ -257,6 +267,201 @@ pub fn place_front(
         }
     }
     taken
+}
+
+/// What a frontend gives the shared data path ([`Pairs`]).
+pub trait Transport {
+    /// The frontend's name in log lines.
+    const WHAT: &'static str;
+    /// The features the driver accepted.
+    fn negotiated(&self) -> Negotiated;
+    /// The frontend's counters.
+    fn counters(&self) -> &Counters;
+    /// The workers' inboxes (guest → host frames are steered to these).
+    fn inboxes(&self) -> &[Arc<FrameRing>];
+    /// Queue pairs the guest uses now (frames toward it go to these).
+    fn active_pairs(&self) -> usize;
+    /// Runs `f` on virtqueue `q` (RX of pair p is 2p, TX 2p + 1) with the
+    /// guest memory, if the queue is usable now (set up, enabled, ready);
+    /// `None` otherwise.
+    fn with_queue<R>(
+        &self,
+        q: usize,
+        f: impl FnOnce(&mut Queue, &GuestMemoryMmap) -> R,
+    ) -> Option<R>;
+    /// Interrupts the guest for queue `q` (and counts it).
+    fn signal(&self, q: usize);
+}
+
+/// The state of a frontend's queue pairs, and the data path over them.
+pub struct Pairs {
+    rx: Vec<Mutex<RxRing>>,
+    rx_broken: Vec<AtomicBool>,
+    tx: Vec<Mutex<TxState>>,
+    timers: Vec<Mutex<TimerFd>>,
+}
+
+/// Locks `m`, taking over a poisoned lock (its holder panicked, but the
+/// state it guards stays consistent between calls).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pairs {
+    /// The state of `pairs` fresh queue pairs.
+    pub fn new(pairs: usize) -> std::io::Result<Pairs> {
+        Ok(Pairs {
+            rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
+            rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
+            tx: (0..pairs).map(|_| Mutex::new(TxState::default())).collect(),
+            timers: (0..pairs)
+                .map(|_| {
+                    TimerFd::new()
+                        .map(Mutex::new)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+                })
+                .collect::<std::io::Result<_>>()?,
+        })
+    }
+
+    /// The TX retry timer of pair `p`, to wait on: when it fires, call
+    /// [`Pairs::retry_tx`].
+    pub fn timer_fd(&self, p: usize) -> RawFd {
+        lock(&self.timers[p]).as_raw_fd()
+    }
+
+    /// The TX retry timer of pair `p` fired: consume it and retry.
+    pub fn retry_tx<T: Transport>(&self, t: &T, p: usize) {
+        let _ = lock(&self.timers[p]).wait();
+        self.process_tx(t, p);
+    }
+
+    /// Guest → host: move the TX chains of pair `p` to the workers'
+    /// inboxes; a full inbox arms the pair's retry timer.
+    pub fn process_tx<T: Transport>(&self, t: &T, p: usize) {
+        let mut st = lock(&self.tx[p]);
+        let neg = t.negotiated();
+        let r = t.with_queue(2 * p + 1, |q, mem| {
+            tx_pass(q, mem, neg, t.inboxes(), p, &mut st, t.counters(), T::WHAT)
+        });
+        let notify = match r {
+            None | Some(TxPass::Broken) => false,
+            Some(TxPass::Done { notify }) => notify,
+            Some(TxPass::Full { notify }) => {
+                if let Err(e) = lock(&self.timers[p]).reset(TX_RETRY, None) {
+                    log::error!("{}: arming the TX retry timer: {e}", T::WHAT);
+                }
+                notify
+            }
+        };
+        if notify {
+            t.signal(2 * p + 1);
+        }
+    }
+
+    /// Host → guest: place frames from the front of `waiting` (worker
+    /// `worker`'s) until it is empty or there is no room, then notify the
+    /// queues written. Returns the bytes taken from `waiting`.
+    pub fn place_all<T: Transport>(
+        &self,
+        t: &T,
+        worker: usize,
+        waiting: &mut VecDeque<Vec<u8>>,
+        touched: &mut [bool],
+        counters: &mut WorkerCounters,
+    ) -> usize {
+        let taken = place_front(waiting, counters, |f| self.place(t, worker, f, touched));
+        self.notify(t, touched);
+        taken
+    }
+
+    /// Writes one frame into the RX queue of the worker's own pair, or of
+    /// the next active pair that is not stopped.
+    fn place<T: Transport>(
+        &self,
+        t: &T,
+        worker: usize,
+        frame: &[u8],
+        touched: &mut [bool],
+    ) -> Placed {
+        let neg = t.negotiated();
+        let active = t.active_pairs().clamp(1, self.rx.len());
+        let mut all_broken = true;
+        for k in 0..active {
+            let p = (worker + k) % active;
+            if self.rx_broken[p].load(Ordering::Relaxed) {
+                continue;
+            }
+            all_broken = false;
+            let r = t.with_queue(2 * p, |q, mem| {
+                rx_put(q, &mut lock(&self.rx[p]), mem, neg, frame)
+            });
+            let Some(r) = r else {
+                continue;
+            };
+            return match r {
+                Ok(Rx::Placed(_)) => {
+                    touched[p] = true;
+                    Placed::Done
+                }
+                Ok(Rx::NoRoom) => Placed::NoRoom,
+                Ok(Rx::Dropped(_)) => Placed::Dropped,
+                Err(e) => {
+                    self.stop_rx(t, p, e);
+                    Placed::Dropped
+                }
+            };
+        }
+        if all_broken {
+            // No queue will take it until a reset: keeping it would only
+            // make the worker retry every millisecond for nothing.
+            Placed::Dropped
+        } else {
+            Placed::NoRoom
+        }
+    }
+
+    /// Signals the RX queues written since the last call, where the guest
+    /// wants it.
+    fn notify<T: Transport>(&self, t: &T, touched: &mut [bool]) {
+        for (p, written) in touched.iter_mut().enumerate() {
+            if !std::mem::take(written) {
+                continue;
+            }
+            let need = t.with_queue(2 * p, |q, mem| lock(&self.rx[p]).needs_notification(q, mem));
+            match need {
+                Some(Ok(true)) => t.signal(2 * p),
+                Some(Ok(false)) | None => {}
+                Some(Err(e)) => self.stop_rx(t, p, e),
+            }
+        }
+    }
+
+    fn stop_rx<T: Transport>(&self, t: &T, p: usize, e: ChainError) {
+        crate::log_limited!(
+            log::Level::Error,
+            "{}: RX queue {}: {e}; queue stopped",
+            T::WHAT,
+            2 * p
+        );
+        t.counters().broken_queues.fetch_add(1, Ordering::Relaxed);
+        self.rx_broken[p].store(true, Ordering::Relaxed);
+    }
+
+    /// Back to a fresh device's state (the driver reset it): a TX frame
+    /// still waiting goes back to its inbox's buffer pool.
+    pub fn reset(&self, inboxes: &[Arc<FrameRing>]) {
+        for p in 0..self.rx.len() {
+            let mut st = lock(&self.tx[p]);
+            if let Some((w, f)) = st.pending.take() {
+                inboxes[w].put_buf(f.buf);
+            }
+            st.broken = false;
+            drop(st);
+            lock(&self.rx[p]).reset();
+            self.rx_broken[p].store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A frontend's RX queues, as a worker's [`QueueSink`] sees them.
@@ -305,8 +510,26 @@ impl<T: RxQueues> QueueSink<T> {
     }
 }
 
+impl<T: RxQueues> QueueSink<T> {
+    /// Drops the frames kept for a guest that is gone (another one, or
+    /// none, came since they were sent).
+    fn forget_old_guest(&mut self, counters: &mut WorkerCounters) {
+        let generation = self.target.generation();
+        if generation != self.generation {
+            counters.port_drops += self.waiting.len() as u64;
+            self.waiting.clear();
+            self.waiting_bytes = 0;
+            self.generation = generation;
+        }
+    }
+}
+
 impl<T: RxQueues> FrameSink for QueueSink<T> {
     fn send(&mut self, frames: &mut Vec<Vec<u8>>, counters: &mut WorkerCounters) {
+        // Before the new frames join: they are the current guest's (the
+        // first reply after a reconnect, say a DHCP offer, was dropped as
+        // stale when the sink had not flushed since).
+        self.forget_old_guest(counters);
         for f in frames.drain(..) {
             if self.waiting_bytes + f.len() > SINK_MAX_BYTES {
                 counters.port_drops += 1;
@@ -319,14 +542,7 @@ impl<T: RxQueues> FrameSink for QueueSink<T> {
     }
 
     fn flush(&mut self, counters: &mut WorkerCounters) -> bool {
-        let generation = self.target.generation();
-        if generation != self.generation {
-            // Another guest (or none): frames for the old one are stale.
-            counters.port_drops += self.waiting.len() as u64;
-            self.waiting.clear();
-            self.waiting_bytes = 0;
-            self.generation = generation;
-        }
+        self.forget_old_guest(counters);
         if self.waiting.is_empty() {
             return false;
         }
@@ -335,5 +551,66 @@ impl<T: RxQueues> FrameSink for QueueSink<T> {
                 .place_all(self.worker, &mut self.waiting, &mut self.touched, counters);
         self.waiting_bytes = self.waiting_bytes.saturating_sub(taken);
         !self.waiting.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// RX queues that take every frame, and whose guest can be replaced.
+    #[derive(Default)]
+    struct Fake {
+        generation: AtomicU64,
+        placed: Mutex<Vec<Vec<u8>>>,
+        room: std::sync::atomic::AtomicBool,
+    }
+
+    impl RxQueues for Fake {
+        fn generation(&self) -> u64 {
+            self.generation.load(Ordering::SeqCst)
+        }
+        fn pairs(&self) -> usize {
+            1
+        }
+        fn place_all(
+            &self,
+            _worker: usize,
+            waiting: &mut VecDeque<Vec<u8>>,
+            _touched: &mut [bool],
+            counters: &mut WorkerCounters,
+        ) -> usize {
+            place_front(waiting, counters, |f| {
+                if !self.room.load(Ordering::SeqCst) {
+                    return Placed::NoRoom;
+                }
+                self.placed.lock().unwrap().push(f.to_vec());
+                Placed::Done
+            })
+        }
+    }
+
+    /// Frames kept for a guest that left are dropped, but the first
+    /// frame sent after a new guest came (with no flush in between) is
+    /// the new guest's and is delivered.
+    #[test]
+    fn a_new_guests_first_frame_is_not_taken_for_a_stale_one() {
+        let fake = Arc::new(Fake::default());
+        let mut sink = QueueSink::new(fake.clone(), 0);
+        let mut c = WorkerCounters::default();
+        // Guest 1 has no RX buffers: the frame waits.
+        sink.send(&mut vec![vec![1u8; 60]], &mut c);
+        assert!(fake.placed.lock().unwrap().is_empty());
+        // Guest 2 comes, with buffers; the worker's next frame is its.
+        fake.generation.fetch_add(1, Ordering::SeqCst);
+        fake.room.store(true, Ordering::SeqCst);
+        sink.send(&mut vec![vec![2u8; 60]], &mut c);
+        assert_eq!(*fake.placed.lock().unwrap(), vec![vec![2u8; 60]]);
+        assert_eq!(c.port_drops, 1, "guest 1's frame is dropped");
+        assert_eq!(c.port_writes, 1);
+        assert!(!sink.flush(&mut c));
     }
 }

@@ -43,25 +43,21 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::vhost_relay;
 use super::virtio_net::{
-    self, ChainError, ConfigSpace, Negotiated, OfferedOffloads, Rx, RxRing, bit, feature,
-    feature_names,
+    self, ConfigSpace, Negotiated, OfferedOffloads, bit, feature, feature_names,
 };
 use crate::dataplane::worker::{Shared, WorkerCounters};
 use crate::rings::FrameRing;
 use crate::stack::Offload;
 
 pub use super::queue_pair::{Counters, SINK_MAX_BYTES};
-use super::queue_pair::{
-    Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, place_front, rx_put, tx_pass,
-};
+use super::queue_pair::{Pairs, QueueSink, RxQueues, Transport};
 
 /// Largest virtqueue the backend accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -92,10 +88,8 @@ pub struct Conn {
     /// The vrings of each queue pair, as its handler thread first sees
     /// them (vhost-user-backend hands each thread only its own pair).
     vrings: Vec<OnceLock<Vec<VringRwLock>>>,
-    rx: Vec<Mutex<RxRing>>,
-    rx_broken: Vec<AtomicBool>,
-    tx: Vec<Mutex<TxState>>,
-    timers: Vec<Mutex<TimerFd>>,
+    /// The queue pairs' data path state (fresh for each connection).
+    pairs: Pairs,
     /// The exit eventfds handed to vhost-user-backend, which leaks them
     /// (see [`Backend::exit_event`]): fd number and its (device, inode).
     exit_fds: Mutex<Vec<(RawFd, (u64, u64))>>,
@@ -192,8 +186,7 @@ impl Device {
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
             let nq = 2 * self.pairs;
             for (p, h) in daemon.get_epoll_handlers().iter().enumerate() {
-                let t = conn.timers[p].lock().unwrap_or_else(|e| e.into_inner());
-                h.register_listener(t.as_raw_fd(), EventSet::IN, (nq + 1 + p) as u64)?;
+                h.register_listener(conn.pairs.timer_fd(p), EventSet::IN, (nq + 1 + p) as u64)?;
             }
             // The crate's handler connects to the relay over a private
             // abstract socket: nothing appears in the file system.
@@ -289,16 +282,7 @@ impl Conn {
             mem: GuestMemoryAtomic::new(mem),
             acked: AtomicU64::new(0),
             vrings: (0..pairs).map(|_| OnceLock::new()).collect(),
-            rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
-            rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
-            tx: (0..pairs).map(|_| Mutex::new(TxState::default())).collect(),
-            timers: (0..pairs)
-                .map(|_| {
-                    TimerFd::new()
-                        .map(Mutex::new)
-                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-                })
-                .collect::<std::io::Result<_>>()?,
+            pairs: Pairs::new(pairs)?,
             exit_fds: Mutex::new(Vec::new()),
         })
     }
@@ -340,129 +324,54 @@ impl Conn {
     fn negotiated(&self) -> Negotiated {
         Negotiated(self.acked.load(Ordering::Acquire))
     }
+}
 
-    /// Guest → host: move TX chains of pair `p` to the workers' inboxes.
-    fn process_tx(&self, dev: &Device, p: usize) {
-        let mut st = self.tx[p].lock().unwrap_or_else(|e| e.into_inner());
-        let Some(vring) = self.vring(2 * p + 1) else {
-            return;
-        };
-        let neg = self.negotiated();
-        let mem = self.mem.memory();
-        let r = {
-            let mut g = vring.get_mut();
-            if !g.is_enabled() {
-                return;
-            }
-            let q = g.get_queue_mut();
-            tx_pass(
-                q,
-                &*mem,
-                neg,
-                &dev.inboxes,
-                p,
-                &mut st,
-                &dev.counters,
-                "vhost-user",
-            )
-        };
-        let notify = match r {
-            TxPass::Done { notify } => notify,
-            TxPass::Full { notify } => {
-                self.arm(p);
-                notify
-            }
-            TxPass::Broken => false,
-        };
-        if notify && vring.signal_used_queue().is_ok() {
-            dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
-        }
+/// One connection of the device, as the shared data path sees it.
+struct Link<'a> {
+    dev: &'a Device,
+    conn: &'a Conn,
+}
+
+impl Transport for Link<'_> {
+    const WHAT: &'static str = "vhost-user";
+
+    fn negotiated(&self) -> Negotiated {
+        self.conn.negotiated()
     }
 
-    fn arm(&self, p: usize) {
-        let mut t = self.timers[p].lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = t.reset(TX_RETRY, None) {
-            log::error!("vhost-user: arming the TX retry timer: {e}");
-        }
+    fn counters(&self) -> &Counters {
+        &self.dev.counters
     }
 
-    /// Host → guest: place one frame from worker `worker`.
-    fn place(&self, dev: &Device, worker: usize, frame: &[u8], touched: &mut [bool]) -> Placed {
-        let neg = self.negotiated();
-        let mem = self.mem.memory();
-        let pairs = dev.pairs;
-        let mut all_broken = true;
-        for k in 0..pairs {
-            let p = (worker + k) % pairs;
-            if self.rx_broken[p].load(Ordering::Relaxed) {
-                continue;
-            }
-            all_broken = false;
-            let Some(vring) = self.vring(2 * p) else {
-                continue;
-            };
-            let mut g = vring.get_mut();
-            if !g.is_enabled() || !g.get_queue().ready() {
-                continue;
-            }
-            let q = g.get_queue_mut();
-            let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
-            return match rx_put(q, &mut rx, &*mem, neg, frame) {
-                Ok(Rx::Placed(_)) => {
-                    touched[p] = true;
-                    Placed::Done
-                }
-                Ok(Rx::NoRoom) => Placed::NoRoom,
-                Ok(Rx::Dropped(_)) => Placed::Dropped,
-                Err(e) => {
-                    self.stop_rx(dev, p, e);
-                    Placed::Dropped
-                }
-            };
-        }
-        if all_broken {
-            // No queue will ever take it: keeping it would only make the
-            // worker retry every millisecond for nothing.
-            Placed::Dropped
-        } else {
-            Placed::NoRoom
-        }
+    fn inboxes(&self) -> &[Arc<FrameRing>] {
+        &self.dev.inboxes
     }
 
-    fn stop_rx(&self, dev: &Device, p: usize, e: ChainError) {
-        crate::log_limited!(
-            log::Level::Error,
-            "vhost-user: RX queue {}: {e}; queue stopped",
-            2 * p
-        );
-        dev.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
-        self.rx_broken[p].store(true, Ordering::Relaxed);
+    /// QEMU serves the control queue and disables the pairs the guest does
+    /// not use (`SET_VRING_ENABLE`): every pair counts, a disabled one is
+    /// skipped by [`Transport::with_queue`].
+    fn active_pairs(&self) -> usize {
+        self.dev.pairs
     }
 
-    /// Signal the RX queues written since the last call, if the guest
-    /// wants it.
-    fn notify(&self, dev: &Device, touched: &mut [bool]) {
-        let mem = self.mem.memory();
-        for (p, t) in touched.iter_mut().enumerate() {
-            if !std::mem::take(t) {
-                continue;
-            }
-            let Some(vring) = self.vring(2 * p) else {
-                continue;
-            };
-            let need = {
-                let g = vring.get_mut();
-                let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
-                rx.needs_notification(g.get_queue(), &*mem)
-            };
-            match need {
-                Ok(true) => {
-                    if vring.signal_used_queue().is_ok() {
-                        dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => self.stop_rx(dev, p, e),
+    fn with_queue<R>(
+        &self,
+        q: usize,
+        f: impl FnOnce(&mut Queue, &GuestMemoryMmap<()>) -> R,
+    ) -> Option<R> {
+        let vring = self.conn.vring(q)?;
+        let mut g = vring.get_mut();
+        if !g.is_enabled() || !g.get_queue().ready() {
+            return None;
+        }
+        let mem = self.conn.mem.memory();
+        Some(f(g.get_queue_mut(), &mem))
+    }
+
+    fn signal(&self, q: usize) {
+        if let Some(vring) = self.conn.vring(q) {
+            if vring.signal_used_queue().is_ok() {
+                self.dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -491,9 +400,12 @@ impl RxQueues for Device {
         let Some(conn) = self.conn() else {
             return 0;
         };
-        let taken = place_front(waiting, counters, |f| conn.place(self, worker, f, touched));
-        conn.notify(self, touched);
-        taken
+        let link = Link {
+            dev: self,
+            conn: &conn,
+        };
+        conn.pairs
+            .place_all(&link, worker, waiting, touched, counters)
     }
 }
 
@@ -502,6 +414,15 @@ impl RxQueues for Device {
 struct Backend {
     dev: Arc<Device>,
     conn: Arc<Conn>,
+}
+
+impl Backend {
+    fn link(&self) -> Link<'_> {
+        Link {
+            dev: &self.dev,
+            conn: &self.conn,
+        }
+    }
 }
 
 impl VhostUserBackend for Backend {
@@ -601,16 +522,9 @@ impl VhostUserBackend for Backend {
             // The guest added RX buffers: let the workers' sinks retry.
             self.dev.inboxes.iter().for_each(|r| r.kick());
         } else if ev == 1 {
-            self.conn.process_tx(&self.dev, pair);
+            self.conn.pairs.process_tx(&self.link(), pair);
         } else if ev > nq && ev <= nq + self.dev.pairs {
-            let p = ev - nq - 1;
-            {
-                let mut t = self.conn.timers[p]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let _ = t.wait();
-            }
-            self.conn.process_tx(&self.dev, p);
+            self.conn.pairs.retry_tx(&self.link(), ev - nq - 1);
         }
         Ok(())
     }
@@ -641,7 +555,7 @@ pub mod fuzzing {
 
     /// Runs the backend's queue processing of one connection over `mem`
     /// with `features` acked: `kicks` TX kicks of pair 0 (each a
-    /// [`Conn::process_tx`], the inbox drained in between), then `frames`
+    /// [`Pairs::process_tx`], the inbox drained in between), then `frames`
     /// (12-byte header + Ethernet) placed toward the guest through
     /// [`RxQueues::place_all`], as a worker does. Returns the counter
     /// summary. `None` if the rings cannot be set up (the handler would
@@ -674,8 +588,12 @@ pub mod fuzzing {
         }
         let _ = conn.vrings[0].set(vrings);
         *dev.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        let link = Link {
+            dev: &dev,
+            conn: &conn,
+        };
         for _ in 0..kicks {
-            conn.process_tx(&dev, 0);
+            conn.pairs.process_tx(&link, 0);
             while let Some(f) = inbox.pop() {
                 inbox.put_buf(f.buf);
             }

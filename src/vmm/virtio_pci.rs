@@ -31,9 +31,9 @@
 //! meant for the old driver) and tells every worker to reset its flows.
 //!
 //! Locks: the vCPU thread holds the device's mutex during an access; the
-//! data path never takes it. Queues, RX writers and TX states have their
-//! own mutexes in [`NetCore`], always taken in the order TX state → queue
-//! → RX writer.
+//! data path never takes it. Queues have their own mutexes in [`NetCore`],
+//! RX writers and TX states theirs in [`Pairs`], always taken in the order
+//! TX state → queue → RX writer.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -44,15 +44,11 @@ use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::pci::{self, Hypervisor, Msix, MsixVector, PciConfig, PciDevice};
-use super::queue_pair::{
-    Counters, Placed, QueueSink, RxQueues, TX_RETRY, TxPass, TxState, place_front, rx_put, tx_pass,
-};
+use super::queue_pair::{Counters, Pairs, QueueSink, RxQueues, Transport};
 use super::virtio_net::{
-    self, ChainError, ConfigSpace, CtrlEffect, Negotiated, OfferedOffloads, Rx, RxRing, bit,
-    feature, feature_names,
+    self, ConfigSpace, CtrlEffect, Negotiated, OfferedOffloads, bit, feature, feature_names,
 };
 use crate::dataplane::worker::{Shared, WorkerCounters};
 use crate::rings::FrameRing;
@@ -99,9 +95,8 @@ pub struct NetCore {
     shared: OnceLock<Vec<Arc<Shared>>>,
     offloads: OfferedOffloads,
     queues: Vec<Mutex<Queue>>,
-    rx: Vec<Mutex<RxRing>>,
-    rx_broken: Vec<AtomicBool>,
-    tx: Vec<Mutex<TxState>>,
+    /// The queue pairs' data path state.
+    data: Pairs,
     queue_vector: Vec<AtomicU16>,
     vectors: OnceLock<Arc<[MsixVector]>>,
     acked: AtomicU64,
@@ -110,7 +105,6 @@ pub struct NetCore {
     generation: AtomicU64,
     isr: AtomicU8,
     kicks: Vec<EventFd>,
-    timers: Vec<Mutex<TimerFd>>,
     stop: EventFd,
     /// Data-path counters.
     pub counters: Counters,
@@ -139,9 +133,7 @@ impl NetCore {
             shared: OnceLock::new(),
             offloads,
             queues: (0..nq).map(|_| q()).collect::<std::io::Result<_>>()?,
-            rx: (0..pairs).map(|_| Mutex::new(RxRing::default())).collect(),
-            rx_broken: (0..pairs).map(|_| AtomicBool::new(false)).collect(),
-            tx: (0..pairs).map(|_| Mutex::new(TxState::default())).collect(),
+            data: Pairs::new(pairs)?,
             queue_vector: (0..nq).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
             vectors: OnceLock::new(),
             acked: AtomicU64::new(0),
@@ -151,13 +143,6 @@ impl NetCore {
             isr: AtomicU8::new(0),
             kicks: (0..2 * pairs)
                 .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-                .collect::<std::io::Result<_>>()?,
-            timers: (0..pairs)
-                .map(|_| {
-                    TimerFd::new()
-                        .map(Mutex::new)
-                        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
-                })
                 .collect::<std::io::Result<_>>()?,
             stop: EventFd::new(libc::EFD_NONBLOCK)?,
             counters: Counters::default(),
@@ -209,97 +194,6 @@ impl NetCore {
             vec.signal();
             self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Guest → host for pair `p` (thread uipd-vq{p}).
-    fn process_tx(&self, p: usize) {
-        if !self.live.load(Ordering::Acquire) {
-            return;
-        }
-        let mut st = self.tx[p].lock().unwrap_or_else(|e| e.into_inner());
-        let r = {
-            let mut q = self.lock_queue(2 * p + 1);
-            if !q.ready() {
-                return;
-            }
-            let neg = self.negotiated();
-            tx_pass(
-                &mut q,
-                &self.mem,
-                neg,
-                &self.inboxes,
-                p,
-                &mut st,
-                &self.counters,
-                "virtio-net",
-            )
-        };
-        let notify = match r {
-            TxPass::Done { notify } => notify,
-            TxPass::Full { notify } => {
-                let mut t = self.timers[p].lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = t.reset(TX_RETRY, None) {
-                    log::error!("virtio-net: arming the TX retry timer: {e}");
-                }
-                notify
-            }
-            TxPass::Broken => false,
-        };
-        if notify {
-            self.signal_queue(2 * p + 1);
-        }
-    }
-
-    fn place(&self, worker: usize, frame: &[u8], touched: &mut [bool]) -> Placed {
-        if !self.live.load(Ordering::Acquire) {
-            return Placed::NoRoom;
-        }
-        let neg = self.negotiated();
-        let active = self
-            .active_pairs
-            .load(Ordering::Acquire)
-            .clamp(1, self.pairs);
-        let mut all_broken = true;
-        for k in 0..active {
-            let p = (worker + k) % active;
-            if self.rx_broken[p].load(Ordering::Relaxed) {
-                continue;
-            }
-            all_broken = false;
-            let mut q = self.lock_queue(2 * p);
-            if !q.ready() {
-                continue;
-            }
-            let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
-            return match rx_put(&mut q, &mut rx, &self.mem, neg, frame) {
-                Ok(Rx::Placed(_)) => {
-                    touched[p] = true;
-                    Placed::Done
-                }
-                Ok(Rx::NoRoom) => Placed::NoRoom,
-                Ok(Rx::Dropped(_)) => Placed::Dropped,
-                Err(e) => {
-                    self.stop_rx(p, e);
-                    Placed::Dropped
-                }
-            };
-        }
-        if all_broken {
-            // No queue will take it until a reset: do not keep it.
-            Placed::Dropped
-        } else {
-            Placed::NoRoom
-        }
-    }
-
-    fn stop_rx(&self, p: usize, e: ChainError) {
-        crate::log_limited!(
-            log::Level::Error,
-            "virtio-net: RX queue {}: {e}; queue stopped",
-            2 * p
-        );
-        self.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
-        self.rx_broken[p].store(true, Ordering::Relaxed);
     }
 
     /// The control queue, on the vCPU thread that kicked it.
@@ -355,10 +249,7 @@ impl NetCore {
     /// Thread uipd-vq{p}: TX kicks, RX kicks (refills) and TX retries of
     /// pair `p`, until [`NetCore::stop`].
     fn pair_loop(&self, p: usize) {
-        let timer_fd = self.timers[p]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_raw_fd();
+        let timer_fd = self.data.timer_fd(p);
         let fds = [
             self.kicks[2 * p].as_raw_fd(),
             self.kicks[2 * p + 1].as_raw_fd(),
@@ -385,20 +276,13 @@ impl NetCore {
                 // The guest added RX buffers: let the workers' sinks retry.
                 self.inboxes.iter().for_each(|r| r.kick());
             }
-            let mut tx = false;
-            if pfd[1].revents != 0 {
-                let _ = self.kicks[2 * p + 1].read();
-                tx = true;
-            }
             if pfd[2].revents != 0 {
-                let _ = self.timers[p]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .wait();
-                tx = true;
-            }
-            if tx {
-                self.process_tx(p);
+                // The retry also takes whatever a kick announced.
+                let _ = self.kicks[2 * p + 1].read();
+                self.data.retry_tx(self, p);
+            } else if pfd[1].revents != 0 {
+                let _ = self.kicks[2 * p + 1].read();
+                self.data.process_tx(self, p);
             }
         }
     }
@@ -422,16 +306,7 @@ impl NetCore {
 
     fn reset(&self) {
         self.live.store(false, Ordering::Release);
-        for p in 0..self.pairs {
-            let mut st = self.tx[p].lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((w, f)) = st.pending.take() {
-                self.inboxes[w].put_buf(f.buf);
-            }
-            st.broken = false;
-            drop(st);
-            self.rx[p].lock().unwrap_or_else(|e| e.into_inner()).reset();
-            self.rx_broken[p].store(false, Ordering::Relaxed);
-        }
+        self.data.reset(&self.inboxes);
         for (q, v) in self.queues.iter().zip(&self.queue_vector) {
             q.lock().unwrap_or_else(|e| e.into_inner()).reset();
             v.store(NO_VECTOR, Ordering::Release);
@@ -460,23 +335,50 @@ impl RxQueues for NetCore {
         touched: &mut [bool],
         counters: &mut WorkerCounters,
     ) -> usize {
-        let taken = place_front(waiting, counters, |f| self.place(worker, f, touched));
-        for (p, t) in touched.iter_mut().enumerate() {
-            if !std::mem::take(t) {
-                continue;
-            }
-            let need = {
-                let q = self.lock_queue(2 * p);
-                let mut rx = self.rx[p].lock().unwrap_or_else(|e| e.into_inner());
-                rx.needs_notification(&q, &self.mem)
-            };
-            match need {
-                Ok(true) => self.signal_queue(2 * p),
-                Ok(false) => {}
-                Err(e) => self.stop_rx(p, e),
-            }
+        self.data
+            .place_all(self, worker, waiting, touched, counters)
+    }
+}
+
+impl Transport for NetCore {
+    const WHAT: &'static str = "virtio-net";
+
+    fn negotiated(&self) -> Negotiated {
+        NetCore::negotiated(self)
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn inboxes(&self) -> &[Arc<FrameRing>] {
+        &self.inboxes
+    }
+
+    /// The pairs the driver enabled through the control queue.
+    fn active_pairs(&self) -> usize {
+        self.active_pairs.load(Ordering::Acquire)
+    }
+
+    /// Queues are usable only while the driver is live (DRIVER_OK, no
+    /// reset since).
+    fn with_queue<R>(
+        &self,
+        q: usize,
+        f: impl FnOnce(&mut Queue, &GuestMemoryMmap) -> R,
+    ) -> Option<R> {
+        if !self.live.load(Ordering::Acquire) {
+            return None;
         }
-        taken
+        let mut queue = self.lock_queue(q);
+        if !queue.ready() {
+            return None;
+        }
+        Some(f(&mut queue, &self.mem))
+    }
+
+    fn signal(&self, q: usize) {
+        self.signal_queue(q);
     }
 }
 

@@ -268,7 +268,7 @@ fn tx_chain_reaches_a_worker_inbox_and_reset_drops_state() {
     }
     mock.avail().ring().ref_at(0).unwrap().store(0);
     mock.avail().idx().store(1);
-    core.process_tx(0);
+    core.data.process_tx(&*core, 0);
     let got: Vec<_> = inboxes.iter().filter_map(|i| i.pop()).collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].bytes(), &frame[..]);
@@ -279,7 +279,7 @@ fn tx_chain_reaches_a_worker_inbox_and_reset_drops_state() {
     w(&mut d, 0x14, 1, 0);
     assert!(core.generation() > g);
     mock.avail().idx().store(2);
-    core.process_tx(0);
+    core.data.process_tx(&*core, 0);
     assert!(inboxes.iter().all(|i| i.pop().is_none()));
 }
 
@@ -354,7 +354,7 @@ fn tap_backend_moves_frames_both_ways_and_drops_what_the_driver_did_not_accept()
     }
     txq.avail().ring().ref_at(0).unwrap().store(0);
     txq.avail().idx().store(1);
-    core.process_tx(0);
+    core.data.process_tx(&*core, 0);
     let mut got = [0u8; 256];
     let n = theirs.recv(&mut got).unwrap();
     assert_eq!(&got[..n], &frame[..]);
