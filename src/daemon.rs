@@ -94,6 +94,15 @@ pub struct Config {
     pub max_memory: usize,
     /// Published ports (`--publish`), bound before anything starts.
     pub publish: Vec<crate::publish::PublishSpec>,
+    /// Every free non-ephemeral port of each set (passt's `-t all`),
+    /// bound before anything starts; ports in use are skipped.
+    pub publish_every: Vec<crate::publish::PortSet>,
+    /// The namespace's bound ports of each set, published and withdrawn
+    /// as they come and go (pasta's `-t auto`; namespace frontends only).
+    pub publish_auto: Vec<crate::publish::PortSet>,
+    /// Listeners in the namespace whose connections go to the host's
+    /// loopback (pasta's `-T`/`-U`; namespace frontends only).
+    pub ns_forwards: Vec<crate::nsfwd::NsForward>,
     /// Control socket path (`--control`).
     pub control: Option<PathBuf>,
     /// The guest interface's MAC (namespace mode), `None` for the kernel's.
@@ -142,6 +151,9 @@ impl Config {
             stack,
             max_memory: default_max_memory(),
             publish: Vec::new(),
+            publish_every: Vec::new(),
+            publish_auto: Vec::new(),
+            ns_forwards: Vec::new(),
             control: None,
             guest_mac: None,
             ready_fd: None,
@@ -648,6 +660,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     for spec in &cfg.publish {
         forwards.add(spec).map_err(Error::Publish)?;
     }
+    publish_every(&cfg.publish_every, &mut forwards)?;
     let control = match &cfg.control {
         Some(path) => Some(crate::control::Control::bind(path)?),
         None => None,
@@ -697,6 +710,78 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, publish),
         Frontend::VmTap { vm, tap, queues } => run_vm_tap(&cfg, &vm, &tap, queues),
     }
+}
+
+/// Bind every free non-ephemeral port of each set (passt's `all`): ports
+/// in use or privileged are skipped, as passt does, and counted in a debug
+/// line; a set of which nothing could be bound is an error, and running
+/// out of file descriptors is said once.
+fn publish_every(
+    sets: &[crate::publish::PortSet],
+    forwards: &mut crate::control::Forwards,
+) -> Result<(), Error> {
+    use crate::publish;
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let eph = publish::ephemeral_range();
+    let ports: u64 = sets
+        .iter()
+        .map(|s| {
+            let n = (1..=u16::MAX)
+                .filter(|&p| !s.excludes(p) && !(eph.0..=eph.1).contains(&p))
+                .count();
+            (n * s.addrs().len()) as u64
+        })
+        .sum();
+    // Each port is one descriptor; keep room for the flows, the frontend
+    // and the rest (a quarter of the limit, at least 1024).
+    let limit = publish::raise_nofile(ports + 4096);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let reserve = (limit / 4).max(1024);
+    let mut budget = limit.saturating_sub(publish::open_fds().unwrap_or(64) + reserve);
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    for set in sets {
+        let what = match set.addr {
+            Some(a) => format!("{a}/all/{}", set.proto),
+            None => format!("all/{}", set.proto),
+        };
+        let every = publish::bind_every(set, eph, &mut budget);
+        let bound: usize = every.runs.iter().map(|(_, b)| b.len()).sum();
+        log::debug!(
+            "{what}: {bound} ports bound in {} runs, {} skipped (in use or privileged), \
+             ephemeral {}-{} left out",
+            every.runs.len(),
+            every.skipped,
+            eph.0,
+            eph.1
+        );
+        if every.no_fd > 0 {
+            log::warn!(
+                "{what}: {bound} sockets bound, then out of file descriptors: {} more \
+                 (the highest ports) are not forwarded; RLIMIT_NOFILE is {limit} (with \
+                 {reserve} kept for flows), {} would be needed: raise the hard limit \
+                 (ulimit -Hn) or exclude ports (~P-Q)",
+                every.no_fd,
+                ports as usize + reserve
+            );
+        }
+        if bound == 0 {
+            return Err(Error::Publish(format!(
+                "{what}: no port could be bound (all in use, privileged or out of descriptors)"
+            )));
+        }
+        total += bound;
+        for (spec, b) in every.runs {
+            forwards.insert(spec, b);
+        }
+    }
+    log::info!(
+        "all: {total} ports bound in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// Published ports and the control socket, handed from [`run`] to the

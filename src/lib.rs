@@ -64,6 +64,7 @@ pub mod compat;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod nsfwd;
 pub mod publish;
 pub mod ratelimit;
 pub mod rings;

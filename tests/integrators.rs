@@ -187,3 +187,78 @@ fn pasta_backgrounds_serves_a_pid_and_quits_with_it() {
     );
     o.pass();
 }
+
+/// The udhcpc event script of the relayed guests: configures eth0.
+const DHCP_SCRIPT: &str = "#!/bin/sh\n\
+case \"$1\" in bound|renew)\n\
+  ip addr flush dev \"$interface\"; ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n\
+  ip route replace default via \"$router\";;\n\
+esac\n";
+
+/// `passt -t all,~4000-4100`, as a VMM manager would start it, with a
+/// namespace relayed to its stream socket as the guest (the guest's own
+/// kernel stack, tests/servers/stream_relay.py): a server the guest
+/// starts on an arbitrary port that is not ephemeral (4321) is reached
+/// through the same host port, 16 MiB byte-exact, while an excluded port
+/// (4050) is not published at all.
+#[test]
+fn passt_all_publishes_every_free_port() {
+    if skip_unless_uipd("passt_all_publishes_every_free_port") {
+        return;
+    }
+    let mut sc = Scenario::new("passt_all");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    std::fs::write(sc.dir().join("dhcp.sh"), DHCP_SCRIPT).expect("dhcp.sh");
+    std::fs::write(
+        sc.dir().join("vm.sh"),
+        "D=\"$1\"; PY=\"$2\"; SRV=\"$3\"\n\
+         ip link set lo up\n\
+         timeout -k 2 60 \"$PY\" \"$SRV/stream_relay.py\" --socket \"$D/vm.sock\" --ready \"$D/relay.ready\" --timeout 55 >\"$D/relay.log\" 2>&1 &\n\
+         for _ in $(seq 100); do [ -e \"$D/relay.ready\" ] && break; sleep 0.1; done\n\
+         ip link set eth0 up\n\
+         timeout 30 busybox udhcpc -i eth0 -n -q -t 5 -T 2 -s \"$D/dhcp.sh\" >/dev/null 2>&1\n\
+         echo \"RESULT lease rc=$?\"\n\
+         busybox httpd -f -p 4321 -h \"$D\" & H=$!\n\
+         busybox httpd -f -p 4050 -h \"$D\" & H2=$!\n\
+         touch \"$D/vm.ready\"\n\
+         for _ in $(seq 600); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H $H2\n",
+    )
+    .expect("vm.sh");
+    sc.timeout(90).invocation(&format!(
+        "chmod +x \"$D/dhcp.sh\"\n\
+         RUST_LOG=info timeout -k 2 80 $UIPD passt -f -s \"$D/vm.sock\" -t all,~4000-4100 \
+           >\"$D/passt.out\" 2>\"$D/uipd.err\" </dev/null &\n\
+         U=$!\n\
+         for _ in $(seq 300); do [ -S \"$D/vm.sock\" ] && break; sleep 0.1; done\n\
+         timeout -k 2 70 unshare --net sh \"$D/vm.sh\" \"$D\" {py} {srv} >\"$D/guest.out\" 2>\"$D/vm.err\" </dev/null &\n\
+         G=$!\n\
+         for _ in $(seq 400); do [ -e \"$D/vm.ready\" ] && break; sleep 0.1; done\n\
+         busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:4321/down.bin\n\
+         echo \"RESULT host_get sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\" >\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:4050/down.bin; \
+         echo \"RESULT excluded rc=$?\" >>\"$D/client.out\"\n\
+         n=$(grep -c ' 0A ' /proc/net/tcp); echo \"RESULT listeners v4=$n\" >>\"$D/client.out\"\n\
+         touch \"$D/done\"\n\
+         wait $G\n\
+         kill $U; wait $U\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+        py = common::sh_quote(&common::python()),
+        srv = common::sh_quote(&common::tests_dir().join("servers").display().to_string()),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("lease", "rc") == "0", "the guest got no lease");
+    o.check(
+        o.value("host_get", "sha") == down,
+        "the download through port 4321 (published by 'all') differs",
+    );
+    o.check(
+        o.value("excluded", "rc") != "0",
+        "the excluded port 4050 was published",
+    );
+    let n: usize = o.value("listeners", "v4").parse().unwrap_or(0);
+    o.check(n > 1000, "'all' bound fewer than 1000 IPv4 ports");
+    o.pass();
+}
