@@ -622,6 +622,13 @@ fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error
 
 /// Run the daemon; returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32, Error> {
+    let netns = matches!(cfg.frontend, Frontend::Spawn(_) | Frontend::Attach(_));
+    let namespace_only = !cfg.publish_auto.is_empty() || !cfg.ns_forwards.is_empty();
+    if namespace_only && !netns {
+        return Err(Error::Publish(
+            "'auto' ports and namespace-to-host forwards need a network namespace".into(),
+        ));
+    }
     pin_mmap_threshold();
     let resolv_path = PathBuf::from("/etc/resolv.conf");
     // resolv.conf is re-read when it changes: through an anchor, which
@@ -702,6 +709,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         detached,
         stats_file,
         resolv,
+        auto: None,
     };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, publish),
@@ -764,7 +772,7 @@ fn publish_every(
                  {reserve} kept for flows), {} would be needed: raise the hard limit \
                  (ulimit -Hn) or exclude ports (~P-Q)",
                 every.no_fd,
-                ports as usize + reserve
+                ports.saturating_add(reserve as u64)
             );
         }
         if bound == 0 {
@@ -804,6 +812,8 @@ struct Publish {
     /// The host's resolv.conf, re-read when it changes (none when the
     /// resolvers were given).
     resolv: Option<Anchor>,
+    /// pasta's `auto`: the namespace's ports, followed (namespace mode).
+    auto: Option<crate::autoports::AutoPorts>,
 }
 
 impl Publish {
@@ -811,6 +821,42 @@ impl Publish {
     fn start(&mut self, workers: &Workers) {
         self.forwards.flush(&workers.shared[0], &workers.inboxes[0]);
     }
+}
+
+/// pasta's `auto`: open the namespace's socket tables now, before the
+/// sandbox (through `/proc/PID/net` of the spawned command or of the PID
+/// given, else from inside the namespace file), to be scanned at run time.
+fn auto_ports(
+    cfg: &Config,
+    spawned: Option<i32>,
+) -> Result<Option<crate::autoports::AutoPorts>, Error> {
+    use crate::autoports::{AutoPorts, ProcNet};
+    if cfg.publish_auto.is_empty() {
+        return Ok(None);
+    }
+    let pid = match (&cfg.frontend, spawned) {
+        (_, Some(pid)) => Some(pid.to_string()),
+        (Frontend::Attach(t), None) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    let what = "opening the namespace's /proc/net/{tcp,udp}{,6} for 'auto'";
+    let procnet = match (&cfg.frontend, pid) {
+        (_, Some(pid)) => ProcNet::open(std::path::Path::new(&format!("/proc/{pid}/net")))
+            .map_err(io_err(what))?,
+        (Frontend::Attach(t), None) => netns::in_netns(t, || {
+            ProcNet::open(std::path::Path::new("/proc/thread-self/net"))
+        })?
+        .map_err(io_err(what))?,
+        _ => return Ok(None),
+    };
+    let own = cfg
+        .ns_forwards
+        .iter()
+        .map(|f| (f.proto, f.listen.port()))
+        .collect();
+    Ok(Some(AutoPorts::new(cfg.publish_auto.clone(), procnet, own)))
 }
 
 /// Namespace mode: one worker per TAP queue; the kernel steers flows.
@@ -849,6 +895,7 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
         }
     };
     install_signals(child.is_none());
+    publish.auto = auto_ports(cfg, child.as_ref().map(|c| c.pid))?;
 
     let off = cfg.stack.offload;
     if off.vnet_hdr {
@@ -1254,6 +1301,13 @@ fn control_loop(
         }
         if let Some(a) = publish.api.as_mut() {
             a.poll(&mut publish.forwards, &workers.shared, &workers.inboxes);
+        }
+        if let Some(a) = publish.auto.as_mut() {
+            a.poll(
+                &mut publish.forwards,
+                &workers.shared[0],
+                &workers.inboxes[0],
+            );
         }
         if publish
             .exit_fd

@@ -60,6 +60,7 @@
 #![warn(missing_docs)]
 
 pub mod addressing;
+pub mod autoports;
 pub mod compat;
 pub mod control;
 pub mod daemon;

@@ -49,7 +49,7 @@ impl fmt::Display for PubProto {
 }
 
 /// A parsed `--publish` spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PublishSpec {
     /// Host address to listen on.
     pub addr: IpAddr,

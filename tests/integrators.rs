@@ -262,3 +262,89 @@ fn passt_all_publishes_every_free_port() {
     o.check(n > 1000, "'all' bound fewer than 1000 IPv4 ports");
     o.pass();
 }
+
+/// `pasta -t auto PID`: a server the namespace starts after uipd is up
+/// (port 7070, not named anywhere) becomes reachable from the host within
+/// a few seconds, 16 MiB byte-exact, and its host port is withdrawn a few
+/// seconds after the server stops. A server on the namespace's loopback
+/// only (7071) is not published.
+#[test]
+fn pasta_auto_follows_the_namespaces_listeners() {
+    if skip_unless_uipd("pasta_auto_follows_the_namespaces_listeners") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_auto");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"\n\
+         for _ in $(seq 100); do ip -o -4 addr show eth0 2>/dev/null | grep -q inet && break; sleep 0.1; done\n\
+         for _ in $(seq 300); do [ -e \"$D/go\" ] && break; sleep 0.1; done\n\
+         busybox httpd -f -p 7070 -h \"$D\" & H=$!\n\
+         busybox httpd -f -p 127.0.0.1:7071 -h \"$D\" & H2=$!\n\
+         for _ in $(seq 300); do [ -e \"$D/stop\" ] && break; sleep 0.1; done\n\
+         kill $H; wait $H\n\
+         for _ in $(seq 300); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H2\n",
+    )
+    .expect("ns.sh");
+    sc.timeout(90).invocation(
+        "unshare --net sh \"$D/ns.sh\" \"$D\" >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         RUST_LOG=info timeout -k 2 20 $UIPD pasta --config-net -t auto -u auto -P \"$D/pasta.pid\" \
+           -l \"$D/uipd.err\" $NS >\"$D/pasta.out\" 2>&1 </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         touch \"$D/go\"; t0=$(date +%s%N)\n\
+         up=0; for _ in $(seq 100); do \
+           busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:7070/down.bin 2>/dev/null && { up=1; break; }; \
+           sleep 0.1; done\n\
+         echo \"RESULT published up=$up ms=$(( ($(date +%s%N) - t0) / 1000000 )) \
+           sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\" >>\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:7071/down.bin; \
+         echo \"RESULT loopback_only rc=$?\" >>\"$D/client.out\"\n\
+         touch \"$D/stop\"; t0=$(date +%s%N)\n\
+         gone=0; for _ in $(seq 100); do \
+           grep -q ':1B9E 00000000:0000 0A' /proc/net/tcp || { gone=1; break; }; sleep 0.1; done\n\
+         echo \"RESULT withdrawn gone=$gone ms=$(( ($(date +%s%N) - t0) / 1000000 ))\" >>\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:7070/down.bin; \
+         echo \"RESULT after rc=$?\" >>\"$D/client.out\"\n\
+         touch \"$D/done\"\n\
+         wait $NS\n\
+         for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.1; done\n\
+         kill \"$P\" 2>/dev/null\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+    );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    let p = o.result("published");
+    o.check(
+        p["up"] == "1",
+        "the namespace's new server was not published within 10 s",
+    );
+    o.check(
+        p["sha"] == down,
+        "the download through the auto-published port differs",
+    );
+    o.check(
+        o.value("loopback_only", "rc") != "0",
+        "a server on the namespace's loopback only was published",
+    );
+    o.check(
+        o.value("withdrawn", "gone") == "1",
+        "the host port stayed after the server stopped",
+    );
+    o.check(
+        o.value("after", "rc") != "0",
+        "the withdrawn port still answers",
+    );
+    eprintln!(
+        "pasta auto: published after {} ms, withdrawn after {} ms",
+        p["ms"],
+        o.value("withdrawn", "ms")
+    );
+    o.pass();
+}
