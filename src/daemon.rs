@@ -896,6 +896,19 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     };
     install_signals(child.is_none());
     publish.auto = auto_ports(cfg, child.as_ref().map(|c| c.pid))?;
+    // pasta's -T/-U: listeners made in the namespace now, served by a
+    // relay thread once the sandbox is up.
+    let relay = if cfg.ns_forwards.is_empty() {
+        None
+    } else {
+        let target = match (&cfg.frontend, child.as_ref()) {
+            (_, Some(c)) => c.pid.to_string(),
+            (Frontend::Attach(t), None) => t.clone(),
+            _ => unreachable!("run_tap serves namespaces only"),
+        };
+        let listeners = crate::nsfwd::bind_in(&target, &cfg.ns_forwards).map_err(Error::Publish)?;
+        Some(crate::nsfwd::Relay::new(listeners).map_err(io_err("-T/-U listeners"))?)
+    };
 
     let off = cfg.stack.offload;
     if off.vnet_hdr {
@@ -934,6 +947,14 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     }
     let workers = Workers::start(cfg, inboxes(taps.len(), buf_size)?, ports)?;
     publish.start(&workers);
+    let relay_stop = Arc::new(AtomicBool::new(false));
+    let relay = match relay {
+        Some(r) => Some(
+            r.start(relay_stop.clone())
+                .map_err(io_err("starting the -T/-U relay"))?,
+        ),
+        None => None,
+    };
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
@@ -949,6 +970,12 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
         }
         None => Ok(None),
     })?;
+    relay_stop.store(true, Ordering::SeqCst);
+    if let Some(r) = relay
+        && r.join().is_err()
+    {
+        log::error!("the -T/-U relay panicked");
+    }
     drop(taps);
     report(cfg, &stats, stats_file);
     Ok(code)

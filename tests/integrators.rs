@@ -348,3 +348,71 @@ fn pasta_auto_follows_the_namespaces_listeners() {
     );
     o.pass();
 }
+
+/// `pasta -T 8000 -U 5300 PID`: the namespace reaches host servers on its
+/// own loopback: 16 MiB byte-exact from a host HTTP server on 127.0.0.1:8000
+/// through the namespace's 127.0.0.1:8000, and a UDP datagram to the
+/// namespace's 127.0.0.1:5300 reaches a host echo server whose reply comes
+/// back. The relay thread runs in the sandbox (the default).
+#[test]
+fn pasta_ns_to_host_forwards() {
+    if skip_unless_uipd("pasta_ns_to_host_forwards") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_ns_fwd");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    let dir = sc.dir().display().to_string();
+    sc.timeout(90).server("http", 8000, &["--dir", &dir]);
+    std::fs::write(
+        sc.dir().join("udp.py"),
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(5)\n\
+         if sys.argv[1] == 'echo':\n    \
+             s.bind(('127.0.0.1', 5300)); open(sys.argv[2], 'w').close()\n    \
+             d, a = s.recvfrom(100); s.sendto(b'echo:' + d, a)\n\
+         else:\n    \
+             s.sendto(b'ping', ('127.0.0.1', 5300)); print('RESULT udp reply=' + s.recv(100).decode())\n",
+    )
+    .expect("udp.py");
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"; PY=\"$2\"\n\
+         for _ in $(seq 300); do [ -e \"$D/go\" ] && break; sleep 0.1; done\n\
+         busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:8000/down.bin\n\
+         echo \"RESULT ns_get rc=$? sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\"\n\
+         timeout 10 \"$PY\" \"$D/udp.py\" client\n",
+    )
+    .expect("ns.sh");
+    sc.invocation(&format!(
+        "timeout 20 {py} \"$D/udp.py\" echo \"$D/echo.ready\" >\"$D/echo.log\" 2>&1 &\n\
+         unshare --net sh \"$D/ns.sh\" \"$D\" {py} >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         timeout -k 2 30 $UIPD pasta --config-net -T 8000 -U 5300 -P \"$D/pasta.pid\" \
+           -l \"$D/uipd.err\" $NS >\"$D/pasta.out\" 2>&1 </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         for _ in $(seq 50); do [ -e \"$D/echo.ready\" ] && break; sleep 0.1; done\n\
+         touch \"$D/go\"\n\
+         wait $NS\n\
+         for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.1; done\n\
+         kill \"$P\" 2>/dev/null\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+        py = common::sh_quote(&common::python()),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    let g = o.result("ns_get");
+    o.check(
+        g["rc"] == "0" && g["sha"] == down,
+        "the download through -T 8000 differs",
+    );
+    o.check(
+        o.value("udp", "reply") == "echo:ping",
+        "the datagram through -U 5300 got no echo",
+    );
+    o.pass();
+}
