@@ -75,6 +75,13 @@ impl Forwards {
             m.push_str(&format!(": {}", e.source));
             m
         })?;
+        self.insert(spec.clone(), bound);
+        Ok(())
+    }
+
+    /// Serve `spec` through the sockets already bound for it (`bound`,
+    /// each with its guest port), queued for the worker.
+    pub fn insert(&mut self, spec: PublishSpec, bound: Vec<publish::Bound>) {
         let mut ids = Vec::new();
         for b in bound {
             let id = self.next_id;
@@ -90,8 +97,19 @@ impl Forwards {
                 fd: b.fd,
             });
         }
-        self.entries.push((spec.clone(), ids));
-        Ok(())
+        self.entries.push((spec, ids));
+    }
+
+    /// Whether a served spec listens on host port `port` of `proto` at
+    /// `addr` (or at an address that overlaps it: either unspecified).
+    pub fn serves(&self, addr: std::net::IpAddr, port: u16, proto: PubProto) -> bool {
+        self.entries.iter().any(|(s, _)| {
+            s.proto == proto
+                && (s.host_port..=s.host_port.saturating_add(s.count.saturating_sub(1)))
+                    .contains(&port)
+                && s.addr.is_ipv4() == addr.is_ipv4()
+                && (s.addr == addr || s.addr.is_unspecified() || addr.is_unspecified())
+        })
     }
 
     /// Stop serving `spec` (queued for the worker).

@@ -94,6 +94,15 @@ pub struct Config {
     pub max_memory: usize,
     /// Published ports (`--publish`), bound before anything starts.
     pub publish: Vec<crate::publish::PublishSpec>,
+    /// Every free non-ephemeral port of each set (passt's `-t all`),
+    /// bound before anything starts; ports in use are skipped.
+    pub publish_every: Vec<crate::publish::PortSet>,
+    /// The namespace's bound ports of each set, published and withdrawn
+    /// as they come and go (pasta's `-t auto`; namespace frontends only).
+    pub publish_auto: Vec<crate::publish::PortSet>,
+    /// Listeners in the namespace whose connections go to the host's
+    /// loopback (pasta's `-T`/`-U`; namespace frontends only).
+    pub ns_forwards: Vec<crate::nsfwd::NsForward>,
     /// Control socket path (`--control`).
     pub control: Option<PathBuf>,
     /// The guest interface's MAC (namespace mode), `None` for the kernel's.
@@ -142,6 +151,9 @@ impl Config {
             stack,
             max_memory: default_max_memory(),
             publish: Vec::new(),
+            publish_every: Vec::new(),
+            publish_auto: Vec::new(),
+            ns_forwards: Vec::new(),
             control: None,
             guest_mac: None,
             ready_fd: None,
@@ -610,6 +622,13 @@ fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error
 
 /// Run the daemon; returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32, Error> {
+    let netns = matches!(cfg.frontend, Frontend::Spawn(_) | Frontend::Attach(_));
+    let namespace_only = !cfg.publish_auto.is_empty() || !cfg.ns_forwards.is_empty();
+    if namespace_only && !netns {
+        return Err(Error::Publish(
+            "'auto' ports and namespace-to-host forwards need a network namespace".into(),
+        ));
+    }
     pin_mmap_threshold();
     let resolv_path = PathBuf::from("/etc/resolv.conf");
     // resolv.conf is re-read when it changes: through an anchor, which
@@ -648,6 +667,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
     for spec in &cfg.publish {
         forwards.add(spec).map_err(Error::Publish)?;
     }
+    publish_every(&cfg.publish_every, &mut forwards)?;
     let control = match &cfg.control {
         Some(path) => Some(crate::control::Control::bind(path)?),
         None => None,
@@ -689,6 +709,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         detached,
         stats_file,
         resolv,
+        auto: None,
     };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, publish),
@@ -697,6 +718,78 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         Frontend::Vm(vm, queues) => run_vm(&cfg, &vm, queues, publish),
         Frontend::VmTap { vm, tap, queues } => run_vm_tap(&cfg, &vm, &tap, queues),
     }
+}
+
+/// Bind every free non-ephemeral port of each set (passt's `all`): ports
+/// in use or privileged are skipped, as passt does, and counted in a debug
+/// line; a set of which nothing could be bound is an error, and running
+/// out of file descriptors is said once.
+fn publish_every(
+    sets: &[crate::publish::PortSet],
+    forwards: &mut crate::control::Forwards,
+) -> Result<(), Error> {
+    use crate::publish;
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let eph = publish::ephemeral_range();
+    let ports: u64 = sets
+        .iter()
+        .map(|s| {
+            let n = (1..=u16::MAX)
+                .filter(|&p| !s.excludes(p) && !(eph.0..=eph.1).contains(&p))
+                .count();
+            (n * s.addrs().len()) as u64
+        })
+        .sum();
+    // Each port is one descriptor; keep room for the flows, the frontend
+    // and the rest (a quarter of the limit, at least 1024).
+    let limit = publish::raise_nofile(ports + 4096);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let reserve = (limit / 4).max(1024);
+    let mut budget = limit.saturating_sub(publish::open_fds().unwrap_or(64) + reserve);
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    for set in sets {
+        let what = match set.addr {
+            Some(a) => format!("{a}/all/{}", set.proto),
+            None => format!("all/{}", set.proto),
+        };
+        let every = publish::bind_every(set, eph, &mut budget);
+        let bound: usize = every.runs.iter().map(|(_, b)| b.len()).sum();
+        log::debug!(
+            "{what}: {bound} ports bound in {} runs, {} skipped (in use or privileged), \
+             ephemeral {}-{} left out",
+            every.runs.len(),
+            every.skipped,
+            eph.0,
+            eph.1
+        );
+        if every.no_fd > 0 {
+            log::warn!(
+                "{what}: {bound} sockets bound, then out of file descriptors: {} more \
+                 (the highest ports) are not forwarded; RLIMIT_NOFILE is {limit} (with \
+                 {reserve} kept for flows), {} would be needed: raise the hard limit \
+                 (ulimit -Hn) or exclude ports (~P-Q)",
+                every.no_fd,
+                ports.saturating_add(reserve as u64)
+            );
+        }
+        if bound == 0 {
+            return Err(Error::Publish(format!(
+                "{what}: no port could be bound (all in use, privileged or out of descriptors)"
+            )));
+        }
+        total += bound;
+        for (spec, b) in every.runs {
+            forwards.insert(spec, b);
+        }
+    }
+    log::info!(
+        "all: {total} ports bound in {} ms",
+        started.elapsed().as_millis()
+    );
+    Ok(())
 }
 
 /// Published ports and the control socket, handed from [`run`] to the
@@ -719,6 +812,8 @@ struct Publish {
     /// The host's resolv.conf, re-read when it changes (none when the
     /// resolvers were given).
     resolv: Option<Anchor>,
+    /// pasta's `auto`: the namespace's ports, followed (namespace mode).
+    auto: Option<crate::autoports::AutoPorts>,
 }
 
 impl Publish {
@@ -726,6 +821,42 @@ impl Publish {
     fn start(&mut self, workers: &Workers) {
         self.forwards.flush(&workers.shared[0], &workers.inboxes[0]);
     }
+}
+
+/// pasta's `auto`: open the namespace's socket tables now, before the
+/// sandbox (through `/proc/PID/net` of the spawned command or of the PID
+/// given, else from inside the namespace file), to be scanned at run time.
+fn auto_ports(
+    cfg: &Config,
+    spawned: Option<i32>,
+) -> Result<Option<crate::autoports::AutoPorts>, Error> {
+    use crate::autoports::{AutoPorts, ProcNet};
+    if cfg.publish_auto.is_empty() {
+        return Ok(None);
+    }
+    let pid = match (&cfg.frontend, spawned) {
+        (_, Some(pid)) => Some(pid.to_string()),
+        (Frontend::Attach(t), None) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    let what = "opening the namespace's /proc/net/{tcp,udp}{,6} for 'auto'";
+    let procnet = match (&cfg.frontend, pid) {
+        (_, Some(pid)) => ProcNet::open(std::path::Path::new(&format!("/proc/{pid}/net")))
+            .map_err(io_err(what))?,
+        (Frontend::Attach(t), None) => netns::in_netns(t, || {
+            ProcNet::open(std::path::Path::new("/proc/thread-self/net"))
+        })?
+        .map_err(io_err(what))?,
+        _ => return Ok(None),
+    };
+    let own = cfg
+        .ns_forwards
+        .iter()
+        .map(|f| (f.proto, f.listen.port()))
+        .collect();
+    Ok(Some(AutoPorts::new(cfg.publish_auto.clone(), procnet, own)))
 }
 
 /// Namespace mode: one worker per TAP queue; the kernel steers flows.
@@ -764,6 +895,20 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
         }
     };
     install_signals(child.is_none());
+    publish.auto = auto_ports(cfg, child.as_ref().map(|c| c.pid))?;
+    // pasta's -T/-U: listeners made in the namespace now, served by a
+    // relay thread once the sandbox is up.
+    let relay = if cfg.ns_forwards.is_empty() {
+        None
+    } else {
+        let target = match (&cfg.frontend, child.as_ref()) {
+            (_, Some(c)) => c.pid.to_string(),
+            (Frontend::Attach(t), None) => t.clone(),
+            _ => unreachable!("run_tap serves namespaces only"),
+        };
+        let listeners = crate::nsfwd::bind_in(&target, &cfg.ns_forwards).map_err(Error::Publish)?;
+        Some(crate::nsfwd::Relay::new(listeners).map_err(io_err("-T/-U listeners"))?)
+    };
 
     let off = cfg.stack.offload;
     if off.vnet_hdr {
@@ -802,6 +947,14 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     }
     let workers = Workers::start(cfg, inboxes(taps.len(), buf_size)?, ports)?;
     publish.start(&workers);
+    let relay_stop = Arc::new(AtomicBool::new(false));
+    let relay = match relay {
+        Some(r) => Some(
+            r.start(relay_stop.clone())
+                .map_err(io_err("starting the -T/-U relay"))?,
+        ),
+        None => None,
+    };
     if let Some(c) = child.as_mut() {
         c.start()?;
     }
@@ -817,6 +970,12 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
         }
         None => Ok(None),
     })?;
+    relay_stop.store(true, Ordering::SeqCst);
+    if let Some(r) = relay
+        && r.join().is_err()
+    {
+        log::error!("the -T/-U relay panicked");
+    }
     drop(taps);
     report(cfg, &stats, stats_file);
     Ok(code)
@@ -1169,6 +1328,13 @@ fn control_loop(
         }
         if let Some(a) = publish.api.as_mut() {
             a.poll(&mut publish.forwards, &workers.shared, &workers.inboxes);
+        }
+        if let Some(a) = publish.auto.as_mut() {
+            a.poll(
+                &mut publish.forwards,
+                &workers.shared[0],
+                &workers.inboxes[0],
+            );
         }
         if publish
             .exit_fd

@@ -61,10 +61,12 @@
 #![warn(missing_docs)]
 
 pub mod addressing;
+pub mod autoports;
 pub mod compat;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod nsfwd;
 pub mod publish;
 pub mod ratelimit;
 pub mod rings;

@@ -49,7 +49,7 @@ impl fmt::Display for PubProto {
 }
 
 /// A parsed `--publish` spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PublishSpec {
     /// Host address to listen on.
     pub addr: IpAddr,
@@ -255,6 +255,178 @@ pub fn bind(spec: &PublishSpec, text: &str) -> Result<Vec<Bound>, BindError> {
         });
     }
     Ok(out)
+}
+
+/// A set of ports chosen by rule rather than named: passt's `all` (every
+/// free port that is not ephemeral) or pasta's `auto` (the ports the
+/// namespace listens on), less `exclude`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSet {
+    /// Transport.
+    pub proto: PubProto,
+    /// The host address to listen on; `None`: `0.0.0.0` and `[::]`.
+    pub addr: Option<IpAddr>,
+    /// Port ranges left out (`~P`, `~P-Q`).
+    pub exclude: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    /// Whether `port` is left out.
+    pub fn excludes(&self, port: u16) -> bool {
+        self.exclude.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// The host addresses to listen on.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        match self.addr {
+            Some(a) => vec![a],
+            None => vec![
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            ],
+        }
+    }
+}
+
+/// The kernel's ephemeral port range, `ip_local_port_range`'s text
+/// ("32768\t60999\n"); `None` if it is not two ordered ports.
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(lo)), Some(Ok(hi)), None) = (it.next(), it.next(), it.next()) else {
+        return None;
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// The host's ephemeral ports (Linux's default 32768-60999 when
+/// `/proc/sys/net/ipv4/ip_local_port_range` cannot be read).
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| parse_port_range(&t))
+        .unwrap_or((32768, 60999))
+}
+
+/// Raise the soft limit on open files to the hard one, and the hard one
+/// to `want` where the process may (`CAP_SYS_RESOURCE`); the soft limit
+/// that results.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a live rlimit the kernel fills in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut r) } < 0 {
+        return 0;
+    }
+    if r.rlim_max < want {
+        let up = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: `up` is a live rlimit the kernel only reads; a refusal
+        // (no CAP_SYS_RESOURCE, or over fs.nr_open) changes nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const up) } == 0 {
+            return want;
+        }
+    }
+    if r.rlim_cur < r.rlim_max {
+        let soft = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above; raising the soft limit to the hard one is
+        // always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const soft) } == 0 {
+            return r.rlim_max;
+        }
+    }
+    r.rlim_cur
+}
+
+/// What [`bind_every`] bound: runs of consecutive ports (one spec each,
+/// guest port = host port) with their sockets, and what it skipped.
+#[derive(Debug, Default)]
+pub struct Every {
+    /// Each run of bound ports and its sockets.
+    pub runs: Vec<(PublishSpec, Vec<Bound>)>,
+    /// Ports left out because they are in use, or privileged.
+    pub skipped: usize,
+    /// Ports not tried because uipd ran out of file descriptors.
+    pub no_fd: usize,
+}
+
+/// Bind every port of `set` that is not ephemeral (`ephemeral`, inclusive)
+/// and is free, on each of its addresses, lowest port first (both
+/// families of a port before the next port): passt's `all`. A port in use
+/// or privileged is skipped (counted). At most `budget` sockets are made
+/// (it is decreased); the ports beyond it, or beyond the process's file
+/// limit, are counted in [`Every::no_fd`].
+pub fn bind_every(set: &PortSet, ephemeral: (u16, u16), budget: &mut usize) -> Every {
+    let addrs = set.addrs();
+    let mut out = Every::default();
+    let mut runs: Vec<Vec<Bound>> = addrs.iter().map(|_| Vec::new()).collect();
+    let close = |run: &mut Vec<Bound>, addr: IpAddr, out: &mut Every| {
+        if let (Some(first), Some(last)) = (run.first(), run.last()) {
+            let (lo, hi) = (first.addr.port(), last.addr.port());
+            out.runs.push((
+                PublishSpec {
+                    addr,
+                    host_port: lo,
+                    guest_port: lo,
+                    count: hi - lo + 1,
+                    proto: set.proto,
+                },
+                std::mem::take(run),
+            ));
+        }
+    };
+    for port in 1..=u16::MAX {
+        let skip = set.excludes(port) || (ephemeral.0..=ephemeral.1).contains(&port);
+        for (i, &addr) in addrs.iter().enumerate() {
+            if skip {
+                close(&mut runs[i], addr, &mut out);
+                continue;
+            }
+            if *budget == 0 {
+                close(&mut runs[i], addr, &mut out);
+                out.no_fd += 1;
+                continue;
+            }
+            let spec = PublishSpec {
+                addr,
+                host_port: port,
+                guest_port: port,
+                count: 1,
+                proto: set.proto,
+            };
+            match bind(&spec, "") {
+                Ok(mut b) => {
+                    *budget -= 1;
+                    runs[i].extend(b.pop());
+                }
+                Err(e) => {
+                    close(&mut runs[i], addr, &mut out);
+                    if matches!(e.source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        *budget = 0;
+                        out.no_fd += 1;
+                    } else {
+                        log::trace!("all: {addr} port {port}/{}: {}", set.proto, e.source);
+                        out.skipped += 1;
+                    }
+                }
+            }
+        }
+    }
+    for (i, &addr) in addrs.iter().enumerate() {
+        close(&mut runs[i], addr, &mut out);
+    }
+    out
+}
+
+/// Descriptors this process has open now (`/proc/self/fd`), or `None`.
+pub fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count)
 }
 
 /// Turn on the boolean socket option `opt` at `level`.

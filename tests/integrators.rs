@@ -187,3 +187,232 @@ fn pasta_backgrounds_serves_a_pid_and_quits_with_it() {
     );
     o.pass();
 }
+
+/// The udhcpc event script of the relayed guests: configures eth0.
+const DHCP_SCRIPT: &str = "#!/bin/sh\n\
+case \"$1\" in bound|renew)\n\
+  ip addr flush dev \"$interface\"; ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n\
+  ip route replace default via \"$router\";;\n\
+esac\n";
+
+/// `passt -t all,~4000-4100`, as a VMM manager would start it, with a
+/// namespace relayed to its stream socket as the guest (the guest's own
+/// kernel stack, tests/servers/stream_relay.py): a server the guest
+/// starts on an arbitrary port that is not ephemeral (4321) is reached
+/// through the same host port, 16 MiB byte-exact, while an excluded port
+/// (4050) is not published at all.
+#[test]
+fn passt_all_publishes_every_free_port() {
+    if skip_unless_uipd("passt_all_publishes_every_free_port") {
+        return;
+    }
+    let mut sc = Scenario::new("passt_all");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    std::fs::write(sc.dir().join("dhcp.sh"), DHCP_SCRIPT).expect("dhcp.sh");
+    std::fs::write(
+        sc.dir().join("vm.sh"),
+        "D=\"$1\"; PY=\"$2\"; SRV=\"$3\"\n\
+         ip link set lo up\n\
+         timeout -k 2 60 \"$PY\" \"$SRV/stream_relay.py\" --socket \"$D/vm.sock\" --ready \"$D/relay.ready\" --timeout 55 >\"$D/relay.log\" 2>&1 &\n\
+         for _ in $(seq 100); do [ -e \"$D/relay.ready\" ] && break; sleep 0.1; done\n\
+         ip link set eth0 up\n\
+         timeout 30 busybox udhcpc -i eth0 -n -q -t 5 -T 2 -s \"$D/dhcp.sh\" >/dev/null 2>&1\n\
+         echo \"RESULT lease rc=$?\"\n\
+         busybox httpd -f -p 4321 -h \"$D\" & H=$!\n\
+         busybox httpd -f -p 4050 -h \"$D\" & H2=$!\n\
+         touch \"$D/vm.ready\"\n\
+         for _ in $(seq 600); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H $H2\n",
+    )
+    .expect("vm.sh");
+    sc.timeout(90).invocation(&format!(
+        "chmod +x \"$D/dhcp.sh\"\n\
+         RUST_LOG=info timeout -k 2 80 $UIPD passt -f -s \"$D/vm.sock\" -t all,~4000-4100 \
+           >\"$D/passt.out\" 2>\"$D/uipd.err\" </dev/null &\n\
+         U=$!\n\
+         for _ in $(seq 300); do [ -S \"$D/vm.sock\" ] && break; sleep 0.1; done\n\
+         timeout -k 2 70 unshare --net sh \"$D/vm.sh\" \"$D\" {py} {srv} >\"$D/guest.out\" 2>\"$D/vm.err\" </dev/null &\n\
+         G=$!\n\
+         for _ in $(seq 400); do [ -e \"$D/vm.ready\" ] && break; sleep 0.1; done\n\
+         busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:4321/down.bin\n\
+         echo \"RESULT host_get sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\" >\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:4050/down.bin; \
+         echo \"RESULT excluded rc=$?\" >>\"$D/client.out\"\n\
+         n=$(grep -c ' 0A ' /proc/net/tcp); echo \"RESULT listeners v4=$n\" >>\"$D/client.out\"\n\
+         touch \"$D/done\"\n\
+         wait $G\n\
+         kill $U; wait $U\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+        py = common::sh_quote(&common::python()),
+        srv = common::sh_quote(&common::tests_dir().join("servers").display().to_string()),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("lease", "rc") == "0", "the guest got no lease");
+    o.check(
+        o.value("host_get", "sha") == down,
+        "the download through port 4321 (published by 'all') differs",
+    );
+    o.check(
+        o.value("excluded", "rc") != "0",
+        "the excluded port 4050 was published",
+    );
+    let n: usize = o.value("listeners", "v4").parse().unwrap_or(0);
+    o.check(n > 1000, "'all' bound fewer than 1000 IPv4 ports");
+    o.pass();
+}
+
+/// `pasta -t auto PID`: a server the namespace starts after uipd is up
+/// (port 7070, not named anywhere) becomes reachable from the host within
+/// a few seconds, 16 MiB byte-exact, and its host port is withdrawn a few
+/// seconds after the server stops. A server on the namespace's loopback
+/// only (7071) is not published.
+#[test]
+fn pasta_auto_follows_the_namespaces_listeners() {
+    if skip_unless_uipd("pasta_auto_follows_the_namespaces_listeners") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_auto");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"\n\
+         for _ in $(seq 100); do ip -o -4 addr show eth0 2>/dev/null | grep -q inet && break; sleep 0.1; done\n\
+         for _ in $(seq 300); do [ -e \"$D/go\" ] && break; sleep 0.1; done\n\
+         busybox httpd -f -p 7070 -h \"$D\" & H=$!\n\
+         busybox httpd -f -p 127.0.0.1:7071 -h \"$D\" & H2=$!\n\
+         for _ in $(seq 300); do [ -e \"$D/stop\" ] && break; sleep 0.1; done\n\
+         kill $H; wait $H\n\
+         for _ in $(seq 300); do [ -e \"$D/done\" ] && break; sleep 0.1; done\n\
+         kill $H2\n",
+    )
+    .expect("ns.sh");
+    sc.timeout(90).invocation(
+        "unshare --net sh \"$D/ns.sh\" \"$D\" >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         RUST_LOG=info timeout -k 2 20 $UIPD pasta --config-net -t auto -u auto -P \"$D/pasta.pid\" \
+           -l \"$D/uipd.err\" $NS >\"$D/pasta.out\" 2>&1 </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         touch \"$D/go\"; t0=$(date +%s%N)\n\
+         up=0; for _ in $(seq 100); do \
+           busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:7070/down.bin 2>/dev/null && { up=1; break; }; \
+           sleep 0.1; done\n\
+         echo \"RESULT published up=$up ms=$(( ($(date +%s%N) - t0) / 1000000 )) \
+           sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\" >>\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:7071/down.bin; \
+         echo \"RESULT loopback_only rc=$?\" >>\"$D/client.out\"\n\
+         touch \"$D/stop\"; t0=$(date +%s%N)\n\
+         gone=0; for _ in $(seq 100); do \
+           grep -q ':1B9E 00000000:0000 0A' /proc/net/tcp || { gone=1; break; }; sleep 0.1; done\n\
+         echo \"RESULT withdrawn gone=$gone ms=$(( ($(date +%s%N) - t0) / 1000000 ))\" >>\"$D/client.out\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:7070/down.bin; \
+         echo \"RESULT after rc=$?\" >>\"$D/client.out\"\n\
+         touch \"$D/done\"\n\
+         wait $NS\n\
+         for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.1; done\n\
+         kill \"$P\" 2>/dev/null\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+    );
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    let p = o.result("published");
+    o.check(
+        p["up"] == "1",
+        "the namespace's new server was not published within 10 s",
+    );
+    o.check(
+        p["sha"] == down,
+        "the download through the auto-published port differs",
+    );
+    o.check(
+        o.value("loopback_only", "rc") != "0",
+        "a server on the namespace's loopback only was published",
+    );
+    o.check(
+        o.value("withdrawn", "gone") == "1",
+        "the host port stayed after the server stopped",
+    );
+    o.check(
+        o.value("after", "rc") != "0",
+        "the withdrawn port still answers",
+    );
+    eprintln!(
+        "pasta auto: published after {} ms, withdrawn after {} ms",
+        p["ms"],
+        o.value("withdrawn", "ms")
+    );
+    o.pass();
+}
+
+/// `pasta -T 8000 -U 5300 PID`: the namespace reaches host servers on its
+/// own loopback: 16 MiB byte-exact from a host HTTP server on 127.0.0.1:8000
+/// through the namespace's 127.0.0.1:8000, and a UDP datagram to the
+/// namespace's 127.0.0.1:5300 reaches a host echo server whose reply comes
+/// back. The relay thread runs in the sandbox (the default).
+#[test]
+fn pasta_ns_to_host_forwards() {
+    if skip_unless_uipd("pasta_ns_to_host_forwards") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_ns_fwd");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    let dir = sc.dir().display().to_string();
+    sc.timeout(90).server("http", 8000, &["--dir", &dir]);
+    std::fs::write(
+        sc.dir().join("udp.py"),
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(5)\n\
+         if sys.argv[1] == 'echo':\n    \
+             s.bind(('127.0.0.1', 5300)); open(sys.argv[2], 'w').close()\n    \
+             d, a = s.recvfrom(100); s.sendto(b'echo:' + d, a)\n\
+         else:\n    \
+             s.sendto(b'ping', ('127.0.0.1', 5300)); print('RESULT udp reply=' + s.recv(100).decode())\n",
+    )
+    .expect("udp.py");
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"; PY=\"$2\"\n\
+         for _ in $(seq 300); do [ -e \"$D/go\" ] && break; sleep 0.1; done\n\
+         busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:8000/down.bin\n\
+         echo \"RESULT ns_get rc=$? sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\"\n\
+         timeout 10 \"$PY\" \"$D/udp.py\" client\n",
+    )
+    .expect("ns.sh");
+    sc.invocation(&format!(
+        "timeout 20 {py} \"$D/udp.py\" echo \"$D/echo.ready\" >\"$D/echo.log\" 2>&1 &\n\
+         unshare --net sh \"$D/ns.sh\" \"$D\" {py} >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         timeout -k 2 30 $UIPD pasta --config-net -T 8000 -U 5300 -P \"$D/pasta.pid\" \
+           -l \"$D/uipd.err\" $NS >\"$D/pasta.out\" 2>&1 </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         for _ in $(seq 50); do [ -e \"$D/echo.ready\" ] && break; sleep 0.1; done\n\
+         touch \"$D/go\"\n\
+         wait $NS\n\
+         for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.1; done\n\
+         kill \"$P\" 2>/dev/null\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+        py = common::sh_quote(&common::python()),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    let g = o.result("ns_get");
+    o.check(
+        g["rc"] == "0" && g["sha"] == down,
+        "the download through -T 8000 differs",
+    );
+    o.check(
+        o.value("udp", "reply") == "echo:ping",
+        "the datagram through -U 5300 got no echo",
+    );
+    o.pass();
+}

@@ -24,7 +24,9 @@
 //!   is reached at its loopback, as podman's host.containers.internal
 //!   expects). `-M/--mac-addr` is uipd's own MAC,
 //!   except a 52:54:00 one: libvirt 9.x passes the guest's MAC there.
-//! - `-t/-u SPEC` publish TCP/UDP ports ([`parse_ports`]).
+//! - `-t/-u SPEC` publish TCP/UDP ports ([`parse_spec`]): `all` (or a
+//!   list of only exclusions) binds every free port outside the kernel's
+//!   ephemeral range at start, skipping those in use or privileged.
 //! - `--print-capabilities` prints the vhost-user backend's capabilities
 //!   (`{"type": "net"}`) and exits.
 //!
@@ -40,7 +42,7 @@ use clap::Parser;
 
 use crate::addressing::{Layout, Plan, Request};
 use crate::daemon::{Config, Frontend};
-use crate::publish::{PubProto, PublishSpec};
+use crate::publish::{PortSet, PubProto, PublishSpec};
 use crate::stack;
 
 /// The command line (passt's options that VMM managers use).
@@ -95,8 +97,9 @@ pub struct Args {
     /// Addresses, DNS and loopback mapping.
     #[command(flatten)]
     pub net: AddrArgs,
-    /// Publish TCP ports: none, or PORTS (see the manual: 22, 22:23,
-    /// 22-80, 22-80:32-90, ADDR/22, ~25 exclusions, comma-separated).
+    /// Publish TCP ports: none, all (every free non-ephemeral port), or
+    /// PORTS (22, 22:23, 22-80, 22-80:32-90, ADDR/22, ~25 exclusions,
+    /// comma-separated; only exclusions: all but those).
     #[arg(short = 't', long = "tcp-ports", value_name = "SPEC")]
     pub tcp: Vec<String>,
     /// Publish UDP ports (as -t).
@@ -200,16 +203,30 @@ impl AddrArgs {
     }
 }
 
-/// Each `-t`/`-u` spec of `tcp` and `udp`, as forwards.
-pub fn publish_specs(tcp: &[String], udp: &[String]) -> Result<Vec<PublishSpec>, String> {
-    let mut publish = Vec::new();
-    for s in tcp {
-        publish.extend(parse_ports(s, PubProto::Tcp)?);
+/// What the `-t`/`-u` specs of a command line ask for, all together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortForwards {
+    /// Explicit forwards, bound at start.
+    pub fixed: Vec<PublishSpec>,
+    /// Every free non-ephemeral port (passt's `all`), bound at start.
+    pub every: Vec<PortSet>,
+    /// The namespace's bound ports, followed at run time (pasta's `auto`).
+    pub auto: Vec<PortSet>,
+}
+
+/// Each `-t`/`-u` spec of `tcp` and `udp`, as `who` reads them.
+pub fn publish_specs(tcp: &[String], udp: &[String], who: Who) -> Result<PortForwards, String> {
+    let mut out = PortForwards::default();
+    for (flag, specs) in [('t', tcp), ('u', udp)] {
+        for s in specs {
+            match parse_spec(s, flag, who)? {
+                Ports::Fixed(v) => out.fixed.extend(v),
+                Ports::Every(set) => out.every.push(set),
+                Ports::Auto(set) => out.auto.push(set),
+            }
+        }
     }
-    for s in udp {
-        publish.extend(parse_ports(s, PubProto::Udp)?);
-    }
-    Ok(publish)
+    Ok(out)
 }
 
 /// A netmask, dotted (`255.255.255.0`) or as a prefix length (`24`).
@@ -232,30 +249,53 @@ pub fn parse_netmask(s: &str) -> Result<u8, String> {
     Ok(u8::try_from(bits.leading_ones()).unwrap_or(32))
 }
 
-/// One port spec of `-t`/`-u`, as published forwards (for `proto`).
+/// Which personality reads a port spec: `all` is passt's, `auto` pasta's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// passt (`-t`/`-u`).
+    Passt,
+    /// pasta (`-t`/`-u` host to namespace, `-T`/`-U` namespace to host).
+    Pasta,
+}
+
+/// What one `-t`/`-u` spec asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ports {
+    /// These forwards (none for `none`).
+    Fixed(Vec<PublishSpec>),
+    /// passt's `all`, or a list of only exclusions: every port that is
+    /// not ephemeral and can be bound at start, same port in the guest.
+    Every(PortSet),
+    /// pasta's `auto`: the ports the namespace listens on, followed
+    /// while uipd runs.
+    Auto(PortSet),
+}
+
+/// One item of a port list: host ports `lo..=hi` to guest ports from `to`.
+type Item = (u16, u16, u16);
+
+/// One port spec of `-t`/`-u` (`flag` is the option's letter, for errors),
+/// as `who` reads it.
 ///
-/// `none` is no forward. Otherwise an optional `ADDR/` (the host address to
-/// listen on; all addresses of both families without it), then a
-/// comma-separated list of `P`, `P-Q`, `P:G`, `P-Q:G-H` (host ports to
-/// guest ports, ranges of equal length) and exclusions `~P` or `~P-Q`
-/// taken out of them. `all` and a list of only exclusions (passt: every
-/// free port) are refused: uipd publishes what it is told.
-pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, String> {
-    let err = |m: &str| {
-        format!(
-            "-{} '{spec}': {m}",
-            if proto == PubProto::Tcp { 't' } else { 'u' }
-        )
-    };
+/// `none` is no forward. `all` (passt) is every free non-ephemeral port;
+/// `auto` (pasta) the namespace's bound ports, as they come and go. Else
+/// an optional `ADDR/` (the host address to listen on; all addresses of
+/// both families without it), then a comma-separated list of `P`, `P-Q`,
+/// `P:G`, `P-Q:G-H` (host ports to guest ports, ranges of equal length)
+/// and exclusions `~P` or `~P-Q` taken out of them. A list of only
+/// exclusions means every port but those (passt's manual), as `all,~P`
+/// does; `auto,~P` leaves those out of the namespace's ports.
+pub fn parse_spec(spec: &str, flag: char, who: Who) -> Result<Ports, String> {
+    let err = |m: &str| format!("-{flag} '{spec}': {m}");
     if spec == "none" {
-        return Ok(Vec::new());
+        return Ok(Ports::Fixed(Vec::new()));
     }
-    if spec == "all" || spec == "auto" {
-        return Err(err(
-            "'all' and 'auto' are not supported by uipd: name the ports",
-        ));
-    }
-    let (addrs, list) = match spec.split_once('/') {
+    let proto = if flag.eq_ignore_ascii_case(&'u') {
+        PubProto::Udp
+    } else {
+        PubProto::Tcp
+    };
+    let (addr, list) = match spec.split_once('/') {
         Some((a, rest)) => {
             if a.contains('%') {
                 return Err(err("binding to an interface (%IFACE) is not supported"));
@@ -263,15 +303,9 @@ pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, Stri
             let ip: IpAddr = a
                 .parse()
                 .map_err(|_| err(&format!("'{a}' is not an address")))?;
-            (vec![ip], rest)
+            (Some(ip), rest)
         }
-        None => (
-            vec![
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            ],
-            spec,
-        ),
+        None => (None, spec),
     };
     let port = |s: &str| -> Result<u16, String> {
         s.parse::<u16>()
@@ -291,16 +325,32 @@ pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, Stri
             }
         }
     };
-    // (first host port, last host port, first guest port), then exclusions.
-    let mut includes: Vec<(u16, u16, u16)> = Vec::new();
+    let mut includes: Vec<Item> = Vec::new();
     let mut excludes: Vec<(u16, u16)> = Vec::new();
-    for item in list.split(',') {
+    // `all` or `auto`, as the list's first item.
+    let mut keyword: Option<&str> = None;
+    for (i, item) in list.split(',').enumerate() {
         if item.is_empty() {
             return Err(err("an empty item"));
+        }
+        if item == "all" || item == "auto" || item == "none" {
+            if i != 0 || item == "none" {
+                return Err(err(&format!(
+                    "'{item}' can only stand first (exclusions may follow it)"
+                )));
+            }
+            keyword = Some(item);
+            continue;
         }
         if let Some(x) = item.strip_prefix('~') {
             excludes.push(range(x)?);
             continue;
+        }
+        if keyword.is_some() {
+            return Err(err(&format!(
+                "'{item}': only exclusions (~P) may follow '{}'",
+                keyword.unwrap_or_default()
+            )));
         }
         let (h, g) = match item.split_once(':') {
             Some((h, g)) => (range(h)?, Some(range(g)?)),
@@ -316,15 +366,66 @@ pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, Stri
         }
         includes.push((h.0, h.1, g.0));
     }
-    if includes.is_empty() {
-        return Err(err(
-            "only exclusions (passt's 'every free port') are not supported by uipd",
-        ));
+    let set = PortSet {
+        proto,
+        addr,
+        exclude: excludes.clone(),
+    };
+    match (keyword, who) {
+        (Some("auto"), Who::Pasta) => {
+            if addr.is_some() {
+                return Err(err(
+                    "'auto' listens on every address: an ADDR/ prefix is not supported with it",
+                ));
+            }
+            return Ok(Ports::Auto(set));
+        }
+        (Some("auto"), Who::Passt) => {
+            return Err(err(
+                "'auto' is pasta's (ports bound in the namespace): passt has no namespace to \
+                 watch; use 'all' or name the ports",
+            ));
+        }
+        (Some(_), Who::Pasta) => {
+            return Err(err(
+                "'all' is passt's: pasta follows the namespace's ports with 'auto'",
+            ));
+        }
+        (Some(_), Who::Passt) => return Ok(Ports::Every(set)),
+        (None, _) if includes.is_empty() => return Ok(Ports::Every(set)),
+        (None, _) => {}
     }
-    // Split each included range around the excluded ports.
+    let ranges = split_around(&includes, &excludes);
+    if ranges.is_empty() {
+        return Err(err("the exclusions leave no port"));
+    }
+    let addrs = match addr {
+        Some(a) => vec![a],
+        None => vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ],
+    };
+    let mut out = Vec::new();
+    for addr in addrs {
+        for &(lo, hi, g) in &ranges {
+            out.push(PublishSpec {
+                addr,
+                host_port: lo,
+                guest_port: g,
+                count: hi - lo + 1,
+                proto,
+            });
+        }
+    }
+    Ok(Ports::Fixed(out))
+}
+
+/// Each included range split around the excluded ports.
+fn split_around(includes: &[Item], excludes: &[(u16, u16)]) -> Vec<Item> {
     let excluded = |p: u16| excludes.iter().any(|&(a, b)| (a..=b).contains(&p));
     let mut ranges = Vec::new();
-    for (lo, hi, g) in includes {
+    for &(lo, hi, g) in includes {
         let mut run: Option<u16> = None;
         for p in lo..=hi {
             match (excluded(p), run) {
@@ -340,22 +441,7 @@ pub fn parse_ports(spec: &str, proto: PubProto) -> Result<Vec<PublishSpec>, Stri
             ranges.push((start, hi, g + (start - lo)));
         }
     }
-    if ranges.is_empty() {
-        return Err(err("the exclusions leave no port"));
-    }
-    let mut out = Vec::new();
-    for addr in addrs {
-        for &(lo, hi, g) in &ranges {
-            out.push(PublishSpec {
-                addr,
-                host_port: lo,
-                guest_port: g,
-                count: hi - lo + 1,
-                proto,
-            });
-        }
-    }
-    Ok(out)
+    ranges
 }
 
 /// The prefix QEMU and libvirt give guest NICs (52:54:00, locally administered).
@@ -397,7 +483,7 @@ pub struct Invocation {
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
-        let publish = publish_specs(&self.tcp, &self.udp)?;
+        let ports = publish_specs(&self.tcp, &self.udp, Who::Passt)?;
         let socket = match (&self.socket, self.fd) {
             (_, Some(_)) => None,
             (Some(p), None) => Some(p.clone()),
@@ -414,7 +500,8 @@ impl Args {
         let (stack, _) = self.net.stack(1500, self.vhost_user)?;
         let background = !self.foreground;
         let config = Config {
-            publish,
+            publish: ports.fixed,
+            publish_every: ports.every,
             one_off: self.one_off,
             detach_stdio: background.then(|| self.log_file.clone()),
             ..Config::with_defaults(frontend, stack, workers)
@@ -469,11 +556,18 @@ mod tests {
     }
 
     fn specs(s: &str) -> Vec<String> {
-        parse_ports(s, PubProto::Tcp)
-            .unwrap()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        match parse_spec(s, 't', Who::Passt).unwrap() {
+            Ports::Fixed(v) => v.iter().map(ToString::to_string).collect(),
+            other => panic!("{s}: {other:?}"),
+        }
+    }
+
+    fn set(proto: PubProto, addr: Option<&str>, exclude: &[(u16, u16)]) -> PortSet {
+        PortSet {
+            proto,
+            addr: addr.map(|a| a.parse().unwrap()),
+            exclude: exclude.to_vec(),
+        }
     }
 
     #[test]
@@ -501,16 +595,69 @@ mod tests {
             specs("127.0.0.1/100-104:200-204,~100"),
             ["127.0.0.1:101-104:201-204/tcp"]
         );
-        let u = parse_ports("127.0.0.1/53", PubProto::Udp).unwrap();
+        let Ok(Ports::Fixed(u)) = parse_spec("127.0.0.1/53", 'u', Who::Passt) else {
+            panic!("-u 127.0.0.1/53");
+        };
         assert_eq!(u[0].to_string(), "127.0.0.1:53:53/udp");
+    }
+
+    #[test]
+    fn all_auto_and_exclusion_lists() {
+        use PubProto::{Tcp, Udp};
+        for (spec, flag, who, want) in [
+            ("all", 't', Who::Passt, Ports::Every(set(Tcp, None, &[]))),
+            ("all", 'u', Who::Passt, Ports::Every(set(Udp, None, &[]))),
+            (
+                "all,~22,~8000-8010",
+                't',
+                Who::Passt,
+                Ports::Every(set(Tcp, None, &[(22, 22), (8000, 8010)])),
+            ),
+            // passt's manual: only exclusions = every other port.
+            (
+                "~25",
+                't',
+                Who::Passt,
+                Ports::Every(set(Tcp, None, &[(25, 25)])),
+            ),
+            (
+                "127.0.0.1/all,~25",
+                't',
+                Who::Passt,
+                Ports::Every(set(Tcp, Some("127.0.0.1"), &[(25, 25)])),
+            ),
+            (
+                "::1/~20000-20010",
+                'u',
+                Who::Passt,
+                Ports::Every(set(Udp, Some("::1"), &[(20000, 20010)])),
+            ),
+            ("auto", 't', Who::Pasta, Ports::Auto(set(Tcp, None, &[]))),
+            ("auto", 'u', Who::Pasta, Ports::Auto(set(Udp, None, &[]))),
+            (
+                "auto,~53",
+                'u',
+                Who::Pasta,
+                Ports::Auto(set(Udp, None, &[(53, 53)])),
+            ),
+            ("none", 't', Who::Pasta, Ports::Fixed(Vec::new())),
+        ] {
+            assert_eq!(parse_spec(spec, flag, who), Ok(want), "-{flag} {spec}");
+        }
+        let p = publish_specs(
+            &["all,~22".into(), "127.0.0.1/8080:80".into()],
+            &["1000-1001".into()],
+            Who::Passt,
+        )
+        .unwrap();
+        assert_eq!(p.every, [set(Tcp, None, &[(22, 22)])]);
+        assert_eq!(p.fixed.len(), 3);
+        assert!(p.auto.is_empty());
     }
 
     #[test]
     fn bad_port_specs_say_why() {
         for (spec, want) in [
-            ("all", "not supported"),
-            ("auto", "not supported"),
-            ("~25", "only exclusions"),
             ("0", "not a port"),
             ("70000", "not a port"),
             ("22-10", "ends before"),
@@ -519,9 +666,29 @@ mod tests {
             ("10.0.0.1%eth0/22", "interface"),
             ("22,", "empty item"),
             ("+22", "not a port"),
+            ("22-25,~22-25", "leave no port"),
+            ("all,22", "only exclusions"),
+            ("22,all", "can only stand first"),
+            ("none,~22", "can only stand first"),
+            ("all,~x", "not a port"),
         ] {
-            let e = parse_ports(spec, PubProto::Tcp).expect_err(spec);
+            let e = parse_spec(spec, 't', Who::Passt).expect_err(spec);
             assert!(e.contains(want) && e.contains(spec), "{spec}: {e}");
+        }
+        // Each keyword belongs to one personality.
+        for (spec, who, want) in [
+            ("auto", Who::Passt, "'auto' is pasta's"),
+            ("auto,~22", Who::Passt, "'auto' is pasta's"),
+            ("all", Who::Pasta, "'all' is passt's"),
+            ("all,~22", Who::Pasta, "'all' is passt's"),
+            (
+                "127.0.0.1/auto",
+                Who::Pasta,
+                "ADDR/ prefix is not supported",
+            ),
+        ] {
+            let e = parse_spec(spec, 'u', who).expect_err(spec);
+            assert!(e.contains(want) && e.contains("-u"), "{spec}: {e}");
         }
     }
 

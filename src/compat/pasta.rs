@@ -16,9 +16,12 @@
 //!   namespace file is removed, or when the PID's process exits
 //!   (`--no-netns-quit`: it stays).
 //! - `-t/-u SPEC` publish host ports into the namespace (as passt's, see
-//!   [`super::passt::parse_ports`]); uipd publishes none by default where
-//!   pasta's default is `auto`, which uipd refuses, like `-T/-U` other than
-//!   `none` (ports of the namespace toward the host: not supported).
+//!   [`super::passt::parse_spec`]); `auto` follows the ports the namespace
+//!   listens on ([`crate::autoports`]). uipd publishes none by default
+//!   where pasta's default is `auto`.
+//! - `-T/-U SPEC` forward named namespace ports to the host's loopback
+//!   ([`crate::nsfwd`]); `auto` is refused there. uipd forwards none by
+//!   default where pasta's default is `auto`.
 //! - Addresses as passt's: `-a`, `-n`, `-g`, `-D`, `--dns-forward`,
 //!   `--no-map-gw`, `-m/--mtu`, `-M` (uipd's MAC), `--ns-mac-addr` (the
 //!   TAP's). `-q`, `-d`, `-e/--stderr`, `--trace` are accepted.
@@ -28,8 +31,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::passt::{AddrArgs, publish_specs};
+use super::passt::{AddrArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
+use crate::nsfwd::NsForward;
 
 /// The command line (pasta's options that podman and users pass).
 #[derive(Debug, Parser)]
@@ -72,10 +76,10 @@ pub struct Args {
     /// Publish host UDP ports into the namespace.
     #[arg(short = 'u', long = "udp-ports", value_name = "SPEC")]
     pub udp: Vec<String>,
-    /// Namespace TCP ports toward the host: only `none`.
+    /// Namespace TCP ports toward the host's loopback: none, or PORTS.
     #[arg(short = 'T', long = "tcp-ns", value_name = "SPEC")]
     pub tcp_ns: Vec<String>,
-    /// Namespace UDP ports toward the host: only `none`.
+    /// Namespace UDP ports toward the host's loopback: none, or PORTS.
     #[arg(short = 'U', long = "udp-ns", value_name = "SPEC")]
     pub udp_ns: Vec<String>,
     /// Stay in the foreground.
@@ -123,13 +127,7 @@ pub struct Invocation {
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
-        for s in self.tcp_ns.iter().chain(&self.udp_ns) {
-            if s != "none" {
-                return Err(format!(
-                    "-T/-U '{s}': forwarding the namespace's ports to the host is not supported by uipd (use 'none')"
-                ));
-            }
-        }
+        let ns_forwards = ns_forwards(&self.tcp_ns, &self.udp_ns)?;
         let pid = match self.rest.as_slice() {
             [p] if p
                 .to_str()
@@ -151,7 +149,7 @@ impl Args {
             (None, Some(p)) => Some(p.clone()),
             (None, None) => None,
         };
-        let publish = publish_specs(&self.tcp, &self.udp)?;
+        let ports = publish_specs(&self.tcp, &self.udp, Who::Pasta)?;
         let frontend = match &target {
             Some(t) => Frontend::Attach(t.clone()),
             None if self.rest.is_empty() => {
@@ -171,7 +169,10 @@ impl Args {
         let config = Config {
             ifname: self.ns_ifname.clone().unwrap_or_else(|| "eth0".into()),
             config_net: self.config_net,
-            publish,
+            publish: ports.fixed,
+            publish_every: ports.every,
+            publish_auto: ports.auto,
+            ns_forwards,
             guest_mac: self.ns_mac_addr,
             detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: watch,
@@ -186,6 +187,44 @@ impl Args {
             userns: self.userns.clone(),
         })
     }
+}
+
+/// The `-T`/`-U` specs as namespace-to-host forwards: each port listens on
+/// the namespace's 127.0.0.1 and ::1 (or on the `ADDR/` given) and goes to
+/// the host's loopback, to the port after `:` if one is given.
+pub fn ns_forwards(tcp: &[String], udp: &[String]) -> Result<Vec<NsForward>, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut out = Vec::new();
+    for (flag, specs) in [('T', tcp), ('U', udp)] {
+        for s in specs {
+            let fixed = match parse_spec(s, flag, Who::Pasta)? {
+                Ports::Fixed(v) => v,
+                Ports::Auto(_) | Ports::Every(_) => {
+                    return Err(format!(
+                        "-{flag} '{s}': uipd forwards only named ports from the namespace to \
+                         the host ('auto' and exclusion-only lists are not supported there)"
+                    ));
+                }
+            };
+            for spec in fixed {
+                // Without an address the spec lists 0.0.0.0 and [::]: the
+                // namespace's loopback of each family stands for them.
+                let listen = match spec.addr {
+                    IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    a => a,
+                };
+                for (addr, to) in spec.forwards() {
+                    out.push(NsForward {
+                        proto: spec.proto,
+                        listen: SocketAddr::new(listen, addr.port()),
+                        to_port: to,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -258,11 +297,44 @@ mod tests {
     }
 
     #[test]
+    fn auto_and_namespace_to_host_forwards() {
+        use crate::publish::PubProto;
+        let inv = parse("-t auto -u auto,~53 -T 8080,9000:9001 -U ::1/5353 1")
+            .unwrap()
+            .invocation(1)
+            .unwrap();
+        let c = &inv.config;
+        assert!(c.publish.is_empty() && c.publish_every.is_empty());
+        assert_eq!(c.publish_auto.len(), 2);
+        assert_eq!(c.publish_auto[1].proto, PubProto::Udp);
+        assert!(c.publish_auto[1].excludes(53) && !c.publish_auto[1].excludes(54));
+        let f: Vec<String> = c.ns_forwards.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            f,
+            [
+                "ns 127.0.0.1:8080 -> host port 8080/tcp",
+                "ns 127.0.0.1:9000 -> host port 9001/tcp",
+                "ns [::1]:8080 -> host port 8080/tcp",
+                "ns [::1]:9000 -> host port 9001/tcp",
+                "ns [::1]:5353 -> host port 5353/udp",
+            ]
+        );
+        let inv = parse("-t ~22 1").unwrap().invocation(1).unwrap();
+        assert_eq!(
+            inv.config.publish_every.len(),
+            1,
+            "only exclusions: all others"
+        );
+    }
+
+    #[test]
     fn bad_argv_is_a_clear_error() {
         for (line, want) in [
-            ("-T 8080 1", "not supported"),
-            ("-U auto 1", "not supported"),
-            ("-t auto 1", "not supported"),
+            ("-T auto 1", "only named ports"),
+            ("-U ~53 1", "only named ports"),
+            ("-T all 1", "'all' is passt's"),
+            ("-t all 1", "'all' is passt's"),
+            ("-T 80-81:90 1", "host range has 2 ports"),
             ("--netns a 7", "not both"),
             ("--netns a sh", "give one of them"),
             ("-D x 1", "-D 'x'"),

@@ -1690,6 +1690,39 @@ pub fn attach_queues(target: &str, cfg: &NetConfig) -> Result<Vec<Tap>, NetnsErr
     result
 }
 
+/// Run `f` on the calling thread inside the network namespace `target`
+/// (as [`attach`] names it), then return to the thread's own namespace.
+/// What `f` creates there stays there: sockets it makes belong to the
+/// target, procfs net files it opens keep showing it. Other threads are
+/// never affected.
+pub fn in_netns<T>(target: &str, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+    let path = netns_path(target);
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(p)
+            .map(OwnedFd::from)
+    };
+    let target_fd = open(&path).map_err(|source| NetnsError::Target {
+        target: target.to_owned(),
+        hint: "cannot open it",
+        source,
+    })?;
+    let home = open(Path::new("/proc/thread-self/ns/net")).map_err(|source| NetnsError::Setup {
+        step: "open /proc/thread-self/ns/net".into(),
+        source,
+    })?;
+    setns(target_fd.as_fd()).map_err(|source| NetnsError::Target {
+        target: target.to_owned(),
+        hint: "setns failed",
+        source,
+    })?;
+    let out = f();
+    setns(home.as_fd()).map_err(NetnsError::Restore)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

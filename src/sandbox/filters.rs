@@ -40,6 +40,9 @@ pub enum Role {
     Pcap,
     /// `-net tap`'s queue threads.
     TapNet,
+    /// pasta's `-T`/`-U` relay: sockets only (its listeners were made in
+    /// the namespace before the sandbox).
+    NsFwd,
 }
 
 impl fmt::Display for Role {
@@ -52,6 +55,7 @@ impl fmt::Display for Role {
             Role::Vmm => "vmm",
             Role::Pcap => "pcap",
             Role::TapNet => "tapnet",
+            Role::NsFwd => "nsfwd",
         })
     }
 }
@@ -182,6 +186,9 @@ fn extra(role: Role) -> (Vec<i64>, bool) {
         Role::TapNet => {
             v.extend_from_slice(EVENTS);
         }
+        Role::NsFwd => {
+            v.extend_from_slice(SOCKETS);
+        }
     }
     (v, any_ioctl)
 }
@@ -293,7 +300,7 @@ pub fn build(
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 7] = [
+    const ROLES: [Role; 8] = [
         Role::Control,
         Role::Worker,
         Role::Stream,
@@ -301,6 +308,7 @@ mod tests {
         Role::Vmm,
         Role::Pcap,
         Role::TapNet,
+        Role::NsFwd,
     ];
 
     #[test]

@@ -1,0 +1,459 @@
+//! Namespace-to-host forwards (pasta's `-T`/`-U`): a connection to a port
+//! on the namespace's loopback is carried to the same (or the named) port
+//! on the host's loopback, outside the guest's link.
+//!
+//! # Theory of operation
+//!
+//! A socket belongs to the network namespace of the thread that created
+//! it. So the listeners are made at start, before the sandbox, by a short
+//! set-up step that enters the namespace on the calling thread only
+//! (`setns`), binds, and returns ([`bind_in`]). From then on one thread,
+//! `uipd-nsfwd`, which stays in the host's namespace, accepts on them and
+//! connects (or sends) from its own, host-side sockets: TCP bytes are
+//! copied both ways through a bounded buffer per direction, and each UDP
+//! client of a namespace port gets a connected host socket of its own,
+//! dropped after [`UDP_IDLE`] without traffic.
+//!
+//! ```text
+//!  namespace: client ─► 127.0.0.1:P (listener made in the netns)
+//!                          │ accept (uipd-nsfwd, host netns)
+//!  host:                   └─► connect 127.0.0.1:G ─► host server
+//! ```
+//!
+//! Limits: explicit ports only (`-T auto` would need a thread that stays
+//! in the namespace to bind as host ports come and go); at most
+//! [`MAX_CONNS`] TCP connections and [`MAX_UDP`] UDP clients at once (more
+//! are refused: closed, or their datagrams dropped). Bytes are copied
+//! (no `splice`). Binding needs `setns` into the namespace, i.e.
+//! `CAP_SYS_ADMIN` over its user namespace, as `--netns` attaching does.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::publish::PubProto;
+
+/// Longest a UDP client's host socket lives without a datagram either way.
+pub const UDP_IDLE: Duration = Duration::from_secs(180);
+/// Most TCP connections carried at once.
+pub const MAX_CONNS: usize = 1024;
+/// Most UDP clients served at once.
+pub const MAX_UDP: usize = 1024;
+
+/// One namespace-to-host forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsForward {
+    /// Transport.
+    pub proto: PubProto,
+    /// Where it listens, in the namespace.
+    pub listen: SocketAddr,
+    /// The host loopback port it goes to (127.0.0.1 or ::1, the listen
+    /// address's family).
+    pub to_port: u16,
+}
+
+impl std::fmt::Display for NsForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ns {} -> host port {}/{}",
+            self.listen, self.to_port, self.proto
+        )
+    }
+}
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::publish::{self, PublishSpec};
+
+/// Bytes buffered per direction of a TCP connection.
+const BUF: usize = 64 << 10;
+/// Longest a connect to the host's loopback may take (it is answered at
+/// once, or refused).
+const CONNECT_LIMIT: Duration = Duration::from_secs(1);
+
+/// A listener made in the namespace, and its forward.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    fwd: NsForward,
+}
+
+/// Bind every forward's socket inside the namespace `target` (a path or a
+/// PID, see [`crate::dataplane::netns::in_netns`]): all or nothing, the
+/// error names the forward.
+pub fn bind_in(target: &str, fwds: &[NsForward]) -> Result<Vec<Listener>, String> {
+    crate::dataplane::netns::in_netns(target, || {
+        let mut out = Vec::new();
+        for f in fwds {
+            let spec = PublishSpec {
+                addr: f.listen.ip(),
+                host_port: f.listen.port(),
+                guest_port: f.to_port,
+                count: 1,
+                proto: f.proto,
+            };
+            let mut b = publish::bind(&spec, &f.to_string())
+                .map_err(|e| format!("-T/-U {f}: cannot listen in the namespace: {}", e.source))?;
+            if let Some(b) = b.pop() {
+                out.push(Listener {
+                    fd: b.fd,
+                    fwd: f.clone(),
+                });
+            }
+        }
+        Ok(out)
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// The host loopback address of `fwd`'s family, at its target port.
+fn host_target(fwd: &NsForward) -> SocketAddr {
+    let ip = if fwd.listen.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    };
+    SocketAddr::new(ip, fwd.to_port)
+}
+
+/// One direction's bytes in flight: read from one side, not yet written
+/// to the other.
+#[derive(Default)]
+struct Pipe {
+    buf: Vec<u8>,
+    /// The reading side said end of file.
+    eof: bool,
+    /// The writing side was shut down for writing (after `eof`, once the
+    /// buffer was written).
+    shut: bool,
+}
+
+/// A namespace client's connection and its host connection.
+struct Conn {
+    /// `[namespace side, host side]`.
+    socks: [TcpStream; 2],
+    /// `pipes[d]` carries what side `d` sent toward the other side.
+    pipes: [Pipe; 2],
+}
+
+impl Conn {
+    /// Move what can move without blocking; false once the connection is
+    /// over (both directions shut, or an error).
+    fn pump(&mut self) -> bool {
+        for _ in 0..64 {
+            let mut moved = false;
+            for d in 0..2 {
+                let (a, b) = if d == 0 { (0, 1) } else { (1, 0) };
+                let p = &mut self.pipes[d];
+                if !p.buf.is_empty() {
+                    match (&self.socks[b]).write(&p.buf) {
+                        Ok(n) => {
+                            p.buf.drain(..n);
+                            moved |= n > 0;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == ErrorKind::Interrupted => moved = true,
+                        Err(_) => return false,
+                    }
+                }
+                if p.buf.is_empty() && !p.eof {
+                    let mut chunk = vec![0u8; BUF];
+                    match (&self.socks[a]).read(&mut chunk) {
+                        Ok(0) => {
+                            p.eof = true;
+                            moved = true;
+                        }
+                        Ok(n) => {
+                            chunk.truncate(n);
+                            p.buf = chunk;
+                            moved = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == ErrorKind::Interrupted => moved = true,
+                        Err(_) => return false,
+                    }
+                }
+                if p.eof && p.buf.is_empty() && !p.shut {
+                    let _ = self.socks[b].shutdown(std::net::Shutdown::Write);
+                    p.shut = true;
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        !(self.pipes[0].shut && self.pipes[1].shut)
+    }
+
+    /// The poll events each side waits for.
+    fn events(&self) -> [libc::c_short; 2] {
+        let mut ev = [0; 2];
+        for (d, p) in self.pipes.iter().enumerate() {
+            if p.buf.is_empty() && !p.eof {
+                ev[d] |= libc::POLLIN;
+            }
+            if !p.buf.is_empty() {
+                ev[1 - d] |= libc::POLLOUT;
+            }
+        }
+        ev
+    }
+}
+
+/// A UDP client of a namespace port: its own connected host socket.
+struct UdpClient {
+    listener: usize,
+    peer: SocketAddr,
+    host: UdpSocket,
+    last: Instant,
+}
+
+/// The relay's state, served by [`Relay::run`] on its own thread.
+pub struct Relay {
+    tcp: Vec<(TcpListener, NsForward)>,
+    udp: Vec<(UdpSocket, NsForward)>,
+    conns: Vec<Conn>,
+    clients: Vec<UdpClient>,
+    by_peer: HashMap<(usize, SocketAddr), usize>,
+}
+
+impl Relay {
+    /// The relay of `listeners` (bound by [`bind_in`]).
+    pub fn new(listeners: Vec<Listener>) -> std::io::Result<Relay> {
+        let mut r = Relay {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            conns: Vec::new(),
+            clients: Vec::new(),
+            by_peer: HashMap::new(),
+        };
+        for l in listeners {
+            match l.fwd.proto {
+                PubProto::Tcp => {
+                    let s = TcpListener::from(l.fd);
+                    s.set_nonblocking(true)?;
+                    r.tcp.push((s, l.fwd));
+                }
+                PubProto::Udp => {
+                    let s = UdpSocket::from(l.fd);
+                    s.set_nonblocking(true)?;
+                    r.udp.push((s, l.fwd));
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Start the relay thread (`uipd-nsfwd`), confined to its sandbox
+    /// role; it ends when `stop` is set.
+    pub fn start(self, stop: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("uipd-nsfwd".into())
+            .spawn(move || {
+                if let Err(e) = crate::sandbox::confine(crate::sandbox::Role::NsFwd) {
+                    log::error!("{e}");
+                    return;
+                }
+                self.run(&stop);
+            })
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let mut last_sweep = Instant::now();
+        while !stop.load(Ordering::SeqCst) {
+            let mut pfds: Vec<libc::pollfd> = Vec::new();
+            let pfd = |fd: i32, events: libc::c_short| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            for (l, _) in &self.tcp {
+                let ev = if self.conns.len() < MAX_CONNS {
+                    libc::POLLIN
+                } else {
+                    0
+                };
+                pfds.push(pfd(l.as_raw_fd(), ev));
+            }
+            for (s, _) in &self.udp {
+                pfds.push(pfd(s.as_raw_fd(), libc::POLLIN));
+            }
+            for c in &self.conns {
+                let ev = c.events();
+                pfds.push(pfd(c.socks[0].as_raw_fd(), ev[0]));
+                pfds.push(pfd(c.socks[1].as_raw_fd(), ev[1]));
+            }
+            for c in &self.clients {
+                pfds.push(pfd(c.host.as_raw_fd(), libc::POLLIN));
+            }
+            let n = libc::nfds_t::try_from(pfds.len()).unwrap_or(libc::nfds_t::MAX);
+            // SAFETY: `pfds` is a live array of `n` pollfds that poll(2)
+            // writes the `revents` of, during the call only.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), n, 200) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("nsfwd: poll: {e}");
+                    return;
+                }
+                continue;
+            }
+            let ready = |i: usize| pfds.get(i).is_some_and(|p| p.revents != 0);
+            // Connections accepted below have no poll entry yet.
+            let polled = self.conns.len();
+            let mut i = 0;
+            for l in 0..self.tcp.len() {
+                if ready(i) {
+                    self.accept(l);
+                }
+                i += 1;
+            }
+            for l in 0..self.udp.len() {
+                if ready(i) {
+                    self.udp_up(l);
+                }
+                i += 1;
+            }
+            let conns = std::mem::take(&mut self.conns);
+            let base = i;
+            for (k, mut c) in conns.into_iter().enumerate() {
+                let touched = k >= polled || ready(base + 2 * k) || ready(base + 2 * k + 1);
+                if !touched || c.pump() {
+                    self.conns.push(c);
+                }
+            }
+            i = base + 2 * polled;
+            for k in 0..self.clients.len() {
+                if ready(i + k) {
+                    self.udp_down(k);
+                }
+            }
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = Instant::now();
+                self.sweep();
+            }
+        }
+    }
+
+    /// Accept the namespace's clients waiting on TCP listener `l`, each
+    /// with a connection to the host's loopback.
+    fn accept(&mut self, l: usize) {
+        let (listener, fwd) = &self.tcp[l];
+        for _ in 0..16 {
+            if self.conns.len() >= MAX_CONNS {
+                return;
+            }
+            let client = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::debug!("nsfwd: {fwd}: accept: {e}");
+                    return;
+                }
+            };
+            let to = host_target(fwd);
+            let host = match TcpStream::connect_timeout(&to, CONNECT_LIMIT) {
+                Ok(h) => h,
+                Err(e) => {
+                    // The client sees its connection end.
+                    log::debug!("nsfwd: {fwd}: connect {to}: {e}");
+                    continue;
+                }
+            };
+            if client.set_nonblocking(true).is_err() || host.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let _ = client.set_nodelay(true);
+            let _ = host.set_nodelay(true);
+            let mut c = Conn {
+                socks: [client, host],
+                pipes: [Pipe::default(), Pipe::default()],
+            };
+            if c.pump() {
+                self.conns.push(c);
+            }
+        }
+    }
+
+    /// Datagrams from the namespace's clients of UDP port `l`: each
+    /// client's go out through its own host socket.
+    fn udp_up(&mut self, l: usize) {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..64 {
+            let (n, peer) = match self.udp[l].0.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            let k = match self.by_peer.get(&(l, peer)) {
+                Some(&k) => k,
+                None => {
+                    if self.clients.len() >= MAX_UDP {
+                        continue;
+                    }
+                    let to = host_target(&self.udp[l].1);
+                    let local = SocketAddr::new(to.ip(), 0);
+                    let host = match UdpSocket::bind(local).and_then(|s| {
+                        s.connect(to)?;
+                        s.set_nonblocking(true)?;
+                        Ok(s)
+                    }) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            log::debug!("nsfwd: {}: {e}", self.udp[l].1);
+                            continue;
+                        }
+                    };
+                    self.clients.push(UdpClient {
+                        listener: l,
+                        peer,
+                        host,
+                        last: Instant::now(),
+                    });
+                    self.by_peer.insert((l, peer), self.clients.len() - 1);
+                    self.clients.len() - 1
+                }
+            };
+            let c = &mut self.clients[k];
+            c.last = Instant::now();
+            let _ = c.host.send(&buf[..n]);
+        }
+    }
+
+    /// Replies from the host to UDP client `k`, sent back from the
+    /// namespace port it wrote to.
+    fn udp_down(&mut self, k: usize) {
+        let mut buf = vec![0u8; 65536];
+        let c = &mut self.clients[k];
+        for _ in 0..64 {
+            match c.host.recv(&mut buf) {
+                Ok(n) => {
+                    c.last = Instant::now();
+                    let _ = self.udp[c.listener].0.send_to(&buf[..n], c.peer);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Forget UDP clients idle for [`UDP_IDLE`].
+    fn sweep(&mut self) {
+        let before = self.clients.len();
+        self.clients.retain(|c| c.last.elapsed() < UDP_IDLE);
+        if self.clients.len() != before {
+            self.by_peer = self
+                .clients
+                .iter()
+                .enumerate()
+                .map(|(k, c)| ((c.listener, c.peer), k))
+                .collect();
+        }
+    }
+}
