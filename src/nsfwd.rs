@@ -27,10 +27,15 @@
 //! (no `splice`). Binding needs `setns` into the namespace, i.e.
 //! `CAP_SYS_ADMIN` over its user namespace, as `--netns` attaching does.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::publish::PubProto;
+use crate::publish::{self, PubProto, PublishSpec};
 
 /// Longest a UDP client's host socket lives without a datagram either way.
 pub const UDP_IDLE: Duration = Duration::from_secs(180);
@@ -60,16 +65,6 @@ impl std::fmt::Display for NsForward {
         )
     }
 }
-
-use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
-
-use crate::publish::{self, PublishSpec};
 
 /// Bytes buffered per direction of a TCP connection.
 const BUF: usize = 64 << 10;
