@@ -56,58 +56,63 @@ use crate::stack::wire::vnet_hdr::HEADER_LEN;
 
 /// Feature bit numbers (virtio 1.2 §5.1.3, §6).
 pub mod feature {
+    use virtio_bindings::bindings::{virtio_config as c, virtio_net as n, virtio_ring as r};
+
     /// Device handles packets with partial checksum (guest → device).
-    pub const CSUM: u32 = 0;
+    pub const CSUM: u32 = n::VIRTIO_NET_F_CSUM;
     /// Driver handles packets with partial checksum (device → guest).
-    pub const GUEST_CSUM: u32 = 1;
+    pub const GUEST_CSUM: u32 = n::VIRTIO_NET_F_GUEST_CSUM;
     /// Control channel offloads reconfiguration.
-    pub const CTRL_GUEST_OFFLOADS: u32 = 2;
+    pub const CTRL_GUEST_OFFLOADS: u32 = n::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS;
     /// Device reports its maximum MTU.
-    pub const MTU: u32 = 3;
+    pub const MTU: u32 = n::VIRTIO_NET_F_MTU;
     /// Device has a MAC address in its config space.
-    pub const MAC: u32 = 5;
+    pub const MAC: u32 = n::VIRTIO_NET_F_MAC;
     /// Driver can receive TSOv4.
-    pub const GUEST_TSO4: u32 = 7;
+    pub const GUEST_TSO4: u32 = n::VIRTIO_NET_F_GUEST_TSO4;
     /// Driver can receive TSOv6.
-    pub const GUEST_TSO6: u32 = 8;
+    pub const GUEST_TSO6: u32 = n::VIRTIO_NET_F_GUEST_TSO6;
     /// Driver can receive TSO with ECN.
-    pub const GUEST_ECN: u32 = 9;
+    pub const GUEST_ECN: u32 = n::VIRTIO_NET_F_GUEST_ECN;
     /// Driver can receive UFO.
-    pub const GUEST_UFO: u32 = 10;
+    pub const GUEST_UFO: u32 = n::VIRTIO_NET_F_GUEST_UFO;
     /// Device can receive TSOv4.
-    pub const HOST_TSO4: u32 = 11;
+    pub const HOST_TSO4: u32 = n::VIRTIO_NET_F_HOST_TSO4;
     /// Device can receive TSOv6.
-    pub const HOST_TSO6: u32 = 12;
+    pub const HOST_TSO6: u32 = n::VIRTIO_NET_F_HOST_TSO6;
     /// Device can receive TSO with ECN.
-    pub const HOST_ECN: u32 = 13;
+    pub const HOST_ECN: u32 = n::VIRTIO_NET_F_HOST_ECN;
     /// Device can receive UFO.
-    pub const HOST_UFO: u32 = 14;
+    pub const HOST_UFO: u32 = n::VIRTIO_NET_F_HOST_UFO;
     /// Driver can merge receive buffers.
-    pub const MRG_RXBUF: u32 = 15;
+    pub const MRG_RXBUF: u32 = n::VIRTIO_NET_F_MRG_RXBUF;
     /// Config `status` field is valid.
-    pub const STATUS: u32 = 16;
+    pub const STATUS: u32 = n::VIRTIO_NET_F_STATUS;
     /// Control virtqueue.
-    pub const CTRL_VQ: u32 = 17;
+    pub const CTRL_VQ: u32 = n::VIRTIO_NET_F_CTRL_VQ;
     /// Control channel RX mode.
-    pub const CTRL_RX: u32 = 18;
+    pub const CTRL_RX: u32 = n::VIRTIO_NET_F_CTRL_RX;
     /// Control channel VLAN filtering.
-    pub const CTRL_VLAN: u32 = 19;
+    pub const CTRL_VLAN: u32 = n::VIRTIO_NET_F_CTRL_VLAN;
     /// Driver can send gratuitous packets.
-    pub const GUEST_ANNOUNCE: u32 = 21;
+    pub const GUEST_ANNOUNCE: u32 = n::VIRTIO_NET_F_GUEST_ANNOUNCE;
     /// Multiqueue with automatic receive steering.
-    pub const MQ: u32 = 22;
+    pub const MQ: u32 = n::VIRTIO_NET_F_MQ;
     /// MAC address set through the control channel.
-    pub const CTRL_MAC_ADDR: u32 = 23;
+    pub const CTRL_MAC_ADDR: u32 = n::VIRTIO_NET_F_CTRL_MAC_ADDR;
     /// Indirect descriptor tables (virtio 1.2 §2.7.5.3).
-    pub const RING_INDIRECT_DESC: u32 = 28;
+    pub const RING_INDIRECT_DESC: u32 = r::VIRTIO_RING_F_INDIRECT_DESC;
     /// `used_event` / `avail_event` notification suppression (§2.7.10).
-    pub const RING_EVENT_IDX: u32 = 29;
+    pub const RING_EVENT_IDX: u32 = r::VIRTIO_RING_F_EVENT_IDX;
     /// vhost-user: protocol features are negotiated (not a virtio bit).
-    pub const VHOST_USER_PROTOCOL_FEATURES: u32 = 30;
+    pub const VHOST_USER_PROTOCOL_FEATURES: u32 =
+        vhost::vhost_user::message::VhostUserVirtioFeatures::PROTOCOL_FEATURES
+            .bits()
+            .trailing_zeros();
     /// virtio 1.0 or later.
-    pub const VERSION_1: u32 = 32;
+    pub const VERSION_1: u32 = c::VIRTIO_F_VERSION_1;
     /// Device is behind an IOMMU.
-    pub const ACCESS_PLATFORM: u32 = 33;
+    pub const ACCESS_PLATFORM: u32 = c::VIRTIO_F_ACCESS_PLATFORM;
 }
 
 const NAMES: &[(u32, &str)] = &[
