@@ -562,3 +562,60 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(proto: PubProto, port: u16) -> NsForward {
+        NsForward {
+            proto,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            to_port: port,
+        }
+    }
+
+    #[test]
+    fn listeners_come_and_go_in_stable_slots() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut r = Relay::new(Vec::new()).unwrap();
+        r.follow(rx);
+        let udp = || OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap());
+        for port in [1, 2, 3] {
+            let l = Listener::new(udp(), fwd(PubProto::Udp, port));
+            tx.send(RelayCmd::Add(l)).unwrap();
+        }
+        r.commands();
+        assert_eq!(r.udp.len(), 3);
+        // A client of slot 2 and one of slot 1.
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for listener in [2, 1] {
+            r.clients.push(UdpClient {
+                listener,
+                peer,
+                host: UdpSocket::bind("127.0.0.1:0").unwrap(),
+                last: Instant::now(),
+            });
+        }
+        r.reindex();
+        tx.send(RelayCmd::Remove(fwd(PubProto::Udp, 2))).unwrap();
+        tx.send(RelayCmd::Remove(fwd(PubProto::Tcp, 2))).unwrap();
+        r.commands();
+        assert!(r.udp[1].is_none() && r.udp[0].is_some() && r.udp[2].is_some());
+        assert_eq!(r.clients.len(), 1, "the removed listener's client went");
+        assert_eq!(
+            r.by_peer.get(&(2, peer)),
+            Some(&0),
+            "the other keeps its slot"
+        );
+        // The free slot is reused; a closed channel leaves the listeners.
+        let l = Listener::new(udp(), fwd(PubProto::Udp, 4));
+        tx.send(RelayCmd::Add(l)).unwrap();
+        drop(tx);
+        r.commands();
+        r.commands();
+        assert_eq!(r.udp[1].as_ref().map(|(_, f)| f.to_port), Some(4));
+        assert!(r.cmds.is_none());
+        assert_eq!(r.udp.iter().flatten().count(), 3);
+    }
+}

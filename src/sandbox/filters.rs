@@ -470,6 +470,26 @@ mod tests {
     }
 
     #[test]
+    fn the_binder_listens_but_dies_connecting() {
+        let (code, sig) = in_child(Role::NsBind, || {
+            // SAFETY: socket takes integers only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: listen on the socket just made (an ephemeral port).
+            i32::from(fd < 0 || unsafe { libc::listen(fd, 1) } != 0)
+        });
+        assert_eq!((code, sig), (Some(0), None));
+        let (code, sig) = in_child(Role::NsBind, || {
+            // SAFETY: socket takes integers only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: a null address of length 0: EFAULT/EINVAL if the
+            // filter let it through; it does not.
+            unsafe { libc::connect(fd, std::ptr::null(), 0) };
+            0
+        });
+        assert_eq!((code, sig), (None, Some(libc::SIGSYS)));
+    }
+
+    #[test]
     fn the_control_thread_opens_but_cannot_set_up_a_ring() {
         let (code, sig) = in_child(Role::Control, || {
             // SAFETY: a NUL-terminated literal path.
