@@ -50,6 +50,17 @@ pub const UDP_UNCONN: u8 = 0x07;
 /// address (IPv4, IPv6 or IPv4-mapped). Lines that do not parse are
 /// skipped: the file is the kernel's, but a short read must not panic.
 pub fn bound_ports(text: &str, state: u8) -> BTreeSet<u16> {
+    bound_sockets(text, state)
+        .into_iter()
+        .filter(|&(addr, _)| !is_loopback(addr))
+        .map(|(_, port)| port)
+        .collect()
+}
+
+/// The local addresses and ports of the sockets in `state` listed by a
+/// procfs socket table, loopback ones included (pasta's `-T auto` wants
+/// those); port 0 and lines that do not parse are left out.
+pub fn bound_sockets(text: &str, state: u8) -> BTreeSet<(IpAddr, u16)> {
     let mut out = BTreeSet::new();
     for line in text.lines().skip(1) {
         let mut f = line.split_whitespace();
@@ -67,10 +78,9 @@ pub fn bound_ports(text: &str, state: u8) -> BTreeSet<u16> {
         let (Some(addr), Ok(port)) = (parse_addr(addr), u16::from_str_radix(port, 16)) else {
             continue;
         };
-        if port == 0 || is_loopback(addr) {
-            continue;
+        if port != 0 {
+            out.insert((addr, port));
         }
-        out.insert(port);
     }
     out
 }
@@ -92,7 +102,8 @@ fn parse_addr(hex: &str) -> Option<IpAddr> {
     }
 }
 
-fn is_loopback(a: IpAddr) -> bool {
+/// Whether `a` is a loopback address (IPv4, IPv6 or IPv4-mapped).
+pub fn is_loopback(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
@@ -131,6 +142,22 @@ impl ProcNet {
 
     /// The namespace's listening TCP ports and bound UDP ports now.
     pub fn scan(&mut self) -> std::io::Result<(BTreeSet<u16>, BTreeSet<u16>)> {
+        let (tcp, udp) = self.scan_sockets()?;
+        let ports = |s: BTreeSet<(IpAddr, u16)>| {
+            s.into_iter()
+                .filter(|&(a, _)| !is_loopback(a))
+                .map(|(_, p)| p)
+                .collect()
+        };
+        Ok((ports(tcp), ports(udp)))
+    }
+
+    /// The listening TCP sockets and bound UDP sockets now, by local
+    /// address and port, loopback ones included.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_sockets(
+        &mut self,
+    ) -> std::io::Result<(BTreeSet<(IpAddr, u16)>, BTreeSet<(IpAddr, u16)>)> {
         let (mut tcp, mut udp) = (BTreeSet::new(), BTreeSet::new());
         let mut buf = Vec::new();
         for (f, proto) in &mut self.files {
@@ -139,8 +166,8 @@ impl ProcNet {
             f.read_to_end(&mut buf)?;
             let text = String::from_utf8_lossy(&buf);
             match proto {
-                PubProto::Tcp => tcp.extend(bound_ports(&text, TCP_LISTEN)),
-                PubProto::Udp => udp.extend(bound_ports(&text, UDP_UNCONN)),
+                PubProto::Tcp => tcp.extend(bound_sockets(&text, TCP_LISTEN)),
+                PubProto::Udp => udp.extend(bound_sockets(&text, UDP_UNCONN)),
             }
         }
         Ok((tcp, udp))

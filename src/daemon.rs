@@ -103,6 +103,9 @@ pub struct Config {
     /// Listeners in the namespace whose connections go to the host's
     /// loopback (pasta's `-T`/`-U`; namespace frontends only).
     pub ns_forwards: Vec<crate::nsfwd::NsForward>,
+    /// The host's bound ports of each set, reachable from the namespace's
+    /// loopback as they come and go (pasta's `-T auto`/`-U auto`).
+    pub ns_auto: Vec<crate::publish::PortSet>,
     /// Control socket path (`--control`).
     pub control: Option<PathBuf>,
     /// The guest interface's MAC (namespace mode), `None` for the kernel's.
@@ -154,6 +157,7 @@ impl Config {
             publish_every: Vec::new(),
             publish_auto: Vec::new(),
             ns_forwards: Vec::new(),
+            ns_auto: Vec::new(),
             control: None,
             guest_mac: None,
             ready_fd: None,
@@ -623,7 +627,8 @@ fn inboxes(workers: usize, buf_size: usize) -> Result<Vec<Arc<FrameRing>>, Error
 /// Run the daemon; returns the process exit code.
 pub fn run(mut cfg: Config) -> Result<i32, Error> {
     let netns = matches!(cfg.frontend, Frontend::Spawn(_) | Frontend::Attach(_));
-    let namespace_only = !cfg.publish_auto.is_empty() || !cfg.ns_forwards.is_empty();
+    let namespace_only =
+        !cfg.publish_auto.is_empty() || !cfg.ns_forwards.is_empty() || !cfg.ns_auto.is_empty();
     if namespace_only && !netns {
         return Err(Error::Publish(
             "'auto' ports and namespace-to-host forwards need a network namespace".into(),
@@ -710,6 +715,7 @@ pub fn run(mut cfg: Config) -> Result<i32, Error> {
         stats_file,
         resolv,
         auto: None,
+        ns_auto: None,
     };
     match cfg.frontend.clone() {
         Frontend::Spawn(_) | Frontend::Attach(_) => run_tap(&cfg, publish),
@@ -814,6 +820,8 @@ struct Publish {
     resolv: Option<Anchor>,
     /// pasta's `auto`: the namespace's ports, followed (namespace mode).
     auto: Option<crate::autoports::AutoPorts>,
+    /// pasta's `-T auto`: the host's ports, followed (namespace mode).
+    ns_auto: Option<crate::nsauto::NsAuto>,
 }
 
 impl Publish {
@@ -830,26 +838,12 @@ fn auto_ports(
     cfg: &Config,
     spawned: Option<i32>,
 ) -> Result<Option<crate::autoports::AutoPorts>, Error> {
-    use crate::autoports::{AutoPorts, ProcNet};
+    use crate::autoports::AutoPorts;
     if cfg.publish_auto.is_empty() {
         return Ok(None);
     }
-    let pid = match (&cfg.frontend, spawned) {
-        (_, Some(pid)) => Some(pid.to_string()),
-        (Frontend::Attach(t), None) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
-            Some(t.clone())
-        }
-        _ => None,
-    };
-    let what = "opening the namespace's /proc/net/{tcp,udp}{,6} for 'auto'";
-    let procnet = match (&cfg.frontend, pid) {
-        (_, Some(pid)) => ProcNet::open(std::path::Path::new(&format!("/proc/{pid}/net")))
-            .map_err(io_err(what))?,
-        (Frontend::Attach(t), None) => netns::in_netns(t, || {
-            ProcNet::open(std::path::Path::new("/proc/thread-self/net"))
-        })?
-        .map_err(io_err(what))?,
-        _ => return Ok(None),
+    let Some(procnet) = ns_procnet(cfg, spawned, "'auto'")? else {
+        return Ok(None);
     };
     let own = cfg
         .ns_forwards
@@ -857,6 +851,35 @@ fn auto_ports(
         .map(|f| (f.proto, f.listen.port()))
         .collect();
     Ok(Some(AutoPorts::new(cfg.publish_auto.clone(), procnet, own)))
+}
+
+/// The namespace's socket tables, opened now (before the sandbox) for
+/// `what`: through `/proc/PID/net` of the spawned command or of the PID
+/// given, else from inside the namespace file.
+fn ns_procnet(
+    cfg: &Config,
+    spawned: Option<i32>,
+    what: &str,
+) -> Result<Option<crate::autoports::ProcNet>, Error> {
+    use crate::autoports::ProcNet;
+    let pid = match (&cfg.frontend, spawned) {
+        (_, Some(pid)) => Some(pid.to_string()),
+        (Frontend::Attach(t), None) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    let what = format!("opening the namespace's /proc/net/{{tcp,udp}}{{,6}} for {what}");
+    let procnet = match (&cfg.frontend, pid) {
+        (_, Some(pid)) => ProcNet::open(std::path::Path::new(&format!("/proc/{pid}/net")))
+            .map_err(io_err(&what))?,
+        (Frontend::Attach(t), None) => netns::in_netns(t, || {
+            ProcNet::open(std::path::Path::new("/proc/thread-self/net"))
+        })?
+        .map_err(io_err(&what))?,
+        _ => return Ok(None),
+    };
+    Ok(Some(procnet))
 }
 
 /// Namespace mode: one worker per TAP queue; the kernel steers flows.
@@ -898,7 +921,7 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     publish.auto = auto_ports(cfg, child.as_ref().map(|c| c.pid))?;
     // pasta's -T/-U: listeners made in the namespace now, served by a
     // relay thread once the sandbox is up.
-    let relay = if cfg.ns_forwards.is_empty() {
+    let relay = if cfg.ns_forwards.is_empty() && cfg.ns_auto.is_empty() {
         None
     } else {
         let target = match (&cfg.frontend, child.as_ref()) {
@@ -907,7 +930,29 @@ fn run_tap(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
             _ => unreachable!("run_tap serves namespaces only"),
         };
         let listeners = crate::nsfwd::bind_in(&target, &cfg.ns_forwards).map_err(Error::Publish)?;
-        Some(crate::nsfwd::Relay::new(listeners).map_err(io_err("-T/-U listeners"))?)
+        let mut relay = crate::nsfwd::Relay::new(listeners).map_err(io_err("-T/-U listeners"))?;
+        // -T auto: a binder process in the namespace, forked now (one
+        // thread, no sandbox yet), and both socket tables opened now.
+        if !cfg.ns_auto.is_empty() {
+            let ns = ns_procnet(cfg, child.as_ref().map(|c| c.pid), "-T/-U auto")?
+                .ok_or_else(|| Error::Publish("-T/-U auto: no namespace".into()))?;
+            let host =
+                crate::autoports::ProcNet::open(std::path::Path::new("/proc/thread-self/net"))
+                    .map_err(io_err(
+                        "opening the host's /proc/net/{tcp,udp}{,6} for -T/-U auto",
+                    ))?;
+            let binder = crate::nsauto::spawn(&target, cfg.sandbox).map_err(Error::Publish)?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            relay.follow(rx);
+            publish.ns_auto = Some(crate::nsauto::NsAuto::new(
+                cfg.ns_auto.clone(),
+                host,
+                ns,
+                binder,
+                tx,
+            ));
+        }
+        Some(relay)
     };
 
     let off = cfg.stack.offload;
@@ -1335,6 +1380,9 @@ fn control_loop(
                 &workers.shared[0],
                 &workers.inboxes[0],
             );
+        }
+        if let Some(a) = publish.ns_auto.as_mut() {
+            a.poll(&publish.forwards);
         }
         if publish
             .exit_fd

@@ -66,6 +66,7 @@ pub mod compat;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod nsauto;
 pub mod nsfwd;
 pub mod publish;
 pub mod ratelimit;

@@ -20,8 +20,14 @@
 //!  host:                   └─► connect 127.0.0.1:G ─► host server
 //! ```
 //!
-//! Limits: explicit ports only (`-T auto` would need a thread that stays
-//! in the namespace to bind as host ports come and go); at most
+//! `-T auto`/`-U auto` ([`crate::nsauto`]) hand the relay listeners made
+//! later, by a helper process that stays in the namespace, and take them
+//! back, through [`RelayCmd`]s the relay reads between polls: a listener
+//! lives in a slot that keeps its index while it is held, so a UDP
+//! client's `listener` index stays valid; a withdrawn listener's UDP
+//! clients go with it, its accepted TCP connections stay until they end.
+//!
+//! Limits: at most
 //! [`MAX_CONNS`] TCP connections and [`MAX_UDP`] UDP clients at once (more
 //! are refused: closed, or their datagrams dropped). Bytes are copied
 //! (no `splice`). Binding needs `setns` into the namespace, i.e.
@@ -33,6 +39,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::publish::{self, PubProto, PublishSpec};
@@ -77,6 +84,23 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(1);
 pub struct Listener {
     fd: OwnedFd,
     fwd: NsForward,
+}
+
+impl Listener {
+    /// The listener `fd` (a bound TCP listener or UDP socket made in the
+    /// namespace) for `fwd`; takes ownership of `fd`.
+    pub fn new(fd: OwnedFd, fwd: NsForward) -> Listener {
+        Listener { fd, fwd }
+    }
+}
+
+/// A change to the relay's listeners, sent by `-T auto`'s driver.
+#[derive(Debug)]
+pub enum RelayCmd {
+    /// Serve this listener too.
+    Add(Listener),
+    /// Close the listener of this forward (its UDP clients too).
+    Remove(NsForward),
 }
 
 /// Bind every forward's socket inside the namespace `target` (a path or a
@@ -212,8 +236,11 @@ struct UdpClient {
 
 /// The relay's state, served by [`Relay::run`] on its own thread.
 pub struct Relay {
-    tcp: Vec<(TcpListener, NsForward)>,
-    udp: Vec<(UdpSocket, NsForward)>,
+    /// Listener slots: `None` where one was removed (reused by the next).
+    tcp: Vec<Option<(TcpListener, NsForward)>>,
+    udp: Vec<Option<(UdpSocket, NsForward)>>,
+    /// Listeners that come and go (`-T auto`); `None`: fixed ones only.
+    cmds: Option<Receiver<RelayCmd>>,
     conns: Vec<Conn>,
     clients: Vec<UdpClient>,
     by_peer: HashMap<(usize, SocketAddr), usize>,
@@ -225,25 +252,100 @@ impl Relay {
         let mut r = Relay {
             tcp: Vec::new(),
             udp: Vec::new(),
+            cmds: None,
             conns: Vec::new(),
             clients: Vec::new(),
             by_peer: HashMap::new(),
         };
         for l in listeners {
-            match l.fwd.proto {
-                PubProto::Tcp => {
-                    let s = TcpListener::from(l.fd);
-                    s.set_nonblocking(true)?;
-                    r.tcp.push((s, l.fwd));
-                }
-                PubProto::Udp => {
-                    let s = UdpSocket::from(l.fd);
-                    s.set_nonblocking(true)?;
-                    r.udp.push((s, l.fwd));
-                }
-            }
+            r.add(l)?;
         }
         Ok(r)
+    }
+
+    /// Also serve the listeners `cmds` adds, until it removes them.
+    pub fn follow(&mut self, cmds: Receiver<RelayCmd>) {
+        self.cmds = Some(cmds);
+    }
+
+    /// Serve `l` (in the first free slot of its protocol).
+    fn add(&mut self, l: Listener) -> std::io::Result<()> {
+        fn put<T>(slots: &mut Vec<Option<T>>, x: T) {
+            match slots.iter_mut().find(|s| s.is_none()) {
+                Some(s) => *s = Some(x),
+                None => slots.push(Some(x)),
+            }
+        }
+        match l.fwd.proto {
+            PubProto::Tcp => {
+                let s = TcpListener::from(l.fd);
+                s.set_nonblocking(true)?;
+                put(&mut self.tcp, (s, l.fwd));
+            }
+            PubProto::Udp => {
+                let s = UdpSocket::from(l.fd);
+                s.set_nonblocking(true)?;
+                put(&mut self.udp, (s, l.fwd));
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the listener of `fwd`, and forget its UDP clients.
+    fn remove(&mut self, fwd: &NsForward) {
+        match fwd.proto {
+            PubProto::Tcp => {
+                for s in &mut self.tcp {
+                    if s.as_ref().is_some_and(|(_, f)| f == fwd) {
+                        *s = None;
+                    }
+                }
+            }
+            PubProto::Udp => {
+                let Some(l) = self
+                    .udp
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|(_, f)| f == fwd))
+                else {
+                    return;
+                };
+                self.udp[l] = None;
+                self.clients.retain(|c| c.listener != l);
+                self.reindex();
+            }
+        }
+    }
+
+    /// Apply the pending [`RelayCmd`]s (once their sender is gone, the
+    /// listeners it added stay served).
+    fn commands(&mut self) {
+        let Some(rx) = self.cmds.take() else {
+            return;
+        };
+        for _ in 0..1024 {
+            match rx.try_recv() {
+                Ok(RelayCmd::Add(l)) => {
+                    let what = l.fwd.to_string();
+                    if let Err(e) = self.add(l) {
+                        log::warn!("nsfwd: {what}: {e}");
+                    }
+                }
+                Ok(RelayCmd::Remove(f)) => self.remove(&f),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        }
+        self.cmds = Some(rx);
+    }
+
+    /// Rebuild the UDP client index after clients were removed.
+    fn reindex(&mut self) {
+        self.by_peer = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(k, c)| ((c.listener, c.peer), k))
+            .collect();
     }
 
     /// Start the relay thread (`uipd-nsfwd`), confined to its sandbox
@@ -263,22 +365,28 @@ impl Relay {
     fn run(mut self, stop: &AtomicBool) {
         let mut last_sweep = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            self.commands();
             let mut pfds: Vec<libc::pollfd> = Vec::new();
             let pfd = |fd: i32, events: libc::c_short| libc::pollfd {
                 fd,
                 events,
                 revents: 0,
             };
-            for (l, _) in &self.tcp {
+            // An empty slot polls fd -1, which poll(2) skips, so that
+            // entry `i` stays slot `i`.
+            for l in &self.tcp {
                 let ev = if self.conns.len() < MAX_CONNS {
                     libc::POLLIN
                 } else {
                     0
                 };
-                pfds.push(pfd(l.as_raw_fd(), ev));
+                pfds.push(pfd(l.as_ref().map_or(-1, |(l, _)| l.as_raw_fd()), ev));
             }
-            for (s, _) in &self.udp {
-                pfds.push(pfd(s.as_raw_fd(), libc::POLLIN));
+            for s in &self.udp {
+                pfds.push(pfd(
+                    s.as_ref().map_or(-1, |(s, _)| s.as_raw_fd()),
+                    libc::POLLIN,
+                ));
             }
             for c in &self.conns {
                 let ev = c.events();
@@ -340,7 +448,9 @@ impl Relay {
     /// Accept the namespace's clients waiting on TCP listener `l`, each
     /// with a connection to the host's loopback.
     fn accept(&mut self, l: usize) {
-        let (listener, fwd) = &self.tcp[l];
+        let Some((listener, fwd)) = &self.tcp[l] else {
+            return;
+        };
         for _ in 0..16 {
             if self.conns.len() >= MAX_CONNS {
                 return;
@@ -382,7 +492,10 @@ impl Relay {
     fn udp_up(&mut self, l: usize) {
         let mut buf = vec![0u8; 65536];
         for _ in 0..64 {
-            let (n, peer) = match self.udp[l].0.recv_from(&mut buf) {
+            let Some((sock, fwd)) = &self.udp[l] else {
+                return;
+            };
+            let (n, peer) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => return,
@@ -393,7 +506,7 @@ impl Relay {
                     if self.clients.len() >= MAX_UDP {
                         continue;
                     }
-                    let to = host_target(&self.udp[l].1);
+                    let to = host_target(fwd);
                     let local = SocketAddr::new(to.ip(), 0);
                     let host = match UdpSocket::bind(local).and_then(|s| {
                         s.connect(to)?;
@@ -402,7 +515,7 @@ impl Relay {
                     }) {
                         Ok(s) => s,
                         Err(e) => {
-                            log::debug!("nsfwd: {}: {e}", self.udp[l].1);
+                            log::debug!("nsfwd: {fwd}: {e}");
                             continue;
                         }
                     };
@@ -431,7 +544,9 @@ impl Relay {
             match c.host.recv(&mut buf) {
                 Ok(n) => {
                     c.last = Instant::now();
-                    let _ = self.udp[c.listener].0.send_to(&buf[..n], c.peer);
+                    if let Some((s, _)) = &self.udp[c.listener] {
+                        let _ = s.send_to(&buf[..n], c.peer);
+                    }
                 }
                 Err(_) => return,
             }
@@ -443,12 +558,64 @@ impl Relay {
         let before = self.clients.len();
         self.clients.retain(|c| c.last.elapsed() < UDP_IDLE);
         if self.clients.len() != before {
-            self.by_peer = self
-                .clients
-                .iter()
-                .enumerate()
-                .map(|(k, c)| ((c.listener, c.peer), k))
-                .collect();
+            self.reindex();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(proto: PubProto, port: u16) -> NsForward {
+        NsForward {
+            proto,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            to_port: port,
+        }
+    }
+
+    #[test]
+    fn listeners_come_and_go_in_stable_slots() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut r = Relay::new(Vec::new()).unwrap();
+        r.follow(rx);
+        let udp = || OwnedFd::from(UdpSocket::bind("127.0.0.1:0").unwrap());
+        for port in [1, 2, 3] {
+            let l = Listener::new(udp(), fwd(PubProto::Udp, port));
+            tx.send(RelayCmd::Add(l)).unwrap();
+        }
+        r.commands();
+        assert_eq!(r.udp.len(), 3);
+        // A client of slot 2 and one of slot 1.
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for listener in [2, 1] {
+            r.clients.push(UdpClient {
+                listener,
+                peer,
+                host: UdpSocket::bind("127.0.0.1:0").unwrap(),
+                last: Instant::now(),
+            });
+        }
+        r.reindex();
+        tx.send(RelayCmd::Remove(fwd(PubProto::Udp, 2))).unwrap();
+        tx.send(RelayCmd::Remove(fwd(PubProto::Tcp, 2))).unwrap();
+        r.commands();
+        assert!(r.udp[1].is_none() && r.udp[0].is_some() && r.udp[2].is_some());
+        assert_eq!(r.clients.len(), 1, "the removed listener's client went");
+        assert_eq!(
+            r.by_peer.get(&(2, peer)),
+            Some(&0),
+            "the other keeps its slot"
+        );
+        // The free slot is reused; a closed channel leaves the listeners.
+        let l = Listener::new(udp(), fwd(PubProto::Udp, 4));
+        tx.send(RelayCmd::Add(l)).unwrap();
+        drop(tx);
+        r.commands();
+        r.commands();
+        assert_eq!(r.udp[1].as_ref().map(|(_, f)| f.to_port), Some(4));
+        assert!(r.cmds.is_none());
+        assert_eq!(r.udp.iter().flatten().count(), 3);
     }
 }

@@ -416,3 +416,125 @@ fn pasta_ns_to_host_forwards() {
     );
     o.pass();
 }
+
+/// `pasta -T auto -U auto PID`: servers started on the host's loopback
+/// after uipd is up (TCP 7080, UDP 7081, named nowhere) become reachable
+/// from the namespace's 127.0.0.1 at the same ports within a few seconds
+/// (16 MiB byte-exact; a datagram and its echo), and those namespace ports
+/// close again a few seconds after the servers stop. The binder process
+/// uipd forks into the namespace is gone once uipd is. Sandbox on (the
+/// default).
+#[test]
+fn pasta_ns_auto_follows_the_hosts_ports() {
+    if skip_unless_uipd("pasta_ns_auto_follows_the_hosts_ports") {
+        return;
+    }
+    let mut sc = Scenario::new("pasta_ns_auto");
+    let down = random_file(&sc.dir().join("down.bin"), 16 * MIB);
+    std::fs::write(
+        sc.dir().join("udp.py"),
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         if sys.argv[1] == 'echo':\n    \
+             s.settimeout(30); s.bind(('127.0.0.1', 7081))\n    \
+             for _ in range(100):\n        \
+                 d, a = s.recvfrom(100); s.sendto(b'echo:' + d, a)\n\
+         else:\n    \
+             s.settimeout(0.2)\n    \
+             for _ in range(50):\n        \
+                 try:\n            \
+                     s.sendto(b'ping', ('127.0.0.1', 7081)); print('RESULT udp reply=' + s.recv(100).decode()); break\n        \
+                 except OSError:\n            \
+                     pass\n",
+    )
+    .expect("udp.py");
+    // 7080 is 1BA8, 7081 1BA9 in /proc/net/{tcp,udp}.
+    std::fs::write(
+        sc.dir().join("ns.sh"),
+        "D=\"$1\"; PY=\"$2\"\n\
+         for _ in $(seq 300); do [ -e \"$D/go\" ] && break; sleep 0.1; done\n\
+         t0=$(date +%s%N); up=0\n\
+         for _ in $(seq 100); do \
+           busybox wget -q -O \"$D/got.bin\" http://127.0.0.1:7080/down.bin 2>/dev/null && { up=1; break; }; \
+           sleep 0.1; done\n\
+         echo \"RESULT ns_get up=$up ms=$(( ($(date +%s%N) - t0) / 1000000 )) sha=$(sha256sum <\"$D/got.bin\" | cut -d' ' -f1)\"\n\
+         timeout 20 \"$PY\" \"$D/udp.py\" client\n\
+         echo \"RESULT open tcp=$(grep -c ':1BA8 00000000:0000 0A' /proc/net/tcp) udp=$(grep -c ':1BA9 00000000:0000 07' /proc/net/udp)\"\n\
+         touch \"$D/got\"\n\
+         for _ in $(seq 300); do [ -e \"$D/stopped\" ] && break; sleep 0.1; done\n\
+         t0=$(date +%s%N); gone=0\n\
+         for _ in $(seq 100); do \
+           grep -q ':1BA8 00000000:0000 0A' /proc/net/tcp || grep -q ':1BA9 00000000:0000 07' /proc/net/udp || { gone=1; break; }; \
+           sleep 0.1; done\n\
+         echo \"RESULT closed gone=$gone ms=$(( ($(date +%s%N) - t0) / 1000000 ))\"\n\
+         timeout 5 busybox wget -q -O /dev/null http://127.0.0.1:7080/down.bin 2>/dev/null; echo \"RESULT after rc=$?\"\n",
+    )
+    .expect("ns.sh");
+    sc.timeout(90).invocation(&format!(
+        "unshare --net sh \"$D/ns.sh\" \"$D\" {py} >\"$D/guest.out\" 2>\"$D/ns.err\" </dev/null &\n\
+         NS=$!\n\
+         sleep 0.3\n\
+         RUST_LOG=info timeout -k 2 40 $UIPD pasta --config-net -T auto -U auto -P \"$D/pasta.pid\" \
+           -l \"$D/uipd.err\" $NS >\"$D/pasta.out\" 2>&1 </dev/null\n\
+         echo \"RESULT parent rc=$?\" >\"$D/client.out\"\n\
+         P=$(cat \"$D/pasta.pid\" 2>/dev/null)\n\
+         KIDS=$(pgrep -P \"$P\" | tr '\\n' ' ')\n\
+         echo \"RESULT binder before=$(echo $KIDS | wc -w)\" >>\"$D/client.out\"\n\
+         busybox httpd -f -p 127.0.0.1:7080 -h \"$D\" & H=$!\n\
+         timeout 30 {py} \"$D/udp.py\" echo >\"$D/echo.log\" 2>&1 & E=$!\n\
+         sleep 0.2; touch \"$D/go\"\n\
+         for _ in $(seq 400); do [ -e \"$D/got\" ] && break; kill -0 $NS 2>/dev/null || break; sleep 0.1; done\n\
+         kill $H $E 2>/dev/null; wait $H $E 2>/dev/null\n\
+         touch \"$D/stopped\"\n\
+         wait $NS\n\
+         for _ in $(seq 50); do kill -0 \"$P\" 2>/dev/null || break; sleep 0.1; done\n\
+         kill \"$P\" 2>/dev/null\n\
+         left=0; for _ in $(seq 20); do left=0; for k in $KIDS; do kill -0 $k 2>/dev/null && left=$((left+1)); done; \
+           [ $left = 0 ] && break; sleep 0.1; done\n\
+         echo \"RESULT binder left=$left\" >>\"$D/client.out\"\n\
+         cat \"$D/client.out\" >>\"$D/guest.out\"\n\
+         true",
+        py = common::sh_quote(&common::python()),
+    ));
+    let o = sc.run();
+    o.expect_code(0);
+    o.check(o.value("parent", "rc") == "0", "the parent exits 0");
+    let b = o.results("binder");
+    o.check(
+        b.iter().any(|r| r.get("before").is_some_and(|v| v == "1")),
+        "uipd has not exactly one child (the binder) while it serves",
+    );
+    o.check(
+        b.iter().any(|r| r.get("left").is_some_and(|v| v == "0")),
+        "the binder outlived uipd",
+    );
+    let g = o.result("ns_get");
+    o.check(
+        g["up"] == "1",
+        "the host's new server was not reachable from the namespace within 10 s",
+    );
+    o.check(g["sha"] == down, "the download through -T auto differs");
+    o.check(
+        o.value("udp", "reply") == "echo:ping",
+        "the datagram through -U auto got no echo",
+    );
+    let open = o.result("open");
+    o.check(
+        open["tcp"] == "1" && open["udp"] == "1",
+        "the namespace's 127.0.0.1:7080/tcp and 7081/udp were not listening while the servers ran",
+    );
+    o.check(
+        o.value("closed", "gone") == "1",
+        "the namespace ports stayed after the host's servers stopped",
+    );
+    o.check(
+        o.value("after", "rc") != "0",
+        "the withdrawn namespace port still answers",
+    );
+    eprintln!(
+        "pasta -T auto: reachable after {} ms, closed after {} ms",
+        g["ms"],
+        o.value("closed", "ms")
+    );
+    o.pass();
+}

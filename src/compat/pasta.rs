@@ -20,8 +20,9 @@
 //!   listens on ([`crate::autoports`]). uipd publishes none by default
 //!   where pasta's default is `auto`.
 //! - `-T/-U SPEC` forward named namespace ports to the host's loopback
-//!   ([`crate::nsfwd`]); `auto` is refused there. uipd forwards none by
-//!   default where pasta's default is `auto`.
+//!   ([`crate::nsfwd`]); `auto` follows the ports bound on the host
+//!   ([`crate::nsauto`]). uipd forwards none by default where pasta's
+//!   default is `auto`.
 //! - Addresses as passt's: `-a`, `-n`, `-g`, `-D`, `--dns-forward`,
 //!   `--no-map-gw`, `-m/--mtu`, `-M` (uipd's MAC), `--ns-mac-addr` (the
 //!   TAP's). `-q`, `-d`, `-e/--stderr`, `--trace` are accepted.
@@ -34,6 +35,7 @@ use clap::Parser;
 use super::passt::{AddrArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
 use crate::nsfwd::NsForward;
+use crate::publish::PortSet;
 
 /// The command line (pasta's options that podman and users pass).
 #[derive(Debug, Parser)]
@@ -127,7 +129,7 @@ pub struct Invocation {
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
-        let ns_forwards = ns_forwards(&self.tcp_ns, &self.udp_ns)?;
+        let (ns_forwards, ns_auto) = ns_forwards(&self.tcp_ns, &self.udp_ns)?;
         let pid = match self.rest.as_slice() {
             [p] if p
                 .to_str()
@@ -173,6 +175,7 @@ impl Args {
             publish_every: ports.every,
             publish_auto: ports.auto,
             ns_forwards,
+            ns_auto,
             guest_mac: self.ns_mac_addr,
             detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: watch,
@@ -191,18 +194,30 @@ impl Args {
 
 /// The `-T`/`-U` specs as namespace-to-host forwards: each port listens on
 /// the namespace's 127.0.0.1 and ::1 (or on the `ADDR/` given) and goes to
-/// the host's loopback, to the port after `:` if one is given.
-pub fn ns_forwards(tcp: &[String], udp: &[String]) -> Result<Vec<NsForward>, String> {
+/// the host's loopback, to the port after `:` if one is given; and the
+/// `auto` sets (with their `~P` exclusions), one per flag at most.
+pub fn ns_forwards(
+    tcp: &[String],
+    udp: &[String],
+) -> Result<(Vec<NsForward>, Vec<PortSet>), String> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     let mut out = Vec::new();
+    let mut auto: Vec<PortSet> = Vec::new();
     for (flag, specs) in [('T', tcp), ('U', udp)] {
         for s in specs {
             let fixed = match parse_spec(s, flag, Who::Pasta)? {
                 Ports::Fixed(v) => v,
-                Ports::Auto(_) | Ports::Every(_) => {
+                Ports::Auto(set) => {
+                    if auto.iter().any(|a| a.proto == set.proto) {
+                        return Err(format!("-{flag} '{s}': 'auto' is given twice"));
+                    }
+                    auto.push(set);
+                    continue;
+                }
+                Ports::Every(_) => {
                     return Err(format!(
-                        "-{flag} '{s}': uipd forwards only named ports from the namespace to \
-                         the host ('auto' and exclusion-only lists are not supported there)"
+                        "-{flag} '{s}': from the namespace to the host uipd forwards named \
+                         ports or 'auto' (exclusion-only lists are not supported there)"
                     ));
                 }
             };
@@ -224,7 +239,7 @@ pub fn ns_forwards(tcp: &[String], udp: &[String]) -> Result<Vec<NsForward>, Str
             }
         }
     }
-    Ok(out)
+    Ok((out, auto))
 }
 
 #[cfg(test)]
@@ -319,6 +334,16 @@ mod tests {
                 "ns [::1]:5353 -> host port 5353/udp",
             ]
         );
+        assert!(c.ns_auto.is_empty());
+        let inv = parse("-T auto,~22 -U auto -T 8080 1")
+            .unwrap()
+            .invocation(1)
+            .unwrap();
+        let a = &inv.config.ns_auto;
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].proto, a[1].proto), (PubProto::Tcp, PubProto::Udp));
+        assert!(a[0].excludes(22) && !a[0].excludes(23) && !a[1].excludes(22));
+        assert_eq!(inv.config.ns_forwards.len(), 2, "8080 on 127.0.0.1 and ::1");
         let inv = parse("-t ~22 1").unwrap().invocation(1).unwrap();
         assert_eq!(
             inv.config.publish_every.len(),
@@ -330,8 +355,8 @@ mod tests {
     #[test]
     fn bad_argv_is_a_clear_error() {
         for (line, want) in [
-            ("-T auto 1", "only named ports"),
-            ("-U ~53 1", "only named ports"),
+            ("-U ~53 1", "exclusion-only lists"),
+            ("-T auto -T auto,~22 1", "'auto' is given twice"),
             ("-T all 1", "'all' is passt's"),
             ("-t all 1", "'all' is passt's"),
             ("-T 80-81:90 1", "host range has 2 ports"),

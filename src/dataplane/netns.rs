@@ -809,7 +809,11 @@ fn recv_taps(
 }
 
 /// Sends one message, with `fd` attached as `SCM_RIGHTS` if given.
-fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+pub(crate) fn send_msg(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     // u64 elements give the control buffer the alignment of `cmsghdr`.
     let mut cbuf = [0u64; 4];
     let mut iov = libc::iovec {
@@ -862,7 +866,10 @@ fn send_msg(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> io
 
 /// Receives one message into `buf`; returns its length (0 = peer closed) and the
 /// fd that came with it, if any (received close-on-exec).
-fn recv_msg(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+pub(crate) fn recv_msg(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut cbuf = [0u64; 4];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -1543,7 +1550,7 @@ pub fn child_main(args: &[OsString]) -> ! {
 // --netns: attach to an existing namespace
 // ---------------------------------------------------------------------------
 
-fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY:
     // - `fd` is an open fd borrowed for the call; CLONE_NEWNET makes the kernel
     //   check it is a network namespace. setns(2) with CLONE_NEWNET changes only

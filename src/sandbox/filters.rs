@@ -43,6 +43,9 @@ pub enum Role {
     /// pasta's `-T`/`-U` relay: sockets only (its listeners were made in
     /// the namespace before the sandbox).
     NsFwd,
+    /// `-T auto`'s binder, a process of its own in the namespace: it
+    /// makes loopback listeners and sends them back, nothing else.
+    NsBind,
 }
 
 impl fmt::Display for Role {
@@ -56,6 +59,7 @@ impl fmt::Display for Role {
             Role::Pcap => "pcap",
             Role::TapNet => "tapnet",
             Role::NsFwd => "nsfwd",
+            Role::NsBind => "nsbind",
         })
     }
 }
@@ -189,6 +193,19 @@ fn extra(role: Role) -> (Vec<i64>, bool) {
         Role::NsFwd => {
             v.extend_from_slice(SOCKETS);
         }
+        Role::NsBind => {
+            // No connect, accept or plain send/receive: it binds,
+            // listens, and passes descriptors over its socketpair.
+            v.extend_from_slice(&[
+                libc::SYS_socket,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_setsockopt,
+                libc::SYS_getsockname,
+                libc::SYS_sendmsg,
+                libc::SYS_recvmsg,
+            ]);
+        }
     }
     (v, any_ioctl)
 }
@@ -300,7 +317,7 @@ pub fn build(
 mod tests {
     use super::*;
 
-    const ROLES: [Role; 8] = [
+    const ROLES: [Role; 9] = [
         Role::Control,
         Role::Worker,
         Role::Stream,
@@ -309,6 +326,7 @@ mod tests {
         Role::Pcap,
         Role::TapNet,
         Role::NsFwd,
+        Role::NsBind,
     ];
 
     #[test]
@@ -370,6 +388,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_binder_makes_listeners_and_nothing_else() {
+        let m = rules(Role::NsBind, 1).unwrap();
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_sendmsg,
+        ] {
+            assert!(m.contains_key(&nr), "{}", super::super::syscall_name(nr));
+        }
+        for nr in [
+            libc::SYS_connect,
+            libc::SYS_accept4,
+            libc::SYS_sendto,
+            libc::SYS_clone3,
+            libc::SYS_kill,
+        ] {
+            assert!(!m.contains_key(&nr), "{}", super::super::syscall_name(nr));
+        }
+    }
+
     /// Run `body` in a forked child held to `role`'s filters (killing, not
     /// trapping); return how the child ended.
     fn in_child(role: Role, body: fn() -> i32) -> (Option<i32>, Option<i32>) {
@@ -427,6 +467,26 @@ mod tests {
             i32::from(fd < 0 || unsafe { libc::close(fd) } != 0)
         });
         assert_eq!((code, sig), (Some(0), None));
+    }
+
+    #[test]
+    fn the_binder_listens_but_dies_connecting() {
+        let (code, sig) = in_child(Role::NsBind, || {
+            // SAFETY: socket takes integers only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: listen on the socket just made (an ephemeral port).
+            i32::from(fd < 0 || unsafe { libc::listen(fd, 1) } != 0)
+        });
+        assert_eq!((code, sig), (Some(0), None));
+        let (code, sig) = in_child(Role::NsBind, || {
+            // SAFETY: socket takes integers only.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            // SAFETY: a null address of length 0: EFAULT/EINVAL if the
+            // filter let it through; it does not.
+            unsafe { libc::connect(fd, std::ptr::null(), 0) };
+            0
+        });
+        assert_eq!((code, sig), (None, Some(libc::SIGSYS)));
     }
 
     #[test]
