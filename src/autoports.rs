@@ -220,13 +220,7 @@ impl AutoPorts {
                     continue;
                 }
                 for addr in set.addrs() {
-                    let spec = PublishSpec {
-                        addr,
-                        host_port: port,
-                        guest_port: port,
-                        count: 1,
-                        proto: set.proto,
-                    };
+                    let spec = PublishSpec::same_ports(addr, port, 1, set.proto);
                     // A port another forward of uipd serves is left to it.
                     if !self.published.contains(&spec) && forwards.serves(addr, port, set.proto) {
                         continue;

@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use crate::autoports::{ProcNet, SCAN_EVERY};
 use crate::control::Forwards;
-use crate::dataplane::netns::{recv_msg, send_msg};
+use crate::dataplane::netns::{self, recv_msg, send_msg};
 use crate::nsfwd::{Listener, NsForward, RelayCmd};
 use crate::publish::{self, PortSet, PubProto, PublishSpec};
 
@@ -333,13 +333,7 @@ pub fn serve(sock: &OwnedFd) -> io::Result<()> {
 
 /// The loopback listener (TCP) or socket (UDP) of `w`, made here.
 fn bind_one(w: Want) -> io::Result<OwnedFd> {
-    let spec = PublishSpec {
-        addr: w.listen().ip(),
-        host_port: w.port,
-        guest_port: w.port,
-        count: 1,
-        proto: w.proto,
-    };
+    let spec = PublishSpec::same_ports(w.listen().ip(), w.port, 1, w.proto);
     let mut b = publish::bind(&spec, "auto").map_err(|e| e.source)?;
     b.pop()
         .map(|b| b.fd)
@@ -365,7 +359,7 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
         let what = what.to_owned();
         move |e: io::Error| format!("-T/-U auto: {what}: {e}")
     };
-    let path = crate::dataplane::netns::netns_path(target);
+    let path = netns::netns_path(target);
     let ns = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC)
@@ -379,19 +373,7 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
         .open("/dev/null")
         .map(OwnedFd::from)
         .map_err(fail("opening /dev/null"))?;
-    let mut fds = [-1 as RawFd; 2];
-    // SAFETY: socketpair writes two descriptors into the live array.
-    check(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })
-    .map_err(fail("socketpair"))?;
-    // SAFETY: both are fresh descriptors that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (ours, theirs) = netns::socketpair().map_err(fail("socketpair"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads > 1 {
         return Err(format!(
@@ -480,7 +462,7 @@ fn binder_setup(
     if unsafe { libc::getppid() } != parent {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
-    let entered = crate::dataplane::netns::setns(ns.as_fd());
+    let entered = netns::setns(ns.as_fd());
     // Above stdio, so that /dev/null can take 0, 1 and 2.
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the result is a new
     // descriptor owned by no one else.
@@ -816,20 +798,7 @@ mod tests {
 
     #[test]
     fn a_served_binder_sends_listeners_and_errors() {
-        let mut fds = [-1 as RawFd; 2];
-        // SAFETY: socketpair writes two descriptors into the live array.
-        let rc = unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                fds.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0);
-        // SAFETY: fresh descriptors owned by no one else.
-        let (ours, theirs) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (ours, theirs) = netns::socketpair().unwrap();
         let server = std::thread::spawn(move || serve(&theirs));
         let binder = Binder { sock: ours, pid: 0 };
         // A free port: bound, noted, closed.

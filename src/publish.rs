@@ -108,6 +108,17 @@ fn parse_range(spec: &str, s: &str) -> Result<(u16, u32), SpecError> {
 }
 
 impl PublishSpec {
+    /// `count` ports from `port` on `addr` to the same ports in the guest.
+    pub fn same_ports(addr: IpAddr, port: u16, count: u16, proto: PubProto) -> PublishSpec {
+        PublishSpec {
+            addr,
+            host_port: port,
+            guest_port: port,
+            count,
+            proto,
+        }
+    }
+
     /// Parse a spec (see the [module docs](self)).
     pub fn parse(spec: &str) -> Result<PublishSpec, SpecError> {
         let (body, proto) = match spec.rsplit_once('/') {
@@ -370,13 +381,7 @@ pub fn bind_every(set: &PortSet, ephemeral: (u16, u16), budget: &mut usize) -> E
         if let (Some(first), Some(last)) = (run.first(), run.last()) {
             let (lo, hi) = (first.addr.port(), last.addr.port());
             out.runs.push((
-                PublishSpec {
-                    addr,
-                    host_port: lo,
-                    guest_port: lo,
-                    count: hi - lo + 1,
-                    proto: set.proto,
-                },
+                PublishSpec::same_ports(addr, lo, hi - lo + 1, set.proto),
                 std::mem::take(run),
             ));
         }
@@ -393,13 +398,7 @@ pub fn bind_every(set: &PortSet, ephemeral: (u16, u16), budget: &mut usize) -> E
                 out.no_fd += 1;
                 continue;
             }
-            let spec = PublishSpec {
-                addr,
-                host_port: port,
-                guest_port: port,
-                count: 1,
-                proto: set.proto,
-            };
+            let spec = PublishSpec::same_ports(addr, port, 1, set.proto);
             match bind(&spec, "") {
                 Ok(mut b) => {
                     *budget -= 1;

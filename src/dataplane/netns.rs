@@ -1054,7 +1054,8 @@ impl Drop for Spawned {
     }
 }
 
-fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A close-on-exec `SOCK_SEQPACKET` UNIX socket pair.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1 as RawFd; 2];
     // SAFETY:
     // - `fds` is a live, writable array of two ints, as socketpair(2) requires.
