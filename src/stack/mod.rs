@@ -316,6 +316,7 @@ drop_reasons! {
     FragOverlap => "drops_frag_overlap",
     FragLimit => "drops_frag_limit",
     FragTimeout => "drops_frag_timeout",
+    FragEvicted => "drops_frag_evicted",
     FlowLimit => "drops_flow_limit",
     NoFlow => "drops_no_flow",
     UdpQueueFull => "drops_udp_queue_full",
@@ -779,6 +780,15 @@ impl Stack {
         self.counters.drop(reason);
     }
 
+    /// Count the incomplete datagrams the reassembler gave up since the
+    /// last call: timed out (`drops_frag_timeout`) or evicted for room
+    /// (`drops_frag_evicted`), one per datagram.
+    fn count_frag_losses(&mut self) {
+        let (expired, evicted) = self.reasm.take_lost();
+        self.counters.drops[DropReason::FragTimeout as usize] += expired;
+        self.counters.drops[DropReason::FragEvicted as usize] += evicted;
+    }
+
     fn next_isn(&mut self) -> SeqNumber {
         // xorshift64*: RFC 6528 asks for unpredictable ISNs; the seed comes
         // from the OS in the daemon and is fixed in tests.
@@ -930,10 +940,11 @@ impl Stack {
                 proto: repr.next_header,
                 ident: pkt.ident().into(),
             };
-            match self
-                .reasm
-                .push(key, pkt.frag_offset(), pkt.more_frags(), pkt.payload(), now)
-            {
+            let pushed =
+                self.reasm
+                    .push(key, pkt.frag_offset(), pkt.more_frags(), pkt.payload(), now);
+            self.count_frag_losses();
+            match pushed {
                 Ok(Some(whole)) => {
                     self.counters.reassembled += 1;
                     if let Some(owner) = self.foreign_owner(src, dst, repr.next_header, &whole) {
@@ -2064,8 +2075,8 @@ impl Stack {
 
         if now >= self.next_scan {
             self.next_scan = now + TIMER_SCAN;
-            let expired = self.reasm.expire(now);
-            self.counters.drops[DropReason::FragTimeout as usize] += expired as u64;
+            self.reasm.expire(now);
+            self.count_frag_losses();
             for id in self.flows.ids() {
                 let Some((key, state)) = self.flows.get_mut(id) else {
                     continue;
