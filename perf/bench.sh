@@ -173,6 +173,21 @@ wait_for 5 grep -q . "$TMP/server.log" || sleep 0.3
 NP_SEL_STREAM=THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME
 NP_SEL_UDP=$NP_SEL_STREAM,LOCAL_SEND_THROUGHPUT,LOCAL_SEND_CALLS,REMOTE_RECV_CALLS,LOCAL_SEND_SIZE
 NP_SEL_RR=$NP_SEL_STREAM,P50_LATENCY,P99_LATENCY,MEAN_LATENCY
+NP_TXDROP="python3 $ROOT/perf/report.py tx-dropped"
+
+# Datagrams the host side's receiving sockets dropped for a full buffer
+# (UdpRcvbufErrors in this namespace, where netserver runs) during a
+# netperf UDP test: host_counters start, then host_counters end appends
+# HOST_RCVBUF_ERRORS=N to the client's output.
+host_counters() {
+  [[ $TEST == NETPERF_UDP_* ]] || return 0
+  if [[ $1 == start ]]; then
+    NSTAT_HISTORY=$TMP/nstat.hist nstat -n >/dev/null 2>&1 || true
+  else
+    echo "HOST_RCVBUF_ERRORS=$(NSTAT_HISTORY=$TMP/nstat.hist nstat -z UdpRcvbufErrors 2>/dev/null |
+      awk '$1 == "UdpRcvbufErrors" {print $2}')" >>"$D/out"
+  fi
+}
 
 # client_cmd TEST HOST PERF_PORT: the client command line, as a string.
 client_cmd() {
@@ -181,8 +196,10 @@ client_cmd() {
   case $t in
     NETPERF_TCP_STREAM) echo "$np -t TCP_STREAM -- -k $NP_SEL_STREAM" ;;
     NETPERF_TCP_MAERTS) echo "$np -t TCP_MAERTS -- -k $NP_SEL_STREAM" ;;
-    NETPERF_UDP_STREAM) echo "$np -t UDP_STREAM -- -k $NP_SEL_UDP" ;;
-    NETPERF_UDP_STREAM_1400) echo "$np -t UDP_STREAM -- -m 1400 -k $NP_SEL_UDP" ;;
+    # UDP: then the frames the guest's interfaces dropped (a TAP whose
+    # reader fell behind): GUEST_TX_DROPPED=N.
+    NETPERF_UDP_STREAM) echo "$np -t UDP_STREAM -- -k $NP_SEL_UDP && $NP_TXDROP" ;;
+    NETPERF_UDP_STREAM_1400) echo "$np -t UDP_STREAM -- -m 1400 -k $NP_SEL_UDP && $NP_TXDROP" ;;
     NETPERF_TCP_RR) echo "$np -t TCP_RR -j -- -k $NP_SEL_RR" ;;
     IPERF3_STREAM) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J" ;;
     IPERF3_MAERTS) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J -R" ;;
@@ -214,7 +231,9 @@ client() {
   local pre=() rc=0
   while [[ $1 != -- ]]; do pre+=("$1"); shift; done
   shift
+  host_counters start
   "${pre[@]}" sh -c "$(client_cmd "$TEST" "$1" "$2")" >"$D/out" 2>"$D/err" || rc=$?
+  host_counters end
   echo $rc >"$D/rc"
 }
 
@@ -225,15 +244,18 @@ run_uipd() { # [BACKEND_NAME [UIPD_OPTIONS...]]
   (($# == 0)) || shift
   iperf_server 127.0.0.1
   local cmd pid cpu workers
-  cmd="$(client_cmd "$TEST" 192.168.33.1 12865) >$D/out 2>$D/err; echo \$? >$D/rc"
+  cmd="{ $(client_cmd "$TEST" 192.168.33.1 12865); } >$D/out 2>$D/err; echo \$? >$D/rc"
   # Then wait (bounded) for the go-ahead, so uipd's CPU time is read while
   # it still runs, after the traffic.
   cmd+="; i=0; while [ ! -e $D/go ] && [ \$i -lt 100 ]; do sleep 0.05; i=\$((i+1)); done"
   # shellcheck disable=SC2086 # UARGS: options, split on spaces
-  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} $UARGS "$@" -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
+  host_counters start
+  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} --stats-json "$D/stats.json" $UARGS "$@" \
+    -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
   pid=$!
   track $pid
   wait_for $((LEN + 45)) uipd_done $pid || echo "uipd: client did not finish" >&2
+  host_counters end
   cpu=$(cpu_of $pid)
   workers=$(threads_named $pid uipd-w)
   touch "$D/go"

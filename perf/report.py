@@ -14,6 +14,9 @@ records, summary JSON, tables on stdout and PNG charts.
       one guest boot of perf/guest-bench.sh (DIR/guest.out, DIR/cpu.*) appended
   report.py guest RAW.jsonl OUT.json [--rev R --len S --runs N ...]
       medians, ratios to slirp, CPU split -> OUT.json; table on stdout
+  report.py tx-dropped
+      GUEST_TX_DROPPED=N: frames the namespace's interfaces dropped on
+      transmit (a TAP whose reader fell behind), from `ip -j -s link`
   report.py chart OUT.json OUT.png
       the chart of a bench, affinity or guest JSON (needs matplotlib)
 
@@ -76,7 +79,12 @@ def metrics_of(test, res):
             return {"mbps": res.get("THROUGHPUT"), "sent_mbps": res.get("LOCAL_SEND_THROUGHPUT"),
                     "sent_datagrams": sent, "received_datagrams": recv,
                     "loss_pct": 100.0 * (1 - recv / sent) if sent and recv is not None else None,
-                    "message_bytes": res.get("LOCAL_SEND_SIZE")}
+                    "message_bytes": res.get("LOCAL_SEND_SIZE"),
+                    # Where they were lost (perf/bench.sh): frames the guest's
+                    # interface dropped, datagrams the host receiver's socket
+                    # buffer dropped.
+                    "guest_tx_dropped_frames": res.get("GUEST_TX_DROPPED"),
+                    "host_rcvbuf_errors": res.get("HOST_RCVBUF_ERRORS")}
         if test == "NETPERF_TCP_RR":
             return {"tps": res.get("THROUGHPUT"), "p50_us": res.get("P50_LATENCY"),
                     "p99_us": res.get("P99_LATENCY"), "mean_us": res.get("MEAN_LATENCY")}
@@ -127,6 +135,7 @@ def cmd_record(a):
     if result is not None:
         result.pop("intervals", None)  # iperf3's per-second samples: bulky
         rec["metrics"] = metrics_of(a.test, result)
+        uipd_counters(rec, os.path.join(a.dir, "stats.json"))
     else:
         log = read(os.path.join(a.dir, "backend.log"), 1000).strip()
         rec["error"] = error + (f" | backend log: {log}" if log else "")
@@ -134,6 +143,32 @@ def cmd_record(a):
     rec["result"] = result
     with open(a.raw, "a") as f:
         f.write(json.dumps(rec) + "\n")
+
+
+def cmd_tx_dropped(_a):
+    try:
+        out = subprocess.run(["ip", "-j", "-s", "link"], capture_output=True, text=True,
+                             timeout=10).stdout
+        links = json.loads(out)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return
+    n = sum(link.get("stats64", {}).get("tx", {}).get("dropped", 0)
+            for link in links if link.get("ifname") != "lo")
+    print(f"GUEST_TX_DROPPED={n}")
+
+
+def uipd_counters(rec, path):
+    """uipd's --stats-json totals that say where datagrams went, into the
+    record's metrics (UDP tests: reassembled, fragment drops by reason)."""
+    try:
+        total = json.load(open(path)).get("total", {})
+    except (OSError, ValueError):
+        return
+    if rec["test"] in UDP_TESTS:
+        for k in ("rx_frames", "reassembled", "fragmented", "ufo_frames", "drops_frag_evicted",
+                  "drops_frag_limit", "drops_frag_timeout", "drops_frag_overlap",
+                  "drops_bad_csum", "drops_udp_queue_full", "drops_mem_budget"):
+            rec["metrics"]["uipd_" + k] = total.get(k, 0)
 
 
 def machine(a):
@@ -234,6 +269,13 @@ def cmd_bench(a):
             for b in backends:
                 r[f"{b}_loss_pct"] = val(b, test, mtu, "loss_pct")
                 r[f"{b}_sent_mbps"] = val(b, test, mtu, "sent_mbps")
+                # Where they were lost (medians; netperf tests only).
+                for m in ("sent_datagrams", "received_datagrams", "guest_tx_dropped_frames",
+                          "host_rcvbuf_errors", "uipd_reassembled", "uipd_drops_frag_evicted",
+                          "uipd_drops_frag_limit"):
+                    v = val(b, test, mtu, m)
+                    if v is not None:
+                        r[f"{b}_{m}"] = v
             # Received over sent: the fraction of the datagrams that
             # arrived, and uipd's over veth's (veth: the kernel's own path).
             for b in backends:
@@ -311,6 +353,17 @@ def cmd_bench(a):
             print(f"{r['test']:<24}{r['mtu']:>6} {'':<12}" + "".join(
                 f"{fmt(r.get(b + '_loss_pct'), 1) + ' (' + fmt(r.get(b + '_sent_mbps')) + ')':>12}"
                 for b in backends))
+    where = [r for r in ratios if r["test"].startswith("NETPERF_UDP")]
+    if where:
+        print("\nnetperf UDP: where datagrams went (medians): sent / guest interface TX drops "
+              "(frames) / uipd reassembled, evicted / host socket buffer drops / received")
+    for r in where:
+        for b in backends:
+            g = lambda m: fmt(r.get(f"{b}_{m}"))  # noqa: E731
+            print(f"{r['test']:<24}{r['mtu']:>6} {b:<15}{g('sent_datagrams'):>9} "
+                  f"{g('guest_tx_dropped_frames'):>9} {g('uipd_reassembled'):>8} "
+                  f"{g('uipd_drops_frag_evicted'):>7} {g('host_rcvbuf_errors'):>8} "
+                  f"{g('received_datagrams'):>8}")
     print("\nbackend CPU seconds per test (median; veth: kernel, not measured)")
     for r in ratios:
         print(f"{r['test']:<24}{r['mtu']:>6} {'':<12}" + "".join(
@@ -827,12 +880,14 @@ def main():
         s.add_argument("--uipd-args", default="")
         s.add_argument("--multi", default="")
         s.add_argument("--note", default="")
+    sub.add_parser("tx-dropped")
     c = sub.add_parser("chart")
     c.add_argument("json")
     c.add_argument("png")
     a = p.parse_args()
     {"record": cmd_record, "bench": cmd_bench, "integrators": cmd_bench, "affinity": cmd_affinity,
-     "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest}[a.cmd](a)
+     "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest,
+     "tx-dropped": cmd_tx_dropped}[a.cmd](a)
 
 
 if __name__ == "__main__":
