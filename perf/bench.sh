@@ -30,6 +30,13 @@
 #   TCP_RR      1-byte request/response: transactions/s, p50/p99 latency
 #   TCP_CRR     connect + 1-byte RR + close per transaction: rate
 #   iperf3      iperf3 -c (and -R) as a third-party cross-check, MTU 1500 only
+#   netperf     the real HP netperf, when NETPERF=/path/to/netperf is set
+#               (netserver beside it; scripts/netperf.sh fetches Debian's
+#               2.7.0): NETPERF_TCP_STREAM, NETPERF_TCP_MAERTS,
+#               NETPERF_UDP_STREAM (its default 65507-byte messages, which
+#               the guest fragments), NETPERF_UDP_STREAM_1400 (-m 1400) and
+#               NETPERF_TCP_RR (-j: P50/P99 latency). With NETPERF set and
+#               no -t, the default tests gain `netperf`.
 #
 # Backends and the address that reaches the outer namespace's 127.0.0.1:
 #   uipd         target/release/uipd --mtu M -- CMD; gateway 192.168.33.1
@@ -51,6 +58,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
 
 LEN=5 RUNS=3 MTUS="1500 65520" BACKENDS="uipd slirp4netns pasta veth"
 TESTS="TCP_STREAM TCP_MAERTS UDP_STREAM TCP_RR TCP_CRR iperf3" CPUS="" UARGS="" OUT="" BUILD=1
+[[ -z ${NETPERF:-} ]] || TESTS+=" netperf"
 while getopts "l:r:m:b:t:c:u:o:Nh" o; do
   case $o in
     l) LEN=$OPTARG ;; r) RUNS=$OPTARG ;; m) MTUS=$OPTARG ;; b) BACKENDS=$OPTARG ;;
@@ -66,7 +74,7 @@ for b in $BACKENDS; do
   case $b in uipd | uipd-epoll | uipd-nosandbox | slirp4netns | pasta | veth) ;; *) echo "-b: unknown backend $b" >&2; exit 2 ;; esac
 done
 for t in $TESTS; do
-  case $t in TCP_STREAM | TCP_MAERTS | UDP_STREAM | TCP_RR | TCP_CRR | iperf3) ;;
+  case $t in TCP_STREAM | TCP_MAERTS | UDP_STREAM | TCP_RR | TCP_CRR | iperf3 | netperf) ;;
     *) echo "-t: unknown test $t" >&2; exit 2 ;; esac
 done
 
@@ -77,6 +85,10 @@ REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [[ -n $OUT ]] || OUT=perf/results/$(date -u +%Y%m%d-%H%M%S)-$REV.json
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 export UIPD=${UIPD:-$TARGET/release/uipd} PERF=${UIPD_PERF:-$TARGET/release/uipd-perf}
+if [[ -n ${NETPERF:-} ]]; then
+  NETPERF=$(realpath "$NETPERF")
+  export NETPERF NETSERVER=${NETSERVER:-$(dirname "$NETPERF")/netserver}
+fi
 
 if [[ ${UIPD_BENCH_INNER:-} != 1 ]]; then
   [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces)" >&2; exit 1; }
@@ -113,6 +125,7 @@ cleanup() {
   ip netns del "$PASTA_NS" 2>/dev/null || true
   ip link del pa0 2>/dev/null || true
   ip link del vb0 2>/dev/null || true
+  ip link del nf0 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -128,6 +141,27 @@ if [[ $TESTS == *iperf3* ]] && ! command -v iperf3 >/dev/null; then
   echo "skip: no iperf3" >&2
   TESTS=${TESTS//iperf3/}
 fi
+if [[ $TESTS == *netperf* ]] && ! [[ -x ${NETPERF:-} && -x ${NETSERVER:-} ]]; then
+  echo "skip: netperf: set NETPERF=/path/to/netperf, netserver beside it (scripts/netperf.sh)" >&2
+  TESTS=${TESTS//netperf/}
+fi
+
+# The real netserver, for every backend, on all of this namespace's IPv4
+# addresses (127.0.0.1 for the user-mode backends, veth's 10.77.0.1).
+# Its getaddrinfo (AI_ADDRCONFIG) finds nothing in a namespace with only
+# `lo`, so a veth pair (both ends here, nothing behind it) gives it an
+# address.
+NETPERF_PORT=12867
+if [[ $TESTS == *netperf* ]]; then
+  ip link add nf0 type veth peer name nf1
+  ip addr add 10.78.0.1/30 dev nf0
+  ip link set nf0 up
+  ip link set nf1 up
+  "$NETSERVER" -D -4 -p $NETPERF_PORT >"$TMP/netserver.log" 2>&1 &
+  NETSERVER_PID=$!
+  track $NETSERVER_PID
+  sleep 0.3
+fi
 
 # The uipd-perf server for everything but veth, on the outer 127.0.0.1.
 "$PERF" -s -B 127.0.0.1 -p 12865 >"$TMP/server.log" 2>&1 &
@@ -135,10 +169,38 @@ SERVER=$!
 track $SERVER
 wait_for 5 grep -q . "$TMP/server.log" || sleep 0.3
 
+# netperf -k output selectors: one KEY=VALUE per line (perf/report.py).
+NP_SEL_STREAM=THROUGHPUT,THROUGHPUT_UNITS,ELAPSED_TIME
+NP_SEL_UDP=$NP_SEL_STREAM,LOCAL_SEND_THROUGHPUT,LOCAL_SEND_CALLS,REMOTE_RECV_CALLS,LOCAL_SEND_SIZE
+NP_SEL_RR=$NP_SEL_STREAM,P50_LATENCY,P99_LATENCY,MEAN_LATENCY
+NP_TXDROP="python3 $ROOT/perf/report.py tx-dropped"
+
+# Datagrams the host side's receiving sockets dropped for a full buffer
+# (UdpRcvbufErrors in this namespace, where netserver runs) during a
+# netperf UDP test: host_counters start, then host_counters end appends
+# HOST_RCVBUF_ERRORS=N to the client's output.
+host_counters() {
+  [[ $TEST == NETPERF_UDP_* ]] || return 0
+  if [[ $1 == start ]]; then
+    NSTAT_HISTORY=$TMP/nstat.hist nstat -n >/dev/null 2>&1 || true
+  else
+    echo "HOST_RCVBUF_ERRORS=$(NSTAT_HISTORY=$TMP/nstat.hist nstat -z UdpRcvbufErrors 2>/dev/null |
+      awk '$1 == "UdpRcvbufErrors" {print $2}')" >>"$D/out"
+  fi
+}
+
 # client_cmd TEST HOST PERF_PORT: the client command line, as a string.
 client_cmd() {
   local t=$1 host=$2 port=$3 w=$((LEN + 30))
+  local np="timeout $w $NETPERF -H $host -p $NETPERF_PORT -l $LEN -P 0"
   case $t in
+    NETPERF_TCP_STREAM) echo "$np -t TCP_STREAM -- -k $NP_SEL_STREAM" ;;
+    NETPERF_TCP_MAERTS) echo "$np -t TCP_MAERTS -- -k $NP_SEL_STREAM" ;;
+    # UDP: then the frames the guest's interfaces dropped (a TAP whose
+    # reader fell behind): GUEST_TX_DROPPED=N.
+    NETPERF_UDP_STREAM) echo "$np -t UDP_STREAM -- -k $NP_SEL_UDP && $NP_TXDROP" ;;
+    NETPERF_UDP_STREAM_1400) echo "$np -t UDP_STREAM -- -m 1400 -k $NP_SEL_UDP && $NP_TXDROP" ;;
+    NETPERF_TCP_RR) echo "$np -t TCP_RR -j -- -k $NP_SEL_RR" ;;
     IPERF3_STREAM) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J" ;;
     IPERF3_MAERTS) echo "timeout $w iperf3 -c $host -p 5201 -t $LEN -J -R" ;;
     UDP_STREAM) echo "timeout $w $PERF -H $host -p $port -t $t -l $LEN -m 1400 --json" ;;
@@ -169,7 +231,9 @@ client() {
   local pre=() rc=0
   while [[ $1 != -- ]]; do pre+=("$1"); shift; done
   shift
+  host_counters start
   "${pre[@]}" sh -c "$(client_cmd "$TEST" "$1" "$2")" >"$D/out" 2>"$D/err" || rc=$?
+  host_counters end
   echo $rc >"$D/rc"
 }
 
@@ -180,15 +244,18 @@ run_uipd() { # [BACKEND_NAME [UIPD_OPTIONS...]]
   (($# == 0)) || shift
   iperf_server 127.0.0.1
   local cmd pid cpu workers
-  cmd="$(client_cmd "$TEST" 192.168.33.1 12865) >$D/out 2>$D/err; echo \$? >$D/rc"
+  cmd="{ $(client_cmd "$TEST" 192.168.33.1 12865); } >$D/out 2>$D/err; echo \$? >$D/rc"
   # Then wait (bounded) for the go-ahead, so uipd's CPU time is read while
   # it still runs, after the traffic.
   cmd+="; i=0; while [ ! -e $D/go ] && [ \$i -lt 100 ]; do sleep 0.05; i=\$((i+1)); done"
   # shellcheck disable=SC2086 # UARGS: options, split on spaces
-  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} $UARGS "$@" -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
+  host_counters start
+  "$UIPD" --mtu "$MTU" ${CPUS:+--cpus "$CPUS"} --stats-json "$D/stats.json" $UARGS "$@" \
+    -- sh -c "$cmd" >"$D/backend.log" 2>&1 &
   pid=$!
   track $pid
   wait_for $((LEN + 45)) uipd_done $pid || echo "uipd: client did not finish" >&2
+  host_counters end
   cpu=$(cpu_of $pid)
   workers=$(threads_named $pid uipd-w)
   touch "$D/go"
@@ -285,6 +352,8 @@ for RUN in $(seq 1 "$RUNS"); do
       if [[ $t == iperf3 ]]; then
         [[ $MTU == 1500 ]] || continue
         subtests="IPERF3_STREAM IPERF3_MAERTS"
+      elif [[ $t == netperf ]]; then
+        subtests="NETPERF_TCP_STREAM NETPERF_TCP_MAERTS NETPERF_UDP_STREAM NETPERF_UDP_STREAM_1400 NETPERF_TCP_RR"
       else
         subtests=$t
       fi
@@ -300,7 +369,7 @@ for RUN in $(seq 1 "$RUNS"); do
     done
   done
 done
-stop $SERVER
+stop $SERVER ${NETSERVER_PID:-}
 
 python3 perf/report.py bench "$RAW" "$OUT" --rev "$REV" --len "$LEN" --runs "$RUNS" \
   --mtus "$MTUS" --backends "$BACKENDS" --tests "$TESTS" --cpus "$CPUS" --uipd-args "$UARGS"

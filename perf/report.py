@@ -14,6 +14,9 @@ records, summary JSON, tables on stdout and PNG charts.
       one guest boot of perf/guest-bench.sh (DIR/guest.out, DIR/cpu.*) appended
   report.py guest RAW.jsonl OUT.json [--rev R --len S --runs N ...]
       medians, ratios to slirp, CPU split -> OUT.json; table on stdout
+  report.py tx-dropped
+      GUEST_TX_DROPPED=N: frames the namespace's interfaces dropped on
+      transmit (a TAP whose reader fell behind), from `ip -j -s link`
   report.py chart OUT.json OUT.png
       the chart of a bench, affinity or guest JSON (needs matplotlib)
 
@@ -31,7 +34,11 @@ import sys
 
 BACKENDS = ["uipd", "uipd-epoll", "uipd-nosandbox", "slirp4netns", "pasta", "veth"]
 TEST_ORDER = ["TCP_STREAM", "TCP_MAERTS", "UDP_STREAM", "IPERF3_STREAM", "IPERF3_MAERTS",
-              "TCP_RR", "TCP_CRR"]
+              "TCP_RR", "TCP_CRR", "NETPERF_TCP_STREAM", "NETPERF_TCP_MAERTS",
+              "NETPERF_UDP_STREAM", "NETPERF_UDP_STREAM_1400", "NETPERF_TCP_RR"]
+# Tests with a latency distribution (p50/p99) and UDP tests with a loss.
+RR_TESTS = ("TCP_RR", "TCP_CRR", "NETPERF_TCP_RR")
+UDP_TESTS = ("UDP_STREAM", "NETPERF_UDP_STREAM", "NETPERF_UDP_STREAM_1400")
 # The headline figure of each test, its unit, and whether more is better.
 PRIMARY = {
     "TCP_STREAM": ("mbps", "Mbit/s"),
@@ -41,11 +48,47 @@ PRIMARY = {
     "IPERF3_MAERTS": ("mbps", "Mbit/s"),
     "TCP_RR": ("tps", "trans/s"),
     "TCP_CRR": ("tps", "conn/s"),
+    "NETPERF_TCP_STREAM": ("mbps", "Mbit/s"),
+    "NETPERF_TCP_MAERTS": ("mbps", "Mbit/s"),
+    "NETPERF_UDP_STREAM": ("mbps", "Mbit/s recv"),
+    "NETPERF_UDP_STREAM_1400": ("mbps", "Mbit/s recv"),
+    "NETPERF_TCP_RR": ("tps", "trans/s"),
 }
+
+
+def netperf_result(text):
+    """netperf's `-- -k SELECTORS` output (KEY=VALUE lines) as a dict, numbers
+    as floats; None without a THROUGHPUT (netperf failed)."""
+    res = {}
+    for line in text.splitlines():
+        k, sep, v = line.strip().partition("=")
+        if not sep or not k.isupper():
+            continue
+        try:
+            res[k] = float(v)
+        except ValueError:
+            res[k] = v
+    return res if isinstance(res.get("THROUGHPUT"), float) else None
 
 
 def metrics_of(test, res):
     """The figures worth a median, from one client's JSON output."""
+    if test.startswith("NETPERF_"):
+        if test.startswith("NETPERF_UDP"):
+            sent, recv = res.get("LOCAL_SEND_CALLS"), res.get("REMOTE_RECV_CALLS")
+            return {"mbps": res.get("THROUGHPUT"), "sent_mbps": res.get("LOCAL_SEND_THROUGHPUT"),
+                    "sent_datagrams": sent, "received_datagrams": recv,
+                    "loss_pct": 100.0 * (1 - recv / sent) if sent and recv is not None else None,
+                    "message_bytes": res.get("LOCAL_SEND_SIZE"),
+                    # Where they were lost (perf/bench.sh): frames the guest's
+                    # interface dropped, datagrams the host receiver's socket
+                    # buffer dropped.
+                    "guest_tx_dropped_frames": res.get("GUEST_TX_DROPPED"),
+                    "host_rcvbuf_errors": res.get("HOST_RCVBUF_ERRORS")}
+        if test == "NETPERF_TCP_RR":
+            return {"tps": res.get("THROUGHPUT"), "p50_us": res.get("P50_LATENCY"),
+                    "p99_us": res.get("P99_LATENCY"), "mean_us": res.get("MEAN_LATENCY")}
+        return {"mbps": res.get("THROUGHPUT")}
     if test.startswith("IPERF3"):
         end = res.get("end", {})
         m = {"mbps": end.get("sum_received", {}).get("bits_per_second", 0) / 1e6}
@@ -77,18 +120,22 @@ def cmd_record(a):
     err = read(os.path.join(a.dir, "err"), 2000).strip()
     rec = {"backend": a.backend, "mtu": int(a.mtu), "test": a.test, "run": int(a.run),
            "backend_cpu_s": None if a.cpu in ("", "null") else float(a.cpu),
-           "tool": "iperf3" if a.test.startswith("IPERF3") else "uipd-perf"}
+           "tool": "iperf3" if a.test.startswith("IPERF3") else
+           "netperf" if a.test.startswith("NETPERF_") else "uipd-perf"}
     rec.update(json.loads(a.extra or "{}"))
     result, error = None, None
     try:
-        result = json.loads(out)
+        result = netperf_result(out) if a.test.startswith("NETPERF_") else json.loads(out)
+        if result is None:
+            raise ValueError("no THROUGHPUT in netperf's output")
     except ValueError:
-        error = err or f"no output (exit status {rc or '?'})"
+        error = err or out.strip()[-300:] or f"no output (exit status {rc or '?'})"
     if isinstance(result, dict) and result.get("error"):
         error, result = str(result["error"]), None
     if result is not None:
         result.pop("intervals", None)  # iperf3's per-second samples: bulky
         rec["metrics"] = metrics_of(a.test, result)
+        uipd_counters(rec, os.path.join(a.dir, "stats.json"))
     else:
         log = read(os.path.join(a.dir, "backend.log"), 1000).strip()
         rec["error"] = error + (f" | backend log: {log}" if log else "")
@@ -96,6 +143,32 @@ def cmd_record(a):
     rec["result"] = result
     with open(a.raw, "a") as f:
         f.write(json.dumps(rec) + "\n")
+
+
+def cmd_tx_dropped(_a):
+    try:
+        out = subprocess.run(["ip", "-j", "-s", "link"], capture_output=True, text=True,
+                             timeout=10).stdout
+        links = json.loads(out)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return
+    n = sum(link.get("stats64", {}).get("tx", {}).get("dropped", 0)
+            for link in links if link.get("ifname") != "lo")
+    print(f"GUEST_TX_DROPPED={n}")
+
+
+def uipd_counters(rec, path):
+    """uipd's --stats-json totals that say where datagrams went, into the
+    record's metrics (UDP tests: reassembled, fragment drops by reason)."""
+    try:
+        total = json.load(open(path)).get("total", {})
+    except (OSError, ValueError):
+        return
+    if rec["test"] in UDP_TESTS:
+        for k in ("rx_frames", "reassembled", "fragmented", "ufo_frames", "drops_frag_evicted",
+                  "drops_frag_limit", "drops_frag_timeout", "drops_frag_overlap",
+                  "drops_bad_csum", "drops_udp_queue_full", "drops_mem_budget"):
+            rec["metrics"]["uipd_" + k] = total.get(k, 0)
 
 
 def machine(a):
@@ -188,13 +261,29 @@ def cmd_bench(a):
             o = r.get(other)
             if other in backends:
                 r[f"uipd_over_{other}"] = round(u / o, 3) if u and o else None
-        if test in ("TCP_RR", "TCP_CRR"):
+        if test in RR_TESTS:
             for b in backends:
                 r[f"{b}_p50_us"] = val(b, test, mtu, "p50_us")
                 r[f"{b}_p99_us"] = val(b, test, mtu, "p99_us")
-        if test == "UDP_STREAM":
+        if test in UDP_TESTS:
             for b in backends:
                 r[f"{b}_loss_pct"] = val(b, test, mtu, "loss_pct")
+                r[f"{b}_sent_mbps"] = val(b, test, mtu, "sent_mbps")
+                # Where they were lost (medians; netperf tests only).
+                for m in ("sent_datagrams", "received_datagrams", "guest_tx_dropped_frames",
+                          "host_rcvbuf_errors", "uipd_reassembled", "uipd_drops_frag_evicted",
+                          "uipd_drops_frag_limit"):
+                    v = val(b, test, mtu, m)
+                    if v is not None:
+                        r[f"{b}_{m}"] = v
+            # Received over sent: the fraction of the datagrams that
+            # arrived, and uipd's over veth's (veth: the kernel's own path).
+            for b in backends:
+                loss = r.get(f"{b}_loss_pct")
+                r[f"{b}_delivered"] = round(1 - loss / 100, 4) if loss is not None else None
+            if "uipd" in backends and "veth" in backends:
+                u, v = r.get("uipd_delivered"), r.get("veth_delivered")
+                r["uipd_over_veth_delivered"] = round(u / v, 3) if u is not None and v else None
         for b in backends:
             s = index.get((b, mtu, test))
             r[f"{b}_cpu_s"] = s["median_backend_cpu_s"] if s else None
@@ -240,32 +329,44 @@ def cmd_bench(a):
 
     print(f"\n{doc['cpu_model']}, {doc['nproc']} CPUs, kernel {doc['kernel']}, "
           f"rev {a.rev}, {a.len} s x {a.runs} runs (medians)")
-    head = f"{'test':<14}{'MTU':>6} {'unit':<12}" + "".join(f"{b:>12}" for b in backends)
+    head = f"{'test':<24}{'MTU':>6} {'unit':<12}" + "".join(f"{b:>12}" for b in backends)
     others = [o for o in ("uipd-epoll", "uipd-nosandbox", "slirp4netns", "pasta", "veth")
               if o in backends and "uipd" in backends]
     head += "".join(f"{'uipd/' + o.removeprefix('uipd-')[:5]:>12}" for o in others)
     print(head)
     for r in ratios:
-        line = f"{r['test']:<14}{r['mtu']:>6} {r['unit']:<12}"
+        line = f"{r['test']:<24}{r['mtu']:>6} {r['unit']:<12}"
         line += "".join(f"{fmt(r.get(b)):>12}" for b in backends)
         line += "".join(f"{fmt(r.get('uipd_over_' + o), 2):>12}" for o in others)
         print(line)
-    if any(r["test"] in ("TCP_RR", "TCP_CRR") for r in ratios):
+    if any(r["test"] in RR_TESTS for r in ratios):
         print("\nTCP_RR / TCP_CRR latency p50 / p99 (us)")
     for r in ratios:
-        if r["test"] in ("TCP_RR", "TCP_CRR"):
-            print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
+        if r["test"] in RR_TESTS:
+            print(f"{r['test']:<24}{r['mtu']:>6} {'':<12}" + "".join(
                 f"{fmt(r.get(b + '_p50_us')) + '/' + fmt(r.get(b + '_p99_us')):>12}"
                 for b in backends))
-    if any(r["test"] == "UDP_STREAM" for r in ratios):
-        print("\nUDP_STREAM loss %")
+    if any(r["test"] in UDP_TESTS for r in ratios):
+        print("\nUDP_STREAM loss % (sent Mbit/s)")
     for r in ratios:
-        if r["test"] == "UDP_STREAM":
-            print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
-                f"{fmt(r.get(b + '_loss_pct'), 1):>12}" for b in backends))
+        if r["test"] in UDP_TESTS:
+            print(f"{r['test']:<24}{r['mtu']:>6} {'':<12}" + "".join(
+                f"{fmt(r.get(b + '_loss_pct'), 1) + ' (' + fmt(r.get(b + '_sent_mbps')) + ')':>12}"
+                for b in backends))
+    where = [r for r in ratios if r["test"].startswith("NETPERF_UDP")]
+    if where:
+        print("\nnetperf UDP: where datagrams went (medians): sent / guest interface TX drops "
+              "(frames) / uipd reassembled, evicted / host socket buffer drops / received")
+    for r in where:
+        for b in backends:
+            g = lambda m: fmt(r.get(f"{b}_{m}"))  # noqa: E731
+            print(f"{r['test']:<24}{r['mtu']:>6} {b:<15}{g('sent_datagrams'):>9} "
+                  f"{g('guest_tx_dropped_frames'):>9} {g('uipd_reassembled'):>8} "
+                  f"{g('uipd_drops_frag_evicted'):>7} {g('host_rcvbuf_errors'):>8} "
+                  f"{g('received_datagrams'):>8}")
     print("\nbackend CPU seconds per test (median; veth: kernel, not measured)")
     for r in ratios:
-        print(f"{r['test']:<14}{r['mtu']:>6} {'':<12}" + "".join(
+        print(f"{r['test']:<24}{r['mtu']:>6} {'':<12}" + "".join(
             f"{fmt(r.get(b + '_cpu_s'), 2):>12}" for b in backends))
     failed = [r for r in rows if "error" in r]
     if failed:
@@ -388,7 +489,7 @@ def chart_bench(doc, png):
     ax1.set_title("Throughput / rate per test, median; labels: absolute values"
                   + (", bars normalised to veth = 1" if norm else ""), fontsize=10)
 
-    rr = [r for r in ratios if r["test"] in ("TCP_RR", "TCP_CRR")]
+    rr = [r for r in ratios if r["test"] in RR_TESTS]
     for i, b in enumerate(backends):
         for k, (pct, hatch, alpha) in enumerate((("p50", None, 1.0), ("p99", "//", 0.45))):
             xs, ys = [], []
@@ -779,12 +880,14 @@ def main():
         s.add_argument("--uipd-args", default="")
         s.add_argument("--multi", default="")
         s.add_argument("--note", default="")
+    sub.add_parser("tx-dropped")
     c = sub.add_parser("chart")
     c.add_argument("json")
     c.add_argument("png")
     a = p.parse_args()
     {"record": cmd_record, "bench": cmd_bench, "integrators": cmd_bench, "affinity": cmd_affinity,
-     "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest}[a.cmd](a)
+     "chart": cmd_chart, "guest-record": cmd_guest_record, "guest": cmd_guest,
+     "tx-dropped": cmd_tx_dropped}[a.cmd](a)
 
 
 if __name__ == "__main__":

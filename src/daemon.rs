@@ -289,8 +289,24 @@ fn pin_mmap_threshold() {
         if ok != 1 {
             log::debug!("mallopt(M_MMAP_THRESHOLD) failed; the heap may outgrow --max-memory");
         }
+        let t = libc::c_int::try_from(TRIM_THRESHOLD).unwrap_or(libc::c_int::MAX);
+        // SAFETY: as above; M_TRIM_THRESHOLD takes any non-negative size.
+        let ok = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, t) };
+        if ok != 1 {
+            log::debug!("mallopt(M_TRIM_THRESHOLD) failed");
+        }
     }
 }
+
+/// Free memory an allocator arena keeps at its top before giving it back.
+/// Pinning the mmap threshold also pins glibc's trim threshold at 128 KiB,
+/// and a worker that handles 64 KiB datagrams (a reassembled datagram, its
+/// payload, the pieces) frees more than that at the top of its arena after
+/// each one: the arena shrank and the next datagram faulted its pages back
+/// in. Measured with netperf UDP_STREAM at MTU 65520: page faults and page
+/// clearing were about 30% of the worker's samples. Bounded: at most this
+/// much per arena (one per worker thread) stays mapped while free.
+const TRIM_THRESHOLD: usize = 4 << 20;
 
 /// The memory budget's figures, from the workers' snapshots of it.
 pub fn memory_stats(stats: &[WorkerStats]) -> stack::MemStats {

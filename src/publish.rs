@@ -258,6 +258,9 @@ pub fn bind(spec: &PublishSpec, text: &str) -> Result<Vec<Bound>, BindError> {
             },
             source,
         })?;
+        if spec.proto == PubProto::Udp {
+            crate::dataplane::uring::size_udp_rcvbuf(&fd);
+        }
         out.push(Bound {
             addr,
             guest_port,

@@ -46,7 +46,8 @@ enum Mode {
     Off,
     /// vnet header, partial checksums both ways, no TSO/GSO.
     Csum,
-    /// vnet header, partial checksums and TSO/GSO both ways.
+    /// vnet header, partial checksums and TSO/GSO both ways, UFO toward
+    /// the namespace.
     Full,
 }
 
@@ -57,6 +58,7 @@ impl Mode {
             csum: self != Mode::Off,
             tso: self == Mode::Full,
             tso6: self == Mode::Full,
+            ufo: self == Mode::Full,
         }
     }
 }

@@ -824,6 +824,7 @@ fn main() -> ExitCode {
             tso: offload,
             tso6: offload,
             csum: offload,
+            ufo: offload,
         },
         publish_keep_source: cli.publish_keep_source,
         ipv6: !cli.no_ipv6,

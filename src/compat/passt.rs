@@ -188,6 +188,7 @@ impl AddrArgs {
                 tso: offload,
                 tso6: offload,
                 csum: offload,
+                ufo: offload,
             },
             ..stack::Config::default()
         };

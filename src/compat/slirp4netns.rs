@@ -198,6 +198,7 @@ impl Args {
                 tso: true,
                 tso6: true,
                 csum: true,
+                ufo: true,
             },
             ..stack::Config::default()
         };

@@ -146,7 +146,9 @@ impl Stack {
                 proto: ul.proto,
                 ident: f.ident,
             };
-            match self.reasm.push(key, f.offset, f.more, l4, now) {
+            let pushed = self.reasm.push(key, f.offset, f.more, l4, now);
+            self.count_frag_losses();
+            match pushed {
                 Ok(Some(whole)) => {
                     self.counters.reassembled += 1;
                     if let Some(owner) = self.foreign_owner6(src, dst, ul.proto, &whole) {

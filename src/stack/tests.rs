@@ -639,6 +639,7 @@ fn offload_stack(tso: bool, csum: bool) -> Stack {
             tso,
             tso6: tso,
             csum,
+            ufo: false,
         };
     })
 }
@@ -655,6 +656,61 @@ fn vnet(hdr: VnetHdrRepr, frame: &[u8]) -> Vec<u8> {
 fn unvnet(frame: &[u8]) -> (VnetHdrRepr, &[u8]) {
     let h = VnetHdrRepr::parse(&VnetHdrPacket::new_checked(frame).unwrap()).unwrap();
     (h, &frame[12..])
+}
+
+/// With UFO, a host datagram larger than the MTU goes to the guest as one
+/// frame (gso_type UDP, gso_size the fragment payload, a whole computed
+/// checksum) instead of 45 fragments; one that fits goes as before.
+#[test]
+fn big_host_datagram_goes_to_the_guest_whole_with_ufo() {
+    let mut s = stack_with(|c| {
+        c.mtu = 1500;
+        c.offload = Offload {
+            vnet_hdr: true,
+            tso: true,
+            tso6: true,
+            csum: true,
+            ufo: true,
+        };
+    });
+    let mut out = Actions::default();
+    let l4 = udp(
+        SocketAddr::from((GUEST, 5001)),
+        SocketAddr::from((GW, 7)),
+        b"x",
+    );
+    let frame = vnet(VnetHdrRepr::PLAIN, &ip_frame(GW, ip_proto::UDP, &l4));
+    s.ingress(&frame, Instant::ZERO, &mut out);
+    let flow = out.ops[0].flow();
+    for (len, ufo) in [(65507usize, true), (1473, true), (1472, false)] {
+        let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+        let mut out = Actions::default();
+        s.host_event(
+            HostEvent::Received {
+                flow,
+                result: Ok(data.clone()),
+            },
+            Instant::ZERO,
+            &mut out,
+        );
+        assert_eq!(out.frames.len(), 1, "{len} bytes: one frame");
+        let (h, f) = unvnet(&out.frames[0]);
+        let (_, p) = ip_of(f);
+        assert_eq!(usize::from(p.total_len()), 20 + 8 + len);
+        assert!(!p.more_frags() && p.frag_offset() == 0);
+        assert!(p.verify_checksum());
+        if ufo {
+            assert_eq!((h.gso_type, h.gso_size, h.hdr_len), (gso::UDP, 1480, 42));
+            assert_eq!(h.flags, vnet_flags::DATA_VALID);
+            let u = UdpPacket::new_checked(p.payload()).unwrap();
+            assert!(u.verify_checksum(GW.into(), GUEST.into()));
+            assert_eq!(u.payload(), &data[..]);
+        } else {
+            assert_eq!(h.gso_type, gso::NONE);
+        }
+    }
+    assert_eq!(s.counters().ufo_frames, 2);
+    assert_eq!(s.counters().fragmented, 2);
 }
 
 /// Guest segment (GUEST:40002 -> GW:80) with `flags`, `payload`; checksum computed.
@@ -1042,6 +1098,7 @@ fn every_frame_to_the_guest_gets_a_vnet_header() {
             tso: true,
             tso6: true,
             csum: true,
+            ufo: true,
         }
     });
     assert_eq!(s.config().offload, Offload::default());

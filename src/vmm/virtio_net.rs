@@ -263,6 +263,8 @@ impl Negotiated {
             csum,
             tso: csum && self.has(feature::GUEST_TSO4),
             tso6: csum && self.has(feature::GUEST_TSO6),
+            // GUEST_UFO is not offered.
+            ufo: false,
         }
     }
 }

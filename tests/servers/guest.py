@@ -226,6 +226,47 @@ def udp(h, port, *sizes):
         result(f"udp size={size} ok={ok} attempts={attempt + 1}")
 
 
+def udpburst(h, port, n, size, dead):
+    """`dead` datagrams that lose every fragment but the first (sent raw,
+    to 10.9.9.9 so their identifications cannot meet the kernel's), then
+    `n` datagrams of `size` bytes to h:port (an echo server), a few ms
+    apart; counts the echoes that come back whole."""
+    n, size, dead = int(n), int(size), int(dead)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root)
+    s.connect((h, int(port)))
+    me = socket.inet_aton(s.getsockname()[0])
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    body = bytes(1480)
+    for i in range(dead):
+        # IPv4, MF set, offset 0; the kernel fills in the checksum.
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0x7000 + i,
+                          0x2000, 64, 17, 0, me, socket.inet_aton("10.9.9.9"))
+        raw.sendto(hdr + body, ("10.9.9.9", 0))
+        if i % 16 == 15:
+            time.sleep(0.002)  # do not overrun the TAP queue
+    time.sleep(0.2)
+    got = [0]
+    payload = host.pattern(size)
+
+    def reader():
+        s.settimeout(3)
+        try:
+            while got[0] < n:
+                if s.recv(65535) == payload:
+                    got[0] += 1
+        except (socket.timeout, OSError):
+            pass
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for _ in range(n):
+        s.send(payload)
+        time.sleep(0.005)
+    t.join()
+    result(f"udpburst sent={n} echoed={got[0]}")
+
+
 def dnstcp(h, port, name):
     q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
     for label in name.rstrip(".").split("."):
@@ -282,6 +323,7 @@ def main():
         "connect": connect,
         "udp": udp,
         "udpclosed": udpclosed,
+        "udpburst": udpburst,
         "dnstcp": dnstcp,
     }[cmd](*args)
 

@@ -699,6 +699,7 @@ fn offload_stack(tso6: bool) -> Stack {
             tso: false,
             tso6,
             csum: false,
+            ufo: false,
         };
     })
 }
@@ -774,6 +775,7 @@ fn tso6_super_frames_go_to_the_guest() {
             tso: true,
             tso6: false,
             csum: true,
+            ufo: false,
         };
     });
     let (flow, _) = handshake(&mut s);
