@@ -192,7 +192,7 @@ host_counters() {
 # client_cmd TEST HOST PERF_PORT: the client command line, as a string.
 client_cmd() {
   local t=$1 host=$2 port=$3 w=$((LEN + 30))
-  local np="timeout $w $NETPERF -H $host -p $NETPERF_PORT -l $LEN -P 0"
+  local np="timeout $w ${NETPERF:-netperf} -H $host -p $NETPERF_PORT -l $LEN -P 0"
   case $t in
     NETPERF_TCP_STREAM) echo "$np -t TCP_STREAM -- -k $NP_SEL_STREAM" ;;
     NETPERF_TCP_MAERTS) echo "$np -t TCP_MAERTS -- -k $NP_SEL_STREAM" ;;
