@@ -90,6 +90,7 @@ use log::{debug, trace, warn};
 
 use crate::dataplane::bufring::BufRing;
 use crate::stack::flow::FlowId;
+use crate::stack::mem::chunks;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
 
 /// Most bytes one `Recv` reads; a larger `max` is clamped (the event then
@@ -1758,7 +1759,11 @@ impl Uring {
         }
     }
 
-    fn recycle(&mut self, mut buf: Vec<u8>) {
+    fn recycle(&mut self, buf: Vec<u8>) {
+        // A whole TCP chunk goes back to the stack's allocations first.
+        let Some(mut buf) = chunks::give(buf) else {
+            return;
+        };
         if self.spare.len() < SPARE_MAX
             && buf.capacity() <= SPARE_MAX_CAPACITY
             && self.spare_bytes + buf.capacity() <= SPARE_MAX_BYTES
@@ -1781,7 +1786,7 @@ impl Uring {
             buf.clear();
             return buf;
         }
-        Vec::with_capacity(max)
+        chunks::take(max)
     }
 
     // ---- submission ----

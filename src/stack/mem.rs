@@ -38,6 +38,93 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// Whole chunks kept for reuse on the thread that freed them.
+///
+/// TCP moves data in chunks of [`CHUNK`] bytes (a guest→host chunk that
+/// becomes a `Send`, a host read that becomes a guest→bound chunk). Past
+/// glibc's mmap threshold, which uipd pins (see `daemon::pin_mmap_threshold`)
+/// so that freed flow buffers go back to the kernel, each such allocation is
+/// an `mmap` whose pages fault in one by one, and each free an `munmap`:
+/// measured, bulk TCP fell to 0.55-0.6x of the same code with glibc's
+/// growing threshold. So the worker that frees a whole chunk (the I/O layer
+/// after a `Send`, the stack when the guest ACKs) keeps up to
+/// [`SPARE_CHUNKS`] of them for its next allocation. A chunk and its
+/// flow live on one worker thread, so the list is thread-local: no lock.
+/// Spare chunks are outside the budget: a fixed overhead per worker.
+pub mod chunks {
+    use std::cell::RefCell;
+
+    /// The size of a whole chunk (`conn::SEND_CHUNK`, `conn::RECV_CHUNK`).
+    pub const CHUNK: usize = 256 << 10;
+    /// Most spare chunks a thread keeps (4 MiB).
+    pub const SPARE_CHUNKS: usize = 16;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty buffer of capacity `cap`: a spare chunk when `cap` is
+    /// [`CHUNK`] and this thread has one.
+    pub fn take(cap: usize) -> Vec<u8> {
+        if cap == CHUNK
+            && let Some(buf) = SPARE.with(|s| s.borrow_mut().pop())
+        {
+            return buf;
+        }
+        Vec::with_capacity(cap)
+    }
+
+    /// Frees `buf`, or keeps it (cleared) for [`take`] when it is a whole
+    /// chunk and the thread keeps fewer than [`SPARE_CHUNKS`]. Returns
+    /// `buf` back when it is not kept, for another use.
+    pub fn give(mut buf: Vec<u8>) -> Option<Vec<u8>> {
+        if buf.capacity() != CHUNK {
+            return Some(buf);
+        }
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < SPARE_CHUNKS {
+                buf.clear();
+                s.push(buf);
+                None
+            } else {
+                Some(buf)
+            }
+        })
+    }
+
+    /// Spare chunks this thread holds.
+    pub fn spare() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// A whole chunk freed is the next one taken (same allocation);
+        /// other sizes and chunks past the cap are not kept.
+        #[test]
+        fn whole_chunks_are_reused_up_to_the_cap() {
+            let a = take(CHUNK);
+            let at = a.as_ptr();
+            assert!(give(a).is_none());
+            let b = take(CHUNK);
+            assert_eq!(b.as_ptr(), at, "the spare chunk is reused");
+            assert!(b.is_empty() && b.capacity() == CHUNK);
+            assert!(
+                give(Vec::with_capacity(4096)).is_some(),
+                "not a whole chunk"
+            );
+            for _ in 0..SPARE_CHUNKS {
+                assert!(give(Vec::with_capacity(CHUNK)).is_none());
+            }
+            assert!(give(b).is_some(), "past the cap");
+            assert_eq!(spare(), SPARE_CHUNKS);
+        }
+    }
+}
+
 /// Bytes of bookkeeping counted per buffered chunk or datagram on top of
 /// its capacity (allocator header and queue slot), so a flood of tiny
 /// chunks cannot hide behind their payload size.

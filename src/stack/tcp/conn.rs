@@ -61,7 +61,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::stack::flow::FlowId;
-use crate::stack::mem::{CHUNK_OVERHEAD, MemBudget};
+use crate::stack::mem::{CHUNK_OVERHEAD, MemBudget, chunks};
 use crate::stack::ops::{Errno, SockOp};
 use crate::stack::time::Instant;
 use crate::stack::wire::tcp::{Flags, Repr as TcpRepr, SeqNumber};
@@ -515,13 +515,17 @@ impl Conn {
             let room = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
             if room == 0 {
                 // With a Send in flight a chunk fills from several
-                // segments, but never past what the guest may still send
-                // (the advertised window): an empty 256 KiB chunk per
-                // connection would spend the budget on nothing.
+                // segments. Under memory pressure (this connection's share
+                // of the free budget is small), never past what the guest
+                // may still send (the advertised window): an empty 256 KiB
+                // chunk per connection would spend the budget on nothing.
+                // Otherwise a whole chunk, which the worker's spare chunks
+                // serve without a fresh mapping (`mem::chunks`); one cut to
+                // the window's remainder is an odd size that is not kept.
                 let expect =
                     usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
                 let want = if self.sending > 0 {
-                    SEND_CHUNK.min(expect.max(bytes.len()))
+                    SEND_CHUNK.min(expect.max(bytes.len()).max(self.mem.share()))
                 } else {
                     bytes.len().min(SEND_CHUNK)
                 };
@@ -542,7 +546,7 @@ impl Conn {
                     got - CHUNK_OVERHEAD
                 };
                 self.to_host_mem += cap + CHUNK_OVERHEAD;
-                self.to_host.push_back(Vec::with_capacity(cap));
+                self.to_host.push_back(chunks::take(cap));
                 continue;
             }
             let n = room.min(bytes.len());
@@ -868,7 +872,9 @@ impl Conn {
             }
             n -= left;
             let cost = front.capacity() + CHUNK_OVERHEAD;
-            self.to_guest.pop_front();
+            if let Some(acked) = self.to_guest.pop_front() {
+                drop(chunks::give(acked));
+            }
             self.to_guest_head = 0;
             self.to_guest_mem -= cost;
             self.mem.release(cost);
