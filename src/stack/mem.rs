@@ -56,8 +56,10 @@ pub mod chunks {
 
     /// The size of a whole chunk (`conn::SEND_CHUNK`, `conn::RECV_CHUNK`).
     pub const CHUNK: usize = 256 << 10;
-    /// Most spare chunks a thread keeps (4 MiB).
-    pub const SPARE_CHUNKS: usize = 16;
+    /// Most spare chunks a thread keeps (1 MiB): a bulk connection has a
+    /// chunk or two in flight at a time, and what is kept here is outside
+    /// the budget.
+    pub const SPARE_CHUNKS: usize = 4;
 
     thread_local! {
         static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
