@@ -524,8 +524,11 @@ impl Conn {
                 // the window's remainder is an odd size that is not kept.
                 let expect =
                     usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
-                let want = if self.sending > 0 {
-                    SEND_CHUNK.min(expect.max(bytes.len()).max(self.mem.share()))
+                let plenty = self.mem.share() >= 4 * SEND_CHUNK;
+                let want = if self.sending > 0 && plenty {
+                    SEND_CHUNK
+                } else if self.sending > 0 {
+                    SEND_CHUNK.min(expect.max(bytes.len()))
                 } else {
                     bytes.len().min(SEND_CHUNK)
                 };
