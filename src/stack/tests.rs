@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use super::wire::vnet_hdr::flags as vnet_flags;
 use super::wire::{self, *};
 use super::*;
 
