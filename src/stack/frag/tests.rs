@@ -619,9 +619,7 @@ fn random_fragments_keep_accounting_exact() {
         }
     }
     let stats = r.stats();
-    assert!(
-        stats.reassembled > 0 && stats.overlap > 0 && stats.invalid > 0 && stats.evicted > 0
-    );
+    assert!(stats.reassembled > 0 && stats.overlap > 0 && stats.invalid > 0 && stats.evicted > 0);
     r.expire(t(u64::MAX));
     assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
 }

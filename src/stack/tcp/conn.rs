@@ -55,6 +55,11 @@
 //! there the connection is the same translation as an outbound one. A RST
 //! from the guest (nothing listens) or no answer closes the host socket
 //! with RST, so the host client sees the refusal.
+//!
+//! Layout: this file holds the state, the handshake and the guest's
+//! segments ([`Conn::on_segment`]); `to_host.rs` the guest → host path
+//! (receive window, `Send`s), `to_guest.rs` the host → guest path
+//! (`Recv`s, segments, ACKs, retransmission); `tests.rs` the scripts.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -344,7 +349,7 @@ impl Conn {
 
     /// Our SYN toward the guest (inbound connections): MSS of the link and
     /// our window scale offered; no ACK.
-    fn send_syn(&mut self, emit: &mut Emit<'_>) {
+    pub(super) fn send_syn(&mut self, emit: &mut Emit<'_>) {
         let repr = TcpRepr {
             src_port: 0,
             dst_port: 0,
@@ -365,7 +370,7 @@ impl Conn {
     }
 
     /// The guest's answer to our SYN (state `SynSent`).
-    fn on_syn_sent(
+    pub(super) fn on_syn_sent(
         &mut self,
         seg: &TcpRepr<'_>,
         emit: &mut Emit<'_>,
@@ -485,90 +490,6 @@ impl Conn {
         self.ack_pending
     }
 
-    /// Free space of `to_host` (the queue's cap), ignoring the budget.
-    fn queue_wnd(&self) -> usize {
-        TO_HOST_CAP.saturating_sub(self.to_host_len)
-    }
-
-    /// The window we advertise: the queue's free space, as far as the
-    /// room left in the last chunk (already reserved) and this
-    /// connection's share of the free budget ([`MemBudget::share`]) hold
-    /// it. A budget-limited window under one MSS is advertised as zero
-    /// (receiver silly window avoidance, RFC 9293 §3.8.6.2.2).
-    fn rcv_wnd(&self) -> usize {
-        let queue = self.queue_wnd();
-        let spare = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
-        let wnd = queue.min(spare.saturating_add(self.mem.share()));
-        if wnd < queue && wnd < self.mss {
-            0
-        } else {
-            wnd
-        }
-    }
-
-    /// Queue guest bytes for the host (the one copy they get in uipd).
-    /// Each new chunk is reserved from the budget first; returns how many
-    /// bytes were taken: fewer than `bytes.len()` when the budget is spent.
-    fn push_to_host(&mut self, mut bytes: &[u8]) -> usize {
-        let mut taken = 0;
-        while !bytes.is_empty() {
-            let room = self.to_host.back().map_or(0, |c| c.capacity() - c.len());
-            if room == 0 {
-                // With a Send in flight a chunk fills from several
-                // segments. Under memory pressure (this connection's share
-                // of the free budget is small), never past what the guest
-                // may still send (the advertised window): an empty 256 KiB
-                // chunk per connection would spend the budget on nothing.
-                // Otherwise a whole chunk, which the worker's spare chunks
-                // serve without a fresh mapping (`mem::chunks`); one cut to
-                // the window's remainder is an odd size that is not kept.
-                let expect =
-                    usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
-                let plenty = self.mem.share() >= 4 * SEND_CHUNK;
-                let want = if self.sending > 0 && plenty {
-                    SEND_CHUNK
-                } else if self.sending > 0 {
-                    SEND_CHUNK.min(expect.max(bytes.len()))
-                } else {
-                    bytes.len().min(SEND_CHUNK)
-                };
-                let need = bytes.len().min(want);
-                // The chunk's capacity, reserved with its bookkeeping: the
-                // full chunk, else just what this segment needs, else what
-                // the budget has left.
-                let cap = if self.mem.try_reserve(want + CHUNK_OVERHEAD) {
-                    want
-                } else if need < want && self.mem.try_reserve(need + CHUNK_OVERHEAD) {
-                    need
-                } else {
-                    let got = self.mem.reserve_up_to(need + CHUNK_OVERHEAD);
-                    if got <= CHUNK_OVERHEAD {
-                        self.mem.release(got);
-                        break;
-                    }
-                    got - CHUNK_OVERHEAD
-                };
-                self.to_host_mem += cap + CHUNK_OVERHEAD;
-                self.to_host.push_back(chunks::take(cap));
-                continue;
-            }
-            let n = room.min(bytes.len());
-            if let Some(c) = self.to_host.back_mut() {
-                c.extend_from_slice(&bytes[..n]);
-            }
-            bytes = &bytes[n..];
-            taken += n;
-        }
-        self.to_host_len += taken;
-        taken
-    }
-
-    /// Window field for our segments (scaled down, clamped to 16 bits).
-    fn window_field(&self) -> u16 {
-        let w = self.rcv_wnd() >> self.our_wscale;
-        u16::try_from(w).unwrap_or(u16::MAX)
-    }
-
     /// A bare segment from us with the current ACK and window.
     fn segment<'p>(&self, seq: SeqNumber, flags: Flags, payload: &'p [u8]) -> TcpRepr<'p> {
         TcpRepr {
@@ -585,7 +506,7 @@ impl Conn {
         }
     }
 
-    fn send_ack(&mut self, emit: &mut Emit<'_>) {
+    pub(super) fn send_ack(&mut self, emit: &mut Emit<'_>) {
         let seq = self.snd_nxt;
         let repr = self.segment(seq, Flags::default(), &[]);
         emit(&repr);
@@ -593,7 +514,7 @@ impl Conn {
         self.ack_pending = false;
     }
 
-    fn note_advertised(&mut self) {
+    pub(super) fn note_advertised(&mut self) {
         let wnd = usize::from(self.window_field()) << self.our_wscale;
         self.adv_right_edge = self.rcv_nxt + wnd;
         if self.rcv_wnd() < self.queue_wnd() && !self.guest_fin {
@@ -606,7 +527,7 @@ impl Conn {
         }
     }
 
-    fn send_syn_ack(&mut self, emit: &mut Emit<'_>) {
+    pub(super) fn send_syn_ack(&mut self, emit: &mut Emit<'_>) {
         let mut repr = self.segment(
             self.iss,
             Flags {
@@ -626,7 +547,7 @@ impl Conn {
     }
 
     /// A RST answering the current state (guest sees the connection reset).
-    fn send_rst(&self, emit: &mut Emit<'_>) {
+    pub(super) fn send_rst(&self, emit: &mut Emit<'_>) {
         let mut repr = self.segment(
             self.snd_nxt,
             Flags {
@@ -640,7 +561,7 @@ impl Conn {
     }
 
     /// Abort: RST to the guest, RST to the host peer, flow gone.
-    fn abort(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
+    pub(super) fn abort(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
         if self.state != State::Closed {
             self.send_rst(emit);
             ops.push(SockOp::Close {
@@ -807,420 +728,12 @@ impl Conn {
         self.check_done(emit, ops)
     }
 
-    /// ACK processing for the host → guest direction.
-    fn on_ack(&mut self, ack: SeqNumber, seg: &TcpRepr<'_>, now: Instant, emit: &mut Emit<'_>) {
-        let wnd = usize::from(seg.window_len) << self.snd_wscale;
-        if wnd == 0 {
-            // The guest answers (a probe) but its application is not
-            // reading: it is alive, so persist without ever giving up.
-            self.retries = 0;
-        }
-        let fin_seq = self.snd_una + self.to_guest_len;
-        let max_ack = if self.fin_sent {
-            fin_seq + 1usize
-        } else {
-            self.snd_nxt.max(self.snd_una)
-        };
-        if ack > max_ack {
-            // ACK for data we never sent: answer with an ACK (RFC 9293 §3.10.7.4).
-            self.send_ack(emit);
-            return;
-        }
-        if ack > self.snd_una {
-            let acked = usize::try_from(ack - self.snd_una).unwrap_or(0);
-            let data_acked = acked.min(self.to_guest_len);
-            self.consume_to_guest(data_acked);
-            if self.fin_sent && ack == fin_seq + 1usize {
-                self.fin_acked = true;
-            }
-            self.snd_una = ack;
-            if self.snd_nxt < self.snd_una {
-                self.snd_nxt = self.snd_una;
-            }
-            self.dup_acks = 0;
-            self.retries = 0;
-            self.rto = RTO_MIN;
-            self.snd_wnd = wnd;
-            if self.snd_nxt == self.snd_una && (!self.fin_sent || self.fin_acked) {
-                self.rto_deadline = None;
-            } else {
-                self.arm_rto(now);
-            }
-        } else if ack == self.snd_una {
-            let in_flight = self.snd_nxt > self.snd_una;
-            if seg.payload.is_empty() && !seg.flags.fin && wnd == self.snd_wnd && in_flight {
-                // RFC 5681 §2 duplicate ACK.
-                self.dup_acks += 1;
-                if self.dup_acks == 3 {
-                    self.rewind();
-                }
-            } else {
-                self.snd_wnd = wnd;
-            }
-        }
-    }
-
-    /// Forget the first `n` bytes of `to_guest` (the guest ACKed them),
-    /// giving back each chunk that is wholly acknowledged.
-    fn consume_to_guest(&mut self, mut n: usize) {
-        self.to_guest_len -= n;
-        while n > 0 {
-            let Some(front) = self.to_guest.front() else {
-                break;
-            };
-            let left = front.len() - self.to_guest_head;
-            if n < left {
-                self.to_guest_head += n;
-                break;
-            }
-            n -= left;
-            let cost = front.capacity() + CHUNK_OVERHEAD;
-            if let Some(acked) = self.to_guest.pop_front() {
-                drop(chunks::give(acked));
-            }
-            self.to_guest_head = 0;
-            self.to_guest_mem -= cost;
-            self.mem.release(cost);
-        }
-    }
-
-    /// The bytes of `to_guest` from `off` (relative to `snd_una`) to the
-    /// end of the chunk holding `off`; empty at or past the end.
-    fn to_guest_at(&self, off: usize) -> &[u8] {
-        let mut off = off + self.to_guest_head;
-        for c in &self.to_guest {
-            if off < c.len() {
-                return &c[off..];
-            }
-            off -= c.len();
-        }
-        &[]
-    }
-
-    /// Go back to the oldest unacknowledged byte (fast retransmit or RTO).
-    fn rewind(&mut self) {
-        self.snd_nxt = self.snd_una;
-        if self.fin_sent && !self.fin_acked {
-            self.fin_sent = false;
-        }
-    }
-
-    fn arm_rto(&mut self, now: Instant) {
-        self.rto_deadline = Some(now + self.rto);
-    }
-
-    /// Issue a `Send` of queued guest data if none is in flight; issue the
-    /// deferred `shutdown` once everything is written.
-    fn maybe_send(&mut self, ops: &mut Vec<SockOp>) {
-        if self.sending != 0 || self.state == State::Closed {
-            return;
-        }
-        let Some(data) = self.to_host.pop_front() else {
-            if self.guest_fin && !self.host_shut {
-                self.host_shut = true;
-                ops.push(SockOp::ShutdownWrite { flow: self.flow });
-            }
-            return;
-        };
-        self.sending = data.len();
-        self.sending_mem = data.capacity() + CHUNK_OVERHEAD;
-        ops.push(SockOp::Send {
-            flow: self.flow,
-            data,
-        });
-    }
-
-    /// Issue a `Recv` when there is room for more host data.
-    fn maybe_recv(&mut self, ops: &mut Vec<SockOp>) {
-        if self.receiving || self.host_eof || self.state == State::Closed {
-            return;
-        }
-        let room = TO_GUEST_CAP.saturating_sub(self.to_guest_len);
-        if room < self.mss.min(TO_GUEST_CAP / 4) {
-            return;
-        }
-        // The read's buffer is reserved before it is posted; short of
-        // budget the read shrinks, and below RECV_MIN it waits (the host
-        // socket's buffer fills and the peer's window closes).
-        let want = room.min(self.recv_size).min(RECV_CHUNK);
-        let max = if self.mem.try_reserve(want) {
-            want
-        } else {
-            self.mem.note_recv_deferred();
-            let got = self.mem.reserve_up_to(want);
-            if got < want.min(RECV_MIN) {
-                self.mem.release(got);
-                self.mem_wait = true;
-                return;
-            }
-            got
-        };
-        self.recv_mem = max;
-        self.receiving = true;
-        ops.push(SockOp::Recv {
-            flow: self.flow,
-            max,
-        });
-    }
-
-    /// Memory was released somewhere: re-post a `Recv` the budget held
-    /// back, and tell the guest of a window the budget had kept closed.
-    /// Sets the wait flag again if the budget still falls short.
-    pub fn on_memory(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) {
-        if self.state == State::Closed {
-            return;
-        }
-        self.maybe_recv(ops);
-        if matches!(self.state, State::Established | State::SynAckSent) && !self.guest_fin {
-            let believed =
-                usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
-            let now_wnd = usize::from(self.window_field()) << self.our_wscale;
-            // Update only for a useful window (silly window avoidance).
-            if now_wnd > believed && (believed == 0 || now_wnd - believed >= 2 * self.mss) {
-                self.send_ack(emit);
-            } else if self.rcv_wnd() < self.queue_wnd() {
-                self.mem_wait = true;
-            }
-        }
-    }
-
-    /// The host socket took `result` bytes of the `Send` in flight.
-    pub fn on_sent(
-        &mut self,
-        result: Result<usize, Errno>,
-        now: Instant,
-        emit: &mut Emit<'_>,
-        ops: &mut Vec<SockOp>,
-    ) -> Verdict {
-        if self.state == State::Closed {
-            return Verdict::Remove;
-        }
-        // The I/O layer answers once the socket took the whole `Send`; a
-        // short count means it failed, and the rest is gone with the buffer.
-        match result {
-            Ok(n) if n >= self.sending => {}
-            Ok(_) | Err(_) => return self.abort(emit, ops),
-        }
-        self.to_host_len -= self.sending;
-        self.sending = 0;
-        self.to_host_mem -= self.sending_mem;
-        self.mem.release(self.sending_mem);
-        self.sending_mem = 0;
-        // Window update when the window reopens noticeably (RFC 9293
-        // §3.8.6.2.2): from zero, or by two segments while the guest believes
-        // it has less than half of the largest window.
-        let believed = usize::try_from((self.adv_right_edge - self.rcv_nxt).max(0)).unwrap_or(0);
-        let now_wnd = usize::from(self.window_field()) << self.our_wscale;
-        let max_wnd = TO_HOST_CAP.min(usize::from(u16::MAX) << self.our_wscale);
-        if now_wnd > believed
-            && (believed == 0 || (believed < max_wnd / 2 && now_wnd - believed >= 2 * self.mss))
-        {
-            self.ack_pending = true;
-        }
-        self.maybe_send(ops);
-        let _ = now;
-        self.check_done(emit, ops)
-    }
-
-    /// The host socket returned data (or end of stream, or an error).
-    pub fn on_received(
-        &mut self,
-        result: Result<Vec<u8>, Errno>,
-        now: Instant,
-        emit: &mut Emit<'_>,
-        ops: &mut Vec<SockOp>,
-    ) -> Verdict {
-        if self.state == State::Closed {
-            return Verdict::Remove;
-        }
-        self.receiving = false;
-        let posted = std::mem::take(&mut self.recv_mem);
-        self.mem.release(posted);
-        match result {
-            Ok(data) if data.is_empty() => self.host_eof = true,
-            Ok(data) => {
-                // Reads that fill their buffer grow the next one; reads
-                // that come back mostly empty shrink it.
-                if data.len() >= posted {
-                    self.recv_size = (self.recv_size * 2).min(RECV_CHUNK);
-                } else if data.len() < self.recv_size / 4 {
-                    self.recv_size = (self.recv_size / 2).max(RECV_MIN);
-                }
-                self.push_to_guest(data);
-            }
-            Err(_) => return self.abort(emit, ops),
-        }
-        self.transmit(now, emit);
-        self.maybe_recv(ops);
-        self.check_done(emit, ops)
-    }
-
-    /// Keep a host read's buffer in `to_guest`, accounted by its capacity
-    /// (trimmed to its length first: an in-place shrink). The budget
-    /// reserved for the read covered it; this is the same memory, so the
-    /// reservation is forced (it only differs by the bookkeeping overhead).
-    fn push_to_guest(&mut self, mut data: Vec<u8>) {
-        self.to_guest_len += data.len();
-        if data.len() < SMALL_CHUNK
-            && let Some(back) = self.to_guest.back_mut()
-            && back.len() < SMALL_CHUNK
-        {
-            let before = back.capacity();
-            back.reserve_exact(data.len());
-            back.extend_from_slice(&data);
-            let grown = back.capacity() - before;
-            self.to_guest_mem += grown;
-            self.mem.force_reserve(grown);
-            return;
-        }
-        if data.capacity() > data.len() {
-            data.shrink_to_fit();
-        }
-        let cost = data.capacity() + CHUNK_OVERHEAD;
-        self.to_guest_mem += cost;
-        self.mem.force_reserve(cost);
-        self.to_guest.push_back(data);
-    }
-
-    /// Send what the guest's window allows, then FIN if the host is done.
-    fn transmit(&mut self, now: Instant, emit: &mut Emit<'_>) {
-        if self.state != State::Established {
-            return;
-        }
-        let end = self.snd_una + self.to_guest_len;
-        let wnd_edge = self.snd_una + self.snd_wnd;
-        let mut sent_any = false;
-        while self.snd_nxt < end && self.snd_nxt < wnd_edge {
-            let off = usize::try_from(self.snd_nxt - self.snd_una).unwrap_or(0);
-            let avail = usize::try_from(end - self.snd_nxt).unwrap_or(0);
-            let wnd_left = usize::try_from(wnd_edge - self.snd_nxt).unwrap_or(0);
-            let slice = self.to_guest_at(off);
-            if slice.is_empty() {
-                break;
-            }
-            let len = self.max_seg.min(avail).min(wnd_left).min(slice.len());
-            let last = len == avail;
-            let seq = self.snd_nxt;
-            let repr = self.segment(
-                seq,
-                Flags {
-                    psh: last,
-                    ..Flags::default()
-                },
-                &slice[..len],
-            );
-            emit(&repr);
-            self.snd_nxt = self.snd_nxt + len;
-            sent_any = true;
-        }
-        if sent_any {
-            self.ack_pending = false;
-            self.note_advertised();
-        }
-        if self.host_eof && !self.fin_sent && self.snd_nxt == end {
-            let repr = self.segment(
-                end,
-                Flags {
-                    fin: true,
-                    ..Flags::default()
-                },
-                &[],
-            );
-            emit(&repr);
-            self.fin_sent = true;
-            self.snd_nxt = end + 1usize;
-            self.ack_pending = false;
-            self.note_advertised();
-            sent_any = true;
-        }
-        // Persist timer (RFC 9293 §3.8.6.1): data waits behind a zero
-        // window and nothing is in flight, so no ACK is coming that would
-        // reopen it if the guest's window update was lost (a full TAP
-        // queue drops frames). The RTO path probes with one byte.
-        let waiting = self.snd_nxt < end && self.snd_nxt >= wnd_edge;
-        if (sent_any || waiting) && self.rto_deadline.is_none() {
-            self.arm_rto(now);
-        }
-    }
-
-    /// Send the ACK the batch left pending.
-    pub fn flush_ack(&mut self, emit: &mut Emit<'_>) {
-        if self.ack_pending && matches!(self.state, State::Established | State::SynAckSent) {
-            self.send_ack(emit);
-        }
-    }
-
-    /// Timers: retransmission, zero-window probe, handshake.
-    pub fn on_timer(
-        &mut self,
-        now: Instant,
-        emit: &mut Emit<'_>,
-        ops: &mut Vec<SockOp>,
-    ) -> Verdict {
-        let Some(deadline) = self.rto_deadline else {
-            return Verdict::Keep;
-        };
-        if now < deadline || self.state == State::Closed {
-            return Verdict::Keep;
-        }
-        self.retries += 1;
-        if self.state == State::SynSent && self.retries > SYN_RETRIES {
-            log::debug!(
-                "tcp flow {:?}: the guest did not answer {} SYNs, closing",
-                self.flow,
-                self.retries
-            );
-            ops.push(SockOp::Close {
-                flow: self.flow,
-                reset: true,
-            });
-            self.state = State::Closed;
-            return Verdict::Remove;
-        }
-        if self.retries > MAX_RETRIES {
-            log::debug!(
-                "tcp flow {:?}: {} retransmissions without progress, reset",
-                self.flow,
-                self.retries
-            );
-            return self.abort(emit, ops);
-        }
-        self.rto = (self.rto * 2).min(RTO_MAX);
-        self.rto_deadline = None;
-        match self.state {
-            State::SynAckSent => {
-                self.send_syn_ack(emit);
-                self.arm_rto(now);
-            }
-            State::SynSent => {
-                self.send_syn(emit);
-                self.arm_rto(now);
-            }
-            State::Established => {
-                self.rewind();
-                if self.snd_wnd == 0 && self.to_guest_len > 0 {
-                    // Zero-window probe (RFC 9293 §3.8.6.1): one byte past the window.
-                    self.snd_wnd = 1;
-                    self.transmit(now, emit);
-                    self.snd_wnd = 0;
-                } else {
-                    self.transmit(now, emit);
-                }
-                if self.rto_deadline.is_none() {
-                    self.arm_rto(now);
-                }
-            }
-            State::Connecting | State::Closed => {}
-        }
-        Verdict::Keep
-    }
-
     /// Both directions finished: close the socket and forget the flow.
     /// The ACK the batch left pending (typically for the guest's FIN, when
     /// it is the last to close) goes out now: the flow will not be here
     /// for the end-of-batch flush, and without it the guest retransmits its
     /// FIN into a flow that no longer exists and gets a reset.
-    fn check_done(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
+    pub(super) fn check_done(&mut self, emit: &mut Emit<'_>, ops: &mut Vec<SockOp>) -> Verdict {
         let guest_done = self.guest_fin && self.host_shut && self.sending == 0;
         let host_done = self.host_eof && self.fin_acked;
         if guest_done && host_done {
@@ -1241,6 +754,9 @@ impl Conn {
         let _ = self.abort(emit, ops);
     }
 }
+
+mod to_guest;
+mod to_host;
 
 #[cfg(test)]
 mod tests;
