@@ -49,19 +49,40 @@ impl Stack {
             };
             return self.icmp_to_guest(dst, src, &reply, out);
         }
-        if self.is_bad_destination(dst) {
+        let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
+        self.echo_out(s, d, ident, payload, verify, now, out);
+    }
+
+    /// An echo request `msg` (identifier `ident`) from the guest at `src`
+    /// to a remote `dst` of either family: sent on its flow's ping socket,
+    /// or handed to the worker that holds the flow.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn echo_out(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        msg: &[u8],
+        verify: bool,
+        now: Instant,
+        out: &mut Actions,
+    ) {
+        if self.is_bad_dst(dst) {
             return self.drop(DropReason::BadAddress);
         }
         let key = FlowKey {
             proto: Proto::Icmp,
-            guest: SocketAddr::from((src, ident)),
-            remote: SocketAddr::from((dst, 0)),
+            guest: SocketAddr::new(src, ident),
+            remote: SocketAddr::new(dst, 0),
         };
         if let Some(w) = self.held_elsewhere(&key) {
-            let (s, d) = (IpAddr::V4(src), IpAddr::V4(dst));
-            return self.forward_l4(w, s, d, ip_proto::ICMP, payload, !verify, out);
+            let proto = match dst {
+                IpAddr::V4(_) => ip_proto::ICMP,
+                IpAddr::V6(_) => ip_proto::ICMPV6,
+            };
+            return self.forward_l4(w, src, dst, proto, msg, !verify, out);
         }
-        self.dgram_out(key, payload.to_vec(), now, out);
+        self.dgram_out(key, msg.to_vec(), now, out);
     }
 
     /// ICMP destination unreachable to the guest about a datagram of `key`:

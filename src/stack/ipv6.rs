@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use super::icmp::quote;
 use super::l2::{L2, TCP_CSUM_OFFSET, TxCsum, UDP_CSUM_OFFSET, partial_csum_hdr_at};
+use super::udp::udp_datagram;
 use super::wire::icmpv6::{self, PrefixInfo, RouterAdvert};
 use super::wire::ipv6 as ip6;
 use super::wire::vnet_hdr::{flags as vnet_flags, gso};
@@ -315,19 +316,8 @@ impl Stack {
                     };
                     return self.icmp6_to_guest(dst, src, &reply, 64, out);
                 }
-                if self.is_bad_destination6(dst) {
-                    return self.drop(DropReason::BadAddress);
-                }
-                let key = FlowKey {
-                    proto: Proto::Icmp,
-                    guest: SocketAddr::from((src, ident)),
-                    remote: SocketAddr::from((dst, 0)),
-                };
-                if let Some(w) = self.held_elsewhere(&key) {
-                    let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
-                    return self.forward_l4(w, s, d, ip_proto::ICMPV6, l4, !verify, out);
-                }
-                self.dgram_out(key, l4.to_vec(), now, out);
+                let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
+                self.echo_out(s, d, ident, l4, verify, now, out);
             }
             Icmpv6Repr::RouterSolicit { .. } => {
                 // RFC 4861 §6.2.6: answer to the soliciting host, or to all
@@ -533,25 +523,12 @@ impl Stack {
         payload: &[u8],
         out: &mut Actions,
     ) {
-        let repr = UdpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-        };
-        let l4_len = repr.header_len() + payload.len();
+        let l4_len = wire::udp::HEADER_LEN + payload.len();
         if l4_len > usize::from(u16::MAX) {
             return self.drop(DropReason::Malformed);
         }
-        let mut l4 = vec![0u8; l4_len];
-        let mut p = UdpPacket::new_unchecked(&mut l4[..]);
-        let (s, d) = (IpAddr::V6(*from.ip()), IpAddr::V6(*to.ip()));
         let whole = ip6::HEADER_LEN + l4_len <= usize::from(self.cfg.mtu);
-        let csum = if l2.offload.csum && whole {
-            repr.emit_partial(&mut p, s, d, payload);
-            TxCsum::Partial(UDP_CSUM_OFFSET)
-        } else {
-            repr.emit(&mut p, s, d, payload);
-            TxCsum::Full
-        };
+        let (l4, csum) = udp_datagram(from.into(), to.into(), payload, l2.offload.csum && whole);
         self.ipv6_to_guest(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, csum, out);
     }
 

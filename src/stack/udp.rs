@@ -315,27 +315,12 @@ impl Stack {
         payload: &[u8],
         out: &mut Actions,
     ) {
-        let repr = UdpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-        };
-        let l4_len = repr.header_len() + payload.len();
+        let l4_len = wire::udp::HEADER_LEN + payload.len();
         if l4_len + wire::ipv4::HEADER_LEN > 65535 {
             return self.drop(DropReason::Malformed);
         }
-        let mut l4 = vec![0u8; l4_len];
-        let mut p = UdpPacket::new_unchecked(&mut l4[..]);
-        let (s, d) = (IpAddr::V4(*from.ip()), IpAddr::V4(*to.ip()));
-        // A partial checksum only on a whole datagram: fragments cannot
-        // carry one (the receiver sums the datagram only after reassembly).
-        let csum =
-            if l2.offload.csum && wire::ipv4::HEADER_LEN + l4_len <= usize::from(self.cfg.mtu) {
-                repr.emit_partial(&mut p, s, d, payload);
-                TxCsum::Partial(UDP_CSUM_OFFSET)
-            } else {
-                repr.emit(&mut p, s, d, payload);
-                TxCsum::Full
-            };
+        let whole = wire::ipv4::HEADER_LEN + l4_len <= usize::from(self.cfg.mtu);
+        let (l4, csum) = udp_datagram(from.into(), to.into(), payload, l2.offload.csum && whole);
         self.ipv4_to_guest_csum(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, csum, out);
     }
 
@@ -419,4 +404,31 @@ impl Stack {
             Proto::Tcp => {}
         }
     }
+}
+
+/// A UDP datagram `from` → `to` carrying `payload`, with a partial
+/// checksum when `partial`, else a computed one. A partial checksum only on
+/// a whole datagram: fragments cannot carry one (the receiver sums the
+/// datagram only after reassembly).
+pub(super) fn udp_datagram(
+    from: SocketAddr,
+    to: SocketAddr,
+    payload: &[u8],
+    partial: bool,
+) -> (Vec<u8>, TxCsum) {
+    let repr = UdpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+    };
+    let mut l4 = vec![0u8; repr.header_len() + payload.len()];
+    let mut p = UdpPacket::new_unchecked(&mut l4[..]);
+    let (s, d) = (from.ip(), to.ip());
+    let csum = if partial {
+        repr.emit_partial(&mut p, s, d, payload);
+        TxCsum::Partial(UDP_CSUM_OFFSET)
+    } else {
+        repr.emit(&mut p, s, d, payload);
+        TxCsum::Full
+    };
+    (l4, csum)
 }
