@@ -18,7 +18,7 @@
 //!        ─ RS ───────────────────────► RA: prefix fd00:33::/64 (L, A), O, MTU, RDNSS fd00:33::1
 //!        ─ DHCPv6 Information-request ► Reply: DNS fd00:33::1
 //!        ─ echo to the gateway ──────► echo reply
-//!        ─ TCP/UDP/echo elsewhere ───► flows, as for IPv4 (mod.rs): the
+//!        ─ TCP/UDP/echo elsewhere ───► flows, as for IPv4 (tcp_glue, udp): the
 //!                                      gateway maps to the host's ::1,
 //!                                      [gateway]:53 to the first resolver
 //! ```

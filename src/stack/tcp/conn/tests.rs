@@ -1,5 +1,6 @@
 //! Scripted tests of the TCP translation ([`Conn`]): `send!`/`recv!`-style
-//! exchanges with a fake clock and a recording emitter.
+//! exchanges with a fake clock and a recording emitter. One file (a little
+//! over 800 lines) so the scripts share their harness.
 
 use super::*;
 
