@@ -18,7 +18,7 @@
 //!        ─ RS ───────────────────────► RA: prefix fd00:33::/64 (L, A), O, MTU, RDNSS fd00:33::1
 //!        ─ DHCPv6 Information-request ► Reply: DNS fd00:33::1
 //!        ─ echo to the gateway ──────► echo reply
-//!        ─ TCP/UDP/echo elsewhere ───► flows, as for IPv4 (mod.rs): the
+//!        ─ TCP/UDP/echo elsewhere ───► flows, as for IPv4 (tcp_glue, udp): the
 //!                                      gateway maps to the host's ::1,
 //!                                      [gateway]:53 to the first resolver
 //! ```
@@ -43,6 +43,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
+use super::icmp::quote;
+use super::l2::{L2, TCP_CSUM_OFFSET, TxCsum, UDP_CSUM_OFFSET, partial_csum_hdr_at};
+use super::udp::udp_datagram;
 use super::wire::icmpv6::{self, PrefixInfo, RouterAdvert};
 use super::wire::ipv6 as ip6;
 use super::wire::vnet_hdr::{flags as vnet_flags, gso};
@@ -51,8 +54,7 @@ use super::wire::{
     VnetHdrRepr, ip_proto,
 };
 use super::{
-    Actions, DropReason, FlowKey, Instant, L2, Proto, Stack, TCP_CSUM_OFFSET, TxCsum,
-    UDP_CSUM_OFFSET, dhcpv6, frag, partial_csum_hdr_at, wire, wire_reason,
+    Actions, DropReason, FlowKey, Instant, Proto, Stack, check, dhcpv6, frag, wire, wire_reason,
 };
 
 /// Offset of the L4 header in an IPv6 frame to the guest (no extension headers).
@@ -114,14 +116,8 @@ impl Stack {
         now: Instant,
         out: &mut Actions,
     ) {
-        let pkt = match Ipv6Packet::new_checked(payload) {
-            Ok(p) => p,
-            Err(e) => return self.drop(wire_reason(e)),
-        };
-        let ul = match pkt.upper_layer() {
-            Ok(u) => u,
-            Err(e) => return self.drop(wire_reason(e)),
-        };
+        let pkt = check!(self, Ipv6Packet::new_checked(payload));
+        let ul = check!(self, pkt.upper_layer());
         let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
         if src.is_multicast() || src.is_loopback() || is_v4_in_v6(src) {
             return self.drop(DropReason::BadAddress);
@@ -146,26 +142,18 @@ impl Stack {
                 proto: ul.proto,
                 ident: f.ident,
             };
-            let pushed = self.reasm.push(key, f.offset, f.more, l4, now);
-            self.count_frag_losses();
-            match pushed {
-                Ok(Some(whole)) => {
-                    self.counters.reassembled += 1;
-                    if let Some(owner) = self.foreign_owner6(src, dst, ul.proto, &whole) {
-                        return self.forward_datagram6(owner, src, dst, ul.proto, &whole, out);
-                    }
-                    // Each fragment's header spoke for that fragment only:
-                    // verify the whole datagram.
-                    let verify = self.cfg.verify_checksums;
-                    let hop = pkt.hop_limit();
-                    self.l4_6(src, dst, ul.proto, hop, &whole, verify, now, out);
-                }
-                Ok(None) => {}
-                Err(frag::FragDrop::Invalid) => self.drop(DropReason::FragInvalid),
-                Err(frag::FragDrop::Overlap) => self.drop(DropReason::FragOverlap),
-                Err(frag::FragDrop::Limit) => self.drop(DropReason::FragLimit),
+            let Some(whole) = self.reassemble(key, f.offset, f.more, l4, now) else {
+                return;
+            };
+            let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
+            if let Some(owner) = self.foreign_datagram(s, d, ul.proto, &whole) {
+                return self.forward_datagram6(owner, src, dst, ul.proto, &whole, out);
             }
-            return;
+            // Each fragment's header spoke for that fragment only: verify
+            // the whole datagram.
+            let verify = self.cfg.verify_checksums;
+            let hop = pkt.hop_limit();
+            return self.l4_6(src, dst, ul.proto, hop, &whole, verify, now, out);
         }
         // The virtio-net header must describe this packet: a TCPV6
         // super-frame is TCP over IPv6 with a partial checksum (virtio 1.2
@@ -230,29 +218,6 @@ impl Stack {
         }
     }
 
-    /// The worker that owns the flow of a reassembled datagram, if not this one.
-    fn foreign_owner6(&self, src: Ipv6Addr, dst: Ipv6Addr, proto: u8, l4: &[u8]) -> Option<usize> {
-        if self.cfg.workers <= 1 {
-            return None;
-        }
-        let head = &l4[..l4.len().min(8)];
-        let mut frame = vec![0u8; L4_START6 + head.len()];
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len: head.len(),
-            hop_limit: 64,
-        };
-        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
-        ip.emit(&mut Ipv6Packet::new_unchecked(&mut frame[14..]));
-        frame[L4_START6..].copy_from_slice(head);
-        match super::steer::frame_owner(&frame, self.cfg.workers) {
-            super::steer::Steer::Worker(w) if w != self.cfg.worker => Some(w),
-            _ => None,
-        }
-    }
-
     /// Hand a reassembled datagram to the worker that owns its flow, as one
     /// unfragmented frame in the form `ingress` takes (a zero virtio-net
     /// header first when the link has one: verify everything).
@@ -314,10 +279,7 @@ impl Stack {
         now: Instant,
         out: &mut Actions,
     ) {
-        let pkt = match Icmpv6Packet::new_checked(l4) {
-            Ok(p) => p,
-            Err(e) => return self.drop(wire_reason(e)),
-        };
+        let pkt = check!(self, Icmpv6Packet::new_checked(l4));
         let repr = match Icmpv6Repr::parse(&pkt, src, dst, verify) {
             Ok(r) => r,
             // MLD reports and other group traffic uipd does not take part in.
@@ -354,19 +316,8 @@ impl Stack {
                     };
                     return self.icmp6_to_guest(dst, src, &reply, 64, out);
                 }
-                if self.is_bad_destination6(dst) {
-                    return self.drop(DropReason::BadAddress);
-                }
-                let key = FlowKey {
-                    proto: Proto::Icmp,
-                    guest: SocketAddr::from((src, ident)),
-                    remote: SocketAddr::from((dst, 0)),
-                };
-                if let Some(w) = self.held_elsewhere(&key) {
-                    let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
-                    return self.forward_l4(w, s, d, ip_proto::ICMPV6, l4, !verify, out);
-                }
-                self.dgram_out(key, l4.to_vec(), now, out);
+                let (s, d) = (IpAddr::V6(src), IpAddr::V6(dst));
+                self.echo_out(s, d, ident, l4, verify, now, out);
             }
             Icmpv6Repr::RouterSolicit { .. } => {
                 // RFC 4861 §6.2.6: answer to the soliciting host, or to all
@@ -410,15 +361,9 @@ impl Stack {
     /// A DHCPv6 message to all servers: an Information-request gets the
     /// DNS server ([`dhcpv6`]), from `[fe80::1]:547` to the client.
     fn dhcpv6(&mut self, src: Ipv6Addr, l4: &[u8], verify: bool, out: &mut Actions) {
-        let pkt = match UdpPacket::new_checked(l4) {
-            Ok(p) => p,
-            Err(e) => return self.drop(wire_reason(e)),
-        };
+        let pkt = check!(self, UdpPacket::new_checked(l4));
         let dst = IpAddr::V6(dhcpv6::ALL_SERVERS);
-        let repr = match UdpRepr::parse(&pkt, IpAddr::V6(src), dst, verify) {
-            Ok(r) => r,
-            Err(e) => return self.drop(wire_reason(e)),
-        };
+        let repr = check!(self, UdpRepr::parse(&pkt, IpAddr::V6(src), dst, verify));
         if repr.dst_port != dhcpv6::SERVER_PORT {
             return self.drop(DropReason::NotForUs);
         }
@@ -530,29 +475,7 @@ impl Stack {
         let (SocketAddr::V6(guest), SocketAddr::V6(remote)) = (key.guest, key.remote) else {
             return;
         };
-        let (proto, hdr, l4_len) = match key.proto {
-            Proto::Icmp => (ip_proto::ICMPV6, 0, data.len()),
-            _ => (ip_proto::UDP, 8, 8 + data.len()),
-        };
-        let keep = data
-            .len()
-            .min(icmpv6::MAX_ERROR_DATA - ip6::HEADER_LEN - hdr);
-        let ip = Ipv6Repr {
-            src_addr: *guest.ip(),
-            dst_addr: *remote.ip(),
-            next_header: proto,
-            payload_len: l4_len,
-            hop_limit: 64,
-        };
-        let mut orig = vec![0u8; ip6::HEADER_LEN + hdr + keep];
-        ip.emit(&mut Ipv6Packet::new_unchecked(&mut orig[..]));
-        let u = &mut orig[ip6::HEADER_LEN..];
-        if hdr > 0 {
-            u[0..2].copy_from_slice(&guest.port().to_be_bytes());
-            u[2..4].copy_from_slice(&remote.port().to_be_bytes());
-            u[4..6].copy_from_slice(&u16::try_from(l4_len).unwrap_or(u16::MAX).to_be_bytes());
-        }
-        u[hdr..].copy_from_slice(&data[..keep]);
+        let orig = quote(key, data, icmpv6::MAX_ERROR_DATA - ip6::HEADER_LEN);
         let msg = Icmpv6Repr::DstUnreachable { code, data: &orig };
         self.icmp6_to_guest(*remote.ip(), *guest.ip(), &msg, 64, out);
     }
@@ -600,25 +523,12 @@ impl Stack {
         payload: &[u8],
         out: &mut Actions,
     ) {
-        let repr = UdpRepr {
-            src_port: from.port(),
-            dst_port: to.port(),
-        };
-        let l4_len = repr.header_len() + payload.len();
+        let l4_len = wire::udp::HEADER_LEN + payload.len();
         if l4_len > usize::from(u16::MAX) {
             return self.drop(DropReason::Malformed);
         }
-        let mut l4 = vec![0u8; l4_len];
-        let mut p = UdpPacket::new_unchecked(&mut l4[..]);
-        let (s, d) = (IpAddr::V6(*from.ip()), IpAddr::V6(*to.ip()));
         let whole = ip6::HEADER_LEN + l4_len <= usize::from(self.cfg.mtu);
-        let csum = if l2.offload.csum && whole {
-            repr.emit_partial(&mut p, s, d, payload);
-            TxCsum::Partial(UDP_CSUM_OFFSET)
-        } else {
-            repr.emit(&mut p, s, d, payload);
-            TxCsum::Full
-        };
+        let (l4, csum) = udp_datagram(from.into(), to.into(), payload, l2.offload.csum && whole);
         self.ipv6_to_guest(l2, *from.ip(), *to.ip(), ip_proto::UDP, &l4, csum, out);
     }
 

@@ -35,8 +35,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::flow::FlowKey;
 use super::ops::Proto;
-use super::wire::{self, Ipv6Packet};
+use super::wire::{self, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, ip_proto};
 
 /// Where a frame should be processed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,44 @@ pub fn fragment_owner(src: IpAddr, dst: IpAddr, proto: u8, ident: u16, workers: 
     pick(h, workers)
 }
 
+/// Where the frames of flow `key` go: the worker [`flow_owner`] names,
+/// except for a guest's DHCP request (UDP to port 67 over IPv4), which is
+/// stateless ([`Steer::Any`]).
+pub fn key_owner(key: &FlowKey, workers: usize) -> Steer {
+    if key.proto == Proto::Udp && key.remote.is_ipv4() && key.remote.port() == 67 {
+        return Steer::Any; // DHCP: stateless
+    }
+    Steer::Worker(flow_owner(key.proto, key.guest, key.remote, workers))
+}
+
+/// The flow a guest's L4 message `l4` (IP protocol `proto`, from `src` to
+/// `dst`) belongs to: TCP and UDP by their ports, an ICMP or ICMPv6 echo
+/// request by its identifier. `None` for anything else (echo replies,
+/// errors, NDP, other protocols) and for a message too short to hold its
+/// ports or identifier.
+pub fn flow_key(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Option<FlowKey> {
+    let port = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (proto, guest_port, remote_port) = match proto {
+        ip_proto::TCP | ip_proto::UDP => {
+            let p = if proto == ip_proto::TCP {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            (p, port(0)?, port(2)?)
+        }
+        // Echo request: type 8 (ICMPv6: 128), identifier at bytes 4..6.
+        ip_proto::ICMP if src.is_ipv4() && l4.first() == Some(&8) => (Proto::Icmp, port(4)?, 0),
+        ip_proto::ICMPV6 if src.is_ipv6() && l4.first() == Some(&128) => (Proto::Icmp, port(4)?, 0),
+        _ => return None,
+    };
+    Some(FlowKey {
+        proto,
+        guest: SocketAddr::new(src, guest_port),
+        remote: SocketAddr::new(dst, remote_port),
+    })
+}
+
 /// Where a guest frame (Ethernet, after any virtio-net header) goes. Reads
 /// only headers, with bounds checks; malformed frames are `Any` (the stack
 /// that gets them counts the drop).
@@ -106,56 +145,38 @@ pub fn frame_owner(frame: &[u8], workers: usize) -> Steer {
     if workers <= 1 {
         return Steer::Worker(0);
     }
-    let Some(ip) = frame.get(14..) else {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Steer::Any;
     };
-    if frame[12..14] == [0x86, 0xdd] {
-        return frame_owner6(ip, workers);
-    }
-    if frame[12..14] != [0x08, 0x00] || ip.len() < 20 || ip[0] >> 4 != 4 {
-        return Steer::Any;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let proto = ip[9];
-    let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
-    if frag & 0x3fff != 0 {
-        let ident = u16::from_be_bytes([ip[4], ip[5]]);
-        return Steer::Worker(fragment_owner(src, dst, proto, ident, workers));
-    }
-    let Some(l4) = ip.get(ihl..) else {
-        return Steer::Any;
-    };
-    let port = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let flow = match proto {
-        6 | 17 => {
-            let (Some(sp), Some(dp)) = (port(0), port(2)) else {
-                return Steer::Any;
-            };
-            if proto == 17 && dp == 67 {
-                return Steer::Any; // DHCP: stateless
-            }
-            let p = if proto == 6 { Proto::Tcp } else { Proto::Udp };
-            (p, SocketAddr::new(src, sp), SocketAddr::new(dst, dp))
-        }
-        1 => {
-            // Echo request: type 8, identifier at bytes 4..6.
-            if l4.first() != Some(&8) {
-                return Steer::Any;
-            }
-            let Some(ident) = port(4) else {
-                return Steer::Any;
-            };
-            (
-                Proto::Icmp,
-                SocketAddr::new(src, ident),
-                SocketAddr::new(dst, 0),
-            )
-        }
+    let ip = eth.payload();
+    match eth.ethertype() {
+        EtherType::Ipv6 => return frame_owner6(ip, workers),
+        EtherType::Ipv4 if ip.len() >= wire::ipv4::HEADER_LEN => {}
         _ => return Steer::Any,
+    }
+    // Not `new_checked`: the total length and IHL are not checked here
+    // (the stack that gets the frame judges them).
+    let pkt = Ipv4Packet::new_unchecked(ip);
+    if pkt.version() != 4 {
+        return Steer::Any;
+    }
+    let proto = pkt.next_header();
+    let (src, dst) = (IpAddr::V4(pkt.src_addr()), IpAddr::V4(pkt.dst_addr()));
+    if pkt.is_fragment() {
+        return Steer::Worker(fragment_owner(src, dst, proto, pkt.ident(), workers));
+    }
+    let Some(l4) = ip.get(pkt.header_len()..) else {
+        return Steer::Any;
     };
-    Steer::Worker(flow_owner(flow.0, flow.1, flow.2, workers))
+    l4_owner(proto, src, dst, l4, workers)
+}
+
+/// Where the L4 message `l4` of a whole guest datagram goes.
+fn l4_owner(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8], workers: usize) -> Steer {
+    match flow_key(proto, src, dst, l4) {
+        Some(key) => key_owner(&key, workers),
+        None => Steer::Any,
+    }
 }
 
 /// [`frame_owner`] for an IPv6 packet `ip`.
@@ -175,35 +196,7 @@ fn frame_owner6(ip: &[u8], workers: usize) -> Steer {
         let ident = u16::try_from((f.ident ^ (f.ident >> 16)) & 0xffff).unwrap_or(0);
         return Steer::Worker(fragment_owner(src, dst, ul.proto, ident, workers));
     }
-    let l4 = &pkt.payload()[ul.offset..];
-    let port = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let flow = match ul.proto {
-        wire::ip_proto::TCP | wire::ip_proto::UDP => {
-            let (Some(sp), Some(dp)) = (port(0), port(2)) else {
-                return Steer::Any;
-            };
-            let p = if ul.proto == wire::ip_proto::TCP {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            };
-            (p, SocketAddr::new(src, sp), SocketAddr::new(dst, dp))
-        }
-        wire::ip_proto::ICMPV6 => {
-            // Echo request: type 128, identifier at bytes 4..6; the rest
-            // (NDP to a unicast address, errors) is stateless.
-            let (Some(&128), Some(ident)) = (l4.first(), port(4)) else {
-                return Steer::Any;
-            };
-            (
-                Proto::Icmp,
-                SocketAddr::new(src, ident),
-                SocketAddr::new(dst, 0),
-            )
-        }
-        _ => return Steer::Any,
-    };
-    Steer::Worker(flow_owner(flow.0, flow.1, flow.2, workers))
+    l4_owner(ul.proto, src, dst, &pkt.payload()[ul.offset..], workers)
 }
 
 #[cfg(test)]
