@@ -60,9 +60,12 @@ use std::time::{Duration, Instant};
 
 use crate::autoports::{ProcNet, SCAN_EVERY};
 use crate::control::Forwards;
-use crate::dataplane::netns::{self, recv_msg, send_msg};
+use crate::dataplane::netns;
 use crate::nsfwd::{Listener, NsForward, RelayCmd};
 use crate::publish::{self, PortSet, PubProto, PublishSpec};
+use crate::sys::cvt;
+use crate::sys::fd::{recv_msg, send_msg, set_recv_timeout, socketpair};
+use crate::sys::process::{die_with_parent, setns};
 
 /// How long the control thread waits for the binder's answer (it answers
 /// at once; this bounds a stuck helper).
@@ -340,15 +343,6 @@ fn bind_one(w: Want) -> io::Result<OwnedFd> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// `rc < 0` as the errno of the call.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Start the binder in the network namespace `target` (a path or a PID,
 /// see [`crate::dataplane::netns::netns_path`]), in a sandbox of its own
 /// when `sandbox` asks for one. Call before the sandbox and before any
@@ -373,7 +367,7 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
         .open("/dev/null")
         .map(OwnedFd::from)
         .map_err(fail("opening /dev/null"))?;
-    let (ours, theirs) = netns::socketpair().map_err(fail("socketpair"))?;
+    let (ours, theirs) = socketpair().map_err(fail("socketpair"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads > 1 {
         return Err(format!(
@@ -395,22 +389,8 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
     }
     drop(theirs);
     let binder = Binder { sock: ours, pid };
-    let limit = libc::timeval {
-        tv_sec: libc::time_t::try_from(ANSWER_LIMIT.as_secs()).unwrap_or(2),
-        tv_usec: 0,
-    };
-    // SAFETY: `limit` is a live timeval of the size given; the kernel
-    // copies it.
-    check(unsafe {
-        libc::setsockopt(
-            binder.sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::addr_of!(limit).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(16),
-        )
-    })
-    .map_err(fail("setting the binder's answer time limit"))?;
+    set_recv_timeout(binder.sock.as_fd(), ANSWER_LIMIT)
+        .map_err(fail("setting the binder's answer time limit"))?;
     // Its first message says it is ready (empty) or why it is not.
     let mut buf = [0u8; 256];
     let (n, _) = recv_msg(binder.sock.as_fd(), &mut buf).map_err(fail("starting the binder"))?;
@@ -455,19 +435,14 @@ fn binder_setup(
     devnull: &OwnedFd,
     sock: OwnedFd,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
-    // The parent may have died before the signal was armed.
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    let entered = netns::setns(ns.as_fd());
+    // ESRCH: the parent died before the signal was armed.
+    die_with_parent(parent)?;
+    let entered = setns(ns.as_fd(), libc::CLONE_NEWNET);
     // Above stdio, so that /dev/null can take 0, 1 and 2.
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the result is a new
     // descriptor owned by no one else.
     let high = unsafe {
-        OwnedFd::from_raw_fd(check(libc::fcntl(
+        OwnedFd::from_raw_fd(cvt(libc::fcntl(
             sock.as_raw_fd(),
             libc::F_DUPFD_CLOEXEC,
             3,
@@ -478,7 +453,7 @@ fn binder_setup(
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard descriptors, which only this
         // (single-threaded) process uses from here on.
-        check(unsafe { libc::dup2(devnull.as_raw_fd(), fd) })?;
+        cvt(unsafe { libc::dup2(devnull.as_raw_fd(), fd) })?;
     }
     if let Err(e) = entered {
         let msg = format!("entering the network namespace: {e}");
@@ -798,7 +773,7 @@ mod tests {
 
     #[test]
     fn a_served_binder_sends_listeners_and_errors() {
-        let (ours, theirs) = netns::socketpair().unwrap();
+        let (ours, theirs) = socketpair().unwrap();
         let server = std::thread::spawn(move || serve(&theirs));
         let binder = Binder { sock: ours, pid: 0 };
         // A free port: bound, noted, closed.
