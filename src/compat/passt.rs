@@ -76,21 +76,9 @@ pub struct Args {
     /// End after the first VMM disconnects.
     #[arg(short = '1', long)]
     pub one_off: bool,
-    /// Stay in the foreground.
-    #[arg(short = 'f', long)]
-    pub foreground: bool,
-    /// Write the PID (of the process that serves) to FILE.
-    #[arg(short = 'P', long = "pid", value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// Log to FILE once in the background.
-    #[arg(short = 'l', long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Accepted; use RUST_LOG=debug.
-    #[arg(short = 'd', long)]
-    pub debug: bool,
+    /// Foreground, PID file, log file, quiet and debug (as pasta's).
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// Accepted; uipd's DHCP has no search list yet.
     #[arg(short = 'S', long, value_name = "LIST")]
     pub search: Option<String>,
@@ -108,6 +96,35 @@ pub struct Args {
     /// Print the version.
     #[arg(long)]
     pub version: bool,
+}
+
+/// How the daemon runs, as passt and pasta share it: where it goes, where
+/// its PID and log go, and the verbosity flags uipd accepts.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Write the PID (of the process that serves) to FILE.
+    #[arg(short = 'P', long = "pid", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Log to FILE once in the background.
+    #[arg(short = 'l', long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted; use RUST_LOG=debug.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+impl DaemonArgs {
+    /// The daemon's [`Config::detach_stdio`]: once in the background, the
+    /// standard descriptors go to /dev/null and stderr to the log file.
+    pub fn detach_stdio(&self, background: bool) -> Option<Option<PathBuf>> {
+        background.then(|| self.log_file.clone())
+    }
 }
 
 /// The address options passt and pasta share.
@@ -499,18 +516,18 @@ impl Args {
         // As uipd's own VMM frontends: vhost-user negotiates offloads with
         // the guest; the stream protocol carries bare frames.
         let (stack, _) = self.net.stack(1500, self.vhost_user)?;
-        let background = !self.foreground;
+        let background = !self.daemon.foreground;
         let config = Config {
             publish: ports.fixed,
             publish_every: ports.every,
             one_off: self.one_off,
-            detach_stdio: background.then(|| self.log_file.clone()),
+            detach_stdio: self.daemon.detach_stdio(background),
             ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
             config,
             background,
-            pid_file: self.pid_file.clone(),
+            pid_file: self.daemon.pid_file.clone(),
             socket,
         })
     }

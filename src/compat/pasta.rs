@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::passt::{AddrArgs, Ports, Who, parse_spec, publish_specs};
+use super::passt::{AddrArgs, DaemonArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
 use crate::nsfwd::NsForward;
 use crate::publish::PortSet;
@@ -84,21 +84,9 @@ pub struct Args {
     /// Namespace UDP ports toward the host's loopback: none, or PORTS.
     #[arg(short = 'U', long = "udp-ns", value_name = "SPEC")]
     pub udp_ns: Vec<String>,
-    /// Stay in the foreground.
-    #[arg(short = 'f', long)]
-    pub foreground: bool,
-    /// Write the serving process's PID to FILE.
-    #[arg(short = 'P', long = "pid", value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// Log to FILE once in the background.
-    #[arg(short = 'l', long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Accepted.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Accepted; use RUST_LOG=debug.
-    #[arg(short = 'd', long)]
-    pub debug: bool,
+    /// Foreground, PID file, log file, quiet and debug (as passt's).
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// Accepted; use RUST_LOG=trace.
     #[arg(long)]
     pub trace: bool,
@@ -161,7 +149,7 @@ impl Args {
             None => Frontend::Spawn(self.rest.clone()),
         };
         let (stack, _) = self.net.stack(65520, true)?;
-        let background = target.is_some() && !self.foreground;
+        let background = target.is_some() && !self.daemon.foreground;
         // Quit with the namespace: its file (a PID's is /proc/PID/ns/net,
         // gone when the process is).
         let watch = match (&target, self.no_netns_quit) {
@@ -177,7 +165,7 @@ impl Args {
             ns_forwards,
             ns_auto,
             guest_mac: self.ns_mac_addr,
-            detach_stdio: background.then(|| self.log_file.clone()),
+            detach_stdio: self.daemon.detach_stdio(background),
             watch_netns: watch,
             // pasta brings the namespace's lo up, as slirp4netns -c does.
             loopback_up: true,
@@ -186,7 +174,7 @@ impl Args {
         Ok(Invocation {
             config,
             background,
-            pid_file: self.pid_file.clone(),
+            pid_file: self.daemon.pid_file.clone(),
             userns: self.userns.clone(),
         })
     }
