@@ -120,10 +120,20 @@ pub struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    /// The daemon's [`Config::detach_stdio`]: once in the background, the
-    /// standard descriptors go to /dev/null and stderr to the log file.
-    pub fn detach_stdio(&self, background: bool) -> Option<Option<PathBuf>> {
-        background.then(|| self.log_file.clone())
+    /// `config` run in the `background` or not, with these flags: once in
+    /// the background, the standard descriptors go to /dev/null and stderr
+    /// to the log file ([`Config::detach_stdio`]).
+    pub fn invocation(&self, config: Config, background: bool) -> Invocation {
+        Invocation {
+            config: Config {
+                detach_stdio: background.then(|| self.log_file.clone()),
+                ..config
+            },
+            background,
+            pid_file: self.pid_file.clone(),
+            socket: None,
+            userns: None,
+        }
     }
 }
 
@@ -485,7 +495,7 @@ pub fn default_socket() -> Result<PathBuf, String> {
         .ok_or_else(|| "no free /tmp/passt_N.socket (N up to 100): give --socket".to_string())
 }
 
-/// What `main` does with the parsed command line.
+/// What `main` does with the parsed command line (passt's or pasta's).
 #[derive(Debug)]
 pub struct Invocation {
     /// The daemon's configuration.
@@ -494,8 +504,10 @@ pub struct Invocation {
     pub background: bool,
     /// Where to write the serving process's PID.
     pub pid_file: Option<PathBuf>,
-    /// The socket path, when listening (for the start-up message).
+    /// passt: the socket path, when listening (for the start-up message).
     pub socket: Option<PathBuf>,
+    /// pasta: the user namespace to join first.
+    pub userns: Option<PathBuf>,
 }
 
 impl Args {
@@ -521,14 +533,11 @@ impl Args {
             publish: ports.fixed,
             publish_every: ports.every,
             one_off: self.one_off,
-            detach_stdio: self.daemon.detach_stdio(background),
             ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
-            config,
-            background,
-            pid_file: self.daemon.pid_file.clone(),
             socket,
+            ..self.daemon.invocation(config, background)
         })
     }
 }

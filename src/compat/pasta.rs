@@ -32,6 +32,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub use super::passt::Invocation;
 use super::passt::{AddrArgs, DaemonArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
 use crate::nsfwd::NsForward;
@@ -101,19 +102,6 @@ pub struct Args {
     pub rest: Vec<OsString>,
 }
 
-/// What `main` does with the parsed command line.
-#[derive(Debug)]
-pub struct Invocation {
-    /// The daemon's configuration.
-    pub config: Config,
-    /// Go to the background (fork) before serving.
-    pub background: bool,
-    /// Where to write the serving process's PID.
-    pub pid_file: Option<PathBuf>,
-    /// The user namespace to join first.
-    pub userns: Option<PathBuf>,
-}
-
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
@@ -165,17 +153,14 @@ impl Args {
             ns_forwards,
             ns_auto,
             guest_mac: self.ns_mac_addr,
-            detach_stdio: self.daemon.detach_stdio(background),
             watch_netns: watch,
             // pasta brings the namespace's lo up, as slirp4netns -c does.
             loopback_up: true,
             ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
-            config,
-            background,
-            pid_file: self.daemon.pid_file.clone(),
             userns: self.userns.clone(),
+            ..self.daemon.invocation(config, background)
         })
     }
 }
