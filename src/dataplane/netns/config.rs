@@ -41,9 +41,9 @@ pub struct NetConfig {
     /// Open every queue with `IFF_VNET_HDR`: frames on the fds carry a virtio-net
     /// header (10 bytes, the kernel's default size) before the Ethernet header.
     pub vnet_hdr: bool,
-    /// [`attach`]: bring the target's `lo` up as well (slirp4netns `-c`
+    /// [`attach`](super::attach): bring the target's `lo` up as well (slirp4netns `-c`
     /// does, and podman relies on it: nothing else brings a container's
-    /// `lo` up). [`spawn`] always does: its namespace is new.
+    /// `lo` up). [`spawn`](super::spawn) always does: its namespace is new.
     pub loopback: bool,
 }
 

@@ -77,18 +77,17 @@
 //!
 //! IPv6: the TAP's address and default route come from uipd's router
 //! advertisements (SLAAC in the stack's `fd00:33::/64`, via `fe80::1`);
-//! [`configure_link`] only turns off duplicate address detection and the
+//! `configure_link` only turns off duplicate address detection and the
 //! router solicitation delay on the TAP, so both are usable at once rather
 //! than after a second or two (nothing else is on that link to clash with).
 //!
 //! Limits: `attach` joins only the
 //! network namespace, so entering a namespace owned by another user namespace
 //! needs `CAP_SYS_ADMIN` over that user namespace (run uipd inside it).
-
 //!
-//! Layout: [`config`] ([`NetConfig`] and its helper arguments), [`helper`]
-//! ([`spawn`], [`Spawned`], [`child_main`]), [`protocol`] (the reports over
-//! the socketpair), [`link`] (interface ioctls), [`mounts`] (sysfs and
+//! Layout: `config.rs` ([`NetConfig`] and its helper arguments), `helper.rs`
+//! ([`spawn`], [`Spawned`], [`child_main`]), `protocol.rs` (the reports over
+//! the socketpair), `link.rs` (interface ioctls), `mounts.rs` (sysfs and
 //! resolv.conf); [`attach`], [`attach_queues`] and [`in_netns`] are here.
 //! The raw system calls are [`crate::sys`]'s.
 
