@@ -40,6 +40,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub use super::{DaemonArgs, Invocation};
 use crate::addressing::{Layout, Plan, Request};
 use crate::daemon::{Config, Frontend};
 use crate::publish::{PortSet, PubProto, PublishSpec};
@@ -96,45 +97,6 @@ pub struct Args {
     /// Print the version.
     #[arg(long)]
     pub version: bool,
-}
-
-/// How the daemon runs, as passt and pasta share it: where it goes, where
-/// its PID and log go, and the verbosity flags uipd accepts.
-#[derive(Debug, clap::Args)]
-pub struct DaemonArgs {
-    /// Stay in the foreground.
-    #[arg(short = 'f', long)]
-    pub foreground: bool,
-    /// Write the PID (of the process that serves) to FILE.
-    #[arg(short = 'P', long = "pid", value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// Log to FILE once in the background.
-    #[arg(short = 'l', long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Accepted; use RUST_LOG=debug.
-    #[arg(short = 'd', long)]
-    pub debug: bool,
-}
-
-impl DaemonArgs {
-    /// `config` run in the `background` or not, with these flags: once in
-    /// the background, the standard descriptors go to /dev/null and stderr
-    /// to the log file ([`Config::detach_stdio`]).
-    pub fn invocation(&self, config: Config, background: bool) -> Invocation {
-        Invocation {
-            config: Config {
-                detach_stdio: background.then(|| self.log_file.clone()),
-                ..config
-            },
-            background,
-            pid_file: self.pid_file.clone(),
-            socket: None,
-            userns: None,
-        }
-    }
 }
 
 /// The address options passt and pasta share.
@@ -493,21 +455,6 @@ pub fn default_socket() -> Result<PathBuf, String> {
         .map(|n| PathBuf::from(format!("/tmp/passt_{n}.socket")))
         .find(|p| !p.exists())
         .ok_or_else(|| "no free /tmp/passt_N.socket (N up to 100): give --socket".to_string())
-}
-
-/// What `main` does with the parsed command line (passt's or pasta's).
-#[derive(Debug)]
-pub struct Invocation {
-    /// The daemon's configuration.
-    pub config: Config,
-    /// Go to the background (fork) before serving.
-    pub background: bool,
-    /// Where to write the serving process's PID.
-    pub pid_file: Option<PathBuf>,
-    /// passt: the socket path, when listening (for the start-up message).
-    pub socket: Option<PathBuf>,
-    /// pasta: the user namespace to join first.
-    pub userns: Option<PathBuf>,
 }
 
 impl Args {

@@ -32,8 +32,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-pub use super::passt::Invocation;
-use super::passt::{AddrArgs, DaemonArgs, Ports, Who, parse_spec, publish_specs};
+use super::DaemonArgs;
+pub use super::Invocation;
+use super::passt::{AddrArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
 use crate::nsfwd::NsForward;
 use crate::publish::PortSet;
