@@ -73,5 +73,6 @@ pub mod ratelimit;
 pub mod rings;
 pub mod sandbox;
 pub mod stack;
+pub mod sys;
 pub mod vmm;
 pub mod watch;

@@ -14,10 +14,70 @@
 //! Each personality parses exactly the options its integrators pass and
 //! refuses an unknown one with an error naming it; options uipd accepts
 //! without acting on are listed as such in its `--help`.
+//! passt and pasta share their daemon flags ([`DaemonArgs`]: `-f`, `-P`,
+//! `-l`, `-q`, `-d`) and what `main` does with them ([`Invocation`]).
 
 pub mod passt;
 pub mod pasta;
 pub mod slirp4netns;
+
+use std::path::PathBuf;
+
+use crate::daemon::Config;
+
+/// How the daemon runs, as passt and pasta share it: where it goes, where
+/// its PID and log go, and the verbosity flags uipd accepts.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Stay in the foreground.
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Write the PID (of the process that serves) to FILE.
+    #[arg(short = 'P', long = "pid", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Log to FILE once in the background.
+    #[arg(short = 'l', long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Accepted; use RUST_LOG=debug.
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+impl DaemonArgs {
+    /// `config` run in the `background` or not, with these flags: once in
+    /// the background, the standard descriptors go to /dev/null and stderr
+    /// to the log file ([`Config::detach_stdio`]).
+    pub fn invocation(&self, config: Config, background: bool) -> Invocation {
+        Invocation {
+            config: Config {
+                detach_stdio: background.then(|| self.log_file.clone()),
+                ..config
+            },
+            background,
+            pid_file: self.pid_file.clone(),
+            socket: None,
+            userns: None,
+        }
+    }
+}
+
+/// What `main` does with the parsed command line (passt's or pasta's).
+#[derive(Debug)]
+pub struct Invocation {
+    /// The daemon's configuration.
+    pub config: Config,
+    /// Go to the background (fork) before serving.
+    pub background: bool,
+    /// Where to write the serving process's PID.
+    pub pid_file: Option<PathBuf>,
+    /// passt: the socket path, when listening (for the start-up message).
+    pub socket: Option<PathBuf>,
+    /// pasta: the user namespace to join first.
+    pub userns: Option<PathBuf>,
+}
 
 /// Open what [`detach_stdio`] points the standard descriptors at:
 /// /dev/null, and `log` (appended) or /dev/null for stderr. Opened at

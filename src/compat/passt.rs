@@ -40,6 +40,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+pub use super::{DaemonArgs, Invocation};
 use crate::addressing::{Layout, Plan, Request};
 use crate::daemon::{Config, Frontend};
 use crate::publish::{PortSet, PubProto, PublishSpec};
@@ -76,21 +77,9 @@ pub struct Args {
     /// End after the first VMM disconnects.
     #[arg(short = '1', long)]
     pub one_off: bool,
-    /// Stay in the foreground.
-    #[arg(short = 'f', long)]
-    pub foreground: bool,
-    /// Write the PID (of the process that serves) to FILE.
-    #[arg(short = 'P', long = "pid", value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// Log to FILE once in the background.
-    #[arg(short = 'l', long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Accepted; uipd logs warnings only unless RUST_LOG says more.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Accepted; use RUST_LOG=debug.
-    #[arg(short = 'd', long)]
-    pub debug: bool,
+    /// Foreground, PID file, log file, quiet and debug (as pasta's).
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// Accepted; uipd's DHCP has no search list yet.
     #[arg(short = 'S', long, value_name = "LIST")]
     pub search: Option<String>,
@@ -468,19 +457,6 @@ pub fn default_socket() -> Result<PathBuf, String> {
         .ok_or_else(|| "no free /tmp/passt_N.socket (N up to 100): give --socket".to_string())
 }
 
-/// What `main` does with the parsed command line.
-#[derive(Debug)]
-pub struct Invocation {
-    /// The daemon's configuration.
-    pub config: Config,
-    /// Go to the background (fork) before serving.
-    pub background: bool,
-    /// Where to write the serving process's PID.
-    pub pid_file: Option<PathBuf>,
-    /// The socket path, when listening (for the start-up message).
-    pub socket: Option<PathBuf>,
-}
-
 impl Args {
     /// The daemon configuration for these arguments, on `workers` workers.
     pub fn invocation(&self, workers: usize) -> Result<Invocation, String> {
@@ -499,19 +475,16 @@ impl Args {
         // As uipd's own VMM frontends: vhost-user negotiates offloads with
         // the guest; the stream protocol carries bare frames.
         let (stack, _) = self.net.stack(1500, self.vhost_user)?;
-        let background = !self.foreground;
+        let background = !self.daemon.foreground;
         let config = Config {
             publish: ports.fixed,
             publish_every: ports.every,
             one_off: self.one_off,
-            detach_stdio: background.then(|| self.log_file.clone()),
             ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
-            config,
-            background,
-            pid_file: self.pid_file.clone(),
             socket,
+            ..self.daemon.invocation(config, background)
         })
     }
 }

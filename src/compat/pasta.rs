@@ -32,6 +32,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use super::DaemonArgs;
+pub use super::Invocation;
 use super::passt::{AddrArgs, Ports, Who, parse_spec, publish_specs};
 use crate::daemon::{Config, Frontend};
 use crate::nsfwd::NsForward;
@@ -84,21 +86,9 @@ pub struct Args {
     /// Namespace UDP ports toward the host's loopback: none, or PORTS.
     #[arg(short = 'U', long = "udp-ns", value_name = "SPEC")]
     pub udp_ns: Vec<String>,
-    /// Stay in the foreground.
-    #[arg(short = 'f', long)]
-    pub foreground: bool,
-    /// Write the serving process's PID to FILE.
-    #[arg(short = 'P', long = "pid", value_name = "FILE")]
-    pub pid_file: Option<PathBuf>,
-    /// Log to FILE once in the background.
-    #[arg(short = 'l', long, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-    /// Accepted.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Accepted; use RUST_LOG=debug.
-    #[arg(short = 'd', long)]
-    pub debug: bool,
+    /// Foreground, PID file, log file, quiet and debug (as passt's).
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// Accepted; use RUST_LOG=trace.
     #[arg(long)]
     pub trace: bool,
@@ -111,19 +101,6 @@ pub struct Args {
     /// A PID to join, or a command to run in new namespaces.
     #[arg(value_name = "PID|COMMAND", trailing_var_arg = true)]
     pub rest: Vec<OsString>,
-}
-
-/// What `main` does with the parsed command line.
-#[derive(Debug)]
-pub struct Invocation {
-    /// The daemon's configuration.
-    pub config: Config,
-    /// Go to the background (fork) before serving.
-    pub background: bool,
-    /// Where to write the serving process's PID.
-    pub pid_file: Option<PathBuf>,
-    /// The user namespace to join first.
-    pub userns: Option<PathBuf>,
 }
 
 impl Args {
@@ -161,7 +138,7 @@ impl Args {
             None => Frontend::Spawn(self.rest.clone()),
         };
         let (stack, _) = self.net.stack(65520, true)?;
-        let background = target.is_some() && !self.foreground;
+        let background = target.is_some() && !self.daemon.foreground;
         // Quit with the namespace: its file (a PID's is /proc/PID/ns/net,
         // gone when the process is).
         let watch = match (&target, self.no_netns_quit) {
@@ -177,17 +154,14 @@ impl Args {
             ns_forwards,
             ns_auto,
             guest_mac: self.ns_mac_addr,
-            detach_stdio: background.then(|| self.log_file.clone()),
             watch_netns: watch,
             // pasta brings the namespace's lo up, as slirp4netns -c does.
             loopback_up: true,
             ..Config::with_defaults(frontend, stack, workers)
         };
         Ok(Invocation {
-            config,
-            background,
-            pid_file: self.pid_file.clone(),
             userns: self.userns.clone(),
+            ..self.daemon.invocation(config, background)
         })
     }
 }

@@ -25,49 +25,44 @@
 //! (the TAP's txqueue) is what overflows, as a NIC's would.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 
-/// An eventfd used to wake a worker.
+use crate::sys;
+use crate::sys::eventfd::Wake;
+
+/// An eventfd used to wake a worker: vmm-sys-util's eventfd (the crate's one
+/// eventfd type, [`crate::sys::eventfd`]), non-blocking and close-on-exec,
+/// with fire-and-forget [`EventFd::signal`] and [`EventFd::clear`].
+///
+/// A newtype rather than a re-export of [`sys::eventfd::EventFd`] because
+/// its users build it with `EventFd::new()` (no flags): vmm-sys-util's
+/// inherent `new(flags)` would shadow that. [`EventFd::inner`] gives the
+/// vmm-sys-util type to APIs that take it.
 #[derive(Debug)]
-pub struct EventFd(OwnedFd);
+pub struct EventFd(sys::eventfd::EventFd);
 
 impl EventFd {
     /// A new non-blocking, close-on-exec eventfd.
     pub fn new() -> io::Result<EventFd> {
-        // SAFETY: eventfd takes no pointers; a negative return is an error.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
-        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        sys::eventfd::nonblocking().map(EventFd)
     }
 
-    /// Add 1 to the counter, waking a reader.
+    /// Add 1 to the counter, waking a reader (see [`Wake::signal`]).
     pub fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: the pointer is to a live u64 on our stack and the length is
-        // its size. EAGAIN (counter saturated) is fine: a wake-up is pending.
-        unsafe {
-            libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8);
-        }
+        self.0.signal();
     }
-}
 
-impl EventFd {
-    /// Reset the counter to 0 (a reader that polls the fd itself, rather
-    /// than reading it through io_uring, does this after waking).
+    /// Reset the counter to 0 (see [`Wake::clear`]).
     pub fn clear(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: the pointer is to a live u64 on our stack and the length
-        // is its size; the fd is non-blocking, so EAGAIN (already 0) is the
-        // only other outcome, and it needs nothing done.
-        unsafe {
-            libc::read(self.0.as_raw_fd(), (&raw mut v).cast(), 8);
-        }
+        self.0.clear();
+    }
+
+    /// The vmm-sys-util eventfd.
+    pub fn inner(&self) -> &sys::eventfd::EventFd {
+        &self.0
     }
 }
 

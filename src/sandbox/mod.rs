@@ -58,6 +58,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::sys;
+
 pub use filters::Role;
 
 /// How the sandbox is asked for.
@@ -220,47 +222,32 @@ fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
 }
 
-/// `rc < 0` as the errno of the call.
+/// `rc < 0` as the call's `errno`.
 fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    sys::cvt(rc).map(drop)
 }
 
 /// Steps 1 of the module comment: a private mount namespace whose root is
 /// an empty read-only tmpfs.
 fn empty_root() -> io::Result<()> {
-    // SAFETY: unshare takes flags only; the caller made sure this process
-    // is single-threaded, which CLONE_NEWUSER needs.
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } < 0 {
-        let first = io::Error::last_os_error();
+    // The caller made sure this process is single-threaded, which
+    // CLONE_NEWUSER needs.
+    if let Err(first) = sys::process::unshare(libc::CLONE_NEWNS) {
         if first.raw_os_error() != Some(libc::EPERM) {
             return Err(first);
         }
         // No CAP_SYS_ADMIN here: a user namespace of our own gives it.
-        // SAFETY: as above; the uid and gid are read before, since the
-        // new namespace shows them unmapped until the maps are written.
+        // SAFETY: geteuid/getegid take no arguments and cannot fail; they
+        // are read before, since the new namespace shows them unmapped
+        // until the maps are written.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-        // SAFETY: flags only, single-threaded process (see above).
-        check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) })?;
+        sys::process::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)?;
         std::fs::write("/proc/self/setgroups", "deny")?;
         std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
         std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
     }
     let none = c"none";
-    // SAFETY: every pointer is a NUL-terminated literal or null, as mount(2)
-    // allows for a propagation change; nothing is retained by the kernel.
-    check(unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    })?;
+    sys::process::make_mounts_private()?;
     // Any directory will do as the mount point: it is covered only in our
     // namespace, and left behind with the old root.
     let at = [c"/tmp", c"/proc", c"/"]

@@ -60,9 +60,12 @@ use std::time::{Duration, Instant};
 
 use crate::autoports::{ProcNet, SCAN_EVERY};
 use crate::control::Forwards;
-use crate::dataplane::netns::{self, recv_msg, send_msg};
+use crate::dataplane::netns;
 use crate::nsfwd::{Listener, NsForward, RelayCmd};
 use crate::publish::{self, PortSet, PubProto, PublishSpec};
+use crate::sys::cvt;
+use crate::sys::fd::{recv_msg, send_msg, set_recv_timeout, socketpair};
+use crate::sys::process::{die_with_parent, setns};
 
 /// How long the control thread waits for the binder's answer (it answers
 /// at once; this bounds a stuck helper).
@@ -340,15 +343,6 @@ fn bind_one(w: Want) -> io::Result<OwnedFd> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// `rc < 0` as the errno of the call.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Start the binder in the network namespace `target` (a path or a PID,
 /// see [`crate::dataplane::netns::netns_path`]), in a sandbox of its own
 /// when `sandbox` asks for one. Call before the sandbox and before any
@@ -373,7 +367,7 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
         .open("/dev/null")
         .map(OwnedFd::from)
         .map_err(fail("opening /dev/null"))?;
-    let (ours, theirs) = netns::socketpair().map_err(fail("socketpair"))?;
+    let (ours, theirs) = socketpair().map_err(fail("socketpair"))?;
     let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
     if threads > 1 {
         return Err(format!(
@@ -395,22 +389,8 @@ pub fn spawn(target: &str, sandbox: crate::sandbox::Options) -> Result<Binder, S
     }
     drop(theirs);
     let binder = Binder { sock: ours, pid };
-    let limit = libc::timeval {
-        tv_sec: libc::time_t::try_from(ANSWER_LIMIT.as_secs()).unwrap_or(2),
-        tv_usec: 0,
-    };
-    // SAFETY: `limit` is a live timeval of the size given; the kernel
-    // copies it.
-    check(unsafe {
-        libc::setsockopt(
-            binder.sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::addr_of!(limit).cast(),
-            libc::socklen_t::try_from(size_of::<libc::timeval>()).unwrap_or(16),
-        )
-    })
-    .map_err(fail("setting the binder's answer time limit"))?;
+    set_recv_timeout(binder.sock.as_fd(), ANSWER_LIMIT)
+        .map_err(fail("setting the binder's answer time limit"))?;
     // Its first message says it is ready (empty) or why it is not.
     let mut buf = [0u8; 256];
     let (n, _) = recv_msg(binder.sock.as_fd(), &mut buf).map_err(fail("starting the binder"))?;
@@ -455,19 +435,14 @@ fn binder_setup(
     devnull: &OwnedFd,
     sock: OwnedFd,
 ) -> io::Result<OwnedFd> {
-    // SAFETY: prctl with integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
-    // The parent may have died before the signal was armed.
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    let entered = netns::setns(ns.as_fd());
+    // ESRCH: the parent died before the signal was armed.
+    die_with_parent(parent)?;
+    let entered = setns(ns.as_fd(), libc::CLONE_NEWNET);
     // Above stdio, so that /dev/null can take 0, 1 and 2.
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the result is a new
     // descriptor owned by no one else.
     let high = unsafe {
-        OwnedFd::from_raw_fd(check(libc::fcntl(
+        OwnedFd::from_raw_fd(cvt(libc::fcntl(
             sock.as_raw_fd(),
             libc::F_DUPFD_CLOEXEC,
             3,
@@ -478,7 +453,7 @@ fn binder_setup(
     for fd in 0..3 {
         // SAFETY: dup2 onto the standard descriptors, which only this
         // (single-threaded) process uses from here on.
-        check(unsafe { libc::dup2(devnull.as_raw_fd(), fd) })?;
+        cvt(unsafe { libc::dup2(devnull.as_raw_fd(), fd) })?;
     }
     if let Err(e) = entered {
         let msg = format!("entering the network namespace: {e}");
@@ -642,194 +617,4 @@ impl NsAuto {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn set(proto: PubProto, exclude: Vec<(u16, u16)>) -> PortSet {
-        PortSet {
-            proto,
-            addr: None,
-            exclude,
-        }
-    }
-
-    fn tcp(v: &[(&str, u16)]) -> Tables {
-        Tables {
-            tcp: v.iter().map(|&(a, p)| (a.parse().unwrap(), p)).collect(),
-            udp: BTreeSet::new(),
-        }
-    }
-
-    fn w(v6: bool, port: u16) -> Want {
-        Want {
-            proto: PubProto::Tcp,
-            v6,
-            port,
-        }
-    }
-
-    #[test]
-    fn requests_and_replies_round_trip_and_bad_ones_are_errors() {
-        for want in [
-            w(false, 1),
-            w(true, 65535),
-            Want {
-                proto: PubProto::Udp,
-                v6: false,
-                port: 5353,
-            },
-        ] {
-            assert_eq!(decode_request(&encode_request(want)), Ok(want));
-        }
-        assert_eq!(encode_request(w(true, 0x1F90)), [b'T', 6, 0x1F, 0x90]);
-        assert_eq!(decode_request(&[]), Err(ProtoError::Length(0)));
-        assert_eq!(
-            decode_request(&[b'T', 4, 0, 1, 0]),
-            Err(ProtoError::Length(5))
-        );
-        assert_eq!(
-            decode_request(&[b'X', 4, 0, 1]),
-            Err(ProtoError::Proto(b'X'))
-        );
-        assert_eq!(decode_request(&[b'U', 5, 0, 1]), Err(ProtoError::Family(5)));
-        assert_eq!(decode_request(&[b'U', 6, 0, 0]), Err(ProtoError::PortZero));
-
-        let e = decode_reply(&encode_reply(libc::EADDRINUSE), None).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
-        let e = decode_reply(&encode_reply(0), None).unwrap_err();
-        assert_eq!(
-            e.kind(),
-            io::ErrorKind::InvalidData,
-            "success without a socket"
-        );
-        let e = decode_reply(&encode_reply(-3), None).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        let e = decode_reply(&[0, 0], None).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        let fd = OwnedFd::from(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        assert!(decode_reply(&encode_reply(0), Some(fd)).is_ok());
-    }
-
-    #[test]
-    fn which_host_sockets_the_loopback_reaches() {
-        let r = |a: &str, v6| reachable(a.parse().unwrap(), v6);
-        assert!(r("0.0.0.0", false) && r("127.0.0.1", false));
-        assert!(!r("127.0.0.2", false) && !r("192.168.1.5", false) && !r("0.0.0.0", true));
-        assert!(r("::", false) && r("::", true) && r("::1", true));
-        assert!(r("::ffff:127.0.0.1", false) && !r("::ffff:127.0.0.1", true));
-        assert!(!r("::1", false) && !r("fd00::1", true));
-    }
-
-    #[test]
-    fn host_ports_minus_excluded_ephemeral_published_and_the_namespaces() {
-        let host = tcp(&[
-            ("127.0.0.1", 8000), // v4 only
-            ("::", 8001),        // both
-            ("::1", 8002),       // v6 only
-            ("192.168.1.5", 8003),
-            ("0.0.0.0", 22),    // excluded
-            ("0.0.0.0", 40000), // ephemeral
-            ("0.0.0.0", 8080),  // uipd publishes it (-t)
-            ("0.0.0.0", 9000),  // the namespace serves it
-            ("0.0.0.0", 9001),  // held already
-        ]);
-        let ns = tcp(&[("10.0.2.100", 9000), ("127.0.0.1", 9001)]);
-        let held: HashSet<Want> = [w(false, 9001)].into();
-        let sets = [set(PubProto::Tcp, vec![(22, 22)])];
-        let got = wanted(&sets, &host, &ns, &held, (32768, 60999), |p, port| {
-            p == PubProto::Tcp && port == 8080
-        });
-        let mut got: Vec<Want> = got.into_iter().collect();
-        got.sort();
-        assert_eq!(
-            got,
-            [
-                w(false, 8000),
-                w(false, 8001),
-                w(false, 9001),
-                w(true, 8001),
-                w(true, 8002)
-            ]
-        );
-        // Without a UDP set nothing is forwarded for UDP; a held port whose
-        // host socket is gone is no longer wanted.
-        let mut host_udp = Tables::default();
-        host_udp.udp.insert(("0.0.0.0".parse().unwrap(), 5300));
-        assert!(wanted(&sets, &host_udp, &ns, &held, (32768, 60999), |_, _| false).is_empty());
-        let udp = [set(PubProto::Udp, vec![])];
-        let got = wanted(
-            &udp,
-            &host_udp,
-            &Tables::default(),
-            &held,
-            (1, 0),
-            |_, _| false,
-        );
-        assert_eq!(
-            got,
-            [Want {
-                proto: PubProto::Udp,
-                v6: false,
-                port: 5300
-            }]
-            .into()
-        );
-        // The namespace's own v4 listener on a port does not keep the v6
-        // one away when both are ours... but a foreign one does.
-        let held: HashSet<Want> = [w(false, 8001)].into();
-        let ns = tcp(&[("127.0.0.1", 8001)]);
-        let got = wanted(&sets, &tcp(&[("::", 8001)]), &ns, &held, (1, 0), |_, _| {
-            false
-        });
-        assert_eq!(got, [w(false, 8001), w(true, 8001)].into());
-        let got = wanted(
-            &sets,
-            &tcp(&[("::", 8001)]),
-            &ns,
-            &HashSet::new(),
-            (1, 0),
-            |_, _| false,
-        );
-        assert!(
-            got.is_empty(),
-            "127.0.0.1:8001 in the namespace is not ours"
-        );
-    }
-
-    #[test]
-    fn a_served_binder_sends_listeners_and_errors() {
-        let (ours, theirs) = netns::socketpair().unwrap();
-        let server = std::thread::spawn(move || serve(&theirs));
-        let binder = Binder { sock: ours, pid: 0 };
-        // A free port: bound, noted, closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let fd = binder.bind(w(false, port)).unwrap();
-        let l = std::net::TcpListener::from(fd);
-        assert_eq!(l.local_addr().unwrap(), w(false, port).listen());
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        assert!(l.accept().is_ok());
-        drop(c);
-        // The same port again: the binder's errno.
-        let e = binder.bind(w(false, port)).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
-        let u = Want {
-            proto: PubProto::Udp,
-            v6: false,
-            port,
-        };
-        let s = std::net::UdpSocket::from(binder.bind(u).unwrap());
-        assert_eq!(s.local_addr().unwrap(), u.listen());
-        // A malformed request: EINVAL, and the binder goes on.
-        send_msg(binder.sock.as_fd(), b"zz", None).unwrap();
-        let mut buf = [0u8; 8];
-        let (n, fd) = recv_msg(binder.sock.as_fd(), &mut buf).unwrap();
-        let e = decode_reply(&buf[..n], fd).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
-        drop(binder);
-        assert!(server.join().unwrap().is_ok(), "end of file ends it");
-    }
-}
+mod tests;
