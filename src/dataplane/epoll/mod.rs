@@ -99,9 +99,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
-use crate::dataplane::uring::{
-    Completion, MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY, new_socket, send_to, setsockopt,
-};
+use crate::dataplane::sock::{new_socket, send_to, setsockopt};
+use crate::dataplane::uring::{Completion, MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY};
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
 

@@ -9,7 +9,8 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::dataplane::uring::{SockAddr, last_errno, socklen_of, to_socket_addr};
+use crate::dataplane::sock::{last_errno, socklen_of, to_socket_addr};
+use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::ops::Errno;
 
 /// Most messages one `sendmmsg`/`recvmmsg` moves.
