@@ -17,6 +17,7 @@ use super::{
     clamp_u32,
 };
 use crate::dataplane::bufring::BufRing;
+use crate::dataplane::io::{FlowOps, Phase, route};
 use crate::dataplane::sock::{last_errno, new_socket, send_to, setsockopt};
 use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::flow::FlowId;
@@ -29,16 +30,6 @@ pub(super) struct Sock {
     pub(super) ops: Vec<u32>,
     /// The flow is gone; close `fd` when `ops` is empty.
     pub(super) closing: bool,
-}
-
-pub(super) enum Phase {
-    /// The connect is in flight; ops wait here in push order.
-    Connecting {
-        deferred: Vec<SockOp>,
-    },
-    Connected,
-    /// `socket()` or the connect failed with this errno.
-    Failed(Errno),
 }
 
 /// A live flow: opened by the stack and not yet closed.
@@ -68,30 +59,7 @@ impl Uring {
 
     /// Queue one socket op (takes ownership of its data). Never blocks.
     pub fn push(&mut self, op: SockOp) {
-        match op {
-            SockOp::Open {
-                flow,
-                proto,
-                dst,
-                mss,
-            } => self.open(flow, proto, dst, mss),
-            SockOp::Close { flow, reset } => self.close(flow, reset),
-            op => {
-                let id = op.flow();
-                let Some(f) = self.flow_mut(id) else {
-                    debug!("uring: {op:?} for a flow that is not open; dropped");
-                    return;
-                };
-                match &mut f.phase {
-                    Phase::Connecting { deferred } => deferred.push(op),
-                    Phase::Failed(e) => {
-                        let e = *e;
-                        self.fail_op(op, e);
-                    }
-                    Phase::Connected => self.issue(op),
-                }
-            }
-        }
+        route(self, op);
     }
 
     /// Abort every flow (`Close { reset: true }` for each): used when the
@@ -104,198 +72,6 @@ impl Uring {
     }
 
     // ---- ops ----
-
-    pub(super) fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
-        let idx = id.idx as usize;
-        if self.flows.len() <= idx {
-            self.flows.resize_with(idx + 1, || None);
-        }
-        if let Some(old) = &self.flows[idx] {
-            let old = old.id;
-            if old.gen_ == id.gen_ {
-                warn!("uring: second Open for {id:?}; ignored");
-                return;
-            }
-            warn!("uring: Open for {id:?} while {old:?} is live without Close; aborting it");
-            self.close(old, true);
-        }
-        let src = match dst {
-            _ if dst.ip().is_loopback() => None,
-            SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
-            SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
-        };
-        let (sock, phase) = match new_socket(proto, &dst, mss, src, false) {
-            Ok(fd) => (
-                Some(self.alloc_sock(fd)),
-                Phase::Connecting {
-                    deferred: Vec::new(),
-                },
-            ),
-            Err(e) => {
-                debug!("uring: socket for {id:?} ({proto:?} to {dst}) failed: errno {e}");
-                self.ready.push_back(HostEvent::Connected {
-                    flow: id,
-                    result: Err(e),
-                });
-                (None, Phase::Failed(e))
-            }
-        };
-        self.flows[idx] = Some(Flow {
-            id,
-            sock,
-            phase,
-            sends_in_flight: 0,
-            shutdown_pending: false,
-            peer: None,
-            dgram: proto != Proto::Tcp,
-        });
-        self.live_flows += 1;
-        if let Some(s) = sock {
-            let fd = self.sock_fd(s);
-            let op = Op {
-                kind: OpKind::Connect,
-                flow: Some(id),
-                sock: Some(s),
-                listener: None,
-                res: OpRes::Addr(Box::new(SockAddr::new(&dst))),
-            };
-            self.start(op, |res| {
-                let OpRes::Addr(addr) = res else {
-                    unreachable!("connect owns a sockaddr")
-                };
-                opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len()).build()
-            });
-        }
-    }
-
-    /// Issue a Send, Recv or ShutdownWrite on a connected flow.
-    pub(super) fn issue(&mut self, op: SockOp) {
-        let id = op.flow();
-        let Some(f) = self.flow_mut(id) else {
-            return;
-        };
-        if f.dgram && matches!(op, SockOp::Recv { .. }) {
-            // Cannot fail: a connected flow has a socket.
-            let s = f.sock.expect("connected flow has a socket");
-            if self.recv_ring_ready() {
-                self.arm_recv_multi(id, s);
-                return;
-            }
-        }
-        let Some(f) = self.flow_mut(id) else {
-            return;
-        };
-        // Cannot fail: a connected flow has a socket.
-        let s = f.sock.expect("connected flow has a socket");
-        if let (Some(peer), SockOp::Send { data, .. }) = (f.peer, &op) {
-            // A published UDP port's flow: one non-blocking sendto on the
-            // shared socket (a UDP send does not wait for the peer).
-            let fd = self.sock_fd(s);
-            let result = send_to(fd, data, &peer);
-            if let SockOp::Send { data, .. } = op {
-                self.recycle(data);
-            }
-            self.ready.push_back(HostEvent::Sent { flow: id, result });
-            return;
-        }
-        match op {
-            SockOp::Send { data, .. } => {
-                f.sends_in_flight += 1;
-                let fd = self.sock_fd(s);
-                let op = Op {
-                    kind: OpKind::Send,
-                    flow: Some(id),
-                    sock: Some(s),
-                    listener: None,
-                    res: OpRes::Sending { buf: data, done: 0 },
-                };
-                let waitall = self.send_waitall;
-                self.start(op, |res| send_entry(fd, res, waitall));
-            }
-            SockOp::Recv { max, .. } => {
-                let max = max.min(MAX_RECV);
-                let fd = self.sock_fd(s);
-                let buf = self.recv_buffer(max);
-                let op = Op {
-                    kind: OpKind::Recv,
-                    flow: Some(id),
-                    sock: Some(s),
-                    listener: None,
-                    res: OpRes::Buf(buf),
-                };
-                self.start(op, |res| {
-                    let OpRes::Buf(buf) = res else {
-                        unreachable!("recv owns a buffer")
-                    };
-                    opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), clamp_u32(max)).build()
-                });
-            }
-            SockOp::ShutdownWrite { .. } => {
-                if f.sends_in_flight > 0 {
-                    f.shutdown_pending = true;
-                } else {
-                    self.shutdown_write(s);
-                }
-            }
-            SockOp::Open { .. } | SockOp::Close { .. } => {
-                unreachable!("Open and Close are handled by push")
-            }
-        }
-    }
-
-    /// Answer `op` on a failed flow with `errno`, without the kernel.
-    pub(super) fn fail_op(&mut self, op: SockOp, errno: Errno) {
-        let flow = op.flow();
-        match op {
-            SockOp::Send { data, .. } => {
-                self.recycle(data);
-                self.ready.push_back(HostEvent::Sent {
-                    flow,
-                    result: Err(errno),
-                });
-            }
-            SockOp::Recv { .. } => self.ready.push_back(HostEvent::Received {
-                flow,
-                result: Err(errno),
-            }),
-            SockOp::ShutdownWrite { .. } | SockOp::Open { .. } | SockOp::Close { .. } => {}
-        }
-    }
-
-    pub(super) fn close(&mut self, id: FlowId, reset: bool) {
-        let Some(flow) = self.take_flow(id) else {
-            debug!("uring: Close for {id:?}, which is not open; ignored");
-            return;
-        };
-        if let Phase::Connecting { deferred } = flow.phase {
-            // Never issued: the kernel has not seen their buffers.
-            for op in deferred {
-                if let SockOp::Send { data, .. } = op {
-                    self.recycle(data);
-                }
-            }
-        }
-        let Some(s) = flow.sock else {
-            return;
-        };
-        if flow.peer.is_some() {
-            // The published port's socket is the listener's, not the flow's.
-            return;
-        }
-        let Some(sock) = self.socks[s as usize].as_mut() else {
-            return;
-        };
-        if reset {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            if let Err(e) = setsockopt(&sock.fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
-                debug!("uring: SO_LINGER 0 on {id:?} failed: errno {e}");
-            }
-        }
-        self.abandon_sock(s);
-    }
 
     /// The socket's owner is gone: cancel its ops (dropping those still in
     /// the backlog) and close the fd once no op references it.
@@ -384,6 +160,38 @@ impl Uring {
             }
         }
         1
+    }
+
+    /// The CQE of a `Send` (its op slot already freed).
+    pub(super) fn on_send_cqe(
+        &mut self,
+        mut op: Op,
+        mut res: Result<i32, Errno>,
+        out: &mut impl FnMut(Completion),
+    ) -> usize {
+        // A stream socket that took part of a Send (its buffer was
+        // full, a signal): the rest goes out from where it stopped,
+        // and the flow hears once, with the whole count. The stack
+        // hands over its bytes without keeping a copy, so a short
+        // count must not reach it as a success.
+        if let (Ok(n), OpRes::Sending { buf, done }, Some(id), Some(s)) =
+            (res, &mut op.res, op.flow, op.sock)
+        {
+            *done += usize::try_from(n).unwrap_or(0);
+            let total = i32::try_from(*done).unwrap_or(i32::MAX);
+            // A live flow's socket is not closing: the caller's
+            // `sock_op_done` left its fd open for the restart.
+            if n > 0 && *done < buf.len() && self.flow_mut(id).is_some() {
+                self.short_sends += 1;
+                let fd = self.sock_fd(s);
+                let waitall = self.send_waitall;
+                self.start(op, |res| send_entry(fd, res, waitall));
+                return 0;
+            }
+            res = Ok(total);
+        }
+        self.reclaim(op.res);
+        self.on_send(op.flow, res, out)
     }
 
     pub(super) fn on_send(
@@ -639,4 +447,204 @@ pub(super) fn send_entry(fd: RawFd, res: &mut OpRes, waitall: bool) -> squeue::E
     opcode::Send::new(types::Fd(fd), rest.as_ptr(), clamp_u32(rest.len()))
         .flags(libc::MSG_NOSIGNAL | if waitall { libc::MSG_WAITALL } else { 0 })
         .build()
+}
+
+impl FlowOps for Uring {
+    const NAME: &'static str = "uring";
+
+    fn phase_mut(&mut self, id: FlowId) -> Option<&mut Phase> {
+        self.flow_mut(id).map(|f| &mut f.phase)
+    }
+
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
+        let idx = id.idx as usize;
+        if self.flows.len() <= idx {
+            self.flows.resize_with(idx + 1, || None);
+        }
+        if let Some(old) = &self.flows[idx] {
+            let old = old.id;
+            if old.gen_ == id.gen_ {
+                warn!("uring: second Open for {id:?}; ignored");
+                return;
+            }
+            warn!("uring: Open for {id:?} while {old:?} is live without Close; aborting it");
+            self.close(old, true);
+        }
+        let src = match dst {
+            _ if dst.ip().is_loopback() => None,
+            SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
+            SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
+        };
+        let (sock, phase) = match new_socket(proto, &dst, mss, src, false) {
+            Ok(fd) => (
+                Some(self.alloc_sock(fd)),
+                Phase::Connecting {
+                    deferred: Vec::new(),
+                },
+            ),
+            Err(e) => {
+                debug!("uring: socket for {id:?} ({proto:?} to {dst}) failed: errno {e}");
+                self.ready.push_back(HostEvent::Connected {
+                    flow: id,
+                    result: Err(e),
+                });
+                (None, Phase::Failed(e))
+            }
+        };
+        self.flows[idx] = Some(Flow {
+            id,
+            sock,
+            phase,
+            sends_in_flight: 0,
+            shutdown_pending: false,
+            peer: None,
+            dgram: proto != Proto::Tcp,
+        });
+        self.live_flows += 1;
+        if let Some(s) = sock {
+            let fd = self.sock_fd(s);
+            let op = Op {
+                kind: OpKind::Connect,
+                flow: Some(id),
+                sock: Some(s),
+                listener: None,
+                res: OpRes::Addr(Box::new(SockAddr::new(&dst))),
+            };
+            self.start(op, |res| {
+                let OpRes::Addr(addr) = res else {
+                    unreachable!("connect owns a sockaddr")
+                };
+                opcode::Connect::new(types::Fd(fd), addr.as_ptr(), addr.len()).build()
+            });
+        }
+    }
+
+    /// Issue a Send, Recv or ShutdownWrite on a connected flow.
+    fn issue(&mut self, op: SockOp) {
+        let id = op.flow();
+        let Some(f) = self.flow_mut(id) else {
+            return;
+        };
+        if f.dgram && matches!(op, SockOp::Recv { .. }) {
+            // Cannot fail: a connected flow has a socket.
+            let s = f.sock.expect("connected flow has a socket");
+            if self.recv_ring_ready() {
+                self.arm_recv_multi(id, s);
+                return;
+            }
+        }
+        let Some(f) = self.flow_mut(id) else {
+            return;
+        };
+        // Cannot fail: a connected flow has a socket.
+        let s = f.sock.expect("connected flow has a socket");
+        if let (Some(peer), SockOp::Send { data, .. }) = (f.peer, &op) {
+            // A published UDP port's flow: one non-blocking sendto on the
+            // shared socket (a UDP send does not wait for the peer).
+            let fd = self.sock_fd(s);
+            let result = send_to(fd, data, &peer);
+            if let SockOp::Send { data, .. } = op {
+                self.recycle(data);
+            }
+            self.ready.push_back(HostEvent::Sent { flow: id, result });
+            return;
+        }
+        match op {
+            SockOp::Send { data, .. } => {
+                f.sends_in_flight += 1;
+                let fd = self.sock_fd(s);
+                let op = Op {
+                    kind: OpKind::Send,
+                    flow: Some(id),
+                    sock: Some(s),
+                    listener: None,
+                    res: OpRes::Sending { buf: data, done: 0 },
+                };
+                let waitall = self.send_waitall;
+                self.start(op, |res| send_entry(fd, res, waitall));
+            }
+            SockOp::Recv { max, .. } => {
+                let max = max.min(MAX_RECV);
+                let fd = self.sock_fd(s);
+                let buf = self.recv_buffer(max);
+                let op = Op {
+                    kind: OpKind::Recv,
+                    flow: Some(id),
+                    sock: Some(s),
+                    listener: None,
+                    res: OpRes::Buf(buf),
+                };
+                self.start(op, |res| {
+                    let OpRes::Buf(buf) = res else {
+                        unreachable!("recv owns a buffer")
+                    };
+                    opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), clamp_u32(max)).build()
+                });
+            }
+            SockOp::ShutdownWrite { .. } => {
+                if f.sends_in_flight > 0 {
+                    f.shutdown_pending = true;
+                } else {
+                    self.shutdown_write(s);
+                }
+            }
+            SockOp::Open { .. } | SockOp::Close { .. } => {
+                unreachable!("Open and Close are handled by push")
+            }
+        }
+    }
+
+    /// Answer `op` on a failed flow with `errno`, without the kernel.
+    fn fail_op(&mut self, op: SockOp, errno: Errno) {
+        let flow = op.flow();
+        match op {
+            SockOp::Send { data, .. } => {
+                self.recycle(data);
+                self.ready.push_back(HostEvent::Sent {
+                    flow,
+                    result: Err(errno),
+                });
+            }
+            SockOp::Recv { .. } => self.ready.push_back(HostEvent::Received {
+                flow,
+                result: Err(errno),
+            }),
+            SockOp::ShutdownWrite { .. } | SockOp::Open { .. } | SockOp::Close { .. } => {}
+        }
+    }
+
+    fn close(&mut self, id: FlowId, reset: bool) {
+        let Some(flow) = self.take_flow(id) else {
+            debug!("uring: Close for {id:?}, which is not open; ignored");
+            return;
+        };
+        if let Phase::Connecting { deferred } = flow.phase {
+            // Never issued: the kernel has not seen their buffers.
+            for op in deferred {
+                if let SockOp::Send { data, .. } = op {
+                    self.recycle(data);
+                }
+            }
+        }
+        let Some(s) = flow.sock else {
+            return;
+        };
+        if flow.peer.is_some() {
+            // The published port's socket is the listener's, not the flow's.
+            return;
+        }
+        let Some(sock) = self.socks[s as usize].as_mut() else {
+            return;
+        };
+        if reset {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            if let Err(e) = setsockopt(&sock.fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
+                debug!("uring: SO_LINGER 0 on {id:?} failed: errno {e}");
+            }
+        }
+        self.abandon_sock(s);
+    }
 }

@@ -10,8 +10,9 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use io_uring::{opcode, types};
 use log::{debug, warn};
 
-use super::executor::{Flow, Phase};
+use super::executor::Flow;
 use super::{Completion, Op, OpKind, OpRes, Uring};
+use crate::dataplane::io::{FlowOps, Phase};
 use crate::dataplane::sock::{last_errno, peer_addr, setsockopt, socklen_of, to_socket_addr};
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, Proto};

@@ -96,14 +96,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use log::{debug, trace, warn};
 
 use crate::dataplane::bufring::BufRing;
+pub use crate::dataplane::io::Completion;
 use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::flow::FlowId;
 use crate::stack::mem::chunks;
@@ -116,7 +116,7 @@ mod listeners;
 mod tests;
 mod token;
 
-use executor::{Flow, Sock, send_entry};
+use executor::{Flow, Sock};
 use token::{OpKind, Token};
 
 pub use crate::dataplane::sock::{UDP_RCVBUF, abort_socket, size_udp_rcvbuf};
@@ -191,65 +191,6 @@ fn restricted_ring(entries: u32, cq: u32) -> io::Result<IoUring> {
     ring.submitter().register_restrictions(&mut res)?;
     ring.submitter().register_enable_rings()?;
     Ok(ring)
-}
-
-/// One thing [`Uring::drain`] reports.
-#[derive(Debug)]
-pub enum Completion {
-    /// A socket event for the stack.
-    Host(HostEvent),
-    /// The eventfd armed with [`Uring::arm_wake`] was read; arm it again.
-    Wake,
-    /// A frame write from [`Uring::push_frame_write`] finished; its buffer
-    /// is now on the spare list.
-    FrameWritten {
-        /// Bytes written, or the error.
-        result: io::Result<usize>,
-    },
-    /// The fd given to [`Uring::push_poll_in`] is readable (or has an
-    /// error or hung up: `result` holds the poll mask, or the error).
-    Readable {
-        /// The poll mask, or the error.
-        result: io::Result<u32>,
-    },
-    /// The timeout given to [`Uring::submit_and_wait`] expired and nothing
-    /// else was reported by this drain.
-    Timeout,
-    /// The multishot read of [`Uring::push_port_read`] filled buffer `bid`
-    /// with a `len`-byte frame: read it with [`Uring::port_frame`], then
-    /// give it back with [`Uring::port_recycle`].
-    PortFrame {
-        /// Buffer id in the port's buffer ring.
-        bid: u16,
-        /// Frame length.
-        len: usize,
-    },
-    /// The multishot read ended (out of buffers, an error, or the fd
-    /// closed); arm it again to keep reading.
-    PortReadEnded {
-        /// Why: `Ok` when it ended without an error of its own.
-        result: io::Result<()>,
-    },
-    /// A connection accepted on published TCP port `listener` (see
-    /// [`Uring::add_listener`]); attach it to a flow with
-    /// [`Uring::attach_tcp`] or drop it.
-    Accepted {
-        /// The listener's id.
-        listener: u32,
-        /// The connected socket (blocking, close-on-exec).
-        fd: OwnedFd,
-        /// The host client.
-        peer: SocketAddr,
-    },
-    /// A datagram from `peer` on published UDP port `listener`.
-    Datagram {
-        /// The listener's id.
-        listener: u32,
-        /// The host sender.
-        peer: SocketAddr,
-        /// The datagram.
-        data: Vec<u8>,
-    },
 }
 
 /// What an op owns until its CQE. Every variant is a heap allocation whose
@@ -592,33 +533,7 @@ impl Uring {
         let res = if result < 0 { Err(-result) } else { Ok(result) };
         match op.kind {
             OpKind::Connect => self.on_connect(op.flow, res, out),
-            OpKind::Send => {
-                // A stream socket that took part of a Send (its buffer was
-                // full, a signal): the rest goes out from where it stopped,
-                // and the flow hears once, with the whole count. The stack
-                // hands over its bytes without keeping a copy, so a short
-                // count must not reach it as a success.
-                let mut op = op;
-                let mut res = res;
-                if let (Ok(n), OpRes::Sending { buf, done }, Some(id), Some(s)) =
-                    (res, &mut op.res, op.flow, op.sock)
-                {
-                    *done += usize::try_from(n).unwrap_or(0);
-                    let total = i32::try_from(*done).unwrap_or(i32::MAX);
-                    // A live flow's socket is not closing: the release
-                    // above left its fd open for the restart.
-                    if n > 0 && *done < buf.len() && self.flow_mut(id).is_some() {
-                        self.short_sends += 1;
-                        let fd = self.sock_fd(s);
-                        let waitall = self.send_waitall;
-                        self.start(op, |res| send_entry(fd, res, waitall));
-                        return 0;
-                    }
-                    res = Ok(total);
-                }
-                self.reclaim(op.res);
-                self.on_send(op.flow, res, out)
-            }
+            OpKind::Send => self.on_send_cqe(op, res, out),
             OpKind::Recv => {
                 let OpRes::Buf(buf) = op.res else {
                     unreachable!("recv owns a buffer")

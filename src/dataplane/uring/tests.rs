@@ -3,8 +3,9 @@
 //! (`open`, `host_events`, `echo_server`, ...).
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::thread;
 
