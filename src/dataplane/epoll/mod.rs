@@ -3,6 +3,11 @@
 //! (container seccomp profiles, `kernel.io_uring_disabled`). Same contract
 //! as [`crate::dataplane::uring::Uring`], same [`Completion`]s.
 //!
+//! This file is a little over 800 lines: the flow table and the try-op
+//! state machine (open, issue, retry on edges, close) read as one piece;
+//! published ports are in `ports.rs`, the per-flow syscalls in `flow_io.rs`
+//! and `sys.rs`.
+//!
 //! # Theory of operation
 //!
 //! One [`Epoll`] belongs to one worker thread. Every socket is

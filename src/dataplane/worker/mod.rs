@@ -44,7 +44,7 @@
 //!
 //! With `--pcap`, every frame taken in (before `Stack::ingress`) and every
 //! frame the stack makes for the guest (before it goes to the port) is
-//! copied to [`Shared::pcap`](control::Shared::pcap), a bounded queue toward the writer thread
+//! copied to [`Shared::pcap`], a bounded queue toward the writer thread
 //! ([`crate::dataplane::pcap`]); a full queue leaves the frame out of the
 //! file and counts it (`pcap_drops`), it never stalls the loop.
 
