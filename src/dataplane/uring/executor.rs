@@ -279,13 +279,7 @@ impl Uring {
     /// One multishot receive on datagram socket `s` of flow `id`.
     pub(super) fn arm_recv_multi(&mut self, id: FlowId, s: u32) {
         let fd = self.sock_fd(s);
-        let op = Op {
-            kind: OpKind::RecvMulti,
-            flow: Some(id),
-            sock: Some(s),
-            listener: None,
-            res: OpRes::None,
-        };
+        let op = Op::of_flow(OpKind::RecvMulti, id, s, OpRes::None);
         self.start(op, |_| {
             opcode::RecvMulti::new(types::Fd(fd), RECV_BGID).build()
         });
@@ -503,13 +497,12 @@ impl FlowOps for Uring {
         self.live_flows += 1;
         if let Some(s) = sock {
             let fd = self.sock_fd(s);
-            let op = Op {
-                kind: OpKind::Connect,
-                flow: Some(id),
-                sock: Some(s),
-                listener: None,
-                res: OpRes::Addr(Box::new(SockAddr::new(&dst))),
-            };
+            let op = Op::of_flow(
+                OpKind::Connect,
+                id,
+                s,
+                OpRes::Addr(Box::new(SockAddr::new(&dst))),
+            );
             self.start(op, |res| {
                 let OpRes::Addr(addr) = res else {
                     unreachable!("connect owns a sockaddr")
@@ -553,13 +546,7 @@ impl FlowOps for Uring {
             SockOp::Send { data, .. } => {
                 f.sends_in_flight += 1;
                 let fd = self.sock_fd(s);
-                let op = Op {
-                    kind: OpKind::Send,
-                    flow: Some(id),
-                    sock: Some(s),
-                    listener: None,
-                    res: OpRes::Sending { buf: data, done: 0 },
-                };
+                let op = Op::of_flow(OpKind::Send, id, s, OpRes::Sending { buf: data, done: 0 });
                 let waitall = self.send_waitall;
                 self.start(op, |res| send_entry(fd, res, waitall));
             }
@@ -567,13 +554,7 @@ impl FlowOps for Uring {
                 let max = max.min(MAX_RECV);
                 let fd = self.sock_fd(s);
                 let buf = self.recv_buffer(max);
-                let op = Op {
-                    kind: OpKind::Recv,
-                    flow: Some(id),
-                    sock: Some(s),
-                    listener: None,
-                    res: OpRes::Buf(buf),
-                };
+                let op = Op::of_flow(OpKind::Recv, id, s, OpRes::Buf(buf));
                 self.start(op, |res| {
                     let OpRes::Buf(buf) = res else {
                         unreachable!("recv owns a buffer")

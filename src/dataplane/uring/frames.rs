@@ -19,13 +19,7 @@ impl Uring {
     /// then goes to the spare list ([`Uring::take_spare_buffer`]). The caller
     /// keeps `fd` open until then.
     pub fn push_frame_write(&mut self, fd: RawFd, frame: Vec<u8>) {
-        let op = Op {
-            kind: OpKind::FrameWrite,
-            flow: None,
-            sock: None,
-            listener: None,
-            res: OpRes::Buf(frame),
-        };
+        let op = Op::own(OpKind::FrameWrite, OpRes::Buf(frame));
         self.start(op, |res| {
             let OpRes::Buf(buf) = res else {
                 unreachable!("frame write owns a buffer")
@@ -48,13 +42,7 @@ impl Uring {
     /// throughput). A poll plus direct reads of the non-blocking fd keeps
     /// everything on the worker.
     pub fn push_poll_in(&mut self, fd: RawFd) {
-        let op = Op {
-            kind: OpKind::PollIn,
-            flow: None,
-            sock: None,
-            listener: None,
-            res: OpRes::None,
-        };
+        let op = Op::own(OpKind::PollIn, OpRes::None);
         self.start(op, |_| {
             // Cannot fail: POLLIN (1) fits in u32.
             let mask = u32::try_from(libc::POLLIN).unwrap_or(1);
@@ -85,13 +73,7 @@ impl Uring {
             warn!("uring: push_port_read without a port ring");
             return;
         };
-        let op = Op {
-            kind: OpKind::PortRead,
-            flow: None,
-            sock: None,
-            listener: None,
-            res: OpRes::None,
-        };
+        let op = Op::own(OpKind::PortRead, OpRes::None);
         self.start(op, |_| {
             opcode::ReadMulti::new(types::Fd(fd), 0, bgid).build()
         });

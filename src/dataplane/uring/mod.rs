@@ -221,6 +221,30 @@ struct Op {
     res: OpRes,
 }
 
+impl Op {
+    /// An op of the worker's own: no flow, socket or listener.
+    fn own(kind: OpKind, res: OpRes) -> Op {
+        Op {
+            kind,
+            flow: None,
+            sock: None,
+            listener: None,
+            res,
+        }
+    }
+
+    /// A socket op of flow `id` on socket `s`.
+    fn of_flow(kind: OpKind, id: FlowId, s: u32, res: OpRes) -> Op {
+        Op {
+            kind,
+            flow: Some(id),
+            sock: Some(s),
+            listener: None,
+            res,
+        }
+    }
+}
+
 /// Executes [`SockOp`]s on one io_uring; see the [module docs](self).
 pub struct Uring {
     ring: IoUring,
@@ -315,13 +339,7 @@ impl Uring {
     /// One read per call: arm again after each wake. The caller keeps
     /// `eventfd` open until the wake arrives.
     pub fn arm_wake(&mut self, eventfd: RawFd) {
-        let op = Op {
-            kind: OpKind::Wake,
-            flow: None,
-            sock: None,
-            listener: None,
-            res: OpRes::Word(Box::new([0; 8])),
-        };
+        let op = Op::own(OpKind::Wake, OpRes::Word(Box::new([0; 8])));
         self.start(op, |res| {
             let OpRes::Word(word) = res else {
                 unreachable!("wake owns a word")
@@ -452,13 +470,10 @@ impl Uring {
     /// waits do not pile up timeouts in the kernel.
     fn push_timeout(&mut self, t: Duration) {
         self.remove_fallback_timeout();
-        let op = Op {
-            kind: OpKind::Timeout,
-            flow: None,
-            sock: None,
-            listener: None,
-            res: OpRes::Time(Box::new(types::Timespec::from(t))),
-        };
+        let op = Op::own(
+            OpKind::Timeout,
+            OpRes::Time(Box::new(types::Timespec::from(t))),
+        );
         let slot = self.start(op, |res| {
             let OpRes::Time(ts) = res else {
                 unreachable!("timeout owns a timespec")
