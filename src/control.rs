@@ -23,19 +23,20 @@
 //!
 //! The control thread binds (so errors, such as a port in use, go back to
 //! the client or to start-up) and hands each bound socket to worker 0
-//! through [`Shared::publish`]; the worker accepts and receives on it
-//! with its io_uring and owns the flows. The control thread waits
-//! (bounded) for [`Shared::publish_done`] to know the worker carried the
-//! command out.
+//! as a [`Command::Publish`]; the worker accepts and receives on it
+//! with its io_uring and owns the flows. The worker answers each such
+//! command on a reply channel once it is in effect, and the control
+//! thread waits (bounded) on that channel.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::worker::{PublishCmd, Shared, WorkerStats};
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::dataplane::worker::{self, Command, PublishCmd, Shared, WorkerStats};
 use crate::publish::{self, PubProto, PublishSpec};
 use crate::rings::FrameRing;
 use crate::stack::{Counters, Proto};
@@ -48,7 +49,6 @@ const READ_LIMIT: Duration = Duration::from_secs(2);
 const LINE_MAX: u64 = 4096;
 
 /// The published ports, and how to reach the worker that serves them.
-#[derive(Default)]
 pub struct Forwards {
     entries: Vec<(PublishSpec, Vec<u32>)>,
     next_id: u32,
@@ -56,6 +56,28 @@ pub struct Forwards {
     pending: Vec<PublishCmd>,
     /// Commands handed to the worker so far.
     sent: u64,
+    /// Commands the worker reported carried out so far.
+    done: u64,
+    /// The worker's reports: how many commands each `Publish` held.
+    done_tx: Sender<u64>,
+    done_rx: Receiver<u64>,
+}
+
+impl Default for Forwards {
+    fn default() -> Self {
+        // Unbounded: the worker never blocks on a report; `flush` folds
+        // the reports in, so at most one per flush waits here.
+        let (done_tx, done_rx) = crossbeam::channel::unbounded();
+        Forwards {
+            entries: Vec::new(),
+            next_id: 0,
+            pending: Vec::new(),
+            sent: 0,
+            done: 0,
+            done_tx,
+            done_rx,
+        }
+    }
 }
 
 impl Forwards {
@@ -130,28 +152,30 @@ impl Forwards {
 
     /// Hand queued commands to the worker and kick it.
     pub fn flush(&mut self, worker: &Shared, inbox: &FrameRing) {
+        self.done += self.done_rx.try_iter().sum::<u64>();
         if self.pending.is_empty() {
             return;
         }
-        self.sent += self.pending.len() as u64;
-        worker
-            .publish
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&mut self.pending);
+        let cmds = std::mem::take(&mut self.pending);
+        let n = cmds.len() as u64;
+        if worker.send(Command::Publish {
+            cmds,
+            done: self.done_tx.clone(),
+        }) {
+            self.sent += n;
+        }
         inbox.kick();
     }
 
     /// Wait (at most [`WORKER_WAIT`]) until the worker carried out every
     /// command handed to it; false on time-out.
-    pub fn wait(&self, worker: &Shared) -> bool {
+    pub fn wait(&mut self) -> bool {
         let end = Instant::now() + WORKER_WAIT;
-        // Acquire: pairs with the worker's Release after the changes.
-        while worker.publish_done.load(Ordering::Acquire) < self.sent {
-            if Instant::now() >= end {
-                return false;
+        while self.done < self.sent {
+            match self.done_rx.recv_deadline(end) {
+                Ok(n) => self.done += n,
+                Err(_) => return false,
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         true
     }
@@ -264,7 +288,7 @@ fn execute(
                 forwards.remove(&spec)?;
             }
             forwards.flush(w0, in0);
-            if !forwards.wait(w0) {
+            if !forwards.wait() {
                 return Err("the worker did not answer in time".into());
             }
             log::info!("control: {cmd} {spec}");
@@ -298,23 +322,12 @@ fn list(forwards: &Forwards, workers: &[Arc<Shared>], inboxes: &[Arc<FrameRing>]
     s
 }
 
-/// Ask every worker for fresh stats and wait (bounded) for them.
+/// Ask every worker for fresh stats and wait (bounded) for them; a worker
+/// that does not answer in time gives default stats.
 pub fn snapshot(workers: &[Arc<Shared>], inboxes: &[Arc<FrameRing>]) -> Vec<WorkerStats> {
-    for w in workers {
-        w.dump.store(true, Ordering::SeqCst);
-    }
+    let replies = workers.iter().map(|w| w.request_stats()).collect();
     inboxes.iter().for_each(|r| r.kick());
-    let end = Instant::now() + WORKER_WAIT;
-    // A worker clears `dump` once it has published.
-    while workers.iter().any(|w| w.dump.load(Ordering::SeqCst)) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // The worker clears the flag just before it stores the stats.
-    std::thread::sleep(Duration::from_millis(5));
-    workers
-        .iter()
-        .map(|w| w.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
-        .collect()
+    worker::collect_stats(replies, Instant::now() + WORKER_WAIT)
 }
 
 /// The client side: send `command` to the daemon at `path` and return its

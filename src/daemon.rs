@@ -449,10 +449,7 @@ impl Workers {
         // One budget for every worker's flows (`--max-memory`).
         let memory = Arc::new(stack::MemBudget::new(cfg.max_memory));
         for (i, port) in ports.into_iter().enumerate() {
-            let sh = Arc::new(Shared {
-                pcap: pcap.as_ref().map(|p| p.capture(i)),
-                ..Shared::default()
-            });
+            let sh = Arc::new(Shared::new(pcap.as_ref().map(|p| p.capture(i))));
             shared.push(sh.clone());
             let (worker, workers) = port.shard;
             // With the kernel steering (a multiqueue TAP: `workers` 1), the
@@ -510,12 +507,7 @@ impl Workers {
     }
 
     fn snapshot(&self) -> Vec<WorkerStats> {
-        self.each(|s| s.dump.store(true, Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(150));
-        self.shared
-            .iter()
-            .map(|s| s.stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect()
+        crate::control::snapshot(&self.shared, &self.inboxes)
     }
 
     fn stop(self) -> Vec<WorkerStats> {
@@ -1108,9 +1100,7 @@ fn run_stream(cfg: &Config, mut publish: Publish) -> Result<i32, Error> {
     let inboxes = workers.inboxes.clone();
     let (code, stats, stats_file) = control_loop(workers, publish, || {
         if disconnected.swap(false, Ordering::SeqCst) {
-            shared
-                .iter()
-                .for_each(|s| s.reset.store(true, Ordering::SeqCst));
+            shared.iter().for_each(|s| s.reset());
             inboxes.iter().for_each(|r| r.kick());
         }
         if reader.is_finished() {
@@ -1380,7 +1370,7 @@ fn control_loop(
                 resolv_version = v;
                 let list = host_resolvers(resolv);
                 workers.each(|s| {
-                    *s.resolvers.lock().unwrap_or_else(|e| e.into_inner()) = Some(list.clone());
+                    s.set_resolvers(list.clone());
                 });
             }
         }

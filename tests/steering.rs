@@ -114,10 +114,9 @@ fn full_inbox(io: IoEngine) {
     }
     assert_eq!(inbox1.len(), 4, "worker 0 forwarded what fits");
     std::thread::sleep(Duration::from_millis(200));
-    shared.dump.store(true, Ordering::SeqCst);
+    let reply = shared.request_stats().unwrap();
     inbox0.kick();
-    std::thread::sleep(Duration::from_millis(300));
-    let snap = shared.stats.lock().unwrap().clone();
+    let snap = reply.recv_timeout(Duration::from_secs(2)).unwrap();
     assert!(snap.worker.ring_full > 0, "a full inbox is counted");
 
     // Now drain inbox 1 as its worker would: every frame, in order.

@@ -419,7 +419,7 @@ impl HostFwds {
         let apply = |forwards: &mut Forwards| -> Result<(), String> {
             if let (Some(w0), Some(in0)) = (workers.first(), inboxes.first()) {
                 forwards.flush(w0, in0);
-                if !forwards.wait(w0) {
+                if !forwards.wait() {
                     return Err("the worker did not answer in time".into());
                 }
             }

@@ -20,9 +20,130 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
 pub use crate::dataplane::epoll::Epoll;
-pub use crate::dataplane::uring::{Completion, Uring};
+pub use crate::dataplane::uring::Uring;
 use crate::stack::flow::FlowId;
-use crate::stack::ops::{Proto, SockOp};
+use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
+
+/// One thing an executor's `drain` reports ([`Uring::drain`],
+/// [`Epoll::drain`]).
+#[derive(Debug)]
+pub enum Completion {
+    /// A socket event for the stack.
+    Host(HostEvent),
+    /// The eventfd armed with [`Uring::arm_wake`] was read; arm it again.
+    Wake,
+    /// A frame write from [`Uring::push_frame_write`] finished; its buffer
+    /// is now on the spare list.
+    FrameWritten {
+        /// Bytes written, or the error.
+        result: io::Result<usize>,
+    },
+    /// The fd given to [`Uring::push_poll_in`] is readable (or has an
+    /// error or hung up: `result` holds the poll mask, or the error).
+    Readable {
+        /// The poll mask, or the error.
+        result: io::Result<u32>,
+    },
+    /// The timeout given to [`Uring::submit_and_wait`] expired and nothing
+    /// else was reported by this drain.
+    Timeout,
+    /// The multishot read of [`Uring::push_port_read`] filled buffer `bid`
+    /// with a `len`-byte frame: read it with [`Uring::port_frame`], then
+    /// give it back with [`Uring::port_recycle`].
+    PortFrame {
+        /// Buffer id in the port's buffer ring.
+        bid: u16,
+        /// Frame length.
+        len: usize,
+    },
+    /// The multishot read ended (out of buffers, an error, or the fd
+    /// closed); arm it again to keep reading.
+    PortReadEnded {
+        /// Why: `Ok` when it ended without an error of its own.
+        result: io::Result<()>,
+    },
+    /// A connection accepted on published TCP port `listener` (see
+    /// [`Uring::add_listener`]); attach it to a flow with
+    /// [`Uring::attach_tcp`] or drop it.
+    Accepted {
+        /// The listener's id.
+        listener: u32,
+        /// The connected socket (blocking, close-on-exec).
+        fd: OwnedFd,
+        /// The host client.
+        peer: SocketAddr,
+    },
+    /// A datagram from `peer` on published UDP port `listener`.
+    Datagram {
+        /// The listener's id.
+        listener: u32,
+        /// The host sender.
+        peer: SocketAddr,
+        /// The datagram.
+        data: Vec<u8>,
+    },
+}
+
+/// Where a flow's host socket stands; the same in both executors.
+pub(super) enum Phase {
+    /// The connect is in flight; ops wait here in push order.
+    Connecting {
+        /// The ops pushed meanwhile.
+        deferred: Vec<SockOp>,
+    },
+    /// Ops run at once.
+    Connected,
+    /// `socket()` or the connect failed with this errno.
+    Failed(Errno),
+}
+
+/// The flow steps each executor implements; [`route`] decides which one a
+/// [`SockOp`] takes, the same way for both (the [`crate::stack::ops`]
+/// rules). Static dispatch: `route` is generic over the executor.
+pub(super) trait FlowOps {
+    /// The executor's name in log lines.
+    const NAME: &'static str;
+    /// The phase of live flow `id`, if it is open.
+    fn phase_mut(&mut self, id: FlowId) -> Option<&mut Phase>;
+    /// `Open`: create the socket and start the connect.
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>);
+    /// `Close`: forget the flow now; its socket closes when no op uses it.
+    fn close(&mut self, id: FlowId, reset: bool);
+    /// Issue a `Send`, `Recv` or `ShutdownWrite` on a connected flow.
+    fn issue(&mut self, op: SockOp);
+    /// Answer `op` on a failed flow with `errno`, without the kernel.
+    fn fail_op(&mut self, op: SockOp, errno: Errno);
+}
+
+/// Queue one socket op on `ex` (takes ownership of its data); never
+/// blocks. Ops of a connecting flow wait for the connect, ops of a failed
+/// flow are answered with its errno, ops of a flow that is not open are
+/// dropped with a debug log.
+pub(super) fn route<X: FlowOps>(ex: &mut X, op: SockOp) {
+    match op {
+        SockOp::Open {
+            flow,
+            proto,
+            dst,
+            mss,
+        } => ex.open(flow, proto, dst, mss),
+        SockOp::Close { flow, reset } => ex.close(flow, reset),
+        op => {
+            let Some(phase) = ex.phase_mut(op.flow()) else {
+                log::debug!("{}: {op:?} for a flow that is not open; dropped", X::NAME);
+                return;
+            };
+            match phase {
+                Phase::Connecting { deferred } => deferred.push(op),
+                Phase::Failed(e) => {
+                    let e = *e;
+                    ex.fail_op(op, e);
+                }
+                Phase::Connected => ex.issue(op),
+            }
+        }
+    }
+}
 
 /// SQ entries of a worker's ring.
 const RING_ENTRIES: u32 = 2048;

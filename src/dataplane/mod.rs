@@ -7,6 +7,8 @@ pub mod io;
 pub mod netns;
 pub mod offload;
 pub mod pcap;
+mod sock;
+mod sockaddr;
 pub mod stream;
 pub mod tap;
 pub mod uring;

@@ -31,10 +31,9 @@
 //! little-endian, as the stack writes it.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::RawFd;
 
-use crate::dataplane::tap::{Tap, TapError, fill_ifr_name, ifname_cstring};
+use crate::dataplane::tap::{Tap, TapError};
 use crate::stack::wire::vnet_hdr;
 
 /// Errors from opening a TAP with a virtio-net header.
@@ -174,60 +173,27 @@ impl Tap {
     /// and, with `multi_queue`, `IFF_MULTI_QUEUE` (open the same name again
     /// for each further queue). Offloads stay off until [`set_offload`].
     pub fn open_vnet(name: &str, multi_queue: bool) -> Result<Tap, OffloadError> {
-        let cname = ifname_cstring(name)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(crate::dataplane::tap::TUN_PATH)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => TapError::NoTunDevice(e),
-                io::ErrorKind::PermissionDenied => TapError::TunPermission(e),
-                _ => TapError::OpenTun(e),
-            })?;
-        let fd = OwnedFd::from(file);
-        // SAFETY:
-        // - `ifreq` is a plain C struct (arrays, integers, a union of those
-        //   and pointers); all-zero bytes are a valid value for every field.
-        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-        fill_ifr_name(&mut ifr, &cname);
-        ifr.ifr_ifru.ifru_flags = Self::vnet_ifr_flags(multi_queue);
-        // SAFETY:
-        // - `fd` is an open `/dev/net/tun` fd owned by this function.
-        // - TUNSETIFF reads and writes one `struct ifreq`; `ifr` is a live,
-        //   properly aligned `ifreq` that outlives the call.
-        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &raw mut ifr) };
-        if rc < 0 {
-            return Err(TapError::SetIff {
-                name: name.to_owned(),
-                source: io::Error::last_os_error(),
-            }
-            .into());
-        }
-        let bytes: Vec<u8> = ifr
-            .ifr_name
-            .iter()
-            .map(|c| c.to_ne_bytes()[0])
-            .take_while(|&b| b != 0)
-            .collect();
-        let name = String::from_utf8_lossy(&bytes).into_owned();
+        let tap = Tap::open_ifr(name, Self::vnet_ifr_flags(multi_queue))?;
         let vnet_err = |source| OffloadError::VnetHdr {
-            name: name.clone(),
+            name: tap.name().to_owned(),
             source,
         };
         #[cfg(target_endian = "big")]
-        set_vnet_le(fd.as_raw_fd()).map_err(vnet_err)?;
-        enable_vnet_hdr(fd.as_raw_fd()).map_err(vnet_err)?;
+        set_vnet_le(tap.as_raw_fd()).map_err(vnet_err)?;
+        enable_vnet_hdr(tap.as_raw_fd()).map_err(vnet_err)?;
         log::debug!(
-            "tap: opened {name} with a virtio-net header (fd {})",
-            fd.as_raw_fd()
+            "tap: opened {} with a virtio-net header (fd {})",
+            tap.name(),
+            tap.as_raw_fd()
         );
-        Ok(Tap::from_fd(fd, name))
+        Ok(tap)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]

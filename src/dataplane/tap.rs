@@ -199,6 +199,12 @@ impl Tap {
     /// [`Tap::open`] with optional flags: `IFF_MULTI_QUEUE` (this fd is one queue; open
     /// the same name again, with the same flags, for the next) and `IFF_VNET_HDR`.
     pub fn open_with(name: &str, flags: TapFlags) -> Result<Tap, TapError> {
+        Tap::open_ifr(name, Self::ifr_flags() | flags.ifr_bits())
+    }
+
+    /// Open `/dev/net/tun` and attach it to TAP `name` with `TUNSETIFF`
+    /// and these `ifr_flags` (`IFF_TAP` and the rest, all given).
+    pub(crate) fn open_ifr(name: &str, ifr_flags: libc::c_short) -> Result<Tap, TapError> {
         let cname = ifname_cstring(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -217,7 +223,7 @@ impl Tap {
         //   pointers); all-zero bytes are a valid value for every field.
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         fill_ifr_name(&mut ifr, &cname);
-        ifr.ifr_ifru.ifru_flags = Self::ifr_flags() | flags.ifr_bits();
+        ifr.ifr_ifru.ifru_flags = ifr_flags;
         // SAFETY:
         // - `fd` is an open `/dev/net/tun` fd owned by this function.
         // - TUNSETIFF reads and writes one `struct ifreq`; `ifr` is a live,

@@ -239,7 +239,7 @@ impl Device {
             conn.close_exit_events();
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
             self.generation.fetch_add(1, Ordering::SeqCst);
-            self.workers_each(|s| s.reset.store(true, Ordering::SeqCst));
+            self.workers_each(|s| s.reset());
         }
         Ok(())
     }
@@ -458,9 +458,7 @@ impl VhostUserBackend for Backend {
                 ..Offload::default()
             }
         };
-        self.dev.workers_each(|s| {
-            *s.offload.lock().unwrap_or_else(|e| e.into_inner()) = Some(off);
-        });
+        self.dev.workers_each(|s| s.set_offload(off));
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

@@ -315,7 +315,7 @@ impl NetCore {
         self.active_pairs.store(1, Ordering::Release);
         self.isr.store(0, Ordering::Release);
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.workers_each(|s| s.reset.store(true, Ordering::SeqCst));
+        self.workers_each(|s| s.reset());
     }
 }
 
@@ -713,9 +713,7 @@ impl VirtioNetPci {
         // Only offered features are accepted (set_status), so without
         // offloads offered none are on here either.
         let off = Negotiated(f).offload();
-        self.core.workers_each(|s| {
-            *s.offload.lock().unwrap_or_else(|e| e.into_inner()) = Some(off);
-        });
+        self.core.workers_each(|s| s.set_offload(off));
     }
 
     fn reset(&mut self) {

@@ -5,7 +5,7 @@
 use std::os::fd::RawFd;
 
 use super::{DGRAM_ROUNDS, Epoll, shutdown_write, sys};
-use crate::dataplane::uring::Completion;
+use crate::dataplane::io::Completion;
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent};
 

@@ -3,6 +3,11 @@
 //! (container seccomp profiles, `kernel.io_uring_disabled`). Same contract
 //! as [`crate::dataplane::uring::Uring`], same [`Completion`]s.
 //!
+//! This file is a little over 800 lines: the flow table and the try-op
+//! state machine (open, issue, retry on edges, close) read as one piece;
+//! published ports are in `ports.rs`, the per-flow syscalls in `flow_io.rs`
+//! and `sys.rs`.
+//!
 //! # Theory of operation
 //!
 //! One [`Epoll`] belongs to one worker thread. Every socket is
@@ -99,9 +104,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, trace, warn};
 
-use crate::dataplane::uring::{
-    Completion, MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY, new_socket, send_to, setsockopt,
-};
+use crate::dataplane::io::Completion;
+use crate::dataplane::io::{FlowOps, Phase, route};
+use crate::dataplane::sock::{new_socket, send_to, setsockopt};
+use crate::dataplane::uring::{MAX_RECV, SPARE_MAX, SPARE_MAX_CAPACITY};
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
 
@@ -164,16 +170,6 @@ impl Token {
             _ => return None,
         })
     }
-}
-
-enum Phase {
-    /// The stream connect is in progress; ops wait here in push order.
-    Connecting {
-        deferred: Vec<SockOp>,
-    },
-    Connected,
-    /// `socket()` or the connect failed with this errno.
-    Failed(Errno),
 }
 
 /// A live flow: opened by the stack and not yet closed.
@@ -277,30 +273,7 @@ impl Epoll {
 
     /// Queue one socket op (takes ownership of its data). Never blocks.
     pub fn push(&mut self, op: SockOp) {
-        match op {
-            SockOp::Open {
-                flow,
-                proto,
-                dst,
-                mss,
-            } => self.open(flow, proto, dst, mss),
-            SockOp::Close { flow, reset } => self.close(flow, reset),
-            op => {
-                let id = op.flow();
-                let Some(f) = self.flow_mut(id) else {
-                    debug!("epoll: {op:?} for a flow that is not open; dropped");
-                    return;
-                };
-                match &mut f.phase {
-                    Phase::Connecting { deferred } => deferred.push(op),
-                    Phase::Failed(e) => {
-                        let e = *e;
-                        self.fail_op(op, e);
-                    }
-                    Phase::Connected => self.issue(op),
-                }
-            }
-        }
+        route(self, op);
     }
 
     /// Write `frame` to `fd` (a TAP queue) now, with one `write`; the
@@ -496,63 +469,6 @@ impl Epoll {
 
     // ---- flows ----
 
-    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
-        if let Some(old) = self
-            .flows
-            .get(id.idx as usize)
-            .and_then(|f| f.as_ref().map(|f| f.id))
-        {
-            if old.gen_ == id.gen_ {
-                warn!("epoll: second Open for {id:?}; ignored");
-                return;
-            }
-            warn!("epoll: Open for {id:?} while {old:?} is live without Close; aborting it");
-            self.close(old, true);
-        }
-        let src = match dst {
-            _ if dst.ip().is_loopback() => None,
-            SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
-            SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
-        };
-        let dgram = proto != Proto::Tcp;
-        let (fd, phase) = match new_socket(proto, &dst, mss, src, true) {
-            Ok(fd) => match sys::connect(&fd, &dst) {
-                Ok(()) => (Some(fd), Phase::Connected),
-                Err(libc::EINPROGRESS) if !dgram => (
-                    Some(fd),
-                    Phase::Connecting {
-                        deferred: Vec::new(),
-                    },
-                ),
-                Err(e) => (None, Phase::Failed(e)),
-            },
-            Err(e) => (None, Phase::Failed(e)),
-        };
-        match phase {
-            Phase::Connected => self.ready.push_back(Completion::Host(HostEvent::Connected {
-                flow: id,
-                result: Ok(()),
-            })),
-            Phase::Failed(e) => {
-                debug!(
-                    "epoll: socket or connect for {id:?} ({proto:?} to {dst}) failed: errno {e}"
-                );
-                self.ready.push_back(Completion::Host(HostEvent::Connected {
-                    flow: id,
-                    result: Err(e),
-                }));
-            }
-            Phase::Connecting { .. } => {}
-        }
-        let has_fd = fd.is_some();
-        self.insert_flow(id, fd, None, phase, dgram);
-        // Registered after connect(): an unconnected socket polls as hung
-        // up, a connecting one as nothing until the handshake ends.
-        if has_fd && let Err(e) = self.register(id) {
-            self.connect_done(id, Err(e));
-        }
-    }
-
     fn insert_flow(
         &mut self,
         id: FlowId,
@@ -600,105 +516,11 @@ impl Epoll {
         sys::epoll_ctl(&self.ep, libc::EPOLL_CTL_ADD, fd, SOCK_EVENTS, token.pack())
     }
 
-    /// Issue a Send, Recv or ShutdownWrite on a connected flow.
-    fn issue(&mut self, op: SockOp) {
-        let id = op.flow();
-        let listener_fd = self
-            .flow_mut(id)
-            .and_then(|f| f.published)
-            .map(|(l, peer)| (self.listeners.get(&l).map(|l| l.fd.as_raw_fd()), peer));
-        let Some(f) = self.flow_mut(id) else {
-            return;
-        };
-        match op {
-            SockOp::Send { data, .. } => {
-                if let Some((fd, peer)) = listener_fd {
-                    // A published UDP port's flow: one non-blocking sendto
-                    // on the shared socket.
-                    let result = fd.map_or(Err(libc::EBADF), |fd| send_to(fd, &data, &peer));
-                    self.recycle(data);
-                    self.ready
-                        .push_back(Completion::Host(HostEvent::Sent { flow: id, result }));
-                    return;
-                }
-                f.sends.push_back(data);
-            }
-            SockOp::Recv { max, .. } => {
-                if f.dgram {
-                    f.receiving = true;
-                } else {
-                    f.recv = Some(max.min(MAX_RECV));
-                }
-            }
-            SockOp::ShutdownWrite { .. } => {
-                if f.sends.is_empty() {
-                    shutdown_write(f);
-                } else {
-                    f.shutdown_pending = true;
-                }
-                return;
-            }
-            SockOp::Open { .. } | SockOp::Close { .. } => {
-                unreachable!("Open and Close are handled by push")
-            }
-        }
-        self.mark_dirty(id);
-    }
-
     fn mark_dirty(&mut self, id: FlowId) {
         if let Some(f) = self.flow_mut(id)
             && !std::mem::replace(&mut f.dirty, true)
         {
             self.dirty.push(id);
-        }
-    }
-
-    /// Answer `op` on a failed flow with `errno`, without the kernel.
-    fn fail_op(&mut self, op: SockOp, errno: Errno) {
-        let flow = op.flow();
-        let ev = match op {
-            SockOp::Send { data, .. } => {
-                self.recycle(data);
-                HostEvent::Sent {
-                    flow,
-                    result: Err(errno),
-                }
-            }
-            SockOp::Recv { .. } => HostEvent::Received {
-                flow,
-                result: Err(errno),
-            },
-            SockOp::ShutdownWrite { .. } | SockOp::Open { .. } | SockOp::Close { .. } => return,
-        };
-        self.ready.push_back(Completion::Host(ev));
-    }
-
-    fn close(&mut self, id: FlowId, reset: bool) {
-        let Some(flow) = self.take_flow(id) else {
-            debug!("epoll: Close for {id:?}, which is not open; ignored");
-            return;
-        };
-        for buf in flow.sends {
-            self.recycle(buf);
-        }
-        if let Phase::Connecting { deferred } = flow.phase {
-            for op in deferred {
-                if let SockOp::Send { data, .. } = op {
-                    self.recycle(data);
-                }
-            }
-        }
-        if let Some(fd) = flow.fd
-            && reset
-        {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            if let Err(e) = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
-                debug!("epoll: SO_LINGER 0 on {id:?} failed: errno {e}");
-            }
-            // Dropping `fd` closes it, which leaves the epoll set.
         }
     }
 
@@ -900,5 +722,164 @@ fn shutdown_write(f: &Flow) {
         && let Err(e) = sys::shutdown(fd.as_raw_fd(), libc::SHUT_WR)
     {
         debug!("epoll: shutdown(SHUT_WR) of {:?} failed: errno {e}", f.id);
+    }
+}
+
+impl FlowOps for Epoll {
+    const NAME: &'static str = "epoll";
+
+    fn phase_mut(&mut self, id: FlowId) -> Option<&mut Phase> {
+        self.flow_mut(id).map(|f| &mut f.phase)
+    }
+
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
+        if let Some(old) = self
+            .flows
+            .get(id.idx as usize)
+            .and_then(|f| f.as_ref().map(|f| f.id))
+        {
+            if old.gen_ == id.gen_ {
+                warn!("epoll: second Open for {id:?}; ignored");
+                return;
+            }
+            warn!("epoll: Open for {id:?} while {old:?} is live without Close; aborting it");
+            self.close(old, true);
+        }
+        let src = match dst {
+            _ if dst.ip().is_loopback() => None,
+            SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
+            SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
+        };
+        let dgram = proto != Proto::Tcp;
+        let (fd, phase) = match new_socket(proto, &dst, mss, src, true) {
+            Ok(fd) => match sys::connect(&fd, &dst) {
+                Ok(()) => (Some(fd), Phase::Connected),
+                Err(libc::EINPROGRESS) if !dgram => (
+                    Some(fd),
+                    Phase::Connecting {
+                        deferred: Vec::new(),
+                    },
+                ),
+                Err(e) => (None, Phase::Failed(e)),
+            },
+            Err(e) => (None, Phase::Failed(e)),
+        };
+        match phase {
+            Phase::Connected => self.ready.push_back(Completion::Host(HostEvent::Connected {
+                flow: id,
+                result: Ok(()),
+            })),
+            Phase::Failed(e) => {
+                debug!(
+                    "epoll: socket or connect for {id:?} ({proto:?} to {dst}) failed: errno {e}"
+                );
+                self.ready.push_back(Completion::Host(HostEvent::Connected {
+                    flow: id,
+                    result: Err(e),
+                }));
+            }
+            Phase::Connecting { .. } => {}
+        }
+        let has_fd = fd.is_some();
+        self.insert_flow(id, fd, None, phase, dgram);
+        // Registered after connect(): an unconnected socket polls as hung
+        // up, a connecting one as nothing until the handshake ends.
+        if has_fd && let Err(e) = self.register(id) {
+            self.connect_done(id, Err(e));
+        }
+    }
+
+    /// Issue a Send, Recv or ShutdownWrite on a connected flow.
+    fn issue(&mut self, op: SockOp) {
+        let id = op.flow();
+        let listener_fd = self
+            .flow_mut(id)
+            .and_then(|f| f.published)
+            .map(|(l, peer)| (self.listeners.get(&l).map(|l| l.fd.as_raw_fd()), peer));
+        let Some(f) = self.flow_mut(id) else {
+            return;
+        };
+        match op {
+            SockOp::Send { data, .. } => {
+                if let Some((fd, peer)) = listener_fd {
+                    // A published UDP port's flow: one non-blocking sendto
+                    // on the shared socket.
+                    let result = fd.map_or(Err(libc::EBADF), |fd| send_to(fd, &data, &peer));
+                    self.recycle(data);
+                    self.ready
+                        .push_back(Completion::Host(HostEvent::Sent { flow: id, result }));
+                    return;
+                }
+                f.sends.push_back(data);
+            }
+            SockOp::Recv { max, .. } => {
+                if f.dgram {
+                    f.receiving = true;
+                } else {
+                    f.recv = Some(max.min(MAX_RECV));
+                }
+            }
+            SockOp::ShutdownWrite { .. } => {
+                if f.sends.is_empty() {
+                    shutdown_write(f);
+                } else {
+                    f.shutdown_pending = true;
+                }
+                return;
+            }
+            SockOp::Open { .. } | SockOp::Close { .. } => {
+                unreachable!("Open and Close are handled by push")
+            }
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Answer `op` on a failed flow with `errno`, without the kernel.
+    fn fail_op(&mut self, op: SockOp, errno: Errno) {
+        let flow = op.flow();
+        let ev = match op {
+            SockOp::Send { data, .. } => {
+                self.recycle(data);
+                HostEvent::Sent {
+                    flow,
+                    result: Err(errno),
+                }
+            }
+            SockOp::Recv { .. } => HostEvent::Received {
+                flow,
+                result: Err(errno),
+            },
+            SockOp::ShutdownWrite { .. } | SockOp::Open { .. } | SockOp::Close { .. } => return,
+        };
+        self.ready.push_back(Completion::Host(ev));
+    }
+
+    fn close(&mut self, id: FlowId, reset: bool) {
+        let Some(flow) = self.take_flow(id) else {
+            debug!("epoll: Close for {id:?}, which is not open; ignored");
+            return;
+        };
+        for buf in flow.sends {
+            self.recycle(buf);
+        }
+        if let Phase::Connecting { deferred } = flow.phase {
+            for op in deferred {
+                if let SockOp::Send { data, .. } = op {
+                    self.recycle(data);
+                }
+            }
+        }
+        if let Some(fd) = flow.fd
+            && reset
+        {
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            if let Err(e) = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger) {
+                debug!("epoll: SO_LINGER 0 on {id:?} failed: errno {e}");
+            }
+            // Dropping `fd` closes it, which leaves the epoll set.
+        }
     }
 }

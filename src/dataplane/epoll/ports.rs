@@ -7,8 +7,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use log::{debug, trace, warn};
 
-use super::{ACCEPT_BATCH, DGRAM_ROUNDS, Epoll, IN_EVENTS, Listener, Phase, Token, sys};
-use crate::dataplane::uring::{Completion, peer_addr, setsockopt};
+use super::{ACCEPT_BATCH, DGRAM_ROUNDS, Epoll, IN_EVENTS, Listener, Token, sys};
+use crate::dataplane::io::Completion;
+use crate::dataplane::io::Phase;
+use crate::dataplane::sock::{peer_addr, setsockopt};
 use crate::stack::flow::FlowId;
 use crate::stack::ops::Proto;
 

@@ -9,7 +9,8 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::dataplane::uring::{SockAddr, last_errno, socklen_of, to_socket_addr};
+use crate::dataplane::sock::{last_errno, socklen_of, to_socket_addr};
+use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::ops::Errno;
 
 /// Most messages one `sendmmsg`/`recvmmsg` moves.
@@ -262,24 +263,33 @@ pub(super) fn send_batch<'a>(
         h.msg_hdr.msg_iovlen = 1;
         n += 1;
     }
+    mmsg(n, |vlen| {
+        // SAFETY:
+        // - the first `n` headers each point to one iovec of `iov`, which
+        //   points to a datagram borrowed from `bufs` for the whole call
+        //   (the iterator's items outlive it: `'a`);
+        // - the kernel reads those and writes only the headers' `msg_len`.
+        unsafe {
+            libc::sendmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        }
+    })
+}
+
+/// Run one `sendmmsg`/`recvmmsg` over the first `n` headers (`call` gets
+/// `n` as its `vlen`): how many messages it handled, or its errno. No call
+/// at all for `n` 0.
+fn mmsg(n: usize, call: impl FnOnce(libc::c_uint) -> libc::c_int) -> Result<usize, Errno> {
     if n == 0 {
         return Ok(0);
     }
     // Cannot fail: n <= MMSG_BATCH (32).
     let vlen = libc::c_uint::try_from(n).unwrap_or(0);
-    // SAFETY:
-    // - the first `n` headers each point to one iovec of `iov`, which
-    //   points to a datagram borrowed from `bufs` for the whole call
-    //   (the iterator's items outlive it: `'a`);
-    // - the kernel reads those and writes only the headers' `msg_len`.
-    let r = unsafe {
-        libc::sendmmsg(
-            fd,
-            hdrs.as_mut_ptr(),
-            vlen,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
+    let r = call(vlen);
     if r < 0 {
         return Err(last_errno());
     }
@@ -314,31 +324,25 @@ pub(super) fn recv_batch(
             hdrs[i].msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_storage>();
         }
     }
-    if n == 0 {
-        return Ok(0);
-    }
-    // Cannot fail: n <= MMSG_BATCH (32).
-    let vlen = libc::c_uint::try_from(n).unwrap_or(0);
-    // SAFETY:
-    // - each of the first `n` headers points to one iovec over the spare
-    //   capacity of one buffer of `bufs` (live, borrowed mutably, so not
-    //   aliased) and, with names, to one sockaddr_storage of `names`
-    //   with its size as `msg_namelen`;
-    // - the kernel writes at most each iovec's length and each name's
-    //   size, and the headers' lengths and flags; no timeout is passed.
-    let r = unsafe {
-        libc::recvmmsg(
-            fd,
-            hdrs.as_mut_ptr(),
-            vlen,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    };
-    if r < 0 {
-        return Err(last_errno());
-    }
-    let got = usize::try_from(r).unwrap_or(0).min(n);
+    let got = mmsg(n, |vlen| {
+        // SAFETY:
+        // - each of the first `n` headers points to one iovec over the spare
+        //   capacity of one buffer of `bufs` (live, borrowed mutably, so not
+        //   aliased) and, with names, to one sockaddr_storage of `names`
+        //   with its size as `msg_namelen`;
+        // - the kernel writes at most each iovec's length and each name's
+        //   size, and the headers' lengths and flags; no timeout is passed.
+        unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                vlen,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        }
+    })?
+    .min(n);
     for i in 0..got {
         let len = usize::try_from(hdrs[i].msg_len)
             .unwrap_or(0)

@@ -1,6 +1,7 @@
 //! The epoll executor driven alone against real loopback sockets (and a
 //! socketpair as a fake TAP): the io_uring executor's contract tests,
-//! mirrored.
+//! mirrored. One file (over 800 lines) so the tests share their harness
+//! (`open`, `host_events`, the echo servers) as `uring/tests.rs` does.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
