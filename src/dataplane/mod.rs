@@ -8,7 +8,6 @@ pub mod netns;
 pub mod offload;
 pub mod pcap;
 mod sock;
-mod sockaddr;
 pub mod stream;
 pub mod tap;
 pub mod uring;

@@ -1,5 +1,5 @@
 //! Raw system-call wrappers that several modules share: socket addresses,
-//! fds and fd passing, namespaces and the parent-death signal, interface
+//! sockets, fds and fd passing, namespaces and the parent-death signal, interface
 //! ioctls and eventfds.
 //!
 //! # Theory of Operation
@@ -14,6 +14,7 @@
 //!
 //! ```text
 //!   sockaddr  SocketAddr <-> (sockaddr *, socklen_t); v4 sockaddrs for ifreq/rtentry
+//!   sock      socket, bind, setsockopt, sendto, getpeername (errno results)
 //!   fd        SOCK_SEQPACKET pairs, one message + SCM_RIGHTS fd, SO_RCVTIMEO
 //!   process   unshare, setns, / made rprivate, PR_SET_PDEATHSIG
 //!   ioctl     SIOCSIF* / SIOCADDRT on an AF_INET socket (IfSock)
@@ -26,6 +27,7 @@ pub mod eventfd;
 pub mod fd;
 pub mod ioctl;
 pub mod process;
+pub mod sock;
 pub mod sockaddr;
 
 use std::io;

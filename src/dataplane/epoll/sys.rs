@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::dataplane::sock::{last_errno, socklen_of, to_socket_addr};
-use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::ops::Errno;
+use crate::sys::sockaddr::SockAddr;
 
 /// Most messages one `sendmmsg`/`recvmmsg` moves.
 pub(super) const MMSG_BATCH: usize = 32;

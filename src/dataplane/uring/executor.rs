@@ -19,9 +19,9 @@ use super::{
 use crate::dataplane::bufring::BufRing;
 use crate::dataplane::io::{FlowOps, Phase, route};
 use crate::dataplane::sock::{last_errno, new_socket, send_to, setsockopt};
-use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::flow::FlowId;
 use crate::stack::ops::{Errno, HostEvent, Proto, SockOp};
+use crate::sys::sockaddr::SockAddr;
 
 /// A host socket and the ops that reference its fd.
 pub(super) struct Sock {

@@ -104,10 +104,10 @@ use log::{debug, trace, warn};
 
 use crate::dataplane::bufring::BufRing;
 pub use crate::dataplane::io::Completion;
-use crate::dataplane::sockaddr::SockAddr;
 use crate::stack::flow::FlowId;
 use crate::stack::mem::chunks;
 use crate::stack::ops::{HostEvent, Proto};
+use crate::sys::sockaddr::SockAddr;
 
 mod executor;
 mod frames;
