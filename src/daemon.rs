@@ -1176,15 +1176,7 @@ fn run_vhost_user(
         log::error!("the vhost-user server panicked");
     }
     let _ = socket_file.remove();
-    let c = &dev.counters;
-    log::info!(
-        "vhost-user: tx_frames {} tx_drops {} ring_full {} broken_queues {} interrupts {}",
-        c.tx_frames.load(Ordering::Relaxed),
-        c.tx_drops.load(Ordering::Relaxed),
-        c.ring_full.load(Ordering::Relaxed),
-        c.broken_queues.load(Ordering::Relaxed),
-        c.interrupts.load(Ordering::Relaxed)
-    );
+    log::info!("vhost-user: {}", dev.counters().summary());
     report(cfg, &stats, stats_file);
     Ok(code)
 }
@@ -1255,7 +1247,7 @@ fn run_vm(
         let _ = t.join();
     }
     drop(vm_result);
-    log::info!("virtio-net: {}", core.counters.summary());
+    log::info!("virtio-net: {}", core.counters().summary());
     report(cfg, &stats, stats_file);
     Ok(code)
 }
@@ -1336,10 +1328,10 @@ fn run_vm_tap(
     };
     let counters = net.counters.clone();
     net.stop();
-    log::info!("virtio-net: {}", core.counters.summary());
+    log::info!("virtio-net: {}", core.counters().summary());
     log::info!("-net tap: {}", counters.summary());
     if cfg.stats {
-        eprintln!("uipd: virtio-net: {}", core.counters.summary());
+        eprintln!("uipd: virtio-net: {}", core.counters().summary());
         eprintln!("uipd: -net tap: {}", counters.summary());
     }
     Ok(code)

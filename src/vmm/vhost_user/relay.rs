@@ -33,7 +33,7 @@
 //!   the VMM-address overlap it does not see at all (the crate's address
 //!   translation would pick whichever region comes first);
 //! - a `SET_VRING_NUM` that is not a power of two up to
-//!   [`MAX_QUEUE_SIZE`](super::vhost_user::MAX_QUEUE_SIZE);
+//!   [`MAX_QUEUE_SIZE`](super::MAX_QUEUE_SIZE);
 //! - a `SET_VRING_ADDR` whose descriptor table, available or used ring
 //!   (sized from the last `SET_VRING_NUM`) is not wholly inside one region.
 //!
@@ -447,7 +447,7 @@ impl Negotiation {
                     // virtio-queue ignores a size that is not a power of
                     // two with an error line per message and no error: a
                     // front-end could fill the log without being stopped.
-                    let max = u32::try_from(super::vhost_user::MAX_QUEUE_SIZE).unwrap_or(u32::MAX);
+                    let max = u32::try_from(super::MAX_QUEUE_SIZE).unwrap_or(u32::MAX);
                     if !num.is_power_of_two() || num > max {
                         return Err(invalid(format!(
                             "vring {i}: SET_VRING_NUM {num} (a power of two up to {max})"
