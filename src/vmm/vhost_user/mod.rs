@@ -34,6 +34,8 @@
 //! `SET_VRING_ENABLE`. Frames of a worker whose own pair is disabled go to
 //! the next enabled pair.
 
+pub mod relay;
+
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -54,8 +56,6 @@ use super::virtio_net::{
 use crate::dataplane::worker::{Shared, WorkerCounters};
 use crate::rings::FrameRing;
 use crate::stack::Offload;
-
-pub mod relay;
 
 pub use super::queue_pair::{Counters, SINK_MAX_BYTES};
 use super::queue_pair::{Pairs, Port, QueueSink, RxQueues, Transport};
