@@ -581,21 +581,6 @@ fn parse_cpulist(s: &str) -> Result<CpuList, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `uipd --kernel`: the embedded VMM.
-fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
-    let cfg = vm_config(cli, kernel);
-    match uipd::vmm::run(&cfg) {
-        Ok(exit) => {
-            eprintln!("uipd: the VM ended: {exit:?}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("uipd: {}", error_chain(&e));
-            ExitCode::from(1)
-        }
-    }
-}
-
 /// The VM part of the command line.
 fn vm_config(cli: &Cli, kernel: &std::path::Path) -> uipd::vmm::VmConfig {
     uipd::vmm::VmConfig {
@@ -682,7 +667,12 @@ fn main() -> ExitCode {
 
     let tap_mode = cli.kernel.is_some() && cli.net == Some(NetMode::Tap);
     match (&cli.kernel, cli.net) {
-        (Some(kernel), Some(NetMode::None)) => return run_vmm(&cli, kernel),
+        (Some(kernel), Some(NetMode::None)) => {
+            // No network: none of the options below matter.
+            let frontend = Frontend::VmNoNet(Box::new(vm_config(&cli, kernel)));
+            let cfg = daemon::Config::with_defaults(frontend, stack::Config::default(), 1);
+            return exit_code(daemon::run(cfg));
+        }
         (Some(_), Some(NetMode::Tap)) if cli.tap.is_none() => {
             eprintln!(
                 "uipd: -net tap needs --tap NAME: the host TAP device for the VM's NIC \
@@ -863,16 +853,16 @@ fn main() -> ExitCode {
         max_memory: cli.max_memory.unwrap_or_else(daemon::default_max_memory),
         ..daemon::Config::with_defaults(frontend, stack, workers)
     };
-    match daemon::run(cfg) {
+    exit_code(daemon::run(cfg))
+}
+
+/// uipd's exit status for what the daemon returned; an error is said on
+/// stderr with its sources.
+fn exit_code(r: Result<i32, daemon::Error>) -> ExitCode {
+    match r {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
-            let mut msg = format!("uipd: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("uipd: {}", error_chain(&e));
             // Like a shell: a command that cannot be found exits 127.
             match e {
                 daemon::Error::Netns(uipd::dataplane::netns::NetnsError::CommandNotFound(_)) => {
