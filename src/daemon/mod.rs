@@ -4,26 +4,26 @@
 //!
 //! [`run`] does what every frontend needs first (resolvers, the I/O
 //! engine, published ports, the control socket, files opened before the
-//! sandbox: [`forwards`]), then hands over to the frontend's own file,
-//! which sets up its side, starts the workers ([`workers`]) and passes
-//! both to one skeleton, [`serve`]: published ports to worker 0, the
+//! sandbox: `forwards.rs`), then hands over to the frontend's own file,
+//! which sets up its side, starts the workers (`workers.rs`) and passes
+//! both to one skeleton, `serve`: published ports to worker 0, the
 //! frontend's threads, "ready", the control loop (the frontend's exit,
-//! signals, resolv.conf changes, stats: [`stats`]), then the frontend's
+//! signals, resolv.conf changes, stats: `stats.rs`), then the frontend's
 //! teardown and the final report. Only the VMM without a stack (`-net tap`,
-//! `-net none`, in [`vm`]) has no workers and so no skeleton.
+//! `-net none`, in `vm.rs`) has no workers and so no skeleton.
 //!
-//! Namespace mode ([`tap`]), one worker per TAP queue (the kernel steers
+//! Namespace mode (`tap.rs`), one worker per TAP queue (the kernel steers
 //! flows):
 //! ```text
 //!  main thread ── control loop: child exit, signals, resolv.conf changes, stats
 //!  uipd-w0 ◄──► TAP queue 0   (Stack shard 0 + io_uring)  ◄─ inbox 0 ◄─┐ frames of
 //!  uipd-w1 ◄──► TAP queue 1   (Stack shard 1 + io_uring)  ◄─ inbox 1 ◄─┘ foreign flows
 //! ```
-//! Stream mode ([`stream`], see [`crate::dataplane::stream`]): the reader
+//! Stream mode (`stream.rs`, see [`crate::dataplane::stream`]): the reader
 //! thread steers frames to the workers' inboxes by the 5-tuple hash, and
 //! each worker's sink writes to the one connection. When the VMM goes
 //! away, every worker resets its flows and the next connection starts
-//! clean. vhost-user ([`vhost_user`]) and the VMM's virtio-pci NIC ([`vm`])
+//! clean. vhost-user (`vhost_user.rs`) and the VMM's virtio-pci NIC (`vm.rs`)
 //! steer the same way, from the guest's TX queues
 //! ([`crate::vmm::queue_pair`]).
 

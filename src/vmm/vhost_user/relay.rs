@@ -18,10 +18,10 @@
 //! loop, the workers and the next VMM are not affected):
 //!
 //! - a request number that is not in the vhost-user spec;
-//! - a body over [`MAX_BODY`], or one that does not arrive whole within
+//! - a body over `MAX_BODY` (4 KiB), or one that does not arrive whole within
 //!   [`BODY_TIMEOUT`] (a truncated message);
 //! - a message that configures the device before `SET_OWNER`
-//!   ([`needs_owner`]), and `SET_VRING_ADDR`/`SET_VRING_KICK` before
+//!   (`needs_owner`), and `SET_VRING_ADDR`/`SET_VRING_KICK` before
 //!   `SET_MEM_TABLE`;
 //! - a memory table that is malformed, has more or fewer file descriptors
 //!   than regions, a region of size zero or one that wraps, regions that
