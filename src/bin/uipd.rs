@@ -1,4 +1,7 @@
-//! The uipd daemon: command line → [`uipd::daemon::Config`] → [`uipd::daemon::run`].
+//! The uipd daemon: command line → [`uipd::daemon::Config`] →
+//! [`uipd::daemon::run`], for every mode (the VMM with `-net none`
+//! included). `uipd ctl` and the personalities (slirp4netns, passt,
+//! pasta) are in `uipd/personalities.rs`.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
@@ -8,6 +11,11 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use uipd::daemon::{self, Frontend};
 use uipd::dataplane::io::IoEngine;
 use uipd::stack;
+
+#[path = "uipd/personalities.rs"]
+mod personalities;
+
+use personalities::{ctl_main, passt_main, pasta_main, slirp4netns_main};
 
 /// User-mode networking for network namespaces and VMs: guest Ethernet
 /// frames become ordinary host sockets, with no privileges.
@@ -378,222 +386,10 @@ fn parse_publish(s: &str) -> Result<uipd::publish::PublishSpec, String> {
     uipd::publish::PublishSpec::parse(s).map_err(|e| e.to_string())
 }
 
-/// Talk to a running uipd through its control socket.
-///
-/// Examples:
-///   uipd ctl --control /run/uipd.sock list
-///   uipd ctl --control /run/uipd.sock add 127.0.0.1:8080:80
-///   uipd ctl --control /run/uipd.sock remove 8080:80
-#[derive(Debug, Parser)]
-#[command(name = "uipd ctl", verbatim_doc_comment)]
-struct CtlCli {
-    /// The daemon's control socket (its --control).
-    #[arg(long, value_name = "SOCKET")]
-    control: std::path::PathBuf,
-    #[command(subcommand)]
-    cmd: CtlCmd,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum CtlCmd {
-    /// Published ports, flows per worker, counters.
-    List,
-    /// Publish a port (SPEC as for --publish).
-    Add {
-        /// [ADDR:]HOSTPORT[-HOSTPORT2]:GUESTPORT[-GUESTPORT2][/tcp|/udp]
-        #[arg(value_parser = parse_publish)]
-        spec: uipd::publish::PublishSpec,
-    },
-    /// Stop publishing a port added before.
-    Remove {
-        /// The spec as added (any spelling of it).
-        #[arg(value_parser = parse_publish)]
-        spec: uipd::publish::PublishSpec,
-    },
-}
-
-fn ctl_main(args: &[OsString]) -> ExitCode {
-    let cli = CtlCli::parse_from(args);
-    let line = match &cli.cmd {
-        CtlCmd::List => "list".to_string(),
-        CtlCmd::Add { spec } => format!("add {spec}"),
-        CtlCmd::Remove { spec } => format!("remove {spec}"),
-    };
-    match uipd::control::request(&cli.control, &line) {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("uipd ctl: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// uipd as slirp4netns (see [`uipd::compat::slirp4netns`]).
-fn slirp4netns_main(args: &[OsString]) -> ExitCode {
-    use uipd::compat::slirp4netns::{self, Args};
-    let argv = std::iter::once(OsString::from("slirp4netns")).chain(args.iter().cloned());
-    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-    if a.version {
-        print!("{}", slirp4netns::version());
-        return ExitCode::SUCCESS;
-    }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let workers = uipd::dataplane::cpus::usable_cpus().len();
-    let inv = match a.invocation(workers) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("slirp4netns (uipd): {e}");
-            return ExitCode::from(1);
-        }
-    };
-    // Before any thread: setns(CLONE_NEWUSER) needs a single-threaded process.
-    if let Some(path) = &inv.userns
-        && let Err(e) = uipd::dataplane::netns::join_userns(path)
-    {
-        eprintln!("slirp4netns (uipd): {}", error_chain(&e));
-        return ExitCode::from(1);
-    }
-    match daemon::run(inv.config) {
-        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("slirp4netns (uipd): {}", error_chain(&e));
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// uipd as passt (see [`uipd::compat::passt`]).
-fn passt_main(args: &[OsString]) -> ExitCode {
-    use uipd::compat::passt::{self, Args};
-    let argv = std::iter::once(OsString::from("passt")).chain(args.iter().cloned());
-    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-    if a.version {
-        println!(
-            "passt (uipd {}): user-mode networking",
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::SUCCESS;
-    }
-    if a.print_capabilities {
-        print!("{}", passt::CAPABILITIES);
-        return ExitCode::SUCCESS;
-    }
-    let workers = uipd::dataplane::cpus::usable_cpus().len();
-    let inv = match a.invocation(workers) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("passt (uipd): {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if let Some(path) = &inv.socket {
-        println!("UNIX domain socket bound at {}", path.display());
-    }
-    serve_daemon("passt", inv.config, inv.background, inv.pid_file.as_deref())
-}
-
-/// uipd as pasta (see [`uipd::compat::pasta`]).
-fn pasta_main(args: &[OsString]) -> ExitCode {
-    use uipd::compat::pasta::Args;
-    let argv = std::iter::once(OsString::from("pasta")).chain(args.iter().cloned());
-    let a = Args::try_parse_from(argv).unwrap_or_else(|e| e.exit());
-    if a.version {
-        println!(
-            "pasta (uipd {}): user-mode networking",
-            env!("CARGO_PKG_VERSION")
-        );
-        return ExitCode::SUCCESS;
-    }
-    let workers = uipd::dataplane::cpus::usable_cpus().len();
-    let inv = match a.invocation(workers) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("pasta (uipd): {e}");
-            return ExitCode::from(1);
-        }
-    };
-    // Before any thread: setns(CLONE_NEWUSER) needs a single-threaded process.
-    if let Some(path) = &inv.userns
-        && let Err(e) = uipd::dataplane::netns::join_userns(path)
-    {
-        eprintln!("pasta (uipd): {}", error_chain(&e));
-        return ExitCode::from(1);
-    }
-    serve_daemon("pasta", inv.config, inv.background, inv.pid_file.as_deref())
-}
-
-/// Run a personality's daemon, in the background passt's way when asked:
-/// the parent forks before any thread and exits 0 only once the child
-/// serves, the child's PID in `pid_file` by then; else in the foreground,
-/// our own PID in `pid_file`.
-fn serve_daemon(
-    name: &str,
-    mut config: daemon::Config,
-    background: bool,
-    pid_file: Option<&std::path::Path>,
-) -> ExitCode {
-    let write_pid = |pid: String| match pid_file {
-        Some(p) => std::fs::write(p, format!("{pid}\n")).map_err(|e| {
-            eprintln!("{name} (uipd): writing the PID file {}: {e}", p.display());
-        }),
-        None => Ok(()),
-    };
-    if background {
-        // Before any thread: fork(2) copies only the calling thread.
-        match uipd::compat::background() {
-            Ok(uipd::compat::Forked::Parent { child, ready }) => {
-                // The child says "1" once it serves; until then its errors
-                // reach our stderr. The PID file exists before we exit.
-                if !ready {
-                    eprintln!("{name} (uipd): the background process did not start");
-                    return ExitCode::from(1);
-                }
-                return match write_pid(child.to_string()) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(()) => ExitCode::from(1),
-                };
-            }
-            Ok(uipd::compat::Forked::Child { ready_fd }) => config.ready_fd = Some(ready_fd),
-            Err(e) => {
-                eprintln!("{name} (uipd): going to the background: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    } else if write_pid(std::process::id().to_string()).is_err() {
-        return ExitCode::from(1);
-    }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match daemon::run(config) {
-        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
-        Err(e) => {
-            eprintln!("{name} (uipd): {}", error_chain(&e));
-            ExitCode::from(1)
-        }
-    }
-}
-
 fn parse_cpulist(s: &str) -> Result<CpuList, String> {
     uipd::dataplane::cpus::parse_cpulist(s)
         .map(CpuList)
         .map_err(|e| e.to_string())
-}
-
-/// `uipd --kernel`: the embedded VMM.
-fn run_vmm(cli: &Cli, kernel: &std::path::Path) -> ExitCode {
-    let cfg = vm_config(cli, kernel);
-    match uipd::vmm::run(&cfg) {
-        Ok(exit) => {
-            eprintln!("uipd: the VM ended: {exit:?}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("uipd: {}", error_chain(&e));
-            ExitCode::from(1)
-        }
-    }
 }
 
 /// The VM part of the command line.
@@ -682,7 +478,12 @@ fn main() -> ExitCode {
 
     let tap_mode = cli.kernel.is_some() && cli.net == Some(NetMode::Tap);
     match (&cli.kernel, cli.net) {
-        (Some(kernel), Some(NetMode::None)) => return run_vmm(&cli, kernel),
+        (Some(kernel), Some(NetMode::None)) => {
+            // No network: none of the options below matter.
+            let frontend = Frontend::VmNoNet(Box::new(vm_config(&cli, kernel)));
+            let cfg = daemon::Config::with_defaults(frontend, stack::Config::default(), 1);
+            return exit_code(daemon::run(cfg));
+        }
         (Some(_), Some(NetMode::Tap)) if cli.tap.is_none() => {
             eprintln!(
                 "uipd: -net tap needs --tap NAME: the host TAP device for the VM's NIC \
@@ -863,16 +664,16 @@ fn main() -> ExitCode {
         max_memory: cli.max_memory.unwrap_or_else(daemon::default_max_memory),
         ..daemon::Config::with_defaults(frontend, stack, workers)
     };
-    match daemon::run(cfg) {
+    exit_code(daemon::run(cfg))
+}
+
+/// uipd's exit status for what the daemon returned; an error is said on
+/// stderr with its sources.
+fn exit_code(r: Result<i32, daemon::Error>) -> ExitCode {
+    match r {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
-            let mut msg = format!("uipd: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("uipd: {}", error_chain(&e));
             // Like a shell: a command that cannot be found exits 127.
             match e {
                 daemon::Error::Netns(uipd::dataplane::netns::NetnsError::CommandNotFound(_)) => {

@@ -6,8 +6,8 @@
 //! vCPU thread looks the address up in a [`Bus`] (one for ports, one for
 //! MMIO) and calls the device that claims the range, with the offset into
 //! it. Devices sit behind a `Mutex`: vCPU threads share them, and accesses
-//! are rare (the hot data path of later stages goes through ioeventfd and
-//! irqfd, not through exits).
+//! are rare (the data path goes through ioeventfd and irqfd, not through
+//! exits).
 //!
 //! ```text
 //!  vCPU exit ─► Bus (BTreeMap base → (len, device)) ─► device.read/write(offset, data)

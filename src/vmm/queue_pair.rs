@@ -2,11 +2,14 @@
 //! vhost-user backend ([`super::vhost_user`]) and the embedded VMM's
 //! virtio-pci device ([`super::virtio_pci`]). [`Pairs`] owns the state of
 //! every queue pair (RX writers, TX states, stopped queues, TX retry
-//! timers) and runs both directions; a frontend supplies only a
-//! [`Transport`]: where its queues live (vhost-user-backend's
-//! `VringRwLock`s, or `Mutex<Queue>`s over the VM's own memory), which pairs
-//! the guest uses, and how an interrupt is raised (a call eventfd, or an
-//! MSI-X vector's irqfd).
+//! timers) and runs both directions; [`Port`] owns what the frontend shares
+//! with its workers across guests (inboxes, worker controls, the guest
+//! generation, counters), and [`QueueSink`] is a worker's way to the guest.
+//! A frontend supplies only a [`Transport`]: where its queues live
+//! (vhost-user-backend's `VringRwLock`s, or `Mutex<Queue>`s over the VM's
+//! own memory), which pairs the guest uses, and how an interrupt is raised
+//! (a call eventfd, or an MSI-X vector's irqfd); and, as [`RxQueues`], its
+//! current guest's transport, if one is there.
 //!
 //! ```text
 //!  TX kick ─► Pairs::process_tx ─► tx_pass: tx_pop chains ─► steer::frame_owner
@@ -23,7 +26,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
@@ -31,7 +34,7 @@ use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::virtio_net::{self, ChainError, Negotiated, Rx, RxRing, Tx};
-use crate::dataplane::worker::{FrameSink, WorkerCounters};
+use crate::dataplane::worker::{FrameSink, Shared, WorkerCounters};
 use crate::rings::{Frame, FrameRing};
 use crate::stack::steer::{self, Steer};
 use crate::stack::wire::vnet_hdr::HEADER_LEN;
@@ -269,16 +272,80 @@ fn place_front(
     taken
 }
 
+/// What a virtio-net frontend shares with the workers behind it, across
+/// guests (drivers, or VMM connections): their inboxes and controls, the
+/// guest generation its sinks watch, and its counters.
+pub struct Port {
+    pairs: usize,
+    inboxes: Vec<Arc<FrameRing>>,
+    workers: OnceLock<Vec<Arc<Shared>>>,
+    generation: AtomicU64,
+    /// The frontend's counters.
+    pub counters: Counters,
+}
+
+impl Port {
+    /// `pairs` queue pairs whose guest → host frames go to `inboxes`.
+    pub fn new(pairs: usize, inboxes: Vec<Arc<FrameRing>>) -> Port {
+        Port {
+            pairs,
+            inboxes,
+            workers: OnceLock::new(),
+            generation: AtomicU64::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Number of queue pairs.
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// The workers' inboxes (guest → host frames are steered to these).
+    pub fn inboxes(&self) -> &[Arc<FrameRing>] {
+        &self.inboxes
+    }
+
+    /// The workers' shared controls (offload changes, resets); set once.
+    pub fn set_workers(&self, shared: Vec<Arc<Shared>>) {
+        let _ = self.workers.set(shared);
+    }
+
+    /// Runs `f` on every worker's controls, then wakes the workers.
+    pub fn workers_each(&self, f: impl Fn(&Shared)) {
+        if let Some(s) = self.workers.get() {
+            s.iter().for_each(|s| f(s));
+        }
+        self.kick_workers();
+    }
+
+    /// Wakes every worker (say, to let its sink retry).
+    pub fn kick_workers(&self) {
+        self.inboxes.iter().for_each(|r| r.kick());
+    }
+
+    /// Changes when the guest goes away or resets the device: frames the
+    /// sinks kept for the old one are dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The guest went away, came, or reset the device.
+    pub fn new_guest(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// What a frontend gives the shared data path ([`Pairs`]).
 pub trait Transport {
     /// The frontend's name in log lines.
     const WHAT: &'static str;
+    /// The frontend's side toward the workers.
+    fn port(&self) -> &Port;
+    /// The state of the guest's queue pairs.
+    fn queue_pairs(&self) -> &Pairs;
     /// The features the driver accepted.
     fn negotiated(&self) -> Negotiated;
-    /// The frontend's counters.
-    fn counters(&self) -> &Counters;
-    /// The workers' inboxes (guest → host frames are steered to these).
-    fn inboxes(&self) -> &[Arc<FrameRing>];
     /// Queue pairs the guest uses now (frames toward it go to these).
     fn active_pairs(&self) -> usize;
     /// Runs `f` on virtqueue `q` (RX of pair p is 2p, TX 2p + 1) with the
@@ -342,7 +409,16 @@ impl Pairs {
         let mut st = lock(&self.tx[p]);
         let neg = t.negotiated();
         let r = t.with_queue(2 * p + 1, |q, mem| {
-            tx_pass(q, mem, neg, t.inboxes(), p, &mut st, t.counters(), T::WHAT)
+            tx_pass(
+                q,
+                mem,
+                neg,
+                t.port().inboxes(),
+                p,
+                &mut st,
+                &t.port().counters,
+                T::WHAT,
+            )
         });
         let notify = match r {
             None | Some(TxPass::Broken) => false,
@@ -444,7 +520,10 @@ impl Pairs {
             T::WHAT,
             2 * p
         );
-        t.counters().broken_queues.fetch_add(1, Ordering::Relaxed);
+        t.port()
+            .counters
+            .broken_queues
+            .fetch_add(1, Ordering::Relaxed);
         self.rx_broken[p].store(true, Ordering::Relaxed);
     }
 
@@ -466,21 +545,36 @@ impl Pairs {
 
 /// A frontend's RX queues, as a worker's [`QueueSink`] sees them.
 pub trait RxQueues: Send + Sync {
-    /// Changes when the guest goes away or resets the device: frames kept
-    /// for the old one are dropped.
-    fn generation(&self) -> u64;
-    /// Number of queue pairs.
-    fn pairs(&self) -> usize;
+    /// The transport of one guest.
+    type Guest: Transport;
+    /// The frontend's side toward the workers.
+    fn port(&self) -> &Port;
+    /// Runs `f` on the current guest's transport; `None` while there is
+    /// none.
+    fn with_guest<R>(&self, f: impl FnOnce(&Self::Guest) -> R) -> Option<R>;
+
+    /// See [`Port::generation`].
+    fn generation(&self) -> u64 {
+        self.port().generation()
+    }
+
     /// Place frames from the front of `waiting` (worker `worker`'s) until
     /// it is empty or there is no room; then notify every queue in
-    /// `touched` that wants it. Returns the bytes taken from `waiting`.
+    /// `touched` that wants it. Returns the bytes taken from `waiting`
+    /// (none while there is no guest).
     fn place_all(
         &self,
         worker: usize,
         waiting: &mut VecDeque<Vec<u8>>,
         touched: &mut [bool],
         counters: &mut WorkerCounters,
-    ) -> usize;
+    ) -> usize {
+        self.with_guest(|g| {
+            g.queue_pairs()
+                .place_all(g, worker, waiting, touched, counters)
+        })
+        .unwrap_or(0)
+    }
 }
 
 /// A worker's frames toward the guest: straight into the RX buffers of a
@@ -498,7 +592,7 @@ pub struct QueueSink<T: RxQueues> {
 impl<T: RxQueues> QueueSink<T> {
     /// The sink of worker `worker`.
     pub fn new(target: Arc<T>, worker: usize) -> Self {
-        let pairs = target.pairs();
+        let pairs = target.port().pairs();
         QueueSink {
             target,
             worker,
@@ -562,19 +656,35 @@ mod tests {
     use super::*;
 
     /// RX queues that take every frame, and whose guest can be replaced.
-    #[derive(Default)]
     struct Fake {
         generation: AtomicU64,
         placed: Mutex<Vec<Vec<u8>>>,
         room: std::sync::atomic::AtomicBool,
+        port: Port,
+    }
+
+    impl Default for Fake {
+        fn default() -> Self {
+            Fake {
+                generation: AtomicU64::default(),
+                placed: Mutex::default(),
+                room: std::sync::atomic::AtomicBool::default(),
+                port: Port::new(1, Vec::new()),
+            }
+        }
     }
 
     impl RxQueues for Fake {
+        /// Never used: [`RxQueues::place_all`] is the fake's own.
+        type Guest = crate::vmm::virtio_pci::NetCore;
+        fn port(&self) -> &Port {
+            &self.port
+        }
+        fn with_guest<R>(&self, _: impl FnOnce(&Self::Guest) -> R) -> Option<R> {
+            None
+        }
         fn generation(&self) -> u64 {
             self.generation.load(Ordering::SeqCst)
-        }
-        fn pairs(&self) -> usize {
-            1
         }
         fn place_all(
             &self,

@@ -14,7 +14,10 @@
 //!  main: poll(exit event, 100 ms) ─ SIGINT/SIGTERM? ─ all vCPUs parked? ─ kick every vCPU
 //! ```
 //!
-//! How a guest ends without ACPI power-off (the tables describe no `\_S5`): `reboot` (with `reboot=k`, or by the
+//! How a guest ends: with ACPI, `poweroff` writes `SLP_EN` with the `\_S5`
+//! sleep type to PM1 control ([`super::devices::AcpiPm`]) → the power-off
+//! event. Without ACPI power-off (a kernel without ACPI, or `acpi=off`):
+//! `reboot` (with `reboot=k`, or by the
 //! kernel's fallback order) writes 0xfe to the i8042 → the exit event; a
 //! triple fault → `KVM_EXIT_SHUTDOWN`. `poweroff` and `halt` have no
 //! device to talk to, so Linux halts every CPU with interrupts disabled

@@ -54,6 +54,10 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 use crate::stack::Offload;
 use crate::stack::wire::vnet_hdr::HEADER_LEN;
 
+mod ctrl;
+
+pub use self::ctrl::{CtrlEffect, ctrl_process};
+
 /// Feature bit numbers (virtio 1.2 §5.1.3, §6).
 pub mod feature {
     use virtio_bindings::bindings::{virtio_config as c, virtio_net as n, virtio_ring as r};
@@ -756,98 +760,6 @@ impl Scatter<'_> {
         }
         Ok(())
     }
-}
-
-/// Control queue classes and commands (§5.1.6.5).
-mod ctrl {
-    pub const CLASS_RX: u8 = 0;
-    pub const CLASS_MAC: u8 = 1;
-    pub const CLASS_ANNOUNCE: u8 = 3;
-    pub const CLASS_MQ: u8 = 4;
-    pub const MQ_VQ_PAIRS_SET: u8 = 0;
-    pub const OK: u8 = 0;
-    pub const ERR: u8 = 1;
-}
-
-/// What a control command asks of the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CtrlEffect {
-    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`: use this many queue pairs.
-    QueuePairs(u16),
-}
-
-/// Most readable bytes of one control command (a MAC table of 4096
-/// entries fits).
-const CTRL_MAX: usize = 32 * 1024;
-
-/// Process every pending control command, writing the ack byte; returns
-/// true if any chain was used (the caller then asks
-/// `QueueT::needs_notification`). RX-mode and MAC commands are acked: uipd
-/// delivers every frame to the one guest anyway.
-pub fn ctrl_process<M: GuestMemory>(
-    q: &mut Queue,
-    mem: &M,
-    max_pairs: u16,
-    effects: &mut Vec<CtrlEffect>,
-) -> Result<bool, ChainError> {
-    let mut any = false;
-    while let Some(chain) = pop_chain(q, mem)? {
-        let head = chain.head_index();
-        let mut cmd = Vec::new();
-        let mut ack: Option<GuestAddress> = None;
-        let mut too_long = false;
-        walk(chain, None, |d| {
-            let n = check(mem, head, d)?;
-            if d.is_write_only() {
-                if n > 0 && ack.is_none() {
-                    ack = Some(d.addr());
-                }
-            } else if ack.is_some() {
-                // Readable after writable (§2.7.4.2).
-                return Err(ChainError::Direction { head });
-            } else if too_long || cmd.len() + n > CTRL_MAX {
-                too_long = true;
-            } else {
-                let at = cmd.len();
-                cmd.resize(at + n, 0);
-                mem.read_slice(&mut cmd[at..], d.addr())
-                    .map_err(|_| ChainError::OutOfMemory {
-                        head,
-                        addr: d.addr().0,
-                        len: d.len(),
-                    })?;
-            }
-            Ok(())
-        })?;
-        let Some(ack) = ack else {
-            return Err(ChainError::Direction { head });
-        };
-        let status = match (too_long, cmd.as_slice()) {
-            (false, [ctrl::CLASS_MQ, ctrl::MQ_VQ_PAIRS_SET, lo, hi, ..]) => {
-                let pairs = u16::from_le_bytes([*lo, *hi]);
-                if (1..=max_pairs).contains(&pairs) {
-                    effects.push(CtrlEffect::QueuePairs(pairs));
-                    ctrl::OK
-                } else {
-                    ctrl::ERR
-                }
-            }
-            (
-                false,
-                [
-                    ctrl::CLASS_RX | ctrl::CLASS_MAC | ctrl::CLASS_ANNOUNCE,
-                    _,
-                    ..,
-                ],
-            ) => ctrl::OK,
-            _ => ctrl::ERR,
-        };
-        mem.write_slice(&[status], ack)
-            .map_err(|_| ChainError::Rings)?;
-        q.add_used(mem, head, 1).map_err(|_| ChainError::Rings)?;
-        any = true;
-    }
-    Ok(any)
 }
 
 #[cfg(test)]

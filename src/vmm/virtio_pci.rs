@@ -35,7 +35,6 @@
 //! RX writers and TX states theirs in [`Pairs`], always taken in the order
 //! TX state → queue → RX writer.
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -46,11 +45,11 @@ use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{self, Hypervisor, Msix, MsixVector, PciConfig, PciDevice};
-use super::queue_pair::{Counters, Pairs, QueueSink, RxQueues, Transport};
+use super::queue_pair::{Counters, Pairs, Port, QueueSink, RxQueues, Transport};
 use super::virtio_net::{
     self, ConfigSpace, CtrlEffect, Negotiated, OfferedOffloads, bit, feature, feature_names,
 };
-use crate::dataplane::worker::{Shared, WorkerCounters};
+use crate::dataplane::worker::Shared;
 use crate::rings::FrameRing;
 
 /// Size of each virtqueue the device offers.
@@ -91,8 +90,8 @@ mod status {
 pub struct NetCore {
     pairs: usize,
     mem: GuestMemoryMmap,
-    inboxes: Vec<Arc<FrameRing>>,
-    shared: OnceLock<Vec<Arc<Shared>>>,
+    /// Inboxes, worker controls, generation and counters.
+    port: Port,
     offloads: OfferedOffloads,
     queues: Vec<Mutex<Queue>>,
     /// The queue pairs' data path state.
@@ -102,12 +101,9 @@ pub struct NetCore {
     acked: AtomicU64,
     live: AtomicBool,
     active_pairs: AtomicUsize,
-    generation: AtomicU64,
     isr: AtomicU8,
     kicks: Vec<EventFd>,
     stop: EventFd,
-    /// Data-path counters.
-    pub counters: Counters,
 }
 
 impl NetCore {
@@ -129,8 +125,7 @@ impl NetCore {
         Ok(Arc::new(NetCore {
             pairs,
             mem,
-            inboxes,
-            shared: OnceLock::new(),
+            port: Port::new(pairs, inboxes),
             offloads,
             queues: (0..nq).map(|_| q()).collect::<std::io::Result<_>>()?,
             data: Pairs::new(pairs)?,
@@ -139,19 +134,22 @@ impl NetCore {
             acked: AtomicU64::new(0),
             live: AtomicBool::new(false),
             active_pairs: AtomicUsize::new(1),
-            generation: AtomicU64::new(1),
             isr: AtomicU8::new(0),
             kicks: (0..2 * pairs)
                 .map(|_| EventFd::new(libc::EFD_NONBLOCK))
                 .collect::<std::io::Result<_>>()?,
             stop: EventFd::new(libc::EFD_NONBLOCK)?,
-            counters: Counters::default(),
         }))
     }
 
     /// The workers' shared controls (offloads, resets).
     pub fn set_workers(&self, shared: Vec<Arc<Shared>>) {
-        let _ = self.shared.set(shared);
+        self.port.set_workers(shared);
+    }
+
+    /// Data-path counters.
+    pub fn counters(&self) -> &Counters {
+        &self.port.counters
     }
 
     /// Queue pairs.
@@ -180,10 +178,7 @@ impl NetCore {
     }
 
     fn workers_each(&self, f: impl Fn(&Shared)) {
-        if let Some(s) = self.shared.get() {
-            s.iter().for_each(|s| f(s));
-        }
-        self.inboxes.iter().for_each(|r| r.kick());
+        self.port.workers_each(f);
     }
 
     /// Interrupt for queue `q` (its MSI-X vector, if it has one).
@@ -192,7 +187,10 @@ impl NetCore {
         self.isr.fetch_or(1, Ordering::AcqRel);
         if let Some(vec) = self.vectors.get().and_then(|vs| vs.get(usize::from(v))) {
             vec.signal();
-            self.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+            self.port
+                .counters
+                .interrupts
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -215,7 +213,10 @@ impl NetCore {
                             log::Level::Error,
                             "virtio-net: control queue: {e}; queue stopped"
                         );
-                        self.counters.broken_queues.fetch_add(1, Ordering::Relaxed);
+                        self.port
+                            .counters
+                            .broken_queues
+                            .fetch_add(1, Ordering::Relaxed);
                         q.set_ready(false);
                         return;
                     }
@@ -274,7 +275,7 @@ impl NetCore {
             if pfd[0].revents != 0 {
                 let _ = self.kicks[2 * p].read();
                 // The guest added RX buffers: let the workers' sinks retry.
-                self.inboxes.iter().for_each(|r| r.kick());
+                self.port.kick_workers();
             }
             if pfd[2].revents != 0 {
                 // The retry also takes whatever a kick announced.
@@ -306,7 +307,7 @@ impl NetCore {
 
     fn reset(&self) {
         self.live.store(false, Ordering::Release);
-        self.data.reset(&self.inboxes);
+        self.data.reset(self.port.inboxes());
         for (q, v) in self.queues.iter().zip(&self.queue_vector) {
             q.lock().unwrap_or_else(|e| e.into_inner()).reset();
             v.store(NO_VECTOR, Ordering::Release);
@@ -314,45 +315,38 @@ impl NetCore {
         self.acked.store(0, Ordering::Release);
         self.active_pairs.store(1, Ordering::Release);
         self.isr.store(0, Ordering::Release);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.port.new_guest();
         self.workers_each(|s| s.reset());
     }
 }
 
+/// The device's driver is its one guest: always there (its queues are
+/// usable only while it is live, see [`Transport::with_queue`]).
 impl RxQueues for NetCore {
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    type Guest = NetCore;
+
+    fn port(&self) -> &Port {
+        &self.port
     }
 
-    fn pairs(&self) -> usize {
-        self.pairs
-    }
-
-    fn place_all(
-        &self,
-        worker: usize,
-        waiting: &mut VecDeque<Vec<u8>>,
-        touched: &mut [bool],
-        counters: &mut WorkerCounters,
-    ) -> usize {
-        self.data
-            .place_all(self, worker, waiting, touched, counters)
+    fn with_guest<R>(&self, f: impl FnOnce(&NetCore) -> R) -> Option<R> {
+        Some(f(self))
     }
 }
 
 impl Transport for NetCore {
     const WHAT: &'static str = "virtio-net";
 
+    fn port(&self) -> &Port {
+        &self.port
+    }
+
+    fn queue_pairs(&self) -> &Pairs {
+        &self.data
+    }
+
     fn negotiated(&self) -> Negotiated {
         NetCore::negotiated(self)
-    }
-
-    fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    fn inboxes(&self) -> &[Arc<FrameRing>] {
-        &self.inboxes
     }
 
     /// The pairs the driver enabled through the control queue.

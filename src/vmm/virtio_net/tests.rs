@@ -1,5 +1,6 @@
 //! The device against virtio-queue's driver-side mock: chains are built
-//! in guest memory exactly as a driver would, then fed to the device.
+//! in guest memory exactly as a driver would, then fed to the device. One
+//! file (over 800 lines) so every test shares the mock queue helpers.
 // Test fixtures use small constants: the casts cannot truncate.
 #![allow(clippy::cast_possible_truncation)]
 

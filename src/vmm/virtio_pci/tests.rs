@@ -273,7 +273,7 @@ fn tx_chain_reaches_a_worker_inbox_and_reset_drops_state() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].bytes(), &frame[..]);
     assert_eq!(mock.used().idx().load(), 1);
-    assert_eq!(core.counters.tx_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(core.counters().tx_frames.load(Ordering::Relaxed), 1);
     // After a reset nothing is processed until the driver is back.
     let g = core.generation();
     w(&mut d, 0x14, 1, 0);

@@ -4,7 +4,7 @@
 //! on them.
 //!
 //! ```text
-//!  VMM ──vhost-user socket──► relay (vhost_relay) ──► vhost-user-backend request thread
+//!  VMM ──vhost-user socket──► relay (relay.rs) ──► vhost-user-backend request thread
 //!                                                     (memory table, vrings, features)
 //!  guest TX kick ─► handler thread of pair p ─► tx_pop ─► steer by 5-tuple ─► worker k inbox
 //!  guest RX kick ─► handler thread of pair p ─► kick the workers (their sinks retry)
@@ -17,7 +17,7 @@
 //! `VhostUserDaemon`. When the VMM leaves, every worker resets its host
 //! connections and the socket is served again. A message out of order, a
 //! memory table with overlapping, missing or file-less regions, or a vring
-//! outside memory is refused by the relay ([`vhost_relay`] lists the
+//! outside memory is refused by the relay ([`relay`] lists the
 //! checks), a malformed message by vhost-user-backend: either way the error
 //! is logged naming the request, and that connection is closed; the workers
 //! and the next VMM are not affected. A broken descriptor chain stops only
@@ -34,6 +34,8 @@
 //! `SET_VRING_ENABLE`. Frames of a worker whose own pair is disabled go to
 //! the next enabled pair.
 
+pub mod relay;
+
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -48,7 +50,6 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier};
 
-use super::vhost_relay;
 use super::virtio_net::{
     self, ConfigSpace, Negotiated, OfferedOffloads, bit, feature, feature_names,
 };
@@ -57,7 +58,7 @@ use crate::rings::FrameRing;
 use crate::stack::Offload;
 
 pub use super::queue_pair::{Counters, SINK_MAX_BYTES};
-use super::queue_pair::{Pairs, QueueSink, RxQueues, Transport};
+use super::queue_pair::{Pairs, Port, QueueSink, RxQueues, Transport};
 
 /// Largest virtqueue the backend accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
@@ -70,19 +71,17 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
 /// The device across connections: the workers' inboxes and controls.
 pub struct Device {
-    pairs: usize,
-    inboxes: Vec<Arc<FrameRing>>,
-    shared: OnceLock<Vec<Arc<Shared>>>,
+    /// Inboxes, worker controls, generation and counters; each
+    /// connection holds it too.
+    port: Arc<Port>,
     config: ConfigSpace,
     allow_offload: bool,
     conn: RwLock<Option<Arc<Conn>>>,
-    generation: AtomicU64,
-    /// Frontend counters.
-    pub counters: Counters,
 }
 
 /// One VMM connection's state.
 pub struct Conn {
+    port: Arc<Port>,
     mem: Mem,
     acked: AtomicU64,
     /// The vrings of each queue pair, as its handler thread first sees
@@ -101,9 +100,7 @@ impl Device {
     pub fn new(inboxes: Vec<Arc<FrameRing>>, mtu: u16, allow_offload: bool) -> Arc<Device> {
         let pairs = inboxes.len().max(1);
         Arc::new(Device {
-            pairs,
-            inboxes,
-            shared: OnceLock::new(),
+            port: Arc::new(Port::new(pairs, inboxes)),
             config: ConfigSpace {
                 mac: [0x00, 0x15, 0x15, 0x15, 0x15, 0x15],
                 status: 1,
@@ -112,14 +109,17 @@ impl Device {
             },
             allow_offload,
             conn: RwLock::new(None),
-            generation: AtomicU64::new(0),
-            counters: Counters::default(),
         })
     }
 
     /// The workers' shared controls (for offload changes and resets).
     pub fn set_workers(&self, shared: Vec<Arc<Shared>>) {
-        let _ = self.shared.set(shared);
+        self.port.set_workers(shared);
+    }
+
+    /// Frontend counters.
+    pub fn counters(&self) -> &Counters {
+        &self.port.counters
     }
 
     /// A sink for worker `worker`'s frames toward the guest.
@@ -135,7 +135,7 @@ impl Device {
             OfferedOffloads::None
         };
         virtio_net::offered_with(
-            u16::try_from(self.pairs).unwrap_or(u16::MAX),
+            u16::try_from(self.port.pairs()).unwrap_or(u16::MAX),
             false,
             offloads,
         ) | bit(feature::VHOST_USER_PROTOCOL_FEATURES)
@@ -146,10 +146,7 @@ impl Device {
     }
 
     fn workers_each(&self, f: impl Fn(&Shared)) {
-        if let Some(s) = self.shared.get() {
-            s.iter().for_each(|s| f(s));
-        }
-        self.inboxes.iter().for_each(|r| r.kick());
+        self.port.workers_each(f);
     }
 
     /// Serve VMM connections on `path` until `stop`; each connection ends
@@ -158,7 +155,7 @@ impl Device {
     ///
     /// uipd owns the listening socket (so it stays in place between VMMs)
     /// and relays each connection's control messages to the vhost crate's
-    /// handler through a private abstract socket ([`vhost_relay`]), which
+    /// handler through a private abstract socket ([`relay`]), which
     /// smooths over a message order QEMU uses and the crate refuses.
     pub fn serve(
         self: &Arc<Self>,
@@ -174,17 +171,17 @@ impl Device {
             };
             vmm.set_nonblocking(false)?;
             serial += 1;
-            let conn = Arc::new(Conn::new(self.pairs)?);
+            let conn = Arc::new(Conn::new(self.port.clone())?);
             let mem = conn.mem.clone();
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.port.new_guest();
             let backend = Backend {
                 dev: self.clone(),
                 conn: conn.clone(),
             };
             let mut daemon = VhostUserDaemon::new("uipd-vhost-user".into(), backend, mem)
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
-            let nq = 2 * self.pairs;
+            let nq = 2 * self.port.pairs();
             for (p, h) in daemon.get_epoll_handlers().iter().enumerate() {
                 h.register_listener(conn.pairs.timer_fd(p), EventSet::IN, (nq + 1 + p) as u64)?;
             }
@@ -199,7 +196,7 @@ impl Device {
                 .start(&mut vl)
                 .map_err(|e| std::io::Error::other(format!("vhost-user daemon: {e}")))?;
             crate::log_limited!(log::Level::Info, burst CONN_BURST, "vhost-user: VMM connected");
-            let relayed = vhost_relay::relay(&vmm, &handler_side, stop);
+            let relayed = relay::relay(&vmm, &handler_side, stop);
             let _ = vmm.shutdown(std::net::Shutdown::Both);
             let _ = handler_side.shutdown(std::net::Shutdown::Both);
             let handled = daemon.wait();
@@ -208,7 +205,7 @@ impl Device {
                     log::Level::Error,
                     burst CONN_BURST,
                     "vhost-user: connection closed: {} refused: {e}",
-                    vhost_relay::describe(st.handler_closed.unwrap_or(0))
+                    relay::describe(st.handler_closed.unwrap_or(0))
                 ),
                 (Ok(st), handled) => {
                     crate::log_limited!(
@@ -238,7 +235,7 @@ impl Device {
             drop(daemon);
             conn.close_exit_events();
             *self.conn.write().unwrap_or_else(|e| e.into_inner()) = None;
-            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.port.new_guest();
             self.workers_each(|s| s.reset());
         }
         Ok(())
@@ -273,12 +270,14 @@ fn accept(listener: &UnixListener, stop: &AtomicBool) -> std::io::Result<Option<
 }
 
 impl Conn {
-    fn new(pairs: usize) -> std::io::Result<Conn> {
-        Conn::with_memory(pairs, GuestMemoryMmap::new())
+    fn new(port: Arc<Port>) -> std::io::Result<Conn> {
+        Conn::with_memory(port, GuestMemoryMmap::new())
     }
 
-    fn with_memory(pairs: usize, mem: GuestMemoryMmap<()>) -> std::io::Result<Conn> {
+    fn with_memory(port: Arc<Port>, mem: GuestMemoryMmap<()>) -> std::io::Result<Conn> {
+        let pairs = port.pairs();
         Ok(Conn {
+            port,
             mem: GuestMemoryAtomic::new(mem),
             acked: AtomicU64::new(0),
             vrings: (0..pairs).map(|_| OnceLock::new()).collect(),
@@ -320,38 +319,29 @@ impl Conn {
     fn vring(&self, q: usize) -> Option<&VringRwLock> {
         self.vrings.get(q / 2)?.get()?.get(q % 2)
     }
-
-    fn negotiated(&self) -> Negotiated {
-        Negotiated(self.acked.load(Ordering::Acquire))
-    }
 }
 
 /// One connection of the device, as the shared data path sees it.
-struct Link<'a> {
-    dev: &'a Device,
-    conn: &'a Conn,
-}
-
-impl Transport for Link<'_> {
+impl Transport for Conn {
     const WHAT: &'static str = "vhost-user";
 
+    fn port(&self) -> &Port {
+        &self.port
+    }
+
+    fn queue_pairs(&self) -> &Pairs {
+        &self.pairs
+    }
+
     fn negotiated(&self) -> Negotiated {
-        self.conn.negotiated()
-    }
-
-    fn counters(&self) -> &Counters {
-        &self.dev.counters
-    }
-
-    fn inboxes(&self) -> &[Arc<FrameRing>] {
-        &self.dev.inboxes
+        Negotiated(self.acked.load(Ordering::Acquire))
     }
 
     /// QEMU serves the control queue and disables the pairs the guest does
     /// not use (`SET_VRING_ENABLE`): every pair counts, a disabled one is
     /// skipped by [`Transport::with_queue`].
     fn active_pairs(&self) -> usize {
-        self.dev.pairs
+        self.port.pairs()
     }
 
     fn with_queue<R>(
@@ -359,19 +349,22 @@ impl Transport for Link<'_> {
         q: usize,
         f: impl FnOnce(&mut Queue, &GuestMemoryMmap<()>) -> R,
     ) -> Option<R> {
-        let vring = self.conn.vring(q)?;
+        let vring = self.vring(q)?;
         let mut g = vring.get_mut();
         if !g.is_enabled() || !g.get_queue().ready() {
             return None;
         }
-        let mem = self.conn.mem.memory();
+        let mem = self.mem.memory();
         Some(f(g.get_queue_mut(), &mem))
     }
 
     fn signal(&self, q: usize) {
-        if let Some(vring) = self.conn.vring(q) {
+        if let Some(vring) = self.vring(q) {
             if vring.signal_used_queue().is_ok() {
-                self.dev.counters.interrupts.fetch_add(1, Ordering::Relaxed);
+                self.port
+                    .counters
+                    .interrupts
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -381,31 +374,16 @@ impl Transport for Link<'_> {
 /// queue pair.
 pub type VringSink = QueueSink<Device>;
 
+/// The guest is the connected VMM's, if one is connected.
 impl RxQueues for Device {
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    type Guest = Conn;
+
+    fn port(&self) -> &Port {
+        &self.port
     }
 
-    fn pairs(&self) -> usize {
-        self.pairs
-    }
-
-    fn place_all(
-        &self,
-        worker: usize,
-        waiting: &mut VecDeque<Vec<u8>>,
-        touched: &mut [bool],
-        counters: &mut WorkerCounters,
-    ) -> usize {
-        let Some(conn) = self.conn() else {
-            return 0;
-        };
-        let link = Link {
-            dev: self,
-            conn: &conn,
-        };
-        conn.pairs
-            .place_all(&link, worker, waiting, touched, counters)
+    fn with_guest<R>(&self, f: impl FnOnce(&Conn) -> R) -> Option<R> {
+        self.conn().map(|c| f(&c))
     }
 }
 
@@ -416,21 +394,12 @@ struct Backend {
     conn: Arc<Conn>,
 }
 
-impl Backend {
-    fn link(&self) -> Link<'_> {
-        Link {
-            dev: &self.dev,
-            conn: &self.conn,
-        }
-    }
-}
-
 impl VhostUserBackend for Backend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        2 * self.dev.pairs
+        2 * self.dev.port.pairs()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -478,7 +447,9 @@ impl VhostUserBackend for Backend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.dev.pairs).map(|p| 0b11u64 << (2 * p)).collect()
+        (0..self.dev.port.pairs())
+            .map(|p| 0b11u64 << (2 * p))
+            .collect()
     }
 
     /// vhost-user-backend 0.24 calls this once per handler thread, turns
@@ -514,15 +485,15 @@ impl VhostUserBackend for Backend {
         if let Some(slot) = self.conn.vrings.get(pair) {
             let _ = slot.set(vrings.to_vec());
         }
-        let nq = 2 * self.dev.pairs;
+        let pairs = self.dev.port.pairs();
         let ev = usize::from(device_event);
         if ev == 0 {
             // The guest added RX buffers: let the workers' sinks retry.
-            self.dev.inboxes.iter().for_each(|r| r.kick());
+            self.dev.port.kick_workers();
         } else if ev == 1 {
-            self.conn.pairs.process_tx(&self.link(), pair);
-        } else if ev > nq && ev <= nq + self.dev.pairs {
-            self.conn.pairs.retry_tx(&self.link(), ev - nq - 1);
+            self.conn.pairs.process_tx(&*self.conn, pair);
+        } else if ev > 2 * pairs && ev <= 3 * pairs {
+            self.conn.pairs.retry_tx(&*self.conn, ev - 2 * pairs - 1);
         }
         Ok(())
     }
@@ -567,7 +538,7 @@ pub mod fuzzing {
     ) -> Option<String> {
         let inbox = Arc::new(FrameRing::new(64, 65_536 + 64).ok()?);
         let dev = Device::new(vec![inbox.clone()], 1500, true);
-        let conn = Arc::new(Conn::with_memory(1, mem).ok()?);
+        let conn = Arc::new(Conn::with_memory(dev.port.clone(), mem).ok()?);
         conn.acked.store(features, Ordering::Release);
         let mut vrings = Vec::new();
         for r in rings {
@@ -586,12 +557,8 @@ pub mod fuzzing {
         }
         let _ = conn.vrings[0].set(vrings);
         *dev.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        let link = Link {
-            dev: &dev,
-            conn: &conn,
-        };
         for _ in 0..kicks {
-            conn.pairs.process_tx(&link, 0);
+            conn.pairs.process_tx(&*conn, 0);
             while let Some(f) = inbox.pop() {
                 inbox.put_buf(f.buf);
             }
@@ -607,7 +574,7 @@ pub mod fuzzing {
             }
             dev.place_all(0, &mut waiting, &mut touched, &mut wc);
         }
-        Some(dev.counters.summary())
+        Some(dev.counters().summary())
     }
 }
 
