@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// Transport of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -434,22 +434,7 @@ pub fn open_fds() -> Option<usize> {
 /// Turn on the boolean socket option `opt` at `level`.
 fn set_flag(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int) -> std::io::Result<()> {
     let one: libc::c_int = 1;
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: `one` is a live c_int and `len` its size; the kernel only
-    // reads it during the call; `fd` is an open socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            std::ptr::from_ref(&one).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::sock::setsockopt(fd, level, opt, &one).map_err(std::io::Error::from_raw_os_error)
 }
 
 /// An IPv6 socket bound to `addr` with `IPV6_V6ONLY` (listening, for TCP),
@@ -459,43 +444,19 @@ fn bind_v6only(proto: PubProto, addr: SocketAddr) -> std::io::Result<OwnedFd> {
         PubProto::Tcp => libc::SOCK_STREAM,
         PubProto::Udp => libc::SOCK_DGRAM,
     };
-    // SAFETY: socket(2) takes no pointers; a non-negative result is a new
-    // descriptor that nothing else owns.
-    let raw = unsafe { libc::socket(libc::AF_INET6, ty | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor owned by no one else (above).
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = crate::sys::sock::socket(libc::AF_INET6, ty, 0)
+        .map_err(std::io::Error::from_raw_os_error)?;
     set_flag(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)?;
     if proto == PubProto::Tcp {
         // As std's TcpListener: a port in TIME_WAIT can be bound again.
         set_flag(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     }
-    let SocketAddr::V6(a) = addr else {
+    if !addr.is_ipv6() {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    };
-    let sa = libc::sockaddr_in6 {
-        sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).unwrap_or(10),
-        sin6_port: a.port().to_be(),
-        sin6_flowinfo: 0,
-        sin6_addr: libc::in6_addr {
-            s6_addr: a.ip().octets(),
-        },
-        sin6_scope_id: a.scope_id(),
-    };
-    let salen = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in6>()).unwrap_or(28);
-    // SAFETY: `sa` is a live sockaddr_in6 and `salen` its size; the kernel
-    // only reads it during the call.
-    let r = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&sa).cast(), salen) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
     }
+    crate::sys::sock::bind(&fd, &addr).map_err(std::io::Error::from_raw_os_error)?;
     if proto == PubProto::Tcp {
-        // SAFETY: listen(2) on a descriptor we own; no pointers.
-        if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        crate::sys::sock::listen(&fd, 1024).map_err(std::io::Error::from_raw_os_error)?;
     }
     Ok(fd)
 }

@@ -335,7 +335,7 @@ fn ipv6_deny_allow_and_no_host_loopback() {
     }
 }
 
-/// Print-only measurement (DESIGN.md: benchmarks, not timed tests): iperf3
+/// Print-only measurement (speed is a benchmark, not a timed test: it asserts nothing): iperf3
 /// single stream, 3 s, IPv4 through 192.168.33.1 and IPv6 through
 /// [fd00:33::1], both directions, interleaved in one run, at the default
 /// MTU and at 1500 (TSO/TSO6). Run with

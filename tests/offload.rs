@@ -486,7 +486,7 @@ fn csum_offload_without_tso_32mib_each_way_byte_exact() {
     assert!(o.rx_max_len <= 12 + 1514);
 }
 
-/// Print-only measurement (DESIGN.md: benchmarks, not timed tests).
+/// Print-only measurement (speed is a benchmark, not a timed test: it asserts nothing).
 #[test]
 #[ignore = "measurement: 20 s; run with --ignored --nocapture"]
 fn offload_throughput_on_vs_off() {

@@ -15,7 +15,7 @@
 //! seen with gdb) when vhost starts on a TCG machine, where it cannot use
 //! irqfd; that is QEMU's bug, not the backend's. QEMU also sends
 //! `SET_VRING_ENABLE` before `SET_FEATURES`, which the vhost crate refuses;
-//! uipd's relay holds those and replays them (`src/vmm/vhost_relay.rs`).
+//! uipd's relay holds those and replays them (`src/vmm/vhost_user/relay.rs`).
 
 mod common;
 

@@ -620,13 +620,7 @@ fn main() -> ExitCode {
         max_flows,
         mtu,
         host_loopback: !cli.no_host_loopback,
-        offload: stack::Offload {
-            vnet_hdr: offload,
-            tso: offload,
-            tso6: offload,
-            csum: offload,
-            ufo: offload,
-        },
+        offload: stack::Offload::all(offload),
         publish_keep_source: cli.publish_keep_source,
         ipv6: !cli.no_ipv6,
         ..stack::Config::default()

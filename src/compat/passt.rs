@@ -172,13 +172,7 @@ impl AddrArgs {
         let mut stack = stack::Config {
             mtu: self.mtu.unwrap_or(mtu),
             host_loopback: !self.no_map_gw,
-            offload: stack::Offload {
-                vnet_hdr: offload,
-                tso: offload,
-                tso6: offload,
-                csum: offload,
-                ufo: offload,
-            },
+            offload: stack::Offload::all(offload),
             ..stack::Config::default()
         };
         if let Some(mac) = self.mac_addr

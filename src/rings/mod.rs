@@ -30,47 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::sys;
-use crate::sys::eventfd::Wake;
-
-/// An eventfd used to wake a worker: vmm-sys-util's eventfd (the crate's one
-/// eventfd type, [`crate::sys::eventfd`]), non-blocking and close-on-exec,
-/// with fire-and-forget [`EventFd::signal`] and [`EventFd::clear`].
-///
-/// A newtype rather than a re-export of [`sys::eventfd::EventFd`] because
-/// its users build it with `EventFd::new()` (no flags): vmm-sys-util's
-/// inherent `new(flags)` would shadow that. [`EventFd::inner`] gives the
-/// vmm-sys-util type to APIs that take it.
-#[derive(Debug)]
-pub struct EventFd(sys::eventfd::EventFd);
-
-impl EventFd {
-    /// A new non-blocking, close-on-exec eventfd.
-    pub fn new() -> io::Result<EventFd> {
-        sys::eventfd::nonblocking().map(EventFd)
-    }
-
-    /// Add 1 to the counter, waking a reader (see [`Wake::signal`]).
-    pub fn signal(&self) {
-        self.0.signal();
-    }
-
-    /// Reset the counter to 0 (see [`Wake::clear`]).
-    pub fn clear(&self) {
-        self.0.clear();
-    }
-
-    /// The vmm-sys-util eventfd.
-    pub fn inner(&self) -> &sys::eventfd::EventFd {
-        &self.0
-    }
-}
-
-impl AsRawFd for EventFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
+use crate::sys::eventfd::{self, EventFd, Wake};
 
 /// A frame in a pooled buffer: the first `len` bytes of `buf` are the frame.
 /// Buffers keep their full length while they travel, so recycling one never
@@ -110,7 +70,7 @@ impl FrameRing {
             // would only pin memory (a GSO buffer is 64 KiB).
             free: ArrayQueue::new((capacity / 4).max(8)),
             sleeping: AtomicBool::new(false),
-            wake: EventFd::new()?,
+            wake: eventfd::nonblocking()?,
             buf_size,
             full_events: AtomicU64::new(0),
         })

@@ -53,6 +53,20 @@ pub struct Offload {
     pub ufo: bool,
 }
 
+impl Offload {
+    /// Every offload on (`true`: a TAP namespace's defaults) or off (plain
+    /// frames, no virtio-net header).
+    pub fn all(on: bool) -> Offload {
+        Offload {
+            vnet_hdr: on,
+            tso: on,
+            tso6: on,
+            csum: on,
+            ufo: on,
+        }
+    }
+}
+
 /// Largest IPv4 datagram of a TCP super-frame toward the guest (the IPv4
 /// total length field's limit). IPv6 super-frames keep their whole packet,
 /// fixed header included, within the same bound.
@@ -165,7 +179,7 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// kvmtool-compatible defaults (DESIGN.md "Defaults").
+    /// kvmtool-compatible defaults (README "Defaults": 192.168.33.0/24, gateway and DNS .1).
     fn default() -> Self {
         Config {
             gateway_mac: EthernetAddress([0x02, 0x75, 0x69, 0x70, 0x64, 0x01]),

@@ -1,4 +1,4 @@
-//! Socket calls on the flows' host sockets: create, bind, set an option,
+//! Socket calls on host sockets: create, bind, listen, set an option,
 //! `sendto`, the peer's address.
 //!
 //! Errors are the raw `errno` (an `i32`), the form the stack's completions
@@ -39,6 +39,15 @@ pub fn bind(fd: &OwnedFd, addr: &SocketAddr) -> Result<(), i32> {
     //   reads during the call;
     // - `fd` is an open socket, borrowed for the call.
     if unsafe { libc::bind(fd.as_raw_fd(), sa.as_ptr(), sa.len()) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// `listen(fd, backlog)`.
+pub fn listen(fd: &OwnedFd, backlog: libc::c_int) -> Result<(), i32> {
+    // SAFETY: listen(2) on an open socket borrowed for the call; no pointers.
+    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
         return Err(last_errno());
     }
     Ok(())

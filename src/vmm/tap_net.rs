@@ -58,8 +58,9 @@ use super::virtio_pci::NetCore;
 use crate::dataplane::offload::{self, TunOffloads};
 use crate::dataplane::tap::{Tap, TapError, TapFlags};
 use crate::dataplane::worker::{FrameSink, WorkerCounters};
-use crate::rings::{EventFd, FrameRing};
+use crate::rings::FrameRing;
 use crate::stack::wire::vnet_hdr::HEADER_LEN;
+use crate::sys::eventfd::{self, EventFd, Wake};
 
 /// Frames written to the TAP per turn before looking at the other way.
 pub const TX_BUDGET: usize = 256;
@@ -270,7 +271,7 @@ impl TapNet {
         inboxes: &[Arc<FrameRing>],
     ) -> Result<TapNet, Error> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stop_evt = Arc::new(EventFd::new().map_err(io_err("creating an eventfd"))?);
+        let stop_evt = Arc::new(eventfd::nonblocking().map_err(io_err("creating an eventfd"))?);
         let counters = Arc::new(Counters::default());
         let mut threads = Vec::new();
         for (k, (tap, inbox)) in taps.into_iter().zip(inboxes).enumerate() {

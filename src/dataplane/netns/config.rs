@@ -48,7 +48,7 @@ pub struct NetConfig {
 }
 
 impl Default for NetConfig {
-    /// The kvmtool-compatible defaults of DESIGN.md: 192.168.33.15/24 via 192.168.33.1.
+    /// The kvmtool-compatible defaults: 192.168.33.15/24 via 192.168.33.1.
     fn default() -> Self {
         NetConfig {
             ifname: "eth0".to_owned(),
