@@ -30,7 +30,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::checksum;
-use super::{Error, Result, ip_proto};
+use super::{Error, Result, get, ip_proto};
 
 /// Fixed ICMPv6 header: type, code, checksum, 4 bytes.
 pub const HEADER_LEN: usize = 8;
@@ -82,43 +82,32 @@ mod opt {
 /// message stays within the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
 pub const MAX_ERROR_DATA: usize = 1280 - 40 - HEADER_LEN;
 
-/// A view of an ICMPv6 message.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an ICMPv6 message.
+    pub struct Packet;
+    /// Wrap and check that the 8-byte header is there.
+    fn new_checked;
+    /// `Truncated` when shorter than the 8-byte header.
+    fn check_len = HEADER_LEN;
 }
 
-impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check that the 8-byte header is there.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    /// `Truncated` when shorter than the 8-byte header.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(())
-    }
+mod field {
+    use core::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+}
+
+fields!(Packet {
     /// Message type.
-    pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[0]
-    }
+    msg_type: u8 = byte(field::TYPE);
     /// Message code.
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[1]
-    }
+    msg_code: u8 = byte(field::CODE);
     /// Checksum field.
-    pub fn checksum(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[2], b[3]])
-    }
+    checksum: u16 = be16(field::CHECKSUM);
+});
+
+impl<T: AsRef<[u8]>> Packet<T> {
     /// True if the checksum verifies for a message from `src` to `dst`.
     pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
         let b = self.buffer.as_ref();
@@ -234,14 +223,14 @@ pub enum Repr<'a> {
     },
 }
 
+/// The big-endian u32 at `b[at..at + 4]`.
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    get::be32(b, at..at + 4)
 }
 
+/// The IPv6 address at `b[at..at + 16]`.
 fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    Ipv6Addr::from(a)
+    get::ipv6(b, at..at + 16)
 }
 
 /// The options of an NDP message, walked with bounds.
@@ -321,8 +310,8 @@ impl<'a> Repr<'a> {
         // Borrow for 'a (the buffer's lifetime), not for the borrow of `packet`.
         let b: &'a [u8] = <T as AsRef<[u8]>>::as_ref(packet.buffer);
         let code = packet.msg_code();
-        let ident = u16::from_be_bytes([b[4], b[5]]);
-        let seq_no = u16::from_be_bytes([b[6], b[7]]);
+        let ident = get::be16(b, 4..6);
+        let seq_no = get::be16(b, 6..8);
         let ty = packet.msg_type();
         let ndp = (msg_type::ROUTER_SOLICIT..=msg_type::NEIGHBOR_ADVERT).contains(&ty);
         if code != 0 && (ndp || ty == msg_type::ECHO_REQUEST || ty == msg_type::ECHO_REPLY) {
@@ -363,7 +352,7 @@ impl<'a> Repr<'a> {
                     hop_limit: b[4],
                     managed: b[5] & 0x80 != 0,
                     other: b[5] & 0x40 != 0,
-                    router_lifetime: u16::from_be_bytes([b[6], b[7]]),
+                    router_lifetime: get::be16(b, 6..8),
                     reachable_time: u32_at(b, 8),
                     retrans_time: u32_at(b, 12),
                     lladdr: o.source_lladdr,

@@ -5,6 +5,98 @@
 //! checks, checksums). Emit with `Repr::emit` into a buffer of exactly
 //! `Repr::buffer_len()` bytes obtained with `new_unchecked` (pool buffers hold
 //! stale bytes, so `emit` writes every header byte).
+//!
+//! The views share their frame in this file: `view!` declares a view
+//! struct with `new_unchecked`, `new_checked` and `into_inner` (and
+//! `check_len`, when the only check is a minimum length), `fields!` its
+//! fixed-offset getters and setters, and `get`/`set` are the byte-order
+//! helpers both use. What differs per protocol (length checks that read a
+//! field, flags, options, checksums, `Repr`) stays in the protocol's file.
+//! Every generated function is a plain generic `#[inline]` function over the
+//! buffer: no trait objects, and the same bounds checks as hand-written
+//! accessors (one slice index per field, after `check_len` made it fit).
+
+/// Declares a zero-copy view `pub struct $name<T: AsRef<[u8]>> { buffer: T }`
+/// with `new_unchecked`, `new_checked` (which calls `check_len`) and
+/// `into_inner`. With `fn check_len = MIN;` it also writes a `check_len`
+/// that is `Truncated` below `MIN` bytes; without, the protocol's file
+/// writes its own `check_len`.
+macro_rules! view {
+    (
+        $(#[$m:meta])*
+        pub struct $name:ident;
+        $(#[$cm:meta])*
+        fn new_checked;
+        $( $(#[$lm:meta])* fn check_len = $min:expr; )?
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// Wrap without checks.
+            #[inline]
+            pub const fn new_unchecked(buffer: T) -> Self {
+                $name { buffer }
+            }
+            $(#[$cm])*
+            #[inline]
+            pub fn new_checked(buffer: T) -> $crate::stack::wire::Result<Self> {
+                let view = Self::new_unchecked(buffer);
+                view.check_len()?;
+                Ok(view)
+            }
+            /// The inner buffer.
+            #[inline]
+            pub fn into_inner(self) -> T {
+                self.buffer
+            }
+            $(
+                $(#[$lm])*
+                #[inline]
+                pub fn check_len(&self) -> $crate::stack::wire::Result<()> {
+                    $crate::stack::wire::check_min(self.buffer.as_ref().len(), $min)
+                }
+            )?
+        }
+    };
+}
+
+/// Fixed-offset accessors of a `view!` struct: each entry
+/// `getter: Type = kind(field::RANGE)` (optionally followed by
+/// `, setter`) reads with `get::kind` and writes with `set::kind`.
+/// Doc comments go before the getter and the setter names.
+macro_rules! fields {
+    ($view:ident {
+        $(
+            $(#[$gm:meta])*
+            $get:ident: $ty:ty = $kind:ident($f:expr)
+            $(, $(#[$sm:meta])* $set:ident)?;
+        )*
+    }) => {
+        impl<T: AsRef<[u8]>> $view<T> {
+            $(
+                $(#[$gm])*
+                #[inline]
+                pub fn $get(&self) -> $ty {
+                    $crate::stack::wire::get::$kind(self.buffer.as_ref(), $f)
+                }
+            )*
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $view<T> {
+            $($(
+                $(#[$sm])*
+                #[inline]
+                pub fn $set(&mut self, v: $ty) {
+                    $crate::stack::wire::set::$kind(self.buffer.as_mut(), $f, v);
+                }
+            )?)*
+        }
+    };
+}
 
 pub mod arp;
 pub mod checksum;
@@ -59,4 +151,126 @@ pub mod ip_proto {
     pub const UDP: u8 = 17;
     /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+}
+
+/// `Truncated` if a buffer of `len` bytes is shorter than `min`.
+#[inline]
+pub(crate) fn check_min(len: usize, min: usize) -> Result<()> {
+    if len < min {
+        Err(Error::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a length that a header declares (a header length, a total length):
+/// `Malformed` below `min` (it cannot even cover what holds it), `Truncated`
+/// past the buffer's `len`.
+#[inline]
+pub(crate) fn check_declared(declared: usize, min: usize, len: usize) -> Result<()> {
+    if declared < min {
+        Err(Error::Malformed)
+    } else if declared > len {
+        Err(Error::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+/// Field readers: `b[at]` as a byte, network-order (`be`) or little-endian
+/// (`le`) integers, addresses. Each indexes once; the view's `check_len`
+/// made the field fit.
+pub(crate) mod get {
+    use core::ops::Range;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::ethernet::Address;
+
+    /// The byte at `at`.
+    #[inline]
+    pub fn byte(b: &[u8], at: usize) -> u8 {
+        b[at]
+    }
+    /// A big-endian u16 at `r` (2 bytes).
+    #[inline]
+    pub fn be16(b: &[u8], r: Range<usize>) -> u16 {
+        let b = &b[r];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+    /// A big-endian u32 at `r` (4 bytes).
+    #[inline]
+    pub fn be32(b: &[u8], r: Range<usize>) -> u32 {
+        let b = &b[r];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+    /// A little-endian u16 at `r` (2 bytes).
+    #[inline]
+    pub fn le16(b: &[u8], r: Range<usize>) -> u16 {
+        let b = &b[r];
+        u16::from_le_bytes([b[0], b[1]])
+    }
+    /// An IPv4 address at `r` (4 bytes).
+    #[inline]
+    pub fn ipv4(b: &[u8], r: Range<usize>) -> Ipv4Addr {
+        let b = &b[r];
+        Ipv4Addr::new(b[0], b[1], b[2], b[3])
+    }
+    /// An IPv6 address at `r` (16 bytes).
+    #[inline]
+    pub fn ipv6(b: &[u8], r: Range<usize>) -> Ipv6Addr {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[r]);
+        Ipv6Addr::from(a)
+    }
+    /// A MAC address at `r` (6 bytes).
+    #[inline]
+    pub fn mac(b: &[u8], r: Range<usize>) -> Address {
+        let mut a = [0u8; 6];
+        a.copy_from_slice(&b[r]);
+        Address(a)
+    }
+}
+
+/// Field writers, the inverses of `get`.
+pub(crate) mod set {
+    use core::ops::Range;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::ethernet::Address;
+
+    /// Store `v` at `at`.
+    #[inline]
+    pub fn byte(b: &mut [u8], at: usize, v: u8) {
+        b[at] = v;
+    }
+    /// Store `v` big-endian at `r` (2 bytes).
+    #[inline]
+    pub fn be16(b: &mut [u8], r: Range<usize>, v: u16) {
+        b[r].copy_from_slice(&v.to_be_bytes());
+    }
+    /// Store `v` big-endian at `r` (4 bytes).
+    #[inline]
+    pub fn be32(b: &mut [u8], r: Range<usize>, v: u32) {
+        b[r].copy_from_slice(&v.to_be_bytes());
+    }
+    /// Store `v` little-endian at `r` (2 bytes).
+    #[inline]
+    pub fn le16(b: &mut [u8], r: Range<usize>, v: u16) {
+        b[r].copy_from_slice(&v.to_le_bytes());
+    }
+    /// Store an IPv4 address at `r` (4 bytes).
+    #[inline]
+    pub fn ipv4(b: &mut [u8], r: Range<usize>, a: Ipv4Addr) {
+        b[r].copy_from_slice(&a.octets());
+    }
+    /// Store an IPv6 address at `r` (16 bytes).
+    #[inline]
+    pub fn ipv6(b: &mut [u8], r: Range<usize>, a: Ipv6Addr) {
+        b[r].copy_from_slice(&a.octets());
+    }
+    /// Store a MAC address at `r` (6 bytes).
+    #[inline]
+    pub fn mac(b: &mut [u8], r: Range<usize>, a: Address) {
+        b[r].copy_from_slice(&a.0);
+    }
 }

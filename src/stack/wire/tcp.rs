@@ -39,7 +39,7 @@ use core::ops::{Add, Sub};
 use std::net::IpAddr;
 
 use super::checksum;
-use super::{Error, Result, ip_proto};
+use super::{Error, Result, check_declared, check_min, get, ip_proto, set};
 
 mod field {
     use core::ops::Range;
@@ -139,66 +139,55 @@ pub struct Flags {
     pub psh: bool,
 }
 
-/// A view of a TCP segment.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a TCP segment.
+    pub struct Packet;
+    /// Wrap and check: buffer ≥ 20, data offset ≥ 5 and header fits.
+    fn new_checked;
 }
 
+fields!(Packet {
+    /// Source port.
+    src_port: u16 = be16(field::SRC_PORT),
+    /// Set the source port.
+    set_src_port;
+    /// Destination port.
+    dst_port: u16 = be16(field::DST_PORT),
+    /// Set the destination port.
+    set_dst_port;
+    /// Window field (unscaled).
+    window_len: u16 = be16(field::WINDOW),
+    /// Set the window field.
+    set_window_len;
+    /// Checksum field.
+    checksum: u16 = be16(field::CHECKSUM),
+    /// Set the checksum field.
+    set_checksum;
+    /// Urgent pointer field.
+    urgent_at: u16 = be16(field::URGENT),
+    /// Set the urgent pointer field.
+    set_urgent_at;
+});
+
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check: buffer ≥ 20, data offset ≥ 5 and header fits.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
     /// The checks of [`Packet::new_checked`]: `Truncated` if the buffer is
     /// shorter than 20 bytes or than the data offset says, `Malformed` if the
     /// data offset is below 5.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        let header_len = self.header_len();
-        if header_len < HEADER_LEN {
-            Err(Error::Malformed)
-        } else if header_len > len {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-    fn u32_at(&self, r: core::ops::Range<usize>) -> u32 {
-        let b = &self.buffer.as_ref()[r];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        check_min(len, HEADER_LEN)?;
+        check_declared(self.header_len(), HEADER_LEN, len)
     }
     fn off_flags(&self) -> u16 {
-        self.u16_at(field::OFF_FLAGS)
-    }
-    /// Source port.
-    pub fn src_port(&self) -> u16 {
-        self.u16_at(field::SRC_PORT)
-    }
-    /// Destination port.
-    pub fn dst_port(&self) -> u16 {
-        self.u16_at(field::DST_PORT)
+        get::be16(self.buffer.as_ref(), field::OFF_FLAGS)
     }
     /// Sequence number.
     pub fn seq_number(&self) -> SeqNumber {
-        SeqNumber(self.u32_at(field::SEQ_NUM))
+        SeqNumber(get::be32(self.buffer.as_ref(), field::SEQ_NUM))
     }
     /// Acknowledgment number field (meaningful when ACK is set).
     pub fn ack_number(&self) -> SeqNumber {
-        SeqNumber(self.u32_at(field::ACK_NUM))
+        SeqNumber(get::be32(self.buffer.as_ref(), field::ACK_NUM))
     }
     /// Header length in bytes.
     pub fn header_len(&self) -> usize {
@@ -217,18 +206,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
             rst: w & flag::RST != 0,
             psh: w & flag::PSH != 0,
         }
-    }
-    /// Window field (unscaled).
-    pub fn window_len(&self) -> u16 {
-        self.u16_at(field::WINDOW)
-    }
-    /// Checksum field.
-    pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM)
-    }
-    /// Urgent pointer field.
-    pub fn urgent_at(&self) -> u16 {
-        self.u16_at(field::URGENT)
     }
     /// Options bytes.
     pub fn options(&self) -> &[u8] {
@@ -253,24 +230,16 @@ fn pseudo(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    fn set_u16(&mut self, r: core::ops::Range<usize>, v: u16) {
-        self.buffer.as_mut()[r].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the source port.
-    pub fn set_src_port(&mut self, v: u16) {
-        self.set_u16(field::SRC_PORT, v);
-    }
-    /// Set the destination port.
-    pub fn set_dst_port(&mut self, v: u16) {
-        self.set_u16(field::DST_PORT, v);
+    fn set_off_flags(&mut self, w: u16) {
+        set::be16(self.buffer.as_mut(), field::OFF_FLAGS, w);
     }
     /// Set the sequence number.
     pub fn set_seq_number(&mut self, v: SeqNumber) {
-        self.buffer.as_mut()[field::SEQ_NUM].copy_from_slice(&v.0.to_be_bytes());
+        set::be32(self.buffer.as_mut(), field::SEQ_NUM, v.0);
     }
     /// Set the acknowledgment number field (the ACK flag is separate).
     pub fn set_ack_number(&mut self, v: SeqNumber) {
-        self.buffer.as_mut()[field::ACK_NUM].copy_from_slice(&v.0.to_be_bytes());
+        set::be32(self.buffer.as_mut(), field::ACK_NUM, v.0);
     }
     /// Set the header length in bytes (a multiple of 4, 20..=60); flags kept.
     pub fn set_header_len(&mut self, len: usize) {
@@ -281,7 +250,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         // Cannot fail for a valid length; an invalid one stores offset 15.
         let off = u16::try_from(len / 4).unwrap_or(0x0f).min(0x0f);
         let w = (self.off_flags() & 0x0fff) | (off << 12);
-        self.set_u16(field::OFF_FLAGS, w);
+        self.set_off_flags(w);
     }
     /// Set SYN, FIN, RST, PSH and ACK; clears URG, ECE, CWR and the reserved
     /// bits; the data offset is kept.
@@ -298,19 +267,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
                 w |= bit;
             }
         }
-        self.set_u16(field::OFF_FLAGS, w);
-    }
-    /// Set the window field.
-    pub fn set_window_len(&mut self, v: u16) {
-        self.set_u16(field::WINDOW, v);
-    }
-    /// Set the checksum field.
-    pub fn set_checksum(&mut self, v: u16) {
-        self.set_u16(field::CHECKSUM, v);
-    }
-    /// Set the urgent pointer field.
-    pub fn set_urgent_at(&mut self, v: u16) {
-        self.set_u16(field::URGENT, v);
+        self.set_off_flags(w);
     }
     /// Mutable options bytes (20 to the header length).
     pub fn options_mut(&mut self) -> &mut [u8] {
