@@ -32,6 +32,13 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::checksum;
 use super::{Error, Result, get, ip_proto};
 
+mod field {
+    use core::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+}
+
 /// Fixed ICMPv6 header: type, code, checksum, 4 bytes.
 pub const HEADER_LEN: usize = 8;
 
@@ -89,13 +96,6 @@ view! {
     fn new_checked;
     /// `Truncated` when shorter than the 8-byte header.
     fn check_len = HEADER_LEN;
-}
-
-mod field {
-    use core::ops::Range;
-    pub const TYPE: usize = 0;
-    pub const CODE: usize = 1;
-    pub const CHECKSUM: Range<usize> = 2..4;
 }
 
 fields!(Packet {
@@ -223,16 +223,6 @@ pub enum Repr<'a> {
     },
 }
 
-/// The big-endian u32 at `b[at..at + 4]`.
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    get::be32(b, at..at + 4)
-}
-
-/// The IPv6 address at `b[at..at + 16]`.
-fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
-    get::ipv6(b, at..at + 16)
-}
-
 /// The options of an NDP message, walked with bounds.
 #[derive(Default)]
 struct Options {
@@ -271,15 +261,15 @@ fn parse_options(mut b: &[u8]) -> Result<Options> {
                     prefix_len: body[2],
                     on_link: body[3] & 0x80 != 0,
                     autonomous: body[3] & 0x40 != 0,
-                    valid_lifetime: u32_at(body, 4),
-                    preferred_lifetime: u32_at(body, 8),
-                    prefix: addr_at(body, 16),
+                    valid_lifetime: get::be32(body, 4..8),
+                    preferred_lifetime: get::be32(body, 8..12),
+                    prefix: get::ipv6(body, 16..32),
                 });
             }
-            opt::MTU if len == 8 => o.mtu = Some(u32_at(body, 4)),
+            opt::MTU if len == 8 => o.mtu = Some(get::be32(body, 4..8)),
             // RFC 8106 §5.1: length 3 + 2n, at least one address.
             opt::RDNSS if len >= 24 && (len / 8) % 2 == 1 && o.rdnss.is_none() => {
-                o.rdnss = Some((u32_at(body, 4), addr_at(body, 8)));
+                o.rdnss = Some((get::be32(body, 4..8), get::ipv6(body, 8..24)));
             }
             opt::PREFIX_INFO if len == 32 => {}
             opt::RDNSS if len >= 24 && (len / 8) % 2 == 1 => {}
@@ -334,7 +324,7 @@ impl<'a> Repr<'a> {
             }),
             msg_type::DST_UNREACHABLE => Err(Error::Malformed),
             msg_type::PACKET_TOO_BIG => Ok(Repr::PacketTooBig {
-                mtu: u32_at(b, 4),
+                mtu: get::be32(b, 4..8),
                 data: &b[HEADER_LEN..],
             }),
             msg_type::ROUTER_SOLICIT => {
@@ -353,8 +343,8 @@ impl<'a> Repr<'a> {
                     managed: b[5] & 0x80 != 0,
                     other: b[5] & 0x40 != 0,
                     router_lifetime: get::be16(b, 6..8),
-                    reachable_time: u32_at(b, 8),
-                    retrans_time: u32_at(b, 12),
+                    reachable_time: get::be32(b, 8..12),
+                    retrans_time: get::be32(b, 12..16),
                     lladdr: o.source_lladdr,
                     mtu: o.mtu,
                     prefix: o.prefix,
@@ -365,7 +355,7 @@ impl<'a> Repr<'a> {
                 if b.len() < 24 {
                     return Err(Error::Truncated);
                 }
-                let target = addr_at(b, 8);
+                let target = get::ipv6(b, 8..24);
                 // RFC 4861 §7.1.1: the target is never multicast.
                 if target.is_multicast() {
                     return Err(Error::Malformed);
