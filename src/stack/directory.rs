@@ -160,18 +160,8 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
-    use crate::stack::ops::Proto;
-
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            proto: Proto::Tcp,
-            guest: SocketAddr::from(([192, 168, 33, 15], port)),
-            remote: SocketAddr::from(([192, 168, 33, 1], 80)),
-        }
-    }
+    use crate::stack::flow::tests::key;
 
     #[test]
     fn one_owner_per_key() {
