@@ -202,6 +202,22 @@ pub struct Repr {
 }
 
 impl Repr {
+    /// A header from `src_addr` to `dst_addr` over `payload_len` bytes of
+    /// `next_header`, with the stack's hop limit ([`super::HOP_LIMIT`]).
+    pub const fn new(
+        src_addr: Ipv4Addr,
+        dst_addr: Ipv4Addr,
+        next_header: u8,
+        payload_len: usize,
+    ) -> Repr {
+        Repr {
+            src_addr,
+            dst_addr,
+            next_header,
+            payload_len,
+            hop_limit: super::HOP_LIMIT,
+        }
+    }
     /// Parse a checked packet: verifies the header checksum. Fragments parse
     /// fine (the caller checks `is_fragment`); `payload_len` is this packet's.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {

@@ -290,6 +290,22 @@ pub struct Repr {
 }
 
 impl Repr {
+    /// A header from `src_addr` to `dst_addr` over `payload_len` bytes of
+    /// `next_header`, with the stack's hop limit ([`super::HOP_LIMIT`]).
+    pub const fn new(
+        src_addr: Ipv6Addr,
+        dst_addr: Ipv6Addr,
+        next_header: u8,
+        payload_len: usize,
+    ) -> Repr {
+        Repr {
+            src_addr,
+            dst_addr,
+            next_header,
+            payload_len,
+            hop_limit: super::HOP_LIMIT,
+        }
+    }
     /// Parse a checked packet and walk its extension headers: `next_header`
     /// and `payload_len` describe the upper layer. Fragments are refused
     /// here (`Unsupported`); use [`Packet::upper_layer`] to see them.

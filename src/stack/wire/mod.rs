@@ -141,6 +141,11 @@ pub enum Error {
 /// Result of parsing.
 pub type Result<T> = core::result::Result<T, Error>;
 
+/// The hop limit (IPv4 TTL) of every IP header the stack writes for its own
+/// packets and for datagrams it passes on: Linux's default
+/// (`net.ipv4.ip_default_ttl`, `net.ipv6.conf.*.hop_limit`).
+pub const HOP_LIMIT: u8 = 64;
+
 /// IP protocol numbers used by the stack.
 pub mod ip_proto {
     /// ICMP.
