@@ -76,14 +76,9 @@ impl From<Operation> for u16 {
 view! {
     /// A view of an ARP packet.
     pub struct Packet;
+    fn check_len = PACKET_LEN;
     /// Wrap and check: ≥ 28 bytes.
     fn new_checked;
-    /// `Err(Truncated)` if shorter than [`PACKET_LEN`]. Every getter is in
-    /// bounds once this has passed.
-    fn check_len = PACKET_LEN;
-}
-
-fields!(Packet {
     /// Hardware type.
     hardware_type: u16 = be16(field::HTYPE);
     /// Protocol type.
@@ -93,22 +88,14 @@ fields!(Packet {
     /// Protocol address length.
     protocol_len: u8 = byte(field::PLEN);
     /// Sender hardware address.
-    source_hardware_addr: Address = mac(field::SHA),
-    /// Set the sender hardware address.
-    set_source_hardware_addr;
+    source_hardware_addr / set_source_hardware_addr: Address = mac(field::SHA);
     /// Sender protocol address.
-    source_protocol_addr: Ipv4Addr = ipv4(field::SPA),
-    /// Set the sender protocol address.
-    set_source_protocol_addr;
+    source_protocol_addr / set_source_protocol_addr: Ipv4Addr = ipv4(field::SPA);
     /// Target hardware address.
-    target_hardware_addr: Address = mac(field::THA),
-    /// Set the target hardware address.
-    set_target_hardware_addr;
+    target_hardware_addr / set_target_hardware_addr: Address = mac(field::THA);
     /// Target protocol address.
-    target_protocol_addr: Ipv4Addr = ipv4(field::TPA),
-    /// Set the target protocol address.
-    set_target_protocol_addr;
-});
+    target_protocol_addr / set_target_protocol_addr: Ipv4Addr = ipv4(field::TPA);
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Operation.

@@ -84,23 +84,14 @@ impl From<EtherType> for u16 {
 view! {
     /// A view of an Ethernet frame.
     pub struct Frame;
+    fn check_len = HEADER_LEN;
     /// Wrap and check the buffer holds a full header.
     fn new_checked;
-    /// `Err(Truncated)` if the buffer is shorter than the header. Every
-    /// getter is in bounds once this has passed.
-    fn check_len = HEADER_LEN;
-}
-
-fields!(Frame {
     /// Destination address.
-    dst_addr: Address = mac(field::DST),
-    /// Set the destination address.
-    set_dst_addr;
+    dst_addr / set_dst_addr: Address = mac(field::DST);
     /// Source address.
-    src_addr: Address = mac(field::SRC),
-    /// Set the source address.
-    set_src_addr;
-});
+    src_addr / set_src_addr: Address = mac(field::SRC);
+}
 
 impl<T: AsRef<[u8]>> Frame<T> {
     /// EtherType.

@@ -50,37 +50,22 @@ pub mod msg_type {
 view! {
     /// A view of an ICMPv4 message.
     pub struct Packet;
+    fn check_len = HEADER_LEN;
     /// Wrap and check: at least 8 bytes.
     fn new_checked;
-    /// `Err(Truncated)` if shorter than the 8-byte header. Every getter is in
-    /// bounds once this has passed.
-    fn check_len = HEADER_LEN;
-}
-
-fields!(Packet {
     /// Type.
-    msg_type: u8 = byte(field::TYPE),
-    /// Set the type.
-    set_msg_type;
+    msg_type / set_msg_type: u8 = byte(field::TYPE);
     /// Code.
-    msg_code: u8 = byte(field::CODE),
-    /// Set the code.
-    set_msg_code;
+    msg_code / set_msg_code: u8 = byte(field::CODE);
     /// Checksum field.
-    checksum: u16 = be16(field::CHECKSUM),
-    /// Set the checksum field.
-    set_checksum;
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
     /// Echo identifier (bytes 4..6).
-    echo_ident: u16 = be16(field::ECHO_IDENT),
-    /// Set the echo identifier.
-    set_echo_ident;
+    echo_ident / set_echo_ident: u16 = be16(field::ECHO_IDENT);
     /// Echo sequence number (bytes 6..8).
-    echo_seq_no: u16 = be16(field::ECHO_SEQ_NO),
-    /// Set the echo sequence number.
-    set_echo_seq_no;
+    echo_seq_no / set_echo_seq_no: u16 = be16(field::ECHO_SEQ_NO);
     /// Next-hop MTU of a "fragmentation needed" message (bytes 6..8).
     next_hop_mtu: u16 = be16(field::NEXT_HOP_MTU);
-});
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Everything after the 8-byte header.

@@ -92,20 +92,16 @@ pub const MAX_ERROR_DATA: usize = 1280 - 40 - HEADER_LEN;
 view! {
     /// A view of an ICMPv6 message.
     pub struct Packet;
+    fn check_len = HEADER_LEN;
     /// Wrap and check that the 8-byte header is there.
     fn new_checked;
-    /// `Truncated` when shorter than the 8-byte header.
-    fn check_len = HEADER_LEN;
-}
-
-fields!(Packet {
     /// Message type.
     msg_type: u8 = byte(field::TYPE);
     /// Message code.
     msg_code: u8 = byte(field::CODE);
     /// Checksum field.
     checksum: u16 = be16(field::CHECKSUM);
-});
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// True if the checksum verifies for a message from `src` to `dst`.

@@ -56,42 +56,23 @@ view! {
     /// total length ≥ header length and ≤ buffer length (a longer buffer,
     /// e.g. Ethernet padding, is fine: `payload()` stops at total length).
     fn new_checked;
-}
-
-fields!(Packet {
     /// Type-of-service byte (DSCP and ECN).
-    tos: u8 = byte(field::TOS),
-    /// Set the type-of-service byte.
-    set_tos;
+    tos / set_tos: u8 = byte(field::TOS);
     /// Total length field.
-    total_len: u16 = be16(field::LENGTH),
-    /// Set total length.
-    set_total_len;
+    total_len / set_total_len: u16 = be16(field::LENGTH);
     /// Identification.
-    ident: u16 = be16(field::IDENT),
-    /// Set identification.
-    set_ident;
+    ident / set_ident: u16 = be16(field::IDENT);
     /// TTL.
-    hop_limit: u8 = byte(field::TTL),
-    /// Set TTL.
-    set_hop_limit;
+    hop_limit / set_hop_limit: u8 = byte(field::TTL);
     /// Protocol.
-    next_header: u8 = byte(field::PROTOCOL),
-    /// Set protocol.
-    set_next_header;
+    next_header / set_next_header: u8 = byte(field::PROTOCOL);
     /// Header checksum field.
-    checksum: u16 = be16(field::CHECKSUM),
-    /// Set the header checksum field.
-    set_checksum;
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
     /// Source address.
-    src_addr: Ipv4Addr = ipv4(field::SRC),
-    /// Set source address.
-    set_src_addr;
+    src_addr / set_src_addr: Ipv4Addr = ipv4(field::SRC);
     /// Destination address.
-    dst_addr: Ipv4Addr = ipv4(field::DST),
-    /// Set destination address.
-    set_dst_addr;
-});
+    dst_addr / set_dst_addr: Ipv4Addr = ipv4(field::DST);
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// The checks of [`Packet::new_checked`]: `Truncated` when the buffer is

@@ -71,30 +71,17 @@ view! {
     pub struct Packet;
     /// Wrap and check (see [`Packet::check_len`]).
     fn new_checked;
-}
-
-fields!(Packet {
     /// Payload length field (extension headers included).
-    payload_len: u16 = be16(field::LENGTH),
-    /// Set the payload length.
-    set_payload_len;
+    payload_len / set_payload_len: u16 = be16(field::LENGTH);
     /// Next header field of the fixed header.
-    next_header: u8 = byte(field::NXT_HDR),
-    /// Set next header.
-    set_next_header;
+    next_header / set_next_header: u8 = byte(field::NXT_HDR);
     /// Hop limit.
-    hop_limit: u8 = byte(field::HOP_LIMIT),
-    /// Set the hop limit.
-    set_hop_limit;
+    hop_limit / set_hop_limit: u8 = byte(field::HOP_LIMIT);
     /// Source address.
-    src_addr: Ipv6Addr = ipv6(field::SRC),
-    /// Set the source address.
-    set_src_addr;
+    src_addr / set_src_addr: Ipv6Addr = ipv6(field::SRC);
     /// Destination address.
-    dst_addr: Ipv6Addr = ipv6(field::DST),
-    /// Set the destination address.
-    set_dst_addr;
-});
+    dst_addr / set_dst_addr: Ipv6Addr = ipv6(field::DST);
+}
 
 /// Where the upper-layer header starts, as found by [`Packet::upper_layer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,27 +7,46 @@
 //! stale bytes, so `emit` writes every header byte).
 //!
 //! The views share their frame in this file: `view!` declares a view
-//! struct with `new_unchecked`, `new_checked` and `into_inner` (and
-//! `check_len`, when the only check is a minimum length), `fields!` its
-//! fixed-offset getters and setters, and `get`/`set` are the byte-order
-//! helpers both use. What differs per protocol (length checks that read a
+//! struct with `new_unchecked`, `new_checked`, `into_inner`, its
+//! fixed-offset getters and setters (and `check_len`, when the only check is
+//! a minimum length), and `get`/`set` are the byte-order helpers they use. What differs per protocol (length checks that read a
 //! field, flags, options, checksums, `Repr`) stays in the protocol's file.
 //! Every generated function is a plain generic `#[inline]` function over the
 //! buffer: no trait objects, and the same bounds checks as hand-written
 //! accessors (one slice index per field, after `check_len` made it fit).
 
 /// Declares a zero-copy view `pub struct $name<T: AsRef<[u8]>> { buffer: T }`
-/// with `new_unchecked`, `new_checked` (which calls `check_len`) and
-/// `into_inner`. With `fn check_len = MIN;` it also writes a `check_len`
-/// that is `Truncated` below `MIN` bytes; without, the protocol's file
-/// writes its own `check_len`.
+/// with `new_unchecked`, `new_checked` (which calls `check_len`),
+/// `into_inner` and its fixed-offset fields:
+///
+/// ```text
+/// view! {
+///     /// A view of ...
+///     pub struct Packet;
+///     fn check_len = HEADER_LEN;    // optional: `Truncated` below HEADER_LEN;
+///                                   // without it the file writes `check_len`
+///     /// Wrap and check: ...
+///     fn new_checked;
+///     /// Source port.
+///     src_port / set_src_port: u16 = be16(field::SRC_PORT);
+///     /// Checksum field (no setter).
+///     checksum: u16 = be16(field::CHECKSUM);
+/// }
+/// ```
+///
+/// A field reads with `get::kind` and writes with `set::kind`; the setter's
+/// doc points to its getter.
 macro_rules! view {
     (
         $(#[$m:meta])*
         pub struct $name:ident;
+        $( fn check_len = $min:expr; )?
         $(#[$cm:meta])*
         fn new_checked;
-        $( $(#[$lm:meta])* fn check_len = $min:expr; )?
+        $(
+            $(#[$gm:meta])*
+            $get:ident $(/ $set:ident)?: $ty:ty = $kind:ident($f:expr);
+        )*
     ) => {
         $(#[$m])*
         #[derive(Debug, Clone)]
@@ -54,29 +73,15 @@ macro_rules! view {
                 self.buffer
             }
             $(
-                $(#[$lm])*
+                #[doc = concat!(
+                    "`Truncated` if the buffer is shorter than [`", stringify!($min),
+                    "`]. Every field is in bounds once this has passed."
+                )]
                 #[inline]
                 pub fn check_len(&self) -> $crate::stack::wire::Result<()> {
                     $crate::stack::wire::check_min(self.buffer.as_ref().len(), $min)
                 }
             )?
-        }
-    };
-}
-
-/// Fixed-offset accessors of a `view!` struct: each entry
-/// `getter: Type = kind(field::RANGE)` (optionally followed by
-/// `, setter`) reads with `get::kind` and writes with `set::kind`.
-/// Doc comments go before the getter and the setter names.
-macro_rules! fields {
-    ($view:ident {
-        $(
-            $(#[$gm:meta])*
-            $get:ident: $ty:ty = $kind:ident($f:expr)
-            $(, $(#[$sm:meta])* $set:ident)?;
-        )*
-    }) => {
-        impl<T: AsRef<[u8]>> $view<T> {
             $(
                 $(#[$gm])*
                 #[inline]
@@ -86,9 +91,9 @@ macro_rules! fields {
             )*
         }
 
-        impl<T: AsRef<[u8]> + AsMut<[u8]>> $view<T> {
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
             $($(
-                $(#[$sm])*
+                #[doc = concat!("Set what [`", stringify!($name), "::", stringify!($get), "`] reads.")]
                 #[inline]
                 pub fn $set(&mut self, v: $ty) {
                     $crate::stack::wire::set::$kind(self.buffer.as_mut(), $f, v);

@@ -144,30 +144,17 @@ view! {
     pub struct Packet;
     /// Wrap and check: buffer ≥ 20, data offset ≥ 5 and header fits.
     fn new_checked;
-}
-
-fields!(Packet {
     /// Source port.
-    src_port: u16 = be16(field::SRC_PORT),
-    /// Set the source port.
-    set_src_port;
+    src_port / set_src_port: u16 = be16(field::SRC_PORT);
     /// Destination port.
-    dst_port: u16 = be16(field::DST_PORT),
-    /// Set the destination port.
-    set_dst_port;
+    dst_port / set_dst_port: u16 = be16(field::DST_PORT);
     /// Window field (unscaled).
-    window_len: u16 = be16(field::WINDOW),
-    /// Set the window field.
-    set_window_len;
+    window_len / set_window_len: u16 = be16(field::WINDOW);
     /// Checksum field.
-    checksum: u16 = be16(field::CHECKSUM),
-    /// Set the checksum field.
-    set_checksum;
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
     /// Urgent pointer field.
-    urgent_at: u16 = be16(field::URGENT),
-    /// Set the urgent pointer field.
-    set_urgent_at;
-});
+    urgent_at / set_urgent_at: u16 = be16(field::URGENT);
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// The checks of [`Packet::new_checked`]: `Truncated` if the buffer is

@@ -38,26 +38,15 @@ view! {
     pub struct Packet;
     /// Wrap and check: buffer ≥ 8, length field ≥ 8 and ≤ buffer length.
     fn new_checked;
-}
-
-fields!(Packet {
     /// Source port.
-    src_port: u16 = be16(field::SRC_PORT),
-    /// Set the source port.
-    set_src_port;
+    src_port / set_src_port: u16 = be16(field::SRC_PORT);
     /// Destination port.
-    dst_port: u16 = be16(field::DST_PORT),
-    /// Set the destination port.
-    set_dst_port;
+    dst_port / set_dst_port: u16 = be16(field::DST_PORT);
     /// Length field.
-    len: u16 = be16(field::LENGTH),
-    /// Set the length field.
-    set_len;
+    len / set_len: u16 = be16(field::LENGTH);
     /// Checksum field.
-    checksum: u16 = be16(field::CHECKSUM),
-    /// Set the checksum field.
-    set_checksum;
-});
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// The checks of [`Packet::new_checked`]: `Truncated` if the buffer is

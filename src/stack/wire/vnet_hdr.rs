@@ -82,42 +82,24 @@ pub mod gso {
 view! {
     /// A view of a virtio-net header at the start of `buffer`.
     pub struct Packet;
+    fn check_len = HEADER_LEN;
     /// Wrap and check that the buffer holds at least the 12-byte header.
     fn new_checked;
-    /// `Truncated` if the buffer is shorter than [`HEADER_LEN`].
-    fn check_len = HEADER_LEN;
-}
-
-fields!(Packet {
     /// `flags`.
-    flags: u8 = byte(field::FLAGS),
-    /// Set `flags`.
-    set_flags;
+    flags / set_flags: u8 = byte(field::FLAGS);
     /// `gso_type` (ECN bit included).
-    gso_type: u8 = byte(field::GSO_TYPE),
-    /// Set `gso_type`.
-    set_gso_type;
+    gso_type / set_gso_type: u8 = byte(field::GSO_TYPE);
     /// `hdr_len`.
-    hdr_len: u16 = le16(field::HDR_LEN),
-    /// Set `hdr_len`.
-    set_hdr_len;
+    hdr_len / set_hdr_len: u16 = le16(field::HDR_LEN);
     /// `gso_size`.
-    gso_size: u16 = le16(field::GSO_SIZE),
-    /// Set `gso_size`.
-    set_gso_size;
+    gso_size / set_gso_size: u16 = le16(field::GSO_SIZE);
     /// `csum_start`.
-    csum_start: u16 = le16(field::CSUM_START),
-    /// Set `csum_start`.
-    set_csum_start;
+    csum_start / set_csum_start: u16 = le16(field::CSUM_START);
     /// `csum_offset`.
-    csum_offset: u16 = le16(field::CSUM_OFFSET),
-    /// Set `csum_offset`.
-    set_csum_offset;
+    csum_offset / set_csum_offset: u16 = le16(field::CSUM_OFFSET);
     /// `num_buffers`.
-    num_buffers: u16 = le16(field::NUM_BUFFERS),
-    /// Set `num_buffers`.
-    set_num_buffers;
-});
+    num_buffers / set_num_buffers: u16 = le16(field::NUM_BUFFERS);
+}
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// What follows the header (the Ethernet frame).
