@@ -12,7 +12,7 @@
 //! the choice too; and a published port's flow is started by uipd (the
 //! worker that accepted the host client), not by a guest frame at all. A
 //! stack that gets a frame of a flow it does not hold asks the directory
-//! who does, and hands the frame there ([`Actions::forward`]) instead of
+//! who does, and hands the frame there ([`Actions::forward`](super::Actions::forward)) instead of
 //! answering it (a RST, or a second host socket for a UDP flow).
 //!
 //! ```text

@@ -134,7 +134,7 @@ pub enum Repr<'a> {
     /// payload (RFC 792: at least 8; the builder passes up to 548 so the whole
     /// message stays within 576 bytes, RFC 1812 §4.3.2.3).
     DstUnreachable {
-        /// Code (see [`unreachable`]).
+        /// Code (see [`unreachable`](mod@unreachable)).
         code: u8,
         /// Next-hop MTU for code 4, else 0.
         next_hop_mtu: u16,

@@ -178,7 +178,7 @@ pub enum Repr<'a> {
     },
     /// Type 1.
     DstUnreachable {
-        /// Code (see [`unreachable`]).
+        /// Code (see [`unreachable`](mod@unreachable)).
         code: u8,
         /// As much of the invoking packet as fits.
         data: &'a [u8],
