@@ -12,7 +12,7 @@
 //! the choice too; and a published port's flow is started by uipd (the
 //! worker that accepted the host client), not by a guest frame at all. A
 //! stack that gets a frame of a flow it does not hold asks the directory
-//! who does, and hands the frame there ([`Actions::forward`]) instead of
+//! who does, and hands the frame there ([`Actions::forward`](super::Actions::forward)) instead of
 //! answering it (a RST, or a second host socket for a UDP flow).
 //!
 //! ```text
@@ -160,18 +160,8 @@ impl Directory {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
-    use crate::stack::ops::Proto;
-
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            proto: Proto::Tcp,
-            guest: SocketAddr::from(([192, 168, 33, 15], port)),
-            remote: SocketAddr::from(([192, 168, 33, 1], 80)),
-        }
-    }
+    use crate::stack::flow::tests::key;
 
     #[test]
     fn one_owner_per_key() {

@@ -193,10 +193,11 @@ impl<T> Drop for FlowTable<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(port: u16) -> FlowKey {
+    /// A TCP key from guest port `port` to 10.0.0.1:80 (also the directory's tests' key).
+    pub(crate) fn key(port: u16) -> FlowKey {
         FlowKey {
             proto: Proto::Tcp,
             guest: SocketAddr::from(([192, 168, 33, 15], port)),

@@ -83,14 +83,7 @@ impl Stack {
         self.counters.foreign_flow_frames += 1;
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let ip = Ipv4Repr {
-                    src_addr: s,
-                    dst_addr: d,
-                    next_header: proto,
-                    payload_len: l4.len(),
-                    hop_limit: 64,
-                };
-                self.forward_datagram(owner, ip, l4, out);
+                self.forward_datagram(owner, Ipv4Repr::new(s, d, proto, l4.len()), l4, out);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => self.forward_datagram6(owner, s, d, proto, l4, out),
             _ => return,

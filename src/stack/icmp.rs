@@ -165,26 +165,14 @@ pub(super) fn quote(key: &FlowKey, data: &[u8], room: usize) -> Vec<u8> {
     let mut orig = match (key.guest.ip(), key.remote.ip()) {
         (IpAddr::V4(guest), IpAddr::V4(remote)) => {
             let mut orig = vec![0u8; wire::ipv4::HEADER_LEN + hdr + keep];
-            Ipv4Repr {
-                src_addr: guest,
-                dst_addr: remote,
-                next_header: proto,
-                payload_len: l4_len,
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv4Packet::new_unchecked(&mut orig[..]));
+            Ipv4Repr::new(guest, remote, proto, l4_len)
+                .emit(&mut Ipv4Packet::new_unchecked(&mut orig[..]));
             orig
         }
         (IpAddr::V6(guest), IpAddr::V6(remote)) => {
             let mut orig = vec![0u8; wire::ipv6::HEADER_LEN + hdr + keep];
-            Ipv6Repr {
-                src_addr: guest,
-                dst_addr: remote,
-                next_header: proto,
-                payload_len: l4_len,
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv6Packet::new_unchecked(&mut orig[..]));
+            Ipv6Repr::new(guest, remote, proto, l4_len)
+                .emit(&mut Ipv6Packet::new_unchecked(&mut orig[..]));
             orig
         }
         // A flow's two ends are always of one family.

@@ -128,13 +128,7 @@ impl Stack {
             // offsets need) only if it forwards it. The checksum is whole
             // and computed, so DATA_VALID holds for every use of it.
             self.counters.ufo_frames += 1;
-            let ip = Ipv4Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            };
+            let ip = Ipv4Repr::new(src, dst, proto, l4.len());
             let hdr = VnetHdrRepr {
                 flags: vnet_flags::DATA_VALID,
                 gso_type: gso::UDP,
@@ -153,13 +147,7 @@ impl Stack {
             return;
         }
         for (off, len, more) in frag::fragments(l4.len(), mtu) {
-            let ip = Ipv4Repr {
-                src_addr: src,
-                dst_addr: dst,
-                next_header: proto,
-                payload_len: len,
-                hop_limit: 64,
-            };
+            let ip = Ipv4Repr::new(src, dst, proto, len);
             // virtio 1.2 §5.1.6.2: DATA_VALID for a checksum we computed over
             // a whole datagram; nothing for a fragment (no L4 header of its own).
             let hdr = match csum {

@@ -102,24 +102,10 @@ impl L2 {
     ) -> Option<(Vec<u8>, usize)> {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let ip = Ipv4Repr {
-                    src_addr: s,
-                    dst_addr: d,
-                    next_header: proto,
-                    payload_len,
-                    hop_limit: 64,
-                };
-                Some(self.ipv4_frame(&ip, hdr))
+                Some(self.ipv4_frame(&Ipv4Repr::new(s, d, proto, payload_len), hdr))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let ip = wire::Ipv6Repr {
-                    src_addr: s,
-                    dst_addr: d,
-                    next_header: proto,
-                    payload_len,
-                    hop_limit: 64,
-                };
-                Some(self.ipv6_frame(&ip, hdr))
+                Some(self.ipv6_frame(&wire::Ipv6Repr::new(s, d, proto, payload_len), hdr))
             }
             _ => None,
         }

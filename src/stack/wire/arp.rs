@@ -18,9 +18,8 @@
 
 use std::net::Ipv4Addr;
 
-use super::Error;
-use super::Result;
 use super::ethernet::Address;
+use super::{Error, Result, get, set};
 
 mod field {
     use core::ops::Range;
@@ -74,80 +73,34 @@ impl From<Operation> for u16 {
     }
 }
 
-/// A view of an ARP packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an ARP packet.
+    pub struct Packet;
+    fn check_len = PACKET_LEN;
+    /// Wrap and check: ≥ 28 bytes.
+    fn new_checked;
+    /// Hardware type.
+    hardware_type: u16 = be16(field::HTYPE);
+    /// Protocol type.
+    protocol_type: u16 = be16(field::PTYPE);
+    /// Hardware address length.
+    hardware_len: u8 = byte(field::HLEN);
+    /// Protocol address length.
+    protocol_len: u8 = byte(field::PLEN);
+    /// Sender hardware address.
+    source_hardware_addr / set_source_hardware_addr: Address = mac(field::SHA);
+    /// Sender protocol address.
+    source_protocol_addr / set_source_protocol_addr: Ipv4Addr = ipv4(field::SPA);
+    /// Target hardware address.
+    target_hardware_addr / set_target_hardware_addr: Address = mac(field::THA);
+    /// Target protocol address.
+    target_protocol_addr / set_target_protocol_addr: Ipv4Addr = ipv4(field::TPA);
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check: ≥ 28 bytes.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-    /// `Err(Truncated)` if shorter than [`PACKET_LEN`]. Every getter is in
-    /// bounds once this has passed.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < PACKET_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-    fn mac_at(&self, r: core::ops::Range<usize>) -> Address {
-        let mut a = [0u8; 6];
-        a.copy_from_slice(&self.buffer.as_ref()[r]);
-        Address(a)
-    }
-    fn ip_at(&self, r: core::ops::Range<usize>) -> Ipv4Addr {
-        let b = &self.buffer.as_ref()[r];
-        Ipv4Addr::new(b[0], b[1], b[2], b[3])
-    }
-    /// Hardware type.
-    pub fn hardware_type(&self) -> u16 {
-        self.u16_at(field::HTYPE)
-    }
-    /// Protocol type.
-    pub fn protocol_type(&self) -> u16 {
-        self.u16_at(field::PTYPE)
-    }
-    /// Hardware address length.
-    pub fn hardware_len(&self) -> u8 {
-        self.buffer.as_ref()[field::HLEN]
-    }
-    /// Protocol address length.
-    pub fn protocol_len(&self) -> u8 {
-        self.buffer.as_ref()[field::PLEN]
-    }
     /// Operation.
     pub fn operation(&self) -> Operation {
-        self.u16_at(field::OPER).into()
-    }
-    /// Sender hardware address.
-    pub fn source_hardware_addr(&self) -> Address {
-        self.mac_at(field::SHA)
-    }
-    /// Sender protocol address.
-    pub fn source_protocol_addr(&self) -> Ipv4Addr {
-        self.ip_at(field::SPA)
-    }
-    /// Target hardware address.
-    pub fn target_hardware_addr(&self) -> Address {
-        self.mac_at(field::THA)
-    }
-    /// Target protocol address.
-    pub fn target_protocol_addr(&self) -> Ipv4Addr {
-        self.ip_at(field::TPA)
+        get::be16(self.buffer.as_ref(), field::OPER).into()
     }
 }
 
@@ -155,30 +108,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     /// Set hardware type, protocol type and both lengths for Ethernet/IPv4.
     pub fn set_ethernet_ipv4(&mut self) {
         let b = self.buffer.as_mut();
-        b[field::HTYPE].copy_from_slice(&HTYPE_ETHERNET.to_be_bytes());
-        b[field::PTYPE].copy_from_slice(&PTYPE_IPV4.to_be_bytes());
+        set::be16(b, field::HTYPE, HTYPE_ETHERNET);
+        set::be16(b, field::PTYPE, PTYPE_IPV4);
         b[field::HLEN] = 6;
         b[field::PLEN] = 4;
     }
     /// Set the operation.
     pub fn set_operation(&mut self, op: Operation) {
-        self.buffer.as_mut()[field::OPER].copy_from_slice(&u16::from(op).to_be_bytes());
-    }
-    /// Set the sender hardware address.
-    pub fn set_source_hardware_addr(&mut self, a: Address) {
-        self.buffer.as_mut()[field::SHA].copy_from_slice(&a.0);
-    }
-    /// Set the sender protocol address.
-    pub fn set_source_protocol_addr(&mut self, a: Ipv4Addr) {
-        self.buffer.as_mut()[field::SPA].copy_from_slice(&a.octets());
-    }
-    /// Set the target hardware address.
-    pub fn set_target_hardware_addr(&mut self, a: Address) {
-        self.buffer.as_mut()[field::THA].copy_from_slice(&a.0);
-    }
-    /// Set the target protocol address.
-    pub fn set_target_protocol_addr(&mut self, a: Ipv4Addr) {
-        self.buffer.as_mut()[field::TPA].copy_from_slice(&a.octets());
+        set::be16(self.buffer.as_mut(), field::OPER, op.into());
     }
 }
 

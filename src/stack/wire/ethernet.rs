@@ -13,7 +13,7 @@
 //! without the trailing CRC. An EtherType below 0x0600 is an 802.3 length;
 //! it parses as [`EtherType::Unknown`] and the stack drops it.
 
-use super::{Error, Result};
+use super::{Result, get, set};
 
 mod field {
     use core::ops::{Range, RangeFrom};
@@ -81,52 +81,26 @@ impl From<EtherType> for u16 {
     }
 }
 
-/// A view of an Ethernet frame.
-#[derive(Debug, Clone)]
-pub struct Frame<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an Ethernet frame.
+    pub struct Frame;
+    fn check_len = HEADER_LEN;
+    /// Wrap and check the buffer holds a full header.
+    fn new_checked;
+    /// Destination address.
+    dst_addr / set_dst_addr: Address = mac(field::DST);
+    /// Source address.
+    src_addr / set_src_addr: Address = mac(field::SRC);
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Frame { buffer }
-    }
-    /// Wrap and check the buffer holds a full header.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let frame = Self::new_unchecked(buffer);
-        frame.check_len()?;
-        Ok(frame)
-    }
-    /// `Err(Truncated)` if the buffer is shorter than the header. Every
-    /// getter is in bounds once this has passed.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    /// Destination address.
-    pub fn dst_addr(&self) -> Address {
-        Address(read6(&self.buffer.as_ref()[field::DST]))
-    }
-    /// Source address.
-    pub fn src_addr(&self) -> Address {
-        Address(read6(&self.buffer.as_ref()[field::SRC]))
-    }
     /// EtherType.
     pub fn ethertype(&self) -> EtherType {
-        let b = &self.buffer.as_ref()[field::ETHERTYPE];
-        u16::from_be_bytes([b[0], b[1]]).into()
+        get::be16(self.buffer.as_ref(), field::ETHERTYPE).into()
     }
     /// Everything after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
-    }
-    /// The inner buffer.
-    pub fn into_inner(self) -> T {
-        self.buffer
     }
 }
 
@@ -135,25 +109,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
-    /// Set the destination address.
-    pub fn set_dst_addr(&mut self, a: Address) {
-        self.buffer.as_mut()[field::DST].copy_from_slice(&a.0);
-    }
-    /// Set the source address.
-    pub fn set_src_addr(&mut self, a: Address) {
-        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.0);
-    }
     /// Set the EtherType.
     pub fn set_ethertype(&mut self, t: EtherType) {
-        self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&u16::from(t).to_be_bytes());
+        set::be16(self.buffer.as_mut(), field::ETHERTYPE, t.into());
     }
-}
-
-/// Copy a 6-byte slice into an array (callers pass a 6-byte field range).
-fn read6(b: &[u8]) -> [u8; 6] {
-    let mut a = [0u8; 6];
-    a.copy_from_slice(b);
-    a
 }
 
 /// High-level Ethernet header.

@@ -18,7 +18,7 @@
 //! `data` from the packet's buffer. Other types are `Unsupported`.
 
 use super::checksum;
-use super::{Error, Result};
+use super::{Error, Result, set};
 
 mod field {
     use core::ops::{Range, RangeFrom};
@@ -47,60 +47,27 @@ pub mod msg_type {
     pub const TIME_EXCEEDED: u8 = 11;
 }
 
-/// A view of an ICMPv4 message.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an ICMPv4 message.
+    pub struct Packet;
+    fn check_len = HEADER_LEN;
+    /// Wrap and check: at least 8 bytes.
+    fn new_checked;
+    /// Type.
+    msg_type / set_msg_type: u8 = byte(field::TYPE);
+    /// Code.
+    msg_code / set_msg_code: u8 = byte(field::CODE);
+    /// Checksum field.
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
+    /// Echo identifier (bytes 4..6).
+    echo_ident / set_echo_ident: u16 = be16(field::ECHO_IDENT);
+    /// Echo sequence number (bytes 6..8).
+    echo_seq_no / set_echo_seq_no: u16 = be16(field::ECHO_SEQ_NO);
+    /// Next-hop MTU of a "fragmentation needed" message (bytes 6..8).
+    next_hop_mtu: u16 = be16(field::NEXT_HOP_MTU);
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check: at least 8 bytes.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
-    /// `Err(Truncated)` if shorter than the 8-byte header. Every getter is in
-    /// bounds once this has passed.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-    /// Type.
-    pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[field::TYPE]
-    }
-    /// Code.
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[field::CODE]
-    }
-    /// Checksum field.
-    pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM)
-    }
-    /// Echo identifier (bytes 4..6).
-    pub fn echo_ident(&self) -> u16 {
-        self.u16_at(field::ECHO_IDENT)
-    }
-    /// Echo sequence number (bytes 6..8).
-    pub fn echo_seq_no(&self) -> u16 {
-        self.u16_at(field::ECHO_SEQ_NO)
-    }
-    /// Next-hop MTU of a "fragmentation needed" message (bytes 6..8).
-    pub fn next_hop_mtu(&self) -> u16 {
-        self.u16_at(field::NEXT_HOP_MTU)
-    }
     /// Everything after the 8-byte header.
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[field::DATA]
@@ -112,29 +79,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Set the type.
-    pub fn set_msg_type(&mut self, v: u8) {
-        self.buffer.as_mut()[field::TYPE] = v;
-    }
-    /// Set the code.
-    pub fn set_msg_code(&mut self, v: u8) {
-        self.buffer.as_mut()[field::CODE] = v;
-    }
-    /// Set the checksum field.
-    pub fn set_checksum(&mut self, v: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
-    }
     /// Set the 4-byte "rest of header" (bytes 4..8) as one big-endian word.
     pub fn set_rest_of_header(&mut self, v: u32) {
-        self.buffer.as_mut()[field::REST].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the echo identifier.
-    pub fn set_echo_ident(&mut self, v: u16) {
-        self.buffer.as_mut()[field::ECHO_IDENT].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the echo sequence number.
-    pub fn set_echo_seq_no(&mut self, v: u16) {
-        self.buffer.as_mut()[field::ECHO_SEQ_NO].copy_from_slice(&v.to_be_bytes());
+        set::be32(self.buffer.as_mut(), field::REST, v);
     }
     /// Mutable data after the header.
     pub fn data_mut(&mut self) -> &mut [u8] {
@@ -187,7 +134,7 @@ pub enum Repr<'a> {
     /// payload (RFC 792: at least 8; the builder passes up to 548 so the whole
     /// message stays within 576 bytes, RFC 1812 §4.3.2.3).
     DstUnreachable {
-        /// Code (see [`unreachable`]).
+        /// Code (see [`unreachable`](mod@unreachable)).
         code: u8,
         /// Next-hop MTU for code 4, else 0.
         next_hop_mtu: u16,

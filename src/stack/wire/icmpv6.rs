@@ -30,7 +30,14 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::checksum;
-use super::{Error, Result, ip_proto};
+use super::{Error, Result, get, ip_proto};
+
+mod field {
+    use core::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+}
 
 /// Fixed ICMPv6 header: type, code, checksum, 4 bytes.
 pub const HEADER_LEN: usize = 8;
@@ -82,43 +89,21 @@ mod opt {
 /// message stays within the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
 pub const MAX_ERROR_DATA: usize = 1280 - 40 - HEADER_LEN;
 
-/// A view of an ICMPv6 message.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an ICMPv6 message.
+    pub struct Packet;
+    fn check_len = HEADER_LEN;
+    /// Wrap and check that the 8-byte header is there.
+    fn new_checked;
+    /// Message type.
+    msg_type: u8 = byte(field::TYPE);
+    /// Message code.
+    msg_code: u8 = byte(field::CODE);
+    /// Checksum field.
+    checksum: u16 = be16(field::CHECKSUM);
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check that the 8-byte header is there.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    /// `Truncated` when shorter than the 8-byte header.
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        Ok(())
-    }
-    /// Message type.
-    pub fn msg_type(&self) -> u8 {
-        self.buffer.as_ref()[0]
-    }
-    /// Message code.
-    pub fn msg_code(&self) -> u8 {
-        self.buffer.as_ref()[1]
-    }
-    /// Checksum field.
-    pub fn checksum(&self) -> u16 {
-        let b = self.buffer.as_ref();
-        u16::from_be_bytes([b[2], b[3]])
-    }
     /// True if the checksum verifies for a message from `src` to `dst`.
     pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
         let b = self.buffer.as_ref();
@@ -193,7 +178,7 @@ pub enum Repr<'a> {
     },
     /// Type 1.
     DstUnreachable {
-        /// Code (see [`unreachable`]).
+        /// Code (see [`unreachable`](mod@unreachable)).
         code: u8,
         /// As much of the invoking packet as fits.
         data: &'a [u8],
@@ -234,16 +219,6 @@ pub enum Repr<'a> {
     },
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    Ipv6Addr::from(a)
-}
-
 /// The options of an NDP message, walked with bounds.
 #[derive(Default)]
 struct Options {
@@ -282,15 +257,15 @@ fn parse_options(mut b: &[u8]) -> Result<Options> {
                     prefix_len: body[2],
                     on_link: body[3] & 0x80 != 0,
                     autonomous: body[3] & 0x40 != 0,
-                    valid_lifetime: u32_at(body, 4),
-                    preferred_lifetime: u32_at(body, 8),
-                    prefix: addr_at(body, 16),
+                    valid_lifetime: get::be32(body, 4..8),
+                    preferred_lifetime: get::be32(body, 8..12),
+                    prefix: get::ipv6(body, 16..32),
                 });
             }
-            opt::MTU if len == 8 => o.mtu = Some(u32_at(body, 4)),
+            opt::MTU if len == 8 => o.mtu = Some(get::be32(body, 4..8)),
             // RFC 8106 §5.1: length 3 + 2n, at least one address.
             opt::RDNSS if len >= 24 && (len / 8) % 2 == 1 && o.rdnss.is_none() => {
-                o.rdnss = Some((u32_at(body, 4), addr_at(body, 8)));
+                o.rdnss = Some((get::be32(body, 4..8), get::ipv6(body, 8..24)));
             }
             opt::PREFIX_INFO if len == 32 => {}
             opt::RDNSS if len >= 24 && (len / 8) % 2 == 1 => {}
@@ -321,8 +296,8 @@ impl<'a> Repr<'a> {
         // Borrow for 'a (the buffer's lifetime), not for the borrow of `packet`.
         let b: &'a [u8] = <T as AsRef<[u8]>>::as_ref(packet.buffer);
         let code = packet.msg_code();
-        let ident = u16::from_be_bytes([b[4], b[5]]);
-        let seq_no = u16::from_be_bytes([b[6], b[7]]);
+        let ident = get::be16(b, 4..6);
+        let seq_no = get::be16(b, 6..8);
         let ty = packet.msg_type();
         let ndp = (msg_type::ROUTER_SOLICIT..=msg_type::NEIGHBOR_ADVERT).contains(&ty);
         if code != 0 && (ndp || ty == msg_type::ECHO_REQUEST || ty == msg_type::ECHO_REPLY) {
@@ -345,7 +320,7 @@ impl<'a> Repr<'a> {
             }),
             msg_type::DST_UNREACHABLE => Err(Error::Malformed),
             msg_type::PACKET_TOO_BIG => Ok(Repr::PacketTooBig {
-                mtu: u32_at(b, 4),
+                mtu: get::be32(b, 4..8),
                 data: &b[HEADER_LEN..],
             }),
             msg_type::ROUTER_SOLICIT => {
@@ -363,9 +338,9 @@ impl<'a> Repr<'a> {
                     hop_limit: b[4],
                     managed: b[5] & 0x80 != 0,
                     other: b[5] & 0x40 != 0,
-                    router_lifetime: u16::from_be_bytes([b[6], b[7]]),
-                    reachable_time: u32_at(b, 8),
-                    retrans_time: u32_at(b, 12),
+                    router_lifetime: get::be16(b, 6..8),
+                    reachable_time: get::be32(b, 8..12),
+                    retrans_time: get::be32(b, 12..16),
                     lladdr: o.source_lladdr,
                     mtu: o.mtu,
                     prefix: o.prefix,
@@ -376,7 +351,7 @@ impl<'a> Repr<'a> {
                 if b.len() < 24 {
                     return Err(Error::Truncated);
                 }
-                let target = addr_at(b, 8);
+                let target = get::ipv6(b, 8..24);
                 // RFC 4861 §7.1.1: the target is never multicast.
                 if target.is_multicast() {
                     return Err(Error::Malformed);

@@ -23,7 +23,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::{Error, Result};
+use super::{Error, Result, check_declared, check_min, get, set};
 
 mod field {
     use core::ops::Range;
@@ -49,55 +49,47 @@ const OFFSET_MASK: u16 = 0x1fff;
 /// Minimum (and emitted) header length.
 pub const HEADER_LEN: usize = 20;
 
-/// A view of an IPv4 packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
-}
-
-impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
+view! {
+    /// A view of an IPv4 packet.
+    pub struct Packet;
     /// Wrap and check: buffer ≥ 20, version 4, IHL ≥ 5 and header fits,
     /// total length ≥ header length and ≤ buffer length (a longer buffer,
     /// e.g. Ethernet padding, is fine: `payload()` stops at total length).
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
+    fn new_checked;
+    /// Type-of-service byte (DSCP and ECN).
+    tos / set_tos: u8 = byte(field::TOS);
+    /// Total length field.
+    total_len / set_total_len: u16 = be16(field::LENGTH);
+    /// Identification.
+    ident / set_ident: u16 = be16(field::IDENT);
+    /// TTL.
+    hop_limit / set_hop_limit: u8 = byte(field::TTL);
+    /// Protocol.
+    next_header / set_next_header: u8 = byte(field::PROTOCOL);
+    /// Header checksum field.
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
+    /// Source address.
+    src_addr / set_src_addr: Ipv4Addr = ipv4(field::SRC);
+    /// Destination address.
+    dst_addr / set_dst_addr: Ipv4Addr = ipv4(field::DST);
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
     /// The checks of [`Packet::new_checked`]: `Truncated` when the buffer is
     /// shorter than 20 bytes, the header or the total length; `Malformed` for
     /// version != 4, IHL < 5 or total length < header length.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
+        check_min(len, HEADER_LEN)?;
         if self.version() != 4 {
             return Err(Error::Malformed);
         }
         let header_len = self.header_len();
-        if header_len < HEADER_LEN {
-            return Err(Error::Malformed);
-        }
-        if header_len > len {
-            return Err(Error::Truncated);
-        }
-        let total_len = usize::from(self.total_len());
-        if total_len < header_len {
-            return Err(Error::Malformed);
-        }
-        if total_len > len {
-            return Err(Error::Truncated);
-        }
-        Ok(())
+        check_declared(header_len, HEADER_LEN, len)?;
+        check_declared(usize::from(self.total_len()), header_len, len)
     }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
+    fn flg_off(&self) -> u16 {
+        get::be16(self.buffer.as_ref(), field::FLG_OFF)
     }
     /// Version field.
     pub fn version(&self) -> u8 {
@@ -107,56 +99,22 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
-    /// Type-of-service byte (DSCP and ECN).
-    pub fn tos(&self) -> u8 {
-        self.buffer.as_ref()[field::TOS]
-    }
-    /// Total length field.
-    pub fn total_len(&self) -> u16 {
-        self.u16_at(field::LENGTH)
-    }
-    /// Identification.
-    pub fn ident(&self) -> u16 {
-        self.u16_at(field::IDENT)
-    }
     /// DF flag.
     pub fn dont_frag(&self) -> bool {
-        self.u16_at(field::FLG_OFF) & FLAG_DF != 0
+        self.flg_off() & FLAG_DF != 0
     }
     /// MF flag.
     pub fn more_frags(&self) -> bool {
-        self.u16_at(field::FLG_OFF) & FLAG_MF != 0
+        self.flg_off() & FLAG_MF != 0
     }
     /// Fragment offset in bytes (field × 8).
     pub fn frag_offset(&self) -> u16 {
         // At most 0x1fff * 8 = 65528: fits.
-        (self.u16_at(field::FLG_OFF) & OFFSET_MASK) * 8
+        (self.flg_off() & OFFSET_MASK) * 8
     }
     /// True if MF is set or the offset is non-zero.
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
-    }
-    /// TTL.
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::TTL]
-    }
-    /// Protocol.
-    pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[field::PROTOCOL]
-    }
-    /// Header checksum field.
-    pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM)
-    }
-    /// Source address.
-    pub fn src_addr(&self) -> Ipv4Addr {
-        let b = &self.buffer.as_ref()[field::SRC];
-        Ipv4Addr::new(b[0], b[1], b[2], b[3])
-    }
-    /// Destination address.
-    pub fn dst_addr(&self) -> Ipv4Addr {
-        let b = &self.buffer.as_ref()[field::DST];
-        Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
     /// True if the header checksum verifies.
     pub fn verify_checksum(&self) -> bool {
@@ -174,10 +132,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Set identification.
-    pub fn set_ident(&mut self, v: u16) {
-        self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes());
-    }
     /// Set DF, MF and the fragment offset (bytes, a multiple of 8).
     pub fn set_frag(&mut self, dont_frag: bool, more_frags: bool, offset: u16) {
         debug_assert_eq!(offset % 8, 0, "fragment offset not a multiple of 8");
@@ -188,11 +142,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         if more_frags {
             v |= FLAG_MF;
         }
-        self.buffer.as_mut()[field::FLG_OFF].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set total length.
-    pub fn set_total_len(&mut self, v: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
+        set::be16(self.buffer.as_mut(), field::FLG_OFF, v);
     }
     /// Set version 4 and the header length in bytes (a multiple of 4, 20..=60).
     pub fn set_header_len(&mut self, len: usize) {
@@ -203,30 +153,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         // Cannot fail for a valid length; an invalid one stores IHL 15.
         let ihl = u8::try_from(len / 4).unwrap_or(0x0f).min(0x0f);
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | ihl;
-    }
-    /// Set the type-of-service byte.
-    pub fn set_tos(&mut self, v: u8) {
-        self.buffer.as_mut()[field::TOS] = v;
-    }
-    /// Set TTL.
-    pub fn set_hop_limit(&mut self, v: u8) {
-        self.buffer.as_mut()[field::TTL] = v;
-    }
-    /// Set protocol.
-    pub fn set_next_header(&mut self, v: u8) {
-        self.buffer.as_mut()[field::PROTOCOL] = v;
-    }
-    /// Set the header checksum field.
-    pub fn set_checksum(&mut self, v: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set source address.
-    pub fn set_src_addr(&mut self, a: Ipv4Addr) {
-        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets());
-    }
-    /// Set destination address.
-    pub fn set_dst_addr(&mut self, a: Ipv4Addr) {
-        self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
     }
     /// Recompute and store the header checksum.
     pub fn fill_checksum(&mut self) {
@@ -257,6 +183,22 @@ pub struct Repr {
 }
 
 impl Repr {
+    /// A header from `src_addr` to `dst_addr` over `payload_len` bytes of
+    /// `next_header`, with the stack's hop limit ([`super::HOP_LIMIT`]).
+    pub const fn new(
+        src_addr: Ipv4Addr,
+        dst_addr: Ipv4Addr,
+        next_header: u8,
+        payload_len: usize,
+    ) -> Repr {
+        Repr {
+            src_addr,
+            dst_addr,
+            next_header,
+            payload_len,
+            hop_limit: super::HOP_LIMIT,
+        }
+    }
     /// Parse a checked packet: verifies the header checksum. Fragments parse
     /// fine (the caller checks `is_fragment`); `payload_len` is this packet's.
     pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Result<Repr> {

@@ -31,7 +31,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{Error, Result, ip_proto};
+use super::{Error, Result, check_min, get, ip_proto};
 
 mod field {
     use core::ops::Range;
@@ -66,10 +66,21 @@ pub mod ext {
     pub const DEST_OPTS: u8 = 60;
 }
 
-/// A view of an IPv6 packet.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of an IPv6 packet.
+    pub struct Packet;
+    /// Wrap and check (see [`Packet::check_len`]).
+    fn new_checked;
+    /// Payload length field (extension headers included).
+    payload_len / set_payload_len: u16 = be16(field::LENGTH);
+    /// Next header field of the fixed header.
+    next_header / set_next_header: u8 = byte(field::NXT_HDR);
+    /// Hop limit.
+    hop_limit / set_hop_limit: u8 = byte(field::HOP_LIMIT);
+    /// Source address.
+    src_addr / set_src_addr: Ipv6Addr = ipv6(field::SRC);
+    /// Destination address.
+    dst_addr / set_dst_addr: Ipv6Addr = ipv6(field::DST);
 }
 
 /// Where the upper-layer header starts, as found by [`Packet::upper_layer`].
@@ -96,24 +107,12 @@ pub struct FragInfo {
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check (see [`Packet::check_len`]).
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
     /// `Truncated` when the buffer is shorter than 40 bytes or than
     /// 40 + payload length; `Malformed` for version != 6; `Unsupported` for a
     /// jumbogram (payload length 0 with a hop-by-hop header).
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
+        check_min(len, HEADER_LEN)?;
         if self.version() != 6 {
             return Err(Error::Malformed);
         }
@@ -125,13 +124,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         Ok(())
     }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
-    }
     fn word0(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::VER_TC_FLOW];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        get::be32(self.buffer.as_ref(), field::VER_TC_FLOW)
     }
     /// Version field.
     pub fn version(&self) -> u8 {
@@ -145,30 +139,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Flow label.
     pub fn flow_label(&self) -> u32 {
         self.word0() & 0x000f_ffff
-    }
-    /// Payload length field (extension headers included).
-    pub fn payload_len(&self) -> u16 {
-        self.u16_at(field::LENGTH)
-    }
-    /// Next header field of the fixed header.
-    pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[field::NXT_HDR]
-    }
-    /// Hop limit.
-    pub fn hop_limit(&self) -> u8 {
-        self.buffer.as_ref()[field::HOP_LIMIT]
-    }
-    /// Source address.
-    pub fn src_addr(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buffer.as_ref()[field::SRC]);
-        Ipv6Addr::from(a)
-    }
-    /// Destination address.
-    pub fn dst_addr(&self) -> Ipv6Addr {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&self.buffer.as_ref()[field::DST]);
-        Ipv6Addr::from(a)
     }
     /// The payload: extension headers and upper layer, up to payload length.
     pub fn payload(&self) -> &[u8] {
@@ -284,26 +254,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_version_class_flow(&mut self) {
         self.buffer.as_mut()[field::VER_TC_FLOW].copy_from_slice(&[0x60, 0, 0, 0]);
     }
-    /// Set the payload length.
-    pub fn set_payload_len(&mut self, v: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set next header.
-    pub fn set_next_header(&mut self, v: u8) {
-        self.buffer.as_mut()[field::NXT_HDR] = v;
-    }
-    /// Set the hop limit.
-    pub fn set_hop_limit(&mut self, v: u8) {
-        self.buffer.as_mut()[field::HOP_LIMIT] = v;
-    }
-    /// Set the source address.
-    pub fn set_src_addr(&mut self, a: Ipv6Addr) {
-        self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets());
-    }
-    /// Set the destination address.
-    pub fn set_dst_addr(&mut self, a: Ipv6Addr) {
-        self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets());
-    }
     /// Mutable payload (up to payload length).
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = HEADER_LEN + usize::from(self.payload_len());
@@ -327,6 +277,22 @@ pub struct Repr {
 }
 
 impl Repr {
+    /// A header from `src_addr` to `dst_addr` over `payload_len` bytes of
+    /// `next_header`, with the stack's hop limit ([`super::HOP_LIMIT`]).
+    pub const fn new(
+        src_addr: Ipv6Addr,
+        dst_addr: Ipv6Addr,
+        next_header: u8,
+        payload_len: usize,
+    ) -> Repr {
+        Repr {
+            src_addr,
+            dst_addr,
+            next_header,
+            payload_len,
+            hop_limit: super::HOP_LIMIT,
+        }
+    }
     /// Parse a checked packet and walk its extension headers: `next_header`
     /// and `payload_len` describe the upper layer. Fragments are refused
     /// here (`Unsupported`); use [`Packet::upper_layer`] to see them.

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use super::checksum;
 use super::ip_proto;
-use super::{Error, Result};
+use super::{Error, Result, check_declared, check_min};
 
 mod field {
     use core::ops::Range;
@@ -33,63 +33,33 @@ mod field {
 /// Header length.
 pub const HEADER_LEN: usize = 8;
 
-/// A view of a UDP datagram.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a UDP datagram.
+    pub struct Packet;
+    /// Wrap and check: buffer ≥ 8, length field ≥ 8 and ≤ buffer length.
+    fn new_checked;
+    /// Source port.
+    src_port / set_src_port: u16 = be16(field::SRC_PORT);
+    /// Destination port.
+    dst_port / set_dst_port: u16 = be16(field::DST_PORT);
+    /// Length field.
+    len / set_len: u16 = be16(field::LENGTH);
+    /// Checksum field.
+    checksum / set_checksum: u16 = be16(field::CHECKSUM);
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check: buffer ≥ 8, length field ≥ 8 and ≤ buffer length.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let packet = Self::new_unchecked(buffer);
-        packet.check_len()?;
-        Ok(packet)
-    }
     /// The checks of [`Packet::new_checked`]: `Truncated` if the buffer is
     /// shorter than 8 bytes or than the length field, `Malformed` if the
     /// length field is below 8.
     pub fn check_len(&self) -> Result<()> {
         let buf_len = self.buffer.as_ref().len();
-        if buf_len < HEADER_LEN {
-            return Err(Error::Truncated);
-        }
-        let len = usize::from(self.len());
-        if len < HEADER_LEN {
-            Err(Error::Malformed)
-        } else if len > buf_len {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_be_bytes([b[0], b[1]])
-    }
-    /// Source port.
-    pub fn src_port(&self) -> u16 {
-        self.u16_at(field::SRC_PORT)
-    }
-    /// Destination port.
-    pub fn dst_port(&self) -> u16 {
-        self.u16_at(field::DST_PORT)
-    }
-    /// Length field.
-    pub fn len(&self) -> u16 {
-        self.u16_at(field::LENGTH)
+        check_min(buf_len, HEADER_LEN)?;
+        check_declared(usize::from(self.len()), HEADER_LEN, buf_len)
     }
     /// True if the length field is 8 (no payload).
     pub fn is_empty(&self) -> bool {
         self.len() == 8
-    }
-    /// Checksum field.
-    pub fn checksum(&self) -> u16 {
-        self.u16_at(field::CHECKSUM)
     }
     /// Payload up to the length field.
     pub fn payload(&self) -> &[u8] {
@@ -109,22 +79,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    /// Set the source port.
-    pub fn set_src_port(&mut self, v: u16) {
-        self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the destination port.
-    pub fn set_dst_port(&mut self, v: u16) {
-        self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the length field.
-    pub fn set_len(&mut self, v: u16) {
-        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes());
-    }
-    /// Set the checksum field.
-    pub fn set_checksum(&mut self, v: u16) {
-        self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes());
-    }
     /// Compute and store the checksum over `buffer[..len()]` (a computed 0
     /// is stored as 0xffff, RFC 768).
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
@@ -189,15 +143,7 @@ impl Repr {
         dst: IpAddr,
         payload: &[u8],
     ) {
-        // Over 65527 bytes of payload is a caller bug (the MTU caps it).
-        debug_assert!(payload.len() <= usize::from(u16::MAX) - HEADER_LEN);
-        let len = u16::try_from(HEADER_LEN + payload.len()).unwrap_or(u16::MAX);
-        packet.set_src_port(self.src_port);
-        packet.set_dst_port(self.dst_port);
-        packet.set_len(len);
-        let body = packet.payload_mut();
-        let n = body.len().min(payload.len());
-        body[..n].copy_from_slice(&payload[..n]);
+        self.emit_unsummed(packet, payload);
         packet.fill_checksum(src, dst);
     }
     /// Like [`Repr::emit`], but for a receiver that completes the checksum
@@ -211,6 +157,19 @@ impl Repr {
         dst: IpAddr,
         payload: &[u8],
     ) {
+        let len = self.emit_unsummed(packet, payload);
+        let pseudo = checksum::pseudo_header(src, dst, ip_proto::UDP, u32::from(len));
+        // Cannot fail: `pseudo_header` folds to at most 0xffff.
+        packet.set_checksum(u16::try_from(pseudo).unwrap_or(0xffff));
+    }
+    /// Ports, length and payload, checksum field untouched; returns the
+    /// length field written.
+    fn emit_unsummed<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        payload: &[u8],
+    ) -> u16 {
+        // Over 65527 bytes of payload is a caller bug (the MTU caps it).
         debug_assert!(payload.len() <= usize::from(u16::MAX) - HEADER_LEN);
         let len = u16::try_from(HEADER_LEN + payload.len()).unwrap_or(u16::MAX);
         packet.set_src_port(self.src_port);
@@ -219,9 +178,7 @@ impl Repr {
         let body = packet.payload_mut();
         let n = body.len().min(payload.len());
         body[..n].copy_from_slice(&payload[..n]);
-        let pseudo = checksum::pseudo_header(src, dst, ip_proto::UDP, u32::from(len));
-        // Cannot fail: `pseudo_header` folds to at most 0xffff.
-        packet.set_checksum(u16::try_from(pseudo).unwrap_or(0xffff));
+        len
     }
 }
 

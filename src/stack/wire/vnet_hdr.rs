@@ -79,63 +79,29 @@ pub mod gso {
     pub const ECN: u8 = 0x80;
 }
 
-/// A view of a virtio-net header at the start of `buffer`.
-#[derive(Debug, Clone)]
-pub struct Packet<T: AsRef<[u8]>> {
-    buffer: T,
+view! {
+    /// A view of a virtio-net header at the start of `buffer`.
+    pub struct Packet;
+    fn check_len = HEADER_LEN;
+    /// Wrap and check that the buffer holds at least the 12-byte header.
+    fn new_checked;
+    /// `flags`.
+    flags / set_flags: u8 = byte(field::FLAGS);
+    /// `gso_type` (ECN bit included).
+    gso_type / set_gso_type: u8 = byte(field::GSO_TYPE);
+    /// `hdr_len`.
+    hdr_len / set_hdr_len: u16 = le16(field::HDR_LEN);
+    /// `gso_size`.
+    gso_size / set_gso_size: u16 = le16(field::GSO_SIZE);
+    /// `csum_start`.
+    csum_start / set_csum_start: u16 = le16(field::CSUM_START);
+    /// `csum_offset`.
+    csum_offset / set_csum_offset: u16 = le16(field::CSUM_OFFSET);
+    /// `num_buffers`.
+    num_buffers / set_num_buffers: u16 = le16(field::NUM_BUFFERS);
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wrap without checks.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
-    }
-    /// Wrap and check that the buffer holds at least the 12-byte header.
-    pub fn new_checked(buffer: T) -> Result<Self> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    /// `Truncated` if the buffer is shorter than [`HEADER_LEN`].
-    pub fn check_len(&self) -> Result<()> {
-        if self.buffer.as_ref().len() < HEADER_LEN {
-            Err(Error::Truncated)
-        } else {
-            Ok(())
-        }
-    }
-    fn u16_at(&self, r: core::ops::Range<usize>) -> u16 {
-        let b = &self.buffer.as_ref()[r];
-        u16::from_le_bytes([b[0], b[1]])
-    }
-    /// `flags`.
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
-    }
-    /// `gso_type` (ECN bit included).
-    pub fn gso_type(&self) -> u8 {
-        self.buffer.as_ref()[field::GSO_TYPE]
-    }
-    /// `hdr_len`.
-    pub fn hdr_len(&self) -> u16 {
-        self.u16_at(field::HDR_LEN)
-    }
-    /// `gso_size`.
-    pub fn gso_size(&self) -> u16 {
-        self.u16_at(field::GSO_SIZE)
-    }
-    /// `csum_start`.
-    pub fn csum_start(&self) -> u16 {
-        self.u16_at(field::CSUM_START)
-    }
-    /// `csum_offset`.
-    pub fn csum_offset(&self) -> u16 {
-        self.u16_at(field::CSUM_OFFSET)
-    }
-    /// `num_buffers`.
-    pub fn num_buffers(&self) -> u16 {
-        self.u16_at(field::NUM_BUFFERS)
-    }
     /// What follows the header (the Ethernet frame).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
@@ -143,37 +109,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
-    fn set_u16(&mut self, r: core::ops::Range<usize>, v: u16) {
-        self.buffer.as_mut()[r].copy_from_slice(&v.to_le_bytes());
-    }
-    /// Set `flags`.
-    pub fn set_flags(&mut self, v: u8) {
-        self.buffer.as_mut()[field::FLAGS] = v;
-    }
-    /// Set `gso_type`.
-    pub fn set_gso_type(&mut self, v: u8) {
-        self.buffer.as_mut()[field::GSO_TYPE] = v;
-    }
-    /// Set `hdr_len`.
-    pub fn set_hdr_len(&mut self, v: u16) {
-        self.set_u16(field::HDR_LEN, v);
-    }
-    /// Set `gso_size`.
-    pub fn set_gso_size(&mut self, v: u16) {
-        self.set_u16(field::GSO_SIZE, v);
-    }
-    /// Set `csum_start`.
-    pub fn set_csum_start(&mut self, v: u16) {
-        self.set_u16(field::CSUM_START, v);
-    }
-    /// Set `csum_offset`.
-    pub fn set_csum_offset(&mut self, v: u16) {
-        self.set_u16(field::CSUM_OFFSET, v);
-    }
-    /// Set `num_buffers`.
-    pub fn set_num_buffers(&mut self, v: u16) {
-        self.set_u16(field::NUM_BUFFERS, v);
-    }
     /// Mutable view of what follows the header.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
