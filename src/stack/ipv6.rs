@@ -236,14 +236,7 @@ impl Stack {
         }
         let (mut buf, l3) = self.guest_frame(EtherType::Ipv6, ip6::HEADER_LEN + l4.len());
         let mut p = Ipv6Packet::new_unchecked(&mut buf[l3..]);
-        Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len: l4.len(),
-            hop_limit: 64,
-        }
-        .emit(&mut p);
+        Ipv6Repr::new(src, dst, proto, l4.len()).emit(&mut p);
         p.payload_mut().copy_from_slice(l4);
         out.forward.push((owner, buf));
     }
@@ -547,13 +540,7 @@ impl Stack {
         out: &mut Actions,
     ) {
         let mtu = usize::from(self.cfg.mtu);
-        let mut ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: proto,
-            payload_len: l4.len(),
-            hop_limit: 64,
-        };
+        let mut ip = Ipv6Repr::new(src, dst, proto, l4.len());
         if ip6::HEADER_LEN + l4.len() <= mtu {
             let hdr = match csum {
                 TxCsum::Partial(off) => partial_csum_hdr_at(L4_START6, off),
