@@ -2,7 +2,7 @@
 //! `sendto`, the peer's address.
 //!
 //! Errors are the raw `errno` (an `i32`), the form the stack's completions
-//! carry ([`crate::stack::ops::Errno`]), so the executors hand them on
+//! carry (the stack's `Errno`), so the executors hand them on
 //! without conversion; [`std::io::Error::from_raw_os_error`] turns one into
 //! an `io::Error` where a caller wants that.
 
