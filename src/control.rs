@@ -167,7 +167,7 @@ impl Forwards {
         inbox.kick();
     }
 
-    /// Wait (at most [`WORKER_WAIT`]) until the worker carried out every
+    /// Wait (at most `WORKER_WAIT`) until the worker carried out every
     /// command handed to it; false on time-out.
     pub fn wait(&mut self) -> bool {
         let end = Instant::now() + WORKER_WAIT;

@@ -234,7 +234,7 @@ struct UdpClient {
     last: Instant,
 }
 
-/// The relay's state, served by [`Relay::run`] on its own thread.
+/// The relay's state, served by `Relay::run` on its own thread.
 pub struct Relay {
     /// Listener slots: `None` where one was removed (reused by the next).
     tcp: Vec<Option<(TcpListener, NsForward)>>,

@@ -1,6 +1,6 @@
 //! The seccomp allow-lists, one per thread role.
 //!
-//! Every thread gets [`BASE`]: memory, futexes, time, its own signals, reads
+//! Every thread gets `BASE`: memory, futexes, time, its own signals, reads
 //! and writes on descriptors it already holds. Each role adds what its loop
 //! calls. Only the control thread opens files (`openat` for anchored
 //! re-reads, see [`super::Anchor`]); in every other role `openat` fails with

@@ -27,7 +27,7 @@
 //! (the vhost-user server's daemon threads, the VMM's vCPUs).
 //!
 //! A system call outside the list kills the process. In debug builds and
-//! with `--seccomp-log` the filter traps instead and [`on_sigsys`] writes
+//! with `--seccomp-log` the filter traps instead and `on_sigsys` writes
 //! one line naming the call and the thread before ending the process with
 //! SIGSYS; release builds let the kernel kill at once.
 //!

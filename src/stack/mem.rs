@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Whole chunks kept for reuse on the thread that freed them.
 ///
-/// TCP moves data in chunks of [`CHUNK`] bytes (a guest→host chunk that
+/// TCP moves data in chunks of `CHUNK` bytes (a guest→host chunk that
 /// becomes a `Send`, a host read that becomes a guest→bound chunk). Past
 /// glibc's mmap threshold, which uipd pins (see `daemon::pin_mmap_threshold`)
 /// so that freed flow buffers go back to the kernel, each such allocation is
@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// measured, bulk TCP fell to 0.55-0.6x of the same code with glibc's
 /// growing threshold. So the worker that frees a whole chunk (the I/O layer
 /// after a `Send`, the stack when the guest ACKs) keeps up to
-/// [`SPARE_CHUNKS`] of them for its next allocation. A chunk and its
+/// `SPARE_CHUNKS` of them for its next allocation. A chunk and its
 /// flow live on one worker thread, so the list is thread-local: no lock.
 /// Spare chunks are outside the budget: a fixed overhead per worker.
 pub mod chunks {

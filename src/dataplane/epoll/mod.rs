@@ -12,7 +12,7 @@
 //!
 //! One [`Epoll`] belongs to one worker thread. Every socket is
 //! non-blocking and registered once, **edge-triggered**
-//! (`EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET`), with a [`Token`] naming
+//! (`EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET`), with a `Token` naming
 //! its flow (slot and generation) or listener as the event's user data:
 //! interest never changes per op, so no `epoll_ctl` is paid per op.
 //!
@@ -36,7 +36,7 @@
 //!
 //! Per flow, in push order: sends wait in a FIFO (`sends`), a stream
 //! receive in `recv`, datagram receiving is a flag. A datagram flow reads
-//! with `recvmmsg` (up to [`DGRAM_ROUNDS`] calls of [`sys::MMSG_BATCH`]
+//! with `recvmmsg` (up to [`DGRAM_ROUNDS`] calls of `sys::MMSG_BATCH`
 //! datagrams per turn; a flow with more left is tried again before the
 //! next wait, so one busy flow cannot starve the others) and writes its
 //! queue with `sendmmsg`. A stream send is one `send` of the bytes left;

@@ -1,4 +1,4 @@
-//! io_uring executor: runs the stack's [`SockOp`]s on host sockets and turns
+//! io_uring executor: runs the stack's [`SockOp`](crate::stack::SockOp)s on host sockets and turns
 //! completions into [`HostEvent`]s.
 //!
 //! # Theory of operation
@@ -32,11 +32,11 @@
 //!   without moving what the kernel points at.
 //!
 //! `user_data` is a `Token` packed into a `u64`: an 8-bit kind tag and the
-//! 32-bit `ops` slot ([`token`]). Each slot is used by exactly one SQE until
+//! 32-bit `ops` slot (`token`). Each slot is used by exactly one SQE until
 //! that SQE's last CQE, so the slot alone identifies the op. Two ops are
 //! multishot and complete many times on one slot: the frame port's read
-//! into provided buffers (`PortRead`, [`frames`]) and a datagram flow's
-//! receive (`RecvMulti`, [`executor`]); their slot is freed only at the CQE
+//! into provided buffers (`PortRead`, `frames`) and a datagram flow's
+//! receive (`RecvMulti`, `executor`); their slot is freed only at the CQE
 //! without `IORING_CQE_F_MORE`. Every other op is one-shot (a published
 //! port's accept is re-armed per CQE rather than multishot).
 //!
@@ -44,11 +44,11 @@
 //! - `mod.rs`: the ring (restricted at creation), op slots (`start`,
 //!   `free_op`), the SQ backlog, `submit_and_wait`, `drain` and the CQE
 //!   dispatch, the wake and timeout sources, the spare-buffer list, `Drop`;
-//! - [`token`]: `OpKind` and `Token`, one tag table;
-//! - [`executor`]: the stack's socket ops (open, issue, connect, send,
+//! - `token`: `OpKind` and `Token`, one tag table;
+//! - `executor`: the stack's socket ops (open, issue, connect, send,
 //!   receive, close) and the flow and socket tables;
-//! - [`listeners`]: published ports (accept, datagram polls, attach);
-//! - [`frames`]: the TAP's frame writes and port reads.
+//! - `listeners`: published ports (accept, datagram polls, attach);
+//! - `frames`: the TAP's frame writes and port reads.
 //!
 //! # Semantics the stack relies on (see [`crate::stack::ops`])
 //! - `Open`: `socket()` and `setsockopt()` run synchronously; the connect is an
@@ -245,7 +245,7 @@ impl Op {
     }
 }
 
-/// Executes [`SockOp`]s on one io_uring; see the [module docs](self).
+/// Executes [`SockOp`](crate::stack::SockOp)s on one io_uring; see the [module docs](self).
 pub struct Uring {
     ring: IoUring,
     /// `IORING_FEAT_EXT_ARG`: the wait timeout goes into `io_uring_enter`.

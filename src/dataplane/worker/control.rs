@@ -86,7 +86,7 @@ pub enum Command {
 }
 
 /// What a worker shares with the threads that steer it; see the
-/// [module docs](self).
+/// module docs (`worker::control`).
 pub struct Shared {
     /// Ask the worker to stop (an atomic, not a [`Command`]: see the
     /// module docs).
@@ -120,7 +120,7 @@ impl Shared {
     }
 
     /// Queue `cmd` for the worker (the caller kicks its inbox). False when
-    /// the channel stayed full for [`SEND_WAIT`] (the worker is stuck or
+    /// the channel stayed full for `SEND_WAIT` (the worker is stuck or
     /// gone); the command is then dropped, with a warning.
     pub fn send(&self, cmd: Command) -> bool {
         if let Err(e) = self.tx.send_timeout(cmd, SEND_WAIT) {

@@ -34,8 +34,8 @@
 //! counted (`ring_full`).
 //!
 //! One turn of [`Worker::run`], in order: take control commands
-//! ([`control`]), drain completions, take frames (the frame port,
-//! [`ports::PortIn`], then the inbox), run the stack's end-of-batch work,
+//! (`control`), drain completions, take frames (the frame port,
+//! `ports::PortIn`, then the inbox), run the stack's end-of-batch work,
 //! send out (frames to [`PortOut`], socket ops to the executor, foreign
 //! frames to their owners' inboxes), answer stats requests, then wait
 //! (busy, poll or sleep). Files: `control.rs` (commands from other

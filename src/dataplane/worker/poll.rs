@@ -11,8 +11,8 @@ const POLL_START: Duration = Duration::from_micros(10);
 /// exit: tens of microseconds, a request/response transaction's worth.
 /// Polling pays only when work comes soon, so the window follows how long
 /// the worker's sleeps last: a sleep that polling up to `max` would have
-/// caught doubles the window (from [`POLL_START`]); a longer one halves it
-/// (below [`POLL_START`] it is off). A busy request/response flow keeps
+/// caught doubles the window (from `POLL_START`); a longer one halves it
+/// (below `POLL_START` it is off). A busy request/response flow keeps
 /// the window open, an idle worker's sleeps (100 ms ticks) close it at
 /// once, so an idle uipd does not spin. `max` zero: never poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
