@@ -88,7 +88,6 @@ mod status {
 
 /// State the data path shares: queues, interrupts, workers.
 pub struct NetCore {
-    pairs: usize,
     mem: GuestMemoryMmap,
     /// Inboxes, worker controls, generation and counters.
     port: Port,
@@ -123,7 +122,6 @@ impl NetCore {
                 .map_err(|e| std::io::Error::other(format!("{e:?}")))
         };
         Ok(Arc::new(NetCore {
-            pairs,
             mem,
             port: Port::new(pairs, inboxes),
             offloads,
@@ -154,7 +152,7 @@ impl NetCore {
 
     /// Queue pairs.
     pub fn pairs(&self) -> usize {
-        self.pairs
+        self.port.pairs()
     }
 
     /// A sink for worker `worker`'s frames toward the guest.
@@ -164,7 +162,11 @@ impl NetCore {
 
     /// The features offered.
     pub fn features(&self) -> u64 {
-        virtio_net::offered_with(u16::try_from(self.pairs).unwrap_or(1), true, self.offloads)
+        virtio_net::offered_with(
+            u16::try_from(self.pairs()).unwrap_or(1),
+            true,
+            self.offloads,
+        )
     }
 
     /// What the driver accepted (0 until it sets FEATURES_OK, and after a
@@ -196,14 +198,14 @@ impl NetCore {
 
     /// The control queue, on the vCPU thread that kicked it.
     fn process_ctrl(&self) {
-        let cq = 2 * self.pairs;
+        let cq = 2 * self.pairs();
         let mut effects = Vec::new();
         let notify = {
             let mut q = self.lock_queue(cq);
             if !q.ready() || !self.live.load(Ordering::Acquire) {
                 return;
             }
-            let max = u16::try_from(self.pairs).unwrap_or(1);
+            let max = u16::try_from(self.pairs()).unwrap_or(1);
             let mut used = false;
             loop {
                 match virtio_net::ctrl_process(&mut q, &self.mem, max, &mut effects) {
@@ -290,7 +292,7 @@ impl NetCore {
 
     /// Starts one thread per queue pair.
     pub fn start(self: &Arc<Self>) -> std::io::Result<Vec<JoinHandle<()>>> {
-        (0..self.pairs)
+        (0..self.pairs())
             .map(|p| {
                 let c = self.clone();
                 std::thread::Builder::new()
@@ -453,7 +455,7 @@ impl VirtioNetPci {
         let config = ConfigSpace {
             mac: [0x00, 0x15, 0x15, 0x15, 0x15, 0x15],
             status: 1,
-            max_queue_pairs: u16::try_from(core.pairs).unwrap_or(1),
+            max_queue_pairs: u16::try_from(core.pairs()).unwrap_or(1),
             mtu,
         };
         Ok(VirtioNetPci {
@@ -723,7 +725,7 @@ impl VirtioNetPci {
 
     fn notify(&mut self, off: u64) {
         let q = off / u64::from(NOTIFY_MULT);
-        let cq = 2 * self.core.pairs as u64;
+        let cq = 2 * self.core.pairs() as u64;
         if q == cq {
             self.core.process_ctrl();
         } else if let Some(k) = usize::try_from(q).ok().and_then(|q| self.core.kicks.get(q)) {
