@@ -137,7 +137,7 @@ for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
 done
 
 # The inner initramfs; rebuilt when its layout version changes.
-inner_version=10
+inner_version=12
 if [ ! -s "$out/inner-initramfs.gz" ] || [ "$(cat "$out/inner.version" 2>/dev/null)" != $inner_version ]; then
 	d=$(mktemp -d)
 	busybox_root "$d"
@@ -214,8 +214,15 @@ case "$(cat /proc/cmdline)" in
 			for dir in input output; do
 				n=virtio0-$dir.$q
 				irq=$(grep -E " $n[[:space:]]*\$" /proc/interrupts | cut -d: -f1 | tr -d ' ')
-				[ -n "$irq" ] && echo $((1 << q)) >/proc/irq/$irq/smp_affinity &&
-					echo "UIPD-INNER-AFFINITY $n $(cat /proc/irq/$irq/effective_affinity)"
+				[ -n "$irq" ] || continue
+				# x86 refuses a new affinity (EBUSY) while the vector's
+				# last move waits for its first interrupt on the new CPU:
+				# a ping makes one; bounded retries.
+				for try in 1 2 3 4 5 6 7 8; do
+					echo $((1 << q)) 2>/tmp/aff.err >/proc/irq/$irq/smp_affinity && break
+					echo "UIPD-INNER-AFFINITY-RETRY $n $(cat /tmp/aff.err)"
+					ping -c 1 -W 1 $peer >/dev/null 2>&1
+				done
 			done
 		done
 		grep virtio /proc/interrupts | sed 's/^/UIPD-INNER-IRQ0 /'
@@ -225,6 +232,16 @@ case "$(cat /proc/cmdline)" in
 			pids="$pids $!"
 		done
 		wait $pids
+		# Read after the downloads: without interrupt remapping x86 moves
+		# an MSI vector at its next interrupt, so right after the write
+		# effective_affinity may still name the old CPU.
+		for q in 0 1; do
+			for dir in input output; do
+				n=virtio0-$dir.$q
+				irq=$(grep -E " $n[[:space:]]*\$" /proc/interrupts | cut -d: -f1 | tr -d ' ')
+				[ -n "$irq" ] && echo "UIPD-INNER-AFFINITY $n $(cat /proc/irq/$irq/effective_affinity)"
+			done
+		done
 		# One short line (uipd's own output shares the console).
 		echo "UIPD-INNER-MQ-GOT $(cat /tmp/mq? | grep -c '^1048576$')"
 		# No published port in this run: stop its server.
