@@ -161,14 +161,19 @@ def uipd_counters(rec, path):
     """uipd's --stats-json totals that say where datagrams went, into the
     record's metrics (UDP tests: reassembled, fragment drops by reason)."""
     try:
-        total = json.load(open(path)).get("total", {})
-    except (OSError, ValueError):
+        stats = json.load(open(path))
+        total = stats.get("total", {})
+        workers = [w.get("worker", {}) for w in stats.get("workers", [])]
+    except (OSError, ValueError, AttributeError):
         return
     if rec["test"] in UDP_TESTS:
         for k in ("rx_frames", "reassembled", "fragmented", "ufo_frames", "drops_frag_evicted",
                   "drops_frag_limit", "drops_frag_timeout", "drops_frag_overlap",
                   "drops_bad_csum", "drops_udp_queue_full", "drops_mem_budget"):
             rec["metrics"]["uipd_" + k] = total.get(k, 0)
+        # The workers' own: UDP datagrams sent to the host in segmented sends.
+        for k in ("udp_segmented_sends", "udp_segmented_datagrams", "udp_segment_fallbacks"):
+            rec["metrics"]["uipd_" + k] = sum(w.get(k, 0) for w in workers)
 
 
 def machine(a):

@@ -207,9 +207,10 @@ struct Cli {
     workers: Option<u16>,
 
     /// Longest busy-poll before an idle worker sleeps, in microseconds.
-    /// The window adapts below it: it opens while work keeps coming within
-    /// it (request/response traffic is then answered without a sleep and a
-    /// wake-up) and closes when the worker idles. 0 = always sleep at once.
+    /// The window is chosen below it so that polling pays for itself: a
+    /// worker spins only while its recent waits show that spinning costs
+    /// less CPU than the sleeps and wake-ups it saves (measured at start).
+    /// 0 = always sleep at once.
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     poll_us: u64,
 

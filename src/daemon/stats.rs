@@ -52,6 +52,12 @@ pub(super) fn render_stats(stats: &[WorkerStats]) -> String {
         ("port_drops", sum(|w| w.port_drops)),
         ("sleeps", sum(|w| w.sleeps)),
         ("poll_hits", sum(|w| w.poll_hits)),
+        ("udp_segmented_sends", sum(|w| w.udp_segmented_sends)),
+        (
+            "udp_segmented_datagrams",
+            sum(|w| w.udp_segmented_datagrams),
+        ),
+        ("udp_segment_fallbacks", sum(|w| w.udp_segment_fallbacks)),
     ] {
         s.push_str(&format!("  {name:<28} {v}\n"));
     }

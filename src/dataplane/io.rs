@@ -337,6 +337,14 @@ impl Io {
         on!(self, x => x.short_sends())
     }
 
+    /// See [`Uring::segmented`]; the epoll engine does not segment.
+    pub fn segmented(&self) -> (u64, u64, u64) {
+        match self {
+            Io::Uring(u) => u.segmented(),
+            Io::Epoll(_) => (0, 0, 0),
+        }
+    }
+
     /// See [`Uring::open_flows`].
     pub fn open_flows(&self) -> usize {
         on!(self, x => x.open_flows())

@@ -48,6 +48,10 @@ pub(super) struct Flow {
     /// A UDP or ICMP flow: once the stack's first `Recv` arrives, it
     /// receives continuously (see [`Uring::push`]).
     pub(super) dgram: bool,
+    /// A UDP flow: its datagrams may go out segmented (`gso`).
+    pub(super) udp: bool,
+    /// A segmented send failed on this flow: it sends one datagram each.
+    pub(super) no_segments: bool,
 }
 
 impl Uring {
@@ -58,13 +62,18 @@ impl Uring {
     }
 
     /// Queue one socket op (takes ownership of its data). Never blocks.
+    /// A UDP datagram may wait in the segmentation batch (`gso`) until
+    /// the next other op or submit.
     pub fn push(&mut self, op: SockOp) {
-        route(self, op);
+        if let Some(op) = self.batch_udp(op) {
+            route(self, op);
+        }
     }
 
     /// Abort every flow (`Close { reset: true }` for each): used when the
     /// guest goes away, so peers see a reset rather than a clean end of data.
     pub fn close_all(&mut self) {
+        self.flush_batch();
         let ids: Vec<FlowId> = self.flows.iter().flatten().map(|f| f.id).collect();
         for id in ids {
             self.close(id, true);
@@ -493,6 +502,8 @@ impl FlowOps for Uring {
             shutdown_pending: false,
             peer: None,
             dgram: proto != Proto::Tcp,
+            udp: proto == Proto::Udp,
+            no_segments: false,
         });
         self.live_flows += 1;
         if let Some(s) = sock {
@@ -545,10 +556,7 @@ impl FlowOps for Uring {
         match op {
             SockOp::Send { data, .. } => {
                 f.sends_in_flight += 1;
-                let fd = self.sock_fd(s);
-                let op = Op::of_flow(OpKind::Send, id, s, OpRes::Sending { buf: data, done: 0 });
-                let waitall = self.send_waitall;
-                self.start(op, |res| send_entry(fd, res, waitall));
+                self.start_send(id, s, data);
             }
             SockOp::Recv { max, .. } => {
                 let max = max.min(MAX_RECV);

@@ -105,6 +105,8 @@ impl Uring {
             shutdown_pending: false,
             peer,
             dgram: false,
+            udp: false,
+            no_segments: false,
         });
         self.live_flows += 1;
     }

@@ -111,6 +111,7 @@ use crate::sys::sockaddr::SockAddr;
 
 mod executor;
 mod frames;
+mod gso;
 mod listeners;
 #[cfg(test)]
 mod tests;
@@ -155,6 +156,7 @@ pub const ALLOWED_OPS: &[u8] = &[
     opcode::Recv::CODE,
     opcode::RecvMulti::CODE,
     opcode::Send::CODE,
+    opcode::SendMsg::CODE,
     opcode::Timeout::CODE,
     opcode::TimeoutRemove::CODE,
     opcode::Write::CODE,
@@ -207,6 +209,8 @@ enum OpRes {
     },
     Word(Box<[u8; 8]>),
     Time(Box<types::Timespec>),
+    /// A segmented UDP send's message and bytes.
+    Segments(Box<gso::SegmentedSend>),
 }
 
 /// An SQE in flight (or in the backlog).
@@ -280,6 +284,13 @@ pub struct Uring {
     listeners: std::collections::HashMap<u32, (u32, Proto)>,
     /// Stream sends the socket took only part of, restarted for the rest.
     short_sends: u64,
+    /// UDP datagrams waiting to go out in one segmented send.
+    batch: Option<gso::Batch>,
+    /// Segmented sends issued, the datagrams they carried, and those that
+    /// failed and were sent datagram by datagram instead.
+    segmented_sends: u64,
+    segmented_datagrams: u64,
+    segment_fallbacks: u64,
     /// `MSG_WAITALL` on stream sends (off in a test of the restart path,
     /// which is what a kernel before 5.18 needs).
     send_waitall: bool,
@@ -322,6 +333,10 @@ impl Uring {
             deadline: None,
             fallback_timeout: None,
             short_sends: 0,
+            batch: None,
+            segmented_sends: 0,
+            segmented_datagrams: 0,
+            segment_fallbacks: 0,
             send_waitall: true,
             outbound: (None, None),
             listeners: std::collections::HashMap::new(),
@@ -361,6 +376,7 @@ impl Uring {
         min_complete: usize,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
+        self.flush_batch();
         if let Some(r) = self.port_ring.as_mut() {
             r.publish();
         }
@@ -446,6 +462,16 @@ impl Uring {
     /// for the rest (with `MSG_WAITALL` the kernel does that itself).
     pub fn short_sends(&self) -> u64 {
         self.short_sends
+    }
+
+    /// Segmented UDP sends so far: `(sends, datagrams they carried,
+    /// sends that failed and went datagram by datagram)`.
+    pub fn segmented(&self) -> (u64, u64, u64) {
+        (
+            self.segmented_sends,
+            self.segmented_datagrams,
+            self.segment_fallbacks,
+        )
     }
 
     /// Flows opened and not yet closed.
@@ -549,6 +575,7 @@ impl Uring {
         match op.kind {
             OpKind::Connect => self.on_connect(op.flow, res, out),
             OpKind::Send => self.on_send_cqe(op, res, out),
+            OpKind::SendSegments => self.on_segments_cqe(op, res, out),
             OpKind::Recv => {
                 let OpRes::Buf(buf) = op.res else {
                     unreachable!("recv owns a buffer")
@@ -635,8 +662,10 @@ impl Uring {
     /// Give an op's resources back (its CQE arrived or it never left the
     /// backlog).
     fn reclaim(&mut self, res: OpRes) {
-        if let OpRes::Buf(buf) | OpRes::Sending { buf, .. } = res {
-            self.recycle(buf);
+        match res {
+            OpRes::Buf(buf) | OpRes::Sending { buf, .. } => self.recycle(buf),
+            OpRes::Segments(m) => self.recycle(m.buf),
+            _ => {}
         }
     }
 

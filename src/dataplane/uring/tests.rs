@@ -14,11 +14,11 @@ use crate::stack::ops::{Errno, SockOp};
 
 const LONG: Duration = Duration::from_secs(10);
 
-fn fid(idx: u32) -> FlowId {
+pub(super) fn fid(idx: u32) -> FlowId {
     FlowId { idx, gen_: 7 }
 }
 
-fn open(u: &mut Uring, flow: FlowId, proto: Proto, dst: SocketAddr) {
+pub(super) fn open(u: &mut Uring, flow: FlowId, proto: Proto, dst: SocketAddr) {
     u.push(SockOp::Open {
         flow,
         proto,
@@ -51,7 +51,7 @@ fn the_ring_refuses_ops_off_its_list() {
 }
 
 /// Pump the ring until `n` host events arrived (panics after [`LONG`]).
-fn host_events(u: &mut Uring, n: usize) -> Vec<HostEvent> {
+pub(super) fn host_events(u: &mut Uring, n: usize) -> Vec<HostEvent> {
     let end = Instant::now() + LONG;
     let mut evs = Vec::new();
     while evs.len() < n {
@@ -89,7 +89,7 @@ fn quiet_for(u: &mut Uring, d: Duration) -> Vec<Completion> {
     all
 }
 
-fn connected(u: &mut Uring, flow: FlowId) {
+pub(super) fn connected(u: &mut Uring, flow: FlowId) {
     assert_eq!(
         one(u),
         HostEvent::Connected {
@@ -99,7 +99,7 @@ fn connected(u: &mut Uring, flow: FlowId) {
     );
 }
 
-fn sent(u: &mut Uring, flow: FlowId) -> usize {
+pub(super) fn sent(u: &mut Uring, flow: FlowId) -> usize {
     match one(u) {
         HostEvent::Sent {
             flow: f,

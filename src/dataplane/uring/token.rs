@@ -63,6 +63,8 @@ op_kinds! {
     DgramPoll = 12,
     /// A datagram flow's multishot receive (stays in flight across CQEs).
     RecvMulti = 13,
+    /// Several datagrams of a UDP flow in one segmented `sendmsg`.
+    SendSegments = 14,
 }
 
 /// The meaning of a CQE, packed into the SQE's `user_data`.

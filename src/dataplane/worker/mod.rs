@@ -22,10 +22,13 @@
 //! `io_uring_enter` submits everything and sleeps until a completion, an
 //! inbox wake-up (the eventfd, written only when the worker announced it
 //! sleeps), or the stack's next deadline. Before it sleeps, an idle worker
-//! busy-polls the ring and the inbox for a window that adapts to how soon
-//! work has been coming ([`PollWindow`], at most `poll_us`): a
-//! request/response flow is answered without a sleep and a wake-up per
-//! packet, while an idle worker's window closes and it sleeps at once.
+//! busy-polls the ring and the inbox for a window chosen so that it pays
+//! for itself ([`PollWindow`], at most `poll_us`): the worker spins only
+//! as long as its recent waits show spinning costs less CPU than the
+//! sleeps and wake-ups it avoids, so work that comes back within a few
+//! microseconds is taken without a sleep, while a request/response flow
+//! whose replies take longer than a sleep costs, or an idle worker,
+//! sleeps at once.
 //!
 //! A full inbox is backpressure, never silent loss: the frame waits in the
 //! sender's bounded backlog and the sender stops reading its TAP queue
@@ -102,7 +105,8 @@ pub struct Worker {
     /// Source addresses for outbound sockets (IPv4, IPv6), if set.
     pub outbound: (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>),
     /// Longest busy-poll before sleeping, in microseconds; the window
-    /// adapts below it ([`PollWindow`]). 0: sleep at once.
+    /// is chosen below it so that polling pays for itself
+    /// ([`PollWindow`]). 0: sleep at once.
     pub poll_us: u64,
     /// Steer frames read from `port_reader` by
     /// [`crate::stack::steer::frame_owner`] and forward foreign ones. Off
@@ -139,6 +143,15 @@ impl Turn {
     fn now(&self) -> Instant {
         Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
     }
+}
+
+/// Copy the I/O engine's own counters into the worker's.
+fn set_io_counters(io: &Io, w: &mut WorkerCounters) {
+    (
+        w.udp_segmented_sends,
+        w.udp_segmented_datagrams,
+        w.udp_segment_fallbacks,
+    ) = io.segmented();
 }
 
 impl Worker {
@@ -193,6 +206,12 @@ impl Worker {
             usize::from(self.stack.config().mtu) + 18
         };
         let mut port = PortIn::new(self.port_reader.take(), &mut io, frame_max, self.index);
+        // Measured once per process, before the sandbox (it starts a thread).
+        let sleep_cost = if self.poll_us > 0 {
+            poll::sleep_cost()
+        } else {
+            Duration::ZERO
+        };
         // The worker's own set-up is done: from here it is held to its
         // allow-list.
         crate::sandbox::confine(crate::sandbox::Role::Worker)
@@ -205,7 +224,7 @@ impl Worker {
             },
             events: Vec::new(),
             backlog: VecDeque::new(),
-            poll: PollWindow::new(Duration::from_micros(self.poll_us)),
+            poll: PollWindow::new(Duration::from_micros(self.poll_us), sleep_cost),
             steering: Steering {
                 index: self.index,
                 workers: self.inboxes.len(),
@@ -229,7 +248,7 @@ impl Worker {
             }
             let deadline = self.stack.poll(t, &mut st.out);
             let sink_waiting = self.send_out(&mut io, &mut st);
-            self.answer_stats(&mut st);
+            self.answer_stats(&io, &mut st);
             // Everything the batch caused is queued; the next io_uring_enter
             // submits it (before any wait).
             if frames_in > 0 {
@@ -432,10 +451,11 @@ impl Worker {
     }
 
     /// Answer this turn's stats requests with a fresh snapshot.
-    fn answer_stats(&mut self, st: &mut Turn) {
+    fn answer_stats(&mut self, io: &Io, st: &mut Turn) {
         if st.stats_replies.is_empty() {
             return;
         }
+        set_io_counters(io, &mut st.stats.worker);
         st.stats.stack = self.stack.counters().clone();
         st.stats.flows = self.stack.flow_count() as u64;
         st.stats.memory = self.stack.memory().stats();
@@ -459,19 +479,20 @@ impl Worker {
         }
         // Idle: poll a while (submitting first), then sleep.
         let window = st.poll.window().min(timeout.unwrap_or(IDLE_TICK));
+        let idle = std::time::Instant::now();
         if !window.is_zero() {
             io.submit_and_wait(0, None)?;
             if self.poll_for_work(io, window) {
                 st.stats.worker.poll_hits += 1;
+                st.poll.waited(idle.elapsed());
                 return Ok(());
             }
         }
         if self.inbox().prepare_sleep() {
-            let slept = std::time::Instant::now();
             io.submit_and_wait(1, timeout)?;
             self.inbox().awake();
             st.stats.worker.sleeps += 1;
-            st.poll.slept(slept.elapsed());
+            st.poll.waited(idle.elapsed());
             Ok(())
         } else {
             io.submit_and_wait(0, None)
@@ -493,6 +514,7 @@ impl Worker {
         io.submit_and_wait(0, None)?;
         io.close_all();
         let mut stats = st.stats;
+        set_io_counters(io, &mut stats.worker);
         stats.stack = self.stack.counters().clone();
         stats.memory = self.stack.memory().stats();
         for cmd in self.shared.take() {

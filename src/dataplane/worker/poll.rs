@@ -1,31 +1,56 @@
-//! [`PollWindow`]: how long an idle worker busy-polls before it sleeps.
+//! [`PollWindow`]: how long an idle worker busy-polls before it sleeps,
+//! chosen so that the polling pays for itself in CPU time.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The smallest non-zero busy-poll window.
-const POLL_START: Duration = Duration::from_micros(10);
+/// Waits remembered to choose the window.
+const HISTORY: usize = 32;
 
-/// How long an idle worker busy-polls before it sleeps: adaptive, the way
-/// KVM sizes its halt polling. Sleeping and being woken costs a context
-/// switch each way and, on a VM whose CPU went idle, an IPI and a halt
-/// exit: tens of microseconds, a request/response transaction's worth.
-/// Polling pays only when work comes soon, so the window follows how long
-/// the worker's sleeps last: a sleep that polling up to `max` would have
-/// caught doubles the window (from `POLL_START`); a longer one halves it
-/// (below `POLL_START` it is off). A busy request/response flow keeps
-/// the window open, an idle worker's sleeps (100 ms ticks) close it at
-/// once, so an idle uipd does not spin. `max` zero: never poll.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The sleep cost assumed when it cannot be measured.
+const DEFAULT_SLEEP_COST: Duration = Duration::from_micros(5);
+
+/// How long an idle worker busy-polls before it sleeps. Sleeping and being
+/// woken costs CPU time (a system call, a context switch each way, a cold
+/// cache): `sleep_cost`, measured once per process ([`sleep_cost`]).
+/// Polling costs the time spun. The window is the longest one that, over
+/// the last [`HISTORY`] waits (how long each idle spell lasted until work
+/// came, however it ended), would have cost no more CPU than it saved:
+///
+/// ```text
+///   waits sorted  d1 <= d2 <= ... <= dn;   window W = dk, the largest k with
+///   k * sleep_cost  >=  (d1 + ... + dk)  +  (n - k) * dk
+///   sleeps avoided      spun on the hits     spun on the misses
+/// ```
+///
+/// and at most `max`. So a worker whose work comes back within a few
+/// microseconds (a bulk stream, a guest kicking its queue) spins and saves
+/// both the CPU and the wake-up latency; a request/response flow whose
+/// replies take tens of microseconds (longer than a sleep costs) sleeps at
+/// once, as does an idle worker (its waits are 100 ms ticks). Polling can
+/// then only lower the CPU a worker uses per unit of work, never raise it
+/// (within the accuracy of `sleep_cost`). `max` zero: never poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollWindow {
     max: Duration,
+    sleep_cost: Duration,
+    /// The last waits, in nanoseconds, oldest overwritten first.
+    waits: [u64; HISTORY],
+    len: usize,
+    next: usize,
     cur: Duration,
 }
 
 impl PollWindow {
-    /// A window that grows up to `max` (closed at first).
-    pub fn new(max: Duration) -> PollWindow {
+    /// A window of at most `max` (closed until waits show it pays) for a
+    /// sleep that costs `sleep_cost` of CPU.
+    pub fn new(max: Duration, sleep_cost: Duration) -> PollWindow {
         PollWindow {
             max,
+            sleep_cost,
+            waits: [0; HISTORY],
+            len: 0,
+            next: 0,
             cur: Duration::ZERO,
         }
     }
@@ -35,20 +60,106 @@ impl PollWindow {
         self.cur
     }
 
-    /// The worker slept `slept` (polling, if any, found nothing first).
-    pub fn slept(&mut self, slept: Duration) {
+    /// An idle spell lasted `waited` until work came (caught by polling or
+    /// after a sleep): remember it and choose the next window.
+    pub fn waited(&mut self, waited: Duration) {
         if self.max.is_zero() {
             return;
         }
-        if slept <= self.max {
-            self.cur = (self.cur * 2).max(POLL_START).min(self.max);
-        } else {
-            self.cur /= 2;
-            if self.cur < POLL_START {
-                self.cur = Duration::ZERO;
+        self.waits[self.next] = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.next = (self.next + 1) % HISTORY;
+        self.len = (self.len + 1).min(HISTORY);
+        self.cur = self.choose();
+    }
+
+    /// The longest window that paid for itself over the remembered waits.
+    fn choose(&self) -> Duration {
+        let mut d = self.waits;
+        let d = &mut d[..self.len];
+        d.sort_unstable();
+        let n = d.len() as u128;
+        let cost = self.sleep_cost.as_nanos();
+        let max = self.max.as_nanos();
+        let mut best = 0;
+        let mut spun_on_hits: u128 = 0;
+        for (i, &w) in d.iter().enumerate() {
+            let w = u128::from(w);
+            if w > max {
+                break;
+            }
+            spun_on_hits += w;
+            let k = i as u128 + 1;
+            if k * cost >= spun_on_hits + (n - k) * w {
+                best = w;
             }
         }
+        Duration::from_nanos(u64::try_from(best).unwrap_or(u64::MAX))
     }
+}
+
+/// What one sleep and wake-up costs this process's threads in CPU time,
+/// measured once (the first call) and remembered: two threads take turns
+/// waking each other through blocking eventfds, and the CPU time one of
+/// them uses per turn (a write that wakes the other, a read that sleeps
+/// until woken) is the cost. Call it before the sandbox is applied (it
+/// starts a thread). Falls back to 5 µs where it cannot measure.
+pub fn sleep_cost() -> Duration {
+    static COST: OnceLock<Duration> = OnceLock::new();
+    *COST.get_or_init(|| match measure_sleep_cost(200) {
+        Ok(cost) => {
+            log::debug!("a sleep and wake-up costs {cost:?} of CPU");
+            cost
+        }
+        Err(e) => {
+            log::debug!("could not measure a sleep's cost ({e}); assuming {DEFAULT_SLEEP_COST:?}");
+            DEFAULT_SLEEP_COST
+        }
+    })
+}
+
+/// The median, over `rounds` rounds, of the CPU time one thread uses to
+/// wake another through an eventfd and sleep until woken back.
+fn measure_sleep_cost(rounds: usize) -> std::io::Result<Duration> {
+    use crate::sys::eventfd::EventFd;
+    use crate::sys::time::thread_cpu_time;
+    let ping = EventFd::new(libc::EFD_CLOEXEC)?;
+    let pong = EventFd::new(libc::EFD_CLOEXEC)?;
+    let (ping2, pong2) = (ping.try_clone()?, pong.try_clone()?);
+    let partner = std::thread::Builder::new()
+        .name("uipd-sleep-cost".into())
+        .spawn(move || -> std::io::Result<()> {
+            for _ in 0..rounds {
+                ping2.read()?;
+                pong2.write(1)?;
+            }
+            Ok(())
+        })?;
+    let mut costs = Vec::with_capacity(rounds);
+    let mut result = Ok(());
+    for _ in 0..rounds {
+        let before = thread_cpu_time()?;
+        if let Err(e) = ping.write(1).and_then(|()| pong.read().map(drop)) {
+            // The partner may be blocked on a ping that will never come:
+            // end it by sending the rounds it still waits for.
+            result = Err(e);
+            break;
+        }
+        costs.push(thread_cpu_time()? - before);
+    }
+    if result.is_err() {
+        for _ in costs.len()..rounds {
+            let _ = ping.write(1);
+        }
+    }
+    let joined = partner
+        .join()
+        .map_err(|_| std::io::Error::other("sleep-cost thread panicked"))?;
+    result.and(joined)?;
+    costs.sort_unstable();
+    costs
+        .get(costs.len() / 2)
+        .copied()
+        .ok_or_else(|| std::io::Error::other("no rounds"))
 }
 
 #[cfg(test)]
@@ -57,54 +168,100 @@ mod tests {
 
     const US: Duration = Duration::from_micros(1);
 
-    #[test]
-    fn poll_window_opens_on_short_sleeps_up_to_its_max() {
-        let mut p = PollWindow::new(50 * US);
-        assert_eq!(p.window(), Duration::ZERO, "closed at first");
-        let mut seen = Vec::new();
-        for _ in 0..5 {
-            p.slept(30 * US);
-            seen.push(p.window());
+    fn window_after(max: Duration, cost: Duration, waits: &[Duration]) -> Duration {
+        let mut p = PollWindow::new(max, cost);
+        for &w in waits {
+            p.waited(w);
         }
-        assert_eq!(seen, [10 * US, 20 * US, 40 * US, 50 * US, 50 * US]);
-        // A sleep of exactly the maximum would have been caught.
-        p.slept(50 * US);
-        assert_eq!(p.window(), 50 * US);
+        p.window()
     }
 
     #[test]
-    fn poll_window_halves_on_long_sleeps_and_closes_when_idle() {
-        let mut p = PollWindow::new(80 * US);
-        for _ in 0..4 {
-            p.slept(5 * US);
+    fn poll_window_is_closed_at_first() {
+        assert_eq!(PollWindow::new(50 * US, 5 * US).window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn poll_window_opens_when_work_comes_sooner_than_a_sleep_costs() {
+        // Every wait 2 us, a sleep costs 5: spinning 2 us saves 5.
+        assert_eq!(window_after(50 * US, 5 * US, &[2 * US; 8]), 2 * US);
+        // The window is the longest wait that still pays: 3 us hits at
+        // 1, 2, 3 us cost 6 us spun and save 15.
+        assert_eq!(window_after(50 * US, 5 * US, &[US, 2 * US, 3 * US]), 3 * US);
+    }
+
+    #[test]
+    fn poll_window_stays_closed_when_replies_take_longer_than_a_sleep_costs() {
+        // A request/response flow whose replies take 25 us: spinning for
+        // them would cost 25 us to save 5.
+        assert_eq!(
+            window_after(50 * US, 5 * US, &[25 * US; HISTORY]),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn poll_window_counts_the_misses_it_would_spin_through() {
+        // Half the waits 1 us, half 100 ms: a 1 us window catches 16 (saves
+        // 80 us) and spins 1 us through each of 16 misses plus 16 us on
+        // hits: 32 us. It pays.
+        let mut waits = vec![US; 16];
+        waits.extend([Duration::from_millis(100); 16]);
+        assert_eq!(window_after(50 * US, 5 * US, &waits), US);
+        // A 4 us wait among 100 ms ones: 1 hit saves 5, 31 misses cost 124.
+        let mut waits = vec![Duration::from_millis(100); 31];
+        waits.push(4 * US);
+        assert_eq!(window_after(50 * US, 5 * US, &waits), Duration::ZERO);
+    }
+
+    #[test]
+    fn poll_window_closes_when_the_worker_goes_idle() {
+        let mut p = PollWindow::new(50 * US, 5 * US);
+        for _ in 0..HISTORY {
+            p.waited(2 * US);
         }
-        assert_eq!(p.window(), 80 * US);
-        p.slept(81 * US);
-        assert_eq!(p.window(), 40 * US);
-        p.slept(Duration::from_millis(100));
-        assert_eq!(p.window(), 20 * US);
-        p.slept(Duration::from_millis(100));
-        assert_eq!(p.window(), 10 * US);
-        // Below the smallest window it is off: an idle worker sleeps at once.
-        p.slept(Duration::from_millis(100));
-        assert_eq!(p.window(), Duration::ZERO);
-        p.slept(Duration::from_millis(100));
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(p.window(), 2 * US);
+        let mut ticks = 0;
+        while !p.window().is_zero() {
+            p.waited(Duration::from_millis(100));
+            ticks += 1;
+            assert!(ticks <= HISTORY, "never closed");
+        }
+        // 2 us hits save 3 us net each; a 2 us miss costs 2: it closes once
+        // misses outnumber about 3 in 5 of the remembered waits.
+        assert!(
+            (15..=25).contains(&ticks),
+            "closed after {ticks} idle ticks"
+        );
+    }
+
+    #[test]
+    fn poll_window_never_exceeds_its_max() {
+        // Waits of 30 us with a sleep that costs 100: worth spinning, but
+        // not beyond the 20 us cap, and 30 us waits are not caught by 20.
+        assert_eq!(
+            window_after(20 * US, 100 * US, &[30 * US; 8]),
+            Duration::ZERO
+        );
+        let mut waits = vec![10 * US; 4];
+        waits.extend([30 * US; 4]);
+        assert_eq!(window_after(20 * US, 100 * US, &waits), 10 * US);
     }
 
     #[test]
     fn poll_window_with_max_zero_never_polls() {
-        let mut p = PollWindow::new(Duration::ZERO);
-        for _ in 0..10 {
-            p.slept(US);
-        }
-        assert_eq!(p.window(), Duration::ZERO);
+        assert_eq!(
+            window_after(Duration::ZERO, 5 * US, &[US; 10]),
+            Duration::ZERO
+        );
     }
 
     #[test]
-    fn poll_window_below_the_smallest_step_is_its_max() {
-        let mut p = PollWindow::new(3 * US);
-        p.slept(US);
-        assert_eq!(p.window(), 3 * US);
+    fn sleep_cost_is_measured_as_a_plausible_cpu_time() {
+        let cost = measure_sleep_cost(50).unwrap();
+        assert!(cost > Duration::ZERO, "a sleep and wake-up costs some CPU");
+        assert!(cost < Duration::from_millis(5), "measured {cost:?}");
+        let cached = sleep_cost();
+        assert!(cached > Duration::ZERO && cached < Duration::from_millis(5));
     }
 }

@@ -34,6 +34,14 @@ pub struct WorkerCounters {
     /// Busy-polls that found work before their window ran out (each one
     /// a sleep and a wake-up saved).
     pub poll_hits: u64,
+    /// Segmented UDP sends to host sockets (io_uring: several datagrams
+    /// of a flow in one `sendmsg` with `UDP_SEGMENT`).
+    pub udp_segmented_sends: u64,
+    /// Datagrams those sends carried.
+    pub udp_segmented_datagrams: u64,
+    /// Segmented sends the host refused (a path MTU below the segment
+    /// size), whose datagrams then went one by one.
+    pub udp_segment_fallbacks: u64,
     /// Frames queued for the pcap file (`--pcap`), both directions.
     pub pcap_frames: u64,
     /// Frames left out of the pcap file because its writer fell behind.
