@@ -330,7 +330,19 @@ fn assert_inner_net(log: &str, addr: &str) {
         Some(blob),
         "the 16 MiB download differs"
     );
-    assert!(has_line(log, "UIPD-INNER-UP-SENT"), "the upload failed");
+    assert!(
+        has_line(log, "UIPD-INNER-UP-SENT"),
+        "the upload failed: nc exited {:?}; the log's end:\n{}",
+        value(log, "UIPD-INNER-UP-RC"),
+        log.lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let up = value(log, "UIPD-INNER-UP-SHA").expect("no upload hash");
     assert_eq!(
         value(log, "UIPD-OUTER-UP-SHA"),
