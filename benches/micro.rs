@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot per-frame pieces: the Internet checksum, the
-//! frame ring, and parsing/building a 1500-byte TCP frame.
+//! frame ring, parsing/building a 1500-byte TCP frame, and IPv4 fragment
+//! reassembly.
 //!
-//! `cargo bench --bench micro` (about 20 s). No criterion: each case is a
+//! `cargo bench --bench micro` (about 25 s). No criterion: each case is a
 //! timing loop over `std::hint::black_box`ed inputs, calibrated to about
 //! `TARGET` per repetition, repeated `REPS` times; the median repetition is
 //! reported as ns/op (and GB/s where bytes are involved), with the min and
@@ -14,6 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uipd::rings::{Frame, FrameRing};
+use uipd::stack::frag::{self, FragKey, Limits, Reassembler};
+use uipd::stack::time::Instant as StackInstant;
 use uipd::stack::wire::checksum;
 use uipd::stack::wire::tcp::Flags;
 use uipd::stack::wire::{
@@ -316,6 +319,79 @@ fn bench_frames(filter: &dyn Fn(&str) -> bool) {
     }
 }
 
+/// Reassembly of netperf UDP_STREAM's datagrams: 65507 bytes at MTU 1500,
+/// 45 fragments each, every datagram with a new identification (as the
+/// guest sends them), in order and in reverse order. One op is one whole
+/// datagram; the line reports ns per fragment.
+fn bench_reassembly(filter: &dyn Fn(&str) -> bool) {
+    const LEN: usize = 65507;
+    let data = pattern(LEN);
+    let frags: Vec<(u16, bool, &[u8])> = frag::fragments(LEN, 1500)
+        .map(|(off, len, more)| {
+            // Cannot fail: offsets stay within MAX_PAYLOAD.
+            let off16 = u16::try_from(off).expect("offset fits u16");
+            (off16, more, &data[off..off + len])
+        })
+        .collect();
+    assert_eq!(frags.len(), 45, "fragment count");
+    let per_frag = frags.len() as f64;
+    let mut reversed = frags.clone();
+    reversed.reverse();
+    for (name, order) in [
+        ("reassembly 45 frags in order (per frag)", &frags),
+        ("reassembly 45 frags reversed (per frag)", &reversed),
+    ] {
+        if !filter(name) {
+            continue;
+        }
+        let mut r = Reassembler::new(Limits::default());
+        let mut ident: u32 = 0;
+        let mut whole = |r: &mut Reassembler| {
+            ident = (ident + 1) & 0xffff;
+            let key = FragKey {
+                src: IpAddr::V4(GUEST),
+                dst: IpAddr::V4(GATEWAY),
+                proto: ip_proto::UDP,
+                ident,
+            };
+            let mut out = None;
+            for &(off, more, bytes) in order.iter() {
+                out = r
+                    .push(key, off, more, black_box(bytes), StackInstant::ZERO)
+                    .expect("valid fragment");
+            }
+            out.expect("complete")
+        };
+        // Correct before it is timed.
+        assert!(whole(&mut r) == data, "reassembled bytes differ");
+        assert_eq!(r.held_bytes(), 0, "bytes held after completion");
+        let s = if smoke() {
+            // Under `cargo test`: a few datagrams, timed once.
+            let t = Instant::now();
+            for _ in 0..20 {
+                black_box(whole(&mut r));
+            }
+            let ns = t.elapsed().as_secs_f64() * 1e9 / 20.0;
+            Stats {
+                median_ns: ns,
+                min_ns: ns,
+                max_ns: ns,
+            }
+        } else {
+            measure(|| {
+                black_box(whole(&mut r));
+            })
+        };
+        assert_eq!(r.held_bytes(), 0, "bytes held after the run");
+        let s = Stats {
+            median_ns: s.median_ns / per_frag,
+            min_ns: s.min_ns / per_frag,
+            max_ns: s.max_ns / per_frag,
+        };
+        report(name, Some(LEN / frags.len()), &s);
+    }
+}
+
 /// Run by `cargo test` rather than `cargo bench` (which passes `--bench`).
 fn smoke() -> bool {
     !std::env::args().any(|a| a == "--bench")
@@ -335,4 +411,5 @@ fn main() {
     bench_checksum(&filter);
     bench_ring(&filter);
     bench_frames(&filter);
+    bench_reassembly(&filter);
 }

@@ -9,26 +9,55 @@
 //!
 //! # Layout
 //!
-//! Each datagram in progress keeps a sorted list of disjoint pieces; a
-//! fragment that overlaps held pieces must agree with them byte for byte and
-//! only its uncovered parts (the gaps) are stored:
+//! Each datagram in progress owns one buffer, which every fragment's bytes
+//! are copied into at their offset, and a sorted list of the disjoint byte
+//! ranges received so far. A range that touches its neighbours merges with
+//! them, so fragments that arrive in order keep a single range:
 //!
 //! ```text
 //!  offset 0        1480       2960            4440   end (from MF=0)
-//!         [piece 0 ][ gap     ][ piece 1       ]     known once the last
-//!                   ^ a later fragment fills it      fragment arrives
+//!  buf    [ bytes   ][ zeros   ][ bytes         ]     known once the last
+//!  ranges [0..1480  )          [2960..4440      )     fragment arrives
+//!                   ^ a later fragment fills the gap: one range 0..4440
 //! ```
 //!
-//! Because pieces never overlap, `covered` (the sum of their lengths) equals
-//! the end exactly when the datagram is complete, so completion is O(1).
+//! The buffer ends where the last range does; an out-of-order fragment
+//! extends it with zeros up to its own offset, and the zeros are never read
+//! as data. A fragment that overlaps received ranges must agree with the
+//! buffer there byte for byte; it is then copied whole (where it overlaps,
+//! it writes the bytes already there). Because ranges never overlap,
+//! `covered` (the sum of their lengths) equals the end exactly when the
+//! datagram is complete, so completion is O(1), and the buffer itself is
+//! handed back as the payload, with no second copy to assemble it.
+//! Finding a fragment's place is a binary search over the ranges.
+//!
+//! The buffer grows once per fragment that reaches past its capacity: to
+//! the end, once the last fragment has told it, else to twice its capacity
+//! (at most [`MAX_PAYLOAD`]) or the fragment's end if that is further. The
+//! buffer of a 65507-byte datagram at MTU 1500 is allocated once when the
+//! last fragment comes first, and 7 times in order (1480, 2960, 5920, ...,
+//! 47360, then 65515 bytes), copying about 1.4 times the payload on the way.
+//!
+//! The datagrams in progress sit in a vector, at most `max_datagrams` long
+//! (64), searched from the end, where a datagram goes back after each
+//! fragment: the datagram that got the previous fragment is found first.
+//! The guest picks the keys, so a hash table would need a keyed hash to
+//! keep collisions from degrading it; a scan bounded by `max_datagrams`
+//! cannot be degraded.
 //!
 //! # Accounting
 //!
-//! [`Reassembler::held_bytes`] is the sum over stored pieces of their length
-//! plus [`PIECE_OVERHEAD`], so a flood of 8-byte fragments pays for its
-//! bookkeeping, not only its payload. It is added when a piece is stored and
-//! subtracted when its datagram completes, expires or is discarded, and
-//! returns to 0 when nothing is in progress.
+//! [`Reassembler::held_bytes`] is the sum over datagrams in progress of
+//! their buffer's capacity plus [`PIECE_OVERHEAD`] per piece stored (a run
+//! of bytes new when its fragment arrived: one per fragment, unless
+//! fragments overlap). A flood of 8-byte fragments pays for its
+//! bookkeeping, and a lone fragment at offset 65000 for the 64 KiB buffer
+//! it makes us allocate, not only for their payload. A fragment's cost (its
+//! pieces and the buffer's growth) is checked against the limits before
+//! the buffer grows, added when it is stored, and subtracted, all of the
+//! datagram's at once, when the datagram completes (the buffer goes to the
+//! caller), expires or is discarded; it returns to 0 when nothing is in
+//! progress.
 //!
 //! # Limits
 //!
@@ -46,11 +75,12 @@
 //! of the fragments that reached uipd were dropped for the limit (0.3% of
 //! the datagrams arrived). A datagram that is still receiving fragments is
 //! the most recently touched, so it is the last to go. A datagram that
-//! would exceed `max_frags_per_datagram` can never complete (pieces only
-//! accumulate), so it is discarded whole. Age is counted from the first
-//! fragment: later fragments do not extend it (as in Linux).
+//! would exceed `max_frags_per_datagram` pieces can never complete (pieces
+//! only accumulate), so it is discarded whole. A fragment whose cost would
+//! exceed `max_total_bytes` even in an empty table is refused without
+//! evicting anything. Age is counted from the first fragment: later
+//! fragments do not extend it (as in Linux).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -59,8 +89,10 @@ use super::time::Instant;
 /// Largest reassembled upper-layer payload: 65535 minus a 20-byte header.
 pub const MAX_PAYLOAD: usize = 65535 - 20;
 
-/// Bytes charged per stored piece on top of its payload: the piece's record
-/// and its heap allocation's bookkeeping.
+/// Bytes charged per stored piece on top of the buffer: its share of the
+/// range list (a range is 16 bytes, the list may have twice the ranges'
+/// room) and of the work it costs, so that many tiny fragments pay more
+/// than their bytes.
 pub const PIECE_OVERHEAD: usize = 64;
 
 /// A datagram in progress that has not received a fragment while this many
@@ -103,7 +135,9 @@ pub struct Limits {
     pub max_total_bytes: usize,
     /// Datagrams in progress at once.
     pub max_datagrams: usize,
-    /// Fragments kept per datagram.
+    /// Pieces stored per datagram: one per fragment that brought new
+    /// bytes, more for one that filled several gaps between held bytes
+    /// (see the module docs).
     pub max_frags_per_datagram: usize,
     /// Age after which an incomplete datagram is dropped, in microseconds.
     pub timeout_us: u64,
@@ -156,30 +190,25 @@ pub struct FragStats {
     pub evicted: u64,
 }
 
-/// Bytes of one fragment, at `offset` within the datagram.
-struct Piece {
-    offset: usize,
-    data: Vec<u8>,
-}
-
-impl Piece {
-    fn end(&self) -> usize {
-        self.offset + self.data.len()
-    }
-}
-
 /// One datagram in progress.
 struct Datagram {
     first_seen: Instant,
     /// [`Reassembler::pushes`] when its last fragment arrived: eviction
     /// order and staleness.
     last_push: u64,
-    /// Sorted by offset, pairwise disjoint, non-empty, all below `end`.
-    pieces: Vec<Piece>,
+    /// The payload so far, every byte at its offset. Its length is the end
+    /// of the last range; bytes outside `ranges` are zeros, never read.
+    buf: Vec<u8>,
+    /// The parts of `buf` received: sorted, non-empty, pairwise disjoint
+    /// and not touching (touching ranges are merged).
+    ranges: Vec<Range<usize>>,
     /// The payload length, once the fragment with MF=0 arrived.
     end: Option<usize>,
-    /// Sum of the pieces' lengths.
+    /// Sum of the ranges' lengths.
     covered: usize,
+    /// Pieces stored: runs of bytes that were new when their fragment
+    /// arrived, the count [`Limits::max_frags_per_datagram`] bounds.
+    pieces: usize,
     /// What this datagram adds to [`Reassembler::held_bytes`].
     charged: usize,
 }
@@ -189,9 +218,11 @@ impl Datagram {
         Datagram {
             first_seen: now,
             last_push: push,
-            pieces: Vec::new(),
+            buf: Vec::new(),
+            ranges: Vec::new(),
             end: None,
             covered: 0,
+            pieces: 0,
             charged: 0,
         }
     }
@@ -200,68 +231,118 @@ impl Datagram {
         Instant(self.first_seen.0.saturating_add(timeout_us))
     }
 
-    /// The byte ranges of `offset..offset + payload.len()` not held yet,
-    /// after checking the fragment against what is held.
-    fn gaps(
-        &self,
-        offset: usize,
-        more: bool,
-        payload: &[u8],
-    ) -> Result<Vec<Range<usize>>, FragDrop> {
+    /// Check a fragment against what is held: the end (set by the last
+    /// fragment) and the overlap rule. Returns how many pieces it would
+    /// store: the runs of `offset..offset + payload.len()` not held yet.
+    fn check(&self, offset: usize, more: bool, payload: &[u8]) -> Result<usize, FragDrop> {
         let new_end = offset + payload.len();
         match self.end {
             Some(end) if new_end > end || (!more && new_end != end) => {
                 return Err(FragDrop::Invalid);
             }
-            None if !more && self.pieces.last().is_some_and(|p| p.end() > new_end) => {
-                return Err(FragDrop::Invalid);
-            }
+            // `buf` ends where the last range does.
+            None if !more && self.buf.len() > new_end => return Err(FragDrop::Invalid),
             _ => {}
         }
-        let first = self.pieces.partition_point(|p| p.end() <= offset);
-        let mut gaps = Vec::new();
+        let first = self.ranges.partition_point(|r| r.end <= offset);
+        let mut gaps = 0;
         let mut cursor = offset;
-        for piece in self.pieces.iter().skip(first) {
-            if piece.offset >= new_end {
+        for range in self.ranges.iter().skip(first) {
+            if range.start >= new_end {
                 break;
             }
-            if piece.offset > cursor {
-                gaps.push(cursor..piece.offset);
+            if range.start > cursor {
+                gaps += 1;
             }
-            let (lo, hi) = (piece.offset.max(offset), piece.end().min(new_end));
-            let held = piece.data.get(lo - piece.offset..hi - piece.offset);
+            let (lo, hi) = (range.start.max(offset), range.end.min(new_end));
+            let held = self.buf.get(lo..hi);
             let new = payload.get(lo - offset..hi - offset);
-            // Cannot be None: lo..hi lies within both the piece and the
-            // fragment; a None would still be treated as a conflict.
+            // Cannot be None: lo..hi lies within both the range (so within
+            // `buf`) and the fragment; a None would still be a conflict.
             if held.is_none() || held != new {
                 return Err(FragDrop::Overlap);
             }
             cursor = hi;
         }
         if cursor < new_end {
-            gaps.push(cursor..new_end);
+            gaps += 1;
         }
         Ok(gaps)
     }
 
-    /// The payload, if every byte up to the end is held.
-    fn assemble(self) -> Option<Vec<u8>> {
-        let end = self.end?;
-        if self.covered != end {
-            return None;
+    /// The capacity `buf` needs for a fragment ending at `new_end` (see
+    /// the module docs): its capacity as it is when that suffices.
+    fn capacity_for(&self, new_end: usize, more: bool) -> usize {
+        let cap = self.buf.capacity();
+        if new_end <= cap {
+            return cap;
         }
-        let mut out = Vec::with_capacity(end);
-        for piece in self.pieces {
-            out.extend_from_slice(&piece.data);
+        match (self.end, more) {
+            (Some(end), _) => end.max(new_end),
+            (None, false) => new_end,
+            (None, true) => new_end.max(cap.saturating_mul(2).min(MAX_PAYLOAD)),
         }
-        Some(out)
+    }
+
+    /// Copy a fragment that passed [`Datagram::check`] into `buf` and merge
+    /// its range. Held bytes it overlaps are equal to its own, so it is
+    /// copied whole.
+    fn store(&mut self, offset: usize, payload: &[u8]) {
+        if payload.is_empty() {
+            return;
+        }
+        let new_end = offset + payload.len();
+        let len = self.buf.len();
+        if offset < len {
+            let below = new_end.min(len);
+            if let (Some(dst), Some(src)) = (
+                self.buf.get_mut(offset..below),
+                payload.get(..below - offset),
+            ) {
+                dst.copy_from_slice(src);
+            }
+        }
+        if new_end > len {
+            // Zeros up to an out-of-order fragment; a no-op in order.
+            self.buf.resize(offset.max(len), 0);
+            let tail = payload
+                .get(len.saturating_sub(offset)..)
+                .unwrap_or_default();
+            self.buf.extend_from_slice(tail);
+        }
+
+        // Ranges i..j overlap or touch offset..new_end: they become one.
+        let i = self.ranges.partition_point(|r| r.end < offset);
+        let j = self.ranges.partition_point(|r| r.start <= new_end);
+        let merged = match (
+            self.ranges.get(i),
+            j.checked_sub(1).and_then(|l| self.ranges.get(l)),
+        ) {
+            (Some(first), Some(last)) if i < j => first.start.min(offset)..last.end.max(new_end),
+            _ => offset..new_end,
+        };
+        let held: usize = self
+            .ranges
+            .get(i..j)
+            .unwrap_or_default()
+            .iter()
+            .map(Range::len)
+            .sum();
+        self.covered += merged.len() - held;
+        if i < j {
+            self.ranges.splice(i..j, std::iter::once(merged));
+        } else {
+            self.ranges.insert(i, merged);
+        }
     }
 }
 
-/// Reassembles fragmented IPv4 payloads.
+/// Reassembles fragmented IPv4 and IPv6 payloads.
 pub struct Reassembler {
     limits: Limits,
-    datagrams: HashMap<FragKey, Datagram>,
+    /// The datagrams in progress, at most `max_datagrams`, each put back at
+    /// the end when it got a fragment (see the module docs).
+    datagrams: Vec<(FragKey, Datagram)>,
     /// Sum of `charged` over `datagrams` and the one being worked on.
     held: usize,
     stats: FragStats,
@@ -276,12 +357,23 @@ impl Reassembler {
     pub fn new(limits: Limits) -> Self {
         Reassembler {
             limits,
-            datagrams: HashMap::new(),
+            datagrams: Vec::new(),
             held: 0,
             stats: FragStats::default(),
             pushes: 0,
             lost: (0, 0),
         }
+    }
+
+    /// Take the datagram of `key` out of the table, if it is there.
+    fn take(&mut self, key: &FragKey) -> Option<Datagram> {
+        // From the end: the datagram a fragment belongs to is usually the
+        // one the previous fragment did.
+        let i = self
+            .datagrams
+            .iter()
+            .rposition(|(k, _)| k.ident == key.ident && k == key)?;
+        Some(self.datagrams.swap_remove(i).1)
     }
 
     /// Add a fragment's payload at `offset` bytes (`more` = MF flag).
@@ -307,7 +399,7 @@ impl Reassembler {
         // put back only if it is still in progress; `held` keeps counting it.
         let timeout = self.limits.timeout_us;
         self.pushes += 1;
-        let existing = match self.datagrams.remove(&key) {
+        let existing = match self.take(&key) {
             Some(dg) if now >= dg.deadline(timeout) => {
                 self.release(dg);
                 self.stats.expired += 1;
@@ -332,7 +424,7 @@ impl Reassembler {
         let mut dg = existing.unwrap_or_else(|| Datagram::new(now, self.pushes));
         dg.last_push = self.pushes;
 
-        let gaps = match dg.gaps(offset, more, payload) {
+        let gaps = match dg.check(offset, more, payload) {
             Ok(gaps) => gaps,
             Err(drop) => {
                 self.release(dg);
@@ -343,37 +435,35 @@ impl Reassembler {
                 return Err(drop);
             }
         };
-        if dg.pieces.len() + gaps.len() > self.limits.max_frags_per_datagram {
+        if dg.pieces + gaps > self.limits.max_frags_per_datagram {
             // It can never complete: pieces are only ever added.
             self.release(dg);
             self.stats.limit += 1;
             return Err(FragDrop::Limit);
         }
-        let cost: usize = gaps.iter().map(|g| g.len() + PIECE_OVERHEAD).sum();
-        if !self.room_for(now, usize::from(is_new), cost) {
+        let old_cap = dg.buf.capacity();
+        let cap = if len == 0 {
+            old_cap
+        } else {
+            dg.capacity_for(offset + len, more)
+        };
+        let overhead = gaps * PIECE_OVERHEAD;
+        if !self.room_for(now, usize::from(is_new), cap - old_cap + overhead) {
             if !is_new {
-                self.datagrams.insert(key, dg);
+                self.datagrams.push((key, dg));
             }
             self.stats.limit += 1;
             return Err(FragDrop::Limit);
         }
 
-        if gaps.is_empty() && (more || dg.end.is_some()) {
+        if gaps == 0 && (more || dg.end.is_some()) {
             self.stats.duplicates += 1;
         }
-        for gap in gaps {
-            let data = payload
-                .get(gap.start - offset..gap.end - offset)
-                .unwrap_or_default()
-                .to_vec();
-            dg.covered += data.len();
-            dg.pieces.push(Piece {
-                offset: gap.start,
-                data,
-            });
-        }
-        // Offsets are distinct (pieces are disjoint and non-empty).
-        dg.pieces.sort_unstable_by_key(|p| p.offset);
+        dg.buf.reserve_exact(cap - dg.buf.len());
+        dg.store(offset, payload);
+        dg.pieces += gaps;
+        // What the allocation reports, in case it rounded up.
+        let cost = dg.buf.capacity().saturating_sub(old_cap) + overhead;
         dg.charged += cost;
         self.held += cost;
         if !more {
@@ -383,9 +473,11 @@ impl Reassembler {
         if dg.end == Some(dg.covered) {
             self.held -= dg.charged;
             self.stats.reassembled += 1;
-            return Ok(dg.assemble());
+            // Every byte up to the end is held, and `buf` ends there.
+            dg.buf.truncate(dg.covered);
+            return Ok(Some(dg.buf));
         }
-        self.datagrams.insert(key, dg);
+        self.datagrams.push((key, dg));
         Ok(None)
     }
 
@@ -401,22 +493,27 @@ impl Reassembler {
         if fits(self) {
             return true;
         }
+        if datagrams > self.limits.max_datagrams || bytes > self.limits.max_total_bytes {
+            // Would not fit even in an empty table: evicting would only
+            // lose the datagrams in progress.
+            return false;
+        }
         self.expire(now);
         // Bounded: each round removes one datagram or stops.
         while !fits(self) {
             let Some(victim) = self
                 .datagrams
                 .iter()
-                .min_by_key(|(_, dg)| dg.last_push)
-                .map(|(k, _)| *k)
+                .enumerate()
+                .min_by_key(|(_, (_, dg))| dg.last_push)
+                .map(|(i, _)| i)
             else {
                 return false;
             };
-            if let Some(dg) = self.datagrams.remove(&victim) {
-                self.release(dg);
-                self.stats.evicted += 1;
-                self.lost.1 += 1;
-            }
+            let (_, dg) = self.datagrams.swap_remove(victim);
+            self.release(dg);
+            self.stats.evicted += 1;
+            self.lost.1 += 1;
         }
         true
     }
@@ -431,7 +528,7 @@ impl Reassembler {
         let timeout = self.limits.timeout_us;
         let mut freed = 0;
         let before = self.datagrams.len();
-        self.datagrams.retain(|_, dg| {
+        self.datagrams.retain(|(_, dg)| {
             let keep = now < dg.deadline(timeout);
             if !keep {
                 freed += dg.charged;
@@ -456,8 +553,8 @@ impl Reassembler {
     /// Earliest time a datagram in progress will expire.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.datagrams
-            .values()
-            .map(|dg| dg.deadline(self.limits.timeout_us))
+            .iter()
+            .map(|(_, dg)| dg.deadline(self.limits.timeout_us))
             .min()
     }
 

@@ -59,12 +59,38 @@ fn split(data: &[u8], mtu: usize) -> Vec<Frag> {
         .collect()
 }
 
+/// What the module docs promise of every datagram in progress, and that
+/// `held` is the sum of what they are charged.
+fn check_invariants(r: &Reassembler) {
+    let mut held = 0;
+    for (_, dg) in &r.datagrams {
+        // Charged for its whole buffer, and for each piece stored.
+        assert_eq!(dg.charged, dg.buf.capacity() + dg.pieces * PIECE_OVERHEAD);
+        assert!(dg.pieces >= dg.ranges.len());
+        assert!(dg.pieces <= r.limits().max_frags_per_datagram);
+        for pair in dg.ranges.windows(2) {
+            // Sorted, disjoint and not touching.
+            assert!(pair[0].end < pair[1].start, "{:?}", dg.ranges);
+        }
+        assert!(dg.ranges.iter().all(|r| !r.is_empty()));
+        assert_eq!(dg.buf.len(), dg.ranges.last().map_or(0, |r| r.end));
+        assert_eq!(dg.covered, dg.ranges.iter().map(Range::len).sum::<usize>());
+        if let Some(end) = dg.end {
+            assert!(dg.buf.len() <= end && dg.covered < end);
+        }
+        held += dg.charged;
+    }
+    assert_eq!(r.held_bytes(), held);
+    assert!(r.in_progress() <= r.limits().max_datagrams);
+}
+
 /// Push every fragment; the last push, and only it, completes.
 fn reassemble(r: &mut Reassembler, k: FragKey, frags: &[Frag]) -> Vec<u8> {
     let (last, rest) = frags.split_last().unwrap();
     for (off, more, data) in rest {
         assert_eq!(r.push(k, *off, *more, data, t(0)), Ok(None), "offset {off}");
         assert!(r.held_bytes() <= r.limits().max_total_bytes);
+        check_invariants(r);
     }
     let out = r
         .push(k, last.0, last.1, &last.2, t(0))
@@ -224,9 +250,10 @@ fn overlapping_identical_accepted() {
     assert_eq!(r.push(key(1), 40, true, &data[40..48], t(0)), Ok(None));
     // Covers both pieces and the gaps around and between them.
     assert_eq!(r.push(key(1), 0, true, &data[0..56], t(0)), Ok(None));
-    // Only the gaps are stored: 0..8, 24..40 and 48..56, so 56 bytes in 5
-    // pieces.
-    assert_eq!(r.held_bytes(), 56 + 5 * PIECE_OVERHEAD);
+    // Only the gaps are new: 0..8, 24..40 and 48..56, so 5 pieces, in a
+    // buffer grown to 24, 48 (twice 24), then 96 bytes (twice 48).
+    assert_eq!(r.held_bytes(), 96 + 5 * PIECE_OVERHEAD);
+    check_invariants(&r);
     assert_eq!(
         r.push(key(1), 48, false, &data[48..64], t(0)),
         Ok(Some(data))
@@ -296,7 +323,8 @@ fn invalid_fragments() {
     assert_eq!(r.stats().invalid, 7);
     // Stateless rejections leave datagrams alone.
     assert_eq!(r.in_progress(), 1);
-    assert_eq!(r.held_bytes(), 3 + PIECE_OVERHEAD);
+    // The lone tail fragment pays for the buffer up to its end.
+    assert_eq!(r.held_bytes(), MAX_PAYLOAD + PIECE_OVERHEAD);
 }
 
 #[test]
@@ -560,7 +588,8 @@ fn timeout_expiry() {
         r.push(key(2), 8, false, &[0; 8], t(2 * SECOND + limits.timeout_us)),
         Ok(None)
     );
-    assert_eq!(r.held_bytes(), 8 + PIECE_OVERHEAD);
+    // Its buffer reaches from 0 to the end the fragment sets.
+    assert_eq!(r.held_bytes(), 16 + PIECE_OVERHEAD);
     assert_eq!(r.stats().expired, 2);
     assert_eq!(r.expire(t(u64::MAX)), 1);
     assert_eq!(
@@ -614,6 +643,7 @@ fn random_fragments_keep_accounting_exact() {
         let fill = u8::try_from(rng.below(2)).unwrap();
         let _ = r.push(key(ident), offset, more, &vec![fill; len], t(i));
         assert!(r.held_bytes() <= limits.max_total_bytes);
+        check_invariants(&r);
         if i % 1000 == 0 {
             r.expire(t(i));
         }
@@ -622,4 +652,276 @@ fn random_fragments_keep_accounting_exact() {
     assert!(stats.reassembled > 0 && stats.overlap > 0 && stats.invalid > 0 && stats.evicted > 0);
     r.expire(t(u64::MAX));
     assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+}
+
+/// Orders other than forward and backward: odd fragments first, from the
+/// middle outwards, last first. Every one yields the exact bytes, and
+/// pieces count the fragments stored whatever the ranges merged into.
+#[test]
+fn out_of_order_exact_bytes() {
+    let data = payload(65507);
+    let frags = split(&data, 1500);
+    let n = frags.len();
+    let odd_first: Vec<usize> = (1..n).step_by(2).chain((0..n).step_by(2)).collect();
+    let middle_out: Vec<usize> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                n / 2 + i / 2
+            } else {
+                n / 2 - 1 - i / 2
+            }
+        })
+        .collect();
+    let last_first: Vec<usize> = std::iter::once(n - 1).chain(0..n - 1).collect();
+    let mut r = Reassembler::new(Limits::default());
+    for (ident, order) in [odd_first, middle_out, last_first].iter().enumerate() {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        let shuffled: Vec<Frag> = order.iter().map(|&i| frags[i].clone()).collect();
+        let k = key(u16::try_from(ident).unwrap());
+        // Stop one short to look inside.
+        for (off, more, bytes) in &shuffled[..n - 1] {
+            assert_eq!(r.push(k, *off, *more, bytes, t(0)), Ok(None));
+        }
+        let dg = &r.datagrams[0].1;
+        assert_eq!(dg.pieces, n - 1);
+        assert!(dg.ranges.len() <= 2);
+        check_invariants(&r);
+        let (off, more, bytes) = &shuffled[n - 1];
+        assert_eq!(r.push(k, *off, *more, bytes, t(0)), Ok(Some(data.clone())));
+        assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+    }
+    // In order, one range; the buffer grows by doubling, so it is
+    // charged less than twice what it holds.
+    for (off, more, bytes) in &frags[..n - 1] {
+        assert_eq!(r.push(key(9), *off, *more, bytes, t(0)), Ok(None));
+        let dg = &r.datagrams[0].1;
+        assert_eq!(dg.ranges.len(), 1);
+        assert_eq!(dg.ranges[0], 0..usize::from(*off) + bytes.len());
+        assert!(dg.buf.capacity() < 2 * dg.buf.len());
+    }
+    let (off, more, bytes) = &frags[n - 1];
+    assert_eq!(
+        r.push(key(9), *off, *more, bytes, t(0)),
+        Ok(Some(data.clone()))
+    );
+
+    // Many datagrams at once, each in its own random order, interleaved.
+    let mut rng = Rng(99);
+    let mut orders: Vec<Vec<usize>> = (0..20)
+        .map(|_| {
+            let mut o: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut o);
+            o
+        })
+        .collect();
+    let mut done = 0;
+    for step in 0..n {
+        for (ident, order) in orders.iter_mut().enumerate() {
+            let (off, more, bytes) = &frags[order[step]];
+            let k = key(100 + u16::try_from(ident).unwrap());
+            if let Some(whole) = r.push(k, *off, *more, bytes, t(0)).unwrap() {
+                assert_eq!(whole, data);
+                done += 1;
+            }
+        }
+        check_invariants(&r);
+    }
+    assert_eq!(done, 20);
+    assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+}
+
+/// A lone fragment far into the datagram makes us allocate a buffer up
+/// to it: it is charged for that buffer, not for its 8 bytes, and the
+/// limits see it so.
+#[test]
+fn hostile_tail_fragment_is_charged_for_its_buffer() {
+    let mut r = Reassembler::new(Limits::default());
+    assert_eq!(r.push(key(1), 65000, false, &[7; 8], t(0)), Ok(None));
+    assert!(r.held_bytes() >= 65008);
+    assert_eq!(r.held_bytes(), 65008 + PIECE_OVERHEAD);
+    // Not the last fragment: the buffer reaches its end all the same.
+    assert_eq!(r.push(key(2), 64000, true, &[7; 1480], t(0)), Ok(None));
+    assert_eq!(r.held_bytes(), 65008 + 65480 + 2 * PIECE_OVERHEAD);
+    // The bytes before it, once they come, cost only their pieces.
+    let before = r.held_bytes();
+    assert_eq!(r.push(key(1), 0, true, &[7; 64000], t(0)), Ok(None));
+    assert_eq!(r.held_bytes(), before + PIECE_OVERHEAD);
+    assert_eq!(
+        r.push(key(1), 64000, true, &[7; 1000], t(0)),
+        Ok(Some(vec![7; 65008]))
+    );
+    assert_eq!(r.held_bytes(), 65480 + PIECE_OVERHEAD);
+    check_invariants(&r);
+
+    // A flood of them is bounded by the bytes they make us allocate:
+    // each newcomer evicts the oldest.
+    let limits = Limits {
+        max_total_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let cost = 65008 + PIECE_OVERHEAD;
+    let fit = limits.max_total_bytes / cost;
+    let mut r = Reassembler::new(limits);
+    for i in 0..100u16 {
+        assert_eq!(r.push(key(i), 65000, false, &[7; 8], t(0)), Ok(None));
+        assert!(r.held_bytes() <= limits.max_total_bytes);
+        check_invariants(&r);
+    }
+    assert_eq!(r.in_progress(), fit);
+    assert_eq!(r.held_bytes(), fit * cost);
+    assert_eq!(r.take_lost(), (0, 100 - u64::try_from(fit).unwrap()));
+    // The bytes before the oldest survivor's tail fit in its buffer; a
+    // newcomer then evicts the least recently touched, not that one.
+    let oldest = 100 - u16::try_from(fit).unwrap();
+    assert_eq!(r.push(key(oldest), 0, true, &[7; 64000], t(0)), Ok(None));
+    assert_eq!(r.push(key(0), 65000, false, &[7; 8], t(0)), Ok(None));
+    assert_eq!(r.take_lost(), (0, 1));
+    assert_eq!(
+        r.push(key(oldest), 64000, true, &[7; 1000], t(0)),
+        Ok(Some(vec![7; 65008]))
+    );
+    // Its neighbour was the one evicted: its fragment starts afresh.
+    assert_eq!(
+        r.push(key(oldest + 1), 0, true, &[7; 64000], t(0)),
+        Ok(None)
+    );
+    assert_eq!(
+        r.push(key(oldest + 1), 64000, true, &[7; 1000], t(0)),
+        Ok(None)
+    );
+    check_invariants(&r);
+    r.expire(t(u64::MAX));
+    assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+
+    // Where its buffer cannot fit even in an empty table it is refused,
+    // and the datagram it belongs to with it.
+    let small = Limits {
+        max_total_bytes: 60_000,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(small);
+    assert_eq!(r.push(key(1), 0, true, &[7; 8], t(0)), Ok(None));
+    assert_eq!(
+        r.push(key(2), 65000, false, &[7; 8], t(0)),
+        Err(FragDrop::Limit)
+    );
+    assert_eq!(
+        r.push(key(1), 65000, false, &[7; 8], t(0)),
+        Err(FragDrop::Limit)
+    );
+    assert_eq!(r.stats().limit, 2);
+    // Datagram 1 was put back untouched.
+    assert_eq!(r.in_progress(), 1);
+    assert_eq!(r.held_bytes(), 8 + PIECE_OVERHEAD);
+    check_invariants(&r);
+    assert_eq!(
+        r.push(key(1), 8, false, &[7; 8], t(0)),
+        Ok(Some(vec![7; 16]))
+    );
+    assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+}
+
+/// held_bytes goes back down by exactly what a datagram was charged,
+/// whichever way it leaves: completed, discarded, evicted or expired.
+#[test]
+fn held_bytes_return_to_zero() {
+    let limits = Limits {
+        max_datagrams: 3,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let data = payload(6000);
+    let frags = split(&data, 1500);
+    let charged = |r: &Reassembler, k: FragKey| {
+        r.datagrams
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map_or(0, |(_, dg)| dg.charged)
+    };
+    // Three datagrams, each missing its first fragment.
+    for ident in 1..=3u16 {
+        for (off, more, bytes) in frags.iter().rev().take(frags.len() - 1) {
+            let now = t(u64::from(ident) * SECOND);
+            assert_eq!(r.push(key(ident), *off, *more, bytes, now), Ok(None));
+        }
+    }
+    check_invariants(&r);
+    let all = r.held_bytes();
+    // Completed.
+    let c1 = charged(&r, key(1));
+    assert!(c1 >= 6000 - 1480);
+    let (off, more, bytes) = &frags[0];
+    assert_eq!(
+        r.push(key(1), *off, *more, bytes, t(3 * SECOND)),
+        Ok(Some(data.clone()))
+    );
+    assert_eq!(r.held_bytes(), all - c1);
+    // Discarded for a conflicting overlap.
+    let c2 = charged(&r, key(2));
+    assert_eq!(
+        r.push(key(2), 1480, true, &[0; 8], t(3 * SECOND)),
+        Err(FragDrop::Overlap)
+    );
+    assert_eq!(r.held_bytes(), all - c1 - c2);
+    // Evicted: datagram 3 is the least recently touched of the three.
+    let c3 = charged(&r, key(3));
+    for ident in 4..=6u16 {
+        assert_eq!(
+            r.push(key(ident), 0, true, &[1; 8], t(4 * SECOND)),
+            Ok(None)
+        );
+    }
+    assert_eq!(r.take_lost(), (0, 1));
+    assert_eq!(
+        r.held_bytes(),
+        all - c1 - c2 - c3 + 3 * (8 + PIECE_OVERHEAD)
+    );
+    check_invariants(&r);
+    // Expired.
+    assert_eq!(r.expire(t(4 * SECOND + limits.timeout_us)), 3);
+    assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+    assert_eq!(r.take_lost(), (3, 0));
+}
+
+/// Overlaps are checked against the bytes received, wherever they sit in
+/// the buffer, and never against the zeros between them.
+#[test]
+fn overlap_checked_against_received_bytes_only() {
+    let data = payload(64);
+    let mut r = Reassembler::new(Limits::default());
+    // 0..16 are zeros in the buffer until something arrives there.
+    assert_eq!(r.push(key(1), 16, true, &data[16..32], t(0)), Ok(None));
+    assert_eq!(r.push(key(1), 48, false, &data[48..64], t(0)), Ok(None));
+    assert_eq!(r.push(key(1), 8, true, &data[8..24], t(0)), Ok(None));
+    check_invariants(&r);
+    // Spans the gap 32..48 and differs from the held bytes at 50.
+    let mut evil = data[24..56].to_vec();
+    evil[26] ^= 0x80;
+    assert_eq!(
+        r.push(key(1), 24, true, &evil, t(0)),
+        Err(FragDrop::Overlap)
+    );
+    assert_eq!((r.held_bytes(), r.in_progress()), (0, 0));
+    assert_eq!(r.stats().overlap, 1);
+    // Same again, differing inside the first held range instead.
+    assert_eq!(r.push(key(1), 16, true, &data[16..32], t(0)), Ok(None));
+    assert_eq!(r.push(key(2), 0, true, &data[0..8], t(0)), Ok(None));
+    let mut evil = data[0..24].to_vec();
+    evil[20] ^= 1;
+    assert_eq!(r.push(key(1), 0, true, &evil, t(0)), Err(FragDrop::Overlap));
+    // Datagram 2 untouched.
+    assert_eq!(r.held_bytes(), 8 + PIECE_OVERHEAD);
+    assert_eq!(r.stats().overlap, 2);
+    // The matching fragments complete it, bytes exact.
+    assert_eq!(r.push(key(1), 16, true, &data[16..32], t(0)), Ok(None));
+    assert_eq!(r.push(key(1), 0, true, &data[0..24], t(0)), Ok(None));
+    assert_eq!(r.push(key(1), 24, true, &data[24..56], t(0)), Ok(None));
+    assert_eq!(r.stats().duplicates, 0);
+    assert_eq!(
+        r.push(key(1), 48, false, &data[48..64], t(0)),
+        Ok(Some(data))
+    );
+    assert_eq!(r.datagrams.len(), 1);
 }
