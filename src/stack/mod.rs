@@ -160,6 +160,11 @@ pub struct Stack {
     ip_ident: u16,
     isn_state: u64,
     ack_list: Vec<FlowId>,
+    /// Flows whose pending ACK may wait ([`Conn::ack_delayable`]), queued
+    /// in this batch; [`Stack::poll`] gives each its deadline.
+    delack_new: Vec<FlowId>,
+    /// Delayed ACKs and when each is due (at most one entry per flow).
+    delack: Vec<(Instant, FlowId)>,
     next_scan: Instant,
     /// Next source port for inbound flows shown from the gateway.
     pub_port: u16,
@@ -203,6 +208,8 @@ impl Stack {
             ip_ident: 1,
             isn_state,
             ack_list: Vec::new(),
+            delack_new: Vec::new(),
+            delack: Vec::new(),
             next_scan: Instant::ZERO,
             pub_port: *PUB_PORTS.start()
                 + u16::try_from(isn_state % u64::from(PUB_PORTS.end() - PUB_PORTS.start()))
@@ -395,6 +402,7 @@ impl Stack {
             });
         }
         self.ack_list = acks;
+        self.delayed_acks(now, out);
         self.wake_mem_waiters(out);
         self.ra_timer(now, out);
 
@@ -427,16 +435,17 @@ impl Stack {
 
     /// When [`Stack::poll`] next has work, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if !self.ack_list.is_empty() {
+        if !self.ack_list.is_empty() || !self.delack_new.is_empty() {
             return Some(Instant::ZERO);
         }
+        let delack = self.delack.iter().map(|&(t, _)| t).min();
         if self.flows.is_empty() && self.reasm.held_bytes() == 0 {
             return self.next_ra;
         }
-        Some(
-            self.next_ra
-                .map_or(self.next_scan, |t| t.min(self.next_scan)),
-        )
+        let next = self
+            .next_ra
+            .map_or(self.next_scan, |t| t.min(self.next_scan));
+        Some(delack.map_or(next, |t| t.min(next)))
     }
 
     /// Reset every flow (the guest went away): RST the host peers.

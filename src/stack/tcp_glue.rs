@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::config::tso_payload;
 use super::l2::{L2, L4_START, TCP_CSUM_OFFSET, partial_csum_hdr_at};
-use super::tcp::conn::{Conn, Emit, Verdict};
+use super::tcp::conn::{Conn, DELAYED_ACK, Emit, Verdict};
 use super::wire::vnet_hdr::{flags as vnet_flags, gso};
 use super::wire::{self, SeqNumber, TcpPacket, TcpRepr, VnetHdrRepr, ip_proto};
 use super::{
@@ -259,15 +259,50 @@ impl Stack {
             &mut out.ops,
         );
         let queue_ack = ack == PendingAck::Queue && conn.ack_pending();
+        let delayable = conn.ack_delayable();
         if conn.take_mem_wait() {
             self.mem_wait.push(id);
         }
         self.push_frames(out, frames);
         if queue_ack {
-            self.ack_list.push(id);
+            if delayable {
+                self.delack_new.push(id);
+            } else {
+                self.ack_list.push(id);
+            }
         }
         if verdict == Verdict::Remove {
             self.flows.remove(id);
+        }
+    }
+}
+
+impl Stack {
+    /// Give the ACKs queued as delayable in this batch their deadline
+    /// ([`DELAYED_ACK`] from `now`), and send those that are due. An ACK
+    /// that data to the guest carried meanwhile is no longer pending, and
+    /// flushing it does nothing.
+    pub(super) fn delayed_acks(&mut self, now: Instant, out: &mut Actions) {
+        for id in std::mem::take(&mut self.delack_new) {
+            if !self.delack.iter().any(|&(_, f)| f == id) {
+                self.delack.push((now + DELAYED_ACK, id));
+            }
+        }
+        if !self.delack.iter().any(|&(t, _)| t <= now) {
+            return;
+        }
+        let mut due = Vec::new();
+        self.delack.retain(|&(t, id)| {
+            if t <= now {
+                due.push(id);
+            }
+            t > now
+        });
+        for id in due {
+            self.drive_tcp(id, PendingAck::Leave, out, |conn, emit, _| {
+                conn.flush_ack(emit);
+                Verdict::Keep
+            });
         }
     }
 }

@@ -71,6 +71,13 @@ use crate::stack::ops::{Errno, SockOp};
 use crate::stack::time::Instant;
 use crate::stack::wire::tcp::{Flags, Repr as TcpRepr, SeqNumber};
 
+/// Longest an ACK of a little data waits for data to the guest to carry it
+/// ([`Conn::ack_delayable`]): long enough for a host on loopback or a LAN
+/// to answer a request (netperf's TCP_RR replies in 30-80 us here), short
+/// enough that a guest whose Nagle holds its next small segment until this
+/// ACK loses half a millisecond, not the 40 ms of a kernel's delayed ACK.
+pub const DELAYED_ACK: Duration = Duration::from_micros(500);
+
 /// Most bytes queued from the guest toward the host socket (our receive window).
 pub const TO_HOST_CAP: usize = 4 << 20;
 /// Most bytes read from the host and not yet acknowledged by the guest.
@@ -167,8 +174,15 @@ pub struct Conn {
     our_wscale: u8,
     /// Right edge of the window last advertised (to detect a reopening).
     adv_right_edge: SeqNumber,
-    /// An ACK to the guest is due (sent at the end of the batch).
+    /// An ACK to the guest is due: at the end of the batch, or within
+    /// [`DELAYED_ACK`] when it may wait ([`Conn::ack_delayable`]).
     ack_pending: bool,
+    /// The pending ACK may not wait (two segments' worth of data, a FIN,
+    /// a window the guest is about to run out of, a duplicate, a window
+    /// update).
+    ack_now: bool,
+    /// `rcv_nxt` as of the last segment we sent (each carries the ACK).
+    acked_nxt: SeqNumber,
 
     // Host → guest.
     /// Our initial sequence number.
@@ -265,6 +279,8 @@ impl Conn {
             our_wscale,
             adv_right_edge: rcv_nxt,
             ack_pending: false,
+            ack_now: false,
+            acked_nxt: rcv_nxt,
             iss,
             snd_una: iss,
             snd_nxt: iss,
@@ -318,6 +334,8 @@ impl Conn {
             our_wscale: OUR_WSCALE,
             adv_right_edge: SeqNumber(0),
             ack_pending: false,
+            ack_now: false,
+            acked_nxt: SeqNumber(0),
             iss,
             snd_una: iss,
             snd_nxt: iss + 1usize,
@@ -490,6 +508,15 @@ impl Conn {
         self.ack_pending
     }
 
+    /// True if the pending ACK may wait up to [`DELAYED_ACK`]: it covers
+    /// less than two full segments of fresh data (RFC 9293 §3.8.6.3) and
+    /// nothing else is owed. The data we send the guest in the meantime
+    /// (a reply, typically) carries it, so a request/response exchange
+    /// costs one frame to the guest, not two.
+    pub fn ack_delayable(&self) -> bool {
+        self.ack_pending && !self.ack_now
+    }
+
     /// A bare segment from us with the current ACK and window.
     fn segment<'p>(&self, seq: SeqNumber, flags: Flags, payload: &'p [u8]) -> TcpRepr<'p> {
         TcpRepr {
@@ -515,6 +542,8 @@ impl Conn {
     }
 
     pub(super) fn note_advertised(&mut self) {
+        self.acked_nxt = self.rcv_nxt;
+        self.ack_now = false;
         let wnd = usize::from(self.window_field()) << self.our_wscale;
         self.adv_right_edge = self.rcv_nxt + wnd;
         if self.rcv_wnd() < self.queue_wnd() && !self.guest_fin {
@@ -698,6 +727,7 @@ impl Conn {
                 if skip > payload_len {
                     // Entirely old (a retransmission): re-ACK.
                     self.ack_pending = true;
+                    self.ack_now = true;
                 } else {
                     let fresh = &seg.payload[skip..];
                     let fit = fresh.len().min(self.queue_wnd());
@@ -718,6 +748,14 @@ impl Conn {
                         self.guest_fin = true;
                     }
                     self.ack_pending = true;
+                    // The ACK waits only for less than two full segments
+                    // unACKed, and while the guest still has two segments
+                    // of window left (else it would stall waiting for it).
+                    let unacked = usize::try_from(self.rcv_nxt - self.acked_nxt).unwrap_or(0);
+                    let room = usize::try_from(self.adv_right_edge - self.rcv_nxt).unwrap_or(0);
+                    if fin || take < fresh.len() || unacked >= 2 * self.mss || room < 2 * self.mss {
+                        self.ack_now = true;
+                    }
                     self.maybe_send(ops);
                 }
             }

@@ -249,6 +249,7 @@ const BARE: TcpRepr<'static> = TcpRepr {
     payload: &[],
 };
 
+mod delayed_ack;
 mod frames;
 mod isolation;
 mod memory;

@@ -167,6 +167,7 @@ impl Conn {
             && (believed == 0 || (believed < max_wnd / 2 && now_wnd - believed >= 2 * self.mss))
         {
             self.ack_pending = true;
+            self.ack_now = true;
         }
         self.maybe_send(ops);
         let _ = now;
