@@ -1,6 +1,6 @@
 //! Raw system-call wrappers that several modules share: socket addresses,
 //! sockets, fds and fd passing, namespaces and the parent-death signal, interface
-//! ioctls, eventfds and the thread's CPU clock.
+//! ioctls and eventfds.
 //!
 //! # Theory of Operation
 //!
@@ -19,7 +19,6 @@
 //!   process   unshare, setns, / made rprivate, PR_SET_PDEATHSIG
 //!   ioctl     SIOCSIF* / SIOCADDRT on an AF_INET socket (IfSock)
 //!   eventfd   vmm-sys-util's EventFd: the one eventfd type, with a wake-up API
-//!   time      the calling thread's CPU time
 //! ```
 //!
 //! Errors are `io::Error`s from `errno`; callers add what they were doing.
@@ -30,7 +29,6 @@ pub mod ioctl;
 pub mod process;
 pub mod sock;
 pub mod sockaddr;
-pub mod time;
 
 use std::io;
 

@@ -206,12 +206,6 @@ impl Worker {
             usize::from(self.stack.config().mtu) + 18
         };
         let mut port = PortIn::new(self.port_reader.take(), &mut io, frame_max, self.index);
-        // Measured once per process, before the sandbox (it starts a thread).
-        let sleep_cost = if self.poll_us > 0 {
-            poll::sleep_cost()
-        } else {
-            Duration::ZERO
-        };
         // The worker's own set-up is done: from here it is held to its
         // allow-list.
         crate::sandbox::confine(crate::sandbox::Role::Worker)
@@ -224,7 +218,7 @@ impl Worker {
             },
             events: Vec::new(),
             backlog: VecDeque::new(),
-            poll: PollWindow::new(Duration::from_micros(self.poll_us), sleep_cost),
+            poll: PollWindow::new(Duration::from_micros(self.poll_us), poll::SLEEP_COST),
             steering: Steering {
                 index: self.index,
                 workers: self.inboxes.len(),

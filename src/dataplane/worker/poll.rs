@@ -1,19 +1,29 @@
 //! [`PollWindow`]: how long an idle worker busy-polls before it sleeps,
 //! chosen so that the polling pays for itself in CPU time.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Waits remembered to choose the window.
 const HISTORY: usize = 32;
 
-/// The sleep cost assumed when it cannot be measured.
-const DEFAULT_SLEEP_COST: Duration = Duration::from_micros(5);
+/// Waits between two choices of the window, once the history is full.
+const RECHOOSE: u32 = 8;
+
+/// What a worker's sleep and wake-up cost in CPU time, all told: the
+/// `io_uring_enter` that sleeps, the two context switches, the task work
+/// run on waking, and the cold caches after. Measured, not modelled: in
+/// interleaved runs of netperf TCP_RR (MTU 1500, 3 x 3 s) a worker that
+/// spun for each reply (20-30 us each, two per transaction) used 65-77 us
+/// of CPU per transaction, one that slept for them 72-84 us. So a sleep
+/// costs at least the 25 us the spin replaced; an eventfd ping-pong
+/// between two threads measures only 6-7 us (the sleeper's system calls
+/// alone), which would stop the polling that saves CPU here.
+pub const SLEEP_COST: Duration = Duration::from_micros(30);
 
 /// How long an idle worker busy-polls before it sleeps. Sleeping and being
 /// woken costs CPU time (a system call, a context switch each way, a cold
-/// cache): `sleep_cost`, measured once per process ([`sleep_cost`]).
-/// Polling costs the time spun. The window is the longest one that, over
+/// cache): `sleep_cost` ([`SLEEP_COST`] in the workers). Polling costs the
+/// time spun. The window is the longest one that, over
 /// the last [`HISTORY`] waits (how long each idle spell lasted until work
 /// came, however it ended), would have cost no more CPU than it saved:
 ///
@@ -24,12 +34,12 @@ const DEFAULT_SLEEP_COST: Duration = Duration::from_micros(5);
 /// ```
 ///
 /// and at most `max`. So a worker whose work comes back within a few
-/// microseconds (a bulk stream, a guest kicking its queue) spins and saves
-/// both the CPU and the wake-up latency; a request/response flow whose
-/// replies take tens of microseconds (longer than a sleep costs) sleeps at
-/// once, as does an idle worker (its waits are 100 ms ticks). Polling can
-/// then only lower the CPU a worker uses per unit of work, never raise it
-/// (within the accuracy of `sleep_cost`). `max` zero: never poll.
+/// microseconds (a bulk stream, a guest kicking its queue, a
+/// request/response flow on loopback) spins and saves both CPU and the
+/// wake-up latency; one whose work comes later than a sleep costs (a
+/// remote peer, an idle worker's 100 ms ticks) sleeps at once. Polling
+/// then only lowers the CPU a worker uses per unit of work, never raises
+/// it (as far as `sleep_cost` is right). `max` zero: never poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollWindow {
     max: Duration,
@@ -38,6 +48,8 @@ pub struct PollWindow {
     waits: [u64; HISTORY],
     len: usize,
     next: usize,
+    /// Waits since the window was last chosen.
+    since_choice: u32,
     cur: Duration,
 }
 
@@ -51,6 +63,7 @@ impl PollWindow {
             waits: [0; HISTORY],
             len: 0,
             next: 0,
+            since_choice: 0,
             cur: Duration::ZERO,
         }
     }
@@ -69,7 +82,14 @@ impl PollWindow {
         self.waits[self.next] = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.next = (self.next + 1) % HISTORY;
         self.len = (self.len + 1).min(HISTORY);
-        self.cur = self.choose();
+        // Choosing sorts the history: every wait while it fills, then every
+        // `RECHOOSE`th (the window lags a few waits behind, and a worker
+        // that waits four times per transaction spends no time sorting).
+        self.since_choice += 1;
+        if self.len < HISTORY || self.since_choice >= RECHOOSE {
+            self.since_choice = 0;
+            self.cur = self.choose();
+        }
     }
 
     /// The longest window that paid for itself over the remembered waits.
@@ -95,71 +115,6 @@ impl PollWindow {
         }
         Duration::from_nanos(u64::try_from(best).unwrap_or(u64::MAX))
     }
-}
-
-/// What one sleep and wake-up costs this process's threads in CPU time,
-/// measured once (the first call) and remembered: two threads take turns
-/// waking each other through blocking eventfds, and the CPU time one of
-/// them uses per turn (a write that wakes the other, a read that sleeps
-/// until woken) is the cost. Call it before the sandbox is applied (it
-/// starts a thread). Falls back to 5 µs where it cannot measure.
-pub fn sleep_cost() -> Duration {
-    static COST: OnceLock<Duration> = OnceLock::new();
-    *COST.get_or_init(|| match measure_sleep_cost(200) {
-        Ok(cost) => {
-            log::debug!("a sleep and wake-up costs {cost:?} of CPU");
-            cost
-        }
-        Err(e) => {
-            log::debug!("could not measure a sleep's cost ({e}); assuming {DEFAULT_SLEEP_COST:?}");
-            DEFAULT_SLEEP_COST
-        }
-    })
-}
-
-/// The median, over `rounds` rounds, of the CPU time one thread uses to
-/// wake another through an eventfd and sleep until woken back.
-fn measure_sleep_cost(rounds: usize) -> std::io::Result<Duration> {
-    use crate::sys::eventfd::EventFd;
-    use crate::sys::time::thread_cpu_time;
-    let ping = EventFd::new(libc::EFD_CLOEXEC)?;
-    let pong = EventFd::new(libc::EFD_CLOEXEC)?;
-    let (ping2, pong2) = (ping.try_clone()?, pong.try_clone()?);
-    let partner = std::thread::Builder::new()
-        .name("uipd-sleep-cost".into())
-        .spawn(move || -> std::io::Result<()> {
-            for _ in 0..rounds {
-                ping2.read()?;
-                pong2.write(1)?;
-            }
-            Ok(())
-        })?;
-    let mut costs = Vec::with_capacity(rounds);
-    let mut result = Ok(());
-    for _ in 0..rounds {
-        let before = thread_cpu_time()?;
-        if let Err(e) = ping.write(1).and_then(|()| pong.read().map(drop)) {
-            // The partner may be blocked on a ping that will never come:
-            // end it by sending the rounds it still waits for.
-            result = Err(e);
-            break;
-        }
-        costs.push(thread_cpu_time()? - before);
-    }
-    if result.is_err() {
-        for _ in costs.len()..rounds {
-            let _ = ping.write(1);
-        }
-    }
-    let joined = partner
-        .join()
-        .map_err(|_| std::io::Error::other("sleep-cost thread panicked"))?;
-    result.and(joined)?;
-    costs.sort_unstable();
-    costs
-        .get(costs.len() / 2)
-        .copied()
-        .ok_or_else(|| std::io::Error::other("no rounds"))
 }
 
 #[cfg(test)]
@@ -254,14 +209,5 @@ mod tests {
             window_after(Duration::ZERO, 5 * US, &[US; 10]),
             Duration::ZERO
         );
-    }
-
-    #[test]
-    fn sleep_cost_is_measured_as_a_plausible_cpu_time() {
-        let cost = measure_sleep_cost(50).unwrap();
-        assert!(cost > Duration::ZERO, "a sleep and wake-up costs some CPU");
-        assert!(cost < Duration::from_millis(5), "measured {cost:?}");
-        let cached = sleep_cost();
-        assert!(cached > Duration::ZERO && cached < Duration::from_millis(5));
     }
 }
