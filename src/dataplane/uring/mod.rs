@@ -48,7 +48,8 @@
 //! - `executor`: the stack's socket ops (open, issue, connect, send,
 //!   receive, close) and the flow and socket tables;
 //! - `listeners`: published ports (accept, datagram polls, attach);
-//! - `frames`: the TAP's frame writes and port reads.
+//! - `frames`: the TAP's frame writes and port reads;
+//! - `gso`: a UDP flow's consecutive datagrams in one segmented `sendmsg`.
 //!
 //! # Semantics the stack relies on (see [`crate::stack::ops`])
 //! - `Open`: `socket()` and `setsockopt()` run synchronously; the connect is an
