@@ -9,29 +9,8 @@ use super::*;
 /// sequence number.
 fn established() -> (Stack, FlowId, SeqNumber) {
     let mut s = stack_with(|_| {});
-    let g = SocketAddr::from((GUEST, 40002));
-    let r = SocketAddr::from((GW, 80));
+    let (flow, ours) = super::memory::establish_plain(&mut s);
     let mut out = Actions::default();
-    s.ingress(
-        &ip_frame(GW, ip_proto::TCP, &tcp_syn(g, r)),
-        Instant::ZERO,
-        &mut out,
-    );
-    let flow = out.ops[0].flow();
-    let mut out = Actions::default();
-    let ok = HostEvent::Connected {
-        flow,
-        result: Ok(()),
-    };
-    s.host_event(ok, Instant::ZERO, &mut out);
-    let (_, _, synack) = tcp_to_guest(&out.frames[0]);
-    let ours = synack.seq_number + 1usize;
-    let mut out = Actions::default();
-    s.ingress(
-        &guest_tcp(SeqNumber(2), Some(ours), 65535, &[]),
-        Instant::ZERO,
-        &mut out,
-    );
     s.poll(Instant::ZERO, &mut out);
     assert!(out.frames.is_empty(), "nothing answers the handshake's ACK");
     (s, flow, ours)

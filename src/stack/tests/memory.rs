@@ -18,7 +18,7 @@ fn last_tcp_to_guest(out: &Actions) -> TcpRepr<'_> {
 
 /// Open GUEST:40002 -> GW:80 on a plain stack up to Established; returns
 /// the flow and our next sequence number (the guest's is 2).
-fn establish_plain(s: &mut Stack) -> (FlowId, SeqNumber) {
+pub(super) fn establish_plain(s: &mut Stack) -> (FlowId, SeqNumber) {
     let g = SocketAddr::from((GUEST, 40002));
     let r = SocketAddr::from((GW, 80));
     let mut out = Actions::default();
