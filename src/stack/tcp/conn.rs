@@ -177,7 +177,7 @@ pub struct Conn {
     /// An ACK to the guest is due: at the end of the batch, or within
     /// [`DELAYED_ACK`] when it may wait ([`Conn::ack_delayable`]).
     ack_pending: bool,
-    /// The pending ACK may not wait (two segments' worth of data, a FIN,
+    /// The pending ACK may not wait (a full segment's worth of data, a FIN,
     /// a window the guest is about to run out of, a duplicate, a window
     /// update).
     ack_now: bool,
@@ -509,8 +509,8 @@ impl Conn {
     }
 
     /// True if the pending ACK may wait up to [`DELAYED_ACK`]: it covers
-    /// less than two full segments of fresh data (RFC 9293 §3.8.6.3) and
-    /// nothing else is owed. The data we send the guest in the meantime
+    /// less than one full segment of fresh data (a request; RFC 9293
+    /// §3.8.6.3 would allow two) and nothing else is owed. The data we send the guest in the meantime
     /// (a reply, typically) carries it, so a request/response exchange
     /// costs one frame to the guest, not two.
     pub fn ack_delayable(&self) -> bool {
@@ -748,12 +748,16 @@ impl Conn {
                         self.guest_fin = true;
                     }
                     self.ack_pending = true;
-                    // The ACK waits only for less than two full segments
-                    // unACKed, and while the guest still has two segments
-                    // of window left (else it would stall waiting for it).
+                    // The ACK waits only for less than one full segment
+                    // unACKed (a request, not a bulk transfer), and while
+                    // the guest still has two segments of window left
+                    // (else it would stall waiting for it). Bulk data is
+                    // ACKed at the end of each batch, as before delayed
+                    // ACKs: the guest's ACK clock in a transfer stays as
+                    // it was (RFC 9293 would allow every other segment).
                     let unacked = usize::try_from(self.rcv_nxt - self.acked_nxt).unwrap_or(0);
                     let room = usize::try_from(self.adv_right_edge - self.rcv_nxt).unwrap_or(0);
-                    if fin || take < fresh.len() || unacked >= 2 * self.mss || room < 2 * self.mss {
+                    if fin || take < fresh.len() || unacked >= self.mss || room < 2 * self.mss {
                         self.ack_now = true;
                     }
                     self.maybe_send(ops);

@@ -1,6 +1,6 @@
 //! Delayed ACKs: a little data from the guest is ACKed by the data that
-//! answers it, or after [`tcp::conn::DELAYED_ACK`]; two segments' worth,
-//! a FIN or a nearly closed window are ACKed at the end of the batch.
+//! answers it, or after [`tcp::conn::DELAYED_ACK`]; a full segment's
+//! worth, a FIN or a nearly closed window are ACKed at the end of the batch.
 
 use super::*;
 
@@ -75,25 +75,35 @@ fn an_unanswered_request_is_acked_when_the_delay_runs_out() {
 }
 
 #[test]
-fn two_full_segments_are_acked_at_the_end_of_the_batch() {
+fn bulk_data_is_acked_at_the_end_of_the_batch() {
     let (mut s, _, ours) = established();
+    // A small segment: the ACK waits.
+    let mut out = Actions::default();
+    s.ingress(
+        &guest_tcp(SeqNumber(2), Some(ours), 65535, &[7u8; 100]),
+        Instant::ZERO,
+        &mut out,
+    );
+    s.poll(Instant::ZERO, &mut out);
+    assert!(out.frames.is_empty(), "a little data: the ACK may wait");
+    // A full segment is bulk: ACKed at the end of the batch.
     let seg = vec![7u8; 1460];
     let mut out = Actions::default();
     s.ingress(
-        &guest_tcp(SeqNumber(2), Some(ours), 65535, &seg),
+        &guest_tcp(SeqNumber(2 + 100), Some(ours), 65535, &seg),
         Instant::ZERO,
         &mut out,
     );
     s.poll(Instant::ZERO, &mut out);
-    assert!(out.frames.is_empty(), "one segment: the ACK may wait");
+    assert_eq!(acks(&out), [(Some(SeqNumber(2 + 100 + 1460)), 0)]);
     let mut out = Actions::default();
     s.ingress(
-        &guest_tcp(SeqNumber(2 + 1460), Some(ours), 65535, &seg),
+        &guest_tcp(SeqNumber(2 + 1560), Some(ours), 65535, &seg),
         Instant::ZERO,
         &mut out,
     );
     s.poll(Instant::ZERO, &mut out);
-    assert_eq!(acks(&out), [(Some(SeqNumber(2 + 2920)), 0)]);
+    assert_eq!(acks(&out), [(Some(SeqNumber(2 + 1560 + 1460)), 0)]);
 }
 
 #[test]
