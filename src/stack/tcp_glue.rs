@@ -275,9 +275,7 @@ impl Stack {
             self.flows.remove(id);
         }
     }
-}
 
-impl Stack {
     /// Give the ACKs queued as delayable in this batch their deadline
     /// ([`DELAYED_ACK`] from `now`), and send those that are due. An ACK
     /// that data to the guest carried meanwhile is no longer pending, and
