@@ -35,7 +35,7 @@ use crate::stack::{FlowId, SockOp};
 
 /// Most segments in one send (the kernel's `UDP_MAX_SEGMENTS` is 64 before
 /// Linux 6.9).
-pub(super) const MAX_SEGMENTS: u32 = 64;
+pub(super) const MAX_SEGMENTS: usize = 64;
 
 /// Most bytes in one send: the UDP payload an IPv4 datagram can carry.
 pub(super) const MAX_BYTES: usize = 65535 - 20 - 8;
@@ -46,12 +46,26 @@ const UDP_SEGMENT: libc::c_int = 103;
 /// Datagrams of one flow waiting to be sent together.
 pub(super) struct Batch {
     flow: FlowId,
-    /// Size of every segment but the last.
+    /// Size of every segment but the last (that of the first datagram).
     size: usize,
-    count: u32,
-    /// A datagram shorter than `size` ended the batch.
-    closed: bool,
     buf: Vec<u8>,
+}
+
+impl Batch {
+    /// Datagrams in the batch.
+    fn count(&self) -> usize {
+        self.buf.len().div_ceil(self.size)
+    }
+
+    /// Whether `len` more bytes can join as the next segment: the batch
+    /// has not ended at a shorter datagram, `len` is not longer than a
+    /// segment, and both limits hold.
+    fn takes(&self, len: usize) -> bool {
+        self.buf.len() % self.size == 0
+            && len <= self.size
+            && self.count() < MAX_SEGMENTS
+            && self.buf.len() + len <= MAX_BYTES
+    }
 }
 
 /// Length of a `cmsghdr` followed by a `u16` (`CMSG_LEN(2)`).
@@ -143,25 +157,20 @@ impl Uring {
             self.flush_batch();
             return Some(SockOp::Send { flow, data });
         }
-        let fits = self.batch.as_ref().is_some_and(|b| {
-            b.flow == flow
-                && !b.closed
-                && data.len() <= b.size
-                && b.count < MAX_SEGMENTS
-                && b.buf.len() + data.len() <= MAX_BYTES
-        });
+        let fits = self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.flow == flow && b.takes(data.len()));
         if fits && let Some(mut b) = self.batch.take() {
-            if b.count == 1 {
+            if b.count() == 1 {
                 // From one datagram to a batch: a buffer with room for all.
                 let mut big = self.take_spare_buffer().unwrap_or_default();
-                big.reserve(MAX_BYTES.min(b.buf.len() * MAX_SEGMENTS as usize));
+                big.reserve(MAX_BYTES.min(b.buf.len() * MAX_SEGMENTS));
                 big.extend_from_slice(&b.buf);
                 let first = std::mem::replace(&mut b.buf, big);
                 self.recycle(first);
             }
-            b.closed = data.len() < b.size;
             b.buf.extend_from_slice(&data);
-            b.count += 1;
             self.batch = Some(b);
             self.recycle(data);
         } else {
@@ -169,8 +178,6 @@ impl Uring {
             self.batch = Some(Batch {
                 flow,
                 size: data.len(),
-                count: 1,
-                closed: false,
                 buf: data,
             });
         }
@@ -193,7 +200,8 @@ impl Uring {
             return;
         };
         let fd = self.sock_fd(s);
-        if b.count == 1 {
+        let count = b.count();
+        if count == 1 {
             self.start_send(b.flow, s, b.buf);
             return;
         }
@@ -201,7 +209,7 @@ impl Uring {
         // most u16::MAX bytes.
         let size = u16::try_from(b.size).unwrap_or(u16::MAX);
         self.segmented_sends += 1;
-        self.segmented_datagrams += u64::from(b.count);
+        self.segmented_datagrams += count as u64;
         let op = Op::of_flow(
             OpKind::SendSegments,
             b.flow,
