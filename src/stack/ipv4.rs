@@ -138,11 +138,10 @@ impl Stack {
                     .unwrap_or(1480),
                 ..VnetHdrRepr::PLAIN
             };
-            let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr);
+            let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr, l4);
             let mut p = Ipv4Packet::new_unchecked(&mut buf[l4_at - wire::ipv4::HEADER_LEN..]);
             p.set_ident(ident);
             p.fill_checksum();
-            p.payload_mut()[..l4.len()].copy_from_slice(l4);
             self.push_frame(out, buf);
             return;
         }
@@ -162,14 +161,13 @@ impl Stack {
                 whole || csum == TxCsum::Full,
                 "partial checksum on a fragment"
             );
-            let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr);
+            let (mut buf, l4_at) = l2.ipv4_frame(&ip, &hdr, &l4[off..off + len]);
             let mut p = Ipv4Packet::new_unchecked(&mut buf[l4_at - wire::ipv4::HEADER_LEN..]);
             if !whole {
                 p.set_ident(ident);
                 p.set_frag(false, more, u16::try_from(off).unwrap_or(0));
                 p.fill_checksum();
             }
-            p.payload_mut()[..len].copy_from_slice(&l4[off..off + len]);
             self.push_frame(out, buf);
         }
     }

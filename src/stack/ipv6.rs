@@ -97,10 +97,17 @@ pub(super) fn unreachable_code(v4: u8) -> u8 {
 
 impl L2 {
     /// A frame to the guest carrying IPv6 header `ip`, with room for
-    /// `ip.payload_len` bytes. Returns the buffer and the offset of the
-    /// IPv6 payload.
-    pub(super) fn ipv6_frame(&self, ip: &Ipv6Repr, hdr: &VnetHdrRepr) -> (Vec<u8>, usize) {
-        let (mut buf, l3) = self.eth_frame(EtherType::Ipv6, ip6::HEADER_LEN + ip.payload_len, hdr);
+    /// `ip.payload_len` bytes, the last of which are `tail` (see
+    /// [`L2::alloc`]). Returns the buffer and the offset of the IPv6
+    /// payload.
+    pub(super) fn ipv6_frame(
+        &self,
+        ip: &Ipv6Repr,
+        hdr: &VnetHdrRepr,
+        tail: &[u8],
+    ) -> (Vec<u8>, usize) {
+        let (mut buf, l3) =
+            self.eth_frame(EtherType::Ipv6, ip6::HEADER_LEN + ip.payload_len, hdr, tail);
         ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[l3..]));
         (buf, l3 + ip6::HEADER_LEN)
     }
@@ -451,7 +458,7 @@ impl Stack {
             flags: vnet_flags::DATA_VALID,
             ..VnetHdrRepr::PLAIN
         };
-        let (mut buf, at) = l2.ipv6_frame(&ip, &hdr);
+        let (mut buf, at) = l2.ipv6_frame(&ip, &hdr, &[]);
         msg.emit(&mut buf[at..], src, dst);
         self.push_frame(out, buf);
     }
@@ -549,8 +556,7 @@ impl Stack {
                     ..VnetHdrRepr::PLAIN
                 },
             };
-            let (mut buf, at) = l2.ipv6_frame(&ip, &hdr);
-            buf[at..].copy_from_slice(l4);
+            let (buf, _) = l2.ipv6_frame(&ip, &hdr, l4);
             return self.push_frame(out, buf);
         }
         debug_assert!(csum == TxCsum::Full, "partial checksum on a fragment");
@@ -561,10 +567,9 @@ impl Stack {
         for (off, len, more) in frag::fragments(l4.len(), mtu.saturating_sub(28)) {
             ip.next_header = ip6::ext::FRAGMENT;
             ip.payload_len = ip6::FRAG_HEADER_LEN + len;
-            let (mut buf, at) = l2.ipv6_frame(&ip, &VnetHdrRepr::PLAIN);
+            let (mut buf, at) = l2.ipv6_frame(&ip, &VnetHdrRepr::PLAIN, &l4[off..off + len]);
             let offset = u16::try_from(off).unwrap_or(u16::MAX);
             ip6::emit_frag_header(&mut buf[at..], proto, offset, more, ident);
-            buf[at + ip6::FRAG_HEADER_LEN..].copy_from_slice(&l4[off..off + len]);
             self.push_frame(out, buf);
         }
     }

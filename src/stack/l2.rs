@@ -44,12 +44,21 @@ impl L2 {
         }
     }
 
-    /// A zeroed frame buffer for an Ethernet frame of `eth_len` bytes, with
-    /// room for the virtio-net header (all zero: [`VnetHdrRepr::PLAIN`]).
+    /// A frame buffer for an Ethernet frame of `eth_len` bytes, with room
+    /// for the virtio-net header (all zero: [`VnetHdrRepr::PLAIN`]), whose
+    /// last `tail.len()` bytes are `tail` (the payload) and the rest zero.
     /// Returns the buffer and the offset of the Ethernet header.
-    pub(super) fn alloc(&self, eth_len: usize) -> (Vec<u8>, usize) {
+    ///
+    /// The payload is copied once, straight after the zeroed headers,
+    /// rather than written over a buffer zeroed in full: at 64 KiB TSO
+    /// frames the `memset` was 4% of a saturated worker's time.
+    pub(super) fn alloc(&self, eth_len: usize, tail: &[u8]) -> (Vec<u8>, usize) {
         let hr = self.headroom();
-        (vec![0u8; hr + eth_len], hr)
+        let len = hr + eth_len;
+        let mut buf = Vec::with_capacity(len);
+        buf.resize(len - tail.len().min(eth_len), 0);
+        buf.extend_from_slice(&tail[tail.len().saturating_sub(eth_len)..]);
+        (buf, hr)
     }
 
     /// Write `hdr` in front of the frame in `buf` (no-op without vnet_hdr).
@@ -61,25 +70,33 @@ impl L2 {
 
     /// A frame to the guest carrying `ip`: virtio-net header `hdr` (when
     /// the link has one), Ethernet gateway → guest, and the IPv4 header,
-    /// with room for `ip.payload_len` bytes of payload. Returns the buffer
-    /// and the offset of the IPv4 payload (the L4 header).
-    pub(super) fn ipv4_frame(&self, ip: &Ipv4Repr, hdr: &VnetHdrRepr) -> (Vec<u8>, usize) {
+    /// with room for `ip.payload_len` bytes of payload, the last of which
+    /// are `tail` (see [`L2::alloc`]). Returns the buffer and the offset of
+    /// the IPv4 payload (the L4 header).
+    pub(super) fn ipv4_frame(
+        &self,
+        ip: &Ipv4Repr,
+        hdr: &VnetHdrRepr,
+        tail: &[u8],
+    ) -> (Vec<u8>, usize) {
         let ip_hdr = L4_START - wire::ethernet::HEADER_LEN;
-        let (mut buf, l3) = self.eth_frame(EtherType::Ipv4, ip_hdr + ip.payload_len, hdr);
+        let (mut buf, l3) = self.eth_frame(EtherType::Ipv4, ip_hdr + ip.payload_len, hdr, tail);
         ip.emit(&mut Ipv4Packet::new_unchecked(&mut buf[l3..]));
         (buf, l3 + ip_hdr)
     }
 
     /// A frame from the gateway to the guest with `hdr` and the Ethernet
-    /// header written and room for `l3_len` bytes of `ethertype` after it;
-    /// returns the buffer and the offset of the L3 header.
+    /// header written and room for `l3_len` bytes of `ethertype` after it,
+    /// the last of which are `tail`; returns the buffer and the offset of
+    /// the L3 header.
     pub(super) fn eth_frame(
         &self,
         ethertype: EtherType,
         l3_len: usize,
         hdr: &VnetHdrRepr,
+        tail: &[u8],
     ) -> (Vec<u8>, usize) {
-        let (mut buf, hr) = self.alloc(wire::ethernet::HEADER_LEN + l3_len);
+        let (mut buf, hr) = self.alloc(wire::ethernet::HEADER_LEN + l3_len, tail);
         self.put_vnet_hdr(&mut buf, hdr);
         EthernetRepr {
             src_addr: self.gateway,
@@ -99,13 +116,14 @@ impl L2 {
         proto: u8,
         payload_len: usize,
         hdr: &VnetHdrRepr,
+        tail: &[u8],
     ) -> Option<(Vec<u8>, usize)> {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                Some(self.ipv4_frame(&Ipv4Repr::new(s, d, proto, payload_len), hdr))
+                Some(self.ipv4_frame(&Ipv4Repr::new(s, d, proto, payload_len), hdr, tail))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                Some(self.ipv6_frame(&wire::Ipv6Repr::new(s, d, proto, payload_len), hdr))
+                Some(self.ipv6_frame(&wire::Ipv6Repr::new(s, d, proto, payload_len), hdr, tail))
             }
             _ => None,
         }
@@ -211,7 +229,7 @@ impl Stack {
         // The virtio-net header stays PLAIN: ARP has no checksum to offload.
         let (mut buf, hr) = self
             .l2()
-            .alloc(wire::ethernet::HEADER_LEN + reply.buffer_len());
+            .alloc(wire::ethernet::HEADER_LEN + reply.buffer_len(), &[]);
         let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
         EthernetRepr {
             src_addr: self.cfg.gateway_mac,
@@ -241,7 +259,7 @@ impl Stack {
         };
         let (mut buf, hr) = self
             .l2()
-            .alloc(wire::ethernet::HEADER_LEN + req.buffer_len());
+            .alloc(wire::ethernet::HEADER_LEN + req.buffer_len(), &[]);
         let mut f = EthernetFrame::new_unchecked(&mut buf[hr..]);
         EthernetRepr {
             src_addr: self.cfg.gateway_mac,

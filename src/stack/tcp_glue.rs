@@ -354,17 +354,19 @@ pub(super) fn tcp_emitter<'a>(
                 ..VnetHdrRepr::PLAIN
             }
         };
-        let Some((mut buf, l4_at)) =
-            l2.ip_frame(remote.ip(), guest.ip(), ip_proto::TCP, r.buffer_len(), &hdr)
-        else {
+        // The payload goes into the frame once, behind the headers.
+        let Some((mut buf, l4_at)) = l2.ip_frame(
+            remote.ip(),
+            guest.ip(),
+            ip_proto::TCP,
+            r.buffer_len(),
+            &hdr,
+            r.payload,
+        ) else {
             return;
         };
         let mut t = TcpPacket::new_unchecked(&mut buf[l4_at..]);
-        if partial {
-            r.emit_partial(&mut t, remote.ip(), guest.ip());
-        } else {
-            r.emit(&mut t, remote.ip(), guest.ip());
-        }
+        r.emit_around_payload(&mut t, remote.ip(), guest.ip(), partial);
         frames.push(buf);
     }
 }

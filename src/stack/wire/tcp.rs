@@ -402,7 +402,34 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
-        let len = self.emit_unsummed(packet);
+        self.emit_as(packet, src, dst, Payload::Copy);
+    }
+    /// [`Repr::emit`] (`partial` false) or [`Repr::emit_partial`] (true)
+    /// into a `packet` whose payload already holds this repr's payload:
+    /// the header and checksum are written around it, the payload is not
+    /// copied again.
+    pub fn emit_around_payload<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+        partial: bool,
+    ) {
+        if partial {
+            let len = self.emit_unsummed(packet, Payload::InPlace);
+            packet.set_checksum(partial_checksum(src, dst, len));
+        } else {
+            self.emit_as(packet, src, dst, Payload::InPlace);
+        }
+    }
+    fn emit_as<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+        payload: Payload,
+    ) {
+        let len = self.emit_unsummed(packet, payload);
         // Checksum exactly what this segment owns, whatever the buffer's length.
         let seg = &packet.buffer.as_ref()[..len];
         let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
@@ -420,11 +447,16 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
-        let len = self.emit_unsummed(packet);
+        let len = self.emit_unsummed(packet, Payload::Copy);
         packet.set_checksum(partial_checksum(src, dst, len));
     }
-    /// Header, options and payload with a zero checksum; returns the length.
-    fn emit_unsummed<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) -> usize {
+    /// Header, options and (unless it is in place) payload with a zero
+    /// checksum; returns the length.
+    fn emit_unsummed<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        payload: Payload,
+    ) -> usize {
         let header_len = self.header_len();
         let len = header_len + self.payload.len();
         packet.set_src_port(self.src_port);
@@ -451,9 +483,23 @@ impl<'a> Repr<'a> {
             let ws = ws.min(MAX_WINDOW_SCALE);
             opts[at..at + 4].copy_from_slice(&[opt::NOP, opt::WS, 3, ws]);
         }
-        packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        if payload == Payload::Copy {
+            packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        } else {
+            debug_assert!(
+                packet.payload_mut().starts_with(self.payload),
+                "the payload is in place"
+            );
+        }
         len
     }
+}
+
+/// Whether [`Repr`]'s emit copies the payload or finds it in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Payload {
+    Copy,
+    InPlace,
 }
 
 /// The value of a partial (`CHECKSUM_PARTIAL`) TCP checksum field for a
