@@ -342,6 +342,33 @@ fn host_data_is_segmented_to_mss_and_window() {
     );
 }
 
+/// Host reads come in the thread's pool chunks (256 KiB). One that came
+/// back less than half full hands its bytes to a buffer of their size and
+/// goes back to the pool at once; a fuller one stays whole until the guest
+/// ACKs it, then goes back. Either way the bytes reach the guest exact.
+#[test]
+fn part_full_pool_chunks_go_back_to_the_pool() {
+    let mut h = Harness::new(Some(7), 1000);
+    let gseq = h.establish();
+    h.ack(ISS + 1usize, gseq, 60000);
+    assert_eq!(chunks::spare(), 0, "a test thread starts with no spares");
+    let small = pattern(10_000);
+    let mut buf = chunks::take(chunks::CHUNK);
+    buf.extend_from_slice(&small);
+    h.recvd(Ok(buf));
+    assert_eq!(chunks::spare(), 1, "a part-full chunk is back at once");
+    let big = pattern(chunks::CHUNK / 2 + 1);
+    let mut buf = chunks::take(chunks::CHUNK);
+    assert_eq!(chunks::spare(), 0, "the spare is reused");
+    buf.extend_from_slice(&big);
+    h.recvd(Ok(buf));
+    assert_eq!(chunks::spare(), 0, "a fuller chunk waits for the ACK");
+    let sent: Vec<u8> = h.take_segs().iter().flat_map(|s| s.data.clone()).collect();
+    assert_eq!(sent, [small, big].concat(), "every byte, in order");
+    h.ack(ISS + 1usize + sent.len(), gseq, 60000);
+    assert_eq!(chunks::spare(), 1, "ACKed, the chunk is back");
+}
+
 #[test]
 fn three_dup_acks_retransmit_from_snd_una() {
     let mut h = Harness::new(Some(0), 1000);
