@@ -61,9 +61,9 @@ pub mod chunks {
     /// and frees them in bursts as the guest ACKs, then reads as many
     /// again. With 4 kept, the other 12 were unmapped and the next reads
     /// faulted fresh pages in: measured (uipd-perf TCP_MAERTS, MTU 65520),
-    /// 16 kept cut the worker's CPU per byte from 534-575 to 462-475 ns
-    /// per KiB, and page faults left the profile. What is kept here is
-    /// outside the budget.
+    /// 16 kept cut the CPU per byte of uipd and the client it runs from
+    /// 534-575 to 462-475 ns per KiB, and page faults left the profile.
+    /// What is kept here is outside the budget.
     pub const SPARE_CHUNKS: usize = 16;
 
     thread_local! {
