@@ -367,7 +367,8 @@ impl Uring {
     }
 
     /// Submit everything pushed and wait until `min_complete` completions
-    /// are ready or `timeout` passes, in one `io_uring_enter` (more only when
+    /// are ready or `timeout` passes, in one `io_uring_enter` (none when
+    /// there is nothing to submit, to finish or to wait for; more only when
     /// the backlog is larger than the SQ ring). `EINTR`, `ETIME`, `EBUSY` and
     /// `EAGAIN` return `Ok`: the caller drains and loops. Does not wait when
     /// events are already ready, nor forever when nothing is in flight and
@@ -391,6 +392,16 @@ impl Uring {
         }
         if timeout.is_none() && self.in_flight == 0 {
             want = 0;
+        }
+        let idle = {
+            let sq = self.ring.submission();
+            sq.is_empty() && !sq.taskrun() && !sq.cq_overflow()
+        };
+        if want == 0 && idle {
+            // Nothing to submit, to finish or to flush into the CQ ring,
+            // and no wait: no system call (a busy turn, or the submit
+            // before a busy-poll, after a turn that queued nothing).
+            return Ok(());
         }
         let res = match timeout {
             Some(t) if want > 0 => {
@@ -424,6 +435,14 @@ impl Uring {
 
     /// Report every completion available now, in one batch.
     pub fn drain(&mut self, out: &mut impl FnMut(Completion)) {
+        if self.ring.submission().taskrun() {
+            // The kernel has completions to finish in this thread (a
+            // socket or the TAP became ready): an enter runs that task
+            // work and posts their CQEs, so this batch takes them.
+            if let Err(e) = self.ring.submit_and_wait(0) {
+                trace!("uring: enter for task work returned {e}");
+            }
+        }
         let mut delivered = self.deliver_ready(out);
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(

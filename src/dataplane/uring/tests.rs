@@ -660,6 +660,47 @@ fn wake_via_eventfd() {
     drop(efd);
 }
 
+/// What a busy-polling worker relies on: an event another thread causes
+/// shows in `work_pending` with no system call of ours (the CQE, or the
+/// ring's task-work flag when the kernel still has to finish the op in
+/// this thread), and the next `drain` delivers it: drain runs that task
+/// work itself rather than leaving it to the next enter.
+#[test]
+fn drain_delivers_what_work_pending_saw() {
+    let (a, b) = seqpacket_pair();
+    let mut u = Uring::new(8).unwrap();
+    u.push_poll_in(a.as_raw_fd());
+    u.submit_and_wait(0, None).unwrap();
+    assert!(!u.work_pending(), "nothing happened yet");
+    // Nothing queued: no system call, and nothing lost by skipping it.
+    u.submit_and_wait(0, None).unwrap();
+    let raw = b.as_raw_fd();
+    let writer = thread::spawn(move || {
+        // SAFETY: `raw` stays open (the test joins before dropping `b`);
+        // the buffer is 1 readable byte.
+        let n = unsafe { libc::write(raw, [7u8].as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
+    });
+    let start = Instant::now();
+    while !u.work_pending() {
+        assert!(start.elapsed() < LONG, "the event never showed");
+        std::hint::spin_loop();
+    }
+    let mut readable = 0;
+    u.drain(&mut |c| match c {
+        Completion::Readable { result: Ok(_) } => readable += 1,
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(
+        readable, 1,
+        "the first drain after work_pending delivers it"
+    );
+    writer.join().unwrap();
+    assert_eq!(u.in_flight(), 0);
+    drop(u);
+    drop((a, b));
+}
+
 fn timeout_returns_without_events(ext_arg: bool) {
     let mut u = Uring::new(8).unwrap();
     u.ext_arg &= ext_arg;
