@@ -53,6 +53,7 @@ impl L2 {
     /// rather than written over a buffer zeroed in full: at 64 KiB TSO
     /// frames the `memset` was 4% of a saturated worker's time.
     pub(super) fn alloc(&self, eth_len: usize, tail: &[u8]) -> (Vec<u8>, usize) {
+        debug_assert!(tail.len() <= eth_len, "the payload fits the frame");
         let hr = self.headroom();
         let len = hr + eth_len;
         let mut buf = Vec::with_capacity(len);

@@ -402,7 +402,7 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
-        self.emit_as(packet, src, dst, Payload::Copy);
+        self.emit_as(packet, src, dst, Payload::Copy, false);
     }
     /// [`Repr::emit`] (`partial` false) or [`Repr::emit_partial`] (true)
     /// into a `packet` whose payload already holds this repr's payload:
@@ -415,25 +415,7 @@ impl<'a> Repr<'a> {
         dst: IpAddr,
         partial: bool,
     ) {
-        if partial {
-            let len = self.emit_unsummed(packet, Payload::InPlace);
-            packet.set_checksum(partial_checksum(src, dst, len));
-        } else {
-            self.emit_as(packet, src, dst, Payload::InPlace);
-        }
-    }
-    fn emit_as<T: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        packet: &mut Packet<T>,
-        src: IpAddr,
-        dst: IpAddr,
-        payload: Payload,
-    ) {
-        let len = self.emit_unsummed(packet, payload);
-        // Checksum exactly what this segment owns, whatever the buffer's length.
-        let seg = &packet.buffer.as_ref()[..len];
-        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
-        packet.set_checksum(c);
+        self.emit_as(packet, src, dst, Payload::InPlace, partial);
     }
     /// Like [`Repr::emit`], but for a receiver that completes the checksum
     /// (virtio `NEEDS_CSUM`, Linux `CHECKSUM_PARTIAL`): the checksum field
@@ -447,8 +429,25 @@ impl<'a> Repr<'a> {
         src: IpAddr,
         dst: IpAddr,
     ) {
-        let len = self.emit_unsummed(packet, Payload::Copy);
-        packet.set_checksum(partial_checksum(src, dst, len));
+        self.emit_as(packet, src, dst, Payload::Copy, true);
+    }
+    fn emit_as<T: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        packet: &mut Packet<T>,
+        src: IpAddr,
+        dst: IpAddr,
+        payload: Payload,
+        partial: bool,
+    ) {
+        let len = self.emit_unsummed(packet, payload);
+        if partial {
+            packet.set_checksum(partial_checksum(src, dst, len));
+            return;
+        }
+        // Checksum exactly what this segment owns, whatever the buffer's length.
+        let seg = &packet.buffer.as_ref()[..len];
+        let c = checksum::finish(checksum::sum(seg, pseudo(src, dst, len)));
+        packet.set_checksum(c);
     }
     /// Header, options and (unless it is in place) payload with a zero
     /// checksum; returns the length.
