@@ -106,7 +106,7 @@ pub(super) trait FlowOps {
     /// The phase of live flow `id`, if it is open.
     fn phase_mut(&mut self, id: FlowId) -> Option<&mut Phase>;
     /// `Open`: create the socket and start the connect.
-    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>);
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr);
     /// `Close`: forget the flow now; its socket closes when no op uses it.
     fn close(&mut self, id: FlowId, reset: bool);
     /// Issue a `Send`, `Recv` or `ShutdownWrite` on a connected flow.
@@ -121,12 +121,7 @@ pub(super) trait FlowOps {
 /// dropped with a debug log.
 pub(super) fn route<X: FlowOps>(ex: &mut X, op: SockOp) {
     match op {
-        SockOp::Open {
-            flow,
-            proto,
-            dst,
-            mss,
-        } => ex.open(flow, proto, dst, mss),
+        SockOp::Open { flow, proto, dst } => ex.open(flow, proto, dst),
         SockOp::Close { flow, reset } => ex.close(flow, reset),
         op => {
             let Some(phase) = ex.phase_mut(op.flow()) else {

@@ -32,7 +32,6 @@ pub fn abort_socket(fd: OwnedFd) {
 pub(super) fn new_socket(
     proto: Proto,
     dst: &SocketAddr,
-    mss: Option<u16>,
     src: Option<std::net::IpAddr>,
     nonblock: bool,
 ) -> Result<OwnedFd, Errno> {
@@ -50,12 +49,6 @@ pub(super) fn new_socket(
         let one: libc::c_int = 1;
         if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one) {
             debug!("uring: TCP_NODELAY failed: errno {e}");
-        }
-        if let Some(mss) = mss {
-            let mss = libc::c_int::from(mss);
-            if let Err(e) = setsockopt(&fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG, &mss) {
-                trace!("uring: TCP_MAXSEG {mss} failed: errno {e}");
-            }
         }
     }
     if proto == Proto::Udp {

@@ -124,16 +124,11 @@ impl Stack {
             self.drop(DropReason::FlowLimit);
             return self.tcp_reset_reply(&key, &seg, l2, out);
         };
-        let conn_mss = match self.flows.get(id) {
-            Some((_, FlowState::Tcp(c))) => c.mss(),
-            _ => usize::from(tcp::conn::DEFAULT_MSS),
-        };
         self.counters.tcp_opened += 1;
         out.ops.push(SockOp::Open {
             flow: id,
             proto: Proto::Tcp,
             dst: host_dst,
-            mss: u16::try_from(conn_mss).ok(),
         });
     }
 

@@ -247,7 +247,6 @@ impl Stack {
                     flow: id,
                     proto: key.proto,
                     dst: host_dst,
-                    mss: None,
                 });
                 id
             }

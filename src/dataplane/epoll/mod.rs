@@ -732,7 +732,7 @@ impl FlowOps for Epoll {
         self.flow_mut(id).map(|f| &mut f.phase)
     }
 
-    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr) {
         if let Some(old) = self
             .flows
             .get(id.idx as usize)
@@ -751,7 +751,7 @@ impl FlowOps for Epoll {
             SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
         };
         let dgram = proto != Proto::Tcp;
-        let (fd, phase) = match new_socket(proto, &dst, mss, src, true) {
+        let (fd, phase) = match new_socket(proto, &dst, src, true) {
             Ok(fd) => match sys::connect(&fd, &dst) {
                 Ok(()) => (Some(fd), Phase::Connected),
                 Err(libc::EINPROGRESS) if !dgram => (

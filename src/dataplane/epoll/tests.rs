@@ -18,12 +18,7 @@ fn fid(idx: u32) -> FlowId {
 }
 
 fn open(u: &mut Epoll, flow: FlowId, proto: Proto, dst: SocketAddr) {
-    u.push(SockOp::Open {
-        flow,
-        proto,
-        dst,
-        mss: Some(1460),
-    });
+    u.push(SockOp::Open { flow, proto, dst });
 }
 
 /// Pump until `n` host events arrived (panics after [`LONG`]).

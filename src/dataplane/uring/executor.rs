@@ -459,7 +459,7 @@ impl FlowOps for Uring {
         self.flow_mut(id).map(|f| &mut f.phase)
     }
 
-    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr, mss: Option<u16>) {
+    fn open(&mut self, id: FlowId, proto: Proto, dst: SocketAddr) {
         let idx = id.idx as usize;
         if self.flows.len() <= idx {
             self.flows.resize_with(idx + 1, || None);
@@ -478,7 +478,7 @@ impl FlowOps for Uring {
             SocketAddr::V4(_) => self.outbound.0.map(std::net::IpAddr::V4),
             SocketAddr::V6(_) => self.outbound.1.map(std::net::IpAddr::V6),
         };
-        let (sock, phase) = match new_socket(proto, &dst, mss, src, false) {
+        let (sock, phase) = match new_socket(proto, &dst, src, false) {
             Ok(fd) => (
                 Some(self.alloc_sock(fd)),
                 Phase::Connecting {

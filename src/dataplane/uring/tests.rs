@@ -19,12 +19,7 @@ pub(super) fn fid(idx: u32) -> FlowId {
 }
 
 pub(super) fn open(u: &mut Uring, flow: FlowId, proto: Proto, dst: SocketAddr) {
-    u.push(SockOp::Open {
-        flow,
-        proto,
-        dst,
-        mss: Some(1460),
-    });
+    u.push(SockOp::Open { flow, proto, dst });
 }
 
 /// The ring refuses what is not on [`ALLOWED_OPS`]: an `openat`
