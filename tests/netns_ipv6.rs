@@ -48,7 +48,23 @@ fn check_slaac(o: &common::Outcome, mtu: &str) {
     );
 }
 
-/// A 16 MiB upload (busybox nc to a sha256 sink on ::1) and download
+/// Guest snippet: send the file "$D/up.bin" to [fd00:33::1]:9000 in
+/// 256 KiB writes, half-close, and print the sink's reply ("<bytes>
+/// <sha256>"). Not busybox nc: its 1 KiB writes leave it to timing whether
+/// the namespace's TCP ever has more than one segment ready to send (a
+/// fresh 16 MiB upload on a loaded machine, where uipd ACKs each segment
+/// before the next write, sent none), and TSO6 super-frames are what the
+/// test is about.
+const UPLOAD: &str = r#"import socket, sys
+s = socket.create_connection(("fd00:33::1", 9000))
+with open(sys.argv[1], "rb") as f:
+    for b in iter(lambda: f.read(262144), b""):
+        s.sendall(b)
+s.shutdown(socket.SHUT_WR)
+sys.stdout.write(s.makefile().read())
+"#;
+
+/// A 16 MiB upload (256 KiB writes to a sha256 sink on ::1) and download
 /// (busybox wget from ::1), both through [fd00:33::1], byte-exact; `pre`
 /// runs in the guest first. Returns the outcome for more checks.
 fn updown6(name: &str, args: &[&str], pre: &str) -> common::Outcome {
@@ -66,7 +82,7 @@ fn updown6(name: &str, args: &[&str], pre: &str) -> common::Outcome {
              timeout 20 busybox ping6 -c 3 -w 15 fd00:33::1 >\"$D/ping.out\"\n\
              echo \"RESULT ping rc=$? recv=$(sed -n 's/.* \\([0-9]*\\) packets received.*/\\1/p' \"$D/ping.out\")\"\n\
              t0=$(date +%s%N)\n\
-             timeout 60 busybox nc fd00:33::1 9000 <\"$D/up.bin\" >\"$D/nc.out\"\n\
+             timeout 60 \"$PY\" - \"$D/up.bin\" >\"$D/nc.out\" <<'EOF'\n{UPLOAD}EOF\n\
              rc=$?; t1=$(date +%s%N)\n\
              echo \"RESULT upload rc=$rc bytes=$(cut -d' ' -f1 \"$D/nc.out\") sha=$(cut -d' ' -f2 \"$D/nc.out\") ms=$(( (t1 - t0) / 1000000 ))\"\n\
              t0=$(date +%s%N)\n\

@@ -296,7 +296,10 @@ fn vhost_user_offloads_off_publish_pcap() {
 /// advertisement (fd00:33::/64), then 16 MiB each way byte-exact between
 /// the guest and servers on the host's ::1, reached as [fd00:33::1]. The
 /// guest acked HOST_TSO6 and GUEST_TSO6, and uipd's counters show TSO
-/// super-frames both ways (the only TCP in this boot is over IPv6).
+/// super-frames both ways (the only TCP in this boot is over IPv6). The
+/// upload is busybox nc's 1 KiB writes, which go out as super-frames only
+/// when ACKs are slow enough for them to pile up, so 4 MiB of iperf3's
+/// 128 KiB writes follow: those always leave several segments ready.
 #[test]
 fn vhost_user_ipv6_slaac_and_16_mib_each_way_with_tso6() {
     let name = "qemu_vhost_user_ipv6";
@@ -322,7 +325,8 @@ fn vhost_user_ipv6_slaac_and_16_mib_each_way_with_tso6() {
     let sum = random_file(&g.dir().join("down6.bin"), 16 << 20);
     g.scenario()
         .server_at("http", "::1", 8081, &["--dir", &dir])
-        .server_at("sink", "::1", 9001, &["--out", &sink]);
+        .server_at("sink", "::1", 9001, &["--out", &sink])
+        .raw_server("iperf3-v6", 5206, "iperf3 -s -B ::1 -p 5206");
     g.script(
         "dhcp || exit 1\n\
          i=0\n\
@@ -337,7 +341,9 @@ fn vhost_user_ipv6_slaac_and_16_mib_each_way_with_tso6() {
          result down6 rc=$rc size=$(stat -c %s /tmp/down6.bin) sha=$(sha256sum /tmp/down6.bin | cut -d' ' -f1)\n\
          timeout 120 nc fd00:33::1 9001 </tmp/down6.bin >/tmp/nc6.out\n\
          rc=$?\n\
-         result up6 rc=$rc bytes=$(cut -d' ' -f1 /tmp/nc6.out) sha=$(cut -d' ' -f2 /tmp/nc6.out)",
+         result up6 rc=$rc bytes=$(cut -d' ' -f1 /tmp/nc6.out) sha=$(cut -d' ' -f2 /tmp/nc6.out)\n\
+         timeout 60 iperf3 -6 -c fd00:33::1 -p 5206 -n 4M >/tmp/iperf6.out 2>&1\n\
+         result iperf6 rc=$?",
     );
     let o = g.run();
     let features = acked(&o);
@@ -371,6 +377,7 @@ fn vhost_user_ipv6_slaac_and_16_mib_each_way_with_tso6() {
         o.stat("tx_gso_frames").unwrap_or(0),
     );
     eprintln!("{name}: rx_gso_frames {rx} tx_gso_frames {tx}");
+    o.check(o.value("iperf6", "rc") == "0", "the iperf3 upload failed");
     o.check(rx > 0, "the guest sent no TSO6 super-frames");
     o.check(tx > 0, "uipd sent the guest no TSO6 super-frames");
     o.pass();
