@@ -140,8 +140,10 @@ struct Turn {
 }
 
 impl Turn {
-    fn now(&self) -> Instant {
-        Instant::from_micros(u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    /// `at` on the stack's clock.
+    fn stack_time(&self, at: std::time::Instant) -> Instant {
+        let since = at.saturating_duration_since(self.start);
+        Instant::from_micros(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
     }
 }
 
@@ -179,20 +181,28 @@ impl Worker {
     ///   CPU: an idle CPU halts, and waking it is slow in this VM).
     ///
     /// When nothing else is runnable the yield returns at once.
-    fn poll_for_work(&self, io: &mut Io, window: Duration) -> bool {
-        let end = std::time::Instant::now() + window;
+    ///
+    /// The window runs from `from`. Returns when work was seen, `None` when
+    /// the window closed first.
+    fn poll_for_work(
+        &self,
+        io: &mut Io,
+        from: std::time::Instant,
+        window: Duration,
+    ) -> Option<std::time::Instant> {
+        let end = from + window;
         loop {
             for _ in 0..64 {
                 if io.work_pending()
                     || !self.inbox().is_empty()
                     || self.shared.stop.load(Ordering::Relaxed)
                 {
-                    return true;
+                    return Some(std::time::Instant::now());
                 }
                 std::hint::spin_loop();
             }
             if std::time::Instant::now() >= end {
-                return false;
+                return None;
             }
             std::thread::yield_now();
         }
@@ -247,12 +257,17 @@ impl Worker {
             stats_replies: Vec::new(),
             start: std::time::Instant::now(),
         };
+        // The clock is read as few times as a turn allows (twice when the
+        // worker slept or polled, once when busy): in a request/response
+        // flow each read is a few tens of nanoseconds of a turn of a few
+        // microseconds. The time a wait ended starts the next turn.
+        let mut woke = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             st.stats.worker.wakeups += 1;
             self.take_commands(&mut io, &mut st);
             io.drain(&mut |c| st.events.push(c));
-            let batch_start = std::time::Instant::now();
-            let t = st.now();
+            let batch_start = woke.take().unwrap_or_else(std::time::Instant::now);
+            let t = st.stack_time(batch_start);
             self.dispatch(&mut io, &mut port, &mut st, t);
             let (frames_in, inbox_full) = self.take_frames(&mut io, &mut port, &mut st, t);
             if frames_in > 0 {
@@ -263,8 +278,10 @@ impl Worker {
             self.answer_stats(&io, &mut st);
             // Everything the batch caused is queued; the next io_uring_enter
             // submits it (before any wait).
+            let batch_end = std::time::Instant::now();
             if frames_in > 0 {
-                let ns = u64::try_from(batch_start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let ns = batch_end.saturating_duration_since(batch_start).as_nanos();
+                let ns = u64::try_from(ns).unwrap_or(u64::MAX);
                 let _ = st.stats.latency_ns.record_n(ns.max(1), frames_in);
             }
             let timeout = match deadline {
@@ -283,7 +300,7 @@ impl Worker {
                 || timeout == Some(Duration::ZERO)
                 || !st.backlog.is_empty()
                 || port.busy();
-            self.wait(&mut io, &mut st, busy, timeout)?;
+            woke = self.wait(&mut io, &mut st, busy, timeout, batch_end)?;
         }
         self.finish(&mut io, st)
     }
@@ -479,35 +496,40 @@ impl Worker {
     /// Submit what the turn queued, then: go on at once when `busy`;
     /// otherwise busy-poll for the [`PollWindow`], then sleep in one
     /// `io_uring_enter` until a completion, an inbox wake-up or `timeout`.
+    /// `idle` is when the turn's work ended. Returns when the wait ended,
+    /// where it read the clock.
     fn wait(
         &self,
         io: &mut Io,
         st: &mut Turn,
         busy: bool,
         timeout: Option<Duration>,
-    ) -> std::io::Result<()> {
+        idle: std::time::Instant,
+    ) -> std::io::Result<Option<std::time::Instant>> {
         if busy {
-            return io.submit_and_wait(0, None);
+            io.submit_and_wait(0, None)?;
+            return Ok(None);
         }
         // Idle: poll a while (submitting first), then sleep.
         let window = st.poll.window().min(timeout.unwrap_or(IDLE_TICK));
-        let idle = std::time::Instant::now();
         if !window.is_zero() {
             io.submit_and_wait(0, None)?;
-            if self.poll_for_work(io, window) {
+            if let Some(at) = self.poll_for_work(io, idle, window) {
                 st.stats.worker.poll_hits += 1;
-                st.poll.waited(idle.elapsed());
-                return Ok(());
+                st.poll.waited(at.saturating_duration_since(idle));
+                return Ok(Some(at));
             }
         }
         if self.inbox().prepare_sleep() {
             io.submit_and_wait(1, timeout)?;
             self.inbox().awake();
             st.stats.worker.sleeps += 1;
-            st.poll.waited(idle.elapsed());
-            Ok(())
+            let at = std::time::Instant::now();
+            st.poll.waited(at.saturating_duration_since(idle));
+            Ok(Some(at))
         } else {
-            io.submit_and_wait(0, None)
+            io.submit_and_wait(0, None)?;
+            Ok(None)
         }
     }
 

@@ -63,9 +63,10 @@ pub struct WorkerStats {
     /// The flows' memory budget (shared by all workers) at the last
     /// publication.
     pub memory: crate::stack::MemStats,
-    /// Frame-in to socket-submit latency, in nanoseconds: from the moment a
-    /// batch's frames were taken in to the `io_uring_enter` that submitted
-    /// what they caused (recorded once per frame).
+    /// Frame-in to socket-submit latency, in nanoseconds: from the start of
+    /// the turn that took a batch's frames in (the end of the wait before
+    /// it) to the end of that turn, whose work the next `io_uring_enter`
+    /// submits (recorded once per frame).
     pub latency_ns: Histogram<u64>,
 }
 
