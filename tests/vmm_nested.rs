@@ -139,9 +139,33 @@ fn boot_outer_smp(name: &str, params: &str, smp: u32) -> Option<String> {
     Some(out)
 }
 
-/// A whole line of the serial log (which ends lines with CR LF).
+/// Where another writer's text starts. The serial log interleaves three
+/// writers: the inner guest's console (through the outer uipd's serial
+/// device), the outer guest's own lines and uipd's stderr (its counters on
+/// the heartbeat's SIGUSR1). So a marker can share its line with another
+/// writer's text: a run under load logged "UIPD-INNER-UP-SENTuipd: -net
+/// tap counters so far: ..." and failed its upload check.
+const FOREIGN: [&str; 3] = ["uipd: ", "UIPD-", "\u{1b}["];
+
+/// `text` up to where another writer's text starts in it.
+fn own_part(text: &str) -> &str {
+    let end = FOREIGN
+        .iter()
+        .filter_map(|f| text.find(f))
+        .min()
+        .unwrap_or(text.len());
+    &text[..end]
+}
+
+/// A line of the serial log (which ends lines with CR LF) that is `line`,
+/// alone or with another writer's text before or after it.
 fn has_line(log: &str, line: &str) -> bool {
-    log.lines().any(|l| l.trim_end() == line)
+    log.lines().any(|l| {
+        let l = l.trim_end();
+        l.ends_with(line)
+            || l.strip_prefix(line)
+                .is_some_and(|rest| own_part(rest).is_empty())
+    })
 }
 
 #[test]
@@ -299,11 +323,37 @@ fn nested_uipd_reports_a_bad_vcpu_cpu_with_status_1() {
     assert!(!log.contains("UIPD-INNER-INIT-OK"));
 }
 
-/// The value after `key` on the first line that starts with it.
+/// The value after `key` on the first line that has it, up to another
+/// writer's text.
 fn value<'a>(log: &'a str, key: &str) -> Option<&'a str> {
     log.lines()
-        .find_map(|l| l.trim_end().strip_prefix(key))
-        .map(str::trim)
+        .find_map(|l| l.find(key).map(|at| &l[at + key.len()..]))
+        .map(|rest| own_part(rest).trim())
+}
+
+/// The log parsers find markers that share a line with uipd's stderr or
+/// the outer guest's lines, as a loaded run logged them, and nothing
+/// where a marker is only part of another word.
+#[test]
+fn serial_log_markers_survive_other_writers_on_their_line() {
+    let log = "UIPD-INNER-UP-RC 0\r\n\
+               UIPD-INNER-UP-SENTuipd: -net tap counters so far: tx_frames 1\r\n\
+               UIPD-OUTER-ALIVE 32.94UIPD-INNER-PING-OK\r\n\
+               UIPD-INNER-DOWN-SHA abc123uipd: -net tap counters so far: x\r\n\
+               UIPD-INNER-ADDR 192.168.34.2/24\r\n\
+               UIPD-EXIT=0\r\n";
+    assert!(has_line(log, "UIPD-INNER-UP-SENT"));
+    assert!(has_line(log, "UIPD-INNER-PING-OK"));
+    assert!(has_line(log, "UIPD-EXIT=0"));
+    assert!(!has_line(log, "UIPD-EXIT=1"));
+    assert!(
+        !has_line(log, "UIPD-INNER-UP"),
+        "a prefix of a longer marker"
+    );
+    assert_eq!(value(log, "UIPD-INNER-DOWN-SHA"), Some("abc123"));
+    assert_eq!(value(log, "UIPD-INNER-UP-RC"), Some("0"));
+    assert_eq!(value(log, "UIPD-INNER-ADDR"), Some("192.168.34.2/24"));
+    assert_eq!(value(log, "UIPD-INNER-UP-SHA"), None);
 }
 
 /// What every inner guest with `inner.net` must have done: reached its
