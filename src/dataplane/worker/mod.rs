@@ -257,10 +257,11 @@ impl Worker {
             stats_replies: Vec::new(),
             start: std::time::Instant::now(),
         };
-        // The clock is read as few times as a turn allows (twice when the
-        // worker slept or polled, once when busy): in a request/response
-        // flow each read is a few tens of nanoseconds of a turn of a few
-        // microseconds. The time a wait ended starts the next turn.
+        // The clock is read twice a turn, where it used to be five or six
+        // times: when the turn's work ends, and when its wait ends, which
+        // starts the next turn (a turn after no wait reads it at its
+        // start). In a request/response flow each read is a few tens of
+        // nanoseconds of a turn of a few microseconds.
         let mut woke = None;
         while !self.shared.stop.load(Ordering::Relaxed) {
             st.stats.worker.wakeups += 1;
